@@ -1,0 +1,21 @@
+"""Small Quark checkpoints shipped with the package (tiny random Llama, exported by amd-quark 0.13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).parent
+
+BUNDLED = {
+    "tiny-llama-mxfp4": DATA_DIR / "tiny_llama_w_mxfp4_a_mxfp4",
+    "tiny-llama-fp8": DATA_DIR / "tiny_llama_w_fp8_a_fp8_pertensor_static",
+}
+DEFAULT_CHECKPOINT = "tiny-llama-mxfp4"
+
+
+def bundled_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
+    """Directory of a bundled checkpoint (``config.json`` + ``model.safetensors``)."""
+    try:
+        return BUNDLED[name]
+    except KeyError:
+        raise ValueError(f"name: no bundled checkpoint {name!r}; choose one of {sorted(BUNDLED)}") from None

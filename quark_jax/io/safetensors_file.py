@@ -1,0 +1,129 @@
+"""A small, lazy safetensors reader that returns numpy arrays for every dtype Quark exports.
+
+safetensors 0.8 cannot hand F8 tensors to numpy unless numpy knows float8 types; this reader parses the header
+itself and views the raw bytes with ml_dtypes types, one tensor at a time (memory-mapped, so opening a large file
+reads only its header).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError", "SAFETENSORS_DTYPES"]
+
+SAFETENSORS_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype(np.uint16),
+    "I16": np.dtype(np.int16),
+    "U32": np.dtype(np.uint32),
+    "I32": np.dtype(np.int32),
+    "U64": np.dtype(np.uint64),
+    "I64": np.dtype(np.int64),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "F4": np.dtype(ml_dtypes.float4_e2m1fn),
+}
+
+
+class SafetensorsFormatError(ValueError):
+    """A safetensors file that cannot be read as such (bad header, truncated data, unknown dtype)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Header entry of one tensor: its safetensors dtype string, numpy dtype, shape and byte range."""
+
+    name: str
+    st_dtype: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class SafetensorsFile:
+    """A safetensors file opened lazily: ``names()``, ``info(name)``, ``get(name) -> np.ndarray`` (a copy).
+
+    >>> import numpy as np, tempfile, os
+    >>> from safetensors.numpy import save_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.safetensors")
+    >>> save_file({"a": np.arange(3, dtype=np.float32)}, path)
+    >>> SafetensorsFile(path).get("a").tolist()
+    [0.0, 1.0, 2.0]
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SafetensorsFormatError(f"{self.path}: file of {size} bytes is too short for a safetensors header")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > size - 8:
+                raise SafetensorsFormatError(f"{self.path}: header length {hlen} exceeds the file size {size}")
+            try:
+                header = json.loads(f.read(hlen))
+            except ValueError as e:
+                raise SafetensorsFormatError(f"{self.path}: header is not valid JSON ({e})") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + hlen
+        self._size = size
+        self._infos: dict[str, TensorInfo] = {}
+        for name, entry in header.items():
+            st = entry.get("dtype")
+            if st not in SAFETENSORS_DTYPES:
+                raise SafetensorsFormatError(f"{self.path}: tensor {name!r} has unsupported dtype {st!r}")
+            begin, end = (int(v) for v in entry["data_offsets"])
+            shape = tuple(int(d) for d in entry["shape"])
+            dtype = SAFETENSORS_DTYPES[st]
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if end - begin != nbytes:
+                raise SafetensorsFormatError(f"{self.path}: tensor {name!r} ({st} {list(shape)}) needs {nbytes} "
+                                             f"bytes, its data offsets span {end - begin}")
+            if self._data_start + end > size:
+                raise SafetensorsFormatError(f"{self.path}: tensor {name!r} ends at byte {self._data_start + end} "
+                                             f"but the file has {size} bytes (truncated?)")
+            self._infos[name] = TensorInfo(name, st, dtype, shape, begin, end)
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    def get(self, name: str) -> np.ndarray:
+        """Read one tensor into a new numpy array of its own dtype (F8 via ml_dtypes)."""
+        info = self.info(name)
+        n = info.end - info.begin
+        if n == 0:
+            return np.zeros(info.shape, info.dtype)
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            start = self._data_start + info.begin
+            buf = bytes(mm[start:start + n])
+        return np.frombuffer(buf, dtype=info.dtype).reshape(info.shape).copy()
+
+    def load_all(self) -> dict[str, np.ndarray]:
+        return {name: self.get(name) for name in self._infos}

@@ -1,0 +1,28 @@
+"""Quantizers and weight processing as jittable pure functions, bit-exact to vLLM (SPEC sections 2-3)."""
+
+from quark_jax.quant.fp8 import fp8_saturating_cast, scaled_fp8_quant
+from quark_jax.quant.int8 import scaled_int8_quant
+from quark_jax.quant.mxfp4 import dequantize_mxfp4, mxfp4_block_scale_bytes, qdq_mxfp4, quantize_mxfp4, round_to_e2m1
+from quark_jax.quant.weights import (
+    compute_azp_adj,
+    convert_to_channelwise,
+    normalize_e4m3fn_to_e4m3fnuz,
+    reconstruct_static_azp,
+    requantize_with_max_scale,
+)
+
+__all__ = [
+    "scaled_fp8_quant",
+    "fp8_saturating_cast",
+    "scaled_int8_quant",
+    "quantize_mxfp4",
+    "dequantize_mxfp4",
+    "qdq_mxfp4",
+    "mxfp4_block_scale_bytes",
+    "round_to_e2m1",
+    "requantize_with_max_scale",
+    "convert_to_channelwise",
+    "normalize_e4m3fn_to_e4m3fnuz",
+    "reconstruct_static_azp",
+    "compute_azp_adj",
+]

@@ -1,0 +1,65 @@
+"""FP8 (e4m3fn / e4m3fnuz) activation quantizers, bit-exact to vLLM (SPEC section 2)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from quark_jax import formats
+from quark_jax.quant._checks import require_float, require_rank, scalar_f32, true_divide
+
+__all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
+
+
+def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
+    """Clamp float32 ``v`` to ±fp8_max(dtype) and cast (round to nearest even). Never produces NaN from a finite v.
+
+    ml_dtypes casts do not saturate (500 -> NaN for e4m3fn), hence the clamp.
+    """
+    m = formats.fp8_max(dtype)
+    return jnp.clip(v, -m, m).astype(dtype)
+
+
+def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn):
+    """Quantize ``x`` [..., K] to FP8; returns ``(q, scale)`` with ``x ≈ f32(q) * scale``.
+
+    * ``scale`` given (static per-tensor, vLLM-exact): ``q = fp8(clamp(f32(x) * (1/scale)))``; ``scale`` must be a
+      scalar (shape () or (1,)) and is returned as a 0-d float32.
+    * ``scale`` None, ``per_token=True`` (dynamic per-token): ``s = max(min(amax_row, ub) / M, 1/(M*512))`` in f32,
+      shape [..., 1]; ``q = fp8(clamp(f32(x) / s))`` (true division).
+    * ``scale`` None, ``per_token=False`` (dynamic per-tensor): ``s = max(amax / M, 1/(M*512))`` over all of x
+      (0-d float32); ``q = fp8(clamp(f32(x) * (1/s)))``.
+
+    M is 448 for float8_e4m3fn and 224 for float8_e4m3fnuz (vLLM). Values past the range saturate; rows of zeros
+    give zeros. Jittable.
+
+    >>> import jax.numpy as jnp
+    >>> q, s = scaled_fp8_quant(jnp.array([1.0, -2.5, 1000.0]), jnp.float32(0.5))
+    >>> q.astype(jnp.float32).tolist(), float(s)
+    ([2.0, -5.0, 448.0], 0.5)
+    """
+    require_float("x", x)
+    require_rank("x", x)
+    if not formats.is_fp8_dtype(dtype):
+        raise TypeError(f"dtype: expected float8_e4m3fn or float8_e4m3fnuz, got {jnp.dtype(dtype)}")
+    m = formats.fp8_max(dtype)
+    xf = jnp.asarray(x).astype(jnp.float32)
+    min_scale = 1.0 / (m * formats.FP8_MIN_SCALE_FACTOR)
+
+    if scale is not None:
+        if per_token:
+            raise ValueError("per_token: a static scale is per-tensor; pass scale=None for dynamic per-token")
+        s = scalar_f32("scale", scale)
+        return fp8_saturating_cast(xf * (1.0 / s), dtype), s
+
+    if per_token:
+        amax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
+        if scale_ub is not None:
+            amax = jnp.minimum(amax, scalar_f32("scale_ub", scale_ub))
+        s = jnp.maximum(true_divide(amax, m), min_scale)
+        return fp8_saturating_cast(true_divide(xf, s), dtype), s
+
+    if scale_ub is not None:
+        raise ValueError("scale_ub: only used with per_token=True (vLLM applies the bound to per-token scales)")
+    amax = jnp.max(jnp.abs(xf))
+    s = jnp.maximum(true_divide(amax, m), min_scale)
+    return fp8_saturating_cast(xf * (1.0 / s), dtype), s

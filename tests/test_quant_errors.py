@@ -1,0 +1,84 @@
+"""Bad input gets a clear error naming the argument; nothing silently wrong, never NaN."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quark_jax import quant
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: quant.scaled_fp8_quant(x),
+    lambda x: quant.scaled_fp8_quant(x, jnp.float32(1.0)),
+    lambda x: quant.scaled_int8_quant(x),
+    lambda x: quant.qdq_mxfp4(x),
+    lambda x: quant.quantize_mxfp4(x),
+])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.uint8, jnp.bool_, jnp.float8_e4m3fn])
+def test_non_float_input_is_a_type_error(fn, dtype):
+    with pytest.raises(TypeError, match=r"^x: expected a floating-point array"):
+        fn(jnp.zeros((2, 32), dtype))
+
+
+@pytest.mark.parametrize("k", [1, 16, 33, 48])
+def test_mxfp4_k_not_multiple_of_32(k):
+    x = jnp.ones((2, k), jnp.float32)
+    for fn in (quant.qdq_mxfp4, quant.quantize_mxfp4):
+        with pytest.raises(ValueError, match=rf"x: the last \(K\) axis .* must be a multiple of 32, got {k}"):
+            fn(x)
+
+
+def test_dequantize_mxfp4_bad_shapes_and_dtypes():
+    with pytest.raises(TypeError, match="packed: expected uint8"):
+        quant.dequantize_mxfp4(jnp.zeros((2, 16), jnp.int8), jnp.zeros((2, 1), jnp.uint8))
+    with pytest.raises(TypeError, match="scales: expected uint8"):
+        quant.dequantize_mxfp4(jnp.zeros((2, 16), jnp.uint8), jnp.zeros((2, 1), jnp.float32))
+    with pytest.raises(ValueError, match=r"scales: expected shape \(2, 1\)"):
+        quant.dequantize_mxfp4(jnp.zeros((2, 16), jnp.uint8), jnp.zeros((2, 2), jnp.uint8))
+    with pytest.raises(ValueError, match="packed: K"):
+        quant.dequantize_mxfp4(jnp.zeros((2, 8), jnp.uint8), jnp.zeros((2, 1), jnp.uint8))
+
+
+def test_static_scale_must_be_scalar():
+    x = jnp.ones((3, 4), jnp.float32)
+    with pytest.raises(ValueError, match=r"scale: expected a scalar .* got shape \(3,\)"):
+        quant.scaled_fp8_quant(x, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"scale: expected a scalar"):
+        quant.scaled_int8_quant(x, jnp.ones((3, 1)))
+    with pytest.raises(ValueError, match=r"azp: expected a scalar"):
+        quant.scaled_int8_quant(x, jnp.float32(1.0), jnp.ones(2, jnp.int32))
+
+
+def test_inconsistent_options():
+    x = jnp.ones((3, 4), jnp.float32)
+    with pytest.raises(ValueError, match="per_token"):
+        quant.scaled_fp8_quant(x, jnp.float32(1.0), per_token=True)
+    with pytest.raises(ValueError, match="scale_ub"):
+        quant.scaled_fp8_quant(x, scale_ub=1.0)
+    with pytest.raises(ValueError, match="azp"):
+        quant.scaled_int8_quant(x, azp=jnp.int32(1))
+    with pytest.raises(ValueError, match="azp"):
+        quant.scaled_int8_quant(x, jnp.float32(1.0), symmetric=False)
+    with pytest.raises(TypeError, match="dtype"):
+        quant.scaled_fp8_quant(x, dtype=jnp.float8_e5m2)
+    with pytest.raises(ValueError, match="x: expected at least 1"):
+        quant.scaled_fp8_quant(jnp.float32(1.0))
+
+
+def test_saturation_and_zeros_never_nan():
+    big = jnp.array([[1e30, -1e30, 500.0, 0.0]], jnp.float32)
+    for q, _ in (quant.scaled_fp8_quant(big, jnp.float32(1.0)), quant.scaled_fp8_quant(big, per_token=True),
+                 quant.scaled_fp8_quant(big)):
+        v = np.asarray(q.astype(jnp.float32))
+        assert not np.isnan(v).any() and np.abs(v).max() == 448.0
+    zeros = jnp.zeros((2, 64), jnp.bfloat16)
+    for q, s in (quant.scaled_fp8_quant(zeros, per_token=True), quant.scaled_fp8_quant(zeros)):
+        assert (np.asarray(q.astype(jnp.float32)) == 0).all() and np.isfinite(np.asarray(s)).all()
+    q, s, _ = quant.scaled_int8_quant(zeros)
+    assert (np.asarray(q) == 0).all()
+    assert (np.asarray(quant.qdq_mxfp4(zeros).astype(jnp.float32)) == 0).all()
+    p, sc = quant.quantize_mxfp4(zeros)
+    assert (np.asarray(p) == 0).all() and (np.asarray(sc) == 0).all()
+    # fnuz saturates at vLLM's 224
+    q, _ = quant.scaled_fp8_quant(big, jnp.float32(1.0), dtype=jnp.float8_e4m3fnuz)
+    assert np.abs(np.asarray(q.astype(jnp.float32))).max() == 224.0
