@@ -1,0 +1,127 @@
+"""GEMM benchmark (run on a GPU machine): every scheme's kernels against XLA and torch, side by side, one run.
+
+Usage (from the repo root, on the device):
+    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4] [--m 1,16,64,256,2048,8192]
+        [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table]
+
+Each op module (``benchmarks/gemm_<op>.py``) provides ``cases(m, k, n)`` -> list of ``Case``; this driver times
+them, prints one table per op (median time, TFLOP/s, effective GB/s, ratio to the op's baseline) and optionally
+writes the ``impl="auto"`` table for this device (``quark_jax/kernels/tuning/<device>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from timing import time_jax, time_torch  # noqa: E402
+
+
+@dataclasses.dataclass
+class Case:
+    """One timed implementation: ``fn(*args)`` for each args in ``arg_sets``; framework "jax" or "torch"."""
+
+    name: str
+    fn: object
+    arg_sets: list
+    flops: float
+    bytes: float
+    framework: str = "jax"
+    baseline: bool = False  # the row ratios are measured against
+    auto_candidate: str | None = None  # "pallas" or "xla": competes for the impl="auto" table
+
+
+def run(ops, ms, shapes, *, iters=50):
+    import jax
+
+    device = jax.devices()[0].device_kind
+    rows = []
+    for op in ops:
+        mod = importlib.import_module(f"gemm_{op}")
+        for k, n in shapes:
+            for m in ms:
+                try:
+                    cases = mod.cases(m, k, n)
+                except Exception as e:  # a case that cannot be built is reported, not hidden
+                    print(f"[{op} m={m} k={k} n={n}] could not build cases: {e!r}", flush=True)
+                    continue
+                results = []
+                for c in cases:
+                    try:
+                        timer = time_jax if c.framework == "jax" else time_torch
+                        t = timer(c.fn, c.arg_sets, iters=iters)
+                    except Exception as e:
+                        print(f"[{op} m={m} k={k} n={n}] {c.name} failed: {e!r}", flush=True)
+                        t = float("nan")
+                    results.append((c, t))
+                base = next((t for c, t in results if c.baseline), float("nan"))
+                for c, t in results:
+                    rows.append(dict(op=op, m=m, k=k, n=n, impl=c.name, seconds=t, tflops=c.flops / t / 1e12,
+                                     gbps=c.bytes / t / 1e9, vs_baseline=base / t, auto=c.auto_candidate))
+                print_rows(rows[-len(results):])
+    return device, rows
+
+
+def print_rows(rows):
+    for r in rows:
+        print(f"{r['op']:>6} M={r['m']:<5} K={r['k']:<6} N={r['n']:<6} {r['impl']:<28} {r['seconds'] * 1e6:>9.1f} us "
+              f"{r['tflops']:>8.1f} TFLOP/s {r['gbps']:>8.1f} GB/s  x{r['vs_baseline']:.2f}", flush=True)
+
+
+def auto_table(rows):
+    """op -> shape class -> faster of the "pallas" / "xla" candidates, by the worst case over shapes."""
+    from quark_jax.kernels._dispatch import shape_class
+
+    best = {}
+    for r in rows:
+        if r["auto"] is None or r["seconds"] != r["seconds"]:
+            continue
+        key = (f"{r['op']}", shape_class(r["m"]), r["m"], r["k"], r["n"])
+        best.setdefault(key, {})[r["auto"]] = r["seconds"]
+    votes = {}
+    for (op, cls, *_), times in best.items():
+        if "pallas" in times and "xla" in times:
+            v = votes.setdefault(OP_NAMES.get(op, op), {}).setdefault(cls, [0, 0])
+            v[0 if times["pallas"] < times["xla"] else 1] += 1
+    return {op: {cls: ("pallas" if p > x else "xla") for cls, (p, x) in classes.items()}
+            for op, classes in votes.items()}
+
+
+OP_NAMES = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--ops", default="fp8,int8,mxfp4")
+    p.add_argument("--m", default="1,16,64,256,2048,8192")
+    p.add_argument("--shapes", default="4096x14336,14336x4096,4096x4096,8192x8192")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--json", default=None)
+    p.add_argument("--write-table", action="store_true")
+    a = p.parse_args(argv)
+    ms = [int(v) for v in a.m.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    device, rows = run(a.ops.split(","), ms, shapes, iters=a.iters)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(device=device, date=stamp, rows=rows), indent=1))
+    if a.write_table:
+        from quark_jax.kernels._dispatch import TUNING_DIR, device_key
+
+        path = TUNING_DIR / f"{device_key()}.json"
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table.update(auto_table(rows))
+        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {path}: {table}")
+    print(f"device: {device}; date: {stamp}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Choosing an implementation (``impl="auto" | "pallas" | "xla"``) and whether Pallas runs in interpret mode.
+
+``auto`` reads a per-device table (``tuning/<device>.json``, written from the benchmark) that maps an op and a
+shape class to the faster implementation. Without a GPU (or without an entry), ``auto`` means ``xla``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import jax
+
+IMPLS = ("auto", "pallas", "xla")
+TUNING_DIR = Path(__file__).parent / "tuning"
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def default_backend() -> str:
+    return jax.default_backend()
+
+
+def pallas_interpret() -> bool:
+    """Pallas kernels run in interpret mode anywhere but on a CUDA GPU (CPU CI runs them that way)."""
+    return default_backend() != "gpu"
+
+
+def device_key() -> str:
+    """A file-name-safe name of the first device's kind, e.g. ``nvidia_h100_80gb_hbm3``; ``cpu`` on CPU."""
+    dev = jax.devices()[0]
+    if dev.platform != "gpu":
+        return dev.platform
+    return re.sub(r"[^a-z0-9]+", "_", dev.device_kind.lower()).strip("_")
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(device: str) -> dict:
+    path = TUNING_DIR / f"{device}.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def shape_class(m: int) -> str:
+    """Decode (M <= 16), small (M <= 64), medium (M <= 512), prefill (larger)."""
+    if m <= 16:
+        return "decode"
+    if m <= 64:
+        return "small"
+    if m <= 512:
+        return "medium"
+    return "prefill"
+
+
+def resolve_impl(op: str, impl: str, m: int, k: int, n: int) -> str:
+    """The concrete implementation ("pallas" or "xla") for ``op`` at shape (m, k, n)."""
+    check_impl(impl)
+    if impl != "auto":
+        return impl
+    if default_backend() != "gpu":
+        return "xla"
+    entry = load_table(device_key()).get(op, {})
+    return entry.get(shape_class(m), "xla")

@@ -1,0 +1,54 @@
+"""Shape and dtype checks shared by the GEMM entry points; errors name the argument and what was expected."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def matrix(name: str, a, dtypes, what: str):
+    a = jnp.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array {what}, got shape {tuple(a.shape)}")
+    if a.dtype not in [jnp.dtype(d) for d in dtypes]:
+        names = ", ".join(str(jnp.dtype(d)) for d in dtypes)
+        raise TypeError(f"{name}: expected dtype {names} {what}, got {a.dtype}")
+    return a
+
+
+def same_k(x_name: str, x_k: int, w_name: str, w_k: int):
+    if x_k != w_k:
+        raise ValueError(f"{w_name}: contraction size {w_k} does not match {x_name}'s K = {x_k}")
+
+
+def row_scale(name: str, s, m: int):
+    """A scale that is scalar (shape () or (1,)) or per-row [M, 1] / [M]; returned as f32 () or [M, 1]."""
+    s = jnp.asarray(s, jnp.float32)
+    if s.size == 1:
+        return s.reshape(())
+    if s.shape in ((m, 1), (m,)):
+        return s.reshape(m, 1)
+    raise ValueError(f"{name}: expected a scalar or shape ({m}, 1), got {tuple(s.shape)}")
+
+
+def col_scale(name: str, s, n: int):
+    """A scale that is scalar or per-output-channel [N] (or [N, 1]); returned as f32 () or [N]."""
+    s = jnp.asarray(s, jnp.float32)
+    if s.size == 1:
+        return s.reshape(())
+    if s.shape in ((n,), (n, 1)):
+        return s.reshape(n)
+    raise ValueError(f"{name}: expected a scalar or shape ({n},), got {tuple(s.shape)}")
+
+
+def bias_vector(bias, n: int):
+    if bias is None:
+        return None
+    bias = jnp.asarray(bias)
+    if bias.shape != (n,):
+        raise ValueError(f"bias: expected shape ({n},), got {tuple(bias.shape)}")
+    return bias
+
+
+def multiple_of(name: str, size: int, multiple: int, axis: str):
+    if size % multiple:
+        raise ValueError(f"{name}: {axis} = {size} must be a multiple of {multiple}")

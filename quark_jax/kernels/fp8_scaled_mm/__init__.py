@@ -1,0 +1,50 @@
+"""FP8 W8A8 scaled GEMM: ``fp8_scaled_mm`` with an XLA reference and a Pallas (Triton) kernel."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from quark_jax.kernels import _dispatch, _validate
+from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
+
+FP8_DTYPES = (jnp.float8_e4m3fn, jnp.float8_e4m3fnuz)
+
+
+def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto"):
+    """Scaled FP8 GEMM ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])``.
+
+    Args:
+      x_q: [M, K] float8_e4m3fn (or e4m3fnuz) quantized activations.
+      w_q: [N, K] same dtype, the weight in the checkpoint layout (K-major).
+      x_scale: f32 scalar (per-tensor) or [M, 1] (per-token).
+      w_scale: f32 scalar (per-tensor) or [N] (per-channel).
+      bias: optional [N], added in f32.
+      out_dtype: output dtype (bf16, f16 or f32); the epilogue rounds once.
+      impl: "auto" (the measured-faster one for this device and shape class), "pallas" or "xla".
+
+    Returns [M, N] ``out_dtype``. The f32 accumulation is exact-order-independent only up to f32 rounding.
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones((2, 32), jnp.float8_e4m3fn); w = jnp.ones((16, 32), jnp.float8_e4m3fn)
+    >>> fp8_scaled_mm(x, w, jnp.float32(0.5), jnp.float32(2.0), impl="xla")[0, :3].tolist()
+    [32.0, 32.0, 32.0]
+    """
+    x_q = _validate.matrix("x_q", x_q, FP8_DTYPES, "[M, K] fp8")
+    w_q = _validate.matrix("w_q", w_q, (x_q.dtype,), "[N, K] (same fp8 dtype as x_q)")
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    _validate.same_k("x_q", k, "w_q", w_q.shape[1])
+    x_scale = _validate.row_scale("x_scale", x_scale, m)
+    w_scale = _validate.col_scale("w_scale", w_scale, n)
+    bias = _validate.bias_vector(bias, n)
+    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n)
+    if which == "pallas":
+        _validate.multiple_of("w_q", n, 16, "N")
+        _validate.multiple_of("w_q", k, 16, "K")
+        from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+
+        return pallas_triton.fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype)
+    return fp8_scaled_mm_xla(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype)
+
+
+__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla"]

@@ -1,0 +1,59 @@
+"""INT8 W8A8 scaled GEMM with the asymmetric (azp) epilogue: XLA reference and Pallas (Triton) kernel."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from quark_jax.kernels import _dispatch, _validate
+from quark_jax.kernels.int8_scaled_mm.xla import int8_scaled_mm_xla
+
+
+def int8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=None, out_dtype=jnp.bfloat16,
+                   impl="auto"):
+    """Scaled INT8 GEMM ``y = out(x_scale * (w_scale * f32(x_q @ w_q.T - azp term)) + bias)`` (SPEC section 3).
+
+    Args:
+      x_q: [M, K] int8 activations; w_q: [N, K] int8 weight (checkpoint layout).
+      x_scale: f32 scalar or [M, 1]; w_scale: f32 scalar or [N].
+      bias: optional [N], added in f32.
+      azp_adj: optional int32 [N]. With ``azp`` None it is ``z * colsum(w_q)`` (per-tensor zero point folded in);
+        with ``azp`` given it is ``colsum(w_q)`` and the kernel subtracts ``azp[m] * azp_adj[n]``.
+      azp: optional int32 [M, 1] per-token zero points (needs ``azp_adj``).
+      out_dtype: bf16, f16 or f32. impl: "auto", "pallas" or "xla".
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.full((1, 32), 2, jnp.int8); w = jnp.ones((16, 32), jnp.int8)
+    >>> int8_scaled_mm(x, w, 0.5, 0.25, azp_adj=jnp.full((16,), 32, jnp.int32), impl="xla")[0, 0].item()
+    4.0
+    """
+    x_q = _validate.matrix("x_q", x_q, (jnp.int8,), "[M, K] int8")
+    w_q = _validate.matrix("w_q", w_q, (jnp.int8,), "[N, K] int8")
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    _validate.same_k("x_q", k, "w_q", w_q.shape[1])
+    x_scale = _validate.row_scale("x_scale", x_scale, m)
+    w_scale = _validate.col_scale("w_scale", w_scale, n)
+    bias = _validate.bias_vector(bias, n)
+    if azp is not None and azp_adj is None:
+        raise ValueError("azp: a per-token zero point needs azp_adj (the weight column sums)")
+    if azp_adj is not None:
+        azp_adj = jnp.asarray(azp_adj)
+        if azp_adj.shape != (n,) or azp_adj.dtype != jnp.int32:
+            raise ValueError(f"azp_adj: expected int32 shape ({n},), got {azp_adj.dtype} {tuple(azp_adj.shape)}")
+    if azp is not None:
+        azp = jnp.asarray(azp)
+        if azp.size != m or azp.dtype != jnp.int32:
+            raise ValueError(f"azp: expected int32 shape ({m}, 1), got {azp.dtype} {tuple(azp.shape)}")
+        azp = azp.reshape(m, 1)
+    which = _dispatch.resolve_impl("int8_scaled_mm", impl, m, k, n)
+    if which == "pallas":
+        _validate.multiple_of("w_q", n, 16, "N")
+        _validate.multiple_of("w_q", k, 16, "K")
+        from quark_jax.kernels.int8_scaled_mm import pallas_triton
+
+        return pallas_triton.int8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias, azp_adj=azp_adj, azp=azp,
+                                                   out_dtype=out_dtype)
+    return int8_scaled_mm_xla(x_q, w_q, x_scale, w_scale, bias, azp_adj=azp_adj, azp=azp, out_dtype=out_dtype)
+
+
+__all__ = ["int8_scaled_mm", "int8_scaled_mm_xla"]

@@ -1,0 +1,53 @@
+"""MXFP4 GEMM from packed weights (W4A4 and W4 weight-only): XLA reference and Pallas (Triton) kernel."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from quark_jax import formats
+from quark_jax.kernels import _dispatch, _validate
+from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
+
+ACT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+
+
+def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, impl="auto"):
+    """``y = linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias)``.
+
+    Args:
+      x: [M, K] bf16/f16/f32 activations, K a multiple of 32.
+      w_packed: [N, K/2] uint8, element 2j in the low nibble (checkpoint layout).
+      w_scales: [N, K/32] uint8 E8M0 scale bytes.
+      bias: optional [N], added in f32.
+      quantize_input: W4A4 (True, MXFP4 quant-dequant of x) or weight-only (False).
+      out_dtype: default x.dtype. impl: "auto", "pallas" or "xla".
+
+    Accumulates in f32 and rounds once to ``out_dtype`` (SPEC section 3, MXFP4).
+
+    >>> import jax.numpy as jnp
+    >>> w = jnp.full((16, 16), 0x22, jnp.uint8); s = jnp.full((16, 1), 127, jnp.uint8)  # every weight 1.0
+    >>> mxfp4_mm(jnp.ones((1, 32)), w, s, impl="xla")[0, :2].tolist()
+    [32.0, 32.0]
+    """
+    x = _validate.matrix("x", x, ACT_DTYPES, "[M, K] bf16/f16/f32")
+    w_packed = _validate.matrix("w_packed", w_packed, (jnp.uint8,), "[N, K/2] uint8")
+    w_scales = _validate.matrix("w_scales", w_scales, (jnp.uint8,), "[N, K/32] uint8 (E8M0)")
+    m, k = x.shape
+    n = w_packed.shape[0]
+    _validate.multiple_of("x", k, formats.MX_BLOCK_SIZE, "K")
+    if w_packed.shape != (n, k // 2):
+        raise ValueError(f"w_packed: expected shape ({n}, {k // 2}) for x with K = {k}, got {tuple(w_packed.shape)}")
+    if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
+        raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
+    bias = _validate.bias_vector(bias, n)
+    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n)
+    if which == "pallas":
+        _validate.multiple_of("w_packed", n, 16, "N")
+        from quark_jax.kernels.mxfp4_mm import pallas_triton
+
+        return pallas_triton.mxfp4_mm_pallas(x, w_packed, w_scales, bias, quantize_input=quantize_input,
+                                             out_dtype=out_dtype)
+    return mxfp4_mm_xla(x, w_packed, w_scales, bias, quantize_input=quantize_input, out_dtype=out_dtype)
+
+
+__all__ = ["mxfp4_mm", "mxfp4_mm_xla"]
