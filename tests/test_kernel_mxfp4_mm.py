@@ -1,0 +1,190 @@
+"""MXFP4 Pallas kernel (issue 7) against the XLA reference (vLLM's emulation) and float64 numpy.
+
+Parameterized over backends (``BACKENDS``: today the Pallas-Triton kernel; a Mosaic GPU backend adds an entry) and
+over the kernel variants a backend offers (skinny weight-major decode tiles, split-K, x-major grouped prefill
+tiles, K tiles of one MX block). On CPU the kernels run in Pallas interpret mode with the portable ("jnp")
+decoder; on a CUDA GPU the same tests run the compiled kernels with the PTX decoder.
+
+"Exact" data: activations whose MX block scales span a few binades and random weight bytes (every code in both
+nibbles) with scale bytes 118..130, so every f32 partial sum is exact in any order and the kernel must equal the
+XLA reference bit for bit. The scale-byte sweep (0..254) compares with float64 numpy instead, where rounding and
+the flushing of float32 subnormals (XLA on CPU) are the only allowed differences.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kernel_reference as kref
+import reference_numpy as ref
+from quark_jax import formats, kernels, quant
+from quark_jax.kernels import _dispatch
+from quark_jax.kernels.mxfp4_mm import configs, decode, pallas_triton
+from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
+
+ON_GPU = not _dispatch.pallas_interpret()
+C = configs.Config
+
+
+def _pallas_triton(x, wp, ws, bias, quantize_input, out_dtype, config):
+    return pallas_triton.mxfp4_mm_pallas(x, wp, ws, bias, quantize_input=quantize_input, out_dtype=out_dtype,
+                                         config=config)
+
+
+# backend -> (callable, {variant: (config, (M, K, N))}); ragged M, several row/column tiles and K steps each.
+BACKENDS = {
+    "pallas_triton": (_pallas_triton, {
+        "decode_wmajor": (C(block_m=16, block_n=16, block_k=64, num_warps=4), (3, 192, 48)),
+        "decode_split_k": (C(block_m=16, block_n=32, block_k=64, split_k=2), (1, 256, 64)),
+        "small_pack4": (C(block_m=32, block_n=16, block_k=128, pack=4), (37, 256, 32)),
+        "prefill_xmajor_grouped": (C(block_m=16, block_n=16, block_k=64, w_major=False, group_m=2), (45, 128, 48)),
+        "one_mx_block_k": (C(block_m=16, block_n=16, block_k=32, w_major=False), (17, 96, 32)),
+    }),
+}
+CASES = [(b, v) for b, (_, variants) in BACKENDS.items() for v in variants]
+CASE_IDS = [f"{b}-{v}" for b, v in CASES]
+
+
+def _exact_data(rng, m, k, n, dtype):
+    """x on a 1/16 grid (|x| <= 8, block magnitudes 2**-1..2**1), random weight bytes (every code in both
+    nibbles) with scale bytes 125..128, bias on a 1/8 grid: every product is a multiple of 2**-7 below 2**7, so
+    every f32 partial sum (K <= 512) is exact in any order."""
+    x = rng.integers(-32, 33, (m, k)) / 8 * 2.0 ** rng.integers(-1, 2, (m, k // 32)).repeat(32, axis=1)
+    x = jnp.asarray(x, jnp.float32).astype(dtype)
+    wp = jnp.asarray(rng.integers(0, 256, (n, k // 2)), jnp.uint8)
+    ws = jnp.asarray(rng.integers(125, 129, (n, k // 32)), jnp.uint8)
+    bias = jnp.asarray(rng.integers(-40, 41, n) / 8, jnp.float32)
+    return x, wp, ws, bias
+
+
+@pytest.mark.parametrize("backend,variant", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("quantize_input", [True, False])
+def test_kernel_equals_xla_reference(backend, variant, quantize_input):
+    fn, variants = BACKENDS[backend]
+    cfg, (m, k, n) = variants[variant]
+    rng = np.random.default_rng(abs(hash((variant, quantize_input))) % 2**32)
+    x, wp, ws, bias = _exact_data(rng, m, k, n, jnp.bfloat16)
+    for b in (bias, None):
+        got = fn(x, wp, ws, b, quantize_input, jnp.float32, cfg)
+        want = mxfp4_mm_xla(x, wp, ws, b, quantize_input=quantize_input, out_dtype=jnp.float32)
+        assert got.shape == (m, n) and got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # and against float64 numpy (the sums are exact, so equal)
+    want64 = kref.mxfp4_mm_f64(np.asarray(x.astype(jnp.float32)), np.asarray(wp), np.asarray(ws), None,
+                               quantize_input)
+    np.testing.assert_array_equal(np.asarray(got, np.float64), want64)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("quantize_input", [True, False])
+def test_input_and_output_dtypes(dtype, quantize_input):
+    """Every activation dtype, default out_dtype (= x dtype): equal to the reference after one rounding."""
+    cfg, (m, k, n) = BACKENDS["pallas_triton"][1]["decode_wmajor"]
+    rng = np.random.default_rng(7)
+    x, wp, ws, bias = _exact_data(rng, m, k, n, dtype)
+    got = _pallas_triton(x, wp, ws, bias, quantize_input, None, cfg)
+    want = mxfp4_mm_xla(x, wp, ws, bias, quantize_input=quantize_input)
+    assert got.dtype == dtype
+    if dtype == jnp.float32 and not quantize_input:
+        # f32 activations are not bf16-exact: an f32 (HIGHEST) dot; summation order may differ by an ulp or two
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+
+
+def test_every_code_in_both_nibbles_and_every_scale_byte():
+    """Weight rows with one scale byte each (0..254) and all 256 byte values: matches float64 numpy."""
+    k, n = 512, 256
+    rng = np.random.default_rng(11)
+    byte_rows = np.stack([rng.permutation(256) for _ in range(n)]).astype(np.uint8)  # K/2 = 256 bytes: all values
+    sbytes = np.concatenate([np.arange(255), [127]]).astype(np.uint8)
+    # keep |w| finite: at the top scale bytes E2M1 * 2**(s-127) overflows float32 (and bf16) past 1.5 * 2**127
+    big = sbytes[:, None] >= 253
+    mags = byte_rows & 0x77
+    byte_rows = np.where(big, (byte_rows & 0x88) | np.minimum(mags & 0x7, 3) | (np.minimum(mags >> 4, 3) << 4),
+                         byte_rows).astype(np.uint8)
+    wp = jnp.asarray(byte_rows)
+    ws = jnp.asarray(np.repeat(sbytes[:, None], k // 32, axis=1))
+    w64 = ref.mxfp4_dequantize(byte_rows, np.asarray(ws))
+    cfg = C(block_m=16, block_n=64, block_k=128)
+    checked = np.zeros(n, bool)
+    # one x per range of scale bytes: tiny x for the large weights, huge x for the small ones (f32 stays finite)
+    for x_exp in (-60, 60):
+        x = jnp.asarray(rng.standard_normal((5, k)) * 2.0 ** x_exp, jnp.float32)
+        got = np.asarray(pallas_triton.mxfp4_mm_pallas(x, wp, ws, quantize_input=True, config=cfg), np.float64)
+        xq = np.asarray(quant.qdq_mxfp4(x), np.float64)
+        want = xq @ w64.T
+        mag = np.abs(xq) @ np.abs(w64).T
+        cols = (mag.min(0) > 2.0 ** -100) & (mag.max(0) < 2.0 ** 100)
+        # f32 accumulation: a K-term sum is within K * 2**-24 of the sum of magnitudes; subnormal weights (scale
+        # bytes 0 and 1) may be flushed to zero where float32 subnormals are flushed: <= 6 * 2**-126 per weight.
+        tol = mag * 2.0 ** -14 + np.abs(xq).sum(1, keepdims=True) * 6 * 2.0 ** -126
+        assert np.isfinite(got[:, cols]).all()
+        bad = np.abs(got - want) > tol
+        assert not bad[:, cols].any(), np.argwhere(bad[:, cols])[:5]
+        checked |= cols
+    assert checked.all(), np.flatnonzero(~checked)
+
+
+def test_ptx_decoder_model_all_bytes():
+    """The numpy model of the PTX decoder gives the E2M1 value of each nibble of every byte (with -0 for code 8)."""
+    b = np.arange(256, dtype=np.uint8)
+    lo, hi = decode.ptx_decode_emulated(b)
+    table = np.asarray(formats.E2M1_VALUES)
+    np.testing.assert_array_equal(lo, table[b & 15])
+    np.testing.assert_array_equal(hi, table[b >> 4])
+    np.testing.assert_array_equal(np.signbit(lo), np.signbit(table[b & 15]))
+    np.testing.assert_array_equal(np.signbit(hi), np.signbit(table[b >> 4]))
+
+
+def test_portable_decoder_all_codes_and_scale_bytes():
+    """decode_jnp equals quant.dequantize_mxfp4 on all byte values x all scale bytes (0..254)."""
+    packed = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (255, 1))  # 16 blocks per scale byte
+    sbytes = np.repeat(np.arange(255, dtype=np.uint8), 16)[:, None]
+    lo, hi = jax.jit(decode.decode_jnp, static_argnums=2)(jnp.asarray(packed), jnp.asarray(sbytes), jnp.float32)
+    w = np.asarray(quant.dequantize_mxfp4(jnp.asarray(packed), jnp.asarray(sbytes), jnp.float32))
+    np.testing.assert_array_equal(np.asarray(lo), w[:, 0::2])
+    np.testing.assert_array_equal(np.asarray(hi), w[:, 1::2])
+    e2m1 = np.asarray(decode.e2m1_to_f32(jnp.arange(16, dtype=jnp.int32)))
+    np.testing.assert_array_equal(np.signbit(e2m1), np.signbit(np.asarray(formats.E2M1_VALUES)))
+
+
+def test_scale_bf16_is_exact_power_of_two():
+    s = jnp.arange(255, dtype=jnp.uint8)
+    got = np.asarray(decode.scale_bf16(s).astype(jnp.float32), np.float64)
+    want = np.ldexp(1.0, np.arange(255) - 127)
+    normal = want >= 2.0 ** -126
+    np.testing.assert_array_equal(got[normal], want[normal])
+    assert got[0] in (0.0, 2.0 ** -127)  # bf16 subnormal; flushed on backends that flush
+
+
+def test_entry_point_dispatches_to_pallas():
+    rng = np.random.default_rng(3)
+    x, wp, ws, bias = _exact_data(rng, 2, 64, 32, jnp.bfloat16)
+    got = kernels.mxfp4_mm(x, wp, ws, bias, impl="pallas")
+    want = kernels.mxfp4_mm(x, wp, ws, bias, impl="xla")
+    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+
+
+def test_config_fit_and_errors():
+    cfg = configs.fit(C(block_m=128, block_n=128, block_k=512, split_k=4), m=3, k=96, n=48)
+    assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
+    cfg = configs.fit(C(block_m=128, block_n=128, block_k=256, split_k=2), m=40, k=4096, n=14336)
+    assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (64, 128, 256, 2)
+    with pytest.raises(ValueError, match="block_k: expected a multiple of 32"):
+        C(block_k=16)
+    with pytest.raises(ValueError, match="block_n: expected a power of two"):
+        C(block_n=48)
+    with pytest.raises(ValueError, match="decode: expected one of"):
+        C(decode="lut")
+    with pytest.raises(ValueError, match="cannot tile N = 40"):
+        configs.fit(C(), m=1, k=64, n=40)
+    for cls in ("decode", "small", "medium", "prefill"):
+        assert isinstance(configs.DEFAULTS[cls], C)
+
+
+def test_bytes_per_parameter_is_4_25_bits():
+    n, k = 64, 4096
+    wp, ws = quant.quantize_mxfp4(jnp.ones((n, k), jnp.float32))
+    assert (wp.nbytes + ws.nbytes) * 8 / (n * k) == 4.25
