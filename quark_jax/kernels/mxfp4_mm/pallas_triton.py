@@ -173,7 +173,7 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
         kernel_out = out_dtype
     else:
         out_shape = jax.ShapeDtypeStruct((splits, mp, n), jnp.float32)
-        out_spec = pl.BlockSpec((None, bm, bn), lambda pid, s: (s, coords(pid)[1], coords(pid)[0]))
+        out_spec = pl.BlockSpec((getattr(pl, "squeezed", None), bm, bn), lambda pid, s: (s, coords(pid)[1], coords(pid)[0]))
         kernel_out = jnp.dtype(jnp.float32)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, n_tiles_n=n_tiles_n, n_tiles_m=n_tiles_m, k_steps=k_steps,
                                w_dtype=w_dtype, precision=precision, has_bias=fused_bias, out_dtype=kernel_out)
