@@ -36,6 +36,7 @@ class Case:
     framework: str = "jax"
     baseline: bool = False  # the row ratios are measured against
     auto_candidate: str | None = None  # "pallas" or "xla": competes for the impl="auto" table
+    calls: int = 1  # GEMMs per fn call (fn may run several input sets in one jit so host dispatch hides nothing)
 
 
 def run(ops, ms, shapes, *, iters=50):
@@ -56,7 +57,7 @@ def run(ops, ms, shapes, *, iters=50):
                 for c in cases:
                     try:
                         timer = time_jax if c.framework == "jax" else time_torch
-                        t = timer(c.fn, c.arg_sets, iters=iters)
+                        t = timer(c.fn, c.arg_sets, iters=iters) / c.calls
                     except Exception as e:
                         print(f"[{op} m={m} k={k} n={n}] {c.name} failed: {e!r}", flush=True)
                         t = float("nan")

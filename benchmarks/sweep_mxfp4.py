@@ -36,25 +36,61 @@ C = configs.Config
 RESULTS = []
 
 
-def timed(fn, arg_sets, *, repeats=9, inner=5):
-    """Median seconds per call: ``inner`` jitted rounds over all ``arg_sets`` in one program, ``repeats`` times."""
-    r = len(arg_sets)
-
-    @jax.jit
-    def many(sets):
-        outs = []
-        for _ in range(inner):
-            for s in sets:
-                outs.append(fn(*s))
-        return outs
-
+def timed(fn, arg_sets, *, repeats=5, dispatches=3):
+    """Median seconds per call: one jit runs ``fn`` on every (distinct, so XLA cannot merge them) input set;
+    ``dispatches`` such calls are queued back to back per sample, so host dispatch overlaps device work."""
+    many = jax.jit(lambda sets: [fn(*s) for s in sets])
     jax.block_until_ready(many(arg_sets))
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(many(arg_sets))
-        samples.append((time.perf_counter() - t0) / (r * inner))
+        outs = [many(arg_sets) for _ in range(dispatches)]
+        jax.block_until_ready(outs)
+        samples.append((time.perf_counter() - t0) / (len(arg_sets) * dispatches))
     return statistics.median(samples)
+
+
+def profiled(fn, arg_sets, label):
+    """Device time per call from a profiler trace: the sum of GPU kernel durations / calls, and the kernels."""
+    import glob
+    import gzip
+    import shutil
+    import tempfile
+
+    many = jax.jit(lambda sets: [fn(*s) for s in sets])
+    jax.block_until_ready(many(arg_sets))
+    d = tempfile.mkdtemp()
+    try:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(2):
+                jax.block_until_ready(many(arg_sets))
+        path = (glob.glob(f"{d}/**/*.trace.json.gz", recursive=True) + glob.glob(f"{d}/**/perfetto_trace.json.gz",
+                                                                                   recursive=True))[0]
+        ev = json.load(gzip.open(path))
+        ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+        pname = {e["pid"]: e["args"]["name"] for e in ev if e.get("ph") == "M" and e.get("name") == "process_name"}
+        tname = {(e["pid"], e.get("tid")): e["args"]["name"] for e in ev
+                 if e.get("ph") == "M" and e.get("name") == "thread_name"}
+        kern = {}
+        for e in ev:
+            if e.get("ph") != "X" or "GPU" not in pname.get(e["pid"], ""):
+                continue
+            if "Stream" not in tname.get((e["pid"], e.get("tid")), ""):
+                continue
+            k = kern.setdefault(e["name"][:60], [0.0, 0])
+            k[0] += e["dur"]
+            k[1] += 1
+        calls = 2 * len(arg_sets)
+        total = sum(v[0] for v in kern.values()) / calls
+        top = sorted(kern.items(), key=lambda kv: -kv[1][0])[:6]
+        record(name=f"profile {label}", us=total, kernels=[(n, round(v[0] / calls, 2), v[1] // calls if v[1] >=
+                                                             calls else f"{v[1]}/{calls}") for n, v in top])
+        return total
+    except Exception as e:
+        record(name=f"profile {label}", us=None, error=repr(e)[:200])
+        return None
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def record(**kw):
@@ -70,13 +106,21 @@ def dense(x, w):
 
 
 def make_sets(m, k, n, sets, seed=0):
-    rng = np.random.default_rng(seed)
+    """``sets`` distinct (x bf16, packed weight, scale bytes) triples, generated on the device."""
     out = []
-    for _ in range(sets):
-        x = jnp.asarray(rng.standard_normal((m, k), np.float32), jnp.bfloat16)
-        wp, ws = quant.quantize_mxfp4(jnp.asarray(rng.standard_normal((n, k), np.float32) * 0.02))
+    quantize = jax.jit(quant.quantize_mxfp4)
+    for i in range(sets):
+        kx, kw = jax.random.split(jax.random.key(seed * 1000 + i))
+        x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+        wp, ws = quantize(jax.random.normal(kw, (n, k), jnp.float32) * 0.02)
         out.append((x, wp, ws))
     return out
+
+
+def n_sets(m, k, n):
+    """Input sets per timing call: ~400 us of estimated bf16 device work (600 TFLOP/s, 2.5 TB/s), at most 12."""
+    est = max(2.0 * m * n * k / 600e12, (n * k * 2 + 2 * m * k) / 2.5e12)
+    return int(max(1, min(12, -(-400e-6 // est))))
 
 
 def cfg_name(c: C) -> str:
@@ -153,32 +197,47 @@ def check_all_scales(cfg):
 
 
 # ---------------------------------------------------------------------------------------------------- timing
-def time_shape(m, k, n, variants, *, baselines=True, plain=False):
-    wbytes = n * k // 2 + n * k // 32
-    sets = max(1, min(4, -(-100 * 2**20 // wbytes)))
+def time_shape(m, k, n, variants, *, baselines=True, plain=False, profile=0):
+    """Time XLA bf16 dense, the XLA emulation, the activation prep and each Pallas variant at one shape; profile
+    the baselines and the first ``profile`` variants."""
+    sets = n_sets(m, k, n)
     data = make_sets(m, k, n, sets)
+    wbytes = n * k // 2 + n * k // 32
     shape = (m, k, n)
     flops = 2.0 * m * n * k
     base = None
     if baselines:
-        dsets = max(1, min(2, -(-100 * 2**20 // (2 * n * k))))
-        dd = [(x, quant.dequantize_mxfp4(p, s, jnp.bfloat16)) for x, p, s in data[:dsets]]
+        dd = [(x, quant.dequantize_mxfp4(p, s, jnp.bfloat16)) for x, p, s in data]
         base = timed(dense, dd)
         record(name="xla_bf16_dense", shape=shape, us=base * 1e6, tflops=round(flops / base / 1e12, 1))
-        t = timed(lambda x, p, s: mxfp4_mm_xla(x, p, s, quantize_input=True), data)
+        if profile:
+            profiled(dense, dd[:2], f"xla_bf16_dense {shape}")
+        del dd
+        emu = lambda x, p, s: mxfp4_mm_xla(x, p, s, quantize_input=True)  # noqa: E731
+        t = timed(emu, data)
         record(name="xla_emulation_w4a4", shape=shape, us=t * 1e6, vs_bf16=round(base / t, 3))
-        t = timed(lambda x, p, s: prepare_activations(x, True, max(16, -(-m // 16) * 16)), data)
+        if profile:
+            profiled(emu, data[:2], f"xla_emulation_w4a4 {shape}")
+        prep = lambda x, p, s: prepare_activations(x, True, max(16, -(-m // 16) * 16))  # noqa: E731
+        t = timed(prep, data)
         record(name="prep_x_qdq_split", shape=shape, us=t * 1e6)
-    for cfg in variants:
+        if profile:
+            profiled(prep, data[:2], f"prep_x_qdq_split {shape}")
+    for i, cfg in enumerate(variants):
+        f = lambda x, p, s, cfg=cfg: mxfp4_mm_pallas(x, p, s, quantize_input=True, config=cfg)  # noqa: E731
         try:
-            t = timed(lambda x, p, s, cfg=cfg: mxfp4_mm_pallas(x, p, s, quantize_input=True, config=cfg), data)
+            t0 = time.perf_counter()
+            t = timed(f, data)
+            build = time.perf_counter() - t0
         except Exception as e:
             record(name=f"pallas {cfg_name(cfg)}", shape=shape, us=None, error=repr(e)[:200])
             continue
-        extra = dict(tflops=round(flops / t / 1e12, 1), tbps=round(wbytes / t / 1e12, 2))
+        extra = dict(tflops=round(flops / t / 1e12, 1), tbps=round(wbytes / t / 1e12, 2), build_s=round(build, 1))
         if base:
             extra["vs_bf16"] = round(base / t, 3)
         record(name=f"pallas {cfg_name(cfg)}", shape=shape, us=t * 1e6, **extra)
+        if i < profile:
+            profiled(f, data[:2], f"pallas {cfg_name(cfg)} {shape}")
     if plain and variants:
         from timing import time_jax
 
@@ -189,24 +248,35 @@ def time_shape(m, k, n, variants, *, baselines=True, plain=False):
 
 
 def decode_variants(quick=False):
-    base = C(block_m=16, block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=4)
+    base = C(block_m=16, block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=6)
     r = dataclasses.replace
-    vs = [base, r(base, decode="asm_scaled"), r(base, pack=4), r(base, decode="jnp"),
-          r(base, split_k=1), r(base, split_k=4), r(base, w_major=False), r(base, block_n=32),
-          r(base, block_n=128), r(base, block_n=128, split_k=4), r(base, block_k=128), r(base, block_k=512),
-          r(base, num_stages=3), r(base, num_stages=6), r(base, num_warps=2), r(base, num_warps=8),
-          r(base, block_n=32, block_k=512, split_k=2, num_warps=2)]
+    vs = [base, r(base, split_k=1), r(base, block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4),
+          r(base, pack=4), r(base, pack=4, split_k=1), r(base, block_n=32, split_k=1, num_warps=2),
+          r(base, block_k=512, split_k=1, num_stages=4), r(base, block_n=128), r(base, num_stages=8),
+          r(base, block_k=128, split_k=1, num_stages=8), r(base, decode="asm_scaled"),
+          r(base, block_n=32, block_k=512, num_warps=2, num_stages=4)]
     return vs[:6] if quick else vs
 
 
-def prefill_variants(quick=False):
-    base = C(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3, w_major=False, pack=4)
+def mid_variants(m):
     r = dataclasses.replace
-    vs = [base, r(base, pack=2), r(base, decode="asm_scaled"), r(base, w_major=True, block_m=256),
-          r(base, block_m=256, num_stages=2), r(base, block_m=256), r(base, block_n=256, num_stages=2),
-          r(base, block_k=64, num_stages=4), r(base, block_k=256, num_stages=2),
-          r(base, w_major=True, block_m=256, pack=2), r(base, group_m=16), r(base, block_m=64, num_warps=4)]
-    return vs[:4] if quick else vs
+    if m <= 64:
+        base = C(block_m=64, block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=4)
+        return [base, r(base, split_k=1), r(base, block_n=128, block_k=128, split_k=1),
+                r(base, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3),
+                C(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=3, w_major=False, pack=4)]
+    base = C(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3, pack=2)
+    return [base, r(base, block_m=256), r(base, num_warps=4), r(base, block_m=256, block_n=64),
+            r(base, w_major=False, pack=4)]
+
+
+def prefill_variants(quick=False):
+    base = C(block_m=256, block_n=128, block_k=128, num_warps=8, num_stages=3, pack=2)
+    r = dataclasses.replace
+    vs = [base, r(base, pack=4), r(base, num_stages=4), r(base, num_stages=2), r(base, block_k=64, num_stages=4),
+          r(base, block_k=64, num_stages=5), r(base, group_m=16), r(base, group_m=4), r(base, decode="asm_scaled"),
+          r(base, block_n=64, num_warps=4), r(base, block_m=128, num_warps=4)]
+    return vs[:5] if quick else vs
 
 
 def main(argv=None):
@@ -220,24 +290,26 @@ def main(argv=None):
     try:
         if a.phase in ("all", "check"):
             dv = decode_variants()
-            pv = prefill_variants()
-            variants = [(cfg_name(c), configs.fit(c, 37, 512, 256), (37, 512, 256)) for c in dv[:7]]
-            variants += [(cfg_name(c), c, (300, 512, 256)) for c in pv[:4] + pv[9:10]]
+            variants = [(cfg_name(c), configs.fit(c, 1, 512, 256), (1, 512, 256)) for c in dv[:6]]
+            variants += [(cfg_name(c), configs.fit(c, 21, 512, 256), (21, 512, 256)) for c in dv[:2]]
+            variants += [(cfg_name(c), c, (300, 512, 256)) for c in prefill_variants()[:2] + mid_variants(256)[:2]]
             check_variants(variants)
-            check_all_scales(C(block_m=16, block_n=64, block_k=128))
-            check_all_scales(C(block_m=128, block_n=128, block_k=128, num_warps=8, w_major=False, pack=4))
+            check_all_scales(dataclasses.replace(dv[0], block_k=128))
             print(f"[check done {time.time() - t0:.0f}s]", flush=True)
         if a.phase in ("all", "decode"):
-            for m in (16, 1):
-                vs = decode_variants(a.quick) if m == 16 else decode_variants(True)
-                time_shape(m, 4096, 14336, vs, plain=True)
-            time_shape(16, 14336, 4096, [dataclasses.replace(c, split_k=s) for c in decode_variants(True)[:2]
-                                          for s in (2, 4, 8)])
+            time_shape(16, 4096, 14336, decode_variants(), plain=True, profile=2)
+            time_shape(1, 4096, 14336, decode_variants(True), plain=True, profile=1)
+            time_shape(16, 14336, 4096, [dataclasses.replace(c, split_k=s) for c in decode_variants(True)[:4:3]
+                                          for s in (1, 2, 4)])
             print(f"[decode done {time.time() - t0:.0f}s]", flush=True)
         if a.phase in ("all", "prefill"):
-            time_shape(2048, 4096, 14336, prefill_variants(a.quick))
-            time_shape(8192, 8192, 8192, prefill_variants()[:6])
+            time_shape(2048, 4096, 14336, prefill_variants(a.quick), profile=1)
+            time_shape(8192, 8192, 8192, prefill_variants(True), profile=1)
             print(f"[prefill done {time.time() - t0:.0f}s]", flush=True)
+        if a.phase in ("all", "mid"):
+            time_shape(64, 4096, 14336, mid_variants(64))
+            time_shape(256, 4096, 14336, mid_variants(256), profile=1)
+            print(f"[mid done {time.time() - t0:.0f}s]", flush=True)
     except Exception:
         traceback.print_exc()
     finally:

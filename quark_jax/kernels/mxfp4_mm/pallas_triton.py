@@ -15,7 +15,8 @@ weights rounded to f16 exactly as the reference rounds them. f32 inputs without 
 (IEEE, ``Precision.HIGHEST``) dot: correct but not fast.
 
 Grid: one program per (N tile, M tile) pair (grouped along M for L2 reuse) and per K split. With ``split_k > 1``
-each split writes f32 partial sums [split_k, M, N] that a small XLA reduction adds (with the bias).
+each split writes f32 partial sums [split_k, M, N] that a small XLA reduction adds (with the bias). The last row
+tile of a ragged M stores only its valid rows (masked store), so the output needs no slicing pass.
 """
 
 from __future__ import annotations
@@ -108,7 +109,19 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
         acc = acc.T
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
-    o_ref[...] = acc.astype(out_dtype)
+    if m % bm:  # ragged last row tile: the output has exactly M rows, store only the valid ones
+        _, m_tile = _tile_coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
+        rows = m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32)
+        valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < rows
+        _store(o_ref, acc.astype(out_dtype), valid)
+    else:
+        o_ref[...] = acc.astype(out_dtype)
+
+
+def _store(ref, value, mask):
+    from jax.experimental.pallas import triton as plgpu
+
+    plgpu.store(ref, value, mask=mask)
 
 
 def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, config=None,
@@ -168,11 +181,11 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
         in_specs.append(pl.BlockSpec((bn,), lambda pid, s: (coords(pid)[0],)))
         args.append(bias)
     if splits == 1:
-        out_shape = jax.ShapeDtypeStruct((mp, n), out_dtype)
+        out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
         out_spec = pl.BlockSpec((bm, bn), lambda pid, s: (coords(pid)[1], coords(pid)[0]))
         kernel_out = out_dtype
     else:
-        out_shape = jax.ShapeDtypeStruct((splits, mp, n), jnp.float32)
+        out_shape = jax.ShapeDtypeStruct((splits, m, n), jnp.float32)
         out_spec = pl.BlockSpec((getattr(pl, "squeezed", None), bm, bn), lambda pid, s: (s, coords(pid)[1], coords(pid)[0]))
         kernel_out = jnp.dtype(jnp.float32)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, n_tiles_n=n_tiles_n, n_tiles_m=n_tiles_m, k_steps=k_steps,
@@ -194,4 +207,4 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
         if bias is not None:
             out = out + bias.astype(jnp.float32)
         out = out.astype(out_dtype)
-    return out[:m] if mp != m else out
+    return out
