@@ -161,6 +161,10 @@ class QuarkLinear(nnx.Module):
         """The processed params as a dict (what ``scheme.apply_weights`` takes)."""
         return {k: getattr(self, k)[...] for k in self.param_names}
 
+    def dequantized_weight(self):
+        """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
+        return self.scheme.dequantize_weight(self.params())
+
     def __call__(self, x):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:

@@ -133,6 +133,13 @@ class QuarkScheme(abc.ABC):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         """``x [..., K]`` -> ``y [..., N]`` in x's dtype. Jittable."""
 
+    def dequantize_weight(self, params: Mapping[str, Any]):
+        """The weight that ``apply_weights`` effectively multiplies by, as float32 [N, K], from processed params
+        (for inspection and error analysis; the GEMMs never materialize it)."""
+        w = jnp.asarray(params["weight"]).astype(jnp.float32)
+        s = jnp.asarray(params["weight_scale"], jnp.float32)
+        return w * (s.reshape(-1, 1) if s.ndim else s)
+
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 
