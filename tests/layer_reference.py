@@ -59,7 +59,9 @@ def vllm_layer(kind: str, model, shards, x, *, azp=None):
         return kref.scaled_mm_f64(q.astype(F32), w.astype(F32), s_x, s_w)
     if kind.startswith("int8"):
         w = np.concatenate(shard_tensors(model, shards, "weight"))
-        s_w = np.concatenate([a.astype(F32).reshape(-1) for a in shard_tensors(model, shards, "weight_scale")])
+        s_w = np.concatenate([np.broadcast_to(a.astype(F32).reshape(-1), (len(wi),))  # per-tensor -> per row
+                              for a, wi in zip(shard_tensors(model, shards, "weight_scale"),
+                                               shard_tensors(model, shards, "weight"))])
         s_in = shard_tensors(model, shards, "input_scale")[0].astype(F32)
         if kind == "int8_sym":
             return kref.scaled_mm_f64(ref.int8_static_sym(x32, s_in), w, s_in, s_w)

@@ -1,6 +1,10 @@
-"""Every quantized linear of every Quark fixture, loaded with QuarkLinear.from_pretrained and run jitted, against
-Quark's own outputs (y_fakeq, w_qdq) and against an independent numpy model of vLLM's computation."""
+"""Every quantized linear of every Quark fixture, loaded with QuarkLinear.from_pretrained and run, against Quark's
+own outputs (y_fakeq, w_qdq) and against an independent numpy model of vLLM's computation.
 
+Layers are called directly (their forward is a cached jitted function of the scheme); nnx.jit over whole modules
+is covered in test_nn_linear.py (each module path is static metadata, so nnx.jit compiles once per layer)."""
+
+import functools
 import json
 
 import jax.numpy as jnp
@@ -16,7 +20,6 @@ from quark_jax import QuarkConfig
 from quark_jax.io import SafetensorsFile
 from quark_jax.nn import QuarkLinear
 
-FORWARD = nnx.jit(lambda layer, x: layer(x))
 BF16 = ml_dtypes.bfloat16
 KV_VARIANT = "w_fp8_a_fp8_pertensor_static_kv_fp8"
 
@@ -26,8 +29,14 @@ def files(variant):
     return SafetensorsFile(d / "model.safetensors"), SafetensorsFile(d / "reference.safetensors")
 
 
+@functools.lru_cache(maxsize=None)
+def load(variant, path, **options):
+    """QuarkLinear.from_pretrained with the XLA GEMMs, shared by the tests (they do not mutate layers)."""
+    return QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla", **options)
+
+
 def run(layer, x):
-    return np.asarray(FORWARD(layer, jnp.asarray(x)).astype(jnp.float32))
+    return np.asarray(layer(jnp.asarray(x)).astype(jnp.float32))
 
 
 def rel(got, want):
@@ -41,10 +50,10 @@ def test_every_layer_matches_quark_and_vllm_reference(variant):
     kind = lref.kind_of(quant_config(variant))
     bf16 = variant.startswith("bf16")
     for path in reference_layers(variant):
-        layer = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla")
+        layer = load(variant, path)
         x = refs.get(path + ".x")
         assert layer.dtype == (jnp.bfloat16 if bf16 else jnp.float32)
-        y = FORWARD(layer, jnp.asarray(x))
+        y = layer(jnp.asarray(x))
         assert y.shape == (3, layer.out_features) and y.dtype == x.dtype, path
         y = np.asarray(y.astype(jnp.float32))
         want_vllm = lref.vllm_layer(kind, model, [path], x)
@@ -67,7 +76,7 @@ def test_every_layer_matches_quark_and_vllm_reference(variant):
 def test_dequantized_weights_equal_w_qdq(variant):
     _, refs = files(variant)
     for path in reference_layers(variant):
-        layer = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla")
+        layer = load(variant, path)
         w = np.asarray(layer.dequantized_weight())
         want = refs.get(path + ".w_qdq")
         np.testing.assert_array_equal(w.astype(want.dtype).astype(np.float32), want.astype(np.float32),
@@ -152,7 +161,7 @@ def test_leading_shapes_and_eager_call():
     variant = "w_fp8_perchannel_a_fp8_pertoken_dynamic"
     _, refs = files(variant)
     path = reference_layers(variant)[3]
-    layer = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla")
+    layer = load(variant, path)
     x = refs.get(path + ".x")
     y2 = run(layer, x)
     x4 = np.stack([x, x[::-1]])[:, None]  # [2, 1, 3, K]
@@ -160,7 +169,7 @@ def test_leading_shapes_and_eager_call():
     assert y4.shape == (2, 1, 3, layer.out_features)
     np.testing.assert_array_equal(y4[0, 0], y2)
     np.testing.assert_array_equal(y4[1, 0], y2[::-1])
-    np.testing.assert_array_equal(np.asarray(layer(x)), y2)  # eager, un-jitted call gives the same numbers
+    np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, v: m(v))(layer, x)), y2)  # under nnx.jit
     with pytest.raises(ValueError, match=rf"{path}: x: expected shape \[..., {layer.in_features}\], got \(3, 7\)"):
         layer(np.zeros((3, 7), np.float32))
 
@@ -169,8 +178,8 @@ def test_mxfp4_dequantize_at_load_option_equals_packed_path():
     variant = "w_mxfp4_a_mxfp4"
     _, refs = files(variant)
     path = reference_layers(variant)[6]
-    packed = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla")
-    dense = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla", dequantize_mxfp4_weight=True)
+    packed = load(variant, path)
+    dense = load(variant, path, dequantize_mxfp4_weight=True)
     assert dense.param_names == ("weight_dequant",) and dense.weight_dequant[...].dtype == jnp.bfloat16
     x = refs.get(path + ".x")
     np.testing.assert_array_equal(run(dense, x), run(packed, x))
@@ -181,8 +190,8 @@ def test_fp8_fnuz_mode_gives_the_same_outputs():
     variant = "w_fp8_a_fp8_pertensor_static"
     _, refs = files(variant)
     path = reference_layers(variant)[0]
-    fn = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla")
-    fnuz = QuarkLinear.from_pretrained(variant_dir(variant), path, impl="xla", fp8_dtype="float8_e4m3fnuz")
+    fn = load(variant, path)
+    fnuz = load(variant, path, fp8_dtype="float8_e4m3fnuz")
     assert fnuz.weight[...].dtype == jnp.float8_e4m3fnuz
     assert float(fnuz.weight_scale[...]) == 2 * float(fn.weight_scale[...])
     x = refs.get(path + ".x")

@@ -17,7 +17,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod
 from quark_jax.schemes.base import logical_widths_of
 
-__all__ = ["QuarkParam", "QuarkLinear", "process_params", "checkpoint_dtype"]
+__all__ = ["QuarkParam", "QuarkLinear", "process_params", "apply_params", "checkpoint_dtype"]
 
 
 class QuarkParam(nnx.Variable):
@@ -29,6 +29,17 @@ class QuarkParam(nnx.Variable):
 def process_params(scheme: QuarkScheme, params: Mapping[str, Any], logical_widths: tuple[int, ...]):
     """``scheme.process_weights_after_loading`` jitted (cached per scheme and shapes)."""
     return scheme.process_weights_after_loading(params, logical_widths)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def apply_params(scheme: QuarkScheme, params: Mapping[str, Any], x, bias=None):
+    """``scheme.apply_weights`` jitted (cached per scheme and shapes; inlined when called under another jit)."""
+    return scheme.apply_weights(params, x, bias)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def _dequantize(scheme: QuarkScheme, params: Mapping[str, Any]):
+    return scheme.dequantize_weight(params)
 
 
 def checkpoint_dtype(config: Mapping[str, Any], default=jnp.float32):
@@ -163,7 +174,7 @@ class QuarkLinear(nnx.Module):
 
     def dequantized_weight(self):
         """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
-        return self.scheme.dequantize_weight(self.params())
+        return _dequantize(self.scheme, self.params())
 
     def __call__(self, x):
         x = jnp.asarray(x)
@@ -172,4 +183,4 @@ class QuarkLinear(nnx.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         bias = self.bias[...] if self.use_bias else None
-        return self.scheme.apply_weights(self.params(), x, bias)
+        return apply_params(self.scheme, self.params(), x, bias)
