@@ -60,9 +60,10 @@ def test_every_layer_matches_quark_and_vllm_reference(variant):
         y_fakeq = refs.get(path + ".y_fakeq").astype(np.float32)
         if bf16:
             # vLLM-exact reference in f32 rounded once to bf16: equal up to one bf16 rounding of the accumulation
+            # (on CPU every element is identical; another accumulation order may flip a rounding)
             want = np.asarray(want_vllm, np.float32).astype(BF16).astype(np.float32)
             assert rel(y, want) <= 2.0**-8, path
-            assert np.mean(y == want) > 0.9, path
+            assert np.mean(y == want) > 0.99, path
             # Quark divides x / s in bf16 (SPEC 7 item 6): only loosely equal to y_fakeq
             assert rel(y, y_fakeq) <= 5e-2, path
         else:
