@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,32 +13,15 @@ from flax import nnx
 from quark_jax.checkpoint import CheckpointReader, layer_geometry, layer_param_specs, load_layer_params, open_checkpoint
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError
-from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod
-from quark_jax.schemes.base import logical_widths_of
+from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
+from quark_jax.schemes.base import dequantize_params, logical_widths_of
 
-__all__ = ["QuarkParam", "QuarkLinear", "process_params", "apply_params", "checkpoint_dtype"]
+__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]
 
 
 class QuarkParam(nnx.Variable):
     """A parameter loaded from a Quark checkpoint and processed for inference (quantized weights, scales, zero
     points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
-
-
-@functools.partial(jax.jit, static_argnames=("scheme", "logical_widths"))
-def process_params(scheme: QuarkScheme, params: Mapping[str, Any], logical_widths: tuple[int, ...]):
-    """``scheme.process_weights_after_loading`` jitted (cached per scheme and shapes)."""
-    return scheme.process_weights_after_loading(params, logical_widths)
-
-
-@functools.partial(jax.jit, static_argnames=("scheme",))
-def apply_params(scheme: QuarkScheme, params: Mapping[str, Any], x, bias=None):
-    """``scheme.apply_weights`` jitted (cached per scheme and shapes; inlined when called under another jit)."""
-    return scheme.apply_weights(params, x, bias)
-
-
-@functools.partial(jax.jit, static_argnames=("scheme",))
-def _dequantize(scheme: QuarkScheme, params: Mapping[str, Any]):
-    return scheme.dequantize_weight(params)
 
 
 def checkpoint_dtype(config: Mapping[str, Any], default=jnp.float32):
@@ -174,7 +156,7 @@ class QuarkLinear(nnx.Module):
 
     def dequantized_weight(self):
         """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
-        return _dequantize(self.scheme, self.params())
+        return dequantize_params(self.scheme, self.params())
 
     def __call__(self, x):
         x = jnp.asarray(x)
