@@ -17,7 +17,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
 from quark_jax.schemes.base import dequantize_params, logical_widths_of
 
-__all__ = ["QuarkParam", "QuarkLinear"]
+__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
 
 class QuarkParam(nnx.Variable):
