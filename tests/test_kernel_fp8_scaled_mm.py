@@ -17,12 +17,15 @@ import pytest
 
 import kernel_reference as kref
 from quark_jax import kernels, quant
+from quark_jax.kernels import _dispatch
 from quark_jax.kernels.fp8_scaled_mm import configs
 from quark_jax.kernels.fp8_scaled_mm import pallas_triton
 from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
 
 F8 = jnp.float8_e4m3fn
 OUT = [jnp.bfloat16, jnp.float16, jnp.float32]
+ON_GPU = not _dispatch.pallas_interpret()
+GPU_ACC_SLACK = 2.0**-10 if ON_GPU else 0.0
 SCALES = [(False, False), (True, False), (False, True), (True, True)]  # (per_token, per_channel)
 
 
@@ -71,8 +74,13 @@ def _ulp_diff(got, want, dtype, terms=None):
 
 
 def _terms(x, w, xs, ws, b):
-    """|x_scale * w_scale * acc| + |bias| in float64: the size of what the epilogue adds."""
-    y = np.abs(kref.scaled_mm_f64(np.asarray(x.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)), xs, ws))
+    """|x_scale| |w_scale| (|x| @ |w|^T) + |bias| in float64: a bound on what the epilogue adds. On a GPU the
+    FP8 tensor cores accumulate with fewer than f32's bits (both cuBLASLt's and Triton's dots), so there a
+    further ``GPU_ACC_SLACK`` of it is forgiven; in interpret mode the accumulation is exact f32."""
+    ax = np.abs(np.asarray(x.astype(jnp.float32), np.float64))
+    aw = np.abs(np.asarray(w.astype(jnp.float32), np.float64))
+    y = kref.scaled_mm_f64(ax, aw, np.abs(np.asarray(xs)), np.abs(np.asarray(ws)))
+    y = y * (1.0 + GPU_ACC_SLACK / (2.0 * float(jnp.finfo(jnp.float32).eps)))
     return y if b is None else y + np.abs(np.asarray(jnp.asarray(b).astype(jnp.float32), np.float64))[None, :]
 
 
@@ -130,7 +138,7 @@ def test_realistic_quantized_data_against_float64(case):
     y = _run(case, xq, wq, xs, ws, b, jnp.float32)
     want = kref.scaled_mm_f64(np.asarray(xq.astype(jnp.float32)), np.asarray(wq.astype(jnp.float32)), xs, ws, b)
     err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
-    assert err <= 1e-6, err
+    assert err <= (2e-3 if ON_GPU else 1e-6), err
     y16 = _run(case, xq, wq, xs, ws, b, jnp.bfloat16)
     assert _ulp_diff(y16, y.astype(jnp.bfloat16), jnp.bfloat16).max() <= 1.0
 
