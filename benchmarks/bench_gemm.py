@@ -41,7 +41,16 @@ class Case:
     auto_candidate: str | None = None  # "pallas" or "xla": competes for the impl="auto" table
 
 
-def run(ops, ms, shapes, *, iters=50, timing="device"):
+def device_calls(case, target_s=2e-3):
+    """Calls per timed program (device timing): enough for ~``target_s`` of work by the case's own floor
+    (bytes at 3.0 TB/s, flops at 1.5 PFLOP/s), 2 to 32."""
+    floor = max(case.bytes / 3.0e12, case.flops / 1.5e15, 1e-7)
+    return int(min(32, max(2, -(-target_s // floor))))
+
+
+def run(ops, ms, shapes, *, iters=50, timing="device", on_progress=None):
+    """Times every case; ``on_progress(device, rows)`` is called after each (op, shape, M) so a run cut short
+    still leaves its rows behind."""
     import jax
 
     device = jax.devices()[0].device_kind
@@ -59,7 +68,8 @@ def run(ops, ms, shapes, *, iters=50, timing="device"):
                 for c in cases:
                     try:
                         timer = TIMERS[timing][c.framework]
-                        t = timer(c.fn, c.arg_sets, iters=iters) if timing == "wall" else timer(c.fn, c.arg_sets)
+                        t = (timer(c.fn, c.arg_sets, iters=iters) if timing == "wall"
+                             else timer(c.fn, c.arg_sets, calls=device_calls(c)))
                     except Exception as e:
                         print(f"[{op} m={m} k={k} n={n}] {c.name} failed: {e!r}", flush=True)
                         t = float("nan")
@@ -70,6 +80,8 @@ def run(ops, ms, shapes, *, iters=50, timing="device"):
                                      gbps=c.bytes / t / 1e9, vs_baseline=base / t, auto=c.auto_candidate,
                                      timing=timing))
                 print_rows(rows[-len(results):])
+                if on_progress is not None:
+                    on_progress(device, rows)
     return device, rows
 
 
@@ -115,10 +127,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     ms = [int(v) for v in a.m.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
-    device, rows = run(a.ops.split(","), ms, shapes, iters=a.iters, timing=a.timing)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    if a.json:
-        Path(a.json).write_text(json.dumps(dict(device=device, date=stamp, timing=a.timing, rows=rows), indent=1))
+
+    def save(device, rows):
+        if a.json:
+            Path(a.json).write_text(json.dumps(dict(device=device, date=stamp, timing=a.timing, rows=rows), indent=1))
+
+    device, rows = run(a.ops.split(","), ms, shapes, iters=a.iters, timing=a.timing, on_progress=save)
+    save(device, rows)
     if a.write_table:
         from quark_jax.kernels._dispatch import TUNING_DIR, device_key
 

@@ -86,6 +86,16 @@ GROUPS = ([("decode", (1, k, n), decode1(k, n)) for k, n in SHAPES[:2]]
                                                xw(64, 128, 128, 4, 4, g=8)])])
 
 
+# Run only when named (--groups decode2): a finer sweep around the decode winners of the second H100 run.
+EXTRA_GROUPS = [
+    ("decode2", (1, 4096, 14336),
+     [wx(16, 32, bk, w=w, st=st) for bk in (128, 256) for st in (2, 3, 4, 6) for w in (2, 4, 8)]
+     + [wx(16, 16, 256, st=st) for st in (3, 5)] + [wx(16, 64, 128, st=st) for st in (4, 6)]),
+    ("decode2", (16, 4096, 14336),
+     [wx(16, 128, bk, w=w, st=st) for bk in (128, 256) for st in (2, 3, 4, 6) for w in (4, 8)]
+     + [wx(16, 64, 128, st=st) for st in (4, 6)] + [wx(16, 256, 128, w=8, st=st) for st in (3, 4)]),
+]
+
 SMOKE = [("decode", (1, 256, 64), [fma(16, 64), wx(16, 16, 64), wx(16, 32, 64, s=2)]),
          ("prefill", (40, 128, 64), [xw(32, 32, 64, g=2), xw(16, 64, 64)])]
 
@@ -213,6 +223,30 @@ def run_group(tag, shape, cands, *, threads, log, wall_baselines=False):
     return rows
 
 
+def launch_floor(calls=32):
+    """Seconds per call of a one-program Pallas kernel (writes 16x128 f32), ``calls`` per jitted program: the
+    per-kernel launch and gap cost that every timed kernel pays on top of its own work."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    def body(x_ref, o_ref):
+        o_ref[...] = x_ref[...] + 1.0
+
+    call = pl.pallas_call(body, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+                          compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1))
+    xs = [jnp.full((16, 128), float(i), jnp.float32) for i in range(calls)]
+    prog = jax.jit(lambda xs: [call(x) for x in xs])
+    jax.block_until_ready(prog(xs))
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(prog(xs))
+        samples.append((time.perf_counter() - t0) / calls)
+    return sorted(samples)[2]
+
+
 def dispatch_floor():
     """Seconds per call of a trivial jitted op called back to back (the host-side floor of any measurement)."""
     import jax
@@ -239,6 +273,13 @@ def main(argv=None):
     print(f"dispatch floor (trivial jitted op, back to back): {dispatch_floor() * 1e6:.1f} us", flush=True)
     tags = set(a.groups.split(",")) if a.groups else None
     rows = []
+    if tags:
+        groups = groups + EXTRA_GROUPS
+    if not a.smoke:
+        try:
+            print(f"launch floor (tiny Pallas kernel, 32 per program): {launch_floor() * 1e6:.1f} us", flush=True)
+        except Exception as e:  # a measurement aid only
+            print(f"launch floor: failed: {e!r}"[:300], flush=True)
     for tag, shape, cands in groups:
         if tags and tag not in tags:
             continue

@@ -218,7 +218,10 @@ def test_select_uses_device_table_then_defaults(monkeypatch):
     assert configs.select(16, 4096, 14336, "testdev") == cfg
     assert configs.select(9, 4096, 14336, "testdev") == cfg  # same bucket (2..16)
     assert configs.select(17, 4096, 14336, "testdev") == configs.fit(configs._DEFAULTS[64], 17, 4096, 14336)
-    assert configs.select(16, 4096, 4096, "otherdev") == configs.fit(configs._DEFAULTS[16], 16, 4096, 4096)
+    # defaults split K when N alone gives too few programs (N = 2048 -> 64 blocks of 32 -> 4 splits)
+    assert configs.select(16, 4096, 14336, "otherdev") == configs.fit(configs._DEFAULTS[16], 16, 4096, 14336)
+    assert configs.select(16, 4096, 2048, "otherdev").k_splits == 4
+    assert configs.select(4096, 4096, 2048, "otherdev").k_splits == 1  # never for prefill tiles
 
 
 def test_every_table_config_is_valid_for_its_shape():

@@ -112,20 +112,57 @@ def fit(cfg: GemmConfig, m: int, k: int, n: int) -> GemmConfig:
     return dataclasses.replace(cfg, block_m=bm, block_n=bn, block_k=bk, k_splits=splits, inner=inner)
 
 
-# Heuristic defaults (any device): skinny M streams the weight with many small-N programs over the whole of K;
-# large M uses big tensor-core tiles with grouped ordering.
+# Heuristic defaults (any device, any shape not in a table): skinny M streams the weight with narrow N blocks
+# over the whole of K (K is split only when N alone gives too few programs, see ``_auto_splits``); large M uses
+# big tensor-core tiles with grouped ordering. Chosen from the H100 sweeps (benchmarks/NOTES.md).
 _DEFAULTS = {
-    1: GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
+    1: GemmConfig(16, 32, 256, inner="wx", num_warps=4, num_stages=3),
     16: GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
-    64: GemmConfig(64, 64, 256, inner="wx", num_warps=4, num_stages=3),
-    256: GemmConfig(64, 128, 128, group_m=8, num_warps=4, num_stages=4),
-    1024: GemmConfig(128, 128, 128, group_m=8, num_warps=8, num_stages=4),
-    1 << 62: GemmConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3),
+    64: GemmConfig(64, 64, 256, inner="xw", num_warps=4, num_stages=3),
+    256: GemmConfig(128, 128, 128, group_m=8, num_warps=4, num_stages=4),
+    1024: GemmConfig(128, 128, 128, group_m=8, num_warps=4, num_stages=4),
+    1 << 62: GemmConfig(128, 128, 128, group_m=8, num_warps=4, num_stages=4),
 }
 
-# Measured tables: device_key -> {(m_bucket, k, n) or (m_bucket, None, None): GemmConfig}. Filled from
-# benchmarks/sweep_fp8.py runs (see benchmarks/NOTES.md, "FP8 W8A8").
-TABLES: dict[str, dict[tuple, GemmConfig]] = {}
+_H100 = {
+    # M = 1
+    (1, 4096, 14336): GemmConfig(16, 32, 256, inner="wx", num_warps=4, num_stages=3),
+    (1, 14336, 4096): GemmConfig(16, 32, 256, k_splits=2, inner="wx", num_warps=4, num_stages=4),
+    (1, 4096, 4096): GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
+    (1, 8192, 8192): GemmConfig(16, 64, 512, inner="wx", num_warps=4, num_stages=3),
+    # 2 <= M <= 16
+    (16, 4096, 14336): GemmConfig(16, 128, 256, inner="wx", num_warps=4, num_stages=3),
+    (16, 14336, 4096): GemmConfig(16, 64, 256, k_splits=4, inner="wx", num_warps=4, num_stages=3),
+    (16, 4096, 4096): GemmConfig(16, 32, 256, inner="wx", num_warps=4, num_stages=4),
+    (16, 8192, 8192): GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
+    # 17 <= M <= 64
+    (64, 4096, 14336): GemmConfig(64, 64, 256, inner="wx", num_warps=4, num_stages=3),
+    (64, 14336, 4096): GemmConfig(64, 64, 256, k_splits=2, inner="xw", num_warps=4, num_stages=3),
+    (64, 4096, 4096): GemmConfig(64, 64, 256, inner="wx", num_warps=4, num_stages=3),
+    (64, 8192, 8192): GemmConfig(64, 64, 256, inner="xw", num_warps=4, num_stages=3),
+    # 65 <= M <= 256 (XLA is faster here on the H100; these are the best Pallas tilings measured)
+    (256, 14336, 4096): GemmConfig(128, 128, 128, k_splits=2, group_m=8, num_warps=4, num_stages=4),
+    (256, 4096, 4096): GemmConfig(64, 128, 128, group_m=8, num_warps=4, num_stages=4),
+}
+
+# Measured tables: device_key -> {(m_bucket, k, n) or (m_bucket, None, None): GemmConfig}, from
+# benchmarks/sweep_fp8.py runs (benchmarks/NOTES.md, "FP8 W8A8"); a row is used as is (after ``fit``).
+TABLES: dict[str, dict[tuple, GemmConfig]] = {"nvidia_h100_80gb_hbm3": _H100}
+
+# Programs wanted for a streaming (skinny-M) kernel, ~1.5 per SM of an H100 (132 SMs): in the sweeps, splitting K
+# paid where N alone gave 64-128 programs and cost where it gave 224 or more.
+_MIN_PROGRAMS = 200
+
+
+def _auto_splits(cfg: GemmConfig, m: int, k: int, n: int) -> GemmConfig:
+    """For a default skinny config: split K (up to 4) while the N blocks give fewer than ``_MIN_PROGRAMS``."""
+    if cfg.block_m > 64 or cfg.k_splits != 1:
+        return cfg
+    programs = -(-m // cfg.block_m) * max(n // cfg.block_n, 1)
+    splits = 1
+    while splits < 4 and programs * splits < _MIN_PROGRAMS and (k // (2 * splits)) % cfg.block_k == 0:
+        splits *= 2
+    return dataclasses.replace(cfg, k_splits=splits)
 
 
 def m_bucket(m: int) -> int:
@@ -140,5 +177,7 @@ def select(m: int, k: int, n: int, device: str | None = None) -> GemmConfig:
     """
     b = m_bucket(m)
     table = TABLES.get(device or "", {})
-    cfg = table.get((b, k, n)) or table.get((b, None, None)) or _DEFAULTS[b]
+    cfg = table.get((b, k, n)) or table.get((b, None, None))
+    if cfg is None:
+        cfg = _auto_splits(_DEFAULTS[b], m, k, n)
     return fit(cfg, m, k, n)
