@@ -68,10 +68,14 @@ def _pow2_floor(v: int) -> int:
     return 1 << (max(int(v), 1).bit_length() - 1)
 
 
-def fit(cfg: Config, m: int, k: int, n: int) -> Config:
+TARGET_PROGRAMS = 224  # enough programs to fill 132 SMs once split-K is used for short-N shapes
+
+
+def fit(cfg: Config, m: int, k: int, n: int, *, auto_split: bool = False) -> Config:
     """``cfg`` with tiles shrunk so that they divide the problem: block_n | N, block_k * split_k | K.
 
-    ``block_m`` is capped at the padded M (at least 16). N must be a multiple of 16, K a multiple of 32.
+    ``block_m`` is capped at the padded M (at least 16). N must be a multiple of 16, K a multiple of 32. With
+    ``auto_split`` the K split grows (powers of two, up to 8) until there are ``TARGET_PROGRAMS`` programs.
 
     >>> fit(Config(block_n=128, block_k=256, split_k=4), m=1, k=96, n=48)
     Config(block_m=16, block_n=16, block_k=32, split_k=1, num_warps=4, num_stages=3, decode='asm', w_major=True, group_m=8, pack=2)
@@ -81,6 +85,10 @@ def fit(cfg: Config, m: int, k: int, n: int) -> Config:
     while n % block_n:
         block_n //= 2
     split_k = cfg.split_k
+    if auto_split:
+        tiles = (n // block_n) * -(-m // block_m)
+        while tiles * split_k < TARGET_PROGRAMS and split_k < 8 and k // (2 * split_k) >= cfg.block_k:
+            split_k *= 2
     while (k // 32) % split_k:
         split_k //= 2
     block_k = min(cfg.block_k, _pow2_floor(k // split_k))
@@ -95,4 +103,4 @@ def default_config(m: int, k: int, n: int) -> Config:
     """The tuned config for the shape class of ``m`` (see ``_dispatch.shape_class``), fitted to (m, k, n)."""
     from quark_jax.kernels._dispatch import shape_class
 
-    return fit(DEFAULTS[shape_class(m)], m, k, n)
+    return fit(DEFAULTS[shape_class(m)], m, k, n, auto_split=True)

@@ -16,7 +16,8 @@ weights rounded to f16 exactly as the reference rounds them. f32 inputs without 
 
 Grid: one program per (N tile, M tile) pair (grouped along M for L2 reuse) and per K split. With ``split_k > 1``
 each split writes f32 partial sums [split_k, M, N] that a small XLA reduction adds (with the bias). The last row
-tile of a ragged M stores only its valid rows (masked store), so the output needs no slicing pass.
+tile of a ragged M loads only its valid rows of x (masked loads: no padding pass, and an M = 1 decode reads one
+row of x, not 16) and stores only its valid output rows (masked store: no slicing pass).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def mma_dtype(x_dtype, quantize_input: bool):
 
 def prepare_activations(x, quantize_input: bool, rows: int):
     """``(xe, xo)``: the even and odd K columns of ``qdq_mxfp4(x)`` (or x), in the MMA dtype, rows zero-padded to
-    ``rows``. One fused XLA pass.
+    ``rows`` (the kernel itself masks a ragged last row tile, so it passes ``rows = M``). One fused XLA pass.
 
     >>> xe, xo = prepare_activations(jnp.arange(64.0).reshape(1, 64), False, 16)
     >>> xe.shape, xe[0, :3].tolist(), xo[0, :3].tolist(), float(xe[1:].max())
@@ -84,6 +85,10 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
     bkh = cfg.block_k // 2  # packed bytes (= x columns of one parity) per K step
     bks = cfg.block_k // formats.MX_BLOCK_SIZE  # scale bytes per K step
     dims = (((1,), (1,)), ((), ()))
+    x_rows = None
+    if m % bm:  # ragged last row tile: x is not padded; rows past M load as zeros without touching memory
+        _, m_tile = _tile_coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
+        x_rows = lax.broadcasted_iota(jnp.int32, (bm, bkh), 0) < (m - m_tile * bm)
 
     def body(i, acc):
         kk = pl.multiple_of(i * bkh, bkh)
@@ -93,8 +98,8 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
             lo, hi = decode.decode_jnp(packed, sbytes, w_dtype)
         else:
             lo, hi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack, scale_in_asm=cfg.decode == "asm_scaled")
-        xe = xe_ref[:, pl.ds(kk, bkh)]
-        xo = xo_ref[:, pl.ds(kk, bkh)]
+        xe = _load_rows(xe_ref.at[:, pl.ds(kk, bkh)], x_rows)
+        xo = _load_rows(xo_ref.at[:, pl.ds(kk, bkh)], x_rows)
         if cfg.w_major:  # acc [bn, bm]
             acc += lax.dot_general(lo, xe, dims, precision=precision, preferred_element_type=jnp.float32)
             acc += lax.dot_general(hi, xo, dims, precision=precision, preferred_element_type=jnp.float32)
@@ -116,6 +121,14 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
         _store(o_ref, acc.astype(out_dtype), valid)
     else:
         o_ref[...] = acc.astype(out_dtype)
+
+
+def _load_rows(ref, mask):
+    if mask is None:
+        return ref[...]
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.load(ref, mask=mask, other=0)
 
 
 def _store(ref, value, mask):
@@ -151,8 +164,7 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
     bm, bn, splits = cfg.block_m, cfg.block_n, cfg.split_k
     n_tiles_m = pl.cdiv(m, bm)
     n_tiles_n = n // bn
-    mp = n_tiles_m * bm
-    xe, xo = prepare_activations(x, quantize_input, mp)
+    xe, xo = prepare_activations(x, quantize_input, m)
     w_dtype = xe.dtype
     precision = lax.Precision.HIGHEST if w_dtype == jnp.float32 else None
     kh_split = k // 2 // splits  # packed bytes per split
