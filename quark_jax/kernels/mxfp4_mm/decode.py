@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from quark_jax.quant.mxfp4 import apply_e8m0_scale
+
 MX_BYTES = 16  # packed bytes per 32-element MX block
 _HALF_BITS = 0x3F000000  # float32 0.5
 _BF16_2_POW_126 = 0x7E80  # bf16 2**126
@@ -69,13 +71,9 @@ def decode_jnp(packed, sbytes, dtype):
     """
     b = packed.astype(jnp.int32)
     s = sbytes.astype(jnp.int32)
-    # 2**(s-127) for s >= 1 is a normal float32; s = 0 multiplies by 2**-126 and then by 0.5 (as dequantize_mxfp4)
-    main = lax.bitcast_convert_type((jnp.maximum(s, 1) << 23).astype(jnp.uint32), jnp.float32)
-    half = jnp.where(s == 0, jnp.float32(0.5), jnp.float32(1.0))
 
-    def scaled(codes):
-        v = _per_block(e2m1_to_f32(codes), half, lambda a, c: a * c)
-        return _per_block(v, main, lambda a, c: a * c).astype(dtype)
+    def scaled(codes):  # quant.mxfp4.apply_e8m0_scale: exact on normal results, also where subnormals flush
+        return _per_block(e2m1_to_f32(codes), s, apply_e8m0_scale).astype(dtype)
 
     return scaled(b & 0xF), scaled(b >> 4)
 
