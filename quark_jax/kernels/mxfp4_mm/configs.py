@@ -54,14 +54,18 @@ class Config:
             raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
 
 
-# Shape class -> config, from the H100 sweeps in benchmarks/NOTES.md (section MXFP4). M is padded to block_m.
+# Shape class -> config, chosen on the H100 by device time (benchmarks/table_mxfp4.py phase A, 2026-11-25, at
+# K=4096, N=14336; benchmarks/NOTES.md section MXFP4). M is padded to block_m inside the kernel (masked loads).
 DEFAULTS = {
-    "decode": Config(block_m=16, block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=4),
-    "small": Config(block_m=64, block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=4),
-    "medium": Config(block_m=64, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3),
-    "prefill": Config(block_m=128, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3,
-                      w_major=False, pack=4),
+    "decode": Config(block_m=16, block_n=64, block_k=512, split_k=1, num_warps=4, num_stages=3),
+    "small": Config(block_m=64, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=3),
+    "medium": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3,
+                     decode="asm_scaled", group_m=4),
+    "prefill": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3, group_m=4),
 }
+# Classes whose short-N shapes get a K split (too few programs otherwise); measured to help decode/small only
+# (a K split made the medium tiles slower: 95.6 us against 73.6 us at M=256, K=4096, N=14336).
+AUTO_SPLIT = ("decode", "small")
 
 
 def _pow2_floor(v: int) -> int:
@@ -103,4 +107,5 @@ def default_config(m: int, k: int, n: int) -> Config:
     """The tuned config for the shape class of ``m`` (see ``_dispatch.shape_class``), fitted to (m, k, n)."""
     from quark_jax.kernels._dispatch import shape_class
 
-    return fit(DEFAULTS[shape_class(m)], m, k, n, auto_split=True)
+    cls = shape_class(m)
+    return fit(DEFAULTS[cls], m, k, n, auto_split=cls in AUTO_SPLIT)
