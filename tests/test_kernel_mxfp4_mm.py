@@ -127,15 +127,22 @@ def test_every_code_in_both_nibbles_and_every_scale_byte():
     assert checked.all(), np.flatnonzero(~checked)
 
 
-def test_ptx_decoder_model_all_bytes():
+@pytest.mark.parametrize("pack", [2, 4])
+def test_ptx_decoder_model_all_bytes(pack):
     """The numpy model of the PTX decoder gives the E2M1 value of each nibble of every byte (with -0 for code 8)."""
-    b = np.arange(256, dtype=np.uint8)
-    lo, hi = decode.ptx_decode_emulated(b)
+    b = np.random.default_rng(pack).permutation(256).astype(np.uint8)  # every byte, in every position of a pack
+    lo, hi = decode.ptx_decode_emulated(b, pack)
     table = np.asarray(formats.E2M1_VALUES)
     np.testing.assert_array_equal(lo, table[b & 15])
     np.testing.assert_array_equal(hi, table[b >> 4])
     np.testing.assert_array_equal(np.signbit(lo), np.signbit(table[b & 15]))
     np.testing.assert_array_equal(np.signbit(hi), np.signbit(table[b >> 4]))
+    # the model and the asm use the same constants and steps
+    for low in (True, False):
+        asm = decode._ptx(low, False, pack)
+        assert asm.count("prmt.b32") == pack // 2 and asm.count("mul.rn.bf16x2") == pack // 2
+        assert "0x81C081C0" in asm and "0x7E807E80" in asm and ("shl.b32 q0, q0, 4;" in asm) == low
+        assert ("0xB3A2" in asm) == (pack == 4) and "0x9180" in asm
 
 
 def test_portable_decoder_all_codes_and_scale_bytes():

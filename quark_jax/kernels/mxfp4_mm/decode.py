@@ -132,12 +132,15 @@ def decode_asm(packed, sbytes, dtype, *, pack=2, scale_in_asm=False):
     return planes[0], planes[1]
 
 
-def ptx_decode_emulated(packed_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """numpy model of ``_ptx(...)`` on bytes (any shape, even along the last axis), returning the
-    float64 values of the ``lo`` and ``hi`` outputs. Follows each instruction: prmt with sign replication, shifts,
-    the mask and an exact bf16 multiply by 2**126 (bf16 subnormal inputs kept, as sm_90 does)."""
-    b = np.asarray(packed_u8, np.uint8).reshape(-1, 2).astype(np.uint64)
-    words = b[:, 0] | (b[:, 1] << 8)
+def ptx_decode_emulated(packed_u8: np.ndarray, pack: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """numpy model of ``_ptx(low_nibble, False, pack)`` on bytes (any shape, a multiple of ``pack`` along the last
+    axis), returning the float64 values of the ``lo`` and ``hi`` planes. Follows each instruction: prmt with sign
+    replication (selectors 0x9180 for bytes 0, 1 and 0xB3A2 for bytes 2, 3), the shifts, the mask and an exact bf16
+    multiply by 2**126 (bf16 subnormal inputs kept, as sm_90 does)."""
+    b = np.asarray(packed_u8, np.uint8).reshape(-1, pack).astype(np.uint64)
+    words = np.zeros(b.shape[0], np.uint64)
+    for i in range(pack):
+        words |= b[:, i] << (8 * i)
 
     def prmt(a, sel):  # b operand is 0
         out = np.zeros_like(a)
@@ -160,7 +163,8 @@ def ptx_decode_emulated(packed_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.stack(vals, axis=-1)
 
     def plane(src):
-        return bf16_pair_values(((prmt(src, 0x9180) << 2) & 0x81C081C0) & 0xFFFFFFFF)
+        regs = [((prmt(src, sel) << 2) & 0x81C081C0) & 0xFFFFFFFF for sel in (0x9180, 0xB3A2)[:pack // 2]]
+        return np.concatenate([bf16_pair_values(r) for r in regs], axis=-1)
 
     lo = plane((words << 4) & 0xFFFFFFFF)
     hi = plane(words)
