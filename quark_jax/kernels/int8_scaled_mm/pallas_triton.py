@@ -83,10 +83,11 @@ def _program_tile(cfg: Config, m: int, n: int):
     pid = pl.program_id(0)
     group = min(cfg.group_m, m_blocks)
     in_group = group * n_blocks
-    first_m = (pid // in_group) * group
+    # program ids are non-negative: truncating division and remainder (no floor-division fix-ups)
+    first_m = lax.div(pid, in_group) * group
     size = jnp.minimum(m_blocks - first_m, group)
-    pid_m = first_m + (pid % in_group) % size
-    pid_n = (pid % in_group) // size
+    pid_m = first_m + lax.rem(lax.rem(pid, in_group), size)
+    pid_n = lax.div(lax.rem(pid, in_group), size)
     return pid_m, pid_n, pl.program_id(1)
 
 
