@@ -112,33 +112,25 @@ def candidates(m: int, k: int, n: int) -> list[Config]:
     out = [heuristic(m, k, n)]
     if m <= 16:
         for bn, bk, split, warps, stages in [
-            (16, 512, 1, 2, 4), (16, 512, 2, 2, 4), (16, 1024, 1, 4, 3),
-            (32, 256, 1, 4, 4), (32, 512, 1, 4, 3), (32, 512, 1, 4, 4), (32, 512, 2, 4, 4), (32, 512, 4, 4, 3),
-            (32, 256, 2, 2, 5), (64, 256, 1, 4, 4), (64, 256, 2, 4, 4), (64, 512, 1, 4, 3), (64, 512, 2, 8, 3),
-            (64, 128, 4, 4, 6), (128, 256, 2, 8, 3), (128, 128, 4, 4, 4),
-            (32, 1024, 1, 4, 3), (16, 256, 1, 2, 6), (64, 512, 1, 8, 4), (32, 512, 1, 2, 4),
+            (16, 512, 1, 2, 4), (16, 1024, 1, 4, 3), (16, 256, 1, 2, 6), (32, 256, 1, 4, 4), (32, 512, 1, 4, 4),
+            (32, 512, 2, 4, 4), (32, 512, 4, 4, 3), (32, 1024, 1, 4, 3), (64, 256, 1, 4, 4), (64, 256, 2, 4, 4),
+            (64, 512, 1, 4, 3), (64, 512, 2, 8, 3), (64, 128, 4, 4, 6), (128, 256, 2, 8, 3),
         ]:
             out.append(Config(16, bn, bk, split_k=split, num_warps=warps, num_stages=stages))
-        for bn, bk, split, warps, stages in [
-            (64, 256, 1, 4, 4), (64, 256, 2, 4, 4), (128, 256, 1, 4, 3), (128, 128, 2, 4, 4), (64, 512, 1, 4, 3),
-        ]:
+        for bn, bk, split, warps, stages in [(64, 256, 1, 4, 4), (128, 256, 1, 4, 3), (128, 128, 2, 4, 4),
+                                             (64, 512, 1, 4, 3)]:
             out.append(Config(16, bn, bk, split_k=split, num_warps=warps, num_stages=stages, swap_ab=True))
         if m == 1:
-            for bn, bk, warps, split in [(16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 8, 1), (64, 256, 8, 1),
-                                         (16, 256, 2, 1), (32, 256, 4, 2)]:
+            for bn, bk, warps, split in [(16, 512, 4, 1), (32, 256, 4, 1), (64, 256, 8, 1), (32, 256, 4, 2)]:
                 out.append(Config(1, bn, bk, split_k=split, num_warps=warps, num_stages=3, kind="gemv"))
     elif m <= 256:
         bm = 64 if m <= 64 else 128
         for bn, bk, split, warps, stages in [(64, 256, 1, 4, 4), (128, 128, 1, 4, 4), (128, 256, 1, 4, 3),
                                              (64, 128, 2, 4, 4), (256, 128, 1, 8, 3)]:
-            out.append(Config(min(bm, 64) if bn == 256 else bm, bn, bk, split_k=split, num_warps=warps,
-                              num_stages=stages))
+            out.append(Config(64 if bn == 256 else bm, bn, bk, split_k=split, num_warps=warps, num_stages=stages))
     else:
-        for bm, bn, bk, warps, stages in [
-            (128, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (128, 256, 128, 8, 4),
-            (256, 128, 128, 8, 3), (256, 128, 128, 8, 4), (128, 128, 256, 8, 3), (64, 256, 128, 4, 4),
-            (128, 256, 64, 8, 5), (256, 256, 64, 8, 3),
-        ]:
+        for bm, bn, bk, warps, stages in [(128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
+                                          (128, 256, 64, 8, 4), (128, 128, 256, 8, 3)]:
             out.append(Config(bm, bn, bk, num_warps=warps, num_stages=stages))
     seen, valid = set(), []
     for c in out:
@@ -147,6 +139,26 @@ def candidates(m: int, k: int, n: int) -> list[Config]:
             seen.add(c.name)
             valid.append(c)
     return valid
+
+
+def transfer(cfg: Config, src: tuple[int, int, int], dst: tuple[int, int, int]) -> Config:
+    """Carry a config tuned for shape ``src`` = (m, k, n) over to ``dst``: same tiles, warps and stages; for split-K
+    decode configs the split is re-chosen so the number of programs stays close to the tuned one.
+
+    >>> transfer(Config(16, 64, 512, split_k=2), (16, 4096, 14336), (16, 4096, 4096)).split_k
+    4
+    """
+    m, k, n = dst
+    if cfg.kind == "gemv" and m != 1:
+        return heuristic(m, k, n)
+    programs = -(-src[2] // cfg.block_n) * cfg.split_k * -(-src[0] // cfg.block_m)
+    base = -(-n // cfg.block_n) * -(-m // cfg.block_m)
+    split = 1
+    while base * split * 2 <= programs * 1.5 and k // (cfg.block_k * split * 2) >= 2:
+        split *= 2
+    if cfg.split_k == 1 and base >= 132:  # tuned without a split and the grid still fills an H100
+        split = 1
+    return fit(dataclasses.replace(cfg, split_k=split), m, k, n)
 
 
 def fit(cfg: Config, m: int, k: int, n: int) -> Config:
