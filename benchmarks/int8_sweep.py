@@ -1,6 +1,6 @@
 """INT8 kernel: GPU correctness of every variant, then a block-config sweep against the XLA baselines (one run).
 
-Usage (device, repo root): PYTHONPATH=. python benchmarks/int8_sweep.py [--out DIR] [--budget-s 240]
+Usage (device, repo root): PYTHONPATH=. python benchmarks/int8_sweep.py [--out DIR] [--budget-s 240] [--amortize 8]
     [--plan decode,medium,prefill]
 
 1. Correctness: for each kernel family on ragged shapes, the int32 accumulator equals XLA's int32 dot bit for bit,
@@ -119,8 +119,19 @@ def correctness(results, smoke=False, workers=8):
     return ok_all
 
 
-def sweep_shape(m, k, n, budget_end, results, out_f, workers):
-    copies = rotation_count(n * k + m * k)
+def _amortized(raw, arity, reps):
+    """A jitted function running ``raw`` on ``reps`` consecutive argument tuples (flattened) in one dispatch and
+    returning all outputs: host dispatch cost is paid once per ``reps`` kernels."""
+    if reps == 1:
+        return jax.jit(raw)
+    return jax.jit(lambda *flat: tuple(raw(*flat[i * arity:(i + 1) * arity]) for i in range(reps)))
+
+
+def sweep_shape(m, k, n, budget_end, results, out_f, workers, amortize=1):
+    """Time every candidate for (m, k, n). ``amortize`` > 1: each timed call runs the op on that many distinct
+    operand sets inside one jit (device-bound timing where per-call host dispatch would dominate); the reported
+    time is per op."""
+    copies = max(rotation_count(n * k + m * k), amortize)
     key = jax.random.key(m * 7 + k + n)
     sets = []
     rng = np.random.default_rng(0)
@@ -135,20 +146,28 @@ def sweep_shape(m, k, n, budget_end, results, out_f, workers):
     r64 = np.asarray(ref.astype(jnp.float32), np.float64)
     sl = slack(acc0, xs0, np.asarray(ws0)[None, :], r64, 7)
 
-    fns = {"xla_int8": jax.jit(lambda x, w, xs, ws, b, adj: xla.int8_scaled_mm_xla(x, w, xs, ws, b, azp_adj=adj))}
-    cfgs = block_config.candidates(m, k, n)
-    for c in cfgs:
-        fns[c.name] = jax.jit(lambda x, w, xs, ws, b, adj, c=c: pallas_triton.int8_scaled_mm_pallas(
-            x, w, xs, ws, b, azp_adj=adj, config=c))
-    bf16 = jax.jit(lambda x, w: lax.dot_general(x, w, NT))
+    raws = {"xla_int8": lambda x, w, xs, ws, b, adj: xla.int8_scaled_mm_xla(x, w, xs, ws, b, azp_adj=adj)}
+    for c in block_config.candidates(m, k, n):
+        raws[c.name] = lambda x, w, xs, ws, b, adj, c=c: pallas_triton.int8_scaled_mm_pallas(
+            x, w, xs, ws, b, azp_adj=adj, config=c)
+    fns = {name: _amortized(raw, 6, amortize) for name, raw in raws.items()}
+    bf16 = _amortized(lambda x, w: lax.dot_general(x, w, NT), 2, amortize)
     bf_sets = [(s[0].astype(jnp.bfloat16), s[1].astype(jnp.bfloat16)) for s in sets]
+    if amortize > 1:  # one flattened argument tuple per group of `amortize` sets
+        groups = [sets[i:i + amortize] for i in range(0, len(sets) - amortize + 1, amortize)]
+        arg_sets = [tuple(a for s in g for a in s) for g in groups]
+        bf_groups = [bf_sets[i:i + amortize] for i in range(0, len(bf_sets) - amortize + 1, amortize)]
+        bf_sets = [tuple(a for s in g for a in s) for g in bf_groups]
+    else:
+        arg_sets = sets
 
     compile_s, errors, outs = {}, {}, {}
 
     def warm(name):
         t = time.time()
         try:
-            outs[name] = jax.block_until_ready(fns[name](*sets[0]))
+            out = jax.block_until_ready(fns[name](*arg_sets[0]))
+            outs[name] = out[0] if amortize > 1 else out
         except Exception as e:
             errors[name] = repr(e)[:400]
         compile_s[name] = time.time() - t
@@ -158,7 +177,7 @@ def sweep_shape(m, k, n, budget_end, results, out_f, workers):
         list(ex.map(warm, list(fns)))
     log(f"M={m} K={k} N={n}: compiled {len(fns)} fns in {time.time() - t:.1f}s ({len(errors)} errors)")
     rows = []
-    base_bf16 = time_jax(bf16, bf_sets, iters=50, repeats=7)
+    base_bf16 = time_jax(bf16, bf_sets, iters=50, repeats=7) / amortize
     for name in fns:
         if time.time() > budget_end:
             log("budget exhausted; skipping the rest of", m, k, n)
@@ -171,7 +190,8 @@ def sweep_shape(m, k, n, budget_end, results, out_f, workers):
             y64 = np.asarray(outs[name].astype(jnp.float32), np.float64)
             row["worst_over_slack"] = float(np.max(np.abs(y64 - r64) / sl))
             row["ok"] = row["worst_over_slack"] <= 1.0
-            row["us"] = time_jax(fns[name], sets, iters=50, repeats=7) * 1e6
+            row["us"] = time_jax(fns[name], arg_sets, iters=50, repeats=7) / amortize * 1e6
+            row["amortize"] = amortize
         rows.append(row)
     xla_us = next((r["us"] for r in rows if r["name"] == "xla_int8" and "us" in r), float("nan"))
     for r in rows:
@@ -200,6 +220,7 @@ def main(argv=None):
     p.add_argument("--plan", default="decode,medium,prefill")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--skip-correctness", action="store_true")
+    p.add_argument("--amortize", type=int, default=1, help="ops per timed dispatch (device-bound timing)")
     a = p.parse_args(argv)
     out = Path(a.out)
     log("jax", jax.__version__, jax.devices()[0].device_kind)
@@ -215,7 +236,7 @@ def main(argv=None):
                 if time.time() > budget_end:
                     log("budget exhausted before", m, k, n)
                     break
-                sweep_shape(m, k, n, budget_end, results, f, a.workers)
+                sweep_shape(m, k, n, budget_end, results, f, a.workers, a.amortize)
     log("summary (best ok pallas per shape):")
     for m, k, n in [s for pl_ in a.plan.split(",") for s in PLANS[pl_]]:
         rows = [r for r in results if r.get("kind") == "sweep" and (r["m"], r["k"], r["n"]) == (m, k, n)]
