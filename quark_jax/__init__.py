@@ -3,5 +3,20 @@
 __version__ = "0.1.0"
 
 from quark_jax import formats, quant  # noqa: E402
+from quark_jax.config import QuarkConfig  # noqa: E402
+from quark_jax.errors import CheckpointError, QuarkConfigError, UnsupportedSchemeError  # noqa: E402
 
-__all__ = ["formats", "quant", "__version__"]
+_LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io")
+
+
+def __getattr__(name):
+    # submodules that import flax or read files are loaded on first use
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"quark_jax.{name}")
+    raise AttributeError(f"module 'quark_jax' has no attribute {name!r}")
+
+
+__all__ = ["formats", "quant", "QuarkConfig", "QuarkConfigError", "UnsupportedSchemeError", "CheckpointError",
+           "checkpoint", "kernels", "nn", "schemes", "io", "__version__"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from quark_jax import formats
-from quark_jax.quant._checks import true_divide
 from quark_jax.quant.fp8 import fp8_saturating_cast
 
 __all__ = [
@@ -105,18 +106,33 @@ def reconstruct_static_azp(input_scale, input_zero_point):
     ``range_max = s*(127 - z)``, ``range_min = s*(-128 - z)``, ``s' = (range_max - range_min)/255``,
     ``z' = trunc(-128 - range_min/s')`` (toward zero). Returns ``(s' 0-d f32, z' 0-d int32)``. ``z'`` differs from
     the checkpoint's ``z`` by one in about 10% of cases; that is vLLM's behaviour, kept on purpose.
+    ``input_scale`` and ``input_zero_point`` may also hold one value per fused shard (same shape): then
+    ``range_max`` is the max and ``range_min`` the min over the shards, as vLLM does.
 
     >>> s, z = reconstruct_static_azp(jnp.float32(0.05), jnp.int8(-20))
     >>> round(float(s), 6), int(z)
     (0.05, -20)
     """
-    s = jnp.asarray(input_scale).astype(jnp.float32).reshape(())
-    z = jnp.asarray(input_zero_point).astype(jnp.float32).reshape(())
-    range_max = s * (127.0 - z)
-    range_min = s * (-128.0 - z)
-    s_new = true_divide(range_max - range_min, 255.0)
-    z_new = jnp.trunc(-128.0 - true_divide(range_min, s_new)).astype(jnp.int32)
-    return s_new, z_new
+    s = jnp.asarray(input_scale).astype(jnp.float32).reshape(-1)
+    z = jnp.asarray(input_zero_point).astype(jnp.float32).reshape(-1)
+    if s.shape != z.shape:
+        raise ValueError(f"input_zero_point: expected one zero point per input scale ({s.shape[0]}), got "
+                         f"{z.shape[0]}")
+    # Computed on the host with numpy float32, one rounding per operation like vLLM's separate torch ops: under
+    # jit, XLA fuses ``s*(127-z) - s*(-128-z)`` into an FMA (CPU and GPU alike), which moves s' by one ulp.
+    out = (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32))
+    return jax.pure_callback(_reconstruct_static_azp_np, out, s, z)
+
+
+def _reconstruct_static_azp_np(s, z):
+    f32 = np.float32
+    s = np.asarray(s, f32)
+    z = np.asarray(z, f32)
+    range_max = np.max(s * (f32(127) - z))
+    range_min = np.min(s * (f32(-128) - z))
+    s_new = f32(f32(range_max - range_min) / f32(255))
+    z_new = np.int32(np.trunc(f32(f32(-128) - f32(range_min / s_new))))
+    return np.asarray(s_new, f32), np.asarray(z_new, np.int32)
 
 
 def compute_azp_adj(weight, azp):
