@@ -91,23 +91,34 @@ def print_rows(rows):
               f"{r['tflops']:>8.1f} TFLOP/s {r['gbps']:>8.1f} GB/s  x{r['vs_baseline']:.2f}", flush=True)
 
 
-def auto_table(rows):
-    """op -> shape class -> faster of the "pallas" / "xla" candidates, by the worst case over shapes."""
+def auto_table(rows, margin=0.03):
+    """op -> shape class -> the faster of the "pallas" / "xla" candidates (majority over the run's rows), plus
+    ``"<class>@<K>x<N>"`` exceptions for weight shapes where the class's pick loses by more than ``margin`` in most
+    of that class's rows."""
     from quark_jax.kernels._dispatch import shape_class
 
-    best = {}
+    times = {}
     for r in rows:
         if r["auto"] is None or r["seconds"] != r["seconds"]:
             continue
-        key = (f"{r['op']}", shape_class(r["m"]), r["m"], r["k"], r["n"])
-        best.setdefault(key, {})[r["auto"]] = r["seconds"]
-    votes = {}
-    for (op, cls, *_), times in best.items():
-        if "pallas" in times and "xla" in times:
-            v = votes.setdefault(OP_NAMES.get(op, op), {}).setdefault(cls, [0, 0])
-            v[0 if times["pallas"] < times["xla"] else 1] += 1
-    return {op: {cls: ("pallas" if p > x else "xla") for cls, (p, x) in classes.items()}
-            for op, classes in votes.items()}
+        key = (OP_NAMES.get(r["op"], r["op"]), shape_class(r["m"]), r["k"], r["n"], r["m"])
+        times.setdefault(key, {})[r["auto"]] = r["seconds"]
+    pairs = {key: t for key, t in times.items() if "pallas" in t and "xla" in t}
+    table = {}
+    for (op, cls, *_), t in pairs.items():
+        votes = table.setdefault(op, {}).setdefault(cls, [0, 0])
+        votes[0 if t["pallas"] < t["xla"] else 1] += 1
+    table = {op: {cls: ("pallas" if p > x else "xla") for cls, (p, x) in c.items()} for op, c in table.items()}
+    per_shape = {}
+    for (op, cls, k, n, _m), t in pairs.items():
+        pick, other = table[op][cls], ("xla" if table[op][cls] == "pallas" else "pallas")
+        loses = t[pick] > t[other] * (1 + margin)
+        v = per_shape.setdefault((op, cls, k, n), [0, 0])
+        v[0 if loses else 1] += 1
+    for (op, cls, k, n), (lose, win) in per_shape.items():
+        if lose > win:
+            table[op][f"{cls}@{k}x{n}"] = "xla" if table[op][cls] == "pallas" else "pallas"
+    return table
 
 
 OP_NAMES = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm"}
