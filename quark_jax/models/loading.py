@@ -1,0 +1,44 @@
+"""``from_pretrained``: build the decoder from ``config.json`` and fill it from the checkpoint's safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.llama import LlamaForCausalLM
+from quark_jax.nn.load import load_weights
+
+__all__ = ["from_pretrained"]
+
+
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: bool | None = None):
+    """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
+
+    ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and float-parameter dtype.
+    The model is built abstractly (no random init) and each tensor is read once, straight into place.
+
+    >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
+    >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    cfg = ModelConfig.from_pretrained(checkpoint_dir)
+    raw = json.loads((checkpoint_dir / "config.json").read_text())
+    if raw.get("quantization_config") is not None:
+        raise NotImplementedError(f"checkpoint {checkpoint_dir}: Quark checkpoints need QuarkConfig (issue 3)")
+    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+    load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
+    _require_concrete(model, checkpoint_dir)
+    return model
+
+
+def _require_concrete(model, checkpoint_dir) -> None:
+    for path, value in nnx.to_flat_state(nnx.state(model)):
+        v = value.get_value() if hasattr(value, "get_value") else value
+        if isinstance(v, jax.ShapeDtypeStruct):
+            raise ValueError(f"checkpoint {checkpoint_dir}: {'.'.join(map(str, path))} was not loaded")
