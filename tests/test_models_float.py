@@ -18,7 +18,7 @@ from quark_jax.models import (TRACE_COUNTS, LlamaForCausalLM, ModelConfig, Unsup
                               generate)
 from quark_jax.models.generation import cache_size, prefill_bucket
 from quark_jax.models.rope import inverse_frequencies
-from quark_jax.nn import CheckpointMismatchError
+from quark_jax.errors import CheckpointError as CheckpointMismatchError
 from reference_llama import llama_logits, random_llama_weights, rope_inv_freq
 
 TOKENS = np.array([[1, 5, 9, 200, 17]])

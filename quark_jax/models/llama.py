@@ -113,8 +113,14 @@ class Attention(nnx.Module):
         self.k_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
         self.v_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
         self.o_proj = _linear(self.num_heads * d, h, cfg.o_bias, dtype, rngs)
-        self.kv_fp8 = kv_fp8
+        self.kv_fp8 = False
         if kv_fp8:
+            self.enable_fp8_kv_cache()
+
+    def enable_fp8_kv_cache(self):
+        """Store k/v in FP8 with per-tensor ``k_scale``/``v_scale`` (1.0 until a checkpoint sets them)."""
+        if not self.kv_fp8:
+            self.kv_fp8 = True
             self.k_scale = KVScale(jnp.ones((), jnp.float32))
             self.v_scale = KVScale(jnp.ones((), jnp.float32))
 
@@ -201,8 +207,12 @@ class LlamaForCausalLM(nnx.Module):
         self.model = LlamaModel(cfg, dtype, rngs, kv_fp8)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
-        self.kv_fp8 = kv_fp8
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))
+
+    @property
+    def kv_fp8(self) -> bool:
+        """Whether the KV cache is FP8 (set at construction, or by ``quantize_model`` for a KV-cache config)."""
+        return bool(self.model.layers[0].self_attn.kv_fp8) if len(self.model.layers) else False
 
     @property
     def kv_cache_dtype(self):

@@ -9,18 +9,24 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from quark_jax.config import QuarkConfig
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.nn.load import load_weights
+from quark_jax.nn.substitute import quantize_model
 
 __all__ = ["from_pretrained"]
 
 
-def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: bool | None = None):
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: bool | None = None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
-    ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and float-parameter dtype.
-    The model is built abstractly (no random init) and each tensor is read once, straight into place.
+    A Quark checkpoint (``quantization_config`` in config.json) gets :class:`~quark_jax.nn.QuarkLinear` layers
+    where its config says (:func:`quark_jax.quantize_model`) and an FP8 KV cache when the config has a KV-cache
+    group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
+    gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
+    float-parameter dtype. The model is built abstractly (no random init) and each tensor is read once, straight
+    into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB).
 
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
@@ -28,9 +34,13 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: 
     checkpoint_dir = Path(checkpoint_dir)
     cfg = ModelConfig.from_pretrained(checkpoint_dir)
     raw = json.loads((checkpoint_dir / "config.json").read_text())
-    if raw.get("quantization_config") is not None:
-        raise NotImplementedError(f"checkpoint {checkpoint_dir}: Quark checkpoints need QuarkConfig (issue 3)")
+    quark = raw.get("quantization_config") is not None
+    if options and not quark:
+        raise ValueError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
+                         "this one has no quantization_config")
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    if quark:
+        quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options))
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
     _require_concrete(model, checkpoint_dir)

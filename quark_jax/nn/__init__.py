@@ -1,6 +1,14 @@
-"""Flax layers and model surgery: loading checkpoints into any nnx model by module path."""
+"""Flax layers running Quark schemes and model surgery.
 
-from quark_jax.nn.checkpoint_files import CheckpointTensors
-from quark_jax.nn.load import CheckpointMismatchError, load_weights
+* :class:`QuarkLinear` (and its :class:`QuarkParam` variable type): an NNX linear layer holding a scheme.
+* :func:`quantize_model`: swap the ``nnx.Linear`` layers of any NNX model for ``QuarkLinear`` per a config.
+* :func:`load_weights`: fill any NNX model (float or quantized layers) from a checkpoint by module path.
+* :class:`QuarkDense` / :func:`quantize_linen`: the Linen counterpart.
+"""
 
-__all__ = ["load_weights", "CheckpointMismatchError", "CheckpointTensors"]
+from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype, process_params
+from quark_jax.nn.load import load_weights, module_path
+from quark_jax.nn.substitute import quantize_model
+
+__all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "process_params", "load_weights", "quantize_model",
+           "module_path"]

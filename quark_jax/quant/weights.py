@@ -105,15 +105,20 @@ def reconstruct_static_azp(input_scale, input_zero_point):
     ``range_max = s*(127 - z)``, ``range_min = s*(-128 - z)``, ``s' = (range_max - range_min)/255``,
     ``z' = trunc(-128 - range_min/s')`` (toward zero). Returns ``(s' 0-d f32, z' 0-d int32)``. ``z'`` differs from
     the checkpoint's ``z`` by one in about 10% of cases; that is vLLM's behaviour, kept on purpose.
+    ``input_scale`` and ``input_zero_point`` may also hold one value per fused shard (same shape): then
+    ``range_max`` is the max and ``range_min`` the min over the shards, as vLLM does.
 
     >>> s, z = reconstruct_static_azp(jnp.float32(0.05), jnp.int8(-20))
     >>> round(float(s), 6), int(z)
     (0.05, -20)
     """
-    s = jnp.asarray(input_scale).astype(jnp.float32).reshape(())
-    z = jnp.asarray(input_zero_point).astype(jnp.float32).reshape(())
-    range_max = s * (127.0 - z)
-    range_min = s * (-128.0 - z)
+    s = jnp.asarray(input_scale).astype(jnp.float32).reshape(-1)
+    z = jnp.asarray(input_zero_point).astype(jnp.float32).reshape(-1)
+    if s.shape != z.shape:
+        raise ValueError(f"input_zero_point: expected one zero point per input scale ({s.shape[0]}), got "
+                         f"{z.shape[0]}")
+    range_max = jnp.max(s * (127.0 - z))
+    range_min = jnp.min(s * (-128.0 - z))
     s_new = true_divide(range_max - range_min, 255.0)
     z_new = jnp.trunc(-128.0 - true_divide(range_min, s_new)).astype(jnp.int32)
     return s_new, z_new

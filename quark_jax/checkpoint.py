@@ -1,0 +1,373 @@
+"""Reading Quark checkpoints (SPEC section 5): files, per-layer raw params with validation, KV-cache scales.
+
+* :func:`open_checkpoint` / :class:`CheckpointReader`: a single ``model.safetensors`` or a sharded one
+  (``model.safetensors.index.json``), read lazily one tensor at a time (F8 tensors through ml_dtypes).
+* :func:`load_layer_params`: the raw params of one (possibly fused) layer for a scheme, as its ``create_weights``
+  declares them: dtypes checked and normalised (scales -> float32), shapes checked, fused shards placed in row
+  order (q, k, v / gate, up); every error names the layer, the tensor, what was expected and what was found.
+* :func:`check_unexpected_tensors`: after a whole model is loaded, the tensors nobody consumed.
+* :func:`load_kv_scales`: the FP8 KV-cache scales of one attention module (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from quark_jax.config import shard_paths
+from quark_jax.errors import CheckpointError
+from quark_jax.io import SafetensorsFile, SafetensorsFormatError, TensorInfo
+from quark_jax.schemes import ParamSpec, QuarkScheme, UnquantizedLinearMethod
+from quark_jax.schemes.base import SCALE_DTYPES
+
+__all__ = [
+    "CheckpointReader",
+    "open_checkpoint",
+    "LayerGeometry",
+    "layer_geometry",
+    "layer_param_specs",
+    "load_layer_params",
+    "check_unexpected_tensors",
+    "KVScales",
+    "load_kv_scales",
+    "SINGLE_FILE",
+    "INDEX_FILE",
+]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+#: tensors a linear layer's module may carry that belong to something else (the KV cache reads output_scale)
+FOREIGN_SUFFIXES = ("output_scale",)
+
+
+class CheckpointReader:
+    """A checkpoint folder opened lazily: headers are parsed at open (so truncated files fail early), tensors are
+    read one at a time.
+
+    ``names()``, ``info(name)`` (dtype, shape), ``get(name) -> np.ndarray``, ``tensors_of(module_path)``,
+    ``config`` (config.json as a dict, {} when absent), ``files`` (the safetensors paths).
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> r = open_checkpoint(bundled_checkpoint("tiny-llama-fp8"))
+    >>> r.get("model.layers.0.self_attn.q_proj.weight").dtype, r.info("model.norm.weight").shape
+    (dtype(float8_e4m3fn), (64,))
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint: {self.directory} is not a directory")
+        index_path = self.directory / INDEX_FILE
+        single_path = self.directory / SINGLE_FILE
+        self._file_of: dict[str, SafetensorsFile] = {}
+        if index_path.is_file():
+            files = self._open_index(index_path)
+        elif single_path.is_file():
+            files = [self._open(single_path)]
+        else:
+            found = sorted(p.name for p in self.directory.iterdir())
+            raise CheckpointError(f"checkpoint {self.directory}: expected {SINGLE_FILE} or {INDEX_FILE}, found "
+                                  f"{found}")
+        for f in files:
+            for name in f.names():
+                if name in self._file_of:
+                    raise CheckpointError(f"checkpoint {self.directory}: tensor {name!r} is stored twice, in "
+                                          f"{Path(self._file_of[name].path).name} and {Path(f.path).name}")
+                self._file_of[name] = f
+        self.files = [Path(f.path) for f in files]
+        self._modules: dict[str, list[str]] = {}
+        for name in self._file_of:
+            self._modules.setdefault(name.rpartition(".")[0], []).append(name)
+        cfg = self.directory / "config.json"
+        self.config = json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+    def _open(self, path: Path) -> SafetensorsFile:
+        try:
+            return SafetensorsFile(path)
+        except SafetensorsFormatError as e:
+            raise CheckpointError(f"checkpoint {self.directory}: {path.name} is damaged: {e}") from None
+
+    def _open_index(self, index_path: Path) -> list[SafetensorsFile]:
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})") from None
+        by_file: dict[str, list[str]] = {}
+        for name, fname in weight_map.items():
+            by_file.setdefault(fname, []).append(name)
+        opened = {}
+        for fname, names in by_file.items():
+            path = self.directory / fname
+            if not path.is_file():
+                raise CheckpointError(f"{index_path}: tensor {names[0]!r} (and {len(names) - 1} more) is mapped to "
+                                      f"{fname!r}, which does not exist in {self.directory}")
+            opened[fname] = f = self._open(path)
+            missing = [n for n in names if n not in f]
+            if missing:
+                raise CheckpointError(f"{index_path}: tensor {missing[0]!r} is mapped to {fname!r}, which does not "
+                                      f"contain it ({len(missing)} such tensors)")
+        return list(opened.values())
+
+    # ------------------------------------------------------------------ access
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file_of
+
+    def __len__(self) -> int:
+        return len(self._file_of)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._file_of[name].info(name)
+        except KeyError:
+            raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}") from None
+
+    def get(self, name: str) -> np.ndarray:
+        """Read one tensor (a new numpy array of its stored dtype; F8 via ml_dtypes)."""
+        if name not in self._file_of:
+            raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}")
+        return self._file_of[name].get(name)
+
+    def nbytes(self, name: str) -> int:
+        i = self.info(name)
+        return i.end - i.begin
+
+    def tensors_of(self, module_path: str) -> list[str]:
+        """The tensors directly under a module, e.g. ``...q_proj`` -> ``[...q_proj.weight, ...q_proj.weight_scale]``."""
+        return list(self._modules.get(module_path, []))
+
+    def modules(self) -> list[str]:
+        return list(self._modules)
+
+    def __repr__(self) -> str:
+        return f"CheckpointReader({str(self.directory)!r}, {len(self)} tensors in {len(self.files)} file(s))"
+
+
+def open_checkpoint(directory: str | Path) -> CheckpointReader:
+    """Open a checkpoint folder (see :class:`CheckpointReader`)."""
+    return directory if isinstance(directory, CheckpointReader) else CheckpointReader(directory)
+
+
+# ---------------------------------------------------------------------------------------------- one layer
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Sizes of a (possibly fused) layer, read from its shards' stored weights."""
+
+    input_size: int
+    logical_widths: tuple[int, ...]
+    has_bias: bool
+
+    @property
+    def output_size(self) -> int:
+        return sum(self.logical_widths)
+
+
+def _scheme_name(scheme) -> str:
+    return scheme.summary() if scheme is not None else "unquantized"
+
+
+def layer_geometry(reader: CheckpointReader, layer_path: str, scheme: QuarkScheme | None = None) -> LayerGeometry:
+    """``input_size`` (K), ``logical_widths`` (N of each shard) and whether the shards have a bias, read from the
+    checkpoint (an MXFP4 weight [N, K/2] gives K = 2 * columns).
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> layer_geometry(open_checkpoint(bundled_checkpoint("tiny-llama-fp8")), "model.layers.0.self_attn.qkv_proj")
+    LayerGeometry(input_size=64, logical_widths=(64, 32, 32), has_bias=False)
+    """
+    reader = open_checkpoint(reader)
+    pack = getattr(scheme, "weight_pack_factor", 1)
+    widths, ks, biases = [], set(), []
+    for shard in shard_paths(layer_path):
+        name = f"{shard}.weight"
+        if name not in reader:
+            raise CheckpointError(f"layer {layer_path} ({_scheme_name(scheme)}): missing tensor {name!r} in "
+                                  f"checkpoint {reader.directory}")
+        shape = reader.info(name).shape
+        if len(shape) != 2:
+            raise CheckpointError(f"layer {layer_path}: tensor {name!r}: expected a 2-D weight [N, K], found shape "
+                                  f"{list(shape)}")
+        widths.append(shape[0])
+        ks.add(shape[1] * pack)
+        biases.append(f"{shard}.bias" in reader)
+    if len(ks) != 1:
+        raise CheckpointError(f"layer {layer_path}: its fused shards have different input sizes {sorted(ks)} "
+                              f"({shard_paths(layer_path)})")
+    if any(biases) and not all(biases):
+        raise CheckpointError(f"layer {layer_path}: some fused shards have a bias and some do not "
+                              f"({dict(zip(shard_paths(layer_path), biases))})")
+    return LayerGeometry(ks.pop(), tuple(widths), all(biases))
+
+
+def layer_param_specs(scheme: QuarkScheme | None, logical_widths: Sequence[int], input_size: int, *,
+                      use_bias: bool = False, params_dtype=None) -> dict[str, ParamSpec]:
+    """``scheme.create_weights(...)`` plus ``bias`` [N] (stored f32/bf16/f16, loaded as ``params_dtype``) when
+    ``use_bias``; ``scheme`` None means :class:`~quark_jax.schemes.UnquantizedLinearMethod`."""
+    scheme = UnquantizedLinearMethod() if scheme is None else scheme
+    widths = tuple(int(w) for w in logical_widths)
+    specs = dict(scheme.create_weights(widths, int(input_size), params_dtype))
+    if use_bias:
+        dtype = np.dtype(np.float32 if params_dtype is None else params_dtype)
+        specs["bias"] = ParamSpec((sum(widths),), dtype, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
+                                  doc="bias [N]")
+    return specs
+
+
+def _dtype_names(dtypes) -> str:
+    return " or ".join(np.dtype(d).name for d in dtypes)
+
+
+def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, scheme: QuarkScheme | None, *,
+                      input_size: int | None = None, logical_widths: Sequence[int] | None = None,
+                      use_bias: bool | None = None, params_dtype=None) -> dict[str, np.ndarray]:
+    """The raw params of one layer (fused ``...qkv_proj`` / ``...gate_up_proj`` read their shards), as
+    ``scheme.create_weights`` declares them, plus ``bias`` when the layer has one. Validated:
+
+    * a required tensor missing, a tensor of the wrong dtype or shape -> :class:`CheckpointError` naming it with
+      the expected and found dtype/shape;
+    * a tensor under one of the layer's modules that the scheme does not read (for example an ``input_scale``
+      for a dynamic scheme, or a bias with ``use_bias=False``) -> :class:`CheckpointError` ("unexpected");
+    * ``scheme.check_loaded`` (e.g. INT8 weight zero points must be 0).
+
+    Sizes default to the checkpoint's (:func:`layer_geometry`); given, they are checked. Scales come back as
+    float32 whatever the stored dtype (f32, bf16, f16); per-shard scalars are stacked into ``[n_shards]``.
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> from quark_jax.schemes import QuarkW8A8Fp8
+    >>> p = load_layer_params(bundled_checkpoint("tiny-llama-fp8"), "model.layers.0.mlp.gate_up_proj",
+    ...                       QuarkW8A8Fp8("per_tensor", "static"))
+    >>> {k: (v.dtype.name, v.shape) for k, v in p.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'weight': ('float8_e4m3fn', (256, 64)), 'weight_scale': ('float32', (2,)), 'input_scale': ('float32', (2,))}
+    """
+    reader = open_checkpoint(reader)
+    geo = layer_geometry(reader, layer_path, scheme)
+    what = f"layer {layer_path} ({_scheme_name(scheme)})"
+    if input_size is not None and int(input_size) != geo.input_size:
+        raise CheckpointError(f"{what}: expected input size K = {input_size}, the checkpoint's weights have "
+                              f"K = {geo.input_size}")
+    widths = geo.logical_widths if logical_widths is None else tuple(int(w) for w in logical_widths)
+    if widths != geo.logical_widths:
+        raise CheckpointError(f"{what}: expected output sizes {list(widths)} (one per shard of "
+                              f"{list(shard_paths(layer_path))}), the checkpoint's weights have "
+                              f"{list(geo.logical_widths)}")
+    use_bias = geo.has_bias if use_bias is None else bool(use_bias)
+    specs = layer_param_specs(scheme, widths, geo.input_size, use_bias=use_bias, params_dtype=params_dtype)
+    shards = shard_paths(layer_path)
+
+    # anything under the layer's modules that no spec reads
+    known = set(specs) | set(FOREIGN_SUFFIXES)
+    for shard in shards:
+        for name in reader.tensors_of(shard):
+            suffix = name[len(shard) + 1:]
+            if suffix not in known:
+                hint = " (the layer was built with use_bias=False)" if suffix == "bias" else ""
+                raise CheckpointError(f"{what}: unexpected tensor {name!r} ({reader.info(name).dtype.name} "
+                                      f"{list(reader.info(name).shape)}){hint}; the scheme reads "
+                                      f"{sorted(specs)} from {shard}")
+
+    params: dict[str, np.ndarray] = {}
+    for pname, spec in specs.items():
+        parts, present = [], []
+        for i, shard in enumerate(shards):
+            tname = f"{shard}.{pname}"
+            if tname not in reader:
+                present.append(False)
+                continue
+            present.append(True)
+            info = reader.info(tname)
+            if info.dtype not in spec.checkpoint_dtypes:
+                raise CheckpointError(f"{what}: tensor {tname!r}: expected dtype {_dtype_names(spec.checkpoint_dtypes)}"
+                                      f" ({spec.doc}), found {info.dtype.name} shape {list(info.shape)}")
+            if not spec.accepts(i, info.shape):
+                raise CheckpointError(f"{what}: tensor {tname!r}: expected shape {list(spec.shard_shapes[i])} "
+                                      f"({spec.doc}), found {list(info.shape)} ({info.dtype.name})")
+            parts.append(reader.get(tname).reshape(spec.shard_shapes[i]))
+        if not all(present):
+            missing = [f"{s}.{pname}" for s, p in zip(shards, present) if not p]
+            if spec.required or any(present):
+                raise CheckpointError(f"{what}: missing tensor {missing[0]!r} (expected "
+                                      f"{_dtype_names(spec.checkpoint_dtypes)} shape "
+                                      f"{list(spec.shard_shapes[shards.index(missing[0].rpartition('.')[0])])}, "
+                                      f"{spec.doc}) in checkpoint {reader.directory}")
+            continue
+        if spec.combine == "concat":
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        else:
+            arr = np.stack([p.reshape(()) for p in parts])
+        params[pname] = arr.astype(spec.dtype, copy=False)
+    bias = params.pop("bias", None)
+    (scheme or UnquantizedLinearMethod()).check_loaded(params, layer_path)
+    if bias is not None:
+        params["bias"] = bias
+    return params
+
+
+def layer_tensor_names(reader: CheckpointReader, layer_path: str) -> list[str]:
+    """Every tensor under a layer's (shard) modules: what :func:`load_layer_params` consumed, for
+    :func:`check_unexpected_tensors`; the KV ``output_scale`` tensors are left to :func:`load_kv_scales`."""
+    return [n for s in shard_paths(layer_path) for n in reader.tensors_of(s)
+            if n.rpartition(".")[2] not in FOREIGN_SUFFIXES]
+
+
+def check_unexpected_tensors(reader: CheckpointReader, consumed: Iterable[str], *,
+                             ignore: Iterable[str] = ()) -> None:
+    """Raise :class:`CheckpointError` listing the checkpoint tensors that are not in ``consumed`` (after a whole
+    model was loaded); ``ignore`` holds fnmatch patterns of tensors to skip (e.g. ``"*.rotary_emb.inv_freq"``)."""
+    import fnmatch
+
+    consumed = set(consumed)
+    ignore = tuple(ignore)
+    extra = [n for n in reader.names() if n not in consumed and not any(fnmatch.fnmatchcase(n, p) for p in ignore)]
+    if extra:
+        shown = ", ".join(f"{n!r} ({reader.info(n).dtype.name} {list(reader.info(n).shape)})" for n in extra[:8])
+        more = f" and {len(extra) - 8} more" if len(extra) > 8 else ""
+        raise CheckpointError(f"checkpoint {reader.directory}: {len(extra)} unexpected tensor(s) that no layer of "
+                              f"the model reads: {shown}{more}")
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+
+class KVScales(NamedTuple):
+    """FP8 KV-cache scales of one attention module (float32 scalars) and the tensors they came from."""
+
+    k_scale: np.float32
+    v_scale: np.float32
+    tensor_names: tuple[str, ...]
+
+
+def _scalar(reader: CheckpointReader, name: str) -> np.float32:
+    info = reader.info(name)
+    if info.dtype not in SCALE_DTYPES or int(np.prod(info.shape)) != 1:
+        raise CheckpointError(f"tensor {name!r}: expected a scalar KV-cache scale ({_dtype_names(SCALE_DTYPES)} "
+                              f"shape [] or [1]), found {info.dtype.name} {list(info.shape)}")
+    return np.float32(reader.get(name).astype(np.float32).reshape(()))
+
+
+def load_kv_scales(reader: CheckpointReader | str | Path, attn_path: str) -> KVScales:
+    """The k / v scales of ``attn_path`` (e.g. ``model.layers.0.self_attn``): Quark's ``k_proj.output_scale`` /
+    ``v_proj.output_scale``, else ``k_scale`` / ``v_scale`` (vLLM's names). One missing -> the other; both
+    missing -> 1.0 (SPEC section 6).
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> k, v, names = load_kv_scales(bundled_checkpoint("tiny-llama-fp8"), "model.layers.0.self_attn")
+    >>> float(k), float(v), names
+    (1.0, 1.0, ())
+    """
+    from quark_jax.config import KVCacheConfig
+
+    reader = open_checkpoint(reader)
+    found = {}
+    for key, candidates in KVCacheConfig.scale_tensor_names(attn_path).items():
+        for name in candidates:
+            if name in reader:
+                found[key] = (name, _scalar(reader, name))
+                break
+    k = found.get("k_scale", found.get("v_scale", (None, np.float32(1.0))))[1]
+    v = found.get("v_scale", found.get("k_scale", (None, np.float32(1.0))))[1]
+    return KVScales(np.float32(k), np.float32(v), tuple(n for n, _ in found.values()))

@@ -1,0 +1,171 @@
+"""``QuarkLinear``: a Flax NNX linear layer that runs a Quark scheme (SPEC section 3) on its processed params."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from quark_jax.checkpoint import CheckpointReader, layer_geometry, layer_param_specs, load_layer_params, open_checkpoint
+from quark_jax.config import QuarkConfig
+from quark_jax.errors import CheckpointError
+from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod
+from quark_jax.schemes.base import logical_widths_of
+
+__all__ = ["QuarkParam", "QuarkLinear", "process_params", "checkpoint_dtype"]
+
+
+class QuarkParam(nnx.Variable):
+    """A parameter loaded from a Quark checkpoint and processed for inference (quantized weights, scales, zero
+    points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "logical_widths"))
+def process_params(scheme: QuarkScheme, params: Mapping[str, Any], logical_widths: tuple[int, ...]):
+    """``scheme.process_weights_after_loading`` jitted (cached per scheme and shapes)."""
+    return scheme.process_weights_after_loading(params, logical_widths)
+
+
+def checkpoint_dtype(config: Mapping[str, Any], default=jnp.float32):
+    """The model dtype a Hugging Face ``config.json`` declares (``dtype`` or ``torch_dtype``), else ``default``.
+
+    >>> checkpoint_dtype({"torch_dtype": "bfloat16"})
+    dtype(bfloat16)
+    """
+    name = config.get("dtype") or config.get("torch_dtype")
+    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float": jnp.float32,
+             "half": jnp.float16}
+    if name is None:
+        return jnp.dtype(default)
+    if name not in names:
+        raise ValueError(f"config.json dtype: expected one of {sorted(names)}, got {name!r}")
+    return jnp.dtype(names[name])
+
+
+class QuarkLinear(nnx.Module):
+    """A linear layer ``y = scheme(x) [..., N]`` holding a Quark scheme (static) and its processed params
+    (:class:`QuarkParam` variables, so ``nnx.jit``, ``nnx.split`` / ``nnx.merge`` and ``nnx.state`` work).
+
+    Args:
+      in_features: K. out_features: N (for a fused layer, the sum of ``logical_widths``).
+      scheme: a :class:`~quark_jax.schemes.QuarkScheme`, or None for an unquantized float linear.
+      logical_widths: the output sizes of fused shards (q, k, v / gate, up); default one shard.
+      use_bias: whether the layer has a bias [N] (kept in ``dtype``, float32 when ``dtype`` is None).
+      dtype: the model dtype: x is cast to it and y comes back in it; None keeps x's dtype.
+      name: the module path, used in error messages and as the default checkpoint path.
+
+    Params start as zeros of the processed shapes (build under ``nnx.eval_shape`` to skip that allocation for a
+    big model); :meth:`load_params` or :meth:`load_checkpoint` fill them.
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> layer = QuarkLinear.from_pretrained(bundled_checkpoint("tiny-llama-fp8"), "model.layers.0.self_attn.qkv_proj")
+    >>> layer.logical_widths, layer(jnp.ones((2, 3, 64))).shape
+    ((64, 32, 32), (2, 3, 128))
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, scheme: QuarkScheme | None,
+                 logical_widths: Sequence[int] | None = None, use_bias: bool = False, dtype: Any = None,
+                 name: str | None = None):
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.name = name or "QuarkLinear"
+        self.logical_widths = logical_widths_of(f"{self.name}", self.out_features, logical_widths)
+        self.scheme = UnquantizedLinearMethod() if scheme is None else scheme
+        if not isinstance(self.scheme, QuarkScheme):
+            raise TypeError(f"{self.name}: scheme: expected a QuarkScheme or None, got {type(scheme).__name__}")
+        self.use_bias = bool(use_bias)
+        self.dtype = None if dtype is None else jnp.dtype(dtype)
+        raw = self.raw_param_specs()
+        abstract = jax.eval_shape(lambda p: process_params(self.scheme, p, self.logical_widths),
+                                  {k: v.shape_dtype() for k, v in raw.items() if k != "bias" and v.required})
+        self.param_names = tuple(abstract)
+        for k, v in abstract.items():
+            setattr(self, k, QuarkParam(jnp.zeros(v.shape, v.dtype)))
+        self.bias = QuarkParam(jnp.zeros((self.out_features,), self._float_dtype)) if self.use_bias else None
+
+    @property
+    def _float_dtype(self):
+        return self.dtype if self.dtype is not None else jnp.dtype(jnp.float32)
+
+    def raw_param_specs(self):
+        """The raw params this layer loads (``scheme.create_weights`` + bias), as the checkpoint stores them."""
+        return layer_param_specs(self.scheme, self.logical_widths, self.in_features, use_bias=self.use_bias,
+                                 params_dtype=self._float_dtype)
+
+    # ------------------------------------------------------------------ loading
+    def load_params(self, raw: Mapping[str, Any]) -> "QuarkLinear":
+        """Check raw params (as :meth:`raw_param_specs` declares them), process them with the scheme (jitted) and
+        store the result. Returns self."""
+        specs = self.raw_param_specs()
+        unknown = sorted(set(raw) - set(specs))
+        if unknown:
+            raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): unexpected params {unknown}; "
+                                  f"expected {sorted(specs)}")
+        for k, spec in specs.items():
+            if k not in raw:
+                if spec.required:
+                    raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): missing param {k!r} "
+                                          f"(expected {spec.describe()}, {spec.doc})")
+                continue
+            a = raw[k]
+            if tuple(np.shape(a)) != spec.shape or np.dtype(a.dtype) != spec.dtype:
+                raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): param {k!r}: expected "
+                                      f"{spec.describe()}, found {np.dtype(a.dtype).name} {list(np.shape(a))}")
+        self.scheme.check_loaded({k: np.asarray(v) for k, v in raw.items() if k != "bias"}, self.name)
+        processed = process_params(self.scheme, {k: v for k, v in raw.items() if k != "bias"}, self.logical_widths)
+        if set(processed) != set(self.param_names):
+            raise AssertionError(f"{self.name}: processed params {sorted(processed)} != {sorted(self.param_names)}")
+        for k, v in processed.items():
+            getattr(self, k).set_value(v)
+        if self.use_bias:
+            self.bias.set_value(jnp.asarray(raw["bias"], self._float_dtype))
+        return self
+
+    def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None
+                        ) -> "QuarkLinear":
+        """Read this layer's raw params from a checkpoint (``layer_path`` defaults to ``name``; fused paths read
+        their shards), validate, process and store them. Returns self."""
+        path = layer_path or self.name
+        raw = load_layer_params(checkpoint, path, self.scheme, input_size=self.in_features,
+                                logical_widths=self.logical_widths, use_bias=self.use_bias,
+                                params_dtype=self._float_dtype)
+        return self.load_params(raw)
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path, layer_path: str, dtype: Any = None, *,
+                        config: QuarkConfig | None = None, **options) -> "QuarkLinear":
+        """Build, load and process one layer of a checkpoint (fused ``...qkv_proj`` / ``...gate_up_proj`` load
+        their shards). ``dtype`` defaults to the checkpoint's (config.json ``dtype`` / ``torch_dtype``);
+        ``config`` defaults to ``QuarkConfig.from_pretrained(checkpoint_dir, **options)`` (options: impl,
+        azp_mode, ...). A checkpoint without ``quantization_config`` gives unquantized layers."""
+        reader = open_checkpoint(checkpoint_dir)
+        if config is None:
+            if "quantization_config" in reader.config:
+                config = QuarkConfig.from_pretrained(reader.directory, **options)
+        elif options:
+            config = config.with_options(**options)
+        scheme = config.scheme_for(layer_path) if config is not None else None
+        dtype = checkpoint_dtype(reader.config) if dtype is None else dtype
+        geo = layer_geometry(reader, layer_path, scheme)
+        layer = cls(geo.input_size, geo.output_size, scheme=scheme, logical_widths=geo.logical_widths,
+                    use_bias=geo.has_bias, dtype=dtype, name=layer_path)
+        return layer.load_checkpoint(reader, layer_path)
+
+    # ------------------------------------------------------------------ forward
+    def params(self) -> dict[str, jax.Array]:
+        """The processed params as a dict (what ``scheme.apply_weights`` takes)."""
+        return {k: getattr(self, k)[...] for k in self.param_names}
+
+    def __call__(self, x):
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        bias = self.bias[...] if self.use_bias else None
+        return self.scheme.apply_weights(self.params(), x, bias)

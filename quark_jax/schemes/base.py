@@ -1,0 +1,149 @@
+"""The scheme lifecycle (vLLM's ``QuarkScheme``, made functional) and the parameter specs schemes declare.
+
+A scheme object is configuration only (a frozen, hashable dataclass, so it can be a static argument of ``jax.jit``
+and a static attribute of a Flax module). Its methods take and return arrays:
+
+1. ``create_weights(output_partition_sizes, input_size, params_dtype)`` -> ``{name: ParamSpec}``: the raw
+   parameters, named, shaped and typed as the checkpoint stores them (fused layers: shards combined);
+2. a loader fills them (``quark_jax.checkpoint.load_layer_params``);
+3. ``process_weights_after_loading(params, logical_widths)`` -> params: a jittable pure function, run once;
+4. ``apply_weights(params, x, bias=None)`` -> y: a jittable pure function, ``x [..., K] -> y [..., N]`` in x's dtype.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from quark_jax.kernels import _dispatch
+
+__all__ = ["ParamSpec", "QuarkScheme", "SCALE_DTYPES", "logical_widths_of", "flatten_tokens"]
+
+SCALE_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+"""Dtypes a checkpoint may store float scales in (Quark follows the model dtype); loaded as float32."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One raw parameter of a layer, as ``process_weights_after_loading`` receives it.
+
+    * ``shape``/``dtype``: the loaded array (all shards combined).
+    * ``checkpoint_dtypes``: dtypes a checkpoint may store it in; the loader casts to ``dtype`` (scale dtype
+      normalisation: f32/bf16/f16 scales become f32).
+    * ``shard_shapes``: the stored shape of each fused shard, in shard order (one entry for an unfused layer).
+    * ``combine``: ``"concat"`` (shards are row blocks, concatenated along axis 0) or ``"stack"`` (one scalar per
+      shard, stacked into ``[n_shards]``; stored as shape ``()`` or ``(1,)``).
+    * ``required``: a missing optional tensor is left out of the params (e.g. a zero point the scheme ignores).
+
+    >>> spec = ParamSpec((3,), np.dtype(np.float32), SCALE_DTYPES, ((), (), ()), "stack")
+    >>> spec.accepts(0, (1,)), spec.accepts(0, (2,))
+    (True, False)
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    checkpoint_dtypes: tuple[np.dtype, ...]
+    shard_shapes: tuple[tuple[int, ...], ...]
+    combine: str
+    required: bool = True
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.combine not in ("concat", "stack"):
+            raise ValueError(f"combine: expected 'concat' or 'stack', got {self.combine!r}")
+
+    def accepts(self, shard: int, stored_shape: Sequence[int]) -> bool:
+        """Whether a tensor of ``stored_shape`` fits shard ``shard``; scalars may be () or (1,), per-row vectors
+        [n] or [n, 1]."""
+        want = self.shard_shapes[shard]
+        stored = tuple(int(d) for d in stored_shape)
+        if stored == want:
+            return True
+        if len(want) <= 1:  # scales and zero points: size-1 axes do not matter
+            return tuple(d for d in stored if d != 1) == tuple(d for d in want if d != 1) and \
+                int(np.prod(stored)) == int(np.prod(want))
+        return False
+
+    def describe(self, shard: int | None = None) -> str:
+        shape = self.shape if shard is None else self.shard_shapes[shard]
+        return f"{np.dtype(self.dtype).name} {list(shape)}"
+
+    def shape_dtype(self):
+        import jax
+
+        return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+
+def logical_widths_of(name: str, rows: int, logical_widths) -> tuple[int, ...]:
+    """Validated shard sizes of a layer with ``rows`` outputs; ``None`` means one shard of all rows."""
+    if logical_widths is None:
+        return (rows,)
+    widths = tuple(int(w) for w in logical_widths)
+    if not widths or any(w <= 0 for w in widths) or sum(widths) != rows:
+        raise ValueError(f"logical_widths: expected positive shard sizes summing to {rows} rows of {name}, "
+                         f"got {widths}")
+    return widths
+
+
+def flatten_tokens(x, k: int, what: str):
+    """``x [..., K]`` -> ``([T, K], leading shape)``; a clear error when the last axis is not K."""
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"x: expected shape [..., {k}] for {what}, got {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x: expected floating-point activations (bf16, f16, f32) for {what}, got {x.dtype}")
+    return x.reshape(-1, k), x.shape[:-1]
+
+
+@dataclass(frozen=True)
+class QuarkScheme(abc.ABC):
+    """Abstract scheme (vLLM's ``QuarkScheme``): config only, hashable; methods are pure functions of arrays.
+
+    ``impl`` picks the GEMM implementation of :mod:`quark_jax.kernels` ("auto", "pallas" or "xla").
+    """
+
+    impl: str = dataclasses.field(default="auto", kw_only=True)
+
+    #: how many logical K elements one stored weight column holds (2 for packed MXFP4)
+    weight_pack_factor = 1
+
+    def __post_init__(self):
+        _dispatch.check_impl(self.impl)
+
+    @classmethod
+    @abc.abstractmethod
+    def get_min_capability(cls) -> int:
+        """Minimum CUDA compute capability (times 10) that vLLM requires for this scheme (informational here)."""
+
+    @abc.abstractmethod
+    def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
+                       params_dtype: Any = None) -> dict[str, ParamSpec]:
+        """Raw parameters as the checkpoint stores them: ``{name: ParamSpec}``."""
+
+    @abc.abstractmethod
+    def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
+        """Raw loaded params -> the params ``apply_weights`` takes. Jittable; run once per layer."""
+
+    @abc.abstractmethod
+    def apply_weights(self, params: Mapping[str, Any], x, bias=None):
+        """``x [..., K]`` -> ``y [..., N]`` in x's dtype. Jittable."""
+
+    def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
+        """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
+
+    def replace(self, **changes) -> "QuarkScheme":
+        """A copy with some options changed, e.g. ``scheme.replace(impl="xla")``."""
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> str:
+        """One line naming the scheme and its modes, e.g. ``QuarkW8A8Fp8(weight per_tensor, input static)``."""
+        fields = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.name != "impl"]
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+    def _widths(self, rows: int, logical_widths) -> tuple[int, ...]:
+        return logical_widths_of(type(self).__name__ + " weight", rows, logical_widths)

@@ -1,0 +1,113 @@
+"""``QuarkW8A8Fp8``: FP8 e4m3 weights (per-tensor or per-channel) and FP8 activations (SPEC section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from quark_jax import kernels, quant
+from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
+
+__all__ = ["QuarkW8A8Fp8"]
+
+WEIGHT_QSCHEMES = ("per_tensor", "per_channel")
+ACTIVATIONS = ("static", "dynamic_per_token", "dynamic_per_tensor")
+FP8_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz")
+
+
+@dataclass(frozen=True)
+class QuarkW8A8Fp8(QuarkScheme):
+    """W8A8 FP8 (vLLM's ``QuarkW8A8Fp8``).
+
+    * ``weight_qscheme``: "per_tensor" (one scale per fused shard on disk; re-quantized to the max shard scale
+      at load, vLLM-exact, so every layer runs with one scalar) or "per_channel" (scales [N]).
+    * ``activation``: "static" (per-tensor, calibrated ``input_scale``; the max over shards), "dynamic_per_token"
+      or "dynamic_per_tensor".
+    * ``fp8_dtype``: "float8_e4m3fn", or "float8_e4m3fnuz" to run as on ROCm MI300 (weights reinterpreted, scales
+      x2, activations clamped to 224, vLLM-exact).
+
+    Raw params: ``weight`` [N, K] float8_e4m3fn, ``weight_scale`` [n_shards] or [N] f32, ``input_scale``
+    [n_shards] f32 (static only). Processed: ``weight``, ``weight_scale`` () or [N], ``input_scale`` ().
+    Apply: ``y = x.dtype(s_x * (s_w * sum_k q_x q_w) + bias)`` through :func:`quark_jax.kernels.fp8_scaled_mm`.
+
+    >>> import jax.numpy as jnp
+    >>> s = QuarkW8A8Fp8("per_tensor", "static", impl="xla")
+    >>> raw = {"weight": jnp.ones((16, 32), jnp.float8_e4m3fn), "weight_scale": jnp.array([0.5]),
+    ...        "input_scale": jnp.array([0.25])}
+    >>> p = s.process_weights_after_loading(raw)
+    >>> s.apply_weights(p, jnp.ones((2, 32)))[0, :2].tolist()   # x = 1 -> q = 4; 0.25 * 0.5 * (32 * 4)
+    [16.0, 16.0]
+    """
+
+    weight_qscheme: str = "per_tensor"
+    activation: str = "static"
+    fp8_dtype: str = "float8_e4m3fn"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weight_qscheme not in WEIGHT_QSCHEMES:
+            raise ValueError(f"weight_qscheme: expected one of {WEIGHT_QSCHEMES}, got {self.weight_qscheme!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.fp8_dtype not in FP8_DTYPES:
+            raise ValueError(f"fp8_dtype: expected one of {FP8_DTYPES}, got {self.fp8_dtype!r}")
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 89
+
+    @property
+    def is_static_input_scheme(self) -> bool:
+        return self.activation == "static"
+
+    def summary(self) -> str:
+        extra = ", fnuz" if self.fp8_dtype == "float8_e4m3fnuz" else ""
+        return f"QuarkW8A8Fp8(weight fp8 {self.weight_qscheme}, input fp8 {self.activation}{extra})"
+
+    def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
+                       params_dtype: Any = None) -> dict[str, ParamSpec]:
+        widths = tuple(int(w) for w in output_partition_sizes)
+        n, k, f32 = sum(widths), int(input_size), np.dtype(np.float32)
+        specs = {"weight": ParamSpec((n, k), np.dtype(jnp.float8_e4m3fn), (np.dtype(jnp.float8_e4m3fn),),
+                                     tuple((w, k) for w in widths), "concat", doc="fp8 weight [N, K]")}
+        if self.weight_qscheme == "per_tensor":
+            specs["weight_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, tuple(() for _ in widths),
+                                              "stack", doc="per-tensor weight scale, one per shard")
+        else:
+            specs["weight_scale"] = ParamSpec((n,), f32, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
+                                              doc="per-channel weight scale [N]")
+        if self.is_static_input_scheme:
+            specs["input_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, tuple(() for _ in widths),
+                                             "stack", doc="static per-tensor input scale")
+        return specs
+
+    def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
+        weight = jnp.asarray(params["weight"])
+        widths = self._widths(weight.shape[0], logical_widths)
+        weight_scale = jnp.asarray(params["weight_scale"], jnp.float32)
+        input_scale = jnp.asarray(params["input_scale"], jnp.float32) if self.is_static_input_scheme else None
+        if self.fp8_dtype == "float8_e4m3fnuz":
+            weight, weight_scale, input_scale = quant.normalize_e4m3fn_to_e4m3fnuz(weight, weight_scale, input_scale)
+        if self.weight_qscheme == "per_tensor":
+            weight, weight_scale = quant.requantize_with_max_scale(weight, weight_scale, widths)
+        else:
+            weight_scale = weight_scale.reshape(-1)
+        out = {"weight": weight, "weight_scale": weight_scale}
+        if input_scale is not None:
+            out["input_scale"] = jnp.max(input_scale)
+        return out
+
+    def apply_weights(self, params: Mapping[str, Any], x, bias=None):
+        weight = params["weight"]
+        n, k = weight.shape
+        x2, lead = flatten_tokens(x, k, "QuarkW8A8Fp8")
+        dtype = jnp.dtype(self.fp8_dtype)
+        if self.activation == "static":
+            q, s = quant.scaled_fp8_quant(x2, params["input_scale"], dtype=dtype)
+        else:
+            q, s = quant.scaled_fp8_quant(x2, per_token=self.activation == "dynamic_per_token", dtype=dtype)
+        y = kernels.fp8_scaled_mm(q, weight, s, params["weight_scale"], bias, out_dtype=x2.dtype, impl=self.impl)
+        return y.reshape(*lead, n)

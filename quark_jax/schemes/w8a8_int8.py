@@ -1,0 +1,144 @@
+"""``QuarkW8A8Int8``: symmetric INT8 weights, static per-tensor INT8 activations (SPEC section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from quark_jax import kernels, quant
+from quark_jax.errors import CheckpointError
+from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
+
+__all__ = ["QuarkW8A8Int8"]
+
+WEIGHT_QSCHEMES = ("per_tensor", "per_channel")
+AZP_MODES = ("vllm", "checkpoint")
+ZERO_POINT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32))
+
+
+@dataclass(frozen=True)
+class QuarkW8A8Int8(QuarkScheme):
+    """W8A8 INT8 with a static input quantizer (vLLM's ``QuarkW8A8Int8``).
+
+    * ``qscheme``: the weight's, "per_tensor" (one scale per shard; fused layers get per-channel scales [N]) or
+      "per_channel" ([N]). Weights are symmetric: ``weight_zero_point`` is loaded, checked to be zero, dropped.
+    * ``input_symmetric``: False for an asymmetric input quantizer (scale and zero point).
+    * ``azp_mode`` (asymmetric only): "vllm" (default) rebuilds (s', z') from the checkpoint's (s, z) as vLLM does
+      (:func:`quark_jax.quant.reconstruct_static_azp`; z' can be one off from z), "checkpoint" uses the
+      checkpoint's own (s, z) and so matches Quark exactly.
+
+    Processed params: ``weight`` int8 [N, K], ``weight_scale`` () or [N], ``input_scale`` (), and for asymmetric
+    input ``input_zero_point`` () int32 and ``azp_adj`` int32 [N] = z * sum_k Wq[n, k].
+    Apply: ``y = x.dtype(s_x * s_w * f32(acc_i32 - azp_adj) + bias)`` through
+    :func:`quark_jax.kernels.int8_scaled_mm`.
+
+    >>> import jax.numpy as jnp
+    >>> s = QuarkW8A8Int8("per_channel", input_symmetric=True, impl="xla")
+    >>> raw = {"weight": jnp.ones((16, 32), jnp.int8), "weight_scale": jnp.full((16,), 0.5),
+    ...        "input_scale": jnp.array([0.25])}
+    >>> p = s.process_weights_after_loading(raw)
+    >>> s.apply_weights(p, jnp.ones((2, 32)))[0, :2].tolist()   # x = 1 -> q = 4; 0.25 * 0.5 * (32 * 4)
+    [16.0, 16.0]
+    """
+
+    qscheme: str = "per_channel"
+    input_symmetric: bool = True
+    azp_mode: str = "vllm"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.qscheme not in WEIGHT_QSCHEMES:
+            raise ValueError(f"qscheme: expected one of {WEIGHT_QSCHEMES}, got {self.qscheme!r}")
+        if self.azp_mode not in AZP_MODES:
+            raise ValueError(f"azp_mode: expected one of {AZP_MODES}, got {self.azp_mode!r}")
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 75
+
+    is_static_input_scheme = True
+
+    def summary(self) -> str:
+        inp = "symmetric" if self.input_symmetric else f"asymmetric, azp_mode={self.azp_mode}"
+        return f"QuarkW8A8Int8(weight int8 {self.qscheme}, input int8 static per_tensor {inp})"
+
+    def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
+                       params_dtype: Any = None) -> dict[str, ParamSpec]:
+        widths = tuple(int(w) for w in output_partition_sizes)
+        n, k, f32 = sum(widths), int(input_size), np.dtype(np.float32)
+        per_shard = tuple(() for _ in widths)
+        specs = {"weight": ParamSpec((n, k), np.dtype(np.int8), (np.dtype(np.int8),),
+                                     tuple((w, k) for w in widths), "concat", doc="int8 weight [N, K]")}
+        if self.qscheme == "per_tensor":
+            specs["weight_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, per_shard, "stack",
+                                              doc="per-tensor weight scale, one per shard")
+            specs["weight_zero_point"] = ParamSpec((len(widths),), np.dtype(np.int32), ZERO_POINT_DTYPES,
+                                                   per_shard, "stack", required=False, doc="weight zero point (0)")
+        else:
+            specs["weight_scale"] = ParamSpec((n,), f32, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
+                                              doc="per-channel weight scale [N]")
+            specs["weight_zero_point"] = ParamSpec((n,), np.dtype(np.int32), ZERO_POINT_DTYPES,
+                                                   tuple((w,) for w in widths), "concat", required=False,
+                                                   doc="weight zero points [N] (0)")
+        specs["input_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, per_shard, "stack",
+                                         doc="static per-tensor input scale")
+        specs["input_zero_point"] = ParamSpec((len(widths),), np.dtype(np.int32), ZERO_POINT_DTYPES, per_shard,
+                                              "stack", required=not self.input_symmetric,
+                                              doc="static per-tensor input zero point")
+        return specs
+
+    def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
+        wz = params.get("weight_zero_point")
+        if wz is not None and np.any(np.asarray(wz) != 0):
+            raise CheckpointError(f"layer {layer}: weight_zero_point must be all zeros (QuarkW8A8Int8 supports "
+                                  f"symmetric weights only), found nonzero values {np.unique(wz)[:8].tolist()}")
+        iz = params.get("input_zero_point")
+        if iz is not None and self.input_symmetric and np.any(np.asarray(iz) != 0):
+            raise CheckpointError(f"layer {layer}: input_zero_point must be 0 for a symmetric input quantizer, "
+                                  f"found {np.asarray(iz).tolist()}")
+        if not self.input_symmetric and self.azp_mode == "checkpoint":
+            s, z = np.asarray(params["input_scale"]), np.asarray(iz)
+            if np.any(s != s[0]) or np.any(z != z[0]):
+                raise CheckpointError(f"layer {layer}: the fused shards have different input quantizers "
+                                      f"(scales {s.tolist()}, zero points {z.tolist()}); azp_mode='checkpoint' "
+                                      f"needs one (s, z) for the fused input, use azp_mode='vllm'")
+
+    def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
+        weight = jnp.asarray(params["weight"])
+        widths = self._widths(weight.shape[0], logical_widths)
+        weight_scale = jnp.asarray(params["weight_scale"], jnp.float32)
+        if self.qscheme == "per_tensor":
+            weight_scale = (quant.convert_to_channelwise(weight_scale, widths) if len(widths) > 1
+                            else weight_scale.reshape(()))
+        else:
+            weight_scale = weight_scale.reshape(-1)
+        input_scale = jnp.asarray(params["input_scale"], jnp.float32).reshape(-1)
+        out = {"weight": weight, "weight_scale": weight_scale}
+        if self.input_symmetric:
+            out["input_scale"] = jnp.max(input_scale)
+            return out
+        zero_point = jnp.asarray(params["input_zero_point"]).reshape(-1)
+        if self.azp_mode == "vllm":
+            s, z = quant.reconstruct_static_azp(input_scale, zero_point)
+        else:
+            s, z = input_scale[0], zero_point[0].astype(jnp.int32)
+        out.update(input_scale=s, input_zero_point=z, azp_adj=quant.compute_azp_adj(weight, z))
+        return out
+
+    def apply_weights(self, params: Mapping[str, Any], x, bias=None):
+        weight = params["weight"]
+        n, k = weight.shape
+        x2, lead = flatten_tokens(x, k, "QuarkW8A8Int8")
+        if self.input_symmetric:
+            q, s, _ = quant.scaled_int8_quant(x2, params["input_scale"])
+            azp_adj = None
+        else:
+            q, s, _ = quant.scaled_int8_quant(x2, params["input_scale"], params["input_zero_point"],
+                                              symmetric=False)
+            azp_adj = params["azp_adj"]
+        y = kernels.int8_scaled_mm(q, weight, s, params["weight_scale"], bias, azp_adj=azp_adj,
+                                   out_dtype=x2.dtype, impl=self.impl)
+        return y.reshape(*lead, n)
