@@ -31,9 +31,16 @@ def rope_inv_freq(head_dim, theta, rope_type="default", factor=1.0, low=1.0, hig
     return inv
 
 
-def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None) -> np.ndarray:
-    """Logits [B, T, V] (float64) of the HF Llama/Qwen2 forward pass for ids [B, T]."""
+def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None, linear=None,
+                 rnd=None) -> np.ndarray:
+    """Logits [B, T, V] (float64) of the HF Llama/Qwen2 forward pass for ids [B, T].
+
+    ``linear(name, x) -> y`` replaces the float projections (e.g. a quantized layer; it rounds its own output);
+    ``rnd(x)`` rounds to the model dtype where a bf16 model rounds (after each norm step, RoPE product and sum,
+    attention output, residual add, ``silu(g) * u`` (once, as vLLM's fused kernel), and the logits); default: no rounding.
+    """
     g = lambda n: np.asarray(w[n], np.float64)  # noqa: E731
+    rnd = rnd or (lambda a: a)
     H, Hkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hidden = cfg["hidden_size"]
     D = cfg.get("head_dim") or hidden // H
@@ -43,19 +50,21 @@ def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None
     B, T = ids.shape
 
     def rms(x, weight):
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+        return rnd(rnd(x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * weight)
 
     def lin(x, name):
+        if linear is not None:
+            return linear(name, x)
         y = x @ g(name + ".weight").T
-        return y + g(name + ".bias") if name + ".bias" in w else y
+        return rnd(y + g(name + ".bias") if name + ".bias" in w else y)
 
-    ang = np.arange(T)[:, None] * inv_freq[None, :]
-    cos, sin = np.cos(ang), np.sin(ang)  # [T, D/2]
+    ang = np.arange(T)[:, None] * np.asarray(inv_freq, np.float32)[None, :].astype(np.float64)
+    cos, sin = rnd(np.cos(ang)), rnd(np.sin(ang))  # [T, D/2]
 
     def rope(x):  # [B, T, heads, D]
         x1, x2 = x[..., : D // 2], x[..., D // 2:]
         c, s = cos[None, :, None, :], sin[None, :, None, :]
-        return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+        return np.concatenate([rnd(rnd(x1 * c) - rnd(x2 * s)), rnd(rnd(x2 * c) + rnd(x1 * s))], axis=-1)
 
     x = g("model.embed_tokens.weight")[ids]
     causal = np.tril(np.ones((T, T), bool))
@@ -75,13 +84,42 @@ def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None
             pr = np.exp(s - s.max(-1, keepdims=True))
             pr /= pr.sum(-1, keepdims=True)
             out[:, :, head] = np.einsum("bts,bsd->btd", pr, v[:, :, kh])
-        x = x + lin(out.reshape(B, T, H * D), p + "self_attn.o_proj")
+        x = rnd(x + lin(rnd(out).reshape(B, T, H * D), p + "self_attn.o_proj"))
         h = rms(x, g(p + "post_attention_layernorm.weight"))
         gate = lin(h, p + "mlp.gate_proj")
-        x = x + lin(gate / (1 + np.exp(-gate)) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = rnd(x + lin(rnd(gate / (1 + np.exp(-gate)) * lin(h, p + "mlp.up_proj")), p + "mlp.down_proj"))
     x = rms(x, g("model.norm.weight"))
     head = g("lm_head.weight") if "lm_head.weight" in w else g("model.embed_tokens.weight")
-    return x @ head.T
+    return rnd(x @ head.T)
+
+
+def round_bf16(a):
+    """Round to bfloat16 (nearest even) and back to float64."""
+    import ml_dtypes
+
+    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def vllm_fp8_linear(x, weight_fp8, weight_scale, input_scale=None, rnd=None):
+    """vLLM's W8A8 FP8 linear in numpy: x quantized in float32 (static: ``x * (1/s)``; dynamic per-token:
+    ``s_t = max(amax_t / 448, 1/(448*512))``, ``x / s_t``), clamped, cast to e4m3fn (RNE); the fp8 products summed
+    exactly (float64) and scaled by ``s_x * s_w``; the result rounded once by ``rnd``."""
+    import ml_dtypes
+
+    xf = np.asarray(x, np.float32)
+    if input_scale is not None:
+        s_x = np.float32(input_scale)
+        v = xf * (np.float32(1.0) / s_x)
+    else:
+        amax = np.abs(xf).max(axis=-1, keepdims=True)
+        s_x = np.maximum(amax / np.float32(448.0), np.float32(1.0 / (448.0 * 512.0))).astype(np.float32)
+        v = xf / s_x
+    q = np.clip(v, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    wq = np.asarray(weight_fp8).astype(np.float64)
+    acc = q @ wq.T
+    y = np.float64(s_x) * (np.asarray(weight_scale, np.float64).reshape(-1) * acc) if np.ndim(s_x) == 0 else \
+        s_x.astype(np.float64) * (np.asarray(weight_scale, np.float64).reshape(-1) * acc)
+    return (rnd or (lambda a: a))(y)
 
 
 def random_llama_weights(cfg: dict, seed: int = 0, qkv_bias=False, tied=False) -> dict:

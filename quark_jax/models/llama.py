@@ -5,9 +5,10 @@ Every projection is a plain ``nnx.Linear`` at the path Hugging Face uses (``mode
 layers and :func:`quark_jax.load_weights` can fill the model from a checkpoint by name. ``nnx.Linear`` kernels are
 ``[in, out]`` (the transpose of the checkpoint's ``[out, in]``).
 
-Numerics follow HF/vLLM: RMSNorm in float32 cast back to the model dtype before the weight; RoPE angles in float32,
-applied in the model dtype; attention scores, softmax and the probability-value product in float32 (as a fused
-attention kernel does), the result rounded once to the model dtype.
+Numerics follow vLLM in the model dtype: RMSNorm statistics in float32, cast back to the model dtype before the
+weight product; RoPE angles in float32, cos/sin and their products in the model dtype; attention scores, softmax
+and the probability-value product in float32 (as a fused attention kernel does), rounded once; ``silu(g) * u`` in
+float32, rounded once (vLLM's ``SiluAndMul``); residual adds in the model dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flax import nnx
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from quark_jax.models.rounding import round_to
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]
@@ -66,16 +68,26 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x):
         xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...] * y.astype(x.dtype)
+        y = round_to(xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps), x.dtype)
+        return round_to(self.weight[...].astype(jnp.float32) * y.astype(jnp.float32), x.dtype)
 
 
 def _linear(din, dout, bias, dtype, rngs):
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    # float32 accumulation and bias add, rounded once by _proj (as cuBLAS does for a bf16 GEMM; XLA's CPU bf16 dot
+    # without it rounds partial sums)
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype,
+                      preferred_element_type=jnp.float32, rngs=rngs)
+
+
+def _proj(layer, x):
+    """``layer(x)`` rounded to x's dtype (a float ``nnx.Linear`` accumulates in float32; a Quark layer returns x's
+    dtype, rounded again here so that XLA's excess precision cannot pass its unrounded value on)."""
+    return round_to(layer(x), x.dtype)
 
 
 class MLP(nnx.Module):
-    """``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+    """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
+    dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
 
     def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
@@ -84,7 +96,9 @@ class MLP(nnx.Module):
         self.down_proj = _linear(i, h, cfg.mlp_bias, dtype, rngs)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = _proj(self.gate_proj, x), _proj(self.up_proj, x)
+        h = jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32)
+        return _proj(self.down_proj, round_to(h, x.dtype))
 
 
 def attend(q, k, v, mask):
@@ -94,7 +108,7 @@ def attend(q, k, v, mask):
     """
     b, t, h, d = q.shape
     hkv = k.shape[2]
-    qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)
+    qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)  # exact: q/k/v hold rounded values (round_to)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
@@ -140,9 +154,9 @@ class Attention(nnx.Module):
         is at most their own. Returns (y [B, T, hidden], new kv or None).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = _proj(self.q_proj, x).reshape(b, t, self.num_heads, self.head_dim)
+        k = _proj(self.k_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = _proj(self.v_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         ks, vs = self._store(k, "k_scale"), self._store(v, "v_scale")
         if kv is None:
@@ -158,8 +172,8 @@ class Attention(nnx.Module):
             slots = jnp.arange(kc.shape[1], dtype=positions.dtype)
             mask = slots[None, None, :] <= positions[:, :, None]
             new_kv = (kc, vc)
-        out = attend(q, k_all, v_all, mask).astype(x.dtype).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out), new_kv
+        out = round_to(attend(q, k_all, v_all, mask), x.dtype).reshape(b, t, self.num_heads * self.head_dim)
+        return _proj(self.o_proj, out), new_kv
 
 
 class DecoderLayer(nnx.Module):
@@ -173,8 +187,9 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, positions, kv=None, start=None):
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
-        h = x + a
-        return h + self.mlp(self.post_attention_layernorm(h)), kv
+        h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
+        m = self.mlp(self.post_attention_layernorm(h))
+        return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
 
 
 class LlamaModel(nnx.Module):
@@ -235,7 +250,11 @@ class LlamaForCausalLM(nnx.Module):
                 ks.append(kv[0])
                 vs.append(kv[1])
         x = self.model.norm(x)
-        logits = self.model.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+        if self.config.tie_word_embeddings:
+            table = self.model.embed_tokens.embedding[...]
+            logits = round_to(jnp.dot(x, table.T, preferred_element_type=jnp.float32), x.dtype)
+        else:
+            logits = _proj(self.lm_head, x)
         return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
     def __call__(self, input_ids):

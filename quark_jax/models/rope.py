@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quark_jax.models.config import RopeConfig
+from quark_jax.models.rounding import round_to
 
 __all__ = ["inverse_frequencies", "rope_cos_sin", "apply_rope"]
 
@@ -47,11 +48,12 @@ def rope_cos_sin(positions, inv_freq: np.ndarray, dtype):
     """
     ang = jnp.asarray(positions, jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     ang = jnp.concatenate([ang, ang], axis=-1)
-    return jnp.cos(ang).astype(dtype), jnp.sin(ang).astype(dtype)
+    return round_to(jnp.cos(ang), dtype), round_to(jnp.sin(ang), dtype)
 
 
 def apply_rope(x, cos, sin):
-    """Rotate ``x`` [B, T, H, D] by ``cos``/``sin`` [B, T, D]: ``x * cos + rotate_half(x) * sin`` in x's dtype.
+    """Rotate ``x`` [B, T, H, D] by ``cos``/``sin`` [B, T, D]: ``x * cos + rotate_half(x) * sin`` in x's dtype,
+    each product and the sum rounded to it (as vLLM's rotary kernel computes in the model dtype).
 
     >>> x = jnp.array([1.0, 0.0, 0.0, 0.0]).reshape(1, 1, 1, 4)
     >>> c, s = rope_cos_sin(jnp.array([[1]]), np.array([np.pi / 2, 0.0], np.float32), jnp.float32)
@@ -59,6 +61,9 @@ def apply_rope(x, cos, sin):
     [-0.0, 0.0, 1.0, 0.0]
     """
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    return x * cos + rotated * sin
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    cos = round_to(cos[:, :, None, :], x.dtype).astype(jnp.float32)
+    sin = round_to(sin[:, :, None, :], x.dtype).astype(jnp.float32)
+    a, b = round_to(xf * cos, x.dtype), round_to(rotated * sin, x.dtype)
+    return round_to(a.astype(jnp.float32) + b.astype(jnp.float32), x.dtype)

@@ -151,6 +151,16 @@ def _rules(module, ckpt_prefix: str):
     return [(k, ckpt_prefix + k, False, False) for k, v in vars(module).items() if isinstance(v, nnx.Param)]
 
 
+def _unmatched_hint(ckpt, module_paths: set[str]) -> str:
+    """``"; checkpoint layers the model lacks: ..."`` for checkpoint modules no model module covers."""
+    covered = set(module_paths) | {s for p in module_paths for s in shard_paths(p)}
+    stray = sorted({n.rpartition(".")[0] for n in ckpt.names() if n.endswith(".weight")} - covered)
+    if not stray:
+        return ""
+    more = f" and {len(stray) - 3} more" if len(stray) > 3 else ""
+    return f"; checkpoint layers with no module in the model: {', '.join(stray[:3])}{more}"
+
+
 def _nearest_module(name: str, paths: set[str]) -> str:
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
@@ -197,6 +207,7 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
         module_paths.add(cp)
         if isinstance(module, QuarkLinear):
             quark_layers.append((module, cp))
+            missing += [(f"{s}.weight", f"QuarkLinear {cp}") for s in shard_paths(cp) if f"{s}.weight" not in ckpt]
             continue
         if isinstance(module, Attention) and module.kv_fp8:
             kv_modules.append((module, cp))
@@ -210,7 +221,7 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     if missing:
         shown = "; ".join(f"{t} (for {v})" for t, v in missing[:8])
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        raise CheckpointError(f"{where}: missing tensors: {shown}{more}")
+        raise CheckpointError(f"{where}: missing tensors: {shown}{more}{_unmatched_hint(ckpt, module_paths)}")
     for task in tasks:  # validate from the headers before reading any data
         task.check(ckpt, where)
 
