@@ -3,12 +3,13 @@
 * :class:`QuarkLinear` (and its :class:`QuarkParam` variable type): an NNX linear layer holding a scheme.
 * :func:`quantize_model`: swap the ``nnx.Linear`` layers of any NNX model for ``QuarkLinear`` per a config.
 * :func:`load_weights`: fill any NNX model (float or quantized layers) from a checkpoint by module path.
-* :class:`QuarkDense` / :func:`quantize_linen`: the Linen counterpart.
+* :class:`QuarkDense`: the Linen counterpart (a drop-in for ``nn.Dense`` that resolves its scheme by path).
 """
 
 from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype, process_params
 from quark_jax.nn.load import load_weights, module_path
+from quark_jax.nn.linen import QuarkDense, linen_module_path
 from quark_jax.nn.substitute import quantize_model
 
 __all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "process_params", "load_weights", "quantize_model",
-           "module_path"]
+           "module_path", "QuarkDense", "linen_module_path"]
