@@ -55,12 +55,94 @@ def _demo(args) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _resolve_dir(name: str) -> Path:
+    from quark_jax.data import BUNDLED, bundled_checkpoint
+
+    return Path(name) if Path(name).is_dir() or name not in BUNDLED else bundled_checkpoint(name)
+
+
+def _inspect(args) -> int:
+    """Which scheme each layer of a checkpoint gets, its bytes, what is excluded and what is unsupported."""
+    from quark_jax.checkpoint import open_checkpoint
+    from quark_jax.config import QuarkConfig
+    from quark_jax.errors import CheckpointError, QuarkConfigError
+
+    ckpt = _resolve_dir(args.checkpoint)
+    try:
+        reader = open_checkpoint(ckpt)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    total = sum(reader.nbytes(n) for n in reader.names())
+    print(f"checkpoint: {ckpt}  ({len(reader)} tensors in {len(reader.files)} file(s), {_size(total)})")
+    qc = reader.config.get("quantization_config")
+    if qc is None:
+        print("no quantization_config: an unquantized checkpoint")
+        return 0
+    try:
+        cfg = QuarkConfig(qc, checkpoint_dir=ckpt)
+    except QuarkConfigError as e:
+        print(f"unsupported quantization_config: {e}", file=sys.stderr)
+        return 1
+    g = cfg.global_quant_config
+    print(f"quant_method: quark (version {qc.get('version', '?')}); global: "
+          f"{g.brief() if g else 'None (only layer_quant_config entries quantize)'}")
+    if cfg.layer_quant_config:
+        print(f"layer_quant_config: {list(cfg.layer_quant_config)}")
+    if cfg.layer_type_quant_config:
+        print(f"layer_type_quant_config: {list(cfg.layer_type_quant_config)}")
+    print(f"exclude: {list(cfg.exclude)}")
+    if cfg.kv_cache is not None:
+        print(f"KV cache: {cfg.kv_cache.dtype_name} {cfg.kv_cache.qscheme}, scales from the "
+              f"{list(cfg.kv_cache.group)} output_scale tensors")
+
+    paths = cfg.layer_paths()
+    plans = [cfg.plan(p) for p in paths]
+    sizes = {p: sum(reader.nbytes(n) for n in reader.tensors_of(p)) for p in paths}
+    width = max([len(p) for p in paths] + [5])
+    print()
+    print(f"{'layer':<{width}}  {'bytes':>9}  scheme")
+    for plan in plans:
+        what = plan.scheme_name() if plan.status != "unsupported" else f"UNSUPPORTED: {plan.reason}"
+        if plan.status in ("excluded", "unquantized") and plan.source:
+            what += f" ({plan.source})"
+        if plan.kv_cache:
+            what += "  + KV-cache scale"
+        print(f"{plan.path:<{width}}  {_size(sizes[plan.path]):>9}  {what}")
+
+    by_status = {}
+    for plan in plans:
+        by_status.setdefault(plan.status, []).append(plan)
+    layer_bytes = sum(sizes.values())
+    print()
+    for status in ("quantized", "excluded", "unquantized", "unsupported"):
+        group = by_status.get(status, [])
+        if group:
+            print(f"{status}: {len(group)} layer(s), {_size(sum(sizes[p.path] for p in group))}")
+    print(f"other tensors (norms, ...): {_size(total - layer_bytes)}; total {_size(total)}")
+    unsupported = by_status.get("unsupported", [])
+    for plan in unsupported:
+        print(f"unsupported {plan.path}: {plan.reason}")
+    return 1 if unsupported else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quark-jax", description="Run AMD Quark-quantized models in JAX.")
     sub = p.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="quantize activations per layer of a bundled checkpoint and report the error")
     d.add_argument("checkpoint", nargs="?", help="bundled name or checkpoint directory (default: all bundled)")
     d.set_defaults(func=_demo)
+    i = sub.add_parser("inspect", help="which scheme each layer of a checkpoint gets, bytes, excluded, unsupported")
+    i.add_argument("checkpoint", help="checkpoint directory (config.json + safetensors) or a bundled name")
+    i.set_defaults(func=_inspect)
     return p
 
 

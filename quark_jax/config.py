@@ -256,7 +256,7 @@ def get_scheme(cfg: LayerQuantConfig, layer: str, options: SchemeOptions = Schem
     if _is_static_tensor_w8a8(w, i):
         return QuarkW8A8Int8(w.qscheme, input_symmetric=bool(i.symmetric), azp_mode=options.azp_mode,
                              impl=options.impl)
-    mx = dict(dequantize_weight=options.dequantize_mxfp4_weight, impl=options.impl)
+    mx = dict(dequantize_at_load=options.dequantize_mxfp4_weight, impl=options.impl)
     if _is_mx_fp4(w, i):
         return QuarkW4A4MXFP4(**mx)
     if _is_mx_fp4_fp8_static(w, i):

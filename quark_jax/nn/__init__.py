@@ -6,10 +6,10 @@
 * :class:`QuarkDense`: the Linen counterpart (a drop-in for ``nn.Dense`` that resolves its scheme by path).
 """
 
-from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype, process_params
+from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype
 from quark_jax.nn.load import load_weights, module_path
 from quark_jax.nn.linen import QuarkDense, linen_module_path
 from quark_jax.nn.substitute import quantize_model
 
-__all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "process_params", "load_weights", "quantize_model",
-           "module_path", "QuarkDense", "linen_module_path"]
+__all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
+           "QuarkDense", "linen_module_path"]

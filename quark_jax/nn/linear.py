@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,21 +13,15 @@ from flax import nnx
 from quark_jax.checkpoint import CheckpointReader, layer_geometry, layer_param_specs, load_layer_params, open_checkpoint
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError
-from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod
-from quark_jax.schemes.base import logical_widths_of
+from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
+from quark_jax.schemes.base import dequantize_params, logical_widths_of
 
-__all__ = ["QuarkParam", "QuarkLinear", "process_params", "checkpoint_dtype"]
+__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]
 
 
 class QuarkParam(nnx.Variable):
     """A parameter loaded from a Quark checkpoint and processed for inference (quantized weights, scales, zero
     points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
-
-
-@functools.partial(jax.jit, static_argnames=("scheme", "logical_widths"))
-def process_params(scheme: QuarkScheme, params: Mapping[str, Any], logical_widths: tuple[int, ...]):
-    """``scheme.process_weights_after_loading`` jitted (cached per scheme and shapes)."""
-    return scheme.process_weights_after_loading(params, logical_widths)
 
 
 def checkpoint_dtype(config: Mapping[str, Any], default=jnp.float32):
@@ -161,6 +154,10 @@ class QuarkLinear(nnx.Module):
         """The processed params as a dict (what ``scheme.apply_weights`` takes)."""
         return {k: getattr(self, k)[...] for k in self.param_names}
 
+    def dequantized_weight(self):
+        """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
+        return dequantize_params(self.scheme, self.params())
+
     def __call__(self, x):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -168,4 +165,4 @@ class QuarkLinear(nnx.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         bias = self.bias[...] if self.use_bias else None
-        return self.scheme.apply_weights(self.params(), x, bias)
+        return apply_params(self.scheme, self.params(), x, bias)

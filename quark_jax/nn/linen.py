@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from quark_jax.models.rounding import round_to
+from quark_jax.schemes import apply_params
 
 __all__ = ["QuarkDense", "linen_module_path"]
 
@@ -109,7 +110,7 @@ class QuarkDense(nn.Module):
 
         params = {name: self.variable("quark", name, init, name).value for name in names}
         bias = params.pop("bias", None)
-        return scheme.apply_weights(params, round_to(x, dtype), bias)
+        return apply_params(scheme, params, round_to(x, dtype), bias)
 
     def _reader(self):
         from quark_jax.checkpoint import open_checkpoint

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from quark_jax import formats
-from quark_jax.quant._checks import true_divide
 from quark_jax.quant.fp8 import fp8_saturating_cast
 
 __all__ = [
@@ -117,11 +118,21 @@ def reconstruct_static_azp(input_scale, input_zero_point):
     if s.shape != z.shape:
         raise ValueError(f"input_zero_point: expected one zero point per input scale ({s.shape[0]}), got "
                          f"{z.shape[0]}")
-    range_max = jnp.max(s * (127.0 - z))
-    range_min = jnp.min(s * (-128.0 - z))
-    s_new = true_divide(range_max - range_min, 255.0)
-    z_new = jnp.trunc(-128.0 - true_divide(range_min, s_new)).astype(jnp.int32)
-    return s_new, z_new
+    # Computed on the host with numpy float32, one rounding per operation like vLLM's separate torch ops: under
+    # jit, XLA fuses ``s*(127-z) - s*(-128-z)`` into an FMA (CPU and GPU alike), which moves s' by one ulp.
+    out = (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32))
+    return jax.pure_callback(_reconstruct_static_azp_np, out, s, z)
+
+
+def _reconstruct_static_azp_np(s, z):
+    f32 = np.float32
+    s = np.asarray(s, f32)
+    z = np.asarray(z, f32)
+    range_max = np.max(s * (f32(127) - z))
+    range_min = np.min(s * (f32(-128) - z))
+    s_new = f32(f32(range_max - range_min) / f32(255))
+    z_new = np.int32(np.trunc(f32(f32(-128) - f32(range_min / s_new))))
+    return np.asarray(s_new, f32), np.asarray(z_new, np.int32)
 
 
 def compute_azp_adj(weight, azp):

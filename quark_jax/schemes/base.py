@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from quark_jax.kernels import _dispatch
 
-__all__ = ["ParamSpec", "QuarkScheme", "SCALE_DTYPES", "logical_widths_of", "flatten_tokens"]
+__all__ = ["ParamSpec", "QuarkScheme", "SCALE_DTYPES", "logical_widths_of", "flatten_tokens", "process_params",
+           "apply_params", "dequantize_params"]
 
 SCALE_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 """Dtypes a checkpoint may store float scales in (Quark follows the model dtype); loaded as float32."""
@@ -133,6 +136,13 @@ class QuarkScheme(abc.ABC):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         """``x [..., K]`` -> ``y [..., N]`` in x's dtype. Jittable."""
 
+    def dequantize_weight(self, params: Mapping[str, Any]):
+        """The weight that ``apply_weights`` effectively multiplies by, as float32 [N, K], from processed params
+        (for inspection and error analysis; the GEMMs never materialize it)."""
+        w = jnp.asarray(params["weight"]).astype(jnp.float32)
+        s = jnp.asarray(params["weight_scale"], jnp.float32)
+        return w * (s.reshape(-1, 1) if s.ndim else s)
+
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 
@@ -147,3 +157,21 @@ class QuarkScheme(abc.ABC):
 
     def _widths(self, rows: int, logical_widths) -> tuple[int, ...]:
         return logical_widths_of(type(self).__name__ + " weight", rows, logical_widths)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "logical_widths"))
+def process_params(scheme: QuarkScheme, params: Mapping[str, Any], logical_widths: tuple[int, ...]):
+    """``scheme.process_weights_after_loading`` jitted (cached per scheme and shapes)."""
+    return scheme.process_weights_after_loading(params, logical_widths)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def apply_params(scheme: QuarkScheme, params: Mapping[str, Any], x, bias=None):
+    """``scheme.apply_weights`` jitted (cached per scheme and shapes; inlined when called under another jit)."""
+    return scheme.apply_weights(params, x, bias)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def dequantize_params(scheme: QuarkScheme, params: Mapping[str, Any]):
+    """``scheme.dequantize_weight`` jitted (cached per scheme and shapes)."""
+    return scheme.dequantize_weight(params)

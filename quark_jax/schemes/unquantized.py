@@ -45,6 +45,9 @@ class UnquantizedLinearMethod(QuarkScheme):
         self._widths(weight.shape[0], logical_widths)
         return {"weight": weight}
 
+    def dequantize_weight(self, params: Mapping[str, Any]):
+        return jnp.asarray(params["weight"]).astype(jnp.float32)
+
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         weight = params["weight"]
         n, k = weight.shape

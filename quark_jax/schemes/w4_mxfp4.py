@@ -3,7 +3,7 @@
 
 The weight stays packed as the checkpoint stores it: ``weight`` uint8 [N, K/2] (element 2j in the low nibble) and
 ``weight_scale`` uint8 [N, K/32] (E8M0 bytes); :func:`quark_jax.kernels.mxfp4_mm` decodes it. With
-``dequantize_weight=True`` the weight is instead dequantized once at load into a bfloat16 [N, K] array (exact: every
+``dequantize_at_load=True`` the weight is instead dequantized once at load into a bfloat16 [N, K] array (exact: every
 MXFP4 value is a bfloat16), trading 3.8x the memory for a plain GEMM.
 """
 
@@ -43,7 +43,7 @@ def qdq_fp8_static(x, scale):
 class _QuarkMXFP4(QuarkScheme):
     """Shared MXFP4-weight lifecycle; subclasses choose what happens to the input (``input_mode``)."""
 
-    dequantize_weight: bool = False
+    dequantize_at_load: bool = False
 
     weight_pack_factor = 2
     input_mode: ClassVar[str] = "mxfp4"
@@ -58,7 +58,7 @@ class _QuarkMXFP4(QuarkScheme):
 
     def summary(self) -> str:
         inp = {"mxfp4": "mxfp4 dynamic", "fp8_static": "fp8 static per_tensor", "none": "not quantized"}
-        extra = ", dequantize_weight" if self.dequantize_weight else ""
+        extra = ", dequantize_at_load" if self.dequantize_at_load else ""
         return f"{type(self).__name__}(weight mxfp4 per_group 32, input {inp[self.input_mode]}{extra})"
 
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
@@ -82,7 +82,7 @@ class _QuarkMXFP4(QuarkScheme):
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
         weight = jnp.asarray(params["weight"])
         self._widths(weight.shape[0], logical_widths)
-        if self.dequantize_weight:
+        if self.dequantize_at_load:
             out = {"weight_dequant": quant.dequantize_mxfp4(weight, jnp.asarray(params["weight_scale"]),
                                                             jnp.bfloat16)}
         else:
@@ -91,8 +91,13 @@ class _QuarkMXFP4(QuarkScheme):
             out["input_scale"] = jnp.max(jnp.asarray(params["input_scale"], jnp.float32))
         return out
 
+    def dequantize_weight(self, params: Mapping[str, Any]):
+        if self.dequantize_at_load:
+            return jnp.asarray(params["weight_dequant"]).astype(jnp.float32)
+        return quant.dequantize_mxfp4(params["weight"], params["weight_scale"], jnp.float32)
+
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
-        if self.dequantize_weight:
+        if self.dequantize_at_load:
             n, k = params["weight_dequant"].shape
         else:
             n, k = params["weight"].shape[0], params["weight"].shape[1] * 2
@@ -100,7 +105,7 @@ class _QuarkMXFP4(QuarkScheme):
         if self.input_mode == "fp8_static":
             x2 = qdq_fp8_static(x2, params["input_scale"])
         quantize_input = self.input_mode == "mxfp4"
-        if self.dequantize_weight:
+        if self.dequantize_at_load:
             xq = quant.qdq_mxfp4(x2) if quantize_input else x2
             acc = lax.dot_general(xq, params["weight_dequant"].astype(x2.dtype), (((1,), (1,)), ((), ())),
                                   preferred_element_type=jnp.float32)
