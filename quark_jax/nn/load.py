@@ -70,8 +70,9 @@ class _Progress:
             return
         self.last = pct // step
         bar = "#" * (pct // 5) + "-" * (20 - pct // 5)
+        unit, div = ("GB", 1e9) if self.total >= 1e9 else ("MB", 1e6)
         line = (f"{self.label} [{bar}] {pct:3d}% {self.done}/{self.n} layers, "
-                f"{self.done_bytes / 1e9:.2f}/{self.total / 1e9:.2f} GB, {time.perf_counter() - self.t0:.1f} s")
+                f"{self.done_bytes / div:.2f}/{self.total / div:.2f} {unit}, {time.perf_counter() - self.t0:.1f} s")
         sys.stderr.write(("\r" + line + ("\n" if self.done == self.n else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
