@@ -92,7 +92,7 @@ def _sample(logits, key, temperature, top_k):
 def _prefill(graphdef, state, cache, input_ids, prompt_len, key, temperature, top_k):
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
-    logits, cache = model.forward_cached(input_ids, cache, 0)
+    logits, cache = model._cached(input_ids, cache, jnp.int32(0))
     last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)
     return _sample(last, jax.random.fold_in(key, prompt_len - 1), temperature, top_k), cache
 
@@ -100,7 +100,7 @@ def _prefill(graphdef, state, cache, input_ids, prompt_len, key, temperature, to
 def _decode_impl(graphdef, state, cache, token, position, key, temperature, top_k):
     TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
-    logits, cache = model.forward_cached(token[:, None], cache, position)
+    logits, cache = model._cached(token[:, None], cache, position)
     return _sample(logits[:, 0], jax.random.fold_in(key, position), temperature, top_k), cache
 
 

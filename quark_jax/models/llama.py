@@ -264,10 +264,13 @@ class LlamaForCausalLM(nnx.Module):
         transformation it is traced inline.
         """
         check_token_ids(input_ids, self.config.vocab_size)
+        input_ids = jnp.asarray(input_ids, jnp.int32)
         if not _tracing(input_ids, self):
             graphdef, state = nnx.split(self)
-            return _jit_call(graphdef, state, jnp.asarray(input_ids, jnp.int32))
-        input_ids = jnp.asarray(input_ids, jnp.int32)
+            return _jit_call(graphdef, state, input_ids)
+        return self._logits(input_ids)
+
+    def _logits(self, input_ids):
         b, t = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         return self._run(input_ids, positions, None, None)[0]
@@ -279,13 +282,15 @@ class LlamaForCausalLM(nnx.Module):
         ``start + T <= cache.max_len``; ids are not range-checked here (see :func:`check_token_ids`). Called
         eagerly it runs jitted (like ``__call__``).
         """
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        start = jnp.asarray(start, jnp.int32)
         if not _tracing(input_ids, cache, start, self):
             graphdef, state = nnx.split(self)
-            return _jit_forward_cached(graphdef, state, jnp.asarray(input_ids, jnp.int32), cache,
-                                       jnp.asarray(start, jnp.int32))
-        input_ids = jnp.asarray(input_ids, jnp.int32)
+            return _jit_forward_cached(graphdef, state, input_ids, cache, start)
+        return self._cached(input_ids, cache, start)
+
+    def _cached(self, input_ids, cache, start):
         b, t = input_ids.shape
-        start = jnp.asarray(start, jnp.int32)
         positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
         return self._run(input_ids, positions, cache, start)
 
@@ -304,9 +309,9 @@ def _tracing(*trees) -> bool:
 
 @partial(jax.jit, static_argnums=0)
 def _jit_call(graphdef, state, input_ids):
-    return nnx.merge(graphdef, state)(input_ids)
+    return nnx.merge(graphdef, state)._logits(input_ids)
 
 
 @partial(jax.jit, static_argnums=0)
 def _jit_forward_cached(graphdef, state, input_ids, cache, start):
-    return nnx.merge(graphdef, state).forward_cached(input_ids, cache, start)
+    return nnx.merge(graphdef, state)._cached(input_ids, cache, start)
