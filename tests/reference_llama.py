@@ -37,7 +37,8 @@ def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None
 
     ``linear(name, x) -> y`` replaces the float projections (e.g. a quantized layer; it rounds its own output);
     ``rnd(x)`` rounds to the model dtype where a bf16 model rounds (after each norm step, RoPE product and sum,
-    attention output, residual add, ``silu(g) * u`` (once, as vLLM's fused kernel), and the logits); default: no rounding.
+    attention output, residual add, ``silu(g) * u`` (once, as vLLM's fused kernel), and the logits); default:
+    no rounding.
     """
     g = lambda n: np.asarray(w[n], np.float64)  # noqa: E731
     rnd = rnd or (lambda a: a)

@@ -283,3 +283,21 @@ def test_checkpoint_layer_names_must_match_the_model(tmp_path):
                            weights["model.layers.0.mlp.up_proj.weight"].astype(ml_dtypes.float8_e4m3fn)})
     with pytest.raises(CheckpointMismatchError, match=r"float8_e4m3fn is a quantized tensor.*quantize_model"):
         from_pretrained(write_checkpoint(tmp_path / "fp8", cfg, fp8))
+
+
+def test_sharded_checkpoint_with_progress_line(tmp_path, capsys):
+    cfg, weights, tokens, ref = fixture_float()
+    d = tmp_path / "sharded"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for fname, part in shards.items():
+        save_file({n: weights[n] for n in part}, str(d / fname))
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: f for f, part in shards.items() for n in part}}))
+    model = from_pretrained(d, progress=True)
+    assert np.abs(np.asarray(model(tokens)) - ref).max() <= 1e-5
+    err = capsys.readouterr().err
+    assert "loading sharded [" in err and "100%" in err and "layers" in err

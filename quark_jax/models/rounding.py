@@ -20,8 +20,8 @@ __all__ = ["round_to"]
 def round_to(v, dtype):
     """``v`` rounded to ``dtype`` (float32, bfloat16 or float16), robust to XLA's excess precision.
 
-    >>> float(round_to(jnp.float32(1.0 + 2**-8), jnp.bfloat16)), float(round_to(jnp.float32(1.0 + 3 * 2**-9), jnp.bfloat16))
-    (1.0, 1.0078125)
+    >>> [float(round_to(jnp.float32(v), jnp.bfloat16)) for v in (1.0 + 2**-8, 1.0 + 3 * 2**-9)]
+    [1.0, 1.0078125]
     """
     dtype = jnp.dtype(dtype)
     v = jnp.asarray(v).astype(jnp.float32)

@@ -2,14 +2,15 @@
 
 Name mapping (module path ``p``, e.g. ``model.layers.0.self_attn.q_proj``, behind an optional ``prefix``):
 
-| module | variable <- checkpoint tensor |
-|---|---|
-| ``QuarkLinear`` | its scheme's raw params (``p.weight``, ``p.weight_scale``, ``p.input_scale``, ...; a fused ``qkv_proj`` / ``gate_up_proj`` reads its shards), then ``process_weights_after_loading`` |
-| ``nnx.Linear`` | ``kernel`` [in, out] <- ``p.weight`` [out, in] transposed (a fused name: its shards concatenated); ``bias`` <- ``p.bias`` |
-| ``nnx.Embed`` | ``embedding`` <- ``p.weight`` |
-| ``nnx.RMSNorm`` / ``nnx.LayerNorm`` | ``scale`` <- ``p.weight``; ``bias`` <- ``p.bias`` |
-| decoder attention with an FP8 KV cache | ``k_scale`` <- ``p.k_proj.output_scale`` or ``p.k_scale`` (v likewise; SPEC section 6) |
-| any other module | each ``nnx.Param`` attribute ``name`` <- ``p.name`` |
+* ``QuarkLinear``: its scheme's raw params (``p.weight``, ``p.weight_scale``, ``p.input_scale``, ...; a fused
+  ``qkv_proj`` / ``gate_up_proj`` reads its shards), then ``process_weights_after_loading``;
+* ``nnx.Linear``: ``kernel`` [in, out] <- ``p.weight`` [out, in] transposed (a fused name: its shards
+  concatenated); ``bias`` <- ``p.bias``;
+* ``nnx.Embed``: ``embedding`` <- ``p.weight``;
+* ``nnx.RMSNorm`` / ``nnx.LayerNorm``: ``scale`` <- ``p.weight``; ``bias`` <- ``p.bias``;
+* decoder attention with an FP8 KV cache: ``k_scale`` <- ``p.k_proj.output_scale`` or ``p.k_scale`` (v likewise;
+  SPEC section 6);
+* any other module: each ``nnx.Param`` attribute ``name`` <- ``p.name``.
 
 Float tensors are cast to the variable's dtype (round to nearest even). Every model variable must find its tensor
 and every checkpoint tensor must find a variable (unless ``strict=False`` or it matches ``ignore``); errors name
