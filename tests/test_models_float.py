@@ -301,3 +301,10 @@ def test_sharded_checkpoint_with_progress_line(tmp_path, capsys):
     assert np.abs(np.asarray(model(tokens)) - ref).max() <= 1e-5
     err = capsys.readouterr().err
     assert "loading sharded [" in err and "100%" in err and "layers" in err
+
+
+def test_fused_projections_on_a_float_checkpoint(float_dir):
+    _, _, tokens, ref = fixture_float()
+    model = from_pretrained(float_dir, fuse_projections=True)
+    assert model.model.layers[0].self_attn.qkv_proj.kernel[...].shape == (64, 128)
+    assert np.abs(np.asarray(model(tokens)) - ref).max() <= 1e-5

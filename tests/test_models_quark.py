@@ -323,3 +323,24 @@ def test_checkpoint_with_mismatched_layer_names_is_a_clear_error():
     float_model = HandLlama(c, nnx.Rngs(0))  # a float model cannot take the quantized tensors
     with pytest.raises(CheckpointError, match=r"float8_e4m3fn is a quantized tensor"):
         load_weights(float_model, d)
+
+
+@pytest.mark.parametrize("variant", ["w_fp8_a_fp8_pertensor_static", "w_mxfp4_a_mxfp4"])
+def test_fused_projections_follow_vllm(variant):
+    model = model_of(variant, fuse_projections=True)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.qkv_proj, QuarkLinear) and attn.qkv_proj.logical_widths == (64, 32, 32)
+    assert isinstance(model.model.layers[0].mlp.gate_up_proj, QuarkLinear)
+    out = np.asarray(model(TOKENS), np.float64)
+    if variant == "w_mxfp4_a_mxfp4":  # block scales per row: fusing changes nothing
+        np.testing.assert_allclose(out, np.asarray(model_of(variant)(TOKENS), np.float64), atol=1e-6, rtol=0)
+    else:  # per-tensor FP8: vLLM's requantization to the max shard scale (independent numpy model)
+        np.testing.assert_allclose(out, _requantized_reference(variant), atol=1e-5, rtol=0)
+    ids = np.asarray(model.generate(TOKENS, 4))
+    assert ids.shape == (1, 9)
+
+
+def test_fused_projections_with_kv_cache():
+    kv = model_of(KV, fuse_projections=True)
+    assert kv.kv_fp8 and float(kv.model.layers[1].self_attn.k_scale[...]) == float(
+        checkpoint_weights(KV)["model.layers.1.self_attn.k_proj.output_scale"])

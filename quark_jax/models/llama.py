@@ -89,14 +89,22 @@ class MLP(nnx.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
     dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, fused: bool = False):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
-        self.up_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
+        self.fused, self.intermediate_size = fused, i
+        if fused:  # vLLM's layout: one GEMM for gate and up
+            self.gate_up_proj = _linear(h, 2 * i, cfg.mlp_bias, dtype, rngs)
+        else:
+            self.gate_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
+            self.up_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
         self.down_proj = _linear(i, h, cfg.mlp_bias, dtype, rngs)
 
     def __call__(self, x):
-        g, u = _proj(self.gate_proj, x), _proj(self.up_proj, x)
+        if self.fused:
+            gu = _proj(self.gate_up_proj, x)
+            g, u = gu[..., : self.intermediate_size], gu[..., self.intermediate_size:]
+        else:
+            g, u = _proj(self.gate_proj, x), _proj(self.up_proj, x)
         h = jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32)
         return _proj(self.down_proj, round_to(h, x.dtype))
 
@@ -120,12 +128,16 @@ def attend(q, k, v, mask):
 class Attention(nnx.Module):
     """Self-attention with RoPE, grouped-query heads and an optional FP8 KV cache (``kv_fp8``)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         h, d = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.q_proj = _linear(h, self.num_heads * d, cfg.qkv_bias, dtype, rngs)
-        self.k_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
-        self.v_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
+        self.fused = fused
+        if fused:  # vLLM's layout: one GEMM for q, k and v
+            self.qkv_proj = _linear(h, (self.num_heads + 2 * self.num_kv_heads) * d, cfg.qkv_bias, dtype, rngs)
+        else:
+            self.q_proj = _linear(h, self.num_heads * d, cfg.qkv_bias, dtype, rngs)
+            self.k_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
+            self.v_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
         self.o_proj = _linear(self.num_heads * d, h, cfg.o_bias, dtype, rngs)
         self.kv_fp8 = False
         if kv_fp8:
@@ -154,9 +166,15 @@ class Attention(nnx.Module):
         is at most their own. Returns (y [B, T, hidden], new kv or None).
         """
         b, t, _ = x.shape
-        q = _proj(self.q_proj, x).reshape(b, t, self.num_heads, self.head_dim)
-        k = _proj(self.k_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = _proj(self.v_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.fused:
+            qkv = _proj(self.qkv_proj, x)
+            q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+        else:
+            q, k, v = _proj(self.q_proj, x), _proj(self.k_proj, x), _proj(self.v_proj, x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         ks, vs = self._store(k, "k_scale"), self._store(v, "v_scale")
         if kv is None:
@@ -179,11 +197,11 @@ class Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = Attention(cfg, dtype, rngs, kv_fp8)
+        self.self_attn = Attention(cfg, dtype, rngs, kv_fp8, fused)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MLP(cfg, dtype, rngs)
+        self.mlp = MLP(cfg, dtype, rngs, fused)
 
     def __call__(self, x, cos, sin, positions, kv=None, start=None):
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
@@ -195,9 +213,9 @@ class DecoderLayer(nnx.Module):
 class LlamaModel(nnx.Module):
     """``embed_tokens``, ``layers`` and the final ``norm`` (HF ``model.*``)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, kv_fp8) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, kv_fp8, fused) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
 
@@ -206,6 +224,8 @@ class LlamaForCausalLM(nnx.Module):
 
     ``lm_head`` is an ``nnx.Linear`` unless the embeddings are tied (then logits use ``embed_tokens``).
     ``kv_fp8`` makes the KV cache FP8 with per-layer ``k_scale``/``v_scale`` (:class:`KVScale` variables).
+    ``fuse_projections`` uses vLLM's layout: one ``self_attn.qkv_proj`` (rows q, k, v) and one ``mlp.gate_up_proj``
+    (rows gate, up) instead of the HF projections; loading concatenates the checkpoint's shards.
 
     >>> from quark_jax.models.config import ModelConfig
     >>> cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
@@ -215,11 +235,13 @@ class LlamaForCausalLM(nnx.Module):
     (1, 3, 32)
     """
 
-    def __init__(self, cfg: ModelConfig, *, dtype=None, rngs: nnx.Rngs, kv_fp8: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype=None, rngs: nnx.Rngs, kv_fp8: bool = False,
+                 fuse_projections: bool = False):
         dtype = jnp.dtype(dtype) if dtype is not None else cfg.jnp_dtype
         self.config = cfg
         self.dtype = dtype
-        self.model = LlamaModel(cfg, dtype, rngs, kv_fp8)
+        self.fuse_projections = fuse_projections
+        self.model = LlamaModel(cfg, dtype, rngs, kv_fp8, fuse_projections)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))

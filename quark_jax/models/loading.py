@@ -18,14 +18,17 @@ from quark_jax.nn.substitute import quantize_model
 __all__ = ["from_pretrained"]
 
 
-def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: bool | None = None, **options):
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = False,
+                    progress: bool | None = None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
     A Quark checkpoint (``quantization_config`` in config.json) gets :class:`~quark_jax.nn.QuarkLinear` layers
     where its config says (:func:`quark_jax.quantize_model`) and an FP8 KV cache when the config has a KV-cache
     group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
     gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
-    float-parameter dtype. The model is built abstractly (no random init) and each tensor is read once, straight
+    float-parameter dtype. ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
+    ``gate_up_proj``): one GEMM each, and for per-tensor FP8 the shards requantized to their max scale exactly as
+    vLLM does, so the logits follow vLLM rather than Quark's unfused reference. The model is built abstractly (no random init) and each tensor is read once, straight
     into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB).
 
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
@@ -38,9 +41,12 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, progress: 
     if options and not quark:
         raise ValueError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
                          "this one has no quantization_config")
-    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
+                                                    fuse_projections=fuse_projections))
     if quark:
-        quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options))
+        d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
+        quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options), logical_widths=widths)
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
     _require_concrete(model, checkpoint_dir)
