@@ -11,5 +11,7 @@ from quark_jax.models.kv_cache import KVCache
 from quark_jax.models.llama import LlamaForCausalLM, check_token_ids
 from quark_jax.models.loading import from_pretrained
 
-__all__ = ["from_pretrained", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
+load = from_pretrained  # the name docs/DESIGN.md uses
+
+__all__ = ["from_pretrained", "load", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
            "generate", "GenerationStats", "TRACE_COUNTS", "check_token_ids"]

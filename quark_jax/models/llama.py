@@ -29,6 +29,10 @@ __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP",
            "check_token_ids"]
 
 _NEG_INF = float(np.finfo(np.float32).min)
+try:
+    _Tracer = jax.core.Tracer
+except AttributeError:  # pragma: no cover - newer jax without the jax.core alias
+    from jax._src.core import Tracer as _Tracer
 
 
 class KVScale(nnx.Variable):
@@ -43,7 +47,7 @@ def check_token_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None
     ...
     ValueError: input_ids: token id 300 at [0, 1] is out of range for vocab_size 256
     """
-    if isinstance(input_ids, jax.core.Tracer):
+    if isinstance(input_ids, _Tracer):
         return
     ids = np.asarray(input_ids)
     if not np.issubdtype(ids.dtype, np.integer):
@@ -326,7 +330,7 @@ class LlamaForCausalLM(nnx.Module):
 def _tracing(*trees) -> bool:
     """True when any array in ``trees`` (modules included) is a tracer, i.e. we are inside a transformation."""
     leaves = jax.tree_util.tree_leaves([nnx.state(t) if isinstance(t, nnx.Module) else t for t in trees])
-    return any(isinstance(x, jax.core.Tracer) for x in leaves)
+    return any(isinstance(x, _Tracer) for x in leaves)
 
 
 @partial(jax.jit, static_argnums=0)
