@@ -27,6 +27,8 @@ from quark_jax.schemes.base import SCALE_DTYPES
 __all__ = [
     "CheckpointReader",
     "open_checkpoint",
+    "checkpoint_dtype",
+    "layer_tensor_names",
     "LayerGeometry",
     "layer_geometry",
     "layer_param_specs",
@@ -134,6 +136,11 @@ class CheckpointReader:
             raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}")
         return self._file_of[name].get(name)
 
+    def file_of(self, name: str) -> Path:
+        """The safetensors file holding a tensor."""
+        self.info(name)
+        return Path(self._file_of[name].path)
+
     def nbytes(self, name: str) -> int:
         i = self.info(name)
         return i.end - i.begin
@@ -152,6 +159,24 @@ class CheckpointReader:
 def open_checkpoint(directory: str | Path) -> CheckpointReader:
     """Open a checkpoint folder (see :class:`CheckpointReader`)."""
     return directory if isinstance(directory, CheckpointReader) else CheckpointReader(directory)
+
+
+def checkpoint_dtype(config: Mapping, default=np.float32):
+    """The model dtype a Hugging Face ``config.json`` declares (``dtype`` or ``torch_dtype``), else ``default``.
+
+    >>> checkpoint_dtype({"torch_dtype": "bfloat16"})
+    dtype(bfloat16)
+    """
+    import jax.numpy as jnp
+
+    name = config.get("dtype") or config.get("torch_dtype")
+    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float": jnp.float32,
+             "half": jnp.float16}
+    if name is None:
+        return jnp.dtype(default)
+    if name not in names:
+        raise ValueError(f"config.json dtype: expected one of {sorted(names)}, got {name!r}")
+    return jnp.dtype(names[name])
 
 
 # ---------------------------------------------------------------------------------------------- one layer

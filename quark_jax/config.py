@@ -506,10 +506,14 @@ class QuarkConfig:
         width = max([len(p) for p in paths] + [5])
         lines = [f"{'layer':<{width}}  {'status':<11}  scheme / reason", "-" * (width + 60)]
         for p in plans:
-            detail = p.scheme_name() if p.status != "unsupported" else p.reason
-            src = f"  [{p.source}]" if p.source else ""
+            if p.status == "quantized":
+                detail = f"{p.scheme.summary()}  [{p.source}]"
+            elif p.status == "unsupported":
+                detail = p.reason
+            else:
+                detail = p.source
             kv = "  (+KV cache scales)" if p.kv_cache else ""
-            lines.append(f"{p.path:<{width}}  {p.status:<11}  {detail}{src}{kv}")
+            lines.append(f"{p.path:<{width}}  {p.status:<11}  {detail}{kv}")
         if self.kv_cache is not None:
             lines.append(f"KV cache: {self.kv_cache.dtype_name} {self.kv_cache.qscheme} (group "
                          f"{list(self.kv_cache.group)})")

@@ -39,7 +39,7 @@ def test_sharded_checkpoint_reads_like_the_single_file(tmp_path):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
     # q, k and v of layer 0 are spread over several files here; the fused layer loads them all
-    files = {sharded._file_of[f"{ATTN}.{p}.weight"].path for p in ("q_proj", "k_proj", "v_proj")}
+    files = {sharded.file_of(f"{ATTN}.{p}.weight") for p in ("q_proj", "k_proj", "v_proj")}
     assert len(files) >= 2
     x = x_for(FP8, ATTN + ".q_proj")
     y1 = QuarkLinear.from_pretrained(variant_dir(FP8), QKV, impl="xla")(x)

@@ -295,7 +295,9 @@ def test_describe_table():
     row = next(l for l in lines if l.startswith("model.layers.1.mlp.up_proj "))
     assert "quantized" in row and "QuarkW8A8Int8(weight int8 per_channel, input int8 static per_tensor asymmetric, " \
         "azp_mode=vllm)" in row and "[global_quant_config]" in row
-    assert any(l.startswith("lm_head ") and "excluded" in l and "exclude 'lm_head'" in l for l in lines)
+    assert any(l.split() == ["lm_head", "excluded", "exclude", "'lm_head'"] for l in lines)
+    assert any(l.startswith("model.embed_tokens ") and "unquantized  embeddings and lm_head stay unquantized" in l
+               for l in lines)
     assert "lm_head" in repr(cfg) and TensorQuantSpec("int8").brief() == "{dtype: 'int8'}"
     with pytest.raises(ValueError, match="not read from a checkpoint"):
         QuarkConfig.from_dict(cfg.raw).describe()

@@ -10,34 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quark_jax.checkpoint import CheckpointReader, layer_geometry, layer_param_specs, load_layer_params, open_checkpoint
+from quark_jax.checkpoint import (CheckpointReader, checkpoint_dtype, layer_geometry, layer_param_specs,
+                                  load_layer_params, open_checkpoint)
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError
 from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
 from quark_jax.schemes.base import dequantize_params, logical_widths_of
 
-__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]
+__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
 
 class QuarkParam(nnx.Variable):
     """A parameter loaded from a Quark checkpoint and processed for inference (quantized weights, scales, zero
     points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
-
-
-def checkpoint_dtype(config: Mapping[str, Any], default=jnp.float32):
-    """The model dtype a Hugging Face ``config.json`` declares (``dtype`` or ``torch_dtype``), else ``default``.
-
-    >>> checkpoint_dtype({"torch_dtype": "bfloat16"})
-    dtype(bfloat16)
-    """
-    name = config.get("dtype") or config.get("torch_dtype")
-    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float": jnp.float32,
-             "half": jnp.float16}
-    if name is None:
-        return jnp.dtype(default)
-    if name not in names:
-        raise ValueError(f"config.json dtype: expected one of {sorted(names)}, got {name!r}")
-    return jnp.dtype(names[name])
 
 
 class QuarkLinear(nnx.Module):
