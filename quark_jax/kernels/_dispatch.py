@@ -1,7 +1,9 @@
 """Choosing an implementation (``impl="auto" | "pallas" | "xla"``) and whether Pallas runs in interpret mode.
 
 ``auto`` reads a per-device table (``tuning/<device>.json``, written from the benchmark) that maps an op and a
-shape class to the faster implementation. Without a GPU (or without an entry), ``auto`` means ``xla``.
+shape class to the faster implementation, with optional per-shape exceptions keyed ``"<class>@<K>x<N>"`` (e.g.
+``"prefill@14336x4096": "xla"`` where one weight shape loses against its class's pick). Without a GPU, without an
+entry, or for inputs the Pallas kernel does not take, ``auto`` means ``xla``.
 """
 
 from __future__ import annotations
@@ -59,12 +61,17 @@ def shape_class(m: int) -> str:
     return "prefill"
 
 
-def resolve_impl(op: str, impl: str, m: int, k: int, n: int) -> str:
-    """The concrete implementation ("pallas" or "xla") for ``op`` at shape (m, k, n)."""
+def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, pallas_supported: bool = True) -> str:
+    """The concrete implementation ("pallas" or "xla") for ``op`` at shape (m, k, n).
+
+    ``pallas_supported`` False (a dtype or alignment the kernel does not take) makes ``auto`` pick XLA, so
+    ``auto`` never fails where XLA works; a forced ``impl="pallas"`` is left to raise its clear error.
+    """
     check_impl(impl)
     if impl != "auto":
         return impl
-    if default_backend() != "gpu":
+    if default_backend() != "gpu" or not pallas_supported:
         return "xla"
     entry = load_table(device_key()).get(op, {})
-    return entry.get(shape_class(m), "xla")
+    cls = shape_class(m)
+    return entry.get(f"{cls}@{k}x{n}", entry.get(cls, "xla"))

@@ -51,6 +51,16 @@ def _inverse_scale(sbytes):
     return (field << 23).view(jnp.float32)
 
 
+def apply_e8m0_scale(values_f32, scale_bytes):
+    """``values * 2**(s - 127)`` in float32, exact wherever the result is a normal float32.
+
+    Byte 0 (2**-127) is a float32 subnormal, which backends that flush subnormals treat as zero even where the
+    product is normal (6 * 2**-127); it is applied as 2**-126 then a halving, both normal operands.
+    """
+    out = values_f32 * formats.e8m0_to_float32(jnp.maximum(scale_bytes, 1))
+    return jnp.where(scale_bytes == 0, out * 0.5, out)
+
+
 def round_to_e2m1(v_f32):
     """Round float32 values to the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6} (half to even), saturating at ±6.
 
@@ -113,11 +123,7 @@ def dequantize_mxfp4(packed, scales, dtype=jnp.float32):
     table = jnp.asarray(formats.e2m1_values_np())
     values = table[formats.unpack_nibbles(packed).astype(jnp.int32)]
     values = values.reshape(*packed.shape[:-1], k // formats.MX_BLOCK_SIZE, formats.MX_BLOCK_SIZE)
-    # byte 0 (2**-127) is a float32 subnormal, which backends that flush subnormals treat as zero even where the
-    # product is normal (6 * 2**-127); scale by 2**-126 and halve instead, both normal operands.
-    sb = scales[..., None]
-    out = values * formats.e8m0_to_float32(jnp.maximum(sb, 1))
-    out = jnp.where(sb == 0, out * 0.5, out)
+    out = apply_e8m0_scale(values, scales[..., None])
     return out.reshape(*packed.shape[:-1], k).astype(dtype)
 
 
@@ -135,4 +141,4 @@ def qdq_mxfp4(x):
     xb = _blocks("x", x)
     sbytes = mxfp4_block_scale_bytes(xb)[..., None]
     q = round_to_e2m1(xb * _inverse_scale(sbytes))
-    return (q * formats.e8m0_to_float32(sbytes)).reshape(x.shape).astype(x.dtype)
+    return apply_e8m0_scale(q, sbytes).reshape(x.shape).astype(x.dtype)

@@ -1,4 +1,8 @@
-"""FP8 W8A8 scaled GEMM: ``fp8_scaled_mm`` with an XLA reference and a Pallas (Triton) kernel."""
+"""FP8 W8A8 scaled GEMM: ``fp8_scaled_mm`` with an XLA reference and a Pallas (Triton) kernel.
+
+Layout: ``xla.py`` the reference composition, ``pallas_triton.py`` the fused kernel, ``configs.py`` its block
+configs (frozen dataclasses, one table per device).
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,9 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     x_scale = _validate.row_scale("x_scale", x_scale, m)
     w_scale = _validate.col_scale("w_scale", w_scale, n)
     bias = _validate.bias_vector(bias, n)
-    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n)
+    # the kernel takes e4m3fn with N, K multiples of 16; auto never fails where XLA works
+    supported = x_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
+    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, pallas_supported=supported)
     if which == "pallas":
         _validate.multiple_of("w_q", n, 16, "N")
         _validate.multiple_of("w_q", k, 16, "K")

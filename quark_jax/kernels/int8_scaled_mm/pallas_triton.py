@@ -1,0 +1,236 @@
+"""Pallas (Triton lowering) INT8 W8A8 GEMM with the fused scale / azp / bias epilogue.
+
+Layout: x_q [M, K] int8 row-major, w_q [N, K] int8 (the checkpoint layout, K contiguous), both read in place; the
+output is [M, N]. Accumulation is int32 (exact for K < 2**17). The epilogue is, in this order and in f32,
+``out(x_scale * (w_scale * f32(acc - azp term)) + bias)`` — the operation order of the XLA reference
+(``xla.int8_scaled_mm_xla``), so results agree up to one rounding of the output (an FMA may fuse the bias add).
+
+Variants (``block_config.Config``): tensor-core tiles (``kind="mma"``, optionally with the weight tile as the MMA's
+M side, and optionally split over K, the int32 partial sums then being reduced exactly and scaled by XLA in one
+fusion) and a CUDA-core GEMV for M == 1. Ragged M, N and K are masked (loads read 0 outside the arrays, stores are
+masked). Off a CUDA GPU the kernels run in Pallas interpret mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from quark_jax.kernels import _dispatch
+from quark_jax.kernels.int8_scaled_mm import block_config
+from quark_jax.kernels.int8_scaled_mm.block_config import Config
+from quark_jax.kernels.int8_scaled_mm.xla import apply_azp
+
+_NT = (((1,), (1,)), ((), ()))  # contract dim 1 of both operands: a [P, K] x b [Q, K] -> [P, Q]
+
+
+def _iota(shape, dim):
+    return lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def _load(ref, mask):
+    """Load a (sub)ref, reading 0 where ``mask`` is False (no mask: plain load)."""
+    if mask is None:
+        return plgpu.load(ref)
+    return plgpu.load(ref, mask=mask, other=0)
+
+
+def _and(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b
+
+
+def _vector(ref, start, size, limit, bound):
+    """``ref[start:start+size]`` of a 1-D ref as a [size] vector; entries past ``limit`` read 0 when ``bound``."""
+    idx = start + _iota((size,), 0)
+    return _load(ref.at[pl.ds(start, size)], (idx < limit) if bound else None)
+
+
+def _epilogue_tile(acc, *, m0, n0, bm, bn, m, n, opt, refs):
+    """Apply the azp correction (int32) and, unless ``opt['int32_out']``, the scales and bias (f32) to one
+    [bm, bn] int32 tile; returns the value to store."""
+    mask_m, mask_n = m % bm != 0, n % bn != 0
+    if opt["azp_mode"] != "none":
+        adj = _vector(refs["azp_adj"], n0, bn, n, mask_n)[None, :]
+        if opt["azp_mode"] == "tensor":
+            acc = acc - adj
+        else:
+            azp = _vector(refs["azp"], m0, bm, m, mask_m)[:, None]
+            acc = acc - azp * adj
+    if opt["int32_out"]:
+        return acc
+    y = acc.astype(jnp.float32)
+    ws = refs["w_scale"][()] if opt["ws_scalar"] else _vector(refs["w_scale"], n0, bn, n, mask_n)[None, :]
+    y = ws * y
+    xs = refs["x_scale"][()] if opt["xs_scalar"] else _vector(refs["x_scale"], m0, bm, m, mask_m)[:, None]
+    y = xs * y
+    if opt["has_bias"]:
+        y = y + _vector(refs["bias"], n0, bn, n, mask_n).astype(jnp.float32)[None, :]
+    return y.astype(opt["out_dtype"])
+
+
+def _program_tile(cfg: Config, m: int, n: int):
+    """(pid_m, pid_n, split) of this program; grid = (m_blocks * n_blocks, split_k), grouped along M."""
+    m_blocks, n_blocks = pl.cdiv(m, cfg.block_m), pl.cdiv(n, cfg.block_n)
+    pid = pl.program_id(0)
+    group = min(cfg.group_m, m_blocks)
+    in_group = group * n_blocks
+    # program ids are non-negative: truncating division and remainder (no floor-division fix-ups)
+    first_m = lax.div(pid, in_group) * group
+    size = jnp.minimum(m_blocks - first_m, group)
+    pid_m = first_m + lax.rem(lax.rem(pid, in_group), size)
+    pid_n = lax.div(lax.rem(pid, in_group), size)
+    return pid_m, pid_n, pl.program_id(1)
+
+
+def _kernel(*args, cfg: Config, m: int, k: int, n: int, names: tuple, opt: dict):
+    refs = dict(zip(names, args[:-1]))
+    out_ref = args[-1]
+    x_ref, w_ref = refs["x_q"], refs["w_q"]
+    gemv = cfg.kind == "gemv"
+    bm, bn, bk = (1 if gemv else cfg.block_m), cfg.block_n, cfg.block_k
+    pid_m, pid_n, split = _program_tile(cfg, m, n) if not gemv else (0, pl.program_id(0), pl.program_id(1))
+    m0 = pl.multiple_of(pid_m * bm, bm) if not gemv else 0
+    n0 = pl.multiple_of(pid_n * bn, bn)
+    iters = pl.cdiv(pl.cdiv(k, bk), cfg.split_k)
+    k_start = split * (iters * bk)
+
+    rows_x = (m0 + _iota((bm, 1), 0) < m) if m % bm else None
+    rows_w = (n0 + _iota((bn, 1), 0) < n) if n % bn else None
+    k_masked = cfg.split_k * iters * bk != k
+
+    def tiles(t):
+        k0 = pl.multiple_of(k_start + t * bk, bk)
+        cols = (k0 + _iota((1, bk), 1) < k) if k_masked else None
+        x = _load(x_ref.at[pl.ds(m0, bm), pl.ds(k0, bk)], _and(rows_x, cols))
+        w = _load(w_ref.at[pl.ds(n0, bn), pl.ds(k0, bk)], _and(rows_w, cols))
+        return x, w
+
+    if gemv:
+        def body(t, acc):
+            x, w = tiles(t)
+            return acc + w.astype(jnp.int32) * x.astype(jnp.int32)
+
+        acc = lax.fori_loop(0, iters, body, jnp.zeros((bn, bk), jnp.int32))
+        acc = jnp.sum(acc, axis=1)[None, :]
+    elif cfg.swap_ab:
+        def body(t, acc):
+            x, w = tiles(t)
+            return acc + lax.dot_general(w, x, _NT, preferred_element_type=jnp.int32)
+
+        acc = lax.fori_loop(0, iters, body, jnp.zeros((bn, bm), jnp.int32)).T
+    else:
+        def body(t, acc):
+            x, w = tiles(t)
+            return acc + lax.dot_general(x, w, _NT, preferred_element_type=jnp.int32)
+
+        acc = lax.fori_loop(0, iters, body, jnp.zeros((bm, bn), jnp.int32))
+
+    rows = m0 + _iota((bm, 1), 0)
+    cols = n0 + _iota((1, bn), 1)
+    store_mask = _and((rows < m) if m % bm else None, (cols < n) if n % bn else None)
+    if cfg.split_k > 1:  # int32 partial sums [split_k * M, N]; scaled after the exact reduction
+        out = acc
+        row0 = split * m + m0
+    else:
+        out = _epilogue_tile(acc, m0=m0, n0=n0, bm=bm, bn=bn, m=m, n=n, opt=opt, refs=refs)
+        row0 = m0
+    if store_mask is None:
+        plgpu.store(out_ref.at[pl.ds(row0, bm), pl.ds(n0, bn)], out)
+    else:
+        plgpu.store(out_ref.at[pl.ds(row0, bm), pl.ds(n0, bn)], out, mask=store_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "int32_out", "config", "interpret"))
+def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_out, config, interpret):
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    cfg = config
+    if cfg.kind == "gemv" and m != 1:
+        raise ValueError(f"config: the gemv kernel needs M == 1, got M = {m}")
+    azp_mode = "none" if azp_adj is None else ("tensor" if azp is None else "token")
+    operands = {"x_q": x_q, "w_q": w_q, "x_scale": x_scale.reshape(-1) if x_scale.ndim else x_scale,
+                "w_scale": w_scale}
+    if bias is not None:
+        operands["bias"] = bias
+    if azp_adj is not None:
+        operands["azp_adj"] = azp_adj
+    if azp is not None:
+        operands["azp"] = azp.reshape(-1)
+    opt = dict(azp_mode=azp_mode, int32_out=int32_out, out_dtype=jnp.dtype(out_dtype), has_bias=bias is not None,
+               xs_scalar=x_scale.ndim == 0, ws_scalar=w_scale.ndim == 0)
+    names = tuple(operands)
+    if cfg.kind == "gemv":
+        grid = (pl.cdiv(n, cfg.block_n), cfg.split_k)
+    else:
+        grid = (pl.cdiv(m, cfg.block_m) * pl.cdiv(n, cfg.block_n), cfg.split_k)
+    split = cfg.split_k > 1
+    out_shape = jax.ShapeDtypeStruct((cfg.split_k * m, n) if split else (m, n),
+                                     jnp.int32 if (split or int32_out) else out_dtype)
+    kernel = functools.partial(_kernel, cfg=cfg, m=m, k=k, n=n, names=names, opt=opt)
+    out = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        interpret=interpret,
+        name=f"int8_scaled_mm_{cfg.name}",
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+    )(*operands.values())
+    if not split:
+        return out
+    acc = apply_azp(out.reshape(cfg.split_k, m, n).sum(axis=0), azp_adj, azp)
+    if int32_out:
+        return acc
+    y = x_scale * (w_scale * acc.astype(jnp.float32))
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(out_dtype)
+
+
+def _resolve(x_q, w_q, config, interpret):
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    cfg = block_config.get_config(m, k, n) if config is None else config
+    cfg = block_config.fit(cfg, m, k, n)
+    return cfg, _dispatch.pallas_interpret() if interpret is None else interpret
+
+
+def int8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=None, out_dtype=jnp.bfloat16,
+                          config: Config | None = None, interpret: bool | None = None):
+    """The Pallas INT8 scaled GEMM (arguments as validated by ``int8_scaled_mm``: x_scale f32 () or [M, 1],
+    w_scale f32 () or [N], bias [N] or None, azp_adj int32 [N] or None, azp int32 [M, 1] or None).
+
+    ``config`` picks a variant (default: ``block_config.get_config``); ``interpret`` defaults to True off GPU.
+
+    >>> x = jnp.full((3, 64), 2, jnp.int8); w = jnp.ones((16, 64), jnp.int8)
+    >>> y = int8_scaled_mm_pallas(x, w, jnp.float32(0.5), jnp.full((16,), 0.25, jnp.float32),
+    ...                           azp_adj=jnp.full((16,), 64, jnp.int32), out_dtype=jnp.float32)
+    >>> y[2, 15].item()  # 0.5 * 0.25 * (2 * 64 - 64)
+    8.0
+    """
+    cfg, interpret = _resolve(x_q, w_q, config, interpret)
+    return _call(x_q, w_q, jnp.asarray(x_scale, jnp.float32), jnp.asarray(w_scale, jnp.float32), bias, azp_adj,
+                 azp, out_dtype=jnp.dtype(out_dtype), int32_out=False, config=cfg, interpret=interpret)
+
+
+def int8_accumulate_pallas(x_q, w_q, *, azp_adj=None, azp=None, config: Config | None = None,
+                           interpret: bool | None = None):
+    """The kernel's int32 accumulator with the azp term applied, ``x_q @ w_q.T - azp term`` [M, N] int32, before
+    any scaling: the same kernel as :func:`int8_scaled_mm_pallas` with the f32 epilogue switched off (for exact
+    tests against ``lax.dot_general``).
+
+    >>> int8_accumulate_pallas(jnp.ones((2, 64), jnp.int8), jnp.full((16, 64), -3, jnp.int8))[1, 0].item()
+    -192
+    """
+    cfg, interpret = _resolve(x_q, w_q, config, interpret)
+    one = jnp.ones((), jnp.float32)
+    return _call(x_q, w_q, one, one, None, azp_adj, azp, out_dtype=jnp.dtype(jnp.int32), int32_out=True,
+                 config=cfg, interpret=interpret)
