@@ -6,17 +6,21 @@ from quark_jax import formats, quant  # noqa: E402
 from quark_jax.config import QuarkConfig  # noqa: E402
 from quark_jax.errors import CheckpointError, QuarkConfigError, UnsupportedSchemeError  # noqa: E402
 
-_LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io")
+_LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io", "models", "data")
+_FROM_NN = ("quantize_model", "load_weights", "QuarkLinear")
 
 
 def __getattr__(name):
     # submodules that import flax or read files are loaded on first use
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return importlib.import_module(f"quark_jax.{name}")
+    if name in _FROM_NN:
+        return getattr(importlib.import_module("quark_jax.nn"), name)
     raise AttributeError(f"module 'quark_jax' has no attribute {name!r}")
 
 
 __all__ = ["formats", "quant", "QuarkConfig", "QuarkConfigError", "UnsupportedSchemeError", "CheckpointError",
-           "checkpoint", "kernels", "nn", "schemes", "io", "__version__"]
+           "checkpoint", "kernels", "nn", "schemes", "io", "models", "data", "quantize_model", "load_weights",
+           "QuarkLinear", "__version__"]

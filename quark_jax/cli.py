@@ -134,6 +134,79 @@ def _inspect(args) -> int:
     return 1 if unsupported else 0
 
 
+def _parse_ids(text: str) -> list[list[int]]:
+    """``"1,5,9"`` -> [[1, 5, 9]]; ``"1,5;2,6"`` -> two rows of one batch (rows must have one length)."""
+    rows = []
+    for row in text.split(";"):
+        try:
+            rows.append([int(t) for t in row.replace(" ", "").split(",") if t != ""])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--prompt-ids: expected comma-separated integers (rows separated by "
+                                             f"';'), got {text!r}") from None
+    if not rows or not all(rows) or len({len(r) for r in rows}) != 1:
+        raise argparse.ArgumentTypeError(f"--prompt-ids: expected one or more rows of the same non-zero length, "
+                                         f"got {text!r}")
+    return rows
+
+
+def _run(args) -> int:
+    """Load a checkpoint (default: the bundled one), generate with jitted prefill + decode, print ids and timing."""
+    import numpy as np
+
+    from quark_jax.data import DEFAULT_CHECKPOINT, bundled_checkpoint
+    from quark_jax.errors import CheckpointError, QuarkConfigError
+    from quark_jax.models import UnsupportedModelError, from_pretrained
+    from quark_jax.nn import QuarkLinear
+
+    name = args.checkpoint or DEFAULT_CHECKPOINT
+    ckpt = _resolve_dir(name) if args.checkpoint else bundled_checkpoint(DEFAULT_CHECKPOINT)
+    options = {"impl": args.impl} if args.impl else {}
+    t0 = time.perf_counter()
+    try:
+        model = from_pretrained(ckpt, dtype=args.dtype, progress=None if args.progress is None else args.progress,
+                                **options)
+    except (CheckpointError, QuarkConfigError, UnsupportedModelError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t0
+    cfg = model.config
+    schemes = {}
+    from flax import nnx
+
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, QuarkLinear):
+            schemes[type(m.scheme).__name__] = schemes.get(type(m.scheme).__name__, 0) + 1
+    quant = ", ".join(f"{k} x{v}" for k, v in schemes.items()) or "none (float checkpoint)"
+    from quark_jax.data import BUNDLED
+
+    print(f"checkpoint: {ckpt}" + (f"  (bundled '{name}')" if name in BUNDLED and not Path(name).is_dir() else ""))
+    print(f"model: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+          f"vocab {cfg.vocab_size}, {model.dtype.name}; Quark layers: {quant}; KV cache {model.kv_cache_dtype.name}")
+    print(f"loaded in {load_s:.2f} s")
+    ids = np.asarray(args.prompt_ids, np.int32)
+    gen = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, eos_token_id=args.eos_token_id)
+    try:
+        t0 = time.perf_counter()
+        out, first = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)
+        cold_s = time.perf_counter() - t0
+        out, stats = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)  # compiled: steady timing
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = np.asarray(out)
+    for row_in, row_out in zip(ids, out):
+        print(f"prompt ids:    {row_in.tolist()}")
+        print(f"generated ids: {row_out[len(row_in):].tolist()}")
+    n_dec = len(stats.decode_s)
+    print(f"first call (compiles prefill and decode): {cold_s:.2f} s")
+    print(f"prefill: {1e3 * stats.prefill_s:.2f} ms for {stats.prompt_tokens} tokens x {ids.shape[0]} "
+          f"(bucket {stats.prefill_bucket}, cache {stats.cache_len} slots)")
+    if n_dec:
+        print(f"decode:  {1e3 * stats.per_token_s:.2f} ms/token over {n_dec} steps "
+              f"({ids.shape[0] / stats.per_token_s:.0f} tokens/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quark-jax", description="Run AMD Quark-quantized models in JAX.")
     sub = p.add_subparsers(dest="command")
@@ -143,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="which scheme each layer of a checkpoint gets, bytes, excluded, unsupported")
     i.add_argument("checkpoint", help="checkpoint directory (config.json + safetensors) or a bundled name")
     i.set_defaults(func=_inspect)
+    r = sub.add_parser("run", help="load a checkpoint and generate (jitted prefill + decode); prints ids and timing")
+    r.add_argument("checkpoint", nargs="?", help="checkpoint directory or bundled name (default: the bundled "
+                   "tiny-llama-mxfp4)")
+    r.add_argument("--prompt-ids", type=_parse_ids, default=[[1, 5, 9]],
+                   help="comma-separated token ids; ';' separates the rows of a batch (default: 1,5,9)")
+    r.add_argument("--max-new-tokens", type=int, default=16)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--top-k", type=int, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--eos-token-id", type=int, default=None, help="stop once every row produced it")
+    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="activation dtype (default: the checkpoint's)")
+    r.add_argument("--impl", choices=["auto", "pallas", "xla"], default=None, help="GEMM implementation")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="loading progress line (default: for checkpoints over 256 MiB)")
+    r.set_defaults(func=_run)
     return p
 
 

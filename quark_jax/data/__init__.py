@@ -1,4 +1,5 @@
-"""Small Quark checkpoints shipped with the package (tiny random Llama, exported by amd-quark 0.13)."""
+"""Small checkpoints shipped with the package: a tiny random Llama quantized by amd-quark 0.13 (``BUNDLED``), and
+the float model they were quantized from (``FLOAT_CHECKPOINT``, for measuring quantization error)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ BUNDLED = {
     "tiny-llama-fp8": DATA_DIR / "tiny_llama_w_fp8_a_fp8_pertensor_static",
 }
 DEFAULT_CHECKPOINT = "tiny-llama-mxfp4"
+FLOAT_CHECKPOINT = DATA_DIR / "tiny_llama_float"
+"""The unquantized float32 tiny Llama (HF names) behind every bundled Quark checkpoint."""
 
 
 def bundled_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:

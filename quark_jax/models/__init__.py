@@ -1,0 +1,17 @@
+"""Reference decoders (Llama family) in flax.nnx that load HF checkpoints, float or Quark, and generate.
+
+>>> from quark_jax.models import from_pretrained          # doctest: +SKIP
+>>> model = from_pretrained("path/to/checkpoint")          # doctest: +SKIP
+>>> model.generate(jnp.array([[1, 5, 9]]), max_new_tokens=8)  # doctest: +SKIP
+"""
+
+from quark_jax.models.config import ModelConfig, RopeConfig, UnsupportedModelError
+from quark_jax.models.generation import TRACE_COUNTS, GenerationStats, generate
+from quark_jax.models.kv_cache import KVCache
+from quark_jax.models.llama import LlamaForCausalLM, check_token_ids
+from quark_jax.models.loading import from_pretrained
+
+load = from_pretrained  # the name docs/DESIGN.md uses
+
+__all__ = ["from_pretrained", "load", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
+           "generate", "GenerationStats", "TRACE_COUNTS", "check_token_ids"]

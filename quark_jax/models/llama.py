@@ -1,0 +1,343 @@
+"""A Flax NNX decoder for the Llama family (Llama, Qwen2, Mistral), with HF module paths.
+
+Every projection is a plain ``nnx.Linear`` at the path Hugging Face uses (``model.layers.0.self_attn.q_proj``,
+``model.layers.0.mlp.gate_proj``, ``lm_head``, ...), so :func:`quark_jax.quantize_model` can swap them for Quark
+layers and :func:`quark_jax.load_weights` can fill the model from a checkpoint by name. ``nnx.Linear`` kernels are
+``[in, out]`` (the transpose of the checkpoint's ``[out, in]``).
+
+Numerics follow vLLM in the model dtype: RMSNorm statistics in float32, cast back to the model dtype before the
+weight product; RoPE angles in float32, cos/sin and their products in the model dtype; attention scores, softmax
+and the probability-value product in float32 (as a fused attention kernel does), rounded once; ``silu(g) * u`` in
+float32, rounded once (vLLM's ``SiluAndMul``); residual adds in the model dtype.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
+from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from quark_jax.models.rounding import round_to
+
+__all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
+           "check_token_ids"]
+
+_NEG_INF = float(np.finfo(np.float32).min)
+try:
+    _Tracer = jax.core.Tracer
+except AttributeError:  # pragma: no cover - newer jax without the jax.core alias
+    from jax._src.core import Tracer as _Tracer
+
+
+class KVScale(nnx.Variable):
+    """A per-layer FP8 KV-cache scale (float32 scalar), loaded from ``<attn>.k_proj.output_scale`` etc."""
+
+
+def check_token_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
+    """Raise a ValueError naming the first out-of-range token id (skipped for traced values).
+
+    >>> check_token_ids(np.array([[1, 300]]), 256)
+    Traceback (most recent call last):
+    ...
+    ValueError: input_ids: token id 300 at [0, 1] is out of range for vocab_size 256
+    """
+    if isinstance(input_ids, _Tracer):
+        return
+    ids = np.asarray(input_ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 2:
+        raise ValueError(f"{name}: expected shape [batch, tokens], got {list(ids.shape)}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one token, got shape {list(ids.shape)}")
+    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if bad.size:
+        idx = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name}: token id {int(ids[idx])} at [{', '.join(map(str, idx))}] is out of range "
+                         f"for vocab_size {vocab_size}")
+
+
+class RMSNorm(nnx.Module):
+    """``weight * dtype(x * rsqrt(mean(x**2) + eps))`` with the statistics in float32 (HF ``LlamaRMSNorm``)."""
+
+    def __init__(self, dim: int, eps: float, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        y = round_to(xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps), x.dtype)
+        return round_to(self.weight[...].astype(jnp.float32) * y.astype(jnp.float32), x.dtype)
+
+
+def _linear(din, dout, bias, dtype, rngs):
+    # float32 accumulation and bias add, rounded once by _proj (as cuBLAS does for a bf16 GEMM; XLA's CPU bf16 dot
+    # without it rounds partial sums)
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype,
+                      preferred_element_type=jnp.float32, rngs=rngs)
+
+
+def _proj(layer, x):
+    """``layer(x)`` rounded to x's dtype (a float ``nnx.Linear`` accumulates in float32; a Quark layer returns x's
+    dtype, rounded again here so that XLA's excess precision cannot pass its unrounded value on)."""
+    return round_to(layer(x), x.dtype)
+
+
+class MLP(nnx.Module):
+    """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
+    dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, fused: bool = False):
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.fused, self.intermediate_size = fused, i
+        if fused:  # vLLM's layout: one GEMM for gate and up
+            self.gate_up_proj = _linear(h, 2 * i, cfg.mlp_bias, dtype, rngs)
+        else:
+            self.gate_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
+            self.up_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
+        self.down_proj = _linear(i, h, cfg.mlp_bias, dtype, rngs)
+
+    def __call__(self, x):
+        if self.fused:
+            gu = _proj(self.gate_up_proj, x)
+            g, u = gu[..., : self.intermediate_size], gu[..., self.intermediate_size:]
+        else:
+            g, u = _proj(self.gate_proj, x), _proj(self.up_proj, x)
+        h = jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32)
+        return _proj(self.down_proj, round_to(h, x.dtype))
+
+
+def attend(q, k, v, mask):
+    """Grouped-query attention in float32. q [B, T, H, D]; k, v [B, S, H_kv, D]; mask [B, T, S] (True = keep).
+
+    Query head h reads KV head ``h // (H / H_kv)``. Returns [B, T, H, D] float32.
+    """
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)  # exact: q/k/v hold rounded values (round_to)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+    """Self-attention with RoPE, grouped-query heads and an optional FP8 KV cache (``kv_fp8``)."""
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.fused = fused
+        if fused:  # vLLM's layout: one GEMM for q, k and v
+            self.qkv_proj = _linear(h, (self.num_heads + 2 * self.num_kv_heads) * d, cfg.qkv_bias, dtype, rngs)
+        else:
+            self.q_proj = _linear(h, self.num_heads * d, cfg.qkv_bias, dtype, rngs)
+            self.k_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
+            self.v_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
+        self.o_proj = _linear(self.num_heads * d, h, cfg.o_bias, dtype, rngs)
+        self.kv_fp8 = False
+        if kv_fp8:
+            self.enable_fp8_kv_cache()
+
+    def enable_fp8_kv_cache(self):
+        """Store k/v in FP8 with per-tensor ``k_scale``/``v_scale`` (1.0 until a checkpoint sets them)."""
+        if not self.kv_fp8:
+            self.kv_fp8 = True
+            self.k_scale = KVScale(jnp.ones((), jnp.float32))
+            self.v_scale = KVScale(jnp.ones((), jnp.float32))
+
+    def _store(self, x, which):
+        """The value a cache slot holds: FP8 codes for an FP8 cache, else x itself."""
+        return quantize_kv(x, getattr(self, which)[...]) if self.kv_fp8 else x
+
+    def _load(self, x, which):
+        return dequantize_kv(x, getattr(self, which)[...]) if self.kv_fp8 else x
+
+    def __call__(self, x, cos, sin, positions, kv=None, start=None):
+        """x [B, T, hidden]; cos/sin [B, T, D]; positions [B, T] int32.
+
+        Without ``kv``: causal attention over the T tokens (k/v pass through the FP8 cache's quant-dequant when
+        ``kv_fp8``, so the result equals a cached run). With ``kv = (k_cache, v_cache)`` [B, S, H_kv, D]: the T
+        new k/v are written at slots ``start .. start+T-1`` and the queries attend to every slot whose position
+        is at most their own. Returns (y [B, T, hidden], new kv or None).
+        """
+        b, t, _ = x.shape
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.fused:
+            qkv = _proj(self.qkv_proj, x)
+            q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+        else:
+            q, k, v = _proj(self.q_proj, x), _proj(self.k_proj, x), _proj(self.v_proj, x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        ks, vs = self._store(k, "k_scale"), self._store(v, "v_scale")
+        if kv is None:
+            k_all, v_all = self._load(ks, "k_scale"), self._load(vs, "v_scale")
+            mask = positions[:, None, :] <= positions[:, :, None]
+            new_kv = None
+        else:
+            kc, vc = kv
+            idx = (0, start, 0, 0)
+            kc = jax.lax.dynamic_update_slice(kc, ks.astype(kc.dtype), idx)
+            vc = jax.lax.dynamic_update_slice(vc, vs.astype(vc.dtype), idx)
+            k_all, v_all = self._load(kc, "k_scale"), self._load(vc, "v_scale")
+            slots = jnp.arange(kc.shape[1], dtype=positions.dtype)
+            mask = slots[None, None, :] <= positions[:, :, None]
+            new_kv = (kc, vc)
+        out = round_to(attend(q, k_all, v_all, mask), x.dtype).reshape(b, t, self.num_heads * self.head_dim)
+        return _proj(self.o_proj, out), new_kv
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(cfg, dtype, rngs, kv_fp8, fused)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype, rngs, fused)
+
+    def __call__(self, x, cos, sin, positions, kv=None, start=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
+        h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
+        m = self.mlp(self.post_attention_layernorm(h))
+        return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
+
+
+class LlamaModel(nnx.Module):
+    """``embed_tokens``, ``layers`` and the final ``norm`` (HF ``model.*``)."""
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, kv_fp8, fused) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """The decoder with its LM head; ``model(input_ids [B, T]) -> logits [B, T, vocab]`` in the model dtype.
+
+    ``lm_head`` is an ``nnx.Linear`` unless the embeddings are tied (then logits use ``embed_tokens``).
+    ``kv_fp8`` makes the KV cache FP8 with per-layer ``k_scale``/``v_scale`` (:class:`KVScale` variables).
+    ``fuse_projections`` uses vLLM's layout: one ``self_attn.qkv_proj`` (rows q, k, v) and one ``mlp.gate_up_proj``
+    (rows gate, up) instead of the HF projections; loading concatenates the checkpoint's shards.
+
+    >>> from quark_jax.models.config import ModelConfig
+    >>> cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+    ...     "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2})
+    >>> model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+    >>> model(jnp.array([[1, 2, 3]])).shape
+    (1, 3, 32)
+    """
+
+    def __init__(self, cfg: ModelConfig, *, dtype=None, rngs: nnx.Rngs, kv_fp8: bool = False,
+                 fuse_projections: bool = False):
+        dtype = jnp.dtype(dtype) if dtype is not None else cfg.jnp_dtype
+        self.config = cfg
+        self.dtype = dtype
+        self.fuse_projections = fuse_projections
+        self.model = LlamaModel(cfg, dtype, rngs, kv_fp8, fuse_projections)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
+        self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))
+
+    @property
+    def kv_fp8(self) -> bool:
+        """Whether the KV cache is FP8 (set at construction, or by ``quantize_model`` for a KV-cache config)."""
+        return bool(self.model.layers[0].self_attn.kv_fp8) if len(self.model.layers) else False
+
+    @property
+    def kv_cache_dtype(self):
+        return jnp.dtype(FP8_KV_DTYPE) if self.kv_fp8 else self.dtype
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache [B, max_len, H_kv, D] per layer in :attr:`kv_cache_dtype`."""
+        c = self.config
+        return KVCache.create(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim,
+                              self.kv_cache_dtype)
+
+    def _run(self, input_ids, positions, cache, start):
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.dtype)
+        ks, vs = [], []
+        for i, layer in enumerate(self.model.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = layer(x, cos, sin, positions, kv, start)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        x = self.model.norm(x)
+        if self.config.tie_word_embeddings:
+            table = self.model.embed_tokens.embedding[...]
+            logits = round_to(jnp.dot(x, table.T, preferred_element_type=jnp.float32), x.dtype)
+        else:
+            logits = _proj(self.lm_head, x)
+        return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))
+
+    def __call__(self, input_ids):
+        """Logits [B, T, vocab] (model dtype) of a full causal pass, no cache. Token ids are range-checked.
+
+        Called eagerly, the pass runs as one jitted function (compiled once per input shape); inside a jax
+        transformation it is traced inline.
+        """
+        check_token_ids(input_ids, self.config.vocab_size)
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if not _tracing(input_ids, self):
+            graphdef, state = nnx.split(self)
+            return _jit_call(graphdef, state, input_ids)
+        return self._logits(input_ids)
+
+    def _logits(self, input_ids):
+        b, t = input_ids.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        return self._run(input_ids, positions, None, None)[0]
+
+    def forward_cached(self, input_ids, cache: KVCache, start):
+        """Run T tokens at positions ``start .. start+T-1`` against ``cache``; returns (logits, new cache).
+
+        ``start`` may be traced (one compiled function for every decode position). The caller keeps
+        ``start + T <= cache.max_len``; ids are not range-checked here (see :func:`check_token_ids`). Called
+        eagerly it runs jitted (like ``__call__``).
+        """
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        start = jnp.asarray(start, jnp.int32)
+        if not _tracing(input_ids, cache, start, self):
+            graphdef, state = nnx.split(self)
+            return _jit_forward_cached(graphdef, state, input_ids, cache, start)
+        return self._cached(input_ids, cache, start)
+
+    def _cached(self, input_ids, cache, start):
+        b, t = input_ids.shape
+        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        return self._run(input_ids, positions, cache, start)
+
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """Greedy (default) or sampled continuation; see :func:`quark_jax.models.generate`."""
+        from quark_jax.models.generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _tracing(*trees) -> bool:
+    """True when any array in ``trees`` (modules included) is a tracer, i.e. we are inside a transformation."""
+    leaves = jax.tree_util.tree_leaves([nnx.state(t) if isinstance(t, nnx.Module) else t for t in trees])
+    return any(isinstance(x, _Tracer) for x in leaves)
+
+
+@partial(jax.jit, static_argnums=0)
+def _jit_call(graphdef, state, input_ids):
+    return nnx.merge(graphdef, state)._logits(input_ids)
+
+
+@partial(jax.jit, static_argnums=0)
+def _jit_forward_cached(graphdef, state, input_ids, cache, start):
+    return nnx.merge(graphdef, state)._cached(input_ids, cache, start)

@@ -1,0 +1,60 @@
+"""``from_pretrained``: build the decoder from ``config.json`` and fill it from the checkpoint's safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from quark_jax.config import QuarkConfig
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.llama import LlamaForCausalLM
+from quark_jax.nn.load import load_weights
+from quark_jax.nn.substitute import quantize_model
+
+__all__ = ["from_pretrained"]
+
+
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = False,
+                    progress: bool | None = None, **options):
+    """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
+
+    A Quark checkpoint (``quantization_config`` in config.json) gets :class:`~quark_jax.nn.QuarkLinear` layers
+    where its config says (:func:`quark_jax.quantize_model`) and an FP8 KV cache when the config has a KV-cache
+    group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
+    gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
+    float-parameter dtype. ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
+    ``gate_up_proj``): one GEMM each, and for per-tensor FP8 the shards requantized to their max scale exactly as
+    vLLM does, so the logits follow vLLM rather than Quark's unfused reference. The model is built abstractly (no random init) and each tensor is read once, straight
+    into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB).
+
+    >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
+    >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    cfg = ModelConfig.from_pretrained(checkpoint_dir)
+    raw = json.loads((checkpoint_dir / "config.json").read_text())
+    quark = raw.get("quantization_config") is not None
+    if options and not quark:
+        raise ValueError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
+                         "this one has no quantization_config")
+    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
+                                                    fuse_projections=fuse_projections))
+    if quark:
+        d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
+        quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options), logical_widths=widths)
+    ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+    load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
+    _require_concrete(model, checkpoint_dir)
+    return model
+
+
+def _require_concrete(model, checkpoint_dir) -> None:
+    for path, value in nnx.to_flat_state(nnx.state(model)):
+        v = value.get_value() if hasattr(value, "get_value") else value
+        if isinstance(v, jax.ShapeDtypeStruct):
+            raise ValueError(f"checkpoint {checkpoint_dir}: {'.'.join(map(str, path))} was not loaded")

@@ -1,0 +1,31 @@
+"""Rounding to the model dtype that XLA cannot skip.
+
+XLA (CPU and GPU) allows "excess precision" by default: in ``convert(convert(v_f32 -> bf16) -> f32)`` it may drop
+the pair and hand the unrounded f32 value to the consumer. vLLM's kernels round each intermediate to the model
+dtype, and a quantizer fed with an unrounded activation can pick a different FP8/INT8 code, so the decoder rounds
+with :func:`round_to` at every point where vLLM rounds: the value is rounded in float32 with
+``lax.reduce_precision`` (round to nearest even, the same rule as the cast) before the cast, so it is exactly
+representable and a dropped convert pair no longer changes it. (Setting
+``XLA_FLAGS=--xla_allow_excess_precision=false`` has the same effect globally.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["round_to"]
+
+
+def round_to(v, dtype):
+    """``v`` rounded to ``dtype`` (float32, bfloat16 or float16), robust to XLA's excess precision.
+
+    >>> [float(round_to(jnp.float32(v), jnp.bfloat16)) for v in (1.0 + 2**-8, 1.0 + 3 * 2**-9)]
+    [1.0, 1.0078125]
+    """
+    dtype = jnp.dtype(dtype)
+    v = jnp.asarray(v).astype(jnp.float32)
+    if dtype != jnp.float32:
+        info = jnp.finfo(dtype)
+        v = jax.lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    return v.astype(dtype)

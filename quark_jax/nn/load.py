@@ -1,0 +1,267 @@
+"""``load_weights``: fill any flax.nnx model from an HF-style safetensors checkpoint, by module path.
+
+Name mapping (module path ``p``, e.g. ``model.layers.0.self_attn.q_proj``, behind an optional ``prefix``):
+
+* ``QuarkLinear``: its scheme's raw params (``p.weight``, ``p.weight_scale``, ``p.input_scale``, ...; a fused
+  ``qkv_proj`` / ``gate_up_proj`` reads its shards), then ``process_weights_after_loading``;
+* ``nnx.Linear``: ``kernel`` [in, out] <- ``p.weight`` [out, in] transposed (a fused name: its shards
+  concatenated); ``bias`` <- ``p.bias``;
+* ``nnx.Embed``: ``embedding`` <- ``p.weight``;
+* ``nnx.RMSNorm`` / ``nnx.LayerNorm``: ``scale`` <- ``p.weight``; ``bias`` <- ``p.bias``;
+* decoder attention with an FP8 KV cache: ``k_scale`` <- ``p.k_proj.output_scale`` or ``p.k_scale`` (v likewise;
+  SPEC section 6);
+* any other module: each ``nnx.Param`` attribute ``name`` <- ``p.name``.
+
+Float tensors are cast to the variable's dtype (round to nearest even). Every model variable must find its tensor
+and every checkpoint tensor must find a variable (unless ``strict=False`` or it matches ``ignore``); errors name
+the tensor, the layer and what was expected. Shapes and dtypes are checked from the file headers before any data
+is read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from quark_jax.checkpoint import CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint
+from quark_jax.config import shard_paths
+from quark_jax.errors import CheckpointError
+
+__all__ = ["load_weights", "module_path"]
+
+ALWAYS_IGNORED = ("*.rotary_emb.inv_freq",)
+PROGRESS_MIN_BYTES = 256 << 20
+
+
+def module_path(path) -> str:
+    """``('model', 'layers', 0, 'mlp')`` -> ``'model.layers.0.mlp'``.
+
+    >>> module_path(('model', 'layers', 0, 'mlp'))
+    'model.layers.0.mlp'
+    """
+    return ".".join(str(p) for p in path)
+
+
+class _Progress:
+    """A one-line stderr progress report (``\\r`` updates on a terminal, a line per quarter otherwise)."""
+
+    def __init__(self, total_bytes: int, n: int, enabled: bool, label: str):
+        self.total, self.n, self.enabled, self.label = total_bytes, n, enabled, label
+        self.done_bytes = self.done = 0
+        self.t0 = time.perf_counter()
+        self.last = -1
+        self.tty = sys.stderr.isatty()
+
+    def update(self, nbytes: int):
+        self.done += 1
+        self.done_bytes += nbytes
+        if not self.enabled:
+            return
+        pct = int(100 * self.done_bytes / max(self.total, 1))
+        step = 1 if self.tty else 25
+        if pct // step == self.last and self.done < self.n:
+            return
+        self.last = pct // step
+        bar = "#" * (pct // 5) + "-" * (20 - pct // 5)
+        unit, div = ("GB", 1e9) if self.total >= 1e9 else ("MB", 1e6)
+        line = (f"{self.label} [{bar}] {pct:3d}% {self.done}/{self.n} layers, "
+                f"{self.done_bytes / div:.2f}/{self.total / div:.2f} {unit}, {time.perf_counter() - self.t0:.1f} s")
+        sys.stderr.write(("\r" + line + ("\n" if self.done == self.n else "")) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+def _is_wide_float(dt: np.dtype) -> bool:
+    return dt.itemsize >= 2 and (dt.kind == "f" or dt.name == "bfloat16")
+
+
+def _check_dtype(src: np.dtype, dst, tensor: str, target: str) -> None:
+    """A float variable takes any float tensor of >= 16 bits; a quantized tensor there is an error."""
+    dst = np.dtype(dst)
+    if src == dst or (_is_wide_float(dst) and _is_wide_float(src)):
+        return
+    if _is_wide_float(dst):
+        raise CheckpointError(
+            f"tensor {tensor}: dtype {src} is a quantized tensor, but {target} is a float layer; quantize "
+            "the model first (quark_jax.quantize_model(model, quark_jax.QuarkConfig.from_pretrained(dir)))")
+    raise CheckpointError(f"tensor {tensor}: dtype {src}, expected {dst} for {target}")
+
+
+class _Task:
+    """One float variable to fill: from one tensor, or from fused shards concatenated along rows."""
+
+    def __init__(self, target: str, var, names: tuple[str, ...], transpose: bool):
+        self.target, self.var, self.names, self.transpose = target, var, names, transpose
+
+    def check(self, ckpt: CheckpointReader, where: str):
+        value = self.var.get_value()
+        shapes = [ckpt.info(n).shape for n in self.names]
+        for n in self.names:
+            _check_dtype(ckpt.info(n).dtype, value.dtype, n, self.target)
+        stored = shapes[0] if len(shapes) == 1 else (sum(s[0] for s in shapes),) + tuple(shapes[0][1:])
+        if len(shapes) > 1 and any(tuple(s[1:]) != tuple(shapes[0][1:]) for s in shapes):
+            raise CheckpointError(f"{where}: the shards {list(self.names)} of {self.target} have shapes "
+                                  f"{[list(s) for s in shapes]} that do not stack along rows")
+        expected = tuple(value.shape)[::-1] if self.transpose else tuple(value.shape)
+        if tuple(stored) != expected:
+            what = self.names[0] if len(self.names) == 1 else " + ".join(self.names)
+            raise CheckpointError(f"{where}: tensor {what} has shape {list(stored)}, expected {list(expected)} "
+                                  f"for {self.target}")
+
+    def load(self, ckpt: CheckpointReader) -> int:
+        dtype = self.var.get_value().dtype
+        parts = [ckpt.get(n).astype(dtype) for n in self.names]
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        self.var.set_value(jnp.asarray(arr.T if self.transpose else arr))
+        return arr.nbytes
+
+
+def _find(ckpt, name: str, fused: bool) -> tuple[str, ...] | None:
+    """``(name,)`` when stored, else the shards of a fused name (``...qkv_proj.weight``) when all are stored."""
+    if name in ckpt:
+        return (name,)
+    module, _, leaf = name.rpartition(".")
+    shards = shard_paths(module)
+    if fused and len(shards) > 1 and all(f"{s}.{leaf}" in ckpt for s in shards):
+        return tuple(f"{s}.{leaf}" for s in shards)
+    return None
+
+
+def _rules(module, ckpt_prefix: str):
+    """(variable name, checkpoint tensor name, transpose, may be fused) for a module's own float variables."""
+    if isinstance(module, nnx.Linear):
+        out = [("kernel", ckpt_prefix + "weight", True, True)]
+        if module.bias is not None:
+            out.append(("bias", ckpt_prefix + "bias", False, True))
+        return out
+    if isinstance(module, nnx.Embed):
+        return [("embedding", ckpt_prefix + "weight", False, False)]
+    if isinstance(module, (nnx.RMSNorm, nnx.LayerNorm)):
+        out = []
+        if getattr(module, "scale", None) is not None:
+            out.append(("scale", ckpt_prefix + "weight", False, False))
+        if getattr(module, "bias", None) is not None:
+            out.append(("bias", ckpt_prefix + "bias", False, False))
+        return out
+    return [(k, ckpt_prefix + k, False, False) for k, v in vars(module).items() if isinstance(v, nnx.Param)]
+
+
+def _unmatched_hint(ckpt, module_paths: set[str]) -> str:
+    """``"; checkpoint layers the model lacks: ..."`` for checkpoint modules no model module covers."""
+    covered = set(module_paths) | {s for p in module_paths for s in shard_paths(p)}
+    stray = sorted({n.rpartition(".")[0] for n in ckpt.names() if n.endswith(".weight")} - covered)
+    if not stray:
+        return ""
+    more = f" and {len(stray) - 3} more" if len(stray) > 3 else ""
+    return f"; checkpoint layers with no module in the model: {', '.join(stray[:3])}{more}"
+
+
+def _nearest_module(name: str, paths: set[str]) -> str:
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) in paths:
+            return ".".join(parts[:i])
+    return ""
+
+
+def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *, prefix: str = "",
+                 strict: bool = True, ignore=(), progress: bool | None = None):
+    """Fill ``model``'s variables from a checkpoint in place (see the module docstring); returns ``model``.
+
+    Args:
+      model: any ``nnx.Module``, concrete or abstract (built under ``nnx.eval_shape``); quantized layers come
+        from :func:`quark_jax.quantize_model`.
+      checkpoint_dir: a folder with ``model.safetensors`` or a sharded ``model.safetensors.index.json``.
+      prefix: prepended to module paths to form checkpoint names (a model that is part of the checkpoint's).
+      strict: when False, checkpoint tensors the model has no place for are skipped (missing ones still fail).
+      ignore: fnmatch patterns of checkpoint tensors to skip.
+      progress: a stderr progress line (default: only when more than 256 MiB are loaded).
+
+    >>> import tempfile, numpy as np
+    >>> from safetensors.numpy import save_file
+    >>> d = tempfile.mkdtemp()
+    >>> save_file({"proj.weight": np.eye(2, 3, dtype=np.float32)}, d + "/model.safetensors")
+    >>> class M(nnx.Module):
+    ...     def __init__(self): self.proj = nnx.Linear(3, 2, use_bias=False, rngs=nnx.Rngs(0))
+    >>> load_weights(M(), d).proj.kernel[...].tolist()
+    [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    """
+    from quark_jax.models.llama import Attention
+    from quark_jax.nn.linear import QuarkLinear
+
+    ckpt = open_checkpoint(checkpoint_dir)
+    where = f"checkpoint {ckpt.directory}"
+    tasks: list[_Task] = []
+    kv_modules = []  # (attention module, checkpoint path)
+    quark_layers = []  # (QuarkLinear, checkpoint path)
+    missing = []
+    module_paths = set()
+    for path, module in nnx.iter_modules(model):
+        p = module_path(path)
+        cp = f"{prefix}.{p}" if prefix and p else (prefix or p)
+        module_paths.add(cp)
+        if isinstance(module, QuarkLinear):
+            quark_layers.append((module, cp))
+            missing += [(f"{s}.weight", f"QuarkLinear {cp}") for s in shard_paths(cp) if f"{s}.weight" not in ckpt]
+            continue
+        if isinstance(module, Attention) and module.kv_fp8:
+            kv_modules.append((module, cp))
+        for var_name, tensor, transpose, fusable in _rules(module, cp + "." if cp else ""):
+            names = _find(ckpt, tensor, fusable)
+            target = f"{type(module).__name__} {cp or '<root>'}.{var_name}"
+            if names is None:
+                missing.append((tensor, target))
+            else:
+                tasks.append(_Task(target, getattr(module, var_name), names, transpose))
+    if missing:
+        shown = "; ".join(f"{t} (for {v})" for t, v in missing[:8])
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise CheckpointError(f"{where}: missing tensors: {shown}{more}{_unmatched_hint(ckpt, module_paths)}")
+    for task in tasks:  # validate from the headers before reading any data
+        task.check(ckpt, where)
+
+    consumed = {n for t in tasks for n in t.names}
+    quark_names = {id(m): layer_tensor_names(ckpt, cp) for m, cp in quark_layers}
+    for names in quark_names.values():
+        consumed.update(names)
+    kv_scales = {}
+    for module, cp in kv_modules:
+        kv_scales[id(module)] = s = load_kv_scales(ckpt, cp)
+        consumed.update(s.tensor_names)
+
+    patterns = tuple(ignore) + ALWAYS_IGNORED
+    leftover = [n for n in ckpt.names()
+                if n not in consumed and not any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    kv_leftover = [n for n in leftover if n.endswith(".output_scale")]
+    if kv_leftover:
+        warnings.warn(f"{where}: {len(kv_leftover)} KV-cache scale tensor(s) (e.g. {kv_leftover[0]}) are not used: "
+                      "this model has no FP8 KV cache", stacklevel=2)
+        leftover = [n for n in leftover if n not in kv_leftover]
+    if leftover and strict:
+        near = _nearest_module(leftover[0], module_paths)
+        hint = (f"the model has module {near!r}, but nothing there reads this tensor" if near
+                else "no module of the model has this path")
+        raise CheckpointError(f"{where}: tensor {leftover[0]} has no matching layer in the model ({hint}; "
+                              f"{len(leftover)} unmatched tensor(s) in all; pass strict=False to skip them)")
+
+    total = sum(ckpt.nbytes(n) for n in consumed)
+    show = progress if progress is not None else total > PROGRESS_MIN_BYTES
+    bar = _Progress(total, len(tasks) + len(quark_layers), show, f"loading {ckpt.directory.name}")
+    for task in tasks:
+        task.load(ckpt)
+        bar.update(sum(ckpt.nbytes(n) for n in task.names))
+    for module, cp in quark_layers:
+        module.load_checkpoint(ckpt, cp)
+        bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
+    for module, _ in kv_modules:
+        s = kv_scales[id(module)]
+        module.k_scale.set_value(jnp.float32(s.k_scale))
+        module.v_scale.set_value(jnp.float32(s.v_scale))
+    return model

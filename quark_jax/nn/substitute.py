@@ -1,0 +1,124 @@
+"""``quantize_model``: swap the ``nnx.Linear`` layers of any Flax NNX model for Quark layers, by module path.
+
+The module path of a layer is its attribute path joined by dots (``model.layers.0.self_attn.q_proj``; list
+indices are path components), optionally behind a ``prefix`` when the model is a part of the checkpoint's model.
+Each ``nnx.Linear`` whose path :meth:`QuarkConfig.scheme_for` resolves to a scheme (layer patterns, type table,
+global config; ``exclude``; fused names ``qkv_proj`` / ``gate_up_proj`` resolve per shard) becomes a
+:class:`~quark_jax.nn.QuarkLinear` with the same sizes, bias and dtype; excluded and unquantized layers (and
+``lm_head``/embeddings unless configured) stay as they are. The quantized parameters start empty (zeros, or
+abstract when the model is abstract, e.g. built under ``nnx.eval_shape``); :func:`quark_jax.load_weights` fills
+them from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import jax
+from flax import nnx
+
+from quark_jax.config import FUSED_MODULES, QuarkConfig
+from quark_jax.nn.linear import QuarkLinear
+from quark_jax.nn.load import module_path
+
+__all__ = ["quantize_model", "as_quark_config", "set_attr_at"]
+
+
+def as_quark_config(config) -> QuarkConfig:
+    """A :class:`QuarkConfig` from a QuarkConfig, a checkpoint directory or a ``quantization_config`` dict."""
+    if isinstance(config, QuarkConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return QuarkConfig.from_pretrained(Path(config))
+    if isinstance(config, Mapping):
+        return QuarkConfig.from_dict(config)
+    raise TypeError(f"config: expected a QuarkConfig, a checkpoint directory or a quantization_config dict, got "
+                    f"{type(config).__name__}")
+
+
+def set_attr_at(model, path: tuple, new) -> None:
+    """Replace the submodule at ``path`` (attribute names and list indices) by ``new``."""
+    parent = model
+    for p in path[:-1]:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    last = path[-1]
+    if isinstance(last, int):
+        parent[last] = new
+    else:
+        setattr(parent, last, new)
+
+
+def _is_abstract(var) -> bool:
+    return isinstance(var.get_value(), jax.ShapeDtypeStruct)
+
+
+def _fused_widths(path: str, ckpt_path: str, linear, config: QuarkConfig, logical_widths, scheme):
+    leaf = path.rpartition(".")[2]
+    if leaf not in FUSED_MODULES:
+        return None
+    given = None
+    if logical_widths:
+        given = logical_widths.get(ckpt_path, logical_widths.get(path, logical_widths.get(leaf)))
+    if given is not None:
+        return tuple(int(w) for w in given)
+    if config.checkpoint_dir is not None:
+        from quark_jax.checkpoint import layer_geometry, open_checkpoint
+
+        return layer_geometry(open_checkpoint(config.checkpoint_dir), ckpt_path, scheme).logical_widths
+    raise ValueError(f"layer {ckpt_path}: a fused layer ({' + '.join(FUSED_MODULES[leaf])}) needs its shard "
+                     f"sizes: pass logical_widths={{{leaf!r}: (...)}} or a config read from a checkpoint")
+
+
+def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[str, Sequence[int]] | None = None,
+                   dtype=None):
+    """Replace ``model``'s ``nnx.Linear`` layers by :class:`QuarkLinear` per ``config``, in place; returns it.
+
+    Args:
+      model: any ``nnx.Module`` (concrete or abstract).
+      config: a :class:`QuarkConfig`, a checkpoint directory, or a ``quantization_config`` dict.
+      prefix: prepended (with a dot) to module paths to form checkpoint paths, e.g. ``"model"`` for a model that
+        is the checkpoint's ``model`` submodule.
+      logical_widths: shard sizes of fused layers (``{"qkv_proj": (q, k, v)}``, keyed by leaf name or path);
+        default: read from the config's checkpoint.
+      dtype: the activation dtype of the new layers (default: each Linear's ``dtype`` or ``param_dtype``).
+
+    Attention modules of :mod:`quark_jax.models` switch to an FP8 KV cache when the config has a KV-cache group.
+    Errors (unsupported scheme, fused shards that disagree) name the layer.
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> class Block(nnx.Module):
+    ...     def __init__(self):
+    ...         self.q_proj = nnx.Linear(64, 64, use_bias=False, rngs=nnx.Rngs(0))
+    >>> m = quantize_model(Block(), bundled_checkpoint("tiny-llama-fp8"), prefix="model.layers.0.self_attn")
+    >>> type(m.q_proj).__name__, type(m.q_proj.scheme).__name__
+    ('QuarkLinear', 'QuarkW8A8Fp8')
+    """
+    config = as_quark_config(config)
+    from quark_jax.models.llama import Attention
+
+    replacements = []
+    for path, module in nnx.iter_modules(model):
+        p = module_path(path)
+        ckpt_path = f"{prefix}.{p}" if prefix and p else (prefix or p)
+        if isinstance(module, Attention) and config.kv_cache is not None:
+            module.enable_fp8_kv_cache()
+        if not isinstance(module, nnx.Linear) or not path:
+            continue
+        scheme = config.scheme_for(ckpt_path)
+        if scheme is None:
+            continue
+        widths = _fused_widths(p, ckpt_path, module, config, logical_widths, scheme)
+        layer_dtype = dtype if dtype is not None else (module.dtype or module.param_dtype)
+
+        def build(module=module, scheme=scheme, widths=widths, layer_dtype=layer_dtype, ckpt_path=ckpt_path):
+            return QuarkLinear(module.in_features, module.out_features, scheme=scheme, logical_widths=widths,
+                               use_bias=module.use_bias, dtype=layer_dtype, name=ckpt_path)
+
+        new = nnx.eval_shape(build) if _is_abstract(module.kernel) else build()
+        replacements.append((path, new))
+    for path, new in replacements:
+        set_attr_at(model, path, new)
+    return model
+

@@ -1,0 +1,43 @@
+"""``quark-jax run``: generation on the bundled checkpoint and on a fixture, ids and timing printed, clear errors."""
+
+import re
+
+import numpy as np
+
+from conftest import variant_dir
+from quark_jax import cli
+from quark_jax.data import bundled_checkpoint
+from quark_jax.models import from_pretrained
+
+
+def _generated(out: str) -> list[list[int]]:
+    return [[int(t) for t in m.split(",") if t.strip()] for m in re.findall(r"generated ids: \[([^\]]*)\]", out)]
+
+
+def test_run_default_bundled_checkpoint_prints_greedy_ids_and_timing(capsys):
+    assert cli.main(["run", "--prompt-ids", "1,5,9", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_llama_w_mxfp4_a_mxfp4" in out and "QuarkW4A4MXFP4 x14" in out
+    expected = np.asarray(from_pretrained(bundled_checkpoint()).generate(np.array([[1, 5, 9]]), 5))[0, 3:]
+    assert _generated(out) == [expected.tolist()]
+    assert re.search(r"prefill: [0-9.]+ ms for 3 tokens x 1 \(bucket 16, cache 64 slots\)", out)
+    assert re.search(r"decode: +[0-9.]+ ms/token over 4 steps", out)
+
+
+def test_run_directory_with_batch_and_kv_cache(capsys):
+    d = variant_dir("w_fp8_a_fp8_pertensor_static_kv_fp8")
+    assert cli.main(["run", str(d), "--prompt-ids", "1,5,9;7,8,9", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "KV cache float8_e4m3fn" in out
+    gen = _generated(out)
+    assert len(gen) == 2 and all(len(g) == 3 for g in gen)
+    expected = np.asarray(from_pretrained(d).generate(np.array([[1, 5, 9], [7, 8, 9]]), 3))[:, 3:]
+    assert gen == expected.tolist()
+
+
+def test_run_errors_are_clear(capsys, tmp_path):
+    assert cli.main(["run", "--prompt-ids", "1,300", "--max-new-tokens", "2"]) == 2
+    assert "input_ids: token id 300 at [0, 1] is out of range for vocab_size 256" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    assert cli.main(["run", str(tmp_path)]) == 2
+    assert "model_type 'gpt2' is not supported" in capsys.readouterr().err
