@@ -16,11 +16,12 @@ F32 = np.float32
 
 
 def requantize_max_scale(w_shards, scales):
-    """vLLM's per-tensor FP8 re-quantization to the max shard scale: dq = f16(f32(q) * s_i), q' = fp8(dq / s_max)."""
+    """vLLM's per-tensor FP8 re-quantization to the max shard scale: dq = f16(f32(q) * f32(f16(s_i))) (torch rounds
+    the 0-d scale to the f16 result dtype, measured on the H100), q' = fp8(dq * (1/s_max))."""
     smax = F32(max(F32(s) for s in scales))
     out = []
     for w, s in zip(w_shards, scales):
-        dq = (w.astype(F32) * F32(s)).astype(np.float16)
+        dq = (w.astype(F32) * np.float16(s).astype(F32)).astype(np.float16)
         out.append(np.clip(dq.astype(F32) * (F32(1) / smax), -448, 448).astype(ml_dtypes.float8_e4m3fn))
     return np.concatenate(out), smax
 

@@ -286,7 +286,8 @@ def test_quantize_model_with_fused_qkv_and_gate_up(variant):
         shard_max = max(float(w[f"model.layers.0.self_attn.{p}_proj.weight_scale"]) for p in "qkv")
         assert float(qkv.weight_scale[...].reshape(())) == shard_max
         # that coarser grid moves the logits by 0.02 from Quark's (unfused) ones; an independent numpy model
-        # with vLLM's requantization (dequant through float16, requantize with the f32 reciprocal) agrees
+        # with vLLM's requantization (dequant through float16 with an f16-rounded scale, requantize with the f32
+        # reciprocal) agrees
         np.testing.assert_allclose(out, _requantized_reference(variant), atol=1e-5, rtol=0)
 
 
@@ -299,7 +300,8 @@ def _requantized_reference(variant):
     def linear(name, x):
         parent, leaf = name.rsplit(".", 1)
         s_max = max(np.float32(w[f"{parent}.{p}.weight_scale"]) for p in groups[leaf])
-        dq = (w[name + ".weight"].astype(np.float32) * np.float32(w[name + ".weight_scale"])).astype(np.float16)
+        dq = (w[name + ".weight"].astype(np.float32)
+              * np.float16(w[name + ".weight_scale"]).astype(np.float32)).astype(np.float16)
         q = np.clip(dq.astype(np.float32) * (np.float32(1.0) / s_max), -448, 448).astype(ml_dtypes.float8_e4m3fn)
         s_in = max(np.float32(w[f"{parent}.{p}.input_scale"]) for p in groups[leaf])
         return vllm_fp8_linear(x, q, s_max, s_in)

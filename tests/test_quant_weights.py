@@ -14,12 +14,13 @@ F32 = np.float32
 
 
 def np_requantize(w_fp8, scales, widths):
-    """numpy: dq = f16(f32(q) * s_i) per shard, q' = fp8(clamp(f32(dq) * (1/s_max)))."""
+    """numpy: dq = f16(f32(q) * f32(f16(s_i))) per shard (torch rounds the 0-d scale to the f16 result dtype),
+    q' = fp8(clamp(f32(dq) * (1/s_max)))."""
     smax = F32(max(scales))
     rows = []
     start = 0
     for s, n in zip(scales, widths):
-        dq = (w_fp8[start:start + n].astype(F32) * F32(s)).astype(np.float16)
+        dq = (w_fp8[start:start + n].astype(F32) * np.float16(s).astype(F32)).astype(np.float16)
         rows.append(np.clip(dq.astype(F32) * (F32(1) / smax), -448, 448).astype(ml_dtypes.float8_e4m3fn))
         start += n
     return np.concatenate(rows), smax

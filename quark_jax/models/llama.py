@@ -23,7 +23,7 @@ from flax import nnx
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.models.rounding import round_to
+from quark_jax.quant.rounding import round_to
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]

@@ -14,6 +14,7 @@ from quark_jax.checkpoint import (CheckpointReader, checkpoint_dtype, layer_geom
                                   load_layer_params, open_checkpoint)
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError
+from quark_jax.quant.rounding import round_to
 from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
 from quark_jax.schemes.base import dequantize_params, logical_widths_of
 
@@ -147,7 +148,7 @@ class QuarkLinear(nnx.Module):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
+        # round (not just cast) to the layer dtype: XLA may otherwise skip the rounding of a fused producer
+        x = round_to(x, self.dtype if self.dtype is not None else x.dtype)
         bias = self.bias[...] if self.use_bias else None
         return apply_params(self.scheme, self.params(), x, bias)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from quark_jax.models.rounding import round_to
+from quark_jax.quant.rounding import round_to
 from quark_jax.schemes import apply_params
 
 __all__ = ["QuarkDense", "linen_module_path"]

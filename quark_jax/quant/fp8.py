@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax import formats
+from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import require_float, require_rank, scalar_f32, true_divide
 
 __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
@@ -42,7 +43,7 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
     if not formats.is_fp8_dtype(dtype):
         raise TypeError(f"dtype: expected float8_e4m3fn or float8_e4m3fnuz, got {jnp.dtype(dtype)}")
     m = formats.fp8_max(dtype)
-    xf = jnp.asarray(x).astype(jnp.float32)
+    xf = exact_f32(x)
     min_scale = 1.0 / (m * formats.FP8_MIN_SCALE_FACTOR)
 
     if scale is not None:

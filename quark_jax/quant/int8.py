@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax import formats
+from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import require_float, require_rank, scalar_f32, true_divide
 
 __all__ = ["scaled_int8_quant"]
@@ -41,7 +42,7 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
     """
     require_float("x", x)
     require_rank("x", x)
-    xf = jnp.asarray(x).astype(jnp.float32)
+    xf = exact_f32(x)
 
     if scale is not None:
         s = scalar_f32("scale", scale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax import formats
+from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import require_float, require_multiple, require_rank
 
 __all__ = ["mxfp4_block_scale_bytes", "quantize_mxfp4", "dequantize_mxfp4", "qdq_mxfp4", "round_to_e2m1"]
@@ -25,7 +26,7 @@ def _blocks(name: str, x):
     require_rank(name, x)
     k = x.shape[-1]
     require_multiple(name, k, formats.MX_BLOCK_SIZE, f"the last (K) axis of shape {tuple(x.shape)}")
-    return jnp.asarray(x).astype(jnp.float32).reshape(*x.shape[:-1], k // formats.MX_BLOCK_SIZE, formats.MX_BLOCK_SIZE)
+    return exact_f32(x).reshape(*x.shape[:-1], k // formats.MX_BLOCK_SIZE, formats.MX_BLOCK_SIZE)
 
 
 def mxfp4_block_scale_bytes(xb_f32):

@@ -44,9 +44,11 @@ def requantize_with_max_scale(weight, weight_scale, logical_widths):
     """Re-quantize the shards of a per-tensor FP8 weight to their largest scale (vLLM-exact).
 
     ``weight`` [N, K] fp8, ``weight_scale`` one f32 scale per shard. For each shard i:
-    ``dq = f16(f32(q_i) * s_i)`` (vLLM's float16 intermediate), then ``q = fp8(clamp(f32(dq) * (1/s_max)))``.
-    vLLM does this for every layer, single-shard ones included (where it can move a value by one float16
-    rounding). Returns ``(weight [N, K] same fp8 dtype, s_max 0-d f32)``.
+    ``dq = f16(f32(q_i) * f32(f16(s_i)))`` — vLLM's ``q.to(float16) * weight_scale[i]``, where torch rounds the 0-d
+    float32 scale to float16 before multiplying (measured on an H100 with torch 2.11: 254/254 codes agree with this
+    form, 108-226/254 with an unrounded scale; benchmarks/results/torch_f16_dequant_h100_2026-11-25.txt) — then
+    ``q = fp8(clamp(f32(dq) * (1/s_max)))`` with the float32 ``s_max``. vLLM does this for every layer,
+    single-shard ones included. Returns ``(weight [N, K] same fp8 dtype, s_max 0-d f32)``.
 
     >>> import jax.numpy as jnp
     >>> w = jnp.array([[2.0], [4.0]], jnp.float8_e4m3fn)
@@ -60,7 +62,8 @@ def requantize_with_max_scale(weight, weight_scale, logical_widths):
     widths = _widths("weight", logical_widths, weight.shape[0])
     scales = _shard_scales(weight_scale, len(widths))
     s_max = jnp.max(scales)
-    row_scale = jnp.repeat(scales, jnp.asarray(widths), total_repeat_length=weight.shape[0])[:, None]
+    scales16 = scales.astype(jnp.float16).astype(jnp.float32)
+    row_scale = jnp.repeat(scales16, jnp.asarray(widths), total_repeat_length=weight.shape[0])[:, None]
     dq = (weight.astype(jnp.float16).astype(jnp.float32) * row_scale).astype(jnp.float16)
     return fp8_saturating_cast(dq.astype(jnp.float32) * (1.0 / s_max), weight.dtype), s_max
 

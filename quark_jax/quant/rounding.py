@@ -2,8 +2,8 @@
 
 XLA (CPU and GPU) allows "excess precision" by default: in ``convert(convert(v_f32 -> bf16) -> f32)`` it may drop
 the pair and hand the unrounded f32 value to the consumer. vLLM's kernels round each intermediate to the model
-dtype, and a quantizer fed with an unrounded activation can pick a different FP8/INT8 code, so the decoder rounds
-with :func:`round_to` at every point where vLLM rounds: the value is rounded in float32 with
+dtype, and a quantizer fed with an unrounded activation can pick a different FP8/INT8 code, so the quantizers read
+their input through :func:`exact_f32` and the decoder rounds with :func:`round_to` at every point where vLLM rounds: the value is rounded in float32 with
 ``lax.reduce_precision`` (round to nearest even, the same rule as the cast) before the cast, so it is exactly
 representable and a dropped convert pair no longer changes it. (Setting
 ``XLA_FLAGS=--xla_allow_excess_precision=false`` has the same effect globally.)
@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["round_to"]
+__all__ = ["round_to", "exact_f32"]
 
 
 def round_to(v, dtype):
@@ -29,3 +29,18 @@ def round_to(v, dtype):
         info = jnp.finfo(dtype)
         v = jax.lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant)
     return v.astype(dtype)
+
+
+def exact_f32(x):
+    """``x`` (bf16, f16 or f32) as float32 holding exactly ``x``'s value in its own dtype, even when XLA would hand
+    over an unrounded producer value instead (excess precision). The quantizers read their inputs this way.
+
+    >>> float(exact_f32(jnp.asarray(1.0 + 2**-8, jnp.bfloat16)))
+    1.0
+    """
+    x = jnp.asarray(x)
+    v = x.astype(jnp.float32)
+    if x.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        info = jnp.finfo(x.dtype)
+        v = jax.lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    return v
