@@ -37,3 +37,13 @@ def test_int8_and_mxfp4_fused_producer():
 def test_round_to_matches_cast():
     v = jnp.asarray(np.random.default_rng(1).standard_normal(1000), jnp.float32)
     np.testing.assert_array_equal(np.asarray(quant.rounding.round_to(v, jnp.bfloat16)), np.asarray(v.astype(jnp.bfloat16)))
+
+
+def test_round_to_float16_keeps_subnormals():
+    v = np.concatenate([np.random.default_rng(2).standard_normal(500) * 1e-6, [2.0**-24, 3 * 2.0**-25, 6.5e-5, 70000]])
+    v = jnp.asarray(v, jnp.float32)
+    got = np.asarray(quant.rounding.round_to(v, jnp.float16))
+    np.testing.assert_array_equal(got, np.asarray(v.astype(jnp.float16)))
+    assert (got != 0).sum() > 400  # most of them are float16 subnormals, not flushed
+    np.testing.assert_array_equal(np.asarray(quant.exact_f32(v.astype(jnp.float16))),
+                                  np.asarray(v.astype(jnp.float16).astype(jnp.float32)))

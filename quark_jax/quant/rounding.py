@@ -17,6 +17,22 @@ import jax.numpy as jnp
 __all__ = ["round_to", "exact_f32"]
 
 
+def _reduce_to(v_f32, dtype):
+    """float32 ``v`` rounded (nearest even) onto ``dtype``'s grid, staying float32; subnormals of ``dtype`` kept.
+
+    ``lax.reduce_precision`` flushes values below the target's smallest normal, which matters for float16 (bf16
+    has float32's exponent range): there the subnormal range is rounded to multiples of 2**-24 by hand (exact:
+    scaling by a power of two, then round-half-even).
+    """
+    info = jnp.finfo(dtype)
+    r = jax.lax.reduce_precision(v_f32, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    if dtype == jnp.dtype(jnp.float16):
+        tiny = float(info.smallest_normal)
+        step = 2.0 ** -24
+        r = jnp.where(jnp.abs(v_f32) < tiny, jnp.round(v_f32 * (1.0 / step)) * step, r)
+    return r
+
+
 def round_to(v, dtype):
     """``v`` rounded to ``dtype`` (float32, bfloat16 or float16), robust to XLA's excess precision.
 
@@ -26,8 +42,7 @@ def round_to(v, dtype):
     dtype = jnp.dtype(dtype)
     v = jnp.asarray(v).astype(jnp.float32)
     if dtype != jnp.float32:
-        info = jnp.finfo(dtype)
-        v = jax.lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+        v = _reduce_to(v, dtype)
     return v.astype(dtype)
 
 
@@ -41,6 +56,5 @@ def exact_f32(x):
     x = jnp.asarray(x)
     v = x.astype(jnp.float32)
     if x.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        info = jnp.finfo(x.dtype)
-        v = jax.lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+        v = _reduce_to(v, x.dtype)
     return v
