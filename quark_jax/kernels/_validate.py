@@ -52,3 +52,15 @@ def bias_vector(bias, n: int):
 def multiple_of(name: str, size: int, multiple: int, axis: str):
     if size % multiple:
         raise ValueError(f"{name}: {axis} = {size} must be a multiple of {multiple}")
+
+
+def scaled_mm_operands(x_q, w_q, x_scale, w_scale, bias, x_dtypes, x_what: str):
+    """Validate the operands shared by the scaled GEMMs: x_q [M, K], w_q [N, K] of x_q's dtype, x_scale () or
+    [M, 1], w_scale () or [N], bias [N] or None. Returns them normalized, plus (m, k, n)."""
+    x_q = matrix("x_q", x_q, x_dtypes, x_what)
+    w_q = matrix("w_q", w_q, (x_q.dtype,), f"[N, K] (same dtype as x_q, {x_q.dtype})")
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    same_k("x_q", k, "w_q", w_q.shape[1])
+    return (x_q, w_q, row_scale("x_scale", x_scale, m), col_scale("w_scale", w_scale, n), bias_vector(bias, n),
+            (m, k, n))

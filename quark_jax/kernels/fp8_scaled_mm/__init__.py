@@ -33,14 +33,8 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     >>> fp8_scaled_mm(x, w, jnp.float32(0.5), jnp.float32(2.0), impl="xla")[0, :3].tolist()
     [32.0, 32.0, 32.0]
     """
-    x_q = _validate.matrix("x_q", x_q, FP8_DTYPES, "[M, K] fp8")
-    w_q = _validate.matrix("w_q", w_q, (x_q.dtype,), "[N, K] (same fp8 dtype as x_q)")
-    m, k = x_q.shape
-    n = w_q.shape[0]
-    _validate.same_k("x_q", k, "w_q", w_q.shape[1])
-    x_scale = _validate.row_scale("x_scale", x_scale, m)
-    w_scale = _validate.col_scale("w_scale", w_scale, n)
-    bias = _validate.bias_vector(bias, n)
+    x_q, w_q, x_scale, w_scale, bias, (m, k, n) = _validate.scaled_mm_operands(
+        x_q, w_q, x_scale, w_scale, bias, FP8_DTYPES, "[M, K] fp8")
     # the kernel takes e4m3fn with N, K multiples of 16; auto never fails where XLA works
     supported = x_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
     which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, pallas_supported=supported)

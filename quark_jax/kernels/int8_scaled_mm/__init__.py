@@ -26,14 +26,8 @@ def int8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=N
     >>> int8_scaled_mm(x, w, 0.5, 0.25, azp_adj=jnp.full((16,), 32, jnp.int32), impl="xla")[0, 0].item()
     4.0
     """
-    x_q = _validate.matrix("x_q", x_q, (jnp.int8,), "[M, K] int8")
-    w_q = _validate.matrix("w_q", w_q, (jnp.int8,), "[N, K] int8")
-    m, k = x_q.shape
-    n = w_q.shape[0]
-    _validate.same_k("x_q", k, "w_q", w_q.shape[1])
-    x_scale = _validate.row_scale("x_scale", x_scale, m)
-    w_scale = _validate.col_scale("w_scale", w_scale, n)
-    bias = _validate.bias_vector(bias, n)
+    x_q, w_q, x_scale, w_scale, bias, (m, k, n) = _validate.scaled_mm_operands(
+        x_q, w_q, x_scale, w_scale, bias, (jnp.int8,), "[M, K] int8")
     if azp is not None and azp_adj is None:
         raise ValueError("azp: a per-token zero point needs azp_adj (the weight column sums)")
     if azp_adj is not None:
