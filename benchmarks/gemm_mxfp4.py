@@ -24,6 +24,17 @@ from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
 BYTES_PER_PARAM = 0.5 + 1 / 32  # packed nibbles + one E8M0 byte per 32 elements = 4.25 bits
 
 
+def make_data(m, k, n, sets, seed=0):
+    """``sets`` distinct inputs: x [M, K] bf16 and an MXFP4 weight (packed [N, K/2], scales [N, K/32])."""
+    quantize = jax.jit(quant.quantize_mxfp4)
+    xs, ws = [], []
+    for i in range(sets):
+        kx, kw = jax.random.split(jax.random.key(seed * 1000 + i))
+        xs.append(jax.random.normal(kx, (m, k), jnp.bfloat16))
+        ws.append(quantize(jax.random.normal(kw, (n, k), jnp.float32) * 0.02))
+    return xs, ws
+
+
 def weight_bytes(k: int, n: int) -> int:
     return n * k // 2 + n * k // 32
 
@@ -57,12 +68,7 @@ def cases(m: int, k: int, n: int, *, seed: int = 0, pallas_config=None, weight_o
     flops = 2.0 * m * n * k
     act = 2 * m * k + 2 * m * n
     sets = max(_distinct_sets(wb + act, flops), _distinct_sets(2 * n * k + act, flops))
-    quantize = jax.jit(quant.quantize_mxfp4)
-    xs, ws = [], []
-    for i in range(sets):
-        kx, kw = jax.random.split(jax.random.key(seed * 1000 + i))
-        xs.append(jax.random.normal(kx, (m, k), jnp.bfloat16))
-        ws.append(quantize(jax.random.normal(kw, (n, k), jnp.float32) * 0.02))
+    xs, ws = make_data(m, k, n, sets, seed=seed)
     mx = [(x, p, s) for x, (p, s) in zip(xs, ws)]
     pallas = functools.partial(mxfp4_mm_pallas, config=pallas_config)
     out = [
@@ -80,7 +86,7 @@ def cases(m: int, k: int, n: int, *, seed: int = 0, pallas_config=None, weight_o
     try:
         sm = []
         for x, p, s in mx:
-            xp, xsc = quantize(x)
+            xp, xsc = jax.jit(quant.quantize_mxfp4)(x)
             sm.append((*to_scaled_matmul_operands(xp, xsc), *to_scaled_matmul_operands(p, s)))
         out.append(Case("jax_nn_scaled_matmul", jax.jit(_scaled_matmul), sm, flops, wb + act))
     except Exception as e:  # older jax or a backend without it: reported, not hidden

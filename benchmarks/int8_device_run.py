@@ -34,7 +34,6 @@ import int8_sweep as sw  # noqa: E402
 
 from quark_jax.kernels import _dispatch  # noqa: E402
 from quark_jax.kernels.int8_scaled_mm import block_config  # noqa: E402
-from quark_jax.kernels.int8_scaled_mm.block_config import Config  # noqa: E402
 
 BENCH_M = (1, 16, 64, 256, 2048, 8192)
 BENCH_KN = ((4096, 14336), (14336, 4096), (4096, 4096), (8192, 8192))

@@ -37,6 +37,7 @@ from quark_jax.kernels._dispatch import shape_class  # noqa: E402
 from quark_jax.kernels.mxfp4_mm import configs  # noqa: E402
 from quark_jax.kernels.mxfp4_mm.pallas_triton import mxfp4_mm_pallas  # noqa: E402
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla  # noqa: E402
+from gemm_mxfp4 import make_data  # noqa: E402
 
 C = configs.Config
 MS = (1, 16, 64, 256, 2048, 8192)
@@ -114,16 +115,6 @@ class DeviceTimer:
             shutil.rmtree(d, ignore_errors=True)
             self.jobs = []
         return out, wall
-
-
-def make_data(m, k, n, sets, seed=0):
-    quantize = jax.jit(quant.quantize_mxfp4)
-    xs, ws = [], []
-    for i in range(sets):
-        kx, kw = jax.random.split(jax.random.key(seed * 1000 + i))
-        xs.append(jax.random.normal(kx, (m, k), jnp.bfloat16))
-        ws.append(quantize(jax.random.normal(kw, (n, k), jnp.float32) * 0.02))
-    return xs, ws
 
 
 def cfg_name(c):

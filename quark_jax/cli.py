@@ -13,7 +13,6 @@ def _demo(args) -> int:
     """Quantize random activations the way each quantized layer of a checkpoint would, and report the error."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from quark_jax import quant
     from quark_jax.data import BUNDLED, bundled_checkpoint

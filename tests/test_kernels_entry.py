@@ -5,7 +5,6 @@ Backend-vs-reference tests of each Pallas kernel live in tests/test_kernel_<op>.
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 

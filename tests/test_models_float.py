@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -14,8 +13,7 @@ from safetensors.numpy import save_file
 
 from conftest import FIXTURES
 from quark_jax.io import SafetensorsFile
-from quark_jax.models import (TRACE_COUNTS, LlamaForCausalLM, ModelConfig, UnsupportedModelError, from_pretrained,
-                              generate)
+from quark_jax.models import (TRACE_COUNTS, LlamaForCausalLM, ModelConfig, UnsupportedModelError, from_pretrained)
 from quark_jax.models.generation import cache_size, prefill_bucket
 from quark_jax.models.rope import inverse_frequencies
 from quark_jax.errors import CheckpointError as CheckpointMismatchError

@@ -3,7 +3,6 @@
 import zlib
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
