@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from timing import rotation_count, time_jax  # noqa: E402  (time_jax: wall-clock baselines for comparison)
+from timing import rotation_count, time_batched, time_jax  # noqa: E402  (time_jax: wall-clock baselines)
 
 from quark_jax.kernels.fp8_scaled_mm.configs import GemmConfig as G  # noqa: E402
 
@@ -141,16 +141,7 @@ def run_group(tag, shape, cands, *, threads, log, wall_baselines=False):
     rows = []
 
     def device_time(compiled, args, repeats=5, inner=2):
-        jax.block_until_ready(compiled(args))
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = None
-            for _ in range(inner):
-                out = compiled(args)
-            jax.block_until_ready(out)
-            samples.append((time.perf_counter() - t0) / (inner * calls))
-        return sorted(samples)[len(samples) // 2]
+        return time_batched(compiled, args, calls, repeats=repeats, inner=inner)
 
     def record(name, t, cfg=None, err=None):
         rows.append(dict(tag=tag, m=m, k=k, n=n, name=name, cfg=cfg, us=t * 1e6, tflops=flops / t / 1e12,

@@ -72,13 +72,21 @@ def time_jax_device(fn, arg_sets, *, calls=None, repeats=5, inner=2, target_s=2e
         calls = _calls_for(time_jax(fn, arg_sets, warmup=2, iters=10, repeats=3), target_s, max_calls)
     sets = [arg_sets[i % len(arg_sets)] for i in range(calls)]
     batched = jax.jit(lambda sets: [fn(*s) for s in sets])
-    jax.block_until_ready(batched(sets))
+    return time_batched(batched, sets, calls, repeats=repeats, inner=inner)
+
+
+def time_batched(compiled, args, calls, *, repeats=5, inner=2):
+    """Median seconds per call of a jitted program ``compiled(args)`` that performs ``calls`` calls: one warm-up,
+    then ``repeats`` samples of ``inner`` back-to-back dispatches each."""
+    import jax
+
+    jax.block_until_ready(compiled(args))
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = None
         for _ in range(inner):
-            out = batched(sets)
+            out = compiled(args)
         jax.block_until_ready(out)
         samples.append((time.perf_counter() - t0) / (inner * calls))
     return statistics.median(samples)
