@@ -3,7 +3,7 @@
 Usage (from the repo root, on the device):
     PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4] [--m 1,16,64,256,2048,8192]
         [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table]
-        [--timing device|wall]
+        [--timing kernel|device|wall]
 
 Each op module (``benchmarks/gemm_<op>.py``) provides ``cases(m, k, n)`` -> list of ``Case``; this driver times
 them, prints one table per op (median time, TFLOP/s, effective GB/s, ratio to the op's baseline) and optionally
@@ -22,9 +22,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from timing import time_jax, time_jax_device, time_torch, time_torch_graph  # noqa: E402
+from timing import profile_kernels, time_jax, time_jax_device, time_torch, time_torch_graph  # noqa: E402
 
-TIMERS = {"device": {"jax": time_jax_device, "torch": time_torch_graph}, "wall": {"jax": time_jax, "torch": time_torch}}
+
+def _kernel_time(fn, arg_sets, *, calls):
+    """GPU kernel time per call from a profiler trace, over ``calls`` (<= 8) calls cycling the input sets."""
+    calls = max(2, min(8, calls))
+    return profile_kernels(fn, [arg_sets[i % len(arg_sets)] for i in range(calls)])[0]
+
+
+TIMERS = {
+    "kernel": {"jax": _kernel_time, "torch": time_torch_graph},
+    "device": {"jax": time_jax_device, "torch": time_torch_graph},
+    "wall": {"jax": time_jax, "torch": time_torch},
+}
 
 
 @dataclasses.dataclass
@@ -130,9 +141,11 @@ def main(argv=None):
     p.add_argument("--m", default="1,16,64,256,2048,8192")
     p.add_argument("--shapes", default="4096x14336,14336x4096,4096x4096,8192x8192")
     p.add_argument("--iters", type=int, default=50, help="calls per repeat (wall timing only)")
-    p.add_argument("--timing", choices=("device", "wall"), default="device",
-                   help="device: calls batched in one jitted program / CUDA graph (kernel time); wall: one "
-                        "dispatch per call (includes the host's ~34 us per-call cost on the lent VM)")
+    p.add_argument("--timing", choices=("kernel", "device", "wall"), default="kernel",
+                   help="kernel: sum of GPU kernel durations per call from a profiler trace (torch: CUDA-graph "
+                        "replay); device: calls batched in one jitted program / CUDA graph (includes the launch "
+                        "gaps, 10-15 us per kernel on the lent VM); wall: one dispatch per call (includes the "
+                        "host's ~34 us per-call cost on the lent VM)")
     p.add_argument("--json", default=None)
     p.add_argument("--write-table", action="store_true")
     a = p.parse_args(argv)

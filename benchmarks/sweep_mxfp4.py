@@ -31,6 +31,7 @@ from quark_jax import quant  # noqa: E402
 from quark_jax.kernels.mxfp4_mm import configs  # noqa: E402
 from quark_jax.kernels.mxfp4_mm.pallas_triton import mxfp4_mm_pallas, prepare_activations  # noqa: E402
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla  # noqa: E402
+from timing import profile_kernels  # noqa: E402
 
 C = configs.Config
 RESULTS = []
@@ -51,46 +52,14 @@ def timed(fn, arg_sets, *, repeats=5, dispatches=3):
 
 
 def profiled(fn, arg_sets, label):
-    """Device time per call from a profiler trace: the sum of GPU kernel durations / calls, and the kernels."""
-    import glob
-    import gzip
-    import shutil
-    import tempfile
-
-    many = jax.jit(lambda sets: [fn(*s) for s in sets])
-    jax.block_until_ready(many(arg_sets))
-    d = tempfile.mkdtemp()
+    """Device time per call from a profiler trace (``timing.profile_kernels``), recorded with its top kernels."""
     try:
-        with jax.profiler.trace(d, create_perfetto_trace=True):
-            for _ in range(2):
-                jax.block_until_ready(many(arg_sets))
-        path = (glob.glob(f"{d}/**/*.trace.json.gz", recursive=True) + glob.glob(f"{d}/**/perfetto_trace.json.gz",
-                                                                                   recursive=True))[0]
-        ev = json.load(gzip.open(path))
-        ev = ev["traceEvents"] if isinstance(ev, dict) else ev
-        pname = {e["pid"]: e["args"]["name"] for e in ev if e.get("ph") == "M" and e.get("name") == "process_name"}
-        tname = {(e["pid"], e.get("tid")): e["args"]["name"] for e in ev
-                 if e.get("ph") == "M" and e.get("name") == "thread_name"}
-        kern = {}
-        for e in ev:
-            if e.get("ph") != "X" or "GPU" not in pname.get(e["pid"], ""):
-                continue
-            if "Stream" not in tname.get((e["pid"], e.get("tid")), ""):
-                continue
-            k = kern.setdefault(e["name"][:60], [0.0, 0])
-            k[0] += e["dur"]
-            k[1] += 1
-        calls = 2 * len(arg_sets)
-        total = sum(v[0] for v in kern.values()) / calls
-        top = sorted(kern.items(), key=lambda kv: -kv[1][0])[:6]
-        record(name=f"profile {label}", us=total, kernels=[(n, round(v[0] / calls, 2), v[1] // calls if v[1] >=
-                                                             calls else f"{v[1]}/{calls}") for n, v in top])
-        return total
+        seconds, top = profile_kernels(fn, arg_sets)
     except Exception as e:
         record(name=f"profile {label}", us=None, error=repr(e)[:200])
         return None
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    record(name=f"profile {label}", us=seconds * 1e6, kernels=top)
+    return seconds * 1e6
 
 
 def record(**kw):

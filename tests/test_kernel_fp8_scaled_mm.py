@@ -1,8 +1,9 @@
 """FP8 Pallas kernels against the XLA reference and a float64 numpy reference.
 
-Parameterized over backends (``BACKENDS``: today the Pallas-Triton kernel; a Mosaic GPU backend adds an entry)
-and over the kernel variants a backend offers (decode without tensor cores, skinny tensor-core tiles in both
-operand orders, split-K, grouped prefill tiles). On CPU the kernels run in Pallas interpret mode; on a CUDA GPU
+Parameterized over backends (``BACKENDS``: the Pallas-Triton kernel and the Mosaic GPU skinny kernel) and over
+the kernel variants a backend offers (decode without tensor cores, skinny tensor-core tiles in both operand
+orders, split-K, grouped prefill tiles; TMA-pipelined wgmma with and without K splits). On CPU the kernels run in
+Pallas interpret mode (Mosaic GPU: JAX's GPU interpreter, which simulates TMA copies and barriers); on a CUDA GPU
 the same tests run the compiled kernels.
 
 Two kinds of data: "grid" data (fp8 values on a 1/4 grid in [-4, 4], so every f32 accumulation is exact in any
@@ -19,7 +20,7 @@ import kernel_reference as kref
 from quark_jax import kernels, quant
 from quark_jax.kernels import _dispatch
 from quark_jax.kernels.fp8_scaled_mm import configs
-from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+from quark_jax.kernels.fp8_scaled_mm import pallas_mosaic_gpu, pallas_triton
 from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
 
 F8 = jnp.float8_e4m3fn
@@ -33,6 +34,11 @@ def _pallas_triton(x_q, w_q, x_scale, w_scale, bias, out_dtype, config):
     return pallas_triton.fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype, config=config)
 
 
+def _pallas_mosaic(x_q, w_q, x_scale, w_scale, bias, out_dtype, config):
+    return pallas_mosaic_gpu.fp8_scaled_mm_mosaic(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype,
+                                                  config=config)
+
+
 # backend -> (callable, {variant name: (config, (M, K, N))}); shapes are ragged in M and small enough for
 # interpret mode, and every variant's shape exercises its structure (several row/column blocks, K steps).
 BACKENDS = {
@@ -42,6 +48,10 @@ BACKENDS = {
         "decode_xw": (configs.GemmConfig(16, 32, 64, inner="xw"), (13, 192, 64)),
         "split_k": (configs.GemmConfig(16, 16, 32, k_splits=3, inner="wx"), (7, 192, 32)),
         "prefill_grouped": (configs.GemmConfig(16, 16, 32, group_m=2, num_warps=4), (37, 64, 48)),
+    }),
+    "pallas_mosaic_gpu": (_pallas_mosaic, {
+        # (the K-split path is shared with INT8 and tested there: interpret mode is slow enough to ration)
+        "skinny": (pallas_mosaic_gpu.SkinnyConfig(64, 32, 2, 1), (13, 96, 128)),
     }),
 }
 CASES = [(b, v) for b, (_, variants) in BACKENDS.items() for v in variants]
@@ -172,6 +182,22 @@ def test_entry_pallas_rejects_unaligned_and_fnuz():
     with pytest.raises(TypeError, match="out_dtype: expected bfloat16, float16 or float32"):
         pallas_triton.fp8_scaled_mm_pallas(jnp.ones((4, 32), F8), jnp.ones((16, 32), F8), 1.0, 1.0,
                                            out_dtype=jnp.int32)
+
+
+def test_entry_impl_mosaic_and_its_shape_errors():
+    rng = np.random.default_rng(4)
+    x, w, xs, ws, b = _grid_data(rng, 3, 64, 64, True, True, True)
+    y_m = kernels.fp8_scaled_mm(x, w, xs, ws, b, impl="mosaic")
+    y_x = kernels.fp8_scaled_mm(x, w, xs, ws, b, impl="xla")
+    assert _ulp_diff(y_m, y_x, jnp.bfloat16, _terms(x, w, xs, ws, b)).max() <= 1.0
+    with pytest.raises(ValueError, match="w_q: N = 48 must be a multiple of 64"):
+        kernels.fp8_scaled_mm(jnp.ones((2, 64), F8), jnp.ones((48, 64), F8), 1.0, 1.0, impl="mosaic")
+    with pytest.raises(ValueError, match="Mosaic GPU kernel is for M <= 128"):
+        kernels.fp8_scaled_mm(jnp.ones((129, 64), F8), jnp.ones((64, 64), F8), 1.0, 1.0, impl="mosaic")
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        kernels.fp8_scaled_mm(jnp.ones((2, 64), F8), jnp.ones((64, 64), F8), 1.0, 1.0, impl="triton")
+    with pytest.raises(ValueError, match="SkinnyConfig.block_n: expected a power of two >= 64"):
+        pallas_mosaic_gpu.SkinnyConfig(block_n=32)
 
 
 def test_fit_shrinks_blocks_to_the_shape():

@@ -15,7 +15,7 @@ import pytest
 
 import kernel_reference as kref
 from quark_jax import kernels, quant
-from quark_jax.kernels.int8_scaled_mm import block_config, pallas_triton, xla
+from quark_jax.kernels.int8_scaled_mm import block_config, pallas_mosaic_gpu, pallas_triton, xla
 from quark_jax.kernels.int8_scaled_mm.block_config import Config
 
 # One config per kernel family, small enough for interpret mode, chosen so the test shapes are ragged for them.
@@ -110,6 +110,53 @@ def test_output_matches_reference(variant, mode, with_bias, out_dtype):
     want = kref.scaled_mm_f64(c["x_q"], c["w_q"], c["x_scale"], c["w_scale"], c["bias"], c["azp_adj"], c["azp"])
     rel = np.abs(got64 - want).max() / np.abs(want).max()
     assert rel <= {jnp.bfloat16: 2**-8, jnp.float16: 2**-11, jnp.float32: 1e-6}[out_dtype]
+
+
+MOSAIC_VARIANTS = {  # the Mosaic GPU skinny kernel (GPU interpreter on CPU): (config, M); M = 33 pads to 48 rows
+    "skinny": (pallas_mosaic_gpu.SkinnyConfig(64, 32, 2, 1), 13),
+    "skinny_split_k": (pallas_mosaic_gpu.SkinnyConfig(64, 32, 2, 2), 33),
+}
+
+
+@pytest.mark.parametrize("variant", list(MOSAIC_VARIANTS))
+@pytest.mark.parametrize("mode,with_bias,out_dtype", [
+    ("sym", True, jnp.float32), ("per_tensor_azp", False, jnp.bfloat16), ("per_token_azp", True, jnp.float16)])
+def test_mosaic_kernel_matches_reference(variant, mode, with_bias, out_dtype):
+    """The Mosaic GPU kernel: int32-exact accumulation (float32 output of unit scales), then within one rounding
+    of the XLA reference after the epilogue, against float64 too."""
+    cfg, m = MOSAIC_VARIANTS[variant]
+    c = make_case(60, m, 128, 128, mode, with_bias=with_bias)
+    unit = dict(c, x_scale=jnp.float32(1), w_scale=jnp.float32(1), bias=None)
+    acc = pallas_mosaic_gpu.int8_scaled_mm_mosaic(**unit, out_dtype=jnp.float32, config=cfg)
+    want_acc = xla.apply_azp(xla.int8_accumulate(c["x_q"], c["w_q"]), c["azp_adj"], c["azp"])
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(want_acc, np.float32))
+    got = pallas_mosaic_gpu.int8_scaled_mm_mosaic(**c, out_dtype=out_dtype, config=cfg)
+    assert got.dtype == out_dtype and got.shape == (m, 128)
+    ref = xla.int8_scaled_mm_xla(c["x_q"], c["w_q"], c["x_scale"], c["w_scale"], c["bias"], azp_adj=c["azp_adj"],
+                                 azp=c["azp"], out_dtype=out_dtype)
+    got64 = np.asarray(got.astype(jnp.float32), np.float64)
+    ref64 = np.asarray(ref.astype(jnp.float32), np.float64)
+    assert (np.abs(got64 - ref64) <= output_slack(c, ref64, out_dtype)).all()
+    want = kref.scaled_mm_f64(c["x_q"], c["w_q"], c["x_scale"], c["w_scale"], c["bias"], c["azp_adj"], c["azp"])
+    assert np.abs(got64 - want).max() / np.abs(want).max() <= {jnp.bfloat16: 2**-8, jnp.float16: 2**-11,
+                                                               jnp.float32: 1e-6}[out_dtype]
+
+
+def test_mosaic_entry_point_and_padding_rule():
+    c = make_case(70, 2, 64, 64, "per_token_azp")
+    got = kernels.int8_scaled_mm(c["x_q"], c["w_q"], c["x_scale"], c["w_scale"], c["bias"], azp_adj=c["azp_adj"],
+                                 azp=c["azp"], impl="mosaic")
+    ref = kernels.int8_scaled_mm(c["x_q"], c["w_q"], c["x_scale"], c["w_scale"], c["bias"], azp_adj=c["azp_adj"],
+                                 azp=c["azp"], impl="xla")
+    g, r = np.asarray(got.astype(jnp.float32), np.float64), np.asarray(ref.astype(jnp.float32), np.float64)
+    assert (np.abs(g - r) <= output_slack(c, r, jnp.bfloat16)).all()
+    # 8-bit integer wgmma takes N in {8, 16, 24, 32, 48, 64, ...}: rows pad to 8 up to 32, to 16 above
+    rows = pallas_mosaic_gpu._mosaic_skinny.padded_rows
+    assert [rows(m, jnp.int8) for m in (1, 9, 32, 33, 100)] == [8, 16, 32, 48, 112]
+    assert [rows(m, jnp.float8_e4m3fn) for m in (1, 33, 100)] == [8, 40, 104]
+    with pytest.raises(TypeError, match="takes float8_e4m3fn or int8"):
+        from quark_jax.kernels import _validate
+        _validate.mosaic_skinny_shape(jnp.float16, 1, 64, 64)
 
 
 @pytest.mark.parametrize("per_token_scale,per_channel", [(False, False), (True, False), (False, True)])

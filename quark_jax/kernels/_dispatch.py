@@ -16,12 +16,15 @@ from pathlib import Path
 import jax
 
 IMPLS = ("auto", "pallas", "xla")
+# The FP8 / INT8 GEMMs also take impl="mosaic": the Pallas Mosaic GPU (Hopper TMA + wgmma) skinny kernel for
+# M <= 128, an experimental second backend that ``auto`` does not pick on the H100 (benchmarks/NOTES.md).
+IMPLS_WITH_MOSAIC = IMPLS + ("mosaic",)
 TUNING_DIR = Path(__file__).parent / "tuning"
 
 
-def check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+def check_impl(impl: str, allowed: tuple = IMPLS) -> str:
+    if impl not in allowed:
+        raise ValueError(f"impl: expected one of {allowed}, got {impl!r}")
     return impl
 
 
@@ -61,13 +64,14 @@ def shape_class(m: int) -> str:
     return "prefill"
 
 
-def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, pallas_supported: bool = True) -> str:
-    """The concrete implementation ("pallas" or "xla") for ``op`` at shape (m, k, n).
+def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, pallas_supported: bool = True,
+                 allowed: tuple = IMPLS) -> str:
+    """The concrete implementation ("pallas", "xla" or a forced "mosaic") for ``op`` at shape (m, k, n).
 
     ``pallas_supported`` False (a dtype or alignment the kernel does not take) makes ``auto`` pick XLA, so
     ``auto`` never fails where XLA works; a forced ``impl="pallas"`` is left to raise its clear error.
     """
-    check_impl(impl)
+    check_impl(impl, allowed)
     if impl != "auto":
         return impl
     if default_backend() != "gpu" or not pallas_supported:

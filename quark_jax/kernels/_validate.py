@@ -54,6 +54,17 @@ def multiple_of(name: str, size: int, multiple: int, axis: str):
         raise ValueError(f"{name}: {axis} = {size} must be a multiple of {multiple}")
 
 
+def mosaic_skinny_shape(dtype, m: int, k: int, n: int):
+    """What the Mosaic GPU skinny kernel takes: float8_e4m3fn or int8, M <= 128, N a multiple of 64, K of 32
+    (8-bit wgmma steps are 32 deep)."""
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.int8)):
+        raise TypeError(f"x_q: the Mosaic GPU kernel takes float8_e4m3fn or int8, got {jnp.dtype(dtype)}")
+    if m > 128:
+        raise ValueError(f"x_q: the Mosaic GPU kernel is for M <= 128 (decode), got M = {m}; use impl='pallas'")
+    multiple_of("w_q", n, 64, "N")
+    multiple_of("w_q", k, 32, "K")
+
+
 def scaled_mm_operands(x_q, w_q, x_scale, w_scale, bias, x_dtypes, x_what: str):
     """Validate the operands shared by the scaled GEMMs: x_q [M, K], w_q [N, K] of x_q's dtype, x_scale () or
     [M, 1], w_scale () or [N], bias [N] or None. Returns them normalized, plus (m, k, n)."""

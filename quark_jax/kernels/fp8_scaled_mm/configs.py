@@ -125,13 +125,16 @@ _DEFAULTS = {
 }
 
 _H100 = {
+    # Decode rows (M = 1, 16) re-tuned 2026-11-25 by GPU kernel time (profiler trace; benchmarks/decode_retune.py):
+    # all tilings within ~5% (22-26 us at 58-67 MB of weights, ~2.6 TB/s); the first tables, picked by batched wall
+    # time (launch-gap bound on the lent VM), were within 0-2% of these.
     # M = 1
-    (1, 4096, 14336): GemmConfig(16, 32, 256, inner="wx", num_warps=4, num_stages=3),
+    (1, 4096, 14336): GemmConfig(16, 64, 256, inner="wx", num_warps=4, num_stages=3),
     (1, 14336, 4096): GemmConfig(16, 32, 256, k_splits=2, inner="wx", num_warps=4, num_stages=4),
-    (1, 4096, 4096): GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
-    (1, 8192, 8192): GemmConfig(16, 64, 512, inner="wx", num_warps=4, num_stages=3),
+    (1, 4096, 4096): GemmConfig(16, 32, 256, k_splits=2, inner="wx", num_warps=4, num_stages=4),
+    (1, 8192, 8192): GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),
     # 2 <= M <= 16
-    (16, 4096, 14336): GemmConfig(16, 128, 256, inner="wx", num_warps=4, num_stages=3),
+    (16, 4096, 14336): GemmConfig(16, 64, 256, inner="wx", num_warps=4, num_stages=3),
     (16, 14336, 4096): GemmConfig(16, 64, 256, k_splits=4, inner="wx", num_warps=4, num_stages=3),
     (16, 4096, 4096): GemmConfig(16, 32, 256, inner="wx", num_warps=4, num_stages=4),
     (16, 8192, 8192): GemmConfig(16, 32, 512, inner="wx", num_warps=4, num_stages=3),

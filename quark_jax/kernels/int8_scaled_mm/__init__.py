@@ -19,7 +19,8 @@ def int8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=N
       azp_adj: optional int32 [N]. With ``azp`` None it is ``z * colsum(w_q)`` (per-tensor zero point folded in);
         with ``azp`` given it is ``colsum(w_q)`` and the kernel subtracts ``azp[m] * azp_adj[n]``.
       azp: optional int32 [M, 1] per-token zero points (needs ``azp_adj``).
-      out_dtype: bf16, f16 or f32. impl: "auto", "pallas" or "xla".
+      out_dtype: bf16, f16 or f32. impl: "auto", "pallas", "xla" or "mosaic" (the experimental Mosaic GPU
+        kernel: M <= 128, N a multiple of 64; not picked by "auto" on the H100).
 
     >>> import jax.numpy as jnp
     >>> x = jnp.full((1, 32), 2, jnp.int8); w = jnp.ones((16, 32), jnp.int8)
@@ -39,7 +40,14 @@ def int8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=N
         if azp.size != m or azp.dtype != jnp.int32:
             raise ValueError(f"azp: expected int32 shape ({m}, 1), got {azp.dtype} {tuple(azp.shape)}")
         azp = azp.reshape(m, 1)
-    which = _dispatch.resolve_impl("int8_scaled_mm", impl, m, k, n, pallas_supported=n % 16 == 0 and k % 16 == 0)
+    which = _dispatch.resolve_impl("int8_scaled_mm", impl, m, k, n, pallas_supported=n % 16 == 0 and k % 16 == 0,
+                                   allowed=_dispatch.IMPLS_WITH_MOSAIC)
+    if which == "mosaic":
+        _validate.mosaic_skinny_shape(x_q.dtype, m, k, n)
+        from quark_jax.kernels.int8_scaled_mm import pallas_mosaic_gpu
+
+        return pallas_mosaic_gpu.int8_scaled_mm_mosaic(x_q, w_q, x_scale, w_scale, bias, azp_adj=azp_adj, azp=azp,
+                                                       out_dtype=out_dtype)
     if which == "pallas":
         _validate.multiple_of("w_q", n, 16, "N")
         _validate.multiple_of("w_q", k, 16, "K")

@@ -65,14 +65,15 @@ class Config:
 # host-dispatch floor (~50 us per jitted call), so decode winners are chosen within measurement noise.
 _M_BUCKETS = (1, 16, 64, 256, 2048)
 TUNED: dict[tuple[int, int, int], Config] = {
-    (1, 4096, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # from (1, 14336, 4096)
-    (1, 4096, 14336): Config(16, 64, 256, num_warps=4, num_stages=4, swap_ab=True),  # swept
-    (1, 8192, 8192): Config(16, 64, 256, split_k=2, num_warps=4, num_stages=4, swap_ab=True),  # from (1, 4096, 14336)
-    (1, 14336, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # swept
-    (16, 4096, 4096): Config(16, 128, 256, num_warps=4, num_stages=3, swap_ab=True),  # from (16, 14336, 4096)
-    (16, 4096, 14336): Config(16, 32, 512, num_warps=4, num_stages=4),  # swept
-    (16, 8192, 8192): Config(16, 32, 512, num_warps=4, num_stages=4),  # from (16, 4096, 14336)
-    (16, 14336, 4096): Config(16, 128, 256, num_warps=4, num_stages=3, swap_ab=True),  # swept
+    # decode rows re-tuned 2026-11-25 by GPU kernel time (profiler; benchmarks/decode_retune.py, "retuned")
+    (1, 4096, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # retuned (8.4 us)
+    (1, 4096, 14336): Config(16, 64, 256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.3 us)
+    (1, 8192, 8192): Config(16, 64, 512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (24.4 us)
+    (1, 14336, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # retuned (22.1 us)
+    (16, 4096, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # retuned (8.5 us; was 12.6)
+    (16, 4096, 14336): Config(16, 64, 256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.7; was 27.4)
+    (16, 8192, 8192): Config(16, 64, 512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (25.0; was 26.0)
+    (16, 14336, 4096): Config(16, 16, 512, num_warps=2, num_stages=4),  # retuned (22.3 us; was 36.4)
     (64, 4096, 4096): Config(64, 256, 128, split_k=4, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
     (64, 4096, 14336): Config(64, 256, 128, num_warps=8, num_stages=3),  # swept
     (64, 8192, 8192): Config(64, 256, 128, split_k=2, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
