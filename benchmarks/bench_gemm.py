@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def print_rows(rows):
 
 
 def auto_table(rows, margin=0.03):
-    """op -> shape class -> the faster of the "pallas" / "xla" candidates (majority over the run's rows), plus
+    """op -> shape class -> the faster of the "pallas" / "xla" candidates (majority over the run's rows; a tie goes
+    to the faster by the geometric mean of the time ratios), plus
     ``"<class>@<K>x<N>"`` exceptions for weight shapes where the class's pick loses by more than ``margin`` in most
     of that class's rows."""
     from quark_jax.kernels._dispatch import shape_class
@@ -117,9 +119,14 @@ def auto_table(rows, margin=0.03):
     pairs = {key: t for key, t in times.items() if "pallas" in t and "xla" in t}
     table = {}
     for (op, cls, *_), t in pairs.items():
-        votes = table.setdefault(op, {}).setdefault(cls, [0, 0])
+        votes = table.setdefault(op, {}).setdefault(cls, [0, 0, 0.0])
         votes[0 if t["pallas"] < t["xla"] else 1] += 1
-    table = {op: {cls: ("pallas" if p > x else "xla") for cls, (p, x) in c.items()} for op, c in table.items()}
+        votes[2] += math.log(t["xla"] / t["pallas"])  # a tied vote goes to the faster by geometric mean
+
+    def pick(p, x, log_ratio):
+        return "pallas" if p > x or (p == x and log_ratio > 0) else "xla"
+
+    table = {op: {cls: pick(*v) for cls, v in c.items()} for op, c in table.items()}
     per_shape = {}
     for (op, cls, k, n, _m), t in pairs.items():
         pick, other = table[op][cls], ("xla" if table[op][cls] == "pallas" else "pallas")

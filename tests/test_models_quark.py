@@ -91,8 +91,14 @@ def test_bf16_variant_logits_equal_vllm_reference_and_are_close_to_quark(variant
     out = np.asarray(model(TOKENS)).astype(np.float64)
     assert model(TOKENS).dtype == jnp.bfloat16
     # an independent numpy model with vLLM's numerics (f32 reciprocal / division in the FP8 quantizers, f32
-    # accumulation, bf16 rounding wherever vLLM's kernels round): bit-identical logits
-    np.testing.assert_array_equal(out, _vllm_reference_logits(variant, rnd=round_bf16))
+    # accumulation, bf16 rounding wherever vLLM's kernels round): bit-identical logits on CPU; on a GPU the GEMMs
+    # sum in another order (tiles, tensor cores), so a bf16 rounding may flip and propagate: within 2% there
+    # (measured on the H100, 2026-11-25: 0.0054 of 0.52)
+    want = _vllm_reference_logits(variant, rnd=round_bf16)
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(out, want)
+    else:
+        assert np.abs(out - want).max() <= 0.02 * np.abs(want).max()
     # Quark divides x / s in bf16 where vLLM multiplies by the f32 reciprocal (SPEC section 7 item 6), so a few
     # percent of FP8 codes differ; the vLLM reference above is itself 0.035 / 0.027 away from Quark's logits
     # (|logits| <= 0.53), so the bound is 0.05 (a tenth of the logit range)
@@ -262,7 +268,10 @@ def test_quantize_model_on_a_hand_built_model_equals_from_pretrained(variant):
     assert isinstance(model.model.layers[0].self_attn.q_proj, QuarkLinear)
     assert isinstance(model.lm_head, nnx.Linear)  # excluded
     load_weights(model, d)
-    out = np.asarray(jax.jit(lambda m, x: m(x))(model, jnp.asarray(TOKENS)), np.float64)
+    # the hand-written float parts (attention, lm_head) use JAX's default precision, TF32 on NVIDIA GPUs; the
+    # comparison is with full-f32 references, so this test asks for float32 products (a no-op on CPU)
+    with jax.default_matmul_precision("highest"):
+        out = np.asarray(jax.jit(lambda m, x: m(x))(model, jnp.asarray(TOKENS)), np.float64)
     np.testing.assert_allclose(out, np.asarray(model_of(variant)(TOKENS), np.float64), atol=1e-5, rtol=0)
     assert np.abs(out - reference(variant, "logits_reload")).max() <= 1e-4
 
@@ -276,7 +285,8 @@ def test_quantize_model_with_fused_qkv_and_gate_up(variant):
     qkv = model.model.layers[0].self_attn.qkv_proj
     assert isinstance(qkv, QuarkLinear) and qkv.logical_widths == (64, 32, 32)
     load_weights(model, d)
-    out = np.asarray(model(jnp.asarray(TOKENS)), np.float64)
+    with jax.default_matmul_precision("highest"):  # as above: full-f32 products in the hand-written float parts
+        out = np.asarray(model(jnp.asarray(TOKENS)), np.float64)
     ref = reference(variant, "logits_reload")
     if "perchannel" in variant:  # per-channel scales: fusing changes nothing
         assert np.abs(out - ref).max() <= 1e-4

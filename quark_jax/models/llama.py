@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.quant.rounding import round_to
+from quark_jax.quant.rounding import dot_precision, round_to
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]
@@ -79,7 +80,9 @@ class RMSNorm(nnx.Module):
 def _linear(din, dout, bias, dtype, rngs):
     # float32 accumulation and bias add, rounded once by _proj (as cuBLAS does for a bf16 GEMM; XLA's CPU bf16 dot
     # without it rounds partial sums)
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype,
+    # (float32 models: full-f32 products, not XLA-on-GPU's default TF32; see quant.rounding.dot_precision)
+    precision = lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, precision=precision,
                       preferred_element_type=jnp.float32, rngs=rngs)
 
 
@@ -121,11 +124,12 @@ def attend(q, k, v, mask):
     b, t, h, d = q.shape
     hkv = k.shape[2]
     qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)  # exact: q/k/v hold rounded values (round_to)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32),
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision=lax.Precision.HIGHEST,
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), precision=lax.Precision.HIGHEST,
+                     preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, d)
 
 
@@ -278,7 +282,8 @@ class LlamaForCausalLM(nnx.Module):
         x = self.model.norm(x)
         if self.config.tie_word_embeddings:
             table = self.model.embed_tokens.embedding[...]
-            logits = round_to(jnp.dot(x, table.T, preferred_element_type=jnp.float32), x.dtype)
+            logits = round_to(jnp.dot(x, table.T, precision=dot_precision(x, table),
+                                      preferred_element_type=jnp.float32), x.dtype)
         else:
             logits = _proj(self.lm_head, x)
         return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from quark_jax.quant.rounding import round_to
+from quark_jax.quant.rounding import dot_precision, round_to
 from quark_jax.schemes import apply_params
 
 __all__ = ["QuarkDense", "linen_module_path"]
@@ -153,7 +153,7 @@ class QuarkDense(nn.Module):
             return self.param(name, init)
 
         kernel = load("kernel", (k, self.features))
-        y = jnp.dot(x.astype(dtype), kernel, preferred_element_type=jnp.float32)
+        y = jnp.dot(x.astype(dtype), kernel, precision=dot_precision(kernel), preferred_element_type=jnp.float32)
         if self.use_bias:
             y = y + load("bias", (self.features,)).astype(jnp.float32)
         return round_to(y, dtype)

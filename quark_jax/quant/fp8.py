@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
@@ -14,10 +15,13 @@ __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
 def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
     """Clamp float32 ``v`` to ±fp8_max(dtype) and cast (round to nearest even). Never produces NaN from a finite v.
 
-    ml_dtypes casts do not saturate (500 -> NaN for e4m3fn), hence the clamp.
+    ml_dtypes casts do not saturate (500 -> NaN for e4m3fn), hence the clamp. The result goes through an
+    optimization barrier: XLA on GPU (allow-excess-precision, the default) otherwise deletes a
+    ``f32 -> fp8 -> f32`` convert pair inside one fusion, so a quantize-dequantize would not quantize at all
+    (measured on the H100, 2026-11-25: ``jit(lambda a: a.astype(e4m3fn).astype(f32))(1.0625) == 1.0625``).
     """
     m = formats.fp8_max(dtype)
-    return jnp.clip(v, -m, m).astype(dtype)
+    return lax.optimization_barrier(jnp.clip(v, -m, m).astype(dtype))
 
 
 def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn):

@@ -14,6 +14,7 @@ import numpy as np
 
 from quark_jax import formats
 from quark_jax.quant.fp8 import fp8_saturating_cast
+from quark_jax.quant.rounding import round_to
 
 __all__ = [
     "requantize_with_max_scale",
@@ -62,9 +63,10 @@ def requantize_with_max_scale(weight, weight_scale, logical_widths):
     widths = _widths("weight", logical_widths, weight.shape[0])
     scales = _shard_scales(weight_scale, len(widths))
     s_max = jnp.max(scales)
-    scales16 = scales.astype(jnp.float16).astype(jnp.float32)
+    # float16 roundings through round_to (reduce_precision): XLA on GPU deletes f32 -> f16 -> f32 convert pairs
+    scales16 = round_to(scales, jnp.float16).astype(jnp.float32)
     row_scale = jnp.repeat(scales16, jnp.asarray(widths), total_repeat_length=weight.shape[0])[:, None]
-    dq = (weight.astype(jnp.float16).astype(jnp.float32) * row_scale).astype(jnp.float16)
+    dq = round_to(weight.astype(jnp.float32) * row_scale, jnp.float16)
     return fp8_saturating_cast(dq.astype(jnp.float32) * (1.0 / s_max), weight.dtype), s_max
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from quark_jax.quant.rounding import dot_precision
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
 
 __all__ = ["UnquantizedLinearMethod"]
@@ -53,7 +54,7 @@ class UnquantizedLinearMethod(QuarkScheme):
         n, k = weight.shape
         x2, lead = flatten_tokens(x, k, "an unquantized linear")
         acc = lax.dot_general(x2, weight.astype(x2.dtype), (((1,), (1,)), ((), ())),
-                              preferred_element_type=jnp.float32)
+                              precision=dot_precision(x2), preferred_element_type=jnp.float32)
         if bias is not None:
             acc = acc + jnp.asarray(bias).astype(jnp.float32)
         return acc.astype(x2.dtype).reshape(*lead, n)

@@ -19,6 +19,7 @@ from jax import lax
 from quark_jax import formats, kernels, quant
 from quark_jax.quant._checks import true_divide
 from quark_jax.quant.fp8 import fp8_saturating_cast
+from quark_jax.quant.rounding import dot_precision
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
 
 __all__ = ["QuarkW4A4MXFP4", "QuarkW4A8MXFP4Fp8", "QuarkW4A16MXFP4", "qdq_fp8_static"]
@@ -108,7 +109,7 @@ class _QuarkMXFP4(QuarkScheme):
         if self.dequantize_at_load:
             xq = quant.qdq_mxfp4(x2) if quantize_input else x2
             acc = lax.dot_general(xq, params["weight_dequant"].astype(x2.dtype), (((1,), (1,)), ((), ())),
-                                  preferred_element_type=jnp.float32)
+                                  precision=dot_precision(xq), preferred_element_type=jnp.float32)
             y = (acc if bias is None else acc + jnp.asarray(bias).astype(jnp.float32)).astype(x2.dtype)
         else:
             y = kernels.mxfp4_mm(x2, params["weight"], params["weight_scale"], bias, quantize_input=quantize_input,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from quark_jax.quant import dequantize_mxfp4, qdq_mxfp4
+from quark_jax.quant.rounding import dot_precision
 
 
 def mxfp4_mm_xla(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None):
@@ -16,7 +17,8 @@ def mxfp4_mm_xla(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_d
     out_dtype = x.dtype if out_dtype is None else out_dtype
     xq = qdq_mxfp4(x) if quantize_input else x
     w = dequantize_mxfp4(w_packed, w_scales, x.dtype)
-    acc = lax.dot_general(xq, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    acc = lax.dot_general(xq, w, (((1,), (1,)), ((), ())), precision=dot_precision(xq, w),
+                          preferred_element_type=jnp.float32)
     if bias is not None:
         acc = acc + bias.astype(jnp.float32)
     return acc.astype(out_dtype)
