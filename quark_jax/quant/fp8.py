@@ -54,7 +54,7 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
         if per_token:
             raise ValueError("per_token: a static scale is per-tensor; pass scale=None for dynamic per-token")
         s = scalar_f32("scale", scale)
-        return fp8_saturating_cast(xf * (1.0 / s), dtype), s
+        return fp8_saturating_cast(xf * true_divide(1.0, s), dtype), s
 
     if per_token:
         amax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
@@ -67,4 +67,4 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
         raise ValueError("scale_ub: only used with per_token=True (vLLM applies the bound to per-token scales)")
     amax = jnp.max(jnp.abs(xf))
     s = jnp.maximum(true_divide(amax, m), min_scale)
-    return fp8_saturating_cast(xf * (1.0 / s), dtype), s
+    return fp8_saturating_cast(xf * true_divide(1.0, s), dtype), s

@@ -51,7 +51,7 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
                 raise ValueError("azp: symmetric=False with a static scale needs the static zero point azp")
             return _sat8(_rne_int32(true_divide(xf, s))), s, None
         z = scalar_f32("azp", azp).astype(jnp.int32)
-        return _sat8(_rne_int32(xf * (1.0 / s)) + z), s, z
+        return _sat8(_rne_int32(xf * true_divide(1.0, s)) + z), s, z
 
     if azp is not None:
         raise ValueError("azp: a static zero point needs a static scale; pass scale too, or neither for dynamic")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quark_jax import formats
+from quark_jax.quant._checks import true_divide
 from quark_jax.quant.fp8 import fp8_saturating_cast
 from quark_jax.quant.rounding import round_to
 
@@ -67,7 +68,7 @@ def requantize_with_max_scale(weight, weight_scale, logical_widths):
     scales16 = round_to(scales, jnp.float16).astype(jnp.float32)
     row_scale = jnp.repeat(scales16, jnp.asarray(widths), total_repeat_length=weight.shape[0])[:, None]
     dq = round_to(weight.astype(jnp.float32) * row_scale, jnp.float16)
-    return fp8_saturating_cast(dq.astype(jnp.float32) * (1.0 / s_max), weight.dtype), s_max
+    return fp8_saturating_cast(dq.astype(jnp.float32) * true_divide(1.0, s_max), weight.dtype), s_max
 
 
 def convert_to_channelwise(weight_scale, logical_widths):
