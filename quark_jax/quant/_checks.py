@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -32,6 +33,12 @@ def require_multiple(name: str, size: int, multiple: int, what: str) -> None:
 
 
 def true_divide(a, b):
+    """``a / b`` as a correctly rounded IEEE float32 division, on every backend (see ``_true_divide``)."""
+    return _true_divide(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+
+
+@jax.jit
+def _true_divide(a, b):
     """``a / b`` as a correctly rounded IEEE float32 division, on every backend.
 
     Two XLA behaviours stand between ``a / b`` and vLLM's division: the algebraic simplifier rewrites ``a / C``
