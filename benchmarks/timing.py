@@ -12,6 +12,7 @@ Inputs are rotated over several copies (``rotation_count``) so repeated calls do
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -41,15 +42,24 @@ def time_torch(fn, arg_sets, *, warmup=5, iters=50, repeats=7):
     for i in range(warmup):
         fn(*arg_sets[i % len(arg_sets)])
     torch.cuda.synchronize()
+    sets = itertools.cycle(arg_sets)
+    return _event_median(lambda: fn(*next(sets)), iters, iters, repeats)
+
+
+def _event_median(run_once, runs: int, calls: int, repeats: int):
+    """Median seconds per call over ``repeats`` CUDA-event-timed samples of ``runs`` back-to-back ``run_once()``
+    covering ``calls`` calls."""
+    import torch
+
     samples = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(iters):
-            fn(*arg_sets[i % len(arg_sets)])
+        for _ in range(runs):
+            run_once()
         end.record()
         torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3 / iters)
+        samples.append(start.elapsed_time(end) / 1e3 / calls)
     return statistics.median(samples)
 
 
@@ -116,16 +126,7 @@ def time_torch_graph(fn, arg_sets, *, calls=None, repeats=5, inner=2, target_s=2
         return time_torch(fn, arg_sets)
     graph.replay()
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3 / (inner * calls))
-    return statistics.median(samples)
+    return _event_median(graph.replay, inner, inner * calls, repeats)
 
 
 def profile_kernels(fn, arg_sets, *, runs=2):

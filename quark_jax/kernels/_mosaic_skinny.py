@@ -250,9 +250,9 @@ def scaled_mm_skinny(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp
     per_token_azp = azp is not None
     if cfg.k_splits > 1:
         parts = skinny_wgmma(x_p, w_q, [], [], cfg=cfg, epilogue=None, out_dtype=None, interpret=interpret)
-        acc = jnp.sum(parts, axis=0)[:, :m].T
-        if azp_adj is not None:
-            acc = acc - (azp.reshape(m, 1) * azp_adj[None, :] if per_token_azp else azp_adj[None, :])
+        from quark_jax.kernels.int8_scaled_mm.xla import apply_azp
+
+        acc = apply_azp(jnp.sum(parts, axis=0)[:, :m].T, azp_adj, None if azp is None else azp.reshape(m, 1))
         y = xs[:, None] * (ws[None, :] * acc.astype(f32))
         if bias is not None:
             y = y + bias.astype(f32)[None, :]
