@@ -201,7 +201,7 @@ def phase_b(chosen, log, budget_s):
             dsets = n_sets(2 * n * k)
             xs, ws = make_data(m, k, n, max(sets, dsets), seed=m + k)
             mx = [(x, p, s) for x, (p, s) in zip(xs[:sets], ws[:sets])]
-            cfg = configs.fit(chosen[shape_class(m)], m, k, n, auto_split=True)
+            cfg = configs.fit(chosen[shape_class(m)], m, k, n, target_programs=224)
             flops = 2.0 * m * n * k
             act = 2 * m * k + 2 * m * n
             cases = [("xla_bf16_dense", dense,

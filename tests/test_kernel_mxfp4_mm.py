@@ -187,8 +187,24 @@ def test_config_fit_and_errors():
         C(decode="lut")
     with pytest.raises(ValueError, match="cannot tile N = 40"):
         configs.fit(C(), m=1, k=64, n=40)
-    for cls in ("decode", "small", "medium", "prefill"):
+    for cls in ("decode", "small", "medium_128", "medium", "prefill"):
         assert isinstance(configs.DEFAULTS[cls], C)
+
+
+def test_default_config_splits_k_where_n_gives_too_few_programs():
+    # medium: about one program per SM (AUTO_SPLIT["medium"] = 100): 32 output tiles split 4 ways, 112 not split
+    wide = configs.default_config(256, 4096, 14336)
+    assert (wide.block_m, wide.block_n, wide.split_k) == (256, 128, 1)
+    long_k = configs.default_config(256, 14336, 4096)
+    assert (long_k.block_m, long_k.block_n, long_k.split_k) == (256, 128, 4)
+    # up to M = 128 the narrower 128x64 tile: 64 tiles at 4096^2 -> split 2
+    small_m = configs.default_config(100, 4096, 4096)
+    assert (small_m.block_m, small_m.block_n, small_m.block_k, small_m.split_k) == (128, 64, 256, 2)
+    # decode keeps its 224-program target: 64 tiles of 64 rows -> split 4
+    assert configs.default_config(1, 4096, 4096).split_k == 4
+    for m, k, n in [(256, 14336, 4096), (100, 4096, 4096), (1, 4096, 4096), (600, 96, 48)]:
+        cfg = configs.default_config(m, k, n)
+        assert n % cfg.block_n == 0 and k % (cfg.block_k * cfg.split_k) == 0
 
 
 def test_bytes_per_parameter_is_4_25_bits():

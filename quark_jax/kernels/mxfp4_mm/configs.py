@@ -56,30 +56,32 @@ class Config:
 
 # Shape class -> config, chosen on the H100 by device time (benchmarks/table_mxfp4.py phase A, 2026-11-25, at
 # K=4096, N=14336; benchmarks/NOTES.md section MXFP4). M is padded to block_m inside the kernel (masked loads).
+# "medium_128" serves the medium class up to M = 128 (session 3 sweep of 12 tilings at M = 128/256/512 on four
+# weight shapes: 128x64x256 with 4 warps was the fastest or within 3% at M = 128).
 DEFAULTS = {
     "decode": Config(block_m=16, block_n=64, block_k=512, split_k=1, num_warps=4, num_stages=3),
     "small": Config(block_m=64, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=3),
+    "medium_128": Config(block_m=128, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=3, group_m=4),
     "medium": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3,
                      decode="asm_scaled", group_m=4),
     "prefill": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3, group_m=4),
 }
-# Classes whose short-N shapes get a K split (too few programs otherwise); measured to help decode/small only
-# (a K split made the medium tiles slower: 95.6 us against 73.6 us at M=256, K=4096, N=14336).
-AUTO_SPLIT = ("decode", "small")
+# Classes whose short-N / long-K shapes get a K split, and the number of programs the split aims for. Decode and
+# small tiles want ~1.7 programs per SM (224 on 132 SMs). Medium tiles want about one per SM: at M = 256 the
+# 14336x4096 weight has 32 output tiles and ran 218.6 us unsplit, 78.0 us split 4 ways (128 programs), while
+# 4096x14336 (112 tiles) ran 73.2 us unsplit and 95.0 us split 2 ways (session 3, kernel time, H100).
+AUTO_SPLIT = {"decode": 224, "small": 224, "medium": 100}
 
 
 def _pow2_floor(v: int) -> int:
     return 1 << (max(int(v), 1).bit_length() - 1)
 
 
-TARGET_PROGRAMS = 224  # enough programs to fill 132 SMs once split-K is used for short-N shapes
-
-
-def fit(cfg: Config, m: int, k: int, n: int, *, auto_split: bool = False) -> Config:
+def fit(cfg: Config, m: int, k: int, n: int, *, target_programs: int = 0) -> Config:
     """``cfg`` with tiles shrunk so that they divide the problem: block_n | N, block_k * split_k | K.
 
     ``block_m`` is capped at the padded M (at least 16). N must be a multiple of 16, K a multiple of 32. With
-    ``auto_split`` the K split grows (powers of two, up to 8) until there are ``TARGET_PROGRAMS`` programs.
+    ``target_programs`` the K split grows (powers of two, up to 8) until there are that many programs.
 
     >>> fit(Config(block_n=128, block_k=256, split_k=4), m=1, k=96, n=48)
     Config(block_m=16, block_n=16, block_k=32, split_k=1, num_warps=4, num_stages=3, decode='asm', w_major=True, group_m=8, pack=2)
@@ -89,10 +91,9 @@ def fit(cfg: Config, m: int, k: int, n: int, *, auto_split: bool = False) -> Con
     while n % block_n:
         block_n //= 2
     split_k = cfg.split_k
-    if auto_split:
-        tiles = (n // block_n) * -(-m // block_m)
-        while tiles * split_k < TARGET_PROGRAMS and split_k < 8 and k // (2 * split_k) >= cfg.block_k:
-            split_k *= 2
+    tiles = (n // block_n) * -(-m // block_m)
+    while tiles * split_k < target_programs and split_k < 8 and k // (2 * split_k) >= cfg.block_k:
+        split_k *= 2
     while (k // 32) % split_k:
         split_k //= 2
     block_k = min(cfg.block_k, _pow2_floor(k // split_k))
@@ -108,4 +109,5 @@ def default_config(m: int, k: int, n: int) -> Config:
     from quark_jax.kernels._dispatch import shape_class
 
     cls = shape_class(m)
-    return fit(DEFAULTS[cls], m, k, n, auto_split=cls in AUTO_SPLIT)
+    entry = "medium_128" if cls == "medium" and m <= 128 else cls
+    return fit(DEFAULTS[entry], m, k, n, target_programs=AUTO_SPLIT.get(cls, 0))
