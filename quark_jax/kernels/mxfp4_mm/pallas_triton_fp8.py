@@ -101,7 +101,7 @@ def decode_fp8_asm(packed):
     """Same as ``decode_fp8_jnp`` with inline PTX (NVIDIA GPUs): ~5 integer ops per 8 elements."""
     from jax.experimental.pallas import triton as plgpu
 
-    out = [jax.ShapeDtypeStruct(packed.shape, jnp.uint8)]
+    out = [jax.ShapeDtypeStruct(packed.shape, jnp.int8)]  # Triton asm results are signless integers (not ui8)
     planes = []
     for asm in (_PTX_LO, _PTX_HI):
         [v] = plgpu.elementwise_inline_asm(asm, args=[packed], constraints="=r,r", pack=4, result_shape_dtypes=out)
