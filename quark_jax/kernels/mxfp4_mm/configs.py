@@ -66,9 +66,6 @@ DEFAULTS = {
                      decode="asm_scaled", group_m=4),
     "prefill": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3, group_m=4),
 }
-# The FP8 tensor-core W4A4 kernel (``pallas_triton_fp8``, block-pairs weights): block_k counts elements per loop
-# step (a multiple of 64, one block pair = two K = 32 MMAs); ``pack`` is unused (the decode packs 4 bytes).
-FP8_DECODE = Config(block_m=16, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=4)
 # Classes whose short-N / long-K shapes get a K split, and the number of programs the split aims for. Decode and
 # small tiles want ~1.7 programs per SM (224 on 132 SMs). Medium tiles want about one per SM: at M = 256 the
 # 14336x4096 weight has 32 output tiles and ran 218.6 us unsplit, 78.0 us split 4 ways (128 programs), while
