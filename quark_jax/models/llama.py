@@ -81,8 +81,7 @@ def _linear(din, dout, bias, dtype, rngs):
     # float32 accumulation and bias add, rounded once by _proj (as cuBLAS does for a bf16 GEMM; XLA's CPU bf16 dot
     # without it rounds partial sums)
     # (float32 models: full-f32 products, not XLA-on-GPU's default TF32; see quant.rounding.dot_precision)
-    precision = lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, precision=precision,
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, precision=dot_precision(dtype),
                       preferred_element_type=jnp.float32, rngs=rngs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def require_float(name: str, x) -> None:
@@ -49,10 +50,6 @@ def _true_divide(a, b):
     hidden behind an optimization barrier, and the quotient gets one exact-residual correction
     (:func:`_correctly_rounded`). That materializes one array of a's shape; the Pallas kernels avoid even that.
     """
-    from jax import lax
-
-    a = jnp.asarray(a, jnp.float32)
-    b = jnp.asarray(b, jnp.float32)
     shape = jnp.broadcast_shapes(a.shape, b.shape)
     a = jnp.broadcast_to(a, shape)
     b = lax.optimization_barrier(jnp.broadcast_to(b, shape))

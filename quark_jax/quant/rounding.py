@@ -61,7 +61,7 @@ def exact_f32(x):
 
 
 def dot_precision(*operands):
-    """``lax.Precision.HIGHEST`` if any operand is float32, else None (the default).
+    """``lax.Precision.HIGHEST`` if any operand (an array or a dtype) is float32, else None (the default).
 
     XLA on NVIDIA GPUs runs float32 dots in TF32 at the default precision (measured on the H100, 2026-11-25: the f32
     MXFP4 reference 2.7e-4 relative error from float64), whereas torch's default matmul (vLLM) is full float32. Pass
@@ -71,6 +71,6 @@ def dot_precision(*operands):
     >>> dot_precision(jnp.ones(2, jnp.float32)) == jax.lax.Precision.HIGHEST, dot_precision(jnp.ones(2, jnp.bfloat16))
     (True, None)
     """
-    if any(jnp.dtype(a.dtype) == jnp.float32 for a in operands):
+    if any(jnp.dtype(getattr(a, "dtype", a)) == jnp.float32 for a in operands):
         return jax.lax.Precision.HIGHEST
     return None
