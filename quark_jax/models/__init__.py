@@ -8,7 +8,8 @@
 from quark_jax.models.config import ModelConfig, RopeConfig, UnsupportedModelError
 from quark_jax.models.generation import TRACE_COUNTS, GenerationStats, generate
 from quark_jax.models.kv_cache import KVCache
-from quark_jax.models.llama import LlamaForCausalLM, check_token_ids
+from quark_jax.models.inputs import check_token_ids
+from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.models.loading import from_pretrained
 
 load = from_pretrained  # the name docs/DESIGN.md uses

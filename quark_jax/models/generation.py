@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quark_jax.models.llama import check_token_ids
+from quark_jax.models.inputs import check_token_ids
 
 __all__ = ["generate", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size"]
 

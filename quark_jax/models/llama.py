@@ -22,6 +22,7 @@ from flax import nnx
 from jax import lax
 
 from quark_jax.models.config import ModelConfig
+from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 from quark_jax.quant.rounding import dot_precision, round_to
@@ -30,38 +31,10 @@ __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP",
            "check_token_ids"]
 
 _NEG_INF = float(np.finfo(np.float32).min)
-try:
-    _Tracer = jax.core.Tracer
-except AttributeError:  # pragma: no cover - newer jax without the jax.core alias
-    from jax._src.core import Tracer as _Tracer
 
 
 class KVScale(nnx.Variable):
     """A per-layer FP8 KV-cache scale (float32 scalar), loaded from ``<attn>.k_proj.output_scale`` etc."""
-
-
-def check_token_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
-    """Raise a ValueError naming the first out-of-range token id (skipped for traced values).
-
-    >>> check_token_ids(np.array([[1, 300]]), 256)
-    Traceback (most recent call last):
-    ...
-    ValueError: input_ids: token id 300 at [0, 1] is out of range for vocab_size 256
-    """
-    if isinstance(input_ids, _Tracer):
-        return
-    ids = np.asarray(input_ids)
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
-    if ids.ndim != 2:
-        raise ValueError(f"{name}: expected shape [batch, tokens], got {list(ids.shape)}")
-    if ids.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least one token, got shape {list(ids.shape)}")
-    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
-    if bad.size:
-        idx = tuple(int(i) for i in bad[0])
-        raise ValueError(f"{name}: token id {int(ids[idx])} at [{', '.join(map(str, idx))}] is out of range "
-                         f"for vocab_size {vocab_size}")
 
 
 class RMSNorm(nnx.Module):
