@@ -25,16 +25,13 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from quark_jax.nn import FP8KVCacheScales, KVScale
 from quark_jax.quant.rounding import dot_precision, round_to
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]
 
 _NEG_INF = float(np.finfo(np.float32).min)
-
-
-class KVScale(nnx.Variable):
-    """A per-layer FP8 KV-cache scale (float32 scalar), loaded from ``<attn>.k_proj.output_scale`` etc."""
 
 
 class RMSNorm(nnx.Module):
@@ -105,8 +102,9 @@ def attend(q, k, v, mask):
     return out.reshape(b, t, h, d)
 
 
-class Attention(nnx.Module):
-    """Self-attention with RoPE, grouped-query heads and an optional FP8 KV cache (``kv_fp8``)."""
+class Attention(FP8KVCacheScales, nnx.Module):
+    """Self-attention with RoPE, grouped-query heads and an optional FP8 KV cache (``kv_fp8``; the scales come
+    through nn's :class:`~quark_jax.nn.FP8KVCacheScales` interface)."""
 
     def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         h, d = cfg.hidden_size, cfg.head_dim
@@ -122,13 +120,6 @@ class Attention(nnx.Module):
         self.kv_fp8 = False
         if kv_fp8:
             self.enable_fp8_kv_cache()
-
-    def enable_fp8_kv_cache(self):
-        """Store k/v in FP8 with per-tensor ``k_scale``/``v_scale`` (1.0 until a checkpoint sets them)."""
-        if not self.kv_fp8:
-            self.kv_fp8 = True
-            self.k_scale = KVScale(jnp.ones((), jnp.float32))
-            self.v_scale = KVScale(jnp.ones((), jnp.float32))
 
     def _store(self, x, which):
         """The value a cache slot holds: FP8 codes for an FP8 cache, else x itself."""

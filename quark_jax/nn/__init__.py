@@ -3,13 +3,16 @@
 * :class:`QuarkLinear` (and its :class:`QuarkParam` variable type): an NNX linear layer holding a scheme.
 * :func:`quantize_model`: swap the ``nnx.Linear`` layers of any NNX model for ``QuarkLinear`` per a config.
 * :func:`load_weights`: fill any NNX model (float or quantized layers) from a checkpoint by module path.
+* :class:`FP8KVCacheScales` / :class:`KVScale`: the interface a module with an FP8 KV cache implements, so that
+  ``quantize_model`` enables it and ``load_weights`` fills its scales without nn knowing the model.
 * :class:`QuarkDense`: the Linen counterpart (a drop-in for ``nn.Dense`` that resolves its scheme by path).
 """
 
+from quark_jax.nn.kv_scales import FP8KVCacheScales, KVScale
 from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype
 from quark_jax.nn.load import load_weights, module_path
 from quark_jax.nn.linen import QuarkDense, linen_module_path
 from quark_jax.nn.substitute import quantize_model
 
 __all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
-           "QuarkDense", "linen_module_path"]
+           "QuarkDense", "linen_module_path", "FP8KVCacheScales", "KVScale"]

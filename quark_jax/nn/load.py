@@ -8,8 +8,8 @@ Name mapping (module path ``p``, e.g. ``model.layers.0.self_attn.q_proj``, behin
   concatenated); ``bias`` <- ``p.bias``;
 * ``nnx.Embed``: ``embedding`` <- ``p.weight``;
 * ``nnx.RMSNorm`` / ``nnx.LayerNorm``: ``scale`` <- ``p.weight``; ``bias`` <- ``p.bias``;
-* decoder attention with an FP8 KV cache: ``k_scale`` <- ``p.k_proj.output_scale`` or ``p.k_scale`` (v likewise;
-  SPEC section 6);
+* a module with an FP8 KV cache (:class:`~quark_jax.nn.FP8KVCacheScales`, ``kv_fp8`` on): ``k_scale`` <-
+  ``p.k_proj.output_scale`` or ``p.k_scale`` (v likewise; SPEC section 6);
 * any other module: each ``nnx.Param`` attribute ``name`` <- ``p.name``.
 
 Float tensors are cast to the variable's dtype (round to nearest even). Every model variable must find its tensor
@@ -33,6 +33,8 @@ from flax import nnx
 from quark_jax.checkpoint import CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint
 from quark_jax.config import shard_paths
 from quark_jax.errors import CheckpointError
+from quark_jax.nn.kv_scales import FP8KVCacheScales
+from quark_jax.nn.linear import QuarkLinear
 
 __all__ = ["load_weights", "module_path"]
 
@@ -192,9 +194,6 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     >>> load_weights(M(), d).proj.kernel[...].tolist()
     [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
     """
-    from quark_jax.models.llama import Attention
-    from quark_jax.nn.linear import QuarkLinear
-
     ckpt = open_checkpoint(checkpoint_dir)
     where = f"checkpoint {ckpt.directory}"
     tasks: list[_Task] = []
@@ -210,7 +209,7 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
             quark_layers.append((module, cp))
             missing += [(f"{s}.weight", f"QuarkLinear {cp}") for s in shard_paths(cp) if f"{s}.weight" not in ckpt]
             continue
-        if isinstance(module, Attention) and module.kv_fp8:
+        if isinstance(module, FP8KVCacheScales) and module.kv_fp8:
             kv_modules.append((module, cp))
         for var_name, tensor, transpose, fusable in _rules(module, cp + "." if cp else ""):
             names = _find(ckpt, tensor, fusable)

@@ -20,6 +20,7 @@ import jax
 from flax import nnx
 
 from quark_jax.config import FUSED_MODULES, QuarkConfig
+from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.load import module_path
 
@@ -84,7 +85,8 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
         default: read from the config's checkpoint.
       dtype: the activation dtype of the new layers (default: each Linear's ``dtype`` or ``param_dtype``).
 
-    Attention modules of :mod:`quark_jax.models` switch to an FP8 KV cache when the config has a KV-cache group.
+    Modules implementing :class:`~quark_jax.nn.FP8KVCacheScales` (e.g. the attention of :mod:`quark_jax.models`)
+    switch to an FP8 KV cache when the config has a KV-cache group.
     Errors (unsupported scheme, fused shards that disagree) name the layer.
 
     >>> from quark_jax.data import bundled_checkpoint
@@ -96,13 +98,11 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
     ('QuarkLinear', 'QuarkW8A8Fp8')
     """
     config = as_quark_config(config)
-    from quark_jax.models.llama import Attention
-
     replacements = []
     for path, module in nnx.iter_modules(model):
         p = module_path(path)
         ckpt_path = f"{prefix}.{p}" if prefix and p else (prefix or p)
-        if isinstance(module, Attention) and config.kv_cache is not None:
+        if isinstance(module, FP8KVCacheScales) and config.kv_cache is not None:
             module.enable_fp8_kv_cache()
         if not isinstance(module, nnx.Linear) or not path:
             continue
