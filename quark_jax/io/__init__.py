@@ -1,5 +1,7 @@
-"""File formats at the edge: raw safetensors reading (no framework, every dtype Quark exports)."""
+"""Files at the edge: raw safetensors reading (no framework, every dtype Quark exports) and checkpoint-name
+resolution (local directory, bundled name, Hugging Face Hub id)."""
 
+from quark_jax.io.hub import resolve_checkpoint
 from quark_jax.io.safetensors_file import SafetensorsFile, TensorInfo, SafetensorsFormatError
 
-__all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError"]
+__all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError", "resolve_checkpoint"]

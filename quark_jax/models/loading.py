@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import jax
 from flax import nnx
 
 from quark_jax.config import QuarkConfig
+from quark_jax.io.hub import resolve_checkpoint
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.nn.load import load_weights
@@ -21,6 +21,9 @@ __all__ = ["from_pretrained"]
 def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = False,
                     progress: bool | None = None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
+
+    ``checkpoint_dir`` is a directory, a bundled name or a Hugging Face Hub id (``"org/name"``, see
+    :func:`quark_jax.io.resolve_checkpoint`).
 
     A Quark checkpoint (``quantization_config`` in config.json) gets :class:`~quark_jax.nn.QuarkLinear` layers
     where its config says (:func:`quark_jax.quantize_model`) and an FP8 KV cache when the config has a KV-cache
@@ -34,7 +37,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
     """
-    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     cfg = ModelConfig.from_pretrained(checkpoint_dir)
     raw = json.loads((checkpoint_dir / "config.json").read_text())
     quark = raw.get("quantization_config") is not None
