@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from quark_jax import formats, quant  # noqa: E402
 from quark_jax.config import QuarkConfig  # noqa: E402
-from quark_jax.errors import CheckpointError, QuarkConfigError, UnsupportedSchemeError  # noqa: E402
+from quark_jax.errors import (CheckpointError, CheckpointNotFoundError, InvalidArgumentError,  # noqa: E402
+                              QuarkConfigError, QuarkJaxError, UnsupportedModelError, UnsupportedSchemeError)
 
 _LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io", "models", "data")
 _FROM_NN = ("quantize_model", "load_weights", "QuarkLinear")
@@ -21,6 +22,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'quark_jax' has no attribute {name!r}")
 
 
-__all__ = ["formats", "quant", "QuarkConfig", "QuarkConfigError", "UnsupportedSchemeError", "CheckpointError",
+__all__ = ["formats", "quant", "QuarkConfig", "QuarkJaxError", "QuarkConfigError", "UnsupportedSchemeError",
+           "CheckpointError", "CheckpointNotFoundError", "UnsupportedModelError", "InvalidArgumentError",
            "checkpoint", "kernels", "nn", "schemes", "io", "models", "data", "quantize_model", "load_weights",
            "QuarkLinear", "__version__"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from quark_jax.config import shard_paths
 from quark_jax.errors import CheckpointError
-from quark_jax.io import SafetensorsFile, SafetensorsFormatError, TensorInfo
+from quark_jax.io import SafetensorsFile, SafetensorsFormatError, TensorInfo, read_config_json, resolve_checkpoint
 from quark_jax.schemes import ParamSpec, QuarkScheme, UnquantizedLinearMethod
 from quark_jax.schemes.base import SCALE_DTYPES
 
@@ -60,9 +60,7 @@ class CheckpointReader:
     """
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise CheckpointError(f"checkpoint: {self.directory} is not a directory")
+        self.directory = resolve_checkpoint(directory)
         index_path = self.directory / INDEX_FILE
         single_path = self.directory / SINGLE_FILE
         self._file_of: dict[str, SafetensorsFile] = {}
@@ -84,14 +82,14 @@ class CheckpointReader:
         self._modules: dict[str, list[str]] = {}
         for name in self._file_of:
             self._modules.setdefault(name.rpartition(".")[0], []).append(name)
-        cfg = self.directory / "config.json"
-        self.config = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        self.config = read_config_json(self.directory, required=False)
 
     def _open(self, path: Path) -> SafetensorsFile:
         try:
             return SafetensorsFile(path)
         except SafetensorsFormatError as e:
-            raise CheckpointError(f"checkpoint {self.directory}: {path.name} is damaged: {e}") from None
+            raise CheckpointError(f"checkpoint {self.directory}: {path.name} is damaged: {e}", file=str(path),
+                                  tensor=e.tensor) from None
 
     def _open_index(self, index_path: Path) -> list[SafetensorsFile]:
         try:

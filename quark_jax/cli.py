@@ -1,12 +1,47 @@
-"""The ``quark-jax`` command line."""
+"""The ``quark-jax`` command line.
+
+Conventions every subcommand follows (add new ones with :func:`add_checkpoint_argument` and
+:func:`resolve_checkpoint_arg`, and let errors propagate to :func:`main`):
+
+* a checkpoint argument is a directory or a bundled name; an existing local path wins over a bundled name, and a
+  missing one gets one error text (:func:`quark_jax.io.resolve_checkpoint`; Hub ids too);
+* exit status: 0 success; 1 the command ran and found problems (``check``, ``inspect``); 2 a user error (missing
+  path, bad argument, unreadable or unsupported checkpoint: any :class:`~quark_jax.errors.QuarkJaxError`,
+  ``ValueError``, ``TypeError`` or ``OSError``), printed as one ``error: ...`` line on stderr; 3 an internal error
+  (a bug: one line too). ``--debug`` (before or after the subcommand) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 import time
 from pathlib import Path
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser, *, optional: bool = False, default_help: str = ""):
+    """The positional ``checkpoint`` argument of a subcommand: a directory or a bundled name."""
+    from quark_jax.data import BUNDLED
+
+    text = f"checkpoint directory (config.json + safetensors) or bundled name ({', '.join(sorted(BUNDLED))})"
+    parser.add_argument("checkpoint", nargs="?" if optional else None, help=text + default_help)
+
+
+def resolve_checkpoint_arg(name) -> Path:
+    """The directory of a checkpoint argument (a local path wins over a bundled name); a missing one raises
+    :class:`~quark_jax.errors.CheckpointNotFoundError`."""
+    from quark_jax.io import resolve_checkpoint
+
+    return resolve_checkpoint(name)
+
+
+def _bundled_label(name: str) -> str:
+    from quark_jax.data import BUNDLED
+
+    return f"  (bundled '{name}')" if name in BUNDLED and not Path(name).is_dir() else ""
 
 
 def _demo(args) -> int:
@@ -15,13 +50,13 @@ def _demo(args) -> int:
     import jax.numpy as jnp
 
     from quark_jax import quant
-    from quark_jax.data import BUNDLED, bundled_checkpoint
-    from quark_jax.io import SafetensorsFile
+    from quark_jax.data import BUNDLED
+    from quark_jax.io import SafetensorsFile, read_config_json
 
     names = [args.checkpoint] if args.checkpoint else sorted(BUNDLED)
     for name in names:
-        ckpt = Path(name) if Path(name).is_dir() else bundled_checkpoint(name)
-        qcfg = json.loads((ckpt / "config.json").read_text())["quantization_config"]["global_quant_config"]
+        ckpt = resolve_checkpoint_arg(name)
+        qcfg = read_config_json(ckpt)["quantization_config"]["global_quant_config"]
         f = SafetensorsFile(ckpt / "model.safetensors")
         layers = sorted(n[: -len(".weight_scale")] for n in f.names() if n.endswith(".weight_scale"))
         wspec, ispec = qcfg["weight"], qcfg["input_tensors"]
@@ -62,24 +97,14 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def _resolve_dir(name: str) -> Path:
-    from quark_jax.data import BUNDLED, bundled_checkpoint
-
-    return Path(name) if Path(name).is_dir() or name not in BUNDLED else bundled_checkpoint(name)
-
-
 def _inspect(args) -> int:
     """Which scheme each layer of a checkpoint gets, its bytes, what is excluded and what is unsupported."""
     from quark_jax.checkpoint import open_checkpoint
     from quark_jax.config import QuarkConfig
-    from quark_jax.errors import CheckpointError, QuarkConfigError
+    from quark_jax.errors import QuarkConfigError
 
-    ckpt = _resolve_dir(args.checkpoint)
-    try:
-        reader = open_checkpoint(ckpt)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ckpt = resolve_checkpoint_arg(args.checkpoint)
+    reader = open_checkpoint(ckpt)
     total = sum(reader.nbytes(n) for n in reader.names())
     print(f"checkpoint: {ckpt}  ({len(reader)} tensors in {len(reader.files)} file(s), {_size(total)})")
     qc = reader.config.get("quantization_config")
@@ -140,33 +165,58 @@ def _parse_ids(text: str) -> list[list[int]]:
         try:
             rows.append([int(t) for t in row.replace(" ", "").split(",") if t != ""])
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--prompt-ids: expected comma-separated integers (rows separated by "
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers (rows separated by "
                                              f"';'), got {text!r}") from None
     if not rows or not all(rows) or len({len(r) for r in rows}) != 1:
-        raise argparse.ArgumentTypeError(f"--prompt-ids: expected one or more rows of the same non-zero length, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected one or more rows of the same non-zero length, got {text!r}")
+    negative = [t for r in rows for t in r if t < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"token ids must be >= 0, got {negative[0]} in {text!r}")
     return rows
+
+
+def _token_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token id (an integer >= 0), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"token ids must be >= 0, got {value}")
+    return value
+
+
+_ID_OPTIONS = ("--prompt-ids", "--eos-token-id")
+_NEGATIVE_IDS = re.compile(r"^-[0-9][0-9,; ]*$")
+
+
+def _join_negative_ids(argv: list[str]) -> list[str]:
+    """``--prompt-ids -1,5`` -> ``--prompt-ids=-1,5``: argparse would take ``-1,5`` for an option and report
+    "expected one argument"; joined, the ids parser says what is wrong with them."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _ID_OPTIONS and i + 1 < len(argv) and _NEGATIVE_IDS.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _run(args) -> int:
     """Load a checkpoint (default: the bundled one), generate with jitted prefill + decode, print ids and timing."""
     import numpy as np
 
-    from quark_jax.data import DEFAULT_CHECKPOINT, bundled_checkpoint
-    from quark_jax.errors import CheckpointError, QuarkConfigError
-    from quark_jax.models import UnsupportedModelError, from_pretrained
+    from quark_jax.data import DEFAULT_CHECKPOINT
+    from quark_jax.models import from_pretrained
     from quark_jax.nn import QuarkLinear
 
     name = args.checkpoint or DEFAULT_CHECKPOINT
-    ckpt = _resolve_dir(name) if args.checkpoint else bundled_checkpoint(DEFAULT_CHECKPOINT)
+    ckpt = resolve_checkpoint_arg(name)
     options = {"impl": args.impl} if args.impl else {}
     t0 = time.perf_counter()
-    try:
-        model = from_pretrained(ckpt, dtype=args.dtype, progress=None if args.progress is None else args.progress,
-                                **options)
-    except (CheckpointError, QuarkConfigError, UnsupportedModelError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = from_pretrained(ckpt, dtype=args.dtype, progress=None if args.progress is None else args.progress,
+                            **options)
     load_s = time.perf_counter() - t0
     cfg = model.config
     schemes = {}
@@ -176,22 +226,16 @@ def _run(args) -> int:
         if isinstance(m, QuarkLinear):
             schemes[type(m.scheme).__name__] = schemes.get(type(m.scheme).__name__, 0) + 1
     quant = ", ".join(f"{k} x{v}" for k, v in schemes.items()) or "none (float checkpoint)"
-    from quark_jax.data import BUNDLED
-
-    print(f"checkpoint: {ckpt}" + (f"  (bundled '{name}')" if name in BUNDLED and not Path(name).is_dir() else ""))
+    print(f"checkpoint: {ckpt}" + _bundled_label(name))
     print(f"model: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"vocab {cfg.vocab_size}, {model.dtype.name}; Quark layers: {quant}; KV cache {model.kv_cache_dtype.name}")
     print(f"loaded in {load_s:.2f} s")
     ids = np.asarray(args.prompt_ids, np.int32)
     gen = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, eos_token_id=args.eos_token_id)
-    try:
-        t0 = time.perf_counter()
-        out, first = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)
-        cold_s = time.perf_counter() - t0
-        out, stats = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)  # compiled: steady timing
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    t0 = time.perf_counter()
+    out, first = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)
+    cold_s = time.perf_counter() - t0
+    out, stats = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)  # compiled: steady timing
     out = np.asarray(out)
     for row_in, row_out in zip(ids, out):
         print(f"prompt ids:    {row_in.tolist()}")
@@ -203,44 +247,94 @@ def _run(args) -> int:
     if n_dec:
         print(f"decode:  {1e3 * stats.per_token_s:.2f} ms/token over {n_dec} steps "
               f"({ids.shape[0] / stats.per_token_s:.0f} tokens/s)")
+    produced = 1 + n_dec  # prefill samples the first new token, each decode step one more
+    if args.eos_token_id is not None and produced < args.max_new_tokens:
+        print(f"stopped early: every row produced eos id {args.eos_token_id} within {produced} of "
+              f"{args.max_new_tokens} new tokens; the last {args.max_new_tokens - produced} ids of each row are "
+              f"eos padding")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quark-jax", description="Run AMD Quark-quantized models in JAX.")
-    sub = p.add_subparsers(dest="command")
-    d = sub.add_parser("demo", help="quantize activations per layer of a bundled checkpoint and report the error")
-    d.add_argument("checkpoint", nargs="?", help="bundled name or checkpoint directory (default: all bundled)")
-    d.set_defaults(func=_demo)
-    i = sub.add_parser("inspect", help="which scheme each layer of a checkpoint gets, bytes, excluded, unsupported")
-    i.add_argument("checkpoint", help="checkpoint directory (config.json + safetensors) or a bundled name")
-    i.set_defaults(func=_inspect)
-    r = sub.add_parser("run", help="load a checkpoint and generate (jitted prefill + decode); prints ids and timing")
-    r.add_argument("checkpoint", nargs="?", help="checkpoint directory or bundled name (default: the bundled "
-                   "tiny-llama-mxfp4)")
+    from quark_jax import __version__
+
+    p = argparse.ArgumentParser(prog="quark-jax", description="Run AMD Quark-quantized models in JAX.",
+                                epilog="exit status: 0 ok, 1 problems found (check, inspect), 2 user error, "
+                                       "3 internal error")
+    p.add_argument("--version", action="version", version=f"quark-jax {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    def command(name, func, help):
+        c = sub.add_parser(name, help=help, description=help, parents=[common])
+        c.set_defaults(func=func)
+        return c
+
+    d = command("demo", _demo, "per quantized layer: the output error of the checkpoint's weight and activation "
+                               "quantizers against float, and its time")
+    add_checkpoint_argument(d, optional=True, default_help=" (default: every bundled one)")
+    i = command("inspect", _inspect, "which scheme each layer of a checkpoint gets, bytes, excluded, unsupported")
+    add_checkpoint_argument(i)
+    r = command("run", _run, "load a checkpoint and generate (jitted prefill + decode); prints ids and timing")
+    add_checkpoint_argument(r, optional=True, default_help=" (default: tiny-llama-mxfp4)")
     r.add_argument("--prompt-ids", type=_parse_ids, default=[[1, 5, 9]],
                    help="comma-separated token ids; ';' separates the rows of a batch (default: 1,5,9)")
     r.add_argument("--max-new-tokens", type=int, default=16)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-k", type=int, default=None)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--eos-token-id", type=int, default=None, help="stop once every row produced it")
+    r.add_argument("--eos-token-id", type=_token_id, default=None, help="stop once every row produced it")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="activation dtype (default: the checkpoint's)")
     r.add_argument("--impl", choices=["auto", "pallas", "xla"], default=None, help="GEMM implementation")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="loading progress line (default: for checkpoints over 256 MiB)")
-    r.set_defaults(func=_run)
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Subcommand parser: a bad argument is one ``quark-jax CMD: error: ...`` line (exit 2)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
 def main(argv=None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, map errors to exit statuses (module doc)."""
+    from quark_jax.errors import QuarkJaxError
+
+    argv = _join_negative_ids(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return args.func(args)
+        return EXIT_USER_ERROR
+    try:
+        return args.func(args)
+    except (QuarkJaxError, ValueError, TypeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

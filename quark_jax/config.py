@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax.numpy as jnp
 
 from quark_jax import formats
-from quark_jax.errors import QuarkConfigError, UnsupportedSchemeError
+from quark_jax.errors import CheckpointError, QuarkConfigError, UnsupportedSchemeError
 from quark_jax.kernels import _dispatch
 from quark_jax.schemes import (QuarkScheme, QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4, QuarkW8A8Fp8,
                                QuarkW8A8Int8)
@@ -335,13 +334,14 @@ class QuarkConfig:
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, **options) -> "QuarkConfig":
         """From ``checkpoint_dir/config.json``; ``options`` are :class:`SchemeOptions` (impl, azp_mode, ...)."""
-        path = Path(checkpoint_dir) / "config.json"
-        if not path.is_file():
-            raise QuarkConfigError(f"{checkpoint_dir}: no config.json (expected a Hugging Face checkpoint folder)")
+        from quark_jax.io import read_config_json, resolve_checkpoint
+
+        checkpoint_dir = resolve_checkpoint(checkpoint_dir)
+        path = checkpoint_dir / "config.json"
         try:
-            config = json.loads(path.read_text())
-        except ValueError as e:
-            raise QuarkConfigError(f"{path}: not valid JSON ({e})") from None
+            config = read_config_json(checkpoint_dir)
+        except CheckpointError as e:  # the config's error type, as before
+            raise QuarkConfigError(str(e)) from None
         qc = config.get("quantization_config")
         if qc is None:
             raise QuarkConfigError(f"{path}: no quantization_config (not a Quark-quantized checkpoint)")

@@ -1,7 +1,8 @@
-"""Files at the edge: raw safetensors reading (no framework, every dtype Quark exports) and checkpoint-name
-resolution (local directory, bundled name, Hugging Face Hub id)."""
+"""Files at the edge: raw safetensors reading (no framework, every dtype Quark exports), ``config.json`` reading
+and checkpoint-name resolution (local directory, bundled name, Hugging Face Hub id)."""
 
+from quark_jax.io.config_json import read_config_json
 from quark_jax.io.hub import resolve_checkpoint
 from quark_jax.io.safetensors_file import SafetensorsFile, TensorInfo, SafetensorsFormatError
 
-__all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError", "resolve_checkpoint"]
+__all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError", "resolve_checkpoint", "read_config_json"]

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from quark_jax.data import BUNDLED
-from quark_jax.errors import CheckpointError
+from quark_jax.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["resolve_checkpoint", "is_hub_id", "hub_cache_dir", "CHECKPOINT_FILES"]
 
@@ -66,8 +66,9 @@ def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None, 
     """The local directory of checkpoint ``name``: a local directory, else a bundled name, else a Hub id.
 
     ``revision`` (branch, tag or commit; default ``main``) and ``local_files_only`` (default: ``HF_HUB_OFFLINE``)
-    apply to Hub ids only. Raises :class:`~quark_jax.errors.CheckpointError` naming what was tried when nothing
-    matches, or when ``huggingface_hub`` is needed but not installed.
+    apply to Hub ids only. Raises :class:`~quark_jax.errors.CheckpointNotFoundError` naming what was tried when
+    nothing matches, :class:`~quark_jax.errors.CheckpointError` when ``huggingface_hub`` is needed but not
+    installed or the Hub fails.
 
     >>> resolve_checkpoint("tiny-llama-fp8").name
     'tiny_llama_w_fp8_a_fp8_pertensor_static'
@@ -79,9 +80,9 @@ def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None, 
     if text in BUNDLED:
         return BUNDLED[text]
     if path.exists():
-        raise CheckpointError(f"checkpoint {text!r}: expected a directory (config.json + safetensors), found a file")
+        raise CheckpointNotFoundError(f"checkpoint {text!r}: expected a directory (config.json + safetensors), found a file")
     if not is_hub_id(text):
-        raise CheckpointError(f"checkpoint {text!r}: no such directory, not a bundled name ({', '.join(sorted(BUNDLED))}) "
+        raise CheckpointNotFoundError(f"checkpoint {text!r}: no such directory, not a bundled name ({', '.join(sorted(BUNDLED))}) "
                               "and not a Hugging Face Hub id (org/name)")
     try:
         import huggingface_hub
@@ -96,7 +97,7 @@ def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None, 
                                                      allow_patterns=list(CHECKPOINT_FILES))
     except LocalEntryNotFoundError:
         how = "offline (local_files_only / HF_HUB_OFFLINE=1)" if offline else "and could not be downloaded"
-        raise CheckpointError(f"checkpoint {text!r}: no such directory or bundled name, and Hub id {text!r} "
+        raise CheckpointNotFoundError(f"checkpoint {text!r}: no such directory or bundled name, and Hub id {text!r} "
                               f"(revision {revision or 'main'}) is not in the Hub cache {cache} {how}") from None
     except Exception as e:  # the Hub client's errors: unknown repo, gated repo, network, ...
         raise CheckpointError(f"checkpoint {text!r}: no such directory or bundled name, and the Hugging Face Hub "

@@ -8,6 +8,7 @@ reads only its header).
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
+
+from quark_jax.errors import CheckpointError
 
 __all__ = ["SafetensorsFile", "TensorInfo", "SafetensorsFormatError", "SAFETENSORS_DTYPES"]
 
@@ -41,8 +44,9 @@ SAFETENSORS_DTYPES = {
 }
 
 
-class SafetensorsFormatError(ValueError):
-    """A safetensors file that cannot be read as such (bad header, truncated data, unknown dtype)."""
+class SafetensorsFormatError(CheckpointError):
+    """A safetensors file that cannot be read as such (bad header, truncated data, unknown dtype); a
+    :class:`~quark_jax.errors.CheckpointError` (so a ``ValueError``) naming the file."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class TensorInfo:
     shape: tuple[int, ...]
     begin: int
     end: int
+
+
+def _int_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
 
 
 class SafetensorsFile:
@@ -80,20 +88,30 @@ class SafetensorsFile:
                 raise SafetensorsFormatError(f"{self.path}: header length {hlen} exceeds the file size {size}")
             try:
                 header = json.loads(f.read(hlen))
-            except ValueError as e:
-                raise SafetensorsFormatError(f"{self.path}: header is not valid JSON ({e})") from None
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                raise SafetensorsFormatError(f"{self.path}: header is not valid JSON ({e})", file=self.path) from None
+        if not isinstance(header, dict):
+            raise SafetensorsFormatError(f"{self.path}: header: expected a JSON object, found a "
+                                         f"{type(header).__name__}", file=self.path)
         self.metadata = header.pop("__metadata__", None) or {}
         self._data_start = 8 + hlen
         self._size = size
         self._infos: dict[str, TensorInfo] = {}
         for name, entry in header.items():
-            st = entry.get("dtype")
-            if st not in SAFETENSORS_DTYPES:
-                raise SafetensorsFormatError(f"{self.path}: tensor {name!r} has unsupported dtype {st!r}")
-            begin, end = (int(v) for v in entry["data_offsets"])
-            shape = tuple(int(d) for d in entry["shape"])
+            st = entry.get("dtype") if isinstance(entry, dict) else None
+            if not isinstance(st, str) or st not in SAFETENSORS_DTYPES:
+                raise SafetensorsFormatError(f"{self.path}: tensor {name!r} has unsupported dtype {st!r}",
+                                             file=self.path, tensor=name, field="dtype", found=repr(st))
+            offsets, shape = entry.get("data_offsets"), entry.get("shape")
+            if not (_int_list(offsets) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]
+                    and _int_list(shape) and all(d >= 0 for d in shape)):
+                raise SafetensorsFormatError(f"{self.path}: tensor {name!r}: expected 'data_offsets' [begin, end] "
+                                             f"(0 <= begin <= end) and 'shape' (a list of sizes >= 0), found "
+                                             f"{offsets!r} and {shape!r}", file=self.path, tensor=name)
+            begin, end = int(offsets[0]), int(offsets[1])
+            shape = tuple(int(d) for d in shape)
             dtype = SAFETENSORS_DTYPES[st]
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             if end - begin != nbytes:
                 raise SafetensorsFormatError(f"{self.path}: tensor {name!r} ({st} {list(shape)}) needs {nbytes} "
                                              f"bytes, its data offsets span {end - begin}")

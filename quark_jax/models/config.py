@@ -9,12 +9,12 @@ naming the field.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+
+from quark_jax.errors import UnsupportedModelError  # re-exported here (its historical home)
 
 __all__ = ["ModelConfig", "UnsupportedModelError", "SUPPORTED_MODEL_TYPES", "RopeConfig"]
 
@@ -23,10 +23,6 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
            "fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16, "float": jnp.float32,
            "half": jnp.float16}
-
-
-class UnsupportedModelError(ValueError):
-    """A ``config.json`` this decoder cannot run (architecture, activation, RoPE type, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +73,10 @@ class ModelConfig:
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | os.PathLike) -> "ModelConfig":
         """Read ``checkpoint_dir/config.json``."""
-        path = Path(checkpoint_dir) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {Path(checkpoint_dir)}: no config.json in the directory")
-        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+        from quark_jax.io import read_config_json, resolve_checkpoint
+
+        directory = resolve_checkpoint(checkpoint_dir)
+        return cls.from_dict(read_config_json(directory), source=str(directory / "config.json"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 from flax import nnx
 
 from quark_jax.config import QuarkConfig
-from quark_jax.io.hub import resolve_checkpoint
+from quark_jax.io import read_config_json, resolve_checkpoint
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.nn.load import load_weights
@@ -39,7 +38,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     """
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     cfg = ModelConfig.from_pretrained(checkpoint_dir)
-    raw = json.loads((checkpoint_dir / "config.json").read_text())
+    raw = read_config_json(checkpoint_dir)
     quark = raw.get("quantization_config") is not None
     if options and not quark:
         raise ValueError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
