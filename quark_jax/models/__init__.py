@@ -6,7 +6,8 @@
 """
 
 from quark_jax.models.config import ModelConfig, RopeConfig, UnsupportedModelError
-from quark_jax.models.generation import TRACE_COUNTS, GenerationStats, generate
+from quark_jax.models.generation import (TRACE_COUNTS, DeviceMemoryError, GenerationStats, generate,
+                                        generate_stream)
 from quark_jax.models.kv_cache import KVCache
 from quark_jax.models.inputs import check_token_ids
 from quark_jax.models.llama import LlamaForCausalLM
@@ -15,4 +16,5 @@ from quark_jax.models.loading import from_pretrained
 load = from_pretrained  # the name docs/DESIGN.md uses
 
 __all__ = ["from_pretrained", "load", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
-           "generate", "GenerationStats", "TRACE_COUNTS", "check_token_ids"]
+           "generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "check_token_ids",
+           "DeviceMemoryError"]

@@ -1,22 +1,31 @@
-"""Jitted prefill and decode over a fixed-size KV cache.
+"""Generation on the device: one jitted prefill, then jitted chunks of decode steps over a fixed-size KV cache.
 
-* The model is split once per call into its graph definition (static) and state (arrays); both jitted functions
-  take ``(graphdef, state, cache, ...)``.
+* **Programs per model graph.** The model is split into its graph definition and state once per call; the
+  jitted programs close over the graph definition and are cached per graph definition, so a call hashes it once
+  (never per token) and the weights travel as ordinary (traced) arguments.
 * **Prefill** runs the whole prompt in one call. The prompt is right-padded to a bucket (the next power of two,
   at least 16, at most the cache size), so it compiles once per bucket, not once per prompt length. Padded tokens
   sit after the real ones: causal masking keeps them out of the real tokens' attention, and the slots they write
-  are overwritten by decode before any query can see them.
-* **Decode** is one jitted function of ``(graphdef, state, cache, token [B], position, key, temperature, top_k)``
-  with everything but the graph definition traced, so every step reuses one compiled executable (one compile
-  per model, batch size and cache size; sampling settings do not recompile). The cache argument is donated on
-  accelerators (updated in place).
+  are overwritten by decode before any query can see them. Only the last real token's logits are computed.
+* **Decode** runs up to ``chunk_size`` steps per call in one ``lax.while_loop`` on the device: model step,
+  sampling, EOS bookkeeping and the output buffer all traced, so the host does nothing per token. The loop
+  stops early once every row has produced an EOS id. The host dispatches the next chunk before reading the
+  current one (the device never waits for the host); one compile per model, batch, cache size and chunk size
+  (sampling settings, step counts and EOS ids are traced). The cache is donated on accelerators.
+* **Batches with prompts of different lengths** are left-padded (``attention_mask`` [B, T], 1 = real token, as
+  Hugging Face's tokenizers pad on the left for generation; or a list of id lists, padded here): row b's real
+  tokens occupy slots ``first_slot[b] .. T-1`` at positions ``0 ..``, padded slots are masked out, and every row
+  writes its new tokens at the same slot, so one cache write serves the batch.
 * The cache holds ``bucket(prompt + max_new_tokens)`` slots (a multiple of 64; or ``max_cache_len``), never more
-  than ``max_position_embeddings``; see :mod:`quark_jax.models.kv_cache` for its layout.
+  than ``max_position_embeddings``; see :mod:`quark_jax.models.kv_cache` for its layout. Before allocating it,
+  :func:`check_fits` compares its size (plus the prefill's working memory) with the device's free memory.
 * Sampling: greedy by default (``temperature=0``); ``temperature > 0`` samples from ``softmax(logits / T)``,
-  optionally restricted to the ``top_k`` largest logits; the key for step p is ``fold_in(PRNGKey(seed), p)``, so a
-  seed gives the same tokens every time.
+  optionally restricted to the ``top_k`` largest logits; the key for the token after slot p is
+  ``fold_in(PRNGKey(seed), p)``, so a seed gives the same tokens every time (and chunking does not change them).
+* EOS: ``eos_token_id`` is one id or a list (as ``generation_config.json`` holds it). A row stops at its first
+  EOS id; later positions of that row are padded with the first id of the list.
 
-``TRACE_COUNTS`` counts how often each function was traced (= compiled), for tests and curious users.
+``TRACE_COUNTS`` counts how often each program was traced (= compiled), for tests and curious users.
 """
 
 from __future__ import annotations
@@ -33,15 +42,27 @@ from flax import nnx
 
 from quark_jax.models.inputs import check_token_ids
 
-__all__ = ["generate", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size"]
+__all__ = ["generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size",
+           "check_fits", "DeviceMemoryError"]
 
 TRACE_COUNTS: collections.Counter = collections.Counter()
 """How often ``prefill`` and ``decode`` were traced by jax.jit in this process."""
 
+DEFAULT_CHUNK = 8
+"""Decode steps per device call for :func:`generate` and :func:`generate_stream`."""
+
+
+class DeviceMemoryError(MemoryError):
+    """The KV cache (plus working memory) does not fit the device's free memory."""
+
 
 @dataclasses.dataclass
 class GenerationStats:
-    """Wall times of one :func:`generate` call (seconds; the first call of a shape includes compilation)."""
+    """Wall times of one :func:`generate` call (seconds; the first call of a shape includes compilation).
+
+    ``prefill_s``: until the first new token is on the host. ``decode_s``: one entry per decode step, each
+    chunk's wall time divided by its steps (the device runs a chunk's steps back to back).
+    """
 
     prompt_tokens: int
     new_tokens: int
@@ -73,107 +94,273 @@ def cache_size(total_len: int, max_positions: int) -> int:
     return min(-(-total_len // 64) * 64, max_positions)
 
 
+def check_fits(need_bytes: int, what: str, device=None) -> None:
+    """Raise :class:`DeviceMemoryError` when ``need_bytes`` more cannot fit ``device``'s free memory (devices
+    that report no memory statistics, like the CPU, are not checked).
+
+    >>> check_fits(1 << 20, "a 1 MiB cache")  # CPU: nothing to check
+    """
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+        return
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    if need_bytes > free:
+        gib = 1 << 30
+        raise DeviceMemoryError(f"{what} needs {need_bytes / gib:.2f} GiB but {device.device_kind} has "
+                                f"{free / gib:.2f} GiB free ({stats.get('bytes_in_use', 0) / gib:.2f} GiB in use "
+                                f"of {stats['bytes_limit'] / gib:.2f} GiB); use a smaller batch, prompt or "
+                                "max_new_tokens")
+
+
+def _is_eos(tokens, eos):
+    return jnp.any(tokens[:, None] == eos[None, :], axis=-1)
+
+
 def _sample(logits, key, temperature, top_k):
     """Next token [B] from logits [B, V]: argmax when temperature == 0, else categorical over logits / T
     restricted to the ``top_k`` largest (ties at the k-th value included). temperature and top_k are traced, so
-    changing them does not recompile."""
+    changing them does not recompile; the sampling branch (a sort of the logits) only runs when T > 0."""
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    v = logits.shape[-1]
-    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, v)
-    kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), v - k, axis=-1, keepdims=True)
-    temp = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)
-    masked = jnp.where(logits >= kth, logits / temp, -jnp.inf)
-    sampled = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+
+    def sample(logits):
+        v = logits.shape[-1]
+        k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, v)
+        kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), v - k, axis=-1, keepdims=True)
+        masked = jnp.where(logits >= kth, logits / temperature, -jnp.inf)
+        return jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, sample, greedy, logits)
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def _prefill(graphdef, state, cache, input_ids, prompt_len, key, temperature, top_k):
+def _prefill(graphdef, state, cache, input_ids, first_slot, prompt_len, key, temperature, top_k, eos):
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
-    logits, cache = model._cached(input_ids, cache, jnp.int32(0))
-    last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)
-    return _sample(last, jax.random.fold_in(key, prompt_len - 1), temperature, top_k), cache
+    logits, cache = model._cached(input_ids, cache, jnp.int32(0), first_slot, last=prompt_len - 1)
+    token = _sample(logits[:, 0], jax.random.fold_in(key, prompt_len - 1), temperature, top_k)
+    return token, _is_eos(token, eos), cache
 
 
-def _decode_impl(graphdef, state, cache, token, position, key, temperature, top_k):
+def _decode_chunk(graphdef, chunk, state, cache, token, slot, done, first_slot, key, temperature, top_k, eos,
+                  n_steps):
+    """Up to ``n_steps`` (<= chunk) decode steps from ``token`` at ``slot``; stops once every row is done.
+    Returns (new tokens [B, chunk] (pad after the steps run), steps run, last token, next slot, done, cache)."""
     TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
-    logits, cache = model._cached(token[:, None], cache, position)
-    return _sample(logits[:, 0], jax.random.fold_in(key, position), temperature, top_k), cache
+    pad = eos[0]
+    out = jnp.full((token.shape[0], chunk), pad, jnp.int32)
+
+    def cond(carry):
+        i, _, _, done, _, _ = carry
+        return (i < n_steps) & ~jnp.all(done)
+
+    def body(carry):
+        i, token, slot, done, cache, out = carry
+        logits, cache = model._cached(token[:, None], cache, slot, first_slot)
+        nxt = _sample(logits[:, 0], jax.random.fold_in(key, slot), temperature, top_k)
+        nxt = jnp.where(done, pad, nxt)
+        out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i, axis=1)
+        return i + 1, nxt, slot + 1, done | _is_eos(nxt, eos), cache, out
+
+    i, token, slot, done, cache, out = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), token, slot, done, cache, out))
+    return out, i, token, slot, done, cache
 
 
-_decode_donating = jax.jit(_decode_impl, static_argnames=("graphdef",), donate_argnames=("cache",))
-_decode_plain = jax.jit(_decode_impl, static_argnames=("graphdef",))
+class _Programs:
+    """The jitted prefill and decode-chunk programs of one model graph definition."""
+
+    def __init__(self, graphdef):
+        donate = jax.default_backend() != "cpu"  # CPU buffers are not donatable (jax would warn on every call)
+        self.prefill = jax.jit(partial(_prefill, graphdef), donate_argnums=(1,) if donate else ())
+        self.decode = jax.jit(partial(_decode_chunk, graphdef), static_argnums=(0,),
+                              donate_argnums=(2,) if donate else ())
 
 
-def _decode_fn():
-    # CPU buffers are not donatable (jax would warn on every call); accelerators update the cache in place
-    return _decode_plain if jax.default_backend() == "cpu" else _decode_donating
+_PROGRAMS: dict = {}
+_MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables)
+
+
+def _programs(model):
+    graphdef, state = nnx.split(model)
+    progs = _PROGRAMS.get(graphdef)
+    if progs is None:
+        if len(_PROGRAMS) >= _MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        progs = _PROGRAMS[graphdef] = _Programs(graphdef)
+    return progs, state
+
+
+def _eos_ids(eos_token_id) -> np.ndarray | None:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if np.ndim(eos_token_id) == 0 else list(eos_token_id)
+    if not ids or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in ids):
+        raise ValueError(f"eos_token_id: expected an int or a non-empty list of ints, got {eos_token_id!r}")
+    return np.asarray(ids, np.int32)
+
+
+def _prompts(input_ids, attention_mask):
+    """(ids [B, T] int, first_slot [B]) from an array (+ left-padding mask) or a list of id lists."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and all(np.ndim(r) == 1 for r in input_ids):
+        if attention_mask is not None:
+            raise ValueError("attention_mask: not accepted with a list of prompts (they are padded here)")
+        lens = [len(r) for r in input_ids]
+        if min(lens) == 0:
+            raise ValueError(f"input_ids: prompt {lens.index(0)} is empty")
+        ids = np.zeros((len(lens), max(lens)), np.int64)
+        for i, r in enumerate(input_ids):
+            ids[i, ids.shape[1] - len(r):] = np.asarray(r)
+        first = np.asarray([ids.shape[1] - n for n in lens], np.int32)
+        return ids, first
+    ids = np.asarray(input_ids)
+    if attention_mask is None:
+        return ids, None
+    mask = np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask: expected shape {list(ids.shape)} (as input_ids), got {list(mask.shape)}")
+    mask = mask.astype(bool)
+    first = ids.shape[1] - mask.sum(axis=1)
+    left = np.arange(ids.shape[1])[None, :] >= first[:, None]
+    bad = np.nonzero((left != mask).any(axis=1) | (first == ids.shape[1]))[0]
+    if bad.size:
+        raise ValueError(f"attention_mask: row {int(bad[0])} is not left-padded with at least one real token "
+                         f"(expected 0...0 1...1, got {mask[bad[0]].astype(int).tolist()})")
+    return ids, first.astype(np.int32)
+
+
+def generate_stream(model, input_ids, max_new_tokens: int, *, chunk_size: int = DEFAULT_CHUNK,
+                    temperature: float = 0.0, top_k: int | None = None, seed: int = 0, eos_token_id=None,
+                    attention_mask=None, max_cache_len: int | None = None):
+    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens, yielding them as the device produces them.
+
+    An iterator of numpy int32 arrays [B, c] (c <= ``chunk_size``): the first token alone as soon as the prefill
+    has run, then chunks of the device-side decode loop. It stops after ``max_new_tokens`` tokens or once every
+    row has produced an EOS id (``eos_token_id``: an int or a list); rows that finished earlier are padded with
+    the first EOS id. ``input_ids`` is [B, T] (optionally left-padded, ``attention_mask`` [B, T] with 1 for real
+    tokens) or a list of id lists of any lengths. Arguments are checked when this is called; concatenating the
+    chunks gives :func:`generate`'s new tokens.
+
+    >>> for chunk in model.generate_stream(ids, 32, eos_token_id=[2, 128009]):  # doctest: +SKIP
+    ...     print(tokenizer.decode(chunk[0]), end="")
+    """
+    run = _Run(model, input_ids, max_new_tokens, chunk_size, temperature, top_k, seed, eos_token_id,
+               attention_mask, max_cache_len)
+    return run.stream()
+
+
+class _Run:
+    """One generation: validated arguments, the programs, and the stream of new tokens."""
+
+    def __init__(self, model, input_ids, max_new_tokens, chunk_size, temperature, top_k, seed, eos_token_id,
+                 attention_mask, max_cache_len):
+        cfg = model.config
+        ids, first = _prompts(input_ids, attention_mask)
+        check_token_ids(ids if first is None else np.where(np.arange(ids.shape[1]) >= first[:, None], ids, 0),
+                        cfg.vocab_size)
+        b, t = ids.shape
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens}")
+        if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
+        total = t + max_new_tokens
+        if total > cfg.max_position_embeddings:
+            raise ValueError(f"prompt ({t} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+                             f"model's max_position_embeddings {cfg.max_position_embeddings}")
+        cache_len = max_cache_len or cache_size(total, cfg.max_position_embeddings)
+        if cache_len < total:
+            raise ValueError(f"max_cache_len: {cache_len} slots cannot hold {total} tokens")
+        self.eos = _eos_ids(eos_token_id)
+        self.ids, self.first = ids.astype(np.int32), first
+        self.model, self.b, self.t, self.n = model, b, t, int(max_new_tokens)
+        self.chunk = int(chunk_size)
+        self.cache_len, self.bucket = cache_len, prefill_bucket(t, cache_len)
+        self.sampling = (np.float32(temperature), np.int32(cfg.vocab_size if top_k is None else top_k))
+        self.seed = seed
+        kv_bytes = (2 * cfg.num_hidden_layers * b * cache_len * cfg.num_key_value_heads * cfg.head_dim
+                    * np.dtype(model.kv_cache_dtype).itemsize)
+        work = 4 * b * self.bucket * (3 * cfg.hidden_size + 2 * cfg.intermediate_size) + (1 << 28)
+        check_fits(kv_bytes + work, f"generation with batch {b} and a {cache_len}-slot KV cache "
+                                    f"({kv_bytes / (1 << 20):.0f} MiB) plus its working memory")
+        self.prefill_s, self.decode_s = 0.0, []
+
+    def stream(self):
+        progs, state = _programs(self.model)
+        b, t = self.b, self.t
+        eos = jnp.asarray(self.eos if self.eos is not None else np.array([-1], np.int32))
+        first = jnp.asarray(self.first if self.first is not None else np.zeros((b,), np.int32))
+        key = jax.random.PRNGKey(self.seed)
+        padded = np.zeros((b, self.bucket), np.int32)
+        padded[:, :t] = self.ids
+        cache = self.model.init_cache(b, self.cache_len)
+
+        t0 = time.perf_counter()
+        token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
+                                           *self.sampling, eos)
+        slot = jnp.int32(t)
+
+        def dispatch(n_steps):
+            return progs.decode(self.chunk, state, cache, token, slot, done, first, key, *self.sampling, eos,
+                                np.int32(n_steps))
+
+        head = token
+        left = self.n - 1
+        pending = None
+        if left:  # dispatched before the first token is read: the device runs on while the host yields
+            pending = dispatch(min(self.chunk, left))
+            _, _, token, slot, done, cache = pending
+            left -= min(self.chunk, left)
+        head = np.asarray(head)[:, None]
+        self.prefill_s = time.perf_counter() - t0
+        yield head
+        if pending is None or (self.eos is not None and np.isin(head, self.eos).all()):
+            return
+        t0 = time.perf_counter()
+        while True:
+            nxt = None
+            if left:
+                nxt = dispatch(min(self.chunk, left))
+                _, _, token, slot, done, cache = nxt
+                left -= min(self.chunk, left)
+            out, steps, all_done = np.asarray(pending[0]), int(pending[1]), bool(np.all(np.asarray(pending[4])))
+            now = time.perf_counter()
+            self.decode_s += [(now - t0) / max(steps, 1)] * steps
+            t0 = now
+            if steps:
+                yield out[:, :steps]
+            if nxt is None or all_done:
+                return
+            pending = nxt
 
 
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
-             seed: int = 0, eos_token_id: int | None = None, max_cache_len: int | None = None,
-             return_stats: bool = False):
+             seed: int = 0, eos_token_id=None, attention_mask=None, max_cache_len: int | None = None,
+             chunk_size: int = DEFAULT_CHUNK, return_stats: bool = False):
     """Continue ``input_ids`` [B, T] by ``max_new_tokens`` tokens; returns ids [B, T + max_new_tokens] (int32).
 
     Greedy unless ``temperature > 0`` (then ``top_k`` optionally limits the candidates; ``seed`` fixes the draws).
-    With ``eos_token_id``, generation stops early once every row has produced it, and rows that finished are
-    padded with it. ``return_stats=True`` also returns a :class:`GenerationStats` with prefill and per-token
-    wall times. All rows share the prompt length (no padding mask).
+    With ``eos_token_id`` (an int or a list), each row stops at its first EOS id and is padded with the first
+    EOS id; generation ends once every row has stopped. Prompts of different lengths: left-pad them with an
+    ``attention_mask`` (1 = real token), or pass a list of id lists (left-padded with id 0 in the result).
+    ``return_stats=True`` also returns a :class:`GenerationStats`. Same tokens as concatenating
+    :func:`generate_stream`'s chunks.
+
+    >>> model.generate(np.array([[1, 5, 9]]), max_new_tokens=4).shape  # doctest: +SKIP
+    (1, 7)
     """
-    cfg = model.config
-    check_token_ids(input_ids, cfg.vocab_size)
-    ids = np.asarray(input_ids, np.int32)
-    b, t = ids.shape
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature: expected >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
-    total = t + max_new_tokens
-    if total > cfg.max_position_embeddings:
-        raise ValueError(f"prompt ({t} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
-                         f"max_position_embeddings {cfg.max_position_embeddings}")
-    cache_len = max_cache_len or cache_size(total, cfg.max_position_embeddings)
-    if cache_len < total:
-        raise ValueError(f"max_cache_len: {cache_len} slots cannot hold {total} tokens")
-    bucket = prefill_bucket(t, cache_len)
-
-    graphdef, state = nnx.split(model)
-    key = jax.random.PRNGKey(seed)
-    sampling = (np.float32(temperature), np.int32(cfg.vocab_size if top_k is None else top_k))
-    padded = np.zeros((b, bucket), np.int32)
-    padded[:, :t] = ids
-    cache = model.init_cache(b, cache_len)
-
-    t0 = time.perf_counter()
-    token, cache = _prefill(graphdef, state, cache, jnp.asarray(padded), np.int32(t), key, *sampling)
-    token.block_until_ready()
-    prefill_s = time.perf_counter() - t0
-
-    decode = _decode_fn()
-    out = [token]
-    done = np.zeros((b,), bool)
-    decode_s = []
-    for step in range(1, max_new_tokens):
-        if eos_token_id is not None:
-            done |= np.asarray(token) == eos_token_id
-            if done.all():
-                break
-        t0 = time.perf_counter()
-        token, cache = decode(graphdef, state, cache, token, np.int32(t + step - 1), key, *sampling)
-        token.block_until_ready()
-        decode_s.append(time.perf_counter() - t0)
-        if eos_token_id is not None:
-            token = jnp.where(jnp.asarray(done), eos_token_id, token)
-        out.append(token)
-    new = np.stack([np.asarray(x) for x in out], axis=1)
-    if new.shape[1] < max_new_tokens:  # stopped early: pad with eos
-        new = np.concatenate([new, np.full((b, max_new_tokens - new.shape[1]), eos_token_id, np.int32)], axis=1)
-    result = jnp.asarray(np.concatenate([ids, new], axis=1))
+    run = _Run(model, input_ids, max_new_tokens, chunk_size, temperature, top_k, seed, eos_token_id,
+               attention_mask, max_cache_len)
+    new = np.concatenate(list(run.stream()), axis=1)
+    if new.shape[1] < run.n:  # every row stopped early: pad with the (first) eos id
+        new = np.concatenate([new, np.full((run.b, run.n - new.shape[1]), run.eos[0], np.int32)], axis=1)
+    result = jnp.asarray(np.concatenate([run.ids, new], axis=1))
     if return_stats:
-        return result, GenerationStats(t, max_new_tokens, bucket, cache_len, prefill_s, decode_s)
+        return result, GenerationStats(run.t, run.n, run.bucket, run.cache_len, run.prefill_s, run.decode_s)
     return result

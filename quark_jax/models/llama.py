@@ -37,7 +37,7 @@ _NEG_INF = float(np.finfo(np.float32).min)
 class RMSNorm(nnx.Module):
     """``weight * dtype(x * rsqrt(mean(x**2) + eps))`` with the statistics in float32 (HF ``LlamaRMSNorm``)."""
 
-    def __init__(self, dim: int, eps: float, dtype):
+    def __init__(self, dim: int, *, eps: float, dtype):
         self.weight = nnx.Param(jnp.ones((dim,), dtype))
         self.eps = eps
 
@@ -65,7 +65,7 @@ class MLP(nnx.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
     dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, fused: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, fused: bool = False):
         h, i = cfg.hidden_size, cfg.intermediate_size
         self.fused, self.intermediate_size = fused, i
         if fused:  # vLLM's layout: one GEMM for gate and up
@@ -85,28 +85,60 @@ class MLP(nnx.Module):
         return _proj(self.down_proj, round_to(h, x.dtype))
 
 
-def attend(q, k, v, mask):
-    """Grouped-query attention in float32. q [B, T, H, D]; k, v [B, S, H_kv, D]; mask [B, T, S] (True = keep).
+ATTENTION_SCORE_BYTES = 1 << 28
+"""Budget for one block of float32 attention scores [B, H, T_block, S]: longer prompts run in query blocks."""
 
-    Query head h reads KV head ``h // (H / H_kv)``. Returns [B, T, H, D] float32.
-    """
+
+def _attend_block(q, k, v, q_slots, first_slot):
     b, t, h, d = q.shape
     hkv = k.shape[2]
     qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)  # exact: q/k/v hold rounded values (round_to)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision=lax.Precision.HIGHEST,
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, precision=lax.Precision.HIGHEST,
                         preferred_element_type=jnp.float32) * (d ** -0.5)
+    slots = jnp.arange(k.shape[1], dtype=jnp.int32)
+    mask = (slots[None, None, :] <= q_slots[None, :, None]) & (slots[None, None, :] >= first_slot[:, None, None])
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), precision=lax.Precision.HIGHEST,
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=lax.Precision.HIGHEST,
                      preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, d)
+
+
+def attend(q, k, v, q_slots, first_slot=None):
+    """Grouped-query causal attention in float32. q [B, T, H, D]; k, v [B, S, H_kv, D] (cache slots 0..S-1);
+    ``q_slots`` [T] int32: the slot of each query; ``first_slot`` [B] int32 (default 0): the first valid slot of
+    each row (left padding). Query t of row b attends to the slots ``first_slot[b] <= s <= q_slots[t]``.
+
+    Query head h reads KV head ``h // (H / H_kv)``. Returns [B, T, H, D] float32. The float32 scores are computed
+    in query blocks of at most :data:`ATTENTION_SCORE_BYTES` (each query's result is the same as in one block),
+    so a long prompt never holds all of [B, H, T, S].
+
+    >>> q = jnp.ones((1, 2, 2, 4)); k = v = jnp.arange(8.0).reshape(1, 2, 1, 4)
+    >>> [round(x, 4) for x in attend(q, k, v, jnp.array([0, 1]))[0, :, 0, 0].tolist()]  # query 1: mostly slot 1
+    [0.0, 3.9987]
+    """
+    b, t, h, d = q.shape
+    s = k.shape[1]
+    first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
+    q_slots = jnp.asarray(q_slots, jnp.int32)
+    k, v = k.astype(jnp.float32), v.astype(jnp.float32)
+    block = max(1, ATTENTION_SCORE_BYTES // max(1, 4 * b * h * s))
+    if t <= block:
+        return _attend_block(q, k, v, q_slots, first_slot)
+    block = 1 << (block.bit_length() - 1)  # a power of two: divides the (power-of-two) prefill buckets
+    nb = -(-t // block)
+    pad = nb * block - t
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, block, h, d).transpose(1, 0, 2, 3, 4)
+    sp = jnp.pad(q_slots, (0, pad), constant_values=s - 1).reshape(nb, block)
+    out = lax.map(lambda a: _attend_block(a[0], k, v, a[1], first_slot), (qp, sp))
+    return out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block, h, d)[:, :t]
 
 
 class Attention(FP8KVCacheScales, nnx.Module):
     """Self-attention with RoPE, grouped-query heads and an optional FP8 KV cache (``kv_fp8``; the scales come
     through nn's :class:`~quark_jax.nn.FP8KVCacheScales` interface)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         h, d = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
         self.fused = fused
@@ -128,13 +160,14 @@ class Attention(FP8KVCacheScales, nnx.Module):
     def _load(self, x, which):
         return dequantize_kv(x, getattr(self, which)[...]) if self.kv_fp8 else x
 
-    def __call__(self, x, cos, sin, positions, kv=None, start=None):
-        """x [B, T, hidden]; cos/sin [B, T, D]; positions [B, T] int32.
+    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
+        """x [B, T, hidden]; cos/sin [B, T, D] (the tokens' RoPE angles).
 
         Without ``kv``: causal attention over the T tokens (k/v pass through the FP8 cache's quant-dequant when
         ``kv_fp8``, so the result equals a cached run). With ``kv = (k_cache, v_cache)`` [B, S, H_kv, D]: the T
-        new k/v are written at slots ``start .. start+T-1`` and the queries attend to every slot whose position
-        is at most their own. Returns (y [B, T, hidden], new kv or None).
+        new k/v are written at slots ``start .. start+T-1`` (``start`` may be traced) and the query at slot p
+        attends to the slots ``first_slot[b] .. p`` (``first_slot`` [B], default 0: rows left-padded by that
+        many slots). Returns (y [B, T, hidden], new kv or None).
         """
         b, t, _ = x.shape
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -148,9 +181,9 @@ class Attention(FP8KVCacheScales, nnx.Module):
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         ks, vs = self._store(k, "k_scale"), self._store(v, "v_scale")
+        q_slots = start + jnp.arange(t, dtype=jnp.int32)
         if kv is None:
             k_all, v_all = self._load(ks, "k_scale"), self._load(vs, "v_scale")
-            mask = positions[:, None, :] <= positions[:, :, None]
             new_kv = None
         else:
             kc, vc = kv
@@ -158,24 +191,24 @@ class Attention(FP8KVCacheScales, nnx.Module):
             kc = jax.lax.dynamic_update_slice(kc, ks.astype(kc.dtype), idx)
             vc = jax.lax.dynamic_update_slice(vc, vs.astype(vc.dtype), idx)
             k_all, v_all = self._load(kc, "k_scale"), self._load(vc, "v_scale")
-            slots = jnp.arange(kc.shape[1], dtype=positions.dtype)
-            mask = slots[None, None, :] <= positions[:, :, None]
             new_kv = (kc, vc)
-        out = round_to(attend(q, k_all, v_all, mask), x.dtype).reshape(b, t, self.num_heads * self.head_dim)
-        return _proj(self.o_proj, out), new_kv
+        out = round_to(attend(q, k_all, v_all, q_slots, first_slot), x.dtype)
+        return _proj(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim)), new_kv
 
 
 class DecoderLayer(nnx.Module):
     """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = Attention(cfg, dtype, rngs, kv_fp8, fused)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MLP(cfg, dtype, rngs, fused)
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fused)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs, fused=fused)
 
-    def __call__(self, x, cos, sin, positions, kv=None, start=None):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
+    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
+        """x [B, T, hidden] -> (y, new kv); the arguments after x as :meth:`Attention.__call__`."""
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, start, first_slot)
         h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
         m = self.mlp(self.post_attention_layernorm(h))
         return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
@@ -184,10 +217,11 @@ class DecoderLayer(nnx.Module):
 class LlamaModel(nnx.Module):
     """``embed_tokens``, ``layers`` and the final ``norm`` (HF ``model.*``)."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, kv_fp8, fused) for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fused)
+                                for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -212,7 +246,7 @@ class LlamaForCausalLM(nnx.Module):
         self.config = cfg
         self.dtype = dtype
         self.fuse_projections = fuse_projections
-        self.model = LlamaModel(cfg, dtype, rngs, kv_fp8, fuse_projections)
+        self.model = LlamaModel(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fuse_projections)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))
@@ -232,24 +266,37 @@ class LlamaForCausalLM(nnx.Module):
         return KVCache.create(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim,
                               self.kv_cache_dtype)
 
-    def _run(self, input_ids, positions, cache, start):
+    def _run(self, input_ids, cache, start, first_slot=None, last=None):
+        """Tokens at slots ``start ..`` (positions = slot - first_slot) -> (logits, new cache or None).
+
+        ``last`` (traced int, optional): only the logits of that token, [B, 1, vocab] (a prefill needs no more).
+        """
+        b, t = input_ids.shape
         x = self.model.embed_tokens(input_ids)
+        positions = start + jnp.arange(t, dtype=jnp.int32)[None, :]
+        if first_slot is not None:
+            positions = jnp.maximum(positions - first_slot[:, None], 0)
+        positions = jnp.broadcast_to(positions, (b, t))
         cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.dtype)
         ks, vs = [], []
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = layer(x, cos, sin, positions, kv, start)
+            x, kv = layer(x, cos, sin, kv, start, first_slot)
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
+        if last is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, last, 1, axis=1)
+        return self._head(x), (None if cache is None else KVCache(tuple(ks), tuple(vs)))
+
+    def _head(self, x):
+        """The final norm and the LM head: hidden [B, T, hidden] -> logits [B, T, vocab] (model dtype)."""
         x = self.model.norm(x)
         if self.config.tie_word_embeddings:
             table = self.model.embed_tokens.embedding[...]
-            logits = round_to(jnp.dot(x, table.T, precision=dot_precision(x, table),
-                                      preferred_element_type=jnp.float32), x.dtype)
-        else:
-            logits = _proj(self.lm_head, x)
-        return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))
+            return round_to(jnp.dot(x, table.T, precision=dot_precision(x, table),
+                                    preferred_element_type=jnp.float32), x.dtype)
+        return _proj(self.lm_head, x)
 
     def __call__(self, input_ids):
         """Logits [B, T, vocab] (model dtype) of a full causal pass, no cache. Token ids are range-checked.
@@ -265,9 +312,7 @@ class LlamaForCausalLM(nnx.Module):
         return self._logits(input_ids)
 
     def _logits(self, input_ids):
-        b, t = input_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        return self._run(input_ids, positions, None, None)[0]
+        return self._run(input_ids, None, 0)[0]
 
     def forward_cached(self, input_ids, cache: KVCache, start):
         """Run T tokens at positions ``start .. start+T-1`` against ``cache``; returns (logits, new cache).
@@ -283,16 +328,20 @@ class LlamaForCausalLM(nnx.Module):
             return _jit_forward_cached(graphdef, state, input_ids, cache, start)
         return self._cached(input_ids, cache, start)
 
-    def _cached(self, input_ids, cache, start):
-        b, t = input_ids.shape
-        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-        return self._run(input_ids, positions, cache, start)
+    def _cached(self, input_ids, cache, start, first_slot=None, last=None):
+        return self._run(input_ids, cache, start, first_slot, last)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """Greedy (default) or sampled continuation; see :func:`quark_jax.models.generate`."""
         from quark_jax.models.generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def generate_stream(self, input_ids, max_new_tokens: int, **kwargs):
+        """New tokens in chunks as the device produces them; see :func:`quark_jax.models.generate_stream`."""
+        from quark_jax.models.generation import generate_stream
+
+        return generate_stream(self, input_ids, max_new_tokens, **kwargs)
 
 
 def _tracing(*trees) -> bool:
