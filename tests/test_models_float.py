@@ -203,6 +203,83 @@ def test_generate_stops_at_eos_and_pads(float_model):
     assert stats.prompt_tokens == 5 and stats.prefill_bucket == 16 and stats.cache_len == 64
 
 
+def test_stream_chunks_concatenate_to_generate(float_model):
+    ids = np.array([[1, 5, 9, 200, 17], [7, 7, 8, 9, 10]])
+    ref = np.asarray(float_model.generate(ids, 11))
+    for chunk in (1, 3):
+        chunks = list(float_model.generate_stream(ids, 11, chunk_size=chunk))
+        assert chunks[0].shape == (2, 1) and all(c.shape[1] <= chunk and c.dtype == np.int32 for c in chunks)
+        np.testing.assert_array_equal(np.concatenate(chunks, axis=1), ref[:, 5:])
+    sampled = np.asarray(float_model.generate(ids, 11, temperature=3.0, seed=4))
+    np.testing.assert_array_equal(np.asarray(float_model.generate(ids, 11, temperature=3.0, seed=4, chunk_size=3)),
+                                  sampled)
+
+
+def test_eos_list_stops_each_row_and_the_stream(float_model):
+    ids = np.array([[1, 5, 9, 200, 17], [7, 7, 8, 9, 10]])
+    free = np.asarray(float_model.generate(ids, 8))
+    eos_a, eos_b = int(free[0, 6]), int(free[1, 8])  # row 0 stops at its 2nd new token, row 1 at its 4th
+    if eos_a in free[1, 5:9].tolist() or eos_b in free[0, 5:7].tolist():
+        pytest.skip("fixture tokens collide")
+    out = np.asarray(float_model.generate(ids, 8, eos_token_id=[eos_a, eos_b]))
+    np.testing.assert_array_equal(out[0, :7], free[0, :7])
+    assert (out[0, 7:] == eos_a).all()  # padded with the first id of the list
+    np.testing.assert_array_equal(out[1, :9], free[1, :9])
+    assert (out[1, 9:] == eos_a).all()
+    chunks = list(float_model.generate_stream(ids, 8, eos_token_id=[eos_a, eos_b], chunk_size=2))
+    assert sum(c.shape[1] for c in chunks) == 4  # stops once both rows are done, not after 8
+    with pytest.raises(ValueError, match="eos_token_id"):
+        float_model.generate(ids, 2, eos_token_id=[])
+
+
+def test_prompts_of_different_lengths_equal_one_at_a_time(float_model):
+    prompts = [[1, 5, 9, 200, 17, 33, 4], [7, 8], [250, 3, 3, 3]]
+    alone = [np.asarray(float_model.generate(np.array([p]), 6))[0, len(p):] for p in prompts]
+    out = np.asarray(float_model.generate(prompts, 6))
+    assert out.shape == (3, 13)
+    for i, p in enumerate(prompts):
+        np.testing.assert_array_equal(out[i, 7 - len(p):7], p)
+        np.testing.assert_array_equal(out[i, 7:], alone[i])
+    # the same batch as a left-padded array with a mask
+    ids, mask = np.zeros((3, 7), np.int32), np.zeros((3, 7), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, 7 - len(p):], mask[i, 7 - len(p):] = p, 1
+    np.testing.assert_array_equal(np.asarray(float_model.generate(ids, 6, attention_mask=mask)), out)
+    with pytest.raises(ValueError, match="row 0 is not left-padded"):
+        float_model.generate(ids, 2, attention_mask=np.array([[1, 0, 1, 1, 1, 1, 1]] + [[1] * 7] * 2))
+
+
+def test_attention_in_query_blocks_equals_one_block(monkeypatch):
+    from quark_jax.models import llama
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((2, 24, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((2, 32, 2, 8)), jnp.float32) for _ in range(2))
+    slots, first = jnp.arange(24) + 3, jnp.array([0, 5])
+    whole = np.asarray(llama.attend(q, k, v, slots, first))
+    monkeypatch.setattr(llama, "ATTENTION_SCORE_BYTES", 4 * 2 * 4 * 32 * 5)  # blocks of 4 queries, 6 blocks
+    np.testing.assert_allclose(np.asarray(llama.attend(q, k, v, slots, first)), whole, rtol=1e-6, atol=1e-6)
+    # numpy float64 reference for one query
+    qq, kk, vv = (np.asarray(a, np.float64) for a in (q, k, v))
+    s = kk[1, 5:3 + 10 + 1, 1] @ qq[1, 10, 3] / np.sqrt(8)  # row 1, query 10 (slot 13), head 3 -> kv head 1
+    p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    np.testing.assert_allclose(whole[1, 10, 3], p @ vv[1, 5:14, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_check_names_the_sizes():
+    from quark_jax.models.generation import DeviceMemoryError, check_fits
+
+    class Dev:
+        device_kind = "Test GPU"
+
+        def memory_stats(self):
+            return {"bytes_limit": 8 << 30, "bytes_in_use": 7 << 30}
+
+    check_fits(512 << 20, "a cache", Dev())
+    with pytest.raises(DeviceMemoryError, match=r"a cache needs 2.00 GiB but Test GPU has 1.00 GiB free"):
+        check_fits(2 << 30, "a cache", Dev())
+
+
 def test_bucket_and_cache_sizes():
     assert prefill_bucket(1, 64) == 16 and prefill_bucket(16, 64) == 16 and prefill_bucket(33, 128) == 64
     assert cache_size(128, 128) == 128 and cache_size(129, 4096) == 192

@@ -110,7 +110,7 @@ def attend(q, k, v, q_slots, first_slot=None):
     each row (left padding). Query t of row b attends to the slots ``first_slot[b] <= s <= q_slots[t]``.
 
     Query head h reads KV head ``h // (H / H_kv)``. Returns [B, T, H, D] float32. The float32 scores are computed
-    in query blocks of at most :data:`ATTENTION_SCORE_BYTES` (each query's result is the same as in one block),
+    in query blocks of at most :data:`ATTENTION_SCORE_BYTES` (equal to one block up to float32 summation order),
     so a long prompt never holds all of [B, H, T, S].
 
     >>> q = jnp.ones((1, 2, 2, 4)); k = v = jnp.arange(8.0).reshape(1, 2, 1, 4)
