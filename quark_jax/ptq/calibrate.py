@@ -1,0 +1,111 @@
+"""Calibration: run a float Flax NNX model on token batches and record, per linear layer, the min/max of its
+input (static per-tensor input scales) and of its output (KV-cache scales of the k/v projections), as Quark's
+per-tensor min-max observers do (running min/max over every batch, float forward pass: Quark observes the
+unquantized activations).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from quark_jax.nn.load import module_path
+from quark_jax.nn.substitute import set_attr_at
+from quark_jax.ptq.observers import MinMax
+from quark_jax.quant.rounding import exact_f32, round_to
+
+__all__ = ["ObservedRange", "Observer", "calibrate"]
+
+
+class ObservedRange(nnx.Variable):
+    """A running (min, max) pair, float32 [2], of a calibration observer."""
+
+
+def _empty():
+    return jnp.array([jnp.inf, -jnp.inf], jnp.float32)
+
+
+def _fold(var, v):
+    lo, hi = jnp.min(v), jnp.max(v)
+    cur = var[...]
+    var.set_value(jnp.stack([jnp.minimum(cur[0], lo), jnp.maximum(cur[1], hi)]))
+
+
+class Observer(nnx.Module):
+    """Wraps a linear layer: ``y = layer(x)``, folding min/max of x (``inputs``) and of y rounded to x's dtype
+    (``outputs``) into :class:`ObservedRange` variables. ``slices`` (for a fused layer) observe the output per
+    shard: a list of (start, stop) column ranges."""
+
+    def __init__(self, layer, *, inputs: bool, outputs: bool, slices=None):
+        self.layer = layer
+        self.observe_inputs, self.observe_outputs = inputs, outputs
+        self.slices = tuple(slices) if slices else ((None, None),)
+        self.input_range = ObservedRange(_empty())
+        self.output_range = nnx.List([ObservedRange(_empty()) for _ in self.slices])
+
+    def __call__(self, x):
+        if self.observe_inputs:
+            _fold(self.input_range, exact_f32(x))
+        y = self.layer(x)
+        if self.observe_outputs:
+            yr = exact_f32(round_to(y, x.dtype))
+            for var, (a, b) in zip(self.output_range, self.slices):
+                _fold(var, yr[..., a:b])
+        return y
+
+
+@nnx.jit
+def _run(model, input_ids):
+    model(input_ids)
+
+
+def calibrate(model, observe: Mapping[str, tuple[bool, bool]], batches: Iterable, *,
+              output_slices: Mapping[str, list] | None = None) -> dict[str, dict[str, MinMax]]:
+    """Observe the linears of ``model`` (paths as :func:`quark_jax.nn.load.module_path` gives them) over
+    ``batches`` of token ids [B, T] (each run through ``model(ids)``, jitted per batch shape).
+
+    ``observe`` maps a layer path to (observe inputs, observe outputs). Returns ``{path: {"input": MinMax,
+    "output": [MinMax per output slice]}}``. The model is left as it was (the observers are removed again).
+    """
+    wrapped = []
+    for path, module in list(nnx.iter_modules(model)):
+        p = module_path(path)
+        if p in observe and path:
+            inputs, outputs = observe[p]
+            obs = Observer(module, inputs=inputs, outputs=outputs, slices=(output_slices or {}).get(p))
+            set_attr_at(model, path, obs)
+            wrapped.append((path, p, obs))
+    missing = sorted(set(observe) - {p for _, p, _ in wrapped})
+    if missing:
+        raise ValueError(f"calibrate: the model has no layer at {missing[:4]} (paths to observe)")
+    n = 0
+    try:
+        for ids in batches:
+            ids = np.asarray(ids)
+            if ids.ndim == 1:
+                ids = ids[None]
+            _run(model, jnp.asarray(ids, jnp.int32))
+            n += 1
+    finally:
+        for path, _, obs in wrapped:
+            set_attr_at(model, path, obs.layer)
+    if n == 0:
+        raise ValueError("calibration_batches: no batches (static input or KV-cache scales need calibration data)")
+    out = {}
+    for _, p, obs in wrapped:
+        rng = MinMax()
+        lo, hi = np.asarray(jax.device_get(obs.input_range[...]))
+        if obs.observe_inputs:
+            rng.merge(lo, hi)
+        outs = []
+        for var in obs.output_range:
+            m = MinMax()
+            if obs.observe_outputs:
+                m.merge(*np.asarray(jax.device_get(var[...])))
+            outs.append(m)
+        out[p] = {"input": rng, "output": outs}
+    return out

@@ -1,0 +1,389 @@
+"""Post-training quantization in JAX: a float model (or checkpoint) -> Quark layers (or a Quark checkpoint that
+amd-quark's ``export_safetensors`` would have written).
+
+Steps: resolve each linear's Quark layer config (``layer_quant_config`` > ``layer_type_quant_config`` >
+``global_quant_config``, ``exclude``; :class:`~quark_jax.QuarkConfig`); calibrate static input ranges and KV
+output ranges through the float NNX model (:mod:`quark_jax.ptq.calibrate`); compute scales and quantized weights
+with Quark's formulas (:mod:`quark_jax.ptq.observers`, numpy float32; MXFP4 with
+:func:`quark_jax.quant.quantize_mxfp4`, jitted per layer); merge the k/v output scales of each attention to their
+max (Quark's exporter); then either substitute :class:`~quark_jax.nn.QuarkLinear` layers (``quantize``) or write
+the checkpoint (``quantize_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from quark_jax.checkpoint import open_checkpoint
+from quark_jax.config import FUSED_MODULES, QuarkConfig, shard_paths
+from quark_jax.errors import QuarkConfigError
+from quark_jax.nn.linear import QuarkLinear
+from quark_jax.nn.load import module_path
+from quark_jax.nn.substitute import quantize_model
+from quark_jax.ptq import observers as obs
+from quark_jax.ptq.calibrate import calibrate
+from quark_jax.ptq.export import DEFAULT_MAX_SHARD_BYTES, save_sharded, write_config
+from quark_jax.ptq.presets import PRESETS, complete_config, preset_config
+from quark_jax.quant import quantize_mxfp4
+
+__all__ = ["resolve_quant_config", "LayerTask", "plan_layers", "quantize_tensors", "quantize", "quantize_checkpoint"]
+
+_NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+              "float16": np.dtype(np.float16)}
+
+
+def resolve_quant_config(quant_config) -> dict[str, Any]:
+    """The exported-form ``quantization_config`` dict for a preset name (:data:`PRESETS`), a Quark config dict
+    (``QConfig.to_dict()`` or an exported one) or a :class:`QuarkConfig`.
+
+    >>> resolve_quant_config("ptpc_fp8")["global_quant_config"]["input_tensors"]["qscheme"]
+    'per_channel'
+    """
+    if isinstance(quant_config, str):
+        if quant_config not in PRESETS:
+            raise QuarkConfigError(f"quant_config: unknown preset {quant_config!r}; choose one of {list(PRESETS)}, "
+                                   "or pass a quantization_config dict")
+        return preset_config(quant_config)
+    if isinstance(quant_config, QuarkConfig):
+        return complete_config(quant_config.raw)
+    return complete_config(quant_config)
+
+
+class LayerTask:
+    """One linear to quantize: its model path, checkpoint shard paths (q/k/v for a fused ``qkv_proj``), output
+    widths per shard, raw tensor specs, and what calibration it needs."""
+
+    def __init__(self, path: str, shards: tuple[str, ...], widths: tuple[int, ...], weight: dict | None,
+                 inputs: dict | None, kv_output: dict | None, kv_shards: tuple[bool, ...]):
+        self.path, self.shards, self.widths = path, shards, widths
+        self.weight, self.inputs, self.kv_output, self.kv_shards = weight, inputs, kv_output, kv_shards
+
+    @property
+    def static_input(self) -> bool:
+        return self.inputs is not None and not self.inputs.get("is_dynamic")
+
+    @property
+    def observes_output(self) -> bool:
+        return any(self.kv_shards)
+
+
+def _kv_output_spec(cfg: QuarkConfig) -> dict:
+    raw = cfg.raw
+    for pattern in cfg.kv_cache.group:
+        for table in ("layer_quant_config", "kv_cache_quant_config"):
+            entry = (raw.get(table) or {}).get(pattern)
+            if entry and entry.get("output_tensors"):
+                return dict(entry["output_tensors"])
+    return {}
+
+
+def plan_layers(model, cfg: QuarkConfig, *, logical_widths: Mapping[str, Sequence[int]] | None = None
+                ) -> list[LayerTask]:
+    """The quantized linears of ``model`` (``nnx.Linear`` at module paths that ``cfg`` quantizes). An unsupported
+    layer config raises :class:`~quark_jax.errors.QuarkConfigError` naming the layer."""
+    tasks = []
+    kv_spec = _kv_output_spec(cfg) if cfg.kv_cache is not None else None
+    for path, module in nnx.iter_modules(model):
+        if not path or not isinstance(module, nnx.Linear):
+            continue
+        p = module_path(path)
+        plan = cfg.plan(p)
+        if plan.status == "unsupported":
+            raise QuarkConfigError(plan.reason)
+        if plan.status != "quantized":
+            continue
+        lcfg = cfg.layer_config(p)
+        shards = shard_paths(p)
+        leaf = p.rpartition(".")[2]
+        if len(shards) > 1:
+            given = (logical_widths or {}).get(p, (logical_widths or {}).get(leaf))
+            widths = _fused_widths(model, leaf, module.out_features) if given is None else tuple(map(int, given))
+            if sum(widths) != module.out_features:
+                raise ValueError(f"layer {p}: logical widths {list(widths)} do not add up to {module.out_features}")
+        else:
+            widths = (module.out_features,)
+        kv = tuple(cfg.kv_cache is not None and cfg.kv_cache.is_kv_layer(s) for s in shards)
+        raw = lambda s: None if s is None else dict(s.raw)  # noqa: E731
+        tasks.append(LayerTask(p, shards, widths, raw(lcfg.weight), raw(lcfg.input_tensors),
+                               kv_spec if any(kv) else None, kv))
+    return tasks
+
+
+def _fused_widths(model, leaf: str, out_features: int) -> tuple[int, ...]:
+    c = getattr(model, "config", None)
+    if c is not None and leaf == "qkv_proj":
+        d = c.head_dim
+        return (c.num_attention_heads * d, c.num_key_value_heads * d, c.num_key_value_heads * d)
+    if c is not None and leaf == "gate_up_proj":
+        return (c.intermediate_size, c.intermediate_size)
+    raise ValueError(f"a fused {leaf} ({' + '.join(FUSED_MODULES[leaf])}) needs logical_widths={{{leaf!r}: (...)}}")
+
+
+@jax.jit
+def _mxfp4(w):
+    return quantize_mxfp4(w)
+
+
+def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype) -> dict[str, np.ndarray]:
+    dt, qs = spec.get("dtype"), spec.get("qscheme")
+    if dt == "fp4":
+        packed, scales = _mxfp4(w.astype(np.float32))
+        return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
+    if qs not in ("per_tensor", "per_channel") or spec.get("is_dynamic") or spec.get("symmetric") is False:
+        raise QuarkConfigError(f"layer {name}: weight spec {spec} is not supported for quantization")
+    lo, hi = obs.weight_range(w, qs)
+    if dt == "fp8_e4m3":
+        s = obs.fp8_scale(lo, hi, model_dtype=model_dtype, spec=spec)
+        return {"weight": obs.quantize_fp8_weight(w, s, model_dtype=model_dtype), "weight_scale": s}
+    if dt == "int8":
+        s = obs.int8_symmetric_scale(lo, hi, model_dtype=model_dtype)
+        return {"weight": obs.quantize_int8_weight(w.astype(np.float32), s), "weight_scale": s,
+                "weight_zero_point": np.zeros(np.shape(s), np.int8)}
+    raise QuarkConfigError(f"layer {name}: weight dtype {dt!r} is not supported for quantization")
+
+
+def _input_tensors(name: str, spec: dict, rng: obs.MinMax, model_dtype) -> dict[str, np.ndarray]:
+    if not rng.seen or not np.isfinite(rng.min) or not np.isfinite(rng.max):
+        raise ValueError(f"layer {name}: no calibration data reached this layer's input")
+    dt = spec.get("dtype")
+    if dt == "fp8_e4m3":
+        return {"input_scale": obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype, spec=spec)}
+    if dt == "int8":
+        if spec.get("symmetric") is False:
+            s, z = obs.int8_asymmetric_qparams(rng.min, rng.max, model_dtype=model_dtype)
+            return {"input_scale": s, "input_zero_point": z}
+        return {"input_scale": obs.int8_symmetric_scale(rng.min, rng.max, model_dtype=model_dtype),
+                "input_zero_point": np.zeros((), np.int8)}
+    raise QuarkConfigError(f"layer {name}: static input dtype {dt!r} is not supported for quantization")
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total, self.enabled, self.label, self.n, self.t0 = total, enabled, label, 0, time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.n += 1
+        if self.enabled:
+            width = 30
+            done = int(width * self.n / max(self.total, 1))
+            sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
+                             f"{time.monotonic() - self.t0:5.1f}s {what[-40:]:<40}")
+            if self.n == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def quantize_tensors(model, quant_config, calibration_batches: Iterable | None = None, *,
+                     logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False
+                     ) -> tuple[dict[str, dict[str, np.ndarray]], list[LayerTask], dict[str, Any]]:
+    """Calibrate ``model`` (a float NNX model whose linears are ``nnx.Linear``) and compute the Quark tensors of
+    every quantized layer. Returns ``(tensors, tasks, quantization_config)`` where ``tensors`` maps each
+    checkpoint module path (shards of fused layers separately) to ``{"weight": ..., "weight_scale": ...,
+    "input_scale": ..., "output_scale": ...}`` exactly as amd-quark exports them (k/v ``output_scale`` merged
+    to the max of the pair)."""
+    qc = resolve_quant_config(quant_config)
+    cfg = QuarkConfig.from_dict(qc)
+    tasks = plan_layers(model, cfg, logical_widths=logical_widths)
+    model_dtype = np.dtype(_model_dtype(model))
+    observe = {t.path: (t.static_input, t.observes_output) for t in tasks if t.static_input or t.observes_output}
+    ranges = {}
+    if observe:
+        if calibration_batches is None:
+            need = next(iter(observe))
+            raise ValueError(f"calibration_batches: layer {need} needs calibration data (static input or KV-cache "
+                             "scales); pass token ids")
+        slices = {t.path: _slices(t.widths) for t in tasks if t.path in observe}
+        ranges = calibrate(model, observe, calibration_batches, output_slices=slices)
+    modules = {module_path(p): m for p, m in nnx.iter_modules(model) if p}
+    tensors: dict[str, dict[str, np.ndarray]] = {}
+    bar = _Progress(len(tasks), progress, "quantizing")
+    for t in tasks:
+        lin = modules[t.path]
+        w_all = np.asarray(jax.device_get(lin.kernel[...])).T
+        rows = np.cumsum((0,) + t.widths)
+        for i, shard in enumerate(t.shards):
+            w = np.ascontiguousarray(w_all[rows[i]:rows[i + 1]])
+            out = _weight_tensors(shard, w, t.weight, model_dtype) if t.weight is not None else {}
+            if t.static_input:
+                out.update(_input_tensors(shard, t.inputs, ranges[t.path]["input"], model_dtype))
+            if t.kv_shards[i]:
+                rng = ranges[t.path]["output"][i]
+                out["output_scale"] = obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype, spec=t.kv_output)
+            tensors[shard] = out
+        bar.step(t.path)
+    _merge_kv_scales(tensors, float(qc["export"].get("min_kv_scale") or 0.0))
+    return tensors, tasks, qc
+
+
+def _slices(widths):
+    rows = np.cumsum((0,) + tuple(widths))
+    return [(int(rows[i]), int(rows[i + 1])) for i in range(len(widths))]
+
+
+def _merge_kv_scales(tensors, min_kv_scale: float) -> None:
+    """Quark's exporter: the k and v output scales of one attention become their max (at least min_kv_scale)."""
+    groups: dict[str, list[str]] = {}
+    for shard, t in tensors.items():
+        if "output_scale" in t:
+            groups.setdefault(shard.rpartition(".")[0], []).append(shard)
+    for members in groups.values():
+        scales = [tensors[m]["output_scale"] for m in members]
+        merged = scales[0]
+        for s in scales[1:]:
+            merged = np.maximum(merged, s)
+        if min_kv_scale > 0:
+            merged = np.maximum(merged, np.asarray(min_kv_scale, merged.dtype))
+        for m in members:
+            tensors[m]["output_scale"] = np.asarray(merged, scales[0].dtype)
+
+
+def _model_dtype(model):
+    dt = getattr(model, "dtype", None)
+    if dt is not None:
+        return np.dtype(dt)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.Linear):
+            return np.dtype(m.kernel[...].dtype)
+    return np.dtype(np.float32)
+
+
+def _batches(ids, batch_size: int):
+    ids = np.asarray(ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"calibration_ids: expected integer token ids [N, T], got {ids.dtype} {list(ids.shape)}")
+    return [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def quantize(model, quant_config, calibration_batches: Iterable | None = None, *,
+             logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False):
+    """Calibrate and quantize a float Flax NNX model in place; returns it with
+    :class:`~quark_jax.nn.QuarkLinear` layers (and an FP8 KV cache with the calibrated k/v scales when the config
+    has a KV-cache group), each layer's params processed for its scheme (jitted once per layer), exactly as
+    :func:`quark_jax.models.from_pretrained` would load the checkpoint :func:`quantize_checkpoint` writes.
+
+    Args:
+      model: a float NNX model whose linears are ``nnx.Linear`` at Hugging Face module paths (e.g.
+        :class:`quark_jax.models.LlamaForCausalLM`); fused ``qkv_proj`` / ``gate_up_proj`` are quantized per shard.
+      quant_config: a preset name (:data:`~quark_jax.ptq.PRESETS`), a Quark ``quantization_config`` dict or a
+        :class:`~quark_jax.QuarkConfig`.
+      calibration_batches: token-id batches [B, T] (each run as ``model(ids)``); needed for static input scales
+        and KV-cache scales, unused otherwise.
+
+    >>> import jax.numpy as jnp
+    >>> from quark_jax.models import from_pretrained
+    >>> from quark_jax.data import FLOAT_CHECKPOINT
+    >>> m = quantize(from_pretrained(FLOAT_CHECKPOINT), "mxfp4")
+    >>> type(m.model.layers[0].mlp.down_proj.scheme).__name__, m(jnp.array([[1, 2, 3]])).shape
+    ('QuarkW4A4MXFP4', (1, 3, 256))
+    """
+    tensors, tasks, qc = quantize_tensors(model, quant_config, calibration_batches, logical_widths=logical_widths,
+                                          progress=progress)
+    cfg = QuarkConfig.from_dict(qc)
+    widths = {t.path: t.widths for t in tasks if len(t.shards) > 1}
+    quantize_model(model, cfg, logical_widths=widths)
+    for path, module in nnx.iter_modules(model):
+        p = module_path(path)
+        if isinstance(module, QuarkLinear) and p in {t.path for t in tasks}:
+            module.load_params(_raw_params(module, [tensors[s] for s in shard_paths(p)]))
+        kv = [tensors.get(f"{p}.{c}_proj", {}).get("output_scale") for c in ("k", "v")]
+        if getattr(module, "kv_fp8", False) and hasattr(module, "k_scale") and kv[0] is not None:
+            module.k_scale.set_value(np.float32(kv[0]))
+            module.v_scale.set_value(np.float32(kv[1] if kv[1] is not None else kv[0]))
+    return model
+
+
+def _raw_params(layer: QuarkLinear, parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    raw = {}
+    for name, spec in layer.raw_param_specs().items():
+        if name == "bias":
+            if layer.use_bias:
+                raw["bias"] = np.asarray(layer.bias[...])
+            continue
+        if any(name not in p for p in parts):
+            if spec.required:
+                raise AssertionError(f"{layer.name}: quantization produced no {name!r}")
+            continue
+        arrs = [np.asarray(p[name]).reshape(spec.shard_shapes[i]) for i, p in enumerate(parts)]
+        if spec.combine == "concat":
+            a = arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=0)
+        else:
+            a = np.stack([x.reshape(()) for x in arrs])
+        raw[name] = a.astype(spec.dtype)
+    return raw
+
+
+def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike, quant_config,
+                        calibration_ids=None, *, dtype=None, batch_size: int = 8,
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool | None = None) -> Path:
+    """Quantize a float Hugging Face checkpoint (Llama family) into a Quark checkpoint in ``out_dir``: the
+    tensors, names, dtypes and shapes amd-quark's ``export_safetensors`` writes, ``config.json`` with the
+    ``quantization_config``, ``generation_config.json``; sharded with an index past ``max_shard_bytes``.
+
+    Args:
+      float_dir: ``config.json`` + safetensors of the float model.
+      out_dir: created if needed; existing checkpoint files there are overwritten.
+      quant_config: a preset name (fp8, ptpc_fp8, int8, mxfp4, mxfp4_fp8, mxfp4_weight_only), a Quark
+        ``quantization_config`` dict (``QConfig.to_dict()`` or as exported) or a :class:`~quark_jax.QuarkConfig`.
+      calibration_ids: token ids [N, T] (numpy) run through the float model in batches of ``batch_size`` rows;
+        required when the config has static inputs or a KV-cache group.
+      dtype: the model dtype ("float32", "bfloat16", "float16"; default the config's): float tensors are cast to
+        it (round to nearest even) before quantization, and scales follow it as in Quark.
+      progress: a progress bar over layers on stderr (default: when stderr is a terminal).
+
+    Returns ``Path(out_dir)``.
+    """
+    float_dir, out_dir = Path(float_dir), Path(out_dir)
+    from quark_jax.models import from_pretrained
+
+    reader = open_checkpoint(float_dir)
+    model_config = dict(reader.config)
+    if model_config.get("quantization_config") is not None:
+        raise ValueError(f"float_dir {float_dir}: config.json already has a quantization_config; quantize a float "
+                         "checkpoint")
+    model = from_pretrained(float_dir, dtype=dtype)
+    model_dtype = np.dtype(model.dtype)
+    batches = None if calibration_ids is None else _batches(calibration_ids, batch_size)
+    show = sys.stderr.isatty() if progress is None else progress
+    tensors, _, qc = quantize_tensors(model, quant_config, batches, progress=show)
+    quantized_weights = {f"{m}.weight" for m in tensors}
+    out: dict[str, np.ndarray] = {}
+    for name in reader.names():
+        if name in quantized_weights:
+            continue
+        a = reader.get(name)
+        out[name] = a.astype(model_dtype) if np.issubdtype(a.dtype, np.floating) or a.dtype == ml_dtypes.bfloat16 else a
+    for module, ts in tensors.items():
+        for suffix, a in ts.items():
+            out[f"{module}.{suffix}"] = np.asarray(a)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
+        old.unlink()
+    save_sharded(out_dir, out, max_shard_bytes=max_shard_bytes)
+    write_config(out_dir, model_config, qc, dtype_name=_dtype_name(model_dtype))
+    gen = float_dir / "generation_config.json"
+    if gen.is_file():
+        (out_dir / "generation_config.json").write_text(gen.read_text())
+    else:
+        g = {"_from_model_config": True, **{k: model_config[k] for k in ("bos_token_id", "eos_token_id",
+                                                                          "pad_token_id") if model_config.get(k) is not None}}
+        (out_dir / "generation_config.json").write_text(json.dumps(g, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def _dtype_name(dt) -> str:
+    for name, d in _NP_DTYPES.items():
+        if d == np.dtype(dt):
+            return name
+    raise ValueError(f"dtype: expected float32, bfloat16 or float16, got {dt}")
