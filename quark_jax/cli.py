@@ -255,6 +255,37 @@ def _run(args) -> int:
     return 0
 
 
+def _quantize(args) -> int:
+    """Quantize a float checkpoint into a Quark checkpoint (quark_jax.ptq.quantize_checkpoint)."""
+    import json
+
+    import numpy as np
+
+    from quark_jax.ptq import preset_config, quantize_checkpoint
+
+    float_dir = resolve_checkpoint_arg(args.float_dir)
+    if args.preset is not None:
+        qc = preset_config(args.preset, kv_cache=args.kv_cache)
+    else:
+        if args.kv_cache is not None:
+            raise ValueError("--kv-cache goes with --preset; a --config file says its own KV-cache group")
+        try:
+            qc = json.loads(Path(args.config).read_text())
+        except ValueError as e:
+            raise ValueError(f"--config {args.config}: not valid JSON ({e})") from None
+        if isinstance(qc, dict) and "quantization_config" in qc:  # a whole config.json
+            qc = qc["quantization_config"]
+    ids = None
+    if args.calibration is not None:
+        path = Path(args.calibration)
+        ids = np.asarray(json.loads(path.read_text())) if path.suffix == ".json" else np.load(path)
+    out = quantize_checkpoint(float_dir, args.out_dir, qc, ids, dtype=args.dtype, batch_size=args.batch_size,
+                              progress=args.progress)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"wrote {out}: {', '.join(files)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from quark_jax import __version__
 
@@ -292,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--impl", choices=["auto", "pallas", "xla"], default=None, help="GEMM implementation")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="loading progress line (default: for checkpoints over 256 MiB)")
+    q = command("quantize", _quantize, "quantize a float checkpoint into a Quark checkpoint (as amd-quark's "
+                                       "export_safetensors writes it), calibrating static scales in JAX")
+    q.add_argument("float_dir", help="float checkpoint directory (config.json + safetensors)")
+    q.add_argument("out_dir", help="output directory for the Quark checkpoint")
+    how = q.add_mutually_exclusive_group(required=True)
+    how.add_argument("--config", help="JSON file: a Quark quantization_config (or a config.json holding one)")
+    how.add_argument("--preset", choices=["fp8", "ptpc_fp8", "int8", "mxfp4", "mxfp4_fp8", "mxfp4_weight_only"],
+                     help="one of Quark's LLM template schemes")
+    q.add_argument("--kv-cache", choices=["fp8"], default=None, help="with --preset: add the FP8 KV cache")
+    q.add_argument("--calibration", help="token ids [N, T] (.npy, or .json list of lists); needed for static "
+                                         "input or KV-cache scales")
+    q.add_argument("--batch-size", type=int, default=8, help="calibration rows per forward pass (default 8)")
+    q.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="model dtype (default: the checkpoint's); scales follow it as in Quark")
+    q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar over layers (default: when stderr is a terminal)")
     return p
 
 

@@ -171,3 +171,21 @@ def test_errors(float_dir, tmp_path):
 
 def test_save_sharded_single_file(tmp_path):
     assert save_sharded(tmp_path, {"a": np.zeros(3, np.float32)}) == ["model.safetensors"]
+
+
+def test_cli_quantize(float_dir, calib_ids, quantized, tmp_path, capsys):
+    from quark_jax import cli
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, calib_ids)
+    variant = "w_mxfp4_a_fp8_pertensor_static"
+    out = tmp_path / "cli"
+    argv = ["quantize", str(float_dir), str(out), "--config", str(FX / variant / "config.json"),
+            "--calibration", str(ids), "--batch-size", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    a, b = SafetensorsFile(out / "model.safetensors"), SafetensorsFile(quantized(variant) / "model.safetensors")
+    assert all(np.array_equal(_bits(a.get(n)), _bits(b.get(n))) for n in b.names())
+    assert cli.main(["quantize", str(float_dir), str(tmp_path / "p"), "--preset", "mxfp4_weight_only"]) == 0
+    assert cli.main(["quantize", str(float_dir), str(tmp_path / "e"), "--preset", "fp8"]) == 2
+    assert "needs calibration data" in capsys.readouterr().err
