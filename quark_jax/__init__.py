@@ -7,7 +7,8 @@ from quark_jax.config import QuarkConfig  # noqa: E402
 from quark_jax.errors import (CheckpointError, CheckpointNotFoundError, InvalidArgumentError,  # noqa: E402
                               QuarkConfigError, QuarkJaxError, UnsupportedModelError, UnsupportedSchemeError)
 
-_LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io", "models", "data")
+_LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io", "models", "data", "validation",
+         "value_checks")
 _FROM_NN = ("quantize_model", "load_weights", "QuarkLinear")
 
 
@@ -17,6 +18,8 @@ def __getattr__(name):
 
     if name in _LAZY:
         return importlib.import_module(f"quark_jax.{name}")
+    if name == "validate_checkpoint":
+        return importlib.import_module("quark_jax.validation").validate_checkpoint
     if name in _FROM_NN:
         return getattr(importlib.import_module("quark_jax.nn"), name)
     raise AttributeError(f"module 'quark_jax' has no attribute {name!r}")
@@ -25,4 +28,4 @@ def __getattr__(name):
 __all__ = ["formats", "quant", "QuarkConfig", "QuarkJaxError", "QuarkConfigError", "UnsupportedSchemeError",
            "CheckpointError", "CheckpointNotFoundError", "UnsupportedModelError", "InvalidArgumentError",
            "checkpoint", "kernels", "nn", "schemes", "io", "models", "data", "quantize_model", "load_weights",
-           "QuarkLinear", "__version__"]
+           "QuarkLinear", "validate_checkpoint", "__version__"]

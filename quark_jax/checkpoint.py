@@ -23,6 +23,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.io import SafetensorsFile, SafetensorsFormatError, TensorInfo, read_config_json, resolve_checkpoint
 from quark_jax.schemes import ParamSpec, QuarkScheme, UnquantizedLinearMethod
 from quark_jax.schemes.base import SCALE_DTYPES
+from quark_jax.value_checks import check_scale, is_scale_name
 
 __all__ = [
     "CheckpointReader",
@@ -256,6 +257,8 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
       the expected and found dtype/shape;
     * a tensor under one of the layer's modules that the scheme does not read (for example an ``input_scale``
       for a dynamic scheme, or a bias with ``use_bias=False``) -> :class:`CheckpointError` ("unexpected");
+    * a scale that is not finite and > 0, or an E8M0 scale byte 255 (NaN) -> :class:`CheckpointError` naming the
+      file, tensor and layer (:mod:`quark_jax.value_checks`);
     * ``scheme.check_loaded`` (e.g. INT8 weight zero points must be 0).
 
     Sizes default to the checkpoint's (:func:`layer_geometry`); given, they are checked. Scales come back as
@@ -311,6 +314,8 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
                 raise CheckpointError(f"{what}: tensor {tname!r}: expected shape {list(spec.shard_shapes[i])} "
                                       f"({spec.doc}), found {list(info.shape)} ({info.dtype.name})")
             parts.append(reader.get(tname).reshape(spec.shard_shapes[i]))
+            if is_scale_name(tname):  # finite and > 0 (float), not 255 (E8M0): vectorized, quark_jax.value_checks
+                check_scale(parts[-1], tensor=tname, layer=layer_path, file=reader.file_of(tname))
         if not all(present):
             missing = [f"{s}.{pname}" for s, p in zip(shards, present) if not p]
             if spec.required or any(present):
@@ -369,7 +374,9 @@ def _scalar(reader: CheckpointReader, name: str) -> np.float32:
     if info.dtype not in SCALE_DTYPES or int(np.prod(info.shape)) != 1:
         raise CheckpointError(f"tensor {name!r}: expected a scalar KV-cache scale ({_dtype_names(SCALE_DTYPES)} "
                               f"shape [] or [1]), found {info.dtype.name} {list(info.shape)}")
-    return np.float32(reader.get(name).astype(np.float32).reshape(()))
+    value = reader.get(name).astype(np.float32).reshape(())
+    check_scale(value, tensor=name, layer=name.rpartition(".")[0], file=reader.file_of(name))
+    return np.float32(value)
 
 
 def load_kv_scales(reader: CheckpointReader | str | Path, attn_path: str) -> KVScales:

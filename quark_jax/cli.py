@@ -110,7 +110,7 @@ def _inspect(args) -> int:
     qc = reader.config.get("quantization_config")
     if qc is None:
         print("no quantization_config: an unquantized checkpoint")
-        return 0
+        return EXIT_PROBLEMS if _inspect_problems(args, ckpt) else EXIT_OK
     try:
         cfg = QuarkConfig(qc, checkpoint_dir=ckpt)
     except QuarkConfigError as e:
@@ -155,7 +155,35 @@ def _inspect(args) -> int:
     unsupported = by_status.get("unsupported", [])
     for plan in unsupported:
         print(f"unsupported {plan.path}: {plan.reason}")
-    return 1 if unsupported else 0
+    problems = _inspect_problems(args, ckpt, skip_layers={p.path for p in unsupported})
+    return EXIT_PROBLEMS if unsupported or problems else EXIT_OK
+
+
+def _inspect_problems(args, ckpt, skip_layers=()) -> list:
+    """inspect's validation (structure and scale values; ``--no-check`` skips it), printed; the problems."""
+    if not args.check:
+        return []
+    from quark_jax.validation import validate_checkpoint
+
+    problems = [p for p in validate_checkpoint(ckpt, weights=False) if p.layer not in skip_layers]
+    for p in problems:
+        print(f"problem: {p}")
+    print(f"check (structure and scales): {len(problems)} problem(s)" if problems
+          else "check (structure and scales): no problems found")
+    return problems
+
+
+def _check(args) -> int:
+    """Read every tensor of a checkpoint, print every problem (one per line), exit 1 when there is any."""
+    from quark_jax.validation import validate_checkpoint
+
+    ckpt = resolve_checkpoint_arg(args.checkpoint)
+    problems = validate_checkpoint(ckpt)
+    for p in problems:
+        print(f"problem: {p}")
+    print(f"checkpoint: {ckpt}{_bundled_label(args.checkpoint)}: "
+          + (f"{len(problems)} problem(s)" if problems else "no problems found"))
+    return EXIT_PROBLEMS if problems else EXIT_OK
 
 
 def _parse_ids(text: str) -> list[list[int]]:
@@ -307,8 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = command("demo", _demo, "per quantized layer: the output error of the checkpoint's weight and activation "
                                "quantizers against float, and its time")
     add_checkpoint_argument(d, optional=True, default_help=" (default: every bundled one)")
-    i = command("inspect", _inspect, "which scheme each layer of a checkpoint gets, bytes, excluded, unsupported")
+    i = command("inspect", _inspect, "which scheme each layer of a checkpoint gets, bytes, excluded, unsupported; "
+                                     "then the problems check finds in its structure and scales (exit 1 if any)")
     add_checkpoint_argument(i)
+    i.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the validation (it reads every layer's tensors)")
+    c = command("check", _check, "read every tensor of a checkpoint and report every problem (exit 1 if any)")
+    add_checkpoint_argument(c)
     r = command("run", _run, "load a checkpoint and generate (jitted prefill + decode); prints ids and timing")
     add_checkpoint_argument(r, optional=True, default_help=" (default: tiny-llama-mxfp4)")
     r.add_argument("--prompt-ids", type=_parse_ids, default=[[1, 5, 9]],

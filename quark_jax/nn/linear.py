@@ -17,6 +17,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.quant.rounding import round_to
 from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
 from quark_jax.schemes.base import dequantize_params, logical_widths_of
+from quark_jax.value_checks import check_scale, is_scale_name
 
 __all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
@@ -39,7 +40,9 @@ class QuarkLinear(nnx.Module):
       name: the module path, used in error messages and as the default checkpoint path.
 
     Params start as zeros of the processed shapes (build under ``nnx.eval_shape`` to skip that allocation for a
-    big model); :meth:`load_params` or :meth:`load_checkpoint` fill them.
+    big model); :meth:`load_params` or :meth:`load_checkpoint` fill them. Calling the layer before that raises
+    :class:`~quark_jax.errors.CheckpointError` (also while tracing under ``jax.jit``: ``weights_loaded`` is a
+    static attribute); params restored another way (``nnx.update``) are declared with :meth:`mark_loaded`.
 
     >>> from quark_jax.data import bundled_checkpoint
     >>> layer = QuarkLinear.from_pretrained(bundled_checkpoint("tiny-llama-fp8"), "model.layers.0.self_attn.qkv_proj")
@@ -66,6 +69,7 @@ class QuarkLinear(nnx.Module):
         for k, v in abstract.items():
             setattr(self, k, QuarkParam(jnp.zeros(v.shape, v.dtype)))
         self.bias = QuarkParam(jnp.zeros((self.out_features,), self._float_dtype)) if self.use_bias else None
+        self.weights_loaded = False  # static: set by load_params / mark_loaded, checked in __call__
 
     @property
     def _float_dtype(self):
@@ -95,6 +99,9 @@ class QuarkLinear(nnx.Module):
             if tuple(np.shape(a)) != spec.shape or np.dtype(a.dtype) != spec.dtype:
                 raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): param {k!r}: expected "
                                       f"{spec.describe()}, found {np.dtype(a.dtype).name} {list(np.shape(a))}")
+        for k, v in raw.items():  # finite > 0 float scales, E8M0 bytes != 255 (quark_jax.value_checks)
+            if is_scale_name(k) and not isinstance(v, jax.core.Tracer):
+                check_scale(np.asarray(v), tensor=f"{self.name}.{k}", layer=self.name)
         self.scheme.check_loaded({k: np.asarray(v) for k, v in raw.items() if k != "bias"}, self.name)
         processed = process_params(self.scheme, {k: v for k, v in raw.items() if k != "bias"}, self.logical_widths)
         if set(processed) != set(self.param_names):
@@ -103,6 +110,12 @@ class QuarkLinear(nnx.Module):
             getattr(self, k).set_value(v)
         if self.use_bias:
             self.bias.set_value(jnp.asarray(raw["bias"], self._float_dtype))
+        self.weights_loaded = True
+        return self
+
+    def mark_loaded(self) -> "QuarkLinear":
+        """Declare the params filled by other means (e.g. ``nnx.update`` from a saved state). Returns self."""
+        self.weights_loaded = True
         return self
 
     def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None
@@ -145,6 +158,12 @@ class QuarkLinear(nnx.Module):
         return dequantize_params(self.scheme, self.params())
 
     def __call__(self, x):
+        if not self.weights_loaded:
+            raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): called before its weights were "
+                                  "loaded (its params are placeholder zeros); fill them with "
+                                  "quark_jax.load_weights(model, checkpoint), layer.load_checkpoint(checkpoint) or "
+                                  "layer.load_params(raw), or call layer.mark_loaded() after restoring them",
+                                  layer=self.name, expected="loaded weights", found="placeholder zeros")
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")
