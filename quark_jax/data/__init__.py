@@ -22,3 +22,17 @@ def bundled_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
         return BUNDLED[name]
     except KeyError:
         raise ValueError(f"name: no bundled checkpoint {name!r}; choose one of {sorted(BUNDLED)}") from None
+
+
+def calibration_ids():
+    """The token ids [4, 16] (int64) amd-quark 0.13 calibrated the bundled checkpoints on (in batches of 2), for
+    :func:`quark_jax.ptq.quantize_checkpoint` on ``FLOAT_CHECKPOINT``.
+
+    >>> calibration_ids().shape
+    (4, 16)
+    """
+    import json
+
+    import numpy as np
+
+    return np.asarray(json.loads((FLOAT_CHECKPOINT / "calibration_ids.json").read_text())["input_ids"], np.int64)
