@@ -232,15 +232,23 @@ def _join_negative_ids(argv: list[str]) -> list[str]:
 
 
 def _run(args) -> int:
-    """Load a checkpoint (default: the bundled one), generate with jitted prefill + decode, print ids and timing."""
+    """Load a checkpoint (default: the bundled one) and generate: text with --prompt / --chat (the default when the
+    checkpoint has tokenizer files), ids with --prompt-ids; then the timing."""
     import numpy as np
 
     from quark_jax.data import DEFAULT_CHECKPOINT
     from quark_jax.models import from_pretrained
     from quark_jax.nn import QuarkLinear
 
+    if args.system is not None and args.chat is None:
+        raise ValueError("--system: a system message goes with --chat MESSAGE (the chat template's turns)")
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     name = args.checkpoint or DEFAULT_CHECKPOINT
     ckpt = resolve_checkpoint_arg(name)
+    if args.prompt_ids is None and args.prompt is None and args.chat is None and (ckpt / "tokenizer.json").is_file():
+        args.prompt = _DEFAULT_PROMPT  # the default run shows text when it can
+    tok = _load_tokenizer(ckpt) if args.prompt is not None or args.chat is not None else None  # before the model
     options = {"impl": args.impl} if args.impl else {}
     t0 = time.perf_counter()
     model = from_pretrained(ckpt, dtype=args.dtype, progress=None if args.progress is None else args.progress,
@@ -258,7 +266,9 @@ def _run(args) -> int:
     print(f"model: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"vocab {cfg.vocab_size}, {model.dtype.name}; Quark layers: {quant}; KV cache {model.kv_cache_dtype.name}")
     print(f"loaded in {load_s:.2f} s")
-    ids = np.asarray(args.prompt_ids, np.int32)
+    if tok is not None:
+        return _run_text(args, model, tok)
+    ids = np.asarray(args.prompt_ids or _DEFAULT_PROMPT_IDS, np.int32)
     gen = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, eos_token_id=args.eos_token_id)
     t0 = time.perf_counter()
     out, first = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)
@@ -281,6 +291,73 @@ def _run(args) -> int:
               f"{args.max_new_tokens} new tokens; the last {args.max_new_tokens - produced} ids of each row are "
               f"eos padding")
     return 0
+
+
+_DEFAULT_PROMPT = "Once upon a time"
+_DEFAULT_PROMPT_IDS = [[1, 5, 9]]
+
+
+def _load_tokenizer(ckpt: Path):
+    from quark_jax.models import Tokenizer
+
+    try:
+        return Tokenizer.from_pretrained(ckpt)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (use --prompt-ids)") from None
+    except ImportError as e:  # the text extra is not installed: a user error, not a bug
+        raise ValueError(str(e)) from None
+
+
+def _run_text(args, model, tok) -> int:
+    """``run --prompt / --chat``: encode with the checkpoint's tokenizer, print the continuation while the device
+    loop produces it (chunks of ``--chunk-size`` tokens, decoded without splitting a UTF-8 character), stop at
+    the tokenizer's EOS / end-of-turn ids (or ``--eos-token-id``), then the timing."""
+    import numpy as np
+
+    from quark_jax.models.text import prompt_ids
+    from quark_jax.models.tokenizer import split_at_stop
+
+    if args.chat is not None:
+        ids = prompt_ids(tok, args.chat, system=args.system, chat=True)
+        what = f"chat: {'system + ' if args.system is not None else ''}user turn through the chat template"
+    else:
+        ids = prompt_ids(tok, args.prompt)
+        what = f"prompt: {args.prompt!r}"
+    stops = tok.eos_token_ids if args.eos_token_id is None else (args.eos_token_id,)
+    print(f"tokenizer: vocab {tok.vocab_size}, chat template {'yes' if tok.chat_template else 'no'}, "
+          f"stop ids {list(stops)}")
+    print(f"{what} ({len(ids)} tokens)")
+    gen = dict(chunk_size=args.chunk_size, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+               eos_token_id=list(stops) or None)
+    prompt = np.asarray([ids], np.int32)
+    t0 = time.perf_counter()
+    warm = model.generate_stream(prompt, args.max_new_tokens, **gen)
+    for _, _ in zip(range(3), warm):  # compile the prefill and the decode loop (the first chunks), then stop
+        pass
+    warm.close()
+    print(f"compiled (prefill and the decode chunk, first call) in {time.perf_counter() - t0:.2f} s")
+    print("-" * 40)
+    chunks = model.generate_stream(prompt, args.max_new_tokens, **gen)
+    decoder = tok.stream_decoder()
+    n = n_first = 0
+    stopped = False
+    t0 = time.perf_counter()
+    t_first = None
+    for new, stopped in split_at_stop(chunks, stops):
+        n += len(new) + stopped  # the stop token was generated too
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), n
+        print(decoder.push(new), end="", flush=True)
+    t_end = time.perf_counter()
+    print(decoder.flush())
+    print("-" * 40)
+    end = f"stopped at a stop id after {n} tokens" if stopped else f"{n} tokens (--max-new-tokens)"
+    print(f"generated {end}; first chunk ({n_first} token{'s' * (n_first != 1)}, prefill included) after "
+          f"{1e3 * ((t_first or t0) - t0):.1f} ms")
+    if n > n_first and t_end > t_first:
+        print(f"decode: {n - n_first} tokens in {1e3 * (t_end - t_first):.1f} ms "
+              f"({(n - n_first) / (t_end - t_first):.1f} tokens/s)")
+    return EXIT_OK
 
 
 def _quantize(args) -> int:
@@ -342,15 +419,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the validation (it reads every layer's tensors)")
     c = command("check", _check, "read every tensor of a checkpoint and report every problem (exit 1 if any)")
     add_checkpoint_argument(c)
-    r = command("run", _run, "load a checkpoint and generate (jitted prefill + decode); prints ids and timing")
-    add_checkpoint_argument(r, optional=True, default_help=" (default: tiny-llama-mxfp4)")
-    r.add_argument("--prompt-ids", type=_parse_ids, default=[[1, 5, 9]],
-                   help="comma-separated token ids; ';' separates the rows of a batch (default: 1,5,9)")
+    r = command("run", _run, "load a checkpoint and generate (jitted prefill + decode); prints the text (or ids) "
+                             "and timing")
+    add_checkpoint_argument(r, optional=True, default_help=" (default: tiny-llama-mxfp4); or a Hugging Face Hub "
+                            "id (org/name)")
+    prompt = r.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="prompt text; the continuation is printed as it is generated "
+                        f"(needs tokenizer.json; default when the checkpoint has one: {_DEFAULT_PROMPT!r})")
+    prompt.add_argument("--chat", default=None, metavar="MESSAGE",
+                        help="a user message through the checkpoint's chat template (tokenizer_config.json)")
+    prompt.add_argument("--prompt-ids", type=_parse_ids, default=None,
+                        help="comma-separated token ids; ';' separates the rows of a batch (default without a "
+                             "tokenizer: 1,5,9); prints ids")
+    r.add_argument("--system", default=None, help="a system message before the --chat message")
+    r.add_argument("--chunk-size", type=int, default=8, help="decode steps per device call, i.e. tokens per "
+                   "printed chunk of --prompt / --chat (default 8)")
     r.add_argument("--max-new-tokens", type=int, default=16)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-k", type=int, default=None)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--eos-token-id", type=_token_id, default=None, help="stop once every row produced it")
+    r.add_argument("--eos-token-id", type=_token_id, default=None,
+                   help="stop once every row produced it (text: replaces the tokenizer's EOS / end-of-turn ids)")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="activation dtype (default: the checkpoint's)")
     r.add_argument("--impl", choices=["auto", "pallas", "xla"], default=None, help="GEMM implementation")

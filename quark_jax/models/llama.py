@@ -343,6 +343,18 @@ class LlamaForCausalLM(nnx.Module):
 
         return generate_stream(self, input_ids, max_new_tokens, **kwargs)
 
+    def generate_text(self, prompt, max_new_tokens: int = 64, **kwargs) -> str:
+        """Text (or chat messages) in, text out; see :func:`quark_jax.models.generate_text`."""
+        from quark_jax.models.text import generate_text
+
+        return generate_text(self, prompt, max_new_tokens, **kwargs)
+
+    def stream_text(self, prompt, max_new_tokens: int = 64, **kwargs):
+        """The continuation as text pieces while it is generated; see :func:`quark_jax.models.stream_text`."""
+        from quark_jax.models.text import stream_text
+
+        return stream_text(self, prompt, max_new_tokens, **kwargs)
+
 
 def _tracing(*trees) -> bool:
     """True when any array in ``trees`` (modules included) is a tracer, i.e. we are inside a transformation."""

@@ -52,6 +52,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
     _require_concrete(model, checkpoint_dir)
+    model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model
 
 
