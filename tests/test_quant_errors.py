@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the argument; nothing silently wrong, never NaN."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,3 +83,73 @@ def test_saturation_and_zeros_never_nan():
     # fnuz saturates at vLLM's 224
     q, _ = quant.scaled_fp8_quant(big, jnp.float32(1.0), dtype=jnp.float8_e4m3fnuz)
     assert np.abs(np.asarray(q.astype(jnp.float32))).max() == 224.0
+
+
+# ---------------------------------------------------------------- non-finite input and static scales (issue 15)
+
+def _vllm_fp8(v, m=448.0):
+    """vLLM's conversion in float64 numpy: r = fmaxf(-M, fminf(v, M)) (fminf/fmaxf return the non-NaN operand)."""
+    v = np.asarray(v, np.float64)
+    r = np.fmax(-m, np.fmin(v, m))
+    return r.astype(np.float32).astype(jnp.float8_e4m3fn).astype(np.float32)
+
+
+def _vllm_amax(x):
+    return np.fmax.reduce(np.abs(np.asarray(x, np.float64)), axis=-1, initial=0.0)  # fmaxf drops NaN
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fp8_non_finite_equals_vllm(bad):
+    x = np.array([[1.0, -2.0, 0.5, bad, 3.0, -0.25, 7.0, 1.5]], np.float32)
+    # static: q = conv(x * (1/s))
+    q, _ = quant.scaled_fp8_quant(jnp.asarray(x), jnp.float32(0.5))
+    np.testing.assert_array_equal(np.asarray(q, np.float32), _vllm_fp8(x.astype(np.float64) * 2.0))
+    # dynamic per-token: s = max(amax/448, 1/(448*512)); q = conv(x / s)
+    q, s = quant.scaled_fp8_quant(jnp.asarray(x), per_token=True)
+    amax = _vllm_amax(x)
+    s_ref = np.maximum(np.float32(amax / 448.0), np.float32(1 / (448 * 512)))
+    np.testing.assert_array_equal(np.asarray(s)[:, 0], s_ref)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.asarray(q, np.float32), _vllm_fp8(x.astype(np.float64) / s_ref[:, None]))
+    # dynamic per-tensor: q = conv(x * (1/s))
+    q, s = quant.scaled_fp8_quant(jnp.asarray(x))
+    assert float(s) == s_ref[0]
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.asarray(q, np.float32),
+                                      _vllm_fp8(x.astype(np.float64) * np.float32(1 / s_ref[0])))
+    if np.isnan(bad):  # NaN: +M, and left out of the amax
+        assert float(np.asarray(q, np.float32)[0, 3]) == 448.0 and float(s) == np.float32(7.0 / 448)
+
+
+def _vllm_int8(v):
+    """PTX cvt.rni.sat.s8.f32: round half to even, saturate, NaN -> 0."""
+    v = np.asarray(v, np.float64)
+    return np.where(np.isnan(v), 0, np.clip(np.round(v), -128, 127)).astype(np.int8)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_int8_non_finite_equals_vllm(bad):
+    x = np.array([[1.0, -2.0, 0.5, bad, 3.0, -0.25, 7.0, 1.5]], np.float32)
+    q, _, _ = quant.scaled_int8_quant(jnp.asarray(x), jnp.float32(0.05))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.asarray(q), _vllm_int8(x / np.float32(0.05)))
+    q, s, _ = quant.scaled_int8_quant(jnp.asarray(x))  # dynamic symmetric: q = cvt(x * (127 / amax))
+    amax = _vllm_amax(x).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(s)[:, 0], amax / np.float32(127))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.asarray(q), _vllm_int8(x * (np.float32(127) / amax[:, None])))
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, np.nan, np.inf])
+def test_concrete_static_scale_must_be_finite_and_positive(scale):
+    from quark_jax.errors import InvalidArgumentError
+
+    x = jnp.ones((2, 32), jnp.float32)
+    for fn in (lambda s: quant.scaled_fp8_quant(x, s), lambda s: quant.scaled_int8_quant(x, s),
+               lambda s: quant.scaled_int8_quant(x, s, jnp.int32(3)),
+               lambda s: quant.scaled_fp8_quant(x, per_token=True, scale_ub=s)):
+        with pytest.raises(InvalidArgumentError, match=r"expected a finite static scale > 0, got"):
+            fn(jnp.float32(scale))
+    # traced scales are not checked (the loaders check checkpoint scales): no error, saturated codes for 0
+    q, _ = jax.jit(lambda s: quant.scaled_fp8_quant(x, s))(jnp.float32(scale))
+    assert q.shape == x.shape

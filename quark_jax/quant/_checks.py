@@ -28,6 +28,26 @@ def scalar_f32(name: str, value):
     return arr.reshape(()).astype(jnp.float32)
 
 
+def static_scale(name: str, value):
+    """:func:`scalar_f32` of a static quantization scale, rejected (ValueError) when it is concrete (not traced under
+    a jax transformation) and not finite and > 0: a zero scale saturates everything, a negative one flips signs,
+    a NaN or inf one makes every output NaN or zero. Traced scales are not checked (loaders check checkpoint
+    scales, :mod:`quark_jax.value_checks`)."""
+    s = scalar_f32(name, value)
+    if not isinstance(s, jax.core.Tracer):
+        v = float(s)
+        if not (v > 0 and v < float("inf")):
+            from quark_jax.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"{name}: expected a finite static scale > 0, got {v}")
+    return s
+
+
+def nan_max_abs(xf, axis=None, keepdims=False):
+    """``max(0, |x|)`` over ``axis`` ignoring NaN (vLLM's reductions use ``fmaxf``, which drops a NaN operand)."""
+    return jnp.max(jnp.where(jnp.isnan(xf), 0.0, jnp.abs(xf)), axis=axis, keepdims=keepdims)
+
+
 def require_multiple(name: str, size: int, multiple: int, what: str) -> None:
     if size % multiple:
         raise ValueError(f"{name}: {what} must be a multiple of {multiple}, got {size}")

@@ -7,7 +7,7 @@ from jax import lax
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
-from quark_jax.quant._checks import require_float, require_rank, scalar_f32, true_divide
+from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale, true_divide
 
 __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
 
@@ -15,6 +15,7 @@ __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
 def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
     """Clamp float32 ``v`` to ±fp8_max(dtype) and cast (round to nearest even). Never produces NaN from a finite v.
 
+    NaN stays NaN (as vLLM's KV-cache conversion, ``__NV_SATFINITE``); ±inf saturates to ±max.
     ml_dtypes casts do not saturate (500 -> NaN for e4m3fn), hence the clamp. The result goes through an
     optimization barrier: XLA on GPU (allow-excess-precision, the default) otherwise deletes a
     ``f32 -> fp8 -> f32`` convert pair inside one fusion, so a quantize-dequantize would not quantize at all
@@ -22,6 +23,12 @@ def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
     """
     m = formats.fp8_max(dtype)
     return lax.optimization_barrier(jnp.clip(v, -m, m).astype(dtype))
+
+
+def _vllm_clamp_cast(v, dtype):
+    """vLLM's activation conversion ``fp8(fmaxf(-M, fminf(v, M)))``: fminf returns its non-NaN operand, so a NaN
+    becomes +M (then the saturating cast)."""
+    return fp8_saturating_cast(jnp.where(jnp.isnan(v), formats.fp8_max(dtype), v), dtype)
 
 
 def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn):
@@ -35,7 +42,12 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
       (0-d float32); ``q = fp8(clamp(f32(x) * (1/s)))``.
 
     M is 448 for float8_e4m3fn and 224 for float8_e4m3fnuz (vLLM). Values past the range saturate; rows of zeros
-    give zeros. Jittable.
+    give zeros. Jittable. A concrete (not traced) static ``scale`` must be finite and > 0 (ValueError otherwise).
+
+    Non-finite input, as vLLM's CUDA kernels (``fminf``/``fmaxf`` clamps and amax reductions, which drop NaN):
+    a NaN element becomes +M and is left out of the dynamic amax (the other elements quantize as without it);
+    with a static scale ±inf becomes ±M; with a dynamic scale an inf element makes the (row's / tensor's) scale
+    inf, its finite elements ±0 and the inf element itself +M (``inf / inf`` is NaN, then +M).
 
     >>> import jax.numpy as jnp
     >>> q, s = scaled_fp8_quant(jnp.array([1.0, -2.5, 1000.0]), jnp.float32(0.5))
@@ -53,18 +65,18 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
     if scale is not None:
         if per_token:
             raise ValueError("per_token: a static scale is per-tensor; pass scale=None for dynamic per-token")
-        s = scalar_f32("scale", scale)
-        return fp8_saturating_cast(xf * true_divide(1.0, s), dtype), s
+        s = static_scale("scale", scale)
+        return _vllm_clamp_cast(xf * true_divide(1.0, s), dtype), s
 
     if per_token:
-        amax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
+        amax = nan_max_abs(xf, axis=-1, keepdims=True)
         if scale_ub is not None:
-            amax = jnp.minimum(amax, scalar_f32("scale_ub", scale_ub))
+            amax = jnp.minimum(amax, static_scale("scale_ub", scale_ub))
         s = jnp.maximum(true_divide(amax, m), min_scale)
-        return fp8_saturating_cast(true_divide(xf, s), dtype), s
+        return _vllm_clamp_cast(true_divide(xf, s), dtype), s
 
     if scale_ub is not None:
         raise ValueError("scale_ub: only used with per_token=True (vLLM applies the bound to per-token scales)")
-    amax = jnp.max(jnp.abs(xf))
+    amax = nan_max_abs(xf)
     s = jnp.maximum(true_divide(amax, m), min_scale)
-    return fp8_saturating_cast(xf * true_divide(1.0, s), dtype), s
+    return _vllm_clamp_cast(xf * true_divide(1.0, s), dtype), s

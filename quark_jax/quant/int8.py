@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
-from quark_jax.quant._checks import require_float, require_rank, scalar_f32, true_divide
+from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale, true_divide
 
 __all__ = ["scaled_int8_quant"]
 
@@ -16,8 +16,10 @@ def _sat8(v_int32):
 
 
 def _rne_int32(v_f32):
-    # jnp.round is round-half-to-even; clip before the int cast so huge values saturate instead of wrapping.
-    return jnp.clip(jnp.round(v_f32), -(2.0**31), 2.0**31 - 256).astype(jnp.int32)
+    # jnp.round is round-half-to-even; clip before the int cast so huge values saturate instead of wrapping;
+    # NaN -> 0 (PTX cvt.rni.sat, which vLLM uses)
+    v = jnp.where(jnp.isnan(v_f32), 0.0, v_f32)
+    return jnp.clip(jnp.round(v), -(2.0**31), 2.0**31 - 256).astype(jnp.int32)
 
 
 def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
@@ -33,7 +35,14 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
       ``azp = rne(-128 - min/s)`` (int32 [..., 1]), ``q = sat8(rne(f32(x) / s) + azp)``. A constant row
       (max == min, where vLLM divides by zero) gets ``s = |c|/127`` (1 for zeros) so it dequantizes exactly.
 
-    Static scales and zero points must be scalars (shape () or (1,)). Jittable.
+    Static scales and zero points must be scalars (shape () or (1,)); a concrete (not traced) static scale must be
+    finite and > 0 (ValueError otherwise). Jittable.
+
+    Non-finite input, as vLLM's CUDA kernels (``cvt.rni.sat`` conversions, ``fmaxf``/``fminf`` reductions): a NaN
+    element gives code 0 (static asymmetric: ``azp``) and is left out of the dynamic amax / min / max; ±inf
+    saturates to ±127 / -128 with a static scale; with a dynamic symmetric scale an inf element makes the row's
+    scale inf and every code of the row 0. Ours differs in one corner: a static asymmetric +inf with a positive
+    ``azp`` saturates to 127 (vLLM's int32 addition overflows there).
 
     >>> import jax.numpy as jnp
     >>> q, s, z = scaled_int8_quant(jnp.array([0.25, -12.8, 100.0]), jnp.float32(0.1))
@@ -45,7 +54,7 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
     xf = exact_f32(x)
 
     if scale is not None:
-        s = scalar_f32("scale", scale)
+        s = static_scale("scale", scale)
         if azp is None:
             if not symmetric:
                 raise ValueError("azp: symmetric=False with a static scale needs the static zero point azp")
@@ -57,13 +66,14 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
         raise ValueError("azp: a static zero point needs a static scale; pass scale too, or neither for dynamic")
 
     if symmetric:
-        amax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
+        amax = nan_max_abs(xf, axis=-1, keepdims=True)
         safe = jnp.where(amax == 0, 1.0, amax)
-        q = jnp.where(amax == 0, 0.0, jnp.round(xf * true_divide(127.0, safe)))
-        return _sat8(q.astype(jnp.int32)), true_divide(amax, 127.0), None
+        q = jnp.where(amax == 0, 0.0, xf * true_divide(127.0, safe))
+        return _sat8(_rne_int32(q)), true_divide(amax, 127.0), None
 
-    xmax = jnp.max(xf, axis=-1, keepdims=True)
-    xmin = jnp.min(xf, axis=-1, keepdims=True)
+    nan = jnp.isnan(xf)
+    xmax = jnp.max(jnp.where(nan, -jnp.inf, xf), axis=-1, keepdims=True)
+    xmin = jnp.min(jnp.where(nan, jnp.inf, xf), axis=-1, keepdims=True)
     s = true_divide(xmax - xmin, 255.0)
     degenerate = s == 0
     s = jnp.where(degenerate, jnp.where(xmax == 0, 1.0, true_divide(jnp.abs(xmax), 127.0)), s)

@@ -86,6 +86,11 @@ def quantize_mxfp4(x):
     Returns ``(packed, scales)``: ``packed`` uint8 [..., K/2] (element 2j in the low nibble), ``scales`` uint8
     [..., K/32] (E8M0 bytes). Reproduces Quark's exported weight and scale bytes from the float weight. Jittable.
 
+    Non-finite input (not compared with Quark's exporter, which is not given such weights): a block holding NaN
+    or ±inf gets scale byte 253 (the amax's exponent field is all ones); a NaN element is written as code 0 (+0),
+    ±inf as ±6, the block's finite elements as ±0. :func:`quark_jax.validate_checkpoint` reports non-finite
+    float weights.
+
     >>> import jax.numpy as jnp
     >>> p, s = quantize_mxfp4(jnp.concatenate([jnp.array([0.5, 1.0, 6.0, -6.0]), jnp.zeros(28)]))
     >>> p[:2].tolist(), s.tolist()
@@ -133,6 +138,10 @@ def qdq_mxfp4(x):
 
     Per block of 32: E8M0 scale from the "even"-rounded amax, elements rounded to E2M1 (saturating), times the
     scale. Keeps the sign of zero. Zero blocks give zeros. Jittable.
+
+    Non-finite input (ours; not compared with vLLM's torch emulation): a block holding NaN or ±inf gets the scale
+    2**126 (byte 253), so its finite elements become ±0 while NaN stays NaN and ±inf stays ±inf (6 * 2**126
+    overflows float32).
 
     >>> import jax.numpy as jnp
     >>> x = jnp.concatenate([jnp.array([0.25, 0.75, 1.25, 1.75, 5.0]), jnp.zeros(27)])
