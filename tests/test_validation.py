@@ -201,3 +201,13 @@ def test_run_on_a_damaged_checkpoint_is_a_clear_error(bad_e8m0, capsys):
     assert cli.main(["run", str(bad_e8m0), "--max-new-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "E8M0 bytes are 255" in err
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.int8, np.int32, "float8_e4m3fn"])
+def test_unsupported_model_dtype_is_rejected_with_the_supported_list(dtype):
+    from quark_jax.errors import InvalidArgumentError
+    from quark_jax.models import from_pretrained
+
+    with pytest.raises(InvalidArgumentError, match=r"^dtype: expected one of float32, bfloat16, float16 \(or None: "
+                                                   r"the checkpoint's\), got " + np.dtype(dtype).name):
+        from_pretrained("tiny-llama-fp8", dtype=dtype)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from quark_jax.config import QuarkConfig
+from quark_jax.errors import CheckpointError, InvalidArgumentError
 from quark_jax.io import read_config_json, resolve_checkpoint
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.llama import LlamaForCausalLM
@@ -28,7 +30,8 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     where its config says (:func:`quark_jax.quantize_model`) and an FP8 KV cache when the config has a KV-cache
     group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
     gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
-    float-parameter dtype. ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
+    float-parameter dtype: float32, bfloat16 or float16 (anything else raises InvalidArgumentError listing them).
+    ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
     ``gate_up_proj``): one GEMM each, and for per-tensor FP8 the shards requantized to their max scale exactly as
     vLLM does, so the logits follow vLLM rather than Quark's unfused reference. The model is built abstractly (no random init) and each tensor is read once, straight
     into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB).
@@ -36,12 +39,13 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
     """
+    dtype = check_model_dtype(dtype)
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     cfg = ModelConfig.from_pretrained(checkpoint_dir)
     raw = read_config_json(checkpoint_dir)
     quark = raw.get("quantization_config") is not None
     if options and not quark:
-        raise ValueError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
+        raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
                          "this one has no quantization_config")
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
                                                     fuse_projections=fuse_projections))
@@ -56,8 +60,35 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     return model
 
 
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+"""Activation / float-parameter dtypes of the decoder."""
+
+
+def check_model_dtype(dtype):
+    """``dtype`` as a numpy dtype (None stays None: the checkpoint's), or InvalidArgumentError listing the supported
+    ones (float64 would silently compute in float32 without jax_enable_x64; integer types are not activations).
+
+    >>> check_model_dtype("bfloat16"), check_model_dtype(None)
+    (dtype(bfloat16), None)
+    >>> check_model_dtype("float64")
+    Traceback (most recent call last):
+    ...
+    quark_jax.errors.InvalidArgumentError: dtype: expected one of float32, bfloat16, float16 (or None: the checkpoint's), got float64
+    """
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in SUPPORTED_DTYPES:
+        raise InvalidArgumentError(f"dtype: expected one of {', '.join(SUPPORTED_DTYPES)} (or None: the "
+                                   f"checkpoint's), got {dt.name if dt is not None else repr(dtype)}")
+    return dt
+
+
 def _require_concrete(model, checkpoint_dir) -> None:
     for path, value in nnx.to_flat_state(nnx.state(model)):
         v = value.get_value() if hasattr(value, "get_value") else value
         if isinstance(v, jax.ShapeDtypeStruct):
-            raise ValueError(f"checkpoint {checkpoint_dir}: {'.'.join(map(str, path))} was not loaded")
+            raise CheckpointError(f"checkpoint {checkpoint_dir}: {'.'.join(map(str, path))} was not loaded")
