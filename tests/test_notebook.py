@@ -22,6 +22,7 @@ def test_quickstart_notebook_executes(monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "QuarkW4A4MXFP4" in text and "greedy:" in text and "relative error of the quantized block" in text
+    assert "-> decode: 'Once upon a time'" in text and "text out: '" in text and "streamed: " in text  # text I/O
     assert "JAX-quantized greedy:" in text and "input_scale rel. diff" in text  # section 5 (quark_jax.ptq)
     assert any(o.output_type == "display_data" and "image/png" in o.data for o in outputs)
     # the plot covers every scheme of the fixtures (the notebook runs inside the repository here)
