@@ -88,3 +88,20 @@ def test_local_files_only_argument_overrides_the_environment(offline_hf_home, mo
     with pytest.raises(CheckpointError, match="not in the Hub cache .*offline"):
         resolve_checkpoint("org/tiny-model", revision="v1", local_files_only=True)
     assert resolve_checkpoint("org/tiny-model", local_files_only=True).name == COMMIT
+
+
+def test_cli_and_loaders_take_a_cached_hub_id(offline_hf_home, capsys):
+    """A Hub snapshot holding the bundled FP8 checkpoint opens by its id in the CLI, the tokenizer and the config."""
+    from quark_jax import QuarkConfig, cli
+    from quark_jax.models import Tokenizer
+
+    snap = _hub_cache(offline_hf_home.parent, "amd/tiny-fp8", files=())
+    src = BUNDLED["tiny-llama-fp8"]
+    for commit in (COMMIT, OLD_COMMIT):
+        for f in src.iterdir():
+            (snap / "snapshots" / commit / f.name).symlink_to(f)
+    assert cli.main(["inspect", "amd/tiny-fp8", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint: {snap / 'snapshots' / COMMIT}" in out and "QuarkW8A8Fp8" in out
+    assert Tokenizer.from_pretrained("amd/tiny-fp8").decode([1, 234, 243]) == "Once upo"
+    assert QuarkConfig.from_pretrained("amd/tiny-fp8").kv_cache is None

@@ -34,7 +34,8 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
     ``gate_up_proj``): one GEMM each, and for per-tensor FP8 the shards requantized to their max scale exactly as
     vLLM does, so the logits follow vLLM rather than Quark's unfused reference. The model is built abstractly (no random init) and each tensor is read once, straight
-    into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB).
+    into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB). The model's
+    ``checkpoint_dir`` (a str) is the resolved directory, where ``generate_text`` finds the tokenizer.
 
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
