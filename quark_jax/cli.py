@@ -45,48 +45,28 @@ def _bundled_label(name: str) -> str:
 
 
 def _demo(args) -> int:
-    """Quantize random activations the way each quantized layer of a checkpoint would, and report the error."""
-    import jax
-    import jax.numpy as jnp
-
-    from quark_jax import quant
+    """Per quantized layer: output and weight error against the float model, compile and run time
+    (:mod:`quark_jax.demo`)."""
     from quark_jax.data import BUNDLED
-    from quark_jax.io import SafetensorsFile, read_config_json
+    from quark_jax.demo import default_reference, layer_errors
 
     names = [args.checkpoint] if args.checkpoint else sorted(BUNDLED)
     for name in names:
         ckpt = resolve_checkpoint_arg(name)
-        qcfg = read_config_json(ckpt)["quantization_config"]["global_quant_config"]
-        f = SafetensorsFile(ckpt / "model.safetensors")
-        layers = sorted(n[: -len(".weight_scale")] for n in f.names() if n.endswith(".weight_scale"))
-        wspec, ispec = qcfg["weight"], qcfg["input_tensors"]
-        print(f"{name}: weight {wspec['dtype']}/{wspec['qscheme']}, input "
-              f"{ispec and ispec['dtype']}/{ispec and ispec['qscheme']} ({len(layers)} quantized layers)")
-        print(f"  {'layer':<36} {'rel. error of y':>16} {'time':>9}")
-        key = jax.random.PRNGKey(0)
-        for layer in layers:
-            w, s = f.get(layer + ".weight"), f.get(layer + ".weight_scale")
-            t0 = time.perf_counter()
-            if wspec["dtype"] == "fp4":
-                wd = quant.dequantize_mxfp4(jnp.asarray(w), jnp.asarray(s), jnp.float32)
-            else:
-                wd = jnp.asarray(w).astype(jnp.float32) * jnp.asarray(s, jnp.float32).reshape(-1, 1)
-            x = jax.random.normal(key, (8, wd.shape[1]), jnp.float32)
-            if ispec is None:
-                xd = x
-            elif ispec["dtype"] == "fp4":
-                xd = quant.qdq_mxfp4(x)
-            elif ispec["is_dynamic"]:
-                q, sx = quant.scaled_fp8_quant(x, per_token=True)
-                xd = q.astype(jnp.float32) * sx
-            else:  # static per-tensor with the checkpoint's calibrated input scale
-                q, sx = quant.scaled_fp8_quant(x, jnp.asarray(f.get(layer + ".input_scale")))
-                xd = q.astype(jnp.float32) * sx
-            y, yref = xd @ wd.T, x @ wd.T
-            err = float(jnp.linalg.norm(y - yref) / jnp.linalg.norm(yref))
-            print(f"  {layer:<36} {err:>16.3e} {1e3 * (time.perf_counter() - t0):>7.1f}ms")
+        reference = resolve_checkpoint_arg(args.reference) if args.reference else default_reference(ckpt)
+        rows = layer_errors(ckpt, reference=reference, rows=args.rows, seed=args.seed)
+        print(f"{name}{_bundled_label(name)}: {len(rows)} quantized layers; reference: "
+              + (f"float weights of {reference}" if reference else
+                 "the checkpoint's dequantized weights (activation error only; --reference FLOAT_DIR for the "
+                 "weight error)"))
+        print(f"  {args.rows} activation rows per layer in its calibrated range (seed {args.seed})")
+        print(f"  {'layer':<36} {'output err':>10} {'weight err':>10} {'compile':>9} {'run':>9}  scheme")
+        fmt = lambda v: f"{v:>10.3e}" if v is not None else f"{'n/a':>10}"  # noqa: E731
+        for r in rows:
+            print(f"  {r.layer:<36} {fmt(r.output_error)} {fmt(r.weight_error)} {r.compile_ms:>7.1f}ms "
+                  f"{r.run_ms:>7.3f}ms  {r.scheme}")
         print()
-    return 0
+    return EXIT_OK
 
 
 def _size(n: int) -> str:
@@ -409,9 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         return c
 
-    d = command("demo", _demo, "per quantized layer: the output error of the checkpoint's weight and activation "
-                               "quantizers against float, and its time")
+    d = command("demo", _demo, "per quantized layer: output and weight error against the float model (each "
+                               "scheme's own activation quantizer), compile and run time")
     add_checkpoint_argument(d, optional=True, default_help=" (default: every bundled one)")
+    d.add_argument("--reference", default=None, help="float checkpoint with the same layer names (default: the "
+                   "bundled float model for the bundled checkpoints)")
+    d.add_argument("--rows", type=int, default=8, help="activation rows per layer (default 8)")
+    d.add_argument("--seed", type=int, default=0)
     i = command("inspect", _inspect, "which scheme each layer of a checkpoint gets, bytes, excluded, unsupported; "
                                      "then the problems check finds in its structure and scales (exit 1 if any)")
     add_checkpoint_argument(i)
