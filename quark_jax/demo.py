@@ -20,7 +20,7 @@ The float reference defaults to the bundled float model for the bundled checkpoi
 
 >>> rows = layer_errors("tiny-llama-fp8")
 >>> rows[0].layer, rows[0].output_error < 0.1, rows[0].weight_error < 0.1
-('model.layers.0.self_attn.q_proj', True, True)
+('model.layers.0.mlp.down_proj', True, True)
 """
 
 from __future__ import annotations
