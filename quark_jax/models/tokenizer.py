@@ -141,6 +141,9 @@ class Tokenizer:
 
         Raises FileNotFoundError naming the directory when it has no ``tokenizer.json``, ImportError when the
         ``tokenizers`` package is missing.
+
+        >>> Tokenizer.from_pretrained("tiny-llama-fp8")  # doctest: +ELLIPSIS
+        Tokenizer('.../tiny_llama_w_fp8_a_fp8_pertensor_static', vocab 256, eos_token_ids [2, 4], chat template yes)
         """
         directory = resolve_checkpoint(name, **hub_options)
         path = directory / "tokenizer.json"
@@ -178,7 +181,13 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` runs the post-processor (BOS for most models) and adds
-        ``bos_token`` when ``tokenizer_config.json`` says ``add_bos_token`` and the post-processor did not."""
+        ``bos_token`` when ``tokenizer_config.json`` says ``add_bos_token`` and the post-processor did not.
+
+        >>> from quark_jax.data import bundled_checkpoint
+        >>> tok = Tokenizer.from_pretrained(bundled_checkpoint())
+        >>> tok.encode("Once upon a time"), tok.encode("Once upon a time", add_special_tokens=False)[:2]
+        ([1, 234, 243, 83, 103, 246, 74], [234, 243])
+        """
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
         ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
@@ -188,7 +197,13 @@ class Tokenizer:
         return ids
 
     def decode(self, ids, *, skip_special_tokens: bool = True) -> str:
-        """The text of token ids (a sequence or a 1-D array), special tokens left out by default."""
+        """The text of token ids (a sequence or an array, flattened), special tokens left out by default.
+
+        >>> from quark_jax.data import bundled_checkpoint
+        >>> tok = Tokenizer.from_pretrained(bundled_checkpoint())
+        >>> tok.decode([1, 234, 243, 83, 103, 246, 74, 2]), tok.decode([1, 234, 2], skip_special_tokens=False)
+        ('Once upon a time', '<s> Once</s>')
+        """
         return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                    skip_special_tokens=skip_special_tokens)
 
