@@ -210,3 +210,11 @@ def test_layer_configs_and_exclude(float_dir, calib_ids, tmp_path):
     assert f.get("model.layers.1.self_attn.q_proj.weight").dtype == ml_dtypes.float8_e4m3fn
     m = from_pretrained(out)  # loads (and validates) the mixed checkpoint
     assert type(m.model.layers[0].self_attn.o_proj.scheme).__name__ == "QuarkW4A16MXFP4"
+
+
+def test_calibration_batches_as_list(float_dir, calib_ids, quantized, tmp_path):
+    """A list of [B, T] batches is used as given (lengths may differ)."""
+    ref = SafetensorsFile(quantized("w_mxfp4_a_fp8_pertensor_static") / "model.safetensors")
+    same = quantize_checkpoint(float_dir, tmp_path / "a", "mxfp4_fp8", [calib_ids[:2], calib_ids[2:]])
+    got = SafetensorsFile(same / "model.safetensors")
+    assert all(np.array_equal(_bits(got.get(n)), _bits(ref.get(n))) for n in ref.names())

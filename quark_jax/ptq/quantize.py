@@ -221,7 +221,9 @@ def quantize_tensors(model, quant_config, calibration_batches: Iterable | None =
                 out["output_scale"] = obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype, spec=t.kv_output)
             tensors[shard] = out
         bar.step(t.path)
-    _merge_kv_scales(tensors, float(qc["export"].get("min_kv_scale") or 0.0))
+    if not qc.get("kv_cache_post_rope"):
+        # Quark's exporter merges k and v; with kv_cache_post_rope it writes them unmerged (fixture README, note 12)
+        _merge_kv_scales(tensors, float(qc["export"].get("min_kv_scale") or 0.0))
     return tensors, tasks, qc
 
 
@@ -258,6 +260,8 @@ def _model_dtype(model):
 
 
 def _batches(ids, batch_size: int):
+    if isinstance(ids, (list, tuple)) and ids and all(np.ndim(b) == 2 for b in ids):
+        return [np.asarray(b) for b in ids]  # already batches (they may differ in length)
     ids = np.asarray(ids)
     if ids.ndim == 1:
         ids = ids[None]
@@ -336,8 +340,9 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
       out_dir: created if needed; existing checkpoint files there are overwritten.
       quant_config: a preset name (fp8, ptpc_fp8, int8, mxfp4, mxfp4_fp8, mxfp4_weight_only), a Quark
         ``quantization_config`` dict (``QConfig.to_dict()`` or as exported) or a :class:`~quark_jax.QuarkConfig`.
-      calibration_ids: token ids [N, T] (numpy) run through the float model in batches of ``batch_size`` rows;
-        required when the config has static inputs or a KV-cache group.
+      calibration_ids: token ids [N, T] (numpy) run through the float model in batches of ``batch_size`` rows,
+        or a list of [B, T] batches (lengths may differ); required when the config has static inputs or a
+        KV-cache group.
       dtype: the model dtype ("float32", "bfloat16", "float16"; default the config's): float tensors are cast to
         it (round to nearest even) before quantization, and scales follow it as in Quark.
       progress: a progress bar over layers on stderr (default: when stderr is a terminal).
