@@ -17,7 +17,7 @@ def _generated(out: str) -> list[list[int]]:
 def test_run_default_bundled_checkpoint_prints_greedy_ids_and_timing(capsys):
     assert cli.main(["run", "--prompt-ids", "1,5,9", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
-    assert "tiny_llama_w_mxfp4_a_mxfp4" in out and "QuarkW4A4MXFP4 x14" in out
+    assert "tiny_llama_w_mxfp4_a_mxfp4" in out and "QuarkW4A4MXFP4 x8" in out  # fused qkv and gate_up (the default)
     expected = np.asarray(from_pretrained(bundled_checkpoint()).generate(np.array([[1, 5, 9]]), 5))[0, 3:]
     assert _generated(out) == [expected.tolist()]
     assert re.search(r"prefill: [0-9.]+ ms for 3 tokens x 1 \(bucket 16, cache 64 slots\)", out)

@@ -98,7 +98,7 @@ def test_architecture_variants_match_numpy_reference(tmp_path, case):
     ref = llama_logits(weights, cfg, ids, inv_freq=inv)
     np.testing.assert_allclose(np.asarray(model(ids)), ref, atol=3e-5 * np.abs(ref).max(), rtol=0)
     if case == "qwen2_bias":
-        assert model.model.layers[0].self_attn.q_proj.use_bias
+        assert model.model.layers[0].self_attn.qkv_proj.use_bias  # fused (the default layout)
         assert not model.model.layers[0].self_attn.o_proj.use_bias
     if case == "tied":
         assert not hasattr(model, "lm_head")
@@ -120,7 +120,7 @@ def test_llama3_rope_frequencies_keep_high_and_scale_low():
 
 def test_bf16_model_rounds_weights_and_computes_in_bf16(float_dir):
     _, weights, tokens, ref = fixture_float()
-    model = from_pretrained(float_dir, dtype=jnp.bfloat16)
+    model = from_pretrained(float_dir, dtype=jnp.bfloat16, fuse_projections=False)
     w = model.model.layers[0].self_attn.q_proj.kernel[...]
     assert w.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(w, np.float32),
@@ -350,10 +350,14 @@ def test_checkpoint_layer_names_must_match_the_model(tmp_path):
         from_pretrained(write_checkpoint(tmp_path / "extra", cfg, extra))
     missing = {k: v for k, v in weights.items() if k != "model.layers.1.self_attn.v_proj.weight"}
     with pytest.raises(CheckpointMismatchError, match=r"missing tensors: model.layers.1.self_attn.v_proj.weight"):
-        from_pretrained(write_checkpoint(tmp_path / "missing", cfg, missing))
+        from_pretrained(write_checkpoint(tmp_path / "missing", cfg, missing), fuse_projections=False)
+    with pytest.raises(CheckpointMismatchError, match=r"missing tensors: model.layers.1.self_attn.qkv_proj.weight"):
+        from_pretrained(tmp_path / "missing")  # the fused layout names the fused tensor
     bad = dict(weights, **{"model.layers.0.mlp.up_proj.weight": np.zeros((48, 31), np.float32)})
     with pytest.raises(CheckpointMismatchError, match=r"up_proj.weight has shape \[48, 31\], expected \[48, 32\]"):
-        from_pretrained(write_checkpoint(tmp_path / "shape", cfg, bad))
+        from_pretrained(write_checkpoint(tmp_path / "shape", cfg, bad), fuse_projections=False)
+    with pytest.raises(CheckpointMismatchError, match=r"shards .*up_proj.weight.* have shapes \[\[48, 32\], \[48, 31\]\]"):
+        from_pretrained(tmp_path / "shape")
     fp8 = dict(weights, **{"model.layers.0.mlp.up_proj.weight":
                            weights["model.layers.0.mlp.up_proj.weight"].astype(ml_dtypes.float8_e4m3fn)})
     with pytest.raises(CheckpointMismatchError, match=r"float8_e4m3fn is a quantized tensor.*quantize_model"):

@@ -30,6 +30,7 @@ _models = {}
 
 
 def model_of(variant, **options):
+    options.setdefault("fuse_projections", False)  # Quark's (unfused) layout: the fixtures' reference logits
     key = (variant, tuple(sorted(options.items())))
     if key not in _models:
         _models[key] = from_pretrained(variant_dir(variant), **options)

@@ -42,7 +42,7 @@ class LinenHead(nn.Module):
 
 @pytest.fixture(scope="module")
 def nnx_model():
-    return from_pretrained(variant_dir(VARIANT))
+    return from_pretrained(variant_dir(VARIANT), fuse_projections=False)  # Quark's layout: gate_proj, up_proj
 
 
 def test_quark_dense_in_a_linen_model_equals_quark_linear(nnx_model):

@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import time
 from functools import partial
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.inputs import check_token_ids
 
 __all__ = ["generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size",
@@ -178,8 +180,20 @@ class _Programs:
         self.prefill = jax.jit(partial(_prefill, graphdef), donate_argnums=(1,) if donate else ())
         self.decode = jax.jit(partial(_decode_chunk, graphdef), static_argnums=(0,),
                               donate_argnums=(2,) if donate else ())
+        self._warm: dict = {}
+
+    def warm_up_decode(self, args):
+        """Compile the decode chunk for these argument shapes in a background thread (once per shape signature),
+        so that its compile overlaps the prefill's; returns a future (or None when already compiled)."""
+        sig = jax.tree_util.tree_structure(args[1:]), tuple(
+            (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(args[1:])), args[0]
+        if sig in self._warm:
+            return None
+        self._warm[sig] = True
+        return _POOL.submit(lambda: self.decode.lower(*args).compile())
 
 
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="quark_jax-compile")
 _PROGRAMS: dict = {}
 _MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables)
 
@@ -188,6 +202,7 @@ def _programs(model):
     graphdef, state = nnx.split(model)
     progs = _PROGRAMS.get(graphdef)
     if progs is None:
+        enable_compilation_cache()
         if len(_PROGRAMS) >= _MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
         progs = _PROGRAMS[graphdef] = _Programs(graphdef)
@@ -302,9 +317,18 @@ class _Run:
         cache = self.model.init_cache(b, self.cache_len)
 
         t0 = time.perf_counter()
+        compiling = None
+        if self.n > 1:  # the first call of a shape: compile the decode chunk while the prefill compiles and runs
+            sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
+            tok = jax.ShapeDtypeStruct((b,), jnp.int32)
+            args = (self.chunk, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
+                    sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
+            compiling = progs.warm_up_decode(args)
         token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
                                            *self.sampling, eos)
         slot = jnp.int32(t)
+        if compiling is not None:
+            compiling.result()
 
         def dispatch(n_steps):
             return progs.decode(self.chunk, state, cache, token, slot, done, first, key, *self.sampling, eos,
@@ -318,11 +342,11 @@ class _Run:
             _, _, token, slot, done, cache = pending
             left -= min(self.chunk, left)
         head = np.asarray(head)[:, None]
-        self.prefill_s = time.perf_counter() - t0
+        t1 = time.perf_counter()  # the prefill is done; the first chunk (queued behind it) starts now
+        self.prefill_s, t0 = t1 - t0, t1
         yield head
         if pending is None or (self.eos is not None and np.isin(head, self.eos).all()):
             return
-        t0 = time.perf_counter()
         while True:
             nxt = None
             if left:

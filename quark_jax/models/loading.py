@@ -6,12 +6,15 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError, InvalidArgumentError
 from quark_jax.io import read_config_json, resolve_checkpoint
+from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.config import ModelConfig
+from quark_jax.models.generation import check_fits
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.nn.load import load_weights
 from quark_jax.nn.substitute import quantize_model
@@ -19,7 +22,7 @@ from quark_jax.nn.substitute import quantize_model
 __all__ = ["from_pretrained"]
 
 
-def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = False,
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = True,
                     progress: bool | None = None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
@@ -31,16 +34,21 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
     gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
     float-parameter dtype: float32, bfloat16 or float16 (anything else raises InvalidArgumentError listing them).
-    ``fuse_projections=True`` builds vLLM's layout (fused ``qkv_proj`` and
-    ``gate_up_proj``): one GEMM each, and for per-tensor FP8 the shards requantized to their max scale exactly as
-    vLLM does, so the logits follow vLLM rather than Quark's unfused reference. The model is built abstractly (no random init) and each tensor is read once, straight
-    into place; ``progress`` shows a stderr progress line (default: for checkpoints over 256 MiB). The model's
-    ``checkpoint_dir`` (a str) is the resolved directory, where ``generate_text`` finds the tokenizer.
+    ``fuse_projections=True`` (the default) builds vLLM's layout (fused ``qkv_proj`` and ``gate_up_proj``): one
+    GEMM each (fewer kernels per decode step), and for per-tensor FP8/INT8 the shards requantized to their max
+    scale exactly as vLLM does, so the logits follow vLLM rather than Quark's unfused reference (docs/SPEC.md
+    bounds the difference); ``False`` keeps the checkpoint's separate projections (Quark's reference layout).
+    Before any weight is read, the model's size is checked against the device's free memory
+    (:class:`~quark_jax.models.DeviceMemoryError`). The model is built abstractly (no random init) and each tensor
+    is read once, straight into place; ``progress`` shows a stderr progress line (default: for checkpoints over
+    256 MiB). The model's ``checkpoint_dir`` (a str) is the resolved directory, where ``generate_text`` finds the
+    tokenizer.
 
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
     """
     dtype = check_model_dtype(dtype)
+    enable_compilation_cache()  # before anything compiles (models.compile_cache: where, and how to turn it off)
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     cfg = ModelConfig.from_pretrained(checkpoint_dir)
     raw = read_config_json(checkpoint_dir)
@@ -54,6 +62,8 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
         d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
         quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options), logical_widths=widths)
+    weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
+    check_fits(weight_bytes, f"checkpoint {checkpoint_dir}: the model's weights")
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
     _require_concrete(model, checkpoint_dir)
@@ -86,6 +96,11 @@ def check_model_dtype(dtype):
         raise InvalidArgumentError(f"dtype: expected one of {', '.join(SUPPORTED_DTYPES)} (or None: the "
                                    f"checkpoint's), got {dt.name if dt is not None else repr(dtype)}")
     return dt
+
+
+def _nbytes(v) -> int:
+    v = v.get_value() if hasattr(v, "get_value") else v
+    return int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize if hasattr(v, "shape") else 0
 
 
 def _require_concrete(model, checkpoint_dir) -> None:

@@ -1,0 +1,399 @@
+"""End-to-end benchmark: Llama-shaped checkpoints with random weights, written per scheme through quark_jax's own
+quantizers, loaded with ``from_pretrained`` and run with ``generate`` (issue 14).
+
+For each scheme, one at a time (write, measure, delete: the checkpoints of an 8B shape are 5-16 GB):
+
+* ``load_gbs``: checkpoint bytes / ``from_pretrained`` seconds (the files were just written: page cache);
+* ``first_call_s``: the first ``generate`` (prompt 128, 128 new tokens, batch 1): compilation included;
+* ``prefill_tok_s``: prompt tokens / prefill seconds at 128 and 2048 tokens (``generate`` of one token, median of
+  3 after a compile);
+* ``decode``: per batch, ms per token and tokens/s of the device-side decode loop (``GenerationStats``, 128 new
+  tokens, median of 2 runs), the HBM floor (bytes read per step / the measured copy bandwidth) and the fraction
+  of it reached.
+
+Schemes: ``bf16``; ``fp8`` (FP8 per-tensor weights, static per-tensor FP8 input scale); ``fp8_dyn`` (FP8
+per-channel weights, dynamic per-token inputs); ``int8`` (INT8 per-channel weights, static per-tensor symmetric
+inputs); ``mxfp4`` (MXFP4 W4A4); ``w4a16`` (MXFP4 weights, bf16 activations). Static input scales are a constant
+(``INPUT_SCALE``: the random model's RMSNorm outputs are O(1)). ``--torch`` measures the peer: Hugging Face
+``LlamaForCausalLM`` bf16 with a static cache and a one-token step under ``torch.compile(mode="reduce-overhead")``.
+
+    python benchmarks/bench_e2e.py --shape 8b --schemes bf16,fp8,mxfp4 --batches 1 --out results.json
+    python benchmarks/bench_e2e.py --shape tiny            # CPU, seconds (a test runs it)
+
+Results go to ``--out`` as JSON, rewritten after every scheme (a cut-off run keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, rope_theta=10000.0),
+}
+FIXTURES = ROOT / "tests" / "fixtures" / "quark_tiny_llama"
+QUARK_CONFIG_OF = {  # the Quark fixture whose quantization_config each scheme reuses
+    "fp8": "w_fp8_a_fp8_pertensor_static",
+    "fp8_dyn": "w_fp8_perchannel_a_fp8_pertoken_dynamic",
+    "int8": "w_int8_perchannel_sym_a_int8_pertensor_static_sym",
+    "mxfp4": "w_mxfp4_a_mxfp4",
+    "w4a16": "w_mxfp4_weight_only",
+}
+SCHEMES = ("bf16",) + tuple(QUARK_CONFIG_OF)
+INPUT_SCALE = 8.0 / 448.0  # static FP8 input scale (INT8: 8 / 127)
+ST_DTYPE = {"bfloat16": "BF16", "float32": "F32", "float8_e4m3fn": "F8_E4M3", "uint8": "U8", "int8": "I8"}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# --- writing checkpoints ------------------------------------------------------------------------------------------
+
+def write_safetensors(path: Path, tensors: dict) -> int:
+    """A safetensors file from numpy arrays (bf16/fp8 as ml_dtypes); returns its size in bytes."""
+    header, offset = {}, 0
+    for name, a in tensors.items():
+        header[name] = {"dtype": ST_DTYPE[a.dtype.name], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for a in tensors.values():
+            f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+    return 8 + len(head) + offset
+
+
+def quantized_linear(scheme: str, w):
+    """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
+    array), through quark_jax's quantizers."""
+    import jax.numpy as jnp
+
+    from quark_jax.quant import quantize_mxfp4, scaled_fp8_quant, scaled_int8_quant
+
+    if scheme == "bf16":
+        return {"weight": np.asarray(w.astype(jnp.bfloat16))}
+    if scheme == "fp8":
+        q, s = scaled_fp8_quant(w)  # per-tensor scale amax / 448
+        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(()),
+                "input_scale": np.float32(INPUT_SCALE).reshape(())}
+    if scheme == "fp8_dyn":
+        q, s = scaled_fp8_quant(w, per_token=True)  # one scale per output channel
+        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1)}
+    if scheme == "int8":
+        q, s, _ = scaled_int8_quant(w)  # per output channel, symmetric
+        n = w.shape[0]
+        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1),
+                "weight_zero_point": np.zeros((n,), np.int8),
+                "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
+    if scheme in ("mxfp4", "w4a16"):
+        packed, scales = quantize_mxfp4(w)
+        return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
+    raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def model_config(shape: str, max_positions: int) -> dict:
+    c = dict(model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=max_positions, dtype="bfloat16",
+             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
+    c.update(SHAPES[shape])
+    return c
+
+
+def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, seed: int = 0) -> int:
+    """Random weights N(0, 0.02) generated on the default device, one safetensors shard per 4 layers (bounded host
+    memory); returns the bytes written."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = model_config(shape, max_positions)
+    if scheme != "bf16":
+        qc = json.loads((FIXTURES / QUARK_CONFIG_OF[scheme] / "config.json").read_text())["quantization_config"]
+        cfg["quantization_config"] = qc
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg, indent=1))
+    h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    hd = h // cfg["num_attention_heads"]
+    nq, nkv, v = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd, cfg["vocab_size"]
+    key = jax.random.PRNGKey(seed)
+    counter = [0]
+
+    def rand(shape_):
+        counter[0] += 1
+        return jax.random.normal(jax.random.fold_in(key, counter[0]), shape_, jnp.float32) * 0.02
+
+    def bf16(a):
+        return np.asarray(a.astype(jnp.bfloat16))
+
+    total, weight_map = 0, {}
+    per_shard = 4
+    shards = [list(range(s, min(s + per_shard, L))) for s in range(0, L, per_shard)]
+    n_files = len(shards) + 1
+    for si, layers in enumerate(shards):
+        t = {}
+        for li in layers:
+            p = f"model.layers.{li}."
+            for name, shp in (("self_attn.q_proj", (nq, h)), ("self_attn.k_proj", (nkv, h)),
+                              ("self_attn.v_proj", (nkv, h)), ("self_attn.o_proj", (h, nq)),
+                              ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))):
+                for suffix, a in quantized_linear(scheme, rand(shp)).items():
+                    t[f"{p}{name}.{suffix}"] = a
+            t[p + "input_layernorm.weight"] = bf16(1.0 + rand((h,)))
+            t[p + "post_attention_layernorm.weight"] = bf16(1.0 + rand((h,)))
+        fname = f"model-{si + 1:05d}-of-{n_files:05d}.safetensors"
+        total += write_safetensors(d / fname, t)
+        weight_map.update({n: fname for n in t})
+        del t
+    t = {"model.embed_tokens.weight": bf16(rand((v, h)) * 50), "model.norm.weight": bf16(1.0 + rand((h,)))}
+    if not cfg.get("tie_word_embeddings"):
+        t["lm_head.weight"] = bf16(rand((v, h)))
+    fname = f"model-{n_files:05d}-of-{n_files:05d}.safetensors"
+    total += write_safetensors(d / fname, t)
+    weight_map.update({n: fname for n in t})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return total
+
+
+# --- measuring ----------------------------------------------------------------------------------------------------
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB buffer; 0 on the CPU."""
+    import jax
+    import jax.numpy as jnp
+
+    if jax.default_backend() == "cpu":
+        return 0.0
+    x = jnp.ones((1 << 28,), jnp.float32)
+    f = jax.jit(lambda a: a + 1.0)
+    f(x).block_until_ready()
+    ts = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    return 2 * x.nbytes / min(ts)
+
+
+def decode_bytes(model, batch: int, cache_len: int) -> int:
+    """Bytes one decode step must read: every parameter but the embedding table (B rows of it), plus the KV
+    cache (all slots: the kernels read the whole cache)."""
+    from flax import nnx
+
+    total = 0
+    for path, v in nnx.to_flat_state(nnx.state(model)):
+        v = v.get_value() if hasattr(v, "get_value") else v
+        if not hasattr(v, "shape"):
+            continue
+        n = int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        if "embed_tokens" in map(str, path) and not model.config.tie_word_embeddings:
+            n = batch * v.shape[-1] * np.dtype(v.dtype).itemsize
+        total += n
+    c = model.config
+    kv = 2 * c.num_hidden_layers * batch * cache_len * c.num_key_value_heads * c.head_dim
+    return total + kv * np.dtype(model.kv_cache_dtype).itemsize
+
+
+def prompt(batch: int, length: int, vocab: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int32)
+
+
+def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: dict, save) -> None:
+    import jax
+
+    from quark_jax.models import from_pretrained
+
+    t0 = time.perf_counter()
+    model = from_pretrained(ckpt, progress=False, **({"impl": args.impl} if args.impl and
+                                                     (ckpt / "config.json").read_text().find("quantization_config") >= 0
+                                                     else {}))
+    jax.block_until_ready(jax.tree_util.tree_leaves(__import__("flax").nnx.state(model)))
+    load_s = time.perf_counter() - t0
+    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
+    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s ({result['load_gbs']:.2f} GB/s)")
+    save()
+    vocab, n_new, plen = model.config.vocab_size, args.new_tokens, args.prompt
+    cache_len = plen + n_new
+
+    t0 = time.perf_counter()
+    ids = model.generate(prompt(1, plen, vocab), n_new, max_cache_len=cache_len)
+    np.asarray(ids)
+    result["first_call_s"] = time.perf_counter() - t0
+    log(f"  first generate call {result['first_call_s']:.2f} s")
+    save()
+
+    if args.profile:
+        from benchmarks.profile_decode import profile_decode
+
+        result["profile_b1"] = profile_decode(model, batch=1, prompt_len=plen, max_cache_len=cache_len,
+                                              steps=args.profile_steps)
+        log("  profile: " + json.dumps({k: v for k, v in result["profile_b1"].items() if k != "top"}))
+        save()
+
+    result["decode"] = {}
+    for b in args.batches:
+        per = []
+        for rep in range(2):
+            _, st = model.generate(prompt(b, plen, vocab, seed=rep), n_new, max_cache_len=cache_len,
+                                   return_stats=True)
+            per.append(float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+        ms = 1e3 * min(per)
+        floor_bytes = decode_bytes(model, b, cache_len)
+        floor_ms = 1e3 * floor_bytes / bandwidth if bandwidth else None
+        result["decode"][str(b)] = dict(ms_per_token=ms, tok_s=1e3 * b / ms, step_tok_s=1e3 / ms,
+                                        bytes_per_step=floor_bytes, floor_ms=floor_ms,
+                                        floor_fraction=(floor_ms / ms) if floor_ms else None, runs_ms=[1e3 * p for p in per])
+        log(f"  decode batch {b}: {ms:.3f} ms/step ({1e3 * b / ms:.1f} tok/s)"
+            + (f", floor {floor_ms:.3f} ms ({100 * floor_ms / ms:.0f}%)" if floor_ms else ""))
+        save()
+
+    result["prefill"] = {}
+    for plen_p in args.prefill:
+        if plen_p + 1 > model.config.max_position_embeddings:
+            continue
+        ts = []
+        for rep in range(4):
+            _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
+                                   return_stats=True)
+            ts.append(st.prefill_s)
+        s = statistics.median(ts[1:])
+        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
+        log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s); first {ts[0]:.2f} s")
+        save()
+    del model
+    gc.collect()
+
+
+def torch_peer(shape: str, args, result: dict, save) -> None:
+    """HF LlamaForCausalLM bf16, static KV cache, a one-token step under torch.compile(mode="reduce-overhead")."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model_config(shape, args.prompt + args.new_tokens + 64)
+    cfg = LlamaConfig(**{k: v for k, v in c.items() if k not in ("model_type", "dtype")})
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    result["init_s"] = time.perf_counter() - t0
+    from transformers import StaticCache
+
+    max_len = args.prompt + args.new_tokens
+    try:
+        cache = StaticCache(config=cfg, max_batch_size=1, max_cache_len=max_len, device="cuda", dtype=torch.bfloat16)
+    except TypeError:
+        cache = StaticCache(config=cfg, max_cache_len=max_len)
+    ids = torch.tensor(prompt(1, args.prompt, cfg.vocab_size), device="cuda", dtype=torch.long)
+
+    def step(tok, pos):
+        return model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad():
+        logits = model(ids, past_key_values=cache, cache_position=torch.arange(args.prompt, device="cuda"),
+                       use_cache=True).logits
+        tok = logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for j in range(3):  # compile + CUDA-graph capture
+            pos = torch.tensor([args.prompt + j], device="cuda")
+            tok = compiled(tok, pos)[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        result["compile_s"] = time.perf_counter() - t0
+        save()
+        n = args.new_tokens - 8
+        best = None
+        for rep in range(2):
+            cache.reset()
+            model(ids, past_key_values=cache, cache_position=torch.arange(args.prompt, device="cuda"), use_cache=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for j in range(n):
+                pos = torch.tensor([args.prompt + j], device="cuda")
+                tok = compiled(tok, pos)[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            ms = 1e3 * (time.perf_counter() - t0) / n
+            best = ms if best is None else min(best, ms)
+    result.update(ms_per_token=best, tok_s=1e3 / best)
+    log(f"  torch peer: {best:.3f} ms/token ({1e3 / best:.1f} tok/s), compile {result['compile_s']:.1f} s")
+    save()
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--prefill", default="128,2048")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--impl", default=None, help="QuarkConfig impl for quantized schemes (default: the library's)")
+    ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary directory)")
+    ap.add_argument("--out", default=None, help="results JSON (rewritten after every measurement)")
+    ap.add_argument("--profile", action="store_true", help="also profile one decode step (batch 1)")
+    ap.add_argument("--profile-steps", type=int, default=4)
+    ap.add_argument("--torch", action="store_true", help="measure the torch.compile peer (bf16) instead")
+    args = ap.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.prefill = [int(p) for p in args.prefill.split(",") if p]
+    if args.shape == "tiny":
+        args.prefill = [p for p in args.prefill if p <= 64] or [16]
+        args.prompt, args.new_tokens = min(args.prompt, 16), min(args.new_tokens, 8)
+
+    import jax
+
+    results = {"shape": args.shape, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+               "date": time.strftime("%Y-%m-%d"), "prompt": args.prompt, "new_tokens": args.new_tokens,
+               "schemes": {}}
+
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
+
+    if args.torch:
+        results["torch_peer"] = {}
+        torch_peer(args.shape, args, results["torch_peer"], save)
+        return results
+    results["copy_bandwidth_gbs"] = copy_bandwidth() / 1e9
+    log(f"{results['device']}, copy bandwidth {results['copy_bandwidth_gbs']:.0f} GB/s")
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    max_positions = max([args.prompt + args.new_tokens] + [p + args.new_tokens for p in args.prefill])
+    for scheme in args.schemes.split(","):
+        log(f"{args.shape} {scheme}")
+        r = results["schemes"][scheme] = {}
+        ckpt = base / f"{args.shape}_{scheme}"
+        try:
+            t0 = time.perf_counter()
+            nbytes = write_checkpoint(ckpt, args.shape, scheme, max_positions=max(max_positions, 256))
+            r["write_s"] = time.perf_counter() - t0
+            log(f"  wrote {nbytes / 1e9:.2f} GB in {r['write_s']:.1f} s")
+            measure_scheme(ckpt, nbytes, args, results["copy_bandwidth_gbs"] * 1e9, r, save)
+        except Exception as e:  # keep the other schemes' numbers
+            r["error"] = f"{type(e).__name__}: {e}"[:2000]
+            log("  ERROR", r["error"])
+        finally:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            save()
+    return results
+
+
+if __name__ == "__main__":
+    main()
