@@ -57,7 +57,8 @@ def test_cache_dir_from_hf_hub_cache_and_argument(offline_hf_home, tmp_path, mon
     assert resolve_checkpoint("org/elsewhere") == repo / "snapshots" / COMMIT
     with pytest.raises(CheckpointError, match="org/tiny-model.*not in the Hub cache"):
         resolve_checkpoint("org/tiny-model")
-    assert resolve_checkpoint("org/tiny-model", cache_dir=tmp_path / "hf" / "hub") == offline_hf_home / "snapshots" / COMMIT
+    snapshot = resolve_checkpoint("org/tiny-model", cache_dir=tmp_path / "hf" / "hub")
+    assert snapshot == offline_hf_home / "snapshots" / COMMIT
 
 
 def test_local_directory_wins_then_bundled_name(offline_hf_home, tmp_path):

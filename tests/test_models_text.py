@@ -60,6 +60,8 @@ def test_prompt_ids_plain_chat_and_system(tok):
         prompt_ids(tok, 5)
     with pytest.raises(ValueError, match="pass tokenizer="):
         generate_text(FakeStreamModel([]), "Hi")
+    with pytest.raises(TypeError, match="prompt: expected a str"):  # checked when called, before any iteration
+        stream_text(FakeStreamModel([], bundled_checkpoint()), 5)
 
 
 def test_generate_text_of_the_bundled_model_matches_generate(model, tok):

@@ -18,7 +18,8 @@ LLAMA3_STYLE = ("{{ bos_token }}{% for m in messages %}"
                 "{% if loop.first and m['role'] == 'assistant' %}{{ raise_exception('the first turn must not be "
                 "the assistant') }}{% endif %}"
                 "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>"
-                "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+                "{% endfor %}"
+                "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 MULTIBYTE = "naïve café — 中文 and 🙂, ok: Ω≈ç√∫"
 
 

@@ -61,7 +61,8 @@ def hub_cache_dir() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
-def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None,
+                       cache_dir: str | os.PathLike | None = None,
                        local_files_only: bool | None = None) -> Path:
     """The local directory of checkpoint ``name``: a local directory, else a bundled name, else a Hub id.
 
@@ -80,10 +81,11 @@ def resolve_checkpoint(name: str | os.PathLike, *, revision: str | None = None, 
     if text in BUNDLED:
         return BUNDLED[text]
     if path.exists():
-        raise CheckpointNotFoundError(f"checkpoint {text!r}: expected a directory (config.json + safetensors), found a file")
+        raise CheckpointNotFoundError(f"checkpoint {text!r}: expected a directory (config.json + safetensors), "
+                                      "found a file")
     if not is_hub_id(text):
-        raise CheckpointNotFoundError(f"checkpoint {text!r}: no such directory, not a bundled name ({', '.join(sorted(BUNDLED))}) "
-                              "and not a Hugging Face Hub id (org/name)")
+        raise CheckpointNotFoundError(f"checkpoint {text!r}: no such directory, not a bundled name "
+                                      f"({', '.join(sorted(BUNDLED))}) and not a Hugging Face Hub id (org/name)")
     try:
         import huggingface_hub
         from huggingface_hub.errors import LocalEntryNotFoundError

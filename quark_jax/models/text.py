@@ -2,8 +2,8 @@
 
 :func:`stream_text` encodes the prompt with the checkpoint's :class:`~quark_jax.models.Tokenizer` (plain text, or
 the chat template for a list of messages / ``system=``), runs the model's token stream (chunks of ``chunk_size``
-tokens from the device-side decode loop, :func:`quark_jax.models.generate_stream`), stops at the first stop id (the tokenizer's EOS and end-of-turn ids,
-or ``eos_token_id``) and yields the new text of each chunk through a :class:`~quark_jax.models.StreamDecoder`,
+tokens from the device-side decode loop, :func:`quark_jax.models.generate_stream`), stops at the first stop id (the
+tokenizer's EOS and end-of-turn ids, or ``eos_token_id``) and yields the new text of each chunk through a :class:`~quark_jax.models.StreamDecoder`,
 so a multi-byte character split across tokens is never cut. :func:`generate_text` joins the pieces.
 
 >>> from quark_jax.models import from_pretrained            # doctest: +SKIP
@@ -13,6 +13,7 @@ so a multi-byte character split across tokens is never cut. :func:`generate_text
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -55,15 +56,22 @@ def _tokenizer_of(model, tokenizer):
     if source is None:
         raise ValueError("tokenizer: this model was not loaded by from_pretrained (no checkpoint_dir); pass "
                          "tokenizer=Tokenizer.from_pretrained(DIR)")
-    return Tokenizer.from_pretrained(source)
+    return _checkpoint_tokenizer(source)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_tokenizer(directory: str) -> Tokenizer:
+    return Tokenizer.from_pretrained(directory)
 
 
 def stream_text(model, prompt, max_new_tokens: int = 64, *, tokenizer: Tokenizer | None = None,
-                system: str | None = None, chat: bool | None = None, chunk_size: int = DEFAULT_CHUNK, temperature: float = 0.0,
-                top_k: int | None = None, seed: int = 0, eos_token_id=None) -> Iterator[str]:
+                system: str | None = None, chat: bool | None = None, chunk_size: int = DEFAULT_CHUNK,
+                temperature: float = 0.0, top_k: int | None = None, seed: int = 0, eos_token_id=None) -> Iterator[str]:
     """The continuation of ``prompt`` as text pieces, yielded as the model generates them (see the module doc).
 
-    ``tokenizer`` defaults to the model checkpoint's (``Tokenizer.from_pretrained(model.checkpoint_dir)``);
+    The prompt is encoded and the arguments are checked when this is called; the iterator then runs the model.
+    ``tokenizer`` defaults to the model checkpoint's (``Tokenizer.from_pretrained(model.checkpoint_dir)``, loaded
+    once per directory);
     ``eos_token_id`` (an int or a list) replaces the tokenizer's stop ids; sampling arguments as in
     :func:`quark_jax.models.generate`. Generation ends at a stop id (not part of the text) or after
     ``max_new_tokens`` tokens.
@@ -72,8 +80,8 @@ def stream_text(model, prompt, max_new_tokens: int = 64, *, tokenizer: Tokenizer
     ids = np.asarray([prompt_ids(tokenizer, prompt, system=system, chat=chat)], np.int32)
     stops = tokenizer.eos_token_ids if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
     chunks = model.generate_stream(ids, max_new_tokens, chunk_size=chunk_size, temperature=temperature, top_k=top_k,
-                                   seed=seed, eos_token_id=list(stops) or None)
-    yield from tokenizer.decode_stream(chunks, stop_token_ids=stops)
+                                   seed=seed, eos_token_id=list(stops) or None)  # arguments checked here, eagerly
+    return tokenizer.decode_stream(chunks, stop_token_ids=stops)
 
 
 def generate_text(model, prompt, max_new_tokens: int = 64, **kwargs) -> str:

@@ -149,7 +149,8 @@ class Tokenizer:
         path = directory / "tokenizer.json"
         if not path.is_file():
             found = sorted({p.name for p in [*directory.glob("tokenizer*"), *directory.glob("*.model")]})
-            extra = f" (found {', '.join(found)}; only tokenizer.json, the fast-tokenizer format, is read)" if found else ""
+            extra = (f" (found {', '.join(found)}; only tokenizer.json, the fast-tokenizer format, is read)"
+                     if found else "")
             raise FileNotFoundError(f"checkpoint {directory}: no tokenizer.json{extra}; text input and output need the "
                                     "model's tokenizer files (tokenizer.json, tokenizer_config.json) in the "
                                     "checkpoint directory; token ids work without them")
