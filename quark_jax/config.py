@@ -94,6 +94,8 @@ class TensorQuantSpec:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     KEYS = ("dtype", "qscheme", "is_dynamic", "symmetric", "group_size", "scale_format", "scale_calculation_mode")
+    FIELD_TYPES = {"qscheme": (str,), "is_dynamic": (bool,), "symmetric": (bool,), "group_size": (int,),
+                   "scale_format": (str,), "scale_calculation_mode": (str,)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec") -> "TensorQuantSpec | None":
@@ -104,6 +106,11 @@ class TensorQuantSpec:
         if not isinstance(d.get("dtype"), str):
             raise QuarkConfigError(f"{where}: a tensor spec needs a string 'dtype', got {d.get('dtype')!r}")
         values = {k: d.get(k) for k in cls.KEYS}
+        for k, types in cls.FIELD_TYPES.items():
+            v = values[k]
+            if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+                raise QuarkConfigError(f"{where}.{k}: expected {' or '.join(t.__name__ for t in types)} or null, "
+                                       f"got {v!r}")
         return cls(**values, raw=dict(d))
 
     def brief(self) -> str:
@@ -364,6 +371,9 @@ class QuarkConfig:
         group = self.export.get("kv_cache_group") or []
         if not group:
             return None
+        if not isinstance(group, (list, tuple)) or not all(isinstance(g, str) for g in group):
+            raise QuarkConfigError(f"quantization_config.export.kv_cache_group: expected a list of layer name "
+                                   f"patterns, got {group!r}")
         group = tuple(group)
         kv_table = self._layer_table(qc.get("kv_cache_quant_config"), "kv_cache_quant_config")
         specs = []

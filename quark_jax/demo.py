@@ -87,8 +87,9 @@ def _rel(a, b) -> float:
 
 
 def layer_errors(checkpoint: str | os.PathLike, *, reference: str | os.PathLike | None = None, rows: int = 8,
-                 seed: int = 0) -> list[LayerError]:
-    """The demo's rows for every quantized layer of ``checkpoint`` (module doc); ``reference`` is a float
+                 seed: int = 0, layers=None) -> list[LayerError]:
+    """The demo's rows for every quantized layer of ``checkpoint`` (or those in ``layers``, checkpoint order,
+    module doc); ``reference`` is a float
     checkpoint with the same layer names (default: :func:`default_reference`). A checkpoint without
     ``quantization_config`` raises :class:`~quark_jax.errors.InvalidArgumentError`."""
     import jax.numpy as jnp
@@ -110,7 +111,7 @@ def layer_errors(checkpoint: str | os.PathLike, *, reference: str | os.PathLike 
     out = []
     for path in cfg.layer_paths():
         scheme = cfg.scheme_for(path)
-        if scheme is None:
+        if scheme is None or (layers is not None and path not in layers):
             continue
         layer = QuarkLinear.from_pretrained(directory, path, jnp.float32, config=cfg)
         x = demo_inputs(layer, rows, seed)
