@@ -1,7 +1,9 @@
-"""Reading Quark checkpoints (SPEC section 5): files, per-layer raw params with validation, KV-cache scales.
+"""Reading Quark checkpoints (SPEC section 5): per-layer raw params with validation, KV-cache scales.
 
-* :func:`open_checkpoint` / :class:`CheckpointReader`: a single ``model.safetensors`` or a sharded one
-  (``model.safetensors.index.json``), read lazily one tensor at a time (F8 tensors through ml_dtypes).
+* :func:`open_checkpoint` / :class:`CheckpointReader` (from :mod:`quark_jax.io`, re-exported): a single
+  ``model.safetensors`` or a sharded one (``model.safetensors.index.json``), read lazily one tensor at a time.
+* naming (from :mod:`quark_jax.naming`, re-exported): :data:`FUSED_MODULES`, :func:`shard_paths`,
+  :func:`kv_scale_tensor_names`.
 * :func:`load_layer_params`: the raw params of one (possibly fused) layer for a scheme, as its ``create_weights``
   declares them: dtypes checked and normalised (scales -> float32), shapes checked, fused shards placed in row
   order (q, k, v / gate, up); every error names the layer, the tensor, what was expected and what was found.
@@ -11,18 +13,18 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from quark_jax.config import shard_paths
 from quark_jax.errors import CheckpointError
-from quark_jax.io import SafetensorsFile, SafetensorsFormatError, TensorInfo, read_config_json, resolve_checkpoint
-from quark_jax.schemes import ParamSpec, QuarkScheme, UnquantizedLinearMethod
-from quark_jax.schemes.base import SCALE_DTYPES
+from quark_jax.io import INDEX_FILE, SINGLE_FILE, CheckpointReader, open_checkpoint
+from quark_jax.naming import FUSED_MODULES, kv_scale_tensor_names, shard_paths
+from quark_jax.schemes import SCALE_DTYPES, ParamSpec, QuarkScheme, UnquantizedLinearMethod
 from quark_jax.value_checks import check_scale, is_scale_name
 
 __all__ = [
@@ -39,125 +41,13 @@ __all__ = [
     "load_kv_scales",
     "SINGLE_FILE",
     "INDEX_FILE",
+    "FUSED_MODULES",
+    "shard_paths",
+    "kv_scale_tensor_names",
 ]
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 #: tensors a linear layer's module may carry that belong to something else (the KV cache reads output_scale)
 FOREIGN_SUFFIXES = ("output_scale",)
-
-
-class CheckpointReader:
-    """A checkpoint folder opened lazily: headers are parsed at open (so truncated files fail early), tensors are
-    read one at a time.
-
-    ``names()``, ``info(name)`` (dtype, shape), ``get(name) -> np.ndarray``, ``tensors_of(module_path)``,
-    ``config`` (config.json as a dict, {} when absent), ``files`` (the safetensors paths).
-
-    >>> from quark_jax.data import bundled_checkpoint
-    >>> r = open_checkpoint(bundled_checkpoint("tiny-llama-fp8"))
-    >>> r.get("model.layers.0.self_attn.q_proj.weight").dtype, r.info("model.norm.weight").shape
-    (dtype(float8_e4m3fn), (64,))
-    """
-
-    def __init__(self, directory: str | Path):
-        self.directory = resolve_checkpoint(directory)
-        index_path = self.directory / INDEX_FILE
-        single_path = self.directory / SINGLE_FILE
-        self._file_of: dict[str, SafetensorsFile] = {}
-        if index_path.is_file():
-            files = self._open_index(index_path)
-        elif single_path.is_file():
-            files = [self._open(single_path)]
-        else:
-            found = sorted(p.name for p in self.directory.iterdir())
-            raise CheckpointError(f"checkpoint {self.directory}: expected {SINGLE_FILE} or {INDEX_FILE}, found "
-                                  f"{found}")
-        for f in files:
-            for name in f.names():
-                if name in self._file_of:
-                    raise CheckpointError(f"checkpoint {self.directory}: tensor {name!r} is stored twice, in "
-                                          f"{Path(self._file_of[name].path).name} and {Path(f.path).name}")
-                self._file_of[name] = f
-        self.files = [Path(f.path) for f in files]
-        self._modules: dict[str, list[str]] = {}
-        for name in self._file_of:
-            self._modules.setdefault(name.rpartition(".")[0], []).append(name)
-        self.config = read_config_json(self.directory, required=False)
-
-    def _open(self, path: Path) -> SafetensorsFile:
-        try:
-            return SafetensorsFile(path)
-        except SafetensorsFormatError as e:
-            raise CheckpointError(f"checkpoint {self.directory}: {path.name} is damaged: {e}", file=str(path),
-                                  tensor=e.tensor) from None
-
-    def _open_index(self, index_path: Path) -> list[SafetensorsFile]:
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})") from None
-        by_file: dict[str, list[str]] = {}
-        for name, fname in weight_map.items():
-            by_file.setdefault(fname, []).append(name)
-        opened = {}
-        for fname, names in by_file.items():
-            path = self.directory / fname
-            if not path.is_file():
-                raise CheckpointError(f"{index_path}: tensor {names[0]!r} (and {len(names) - 1} more) is mapped to "
-                                      f"{fname!r}, which does not exist in {self.directory}")
-            opened[fname] = f = self._open(path)
-            missing = [n for n in names if n not in f]
-            if missing:
-                raise CheckpointError(f"{index_path}: tensor {missing[0]!r} is mapped to {fname!r}, which does not "
-                                      f"contain it ({len(missing)} such tensors)")
-        return list(opened.values())
-
-    # ------------------------------------------------------------------ access
-    def names(self) -> list[str]:
-        return list(self._file_of)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._file_of
-
-    def __len__(self) -> int:
-        return len(self._file_of)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._file_of[name].info(name)
-        except KeyError:
-            raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}") from None
-
-    def get(self, name: str) -> np.ndarray:
-        """Read one tensor (a new numpy array of its stored dtype; F8 via ml_dtypes)."""
-        if name not in self._file_of:
-            raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}")
-        return self._file_of[name].get(name)
-
-    def file_of(self, name: str) -> Path:
-        """The safetensors file holding a tensor."""
-        self.info(name)
-        return Path(self._file_of[name].path)
-
-    def nbytes(self, name: str) -> int:
-        i = self.info(name)
-        return i.end - i.begin
-
-    def tensors_of(self, module_path: str) -> list[str]:
-        """The tensors directly under a module, e.g. ``...q_proj`` -> ``[...q_proj.weight, ...q_proj.weight_scale]``."""
-        return list(self._modules.get(module_path, []))
-
-    def modules(self) -> list[str]:
-        return list(self._modules)
-
-    def __repr__(self) -> str:
-        return f"CheckpointReader({str(self.directory)!r}, {len(self)} tensors in {len(self.files)} file(s))"
-
-
-def open_checkpoint(directory: str | Path) -> CheckpointReader:
-    """Open a checkpoint folder (see :class:`CheckpointReader`)."""
-    return directory if isinstance(directory, CheckpointReader) else CheckpointReader(directory)
 
 
 def checkpoint_dtype(config: Mapping, default=np.float32):
@@ -230,17 +120,29 @@ def layer_geometry(reader: CheckpointReader, layer_path: str, scheme: QuarkSchem
 
 
 def layer_param_specs(scheme: QuarkScheme | None, logical_widths: Sequence[int], input_size: int, *,
-                      use_bias: bool = False, params_dtype=None) -> dict[str, ParamSpec]:
+                      use_bias: bool = False, params_dtype=None) -> Mapping[str, ParamSpec]:
     """``scheme.create_weights(...)`` plus ``bias`` [N] (stored f32/bf16/f16, loaded as ``params_dtype``) when
-    ``use_bias``; ``scheme`` None means :class:`~quark_jax.schemes.UnquantizedLinearMethod`."""
+    ``use_bias``; ``scheme`` None means :class:`~quark_jax.schemes.UnquantizedLinearMethod`. Built once per
+    distinct layer (cached; the mapping is read-only).
+
+    >>> from quark_jax.schemes import QuarkW8A8Fp8
+    >>> specs = layer_param_specs(QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"), (64, 32), 16)
+    >>> {k: v.describe() for k, v in specs.items()}
+    {'weight': 'float8_e4m3fn [96, 16]', 'weight_scale': 'float32 [2]', 'input_scale': 'float32 [2]'}
+    """
     scheme = UnquantizedLinearMethod() if scheme is None else scheme
-    widths = tuple(int(w) for w in logical_widths)
-    specs = dict(scheme.create_weights(widths, int(input_size), params_dtype))
+    dtype = None if params_dtype is None else np.dtype(params_dtype)
+    return _param_specs(scheme, tuple(int(w) for w in logical_widths), int(input_size), bool(use_bias), dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _param_specs(scheme, widths, input_size, use_bias, params_dtype) -> Mapping[str, ParamSpec]:
+    specs = dict(scheme.create_weights(widths, input_size, params_dtype))
     if use_bias:
         dtype = np.dtype(np.float32 if params_dtype is None else params_dtype)
-        specs["bias"] = ParamSpec((sum(widths),), dtype, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
-                                  doc="bias [N]")
-    return specs
+        specs["bias"] = ParamSpec(shape=(sum(widths),), dtype=dtype, checkpoint_dtypes=SCALE_DTYPES,
+                                  shard_shapes=tuple((w,) for w in widths), combine="concat", doc="bias [N]")
+    return types.MappingProxyType(specs)
 
 
 def _dtype_names(dtypes) -> str:
@@ -389,11 +291,9 @@ def load_kv_scales(reader: CheckpointReader | str | Path, attn_path: str) -> KVS
     >>> float(k), float(v), names
     (1.0, 1.0, ())
     """
-    from quark_jax.config import KVCacheConfig
-
     reader = open_checkpoint(reader)
     found = {}
-    for key, candidates in KVCacheConfig.scale_tensor_names(attn_path).items():
+    for key, candidates in kv_scale_tensor_names(attn_path).items():
         for name in candidates:
             if name in reader:
                 found[key] = (name, _scalar(reader, name))

@@ -92,7 +92,7 @@ def _inspect(args) -> int:
         print("no quantization_config: an unquantized checkpoint")
         return EXIT_PROBLEMS if _inspect_problems(args, ckpt) else EXIT_OK
     try:
-        cfg = QuarkConfig(qc, checkpoint_dir=ckpt)
+        cfg = QuarkConfig.from_pretrained(reader)
     except QuarkConfigError as e:
         print(f"unsupported quantization_config: {e}", file=sys.stderr)
         return 1

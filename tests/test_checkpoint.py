@@ -245,3 +245,34 @@ def test_kv_scales_from_output_scale_and_vllm_names(tmp_path):
     QuarkLinear.from_pretrained(variant_dir(KV), QKV)
     assert all(reader.tensors_of(ATTN + ".k_proj"))
     assert reference_layers(KV)
+
+
+def test_from_pretrained_parses_config_once_and_builds_and_checks_each_layer_once(monkeypatch):
+    """Instrumented load of a Quark checkpoint (KV variant, fused layout): config.json is read and parsed once,
+    the quantization_config parsed once, and each layer's param specs built and its tensors checked once."""
+    import pathlib
+
+    from quark_jax import checkpoint, config, models, schemes
+
+    reads, parses, builds, checks = [], [], [], []
+    read_text = pathlib.Path.read_text
+    monkeypatch.setattr(pathlib.Path, "read_text",
+                        lambda self, *a, **k: (reads.append(self.name) if self.name == "config.json" else None)
+                        or read_text(self, *a, **k))
+    parse = config.QuarkConfig.parse.__func__
+    monkeypatch.setattr(config.QuarkConfig, "parse", classmethod(lambda cls, *a, **k: parses.append(1)
+                                                                or parse(cls, *a, **k)))
+    create, check = schemes.QuarkW8A8Fp8.create_weights, schemes.QuarkW8A8Fp8.check_loaded
+    monkeypatch.setattr(schemes.QuarkW8A8Fp8, "create_weights",
+                        lambda self, widths, k, dtype=None: builds.append((tuple(widths), k)) or create(self, widths,
+                                                                                                        k, dtype))
+    monkeypatch.setattr(schemes.QuarkW8A8Fp8, "check_loaded",
+                        lambda self, params, layer: checks.append(layer) or check(self, params, layer))
+    checkpoint._param_specs.cache_clear()  # the spec cache: built once per distinct layer geometry
+    model = models.from_pretrained(variant_dir(KV), fuse_projections=True)
+    n_layers = len(model.model.layers)
+    assert reads == ["config.json"] and len(parses) == 1
+    assert len(builds) == len(set(builds)) == 4  # qkv, o, gate_up, down: each geometry built once
+    assert sorted(checks) == sorted(f"model.layers.{i}.{p}" for i in range(n_layers)
+                                    for p in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+                                              "mlp.down_proj"))

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import VARIANTS, quant_config
 from quark_jax import QuarkConfig, QuarkConfigError, UnsupportedSchemeError
-from quark_jax.config import KVCacheConfig, LayerQuantConfig, TensorQuantSpec, get_scheme, shard_paths
+from quark_jax.checkpoint import kv_scale_tensor_names, shard_paths
+from quark_jax.config import KVCacheConfig, LayerQuantConfig, TensorQuantSpec
 from quark_jax.schemes import (QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4, QuarkW8A8Fp8,
                                QuarkW8A8Int8)
 
@@ -89,7 +90,7 @@ def test_dispatch_table(weight, inp, expected, detail):
         assert getattr(scheme, k) == v
     # the layer-config level entry gives the same
     lc = LayerQuantConfig.from_dict(layer_cfg(weight, inp), "x")
-    assert get_scheme(lc, path) == scheme
+    assert lc.scheme(path) == scheme
     assert scheme.get_min_capability() == {QuarkW8A8Fp8: 89, QuarkW8A8Int8: 75}.get(expected, 70)
 
 
@@ -218,7 +219,7 @@ def test_kv_cache_config_from_the_fixture():
     assert isinstance(kv, KVCacheConfig) and kv.group == ("*k_proj", "*v_proj")
     assert kv.dtype_name == "float8_e4m3fn" and kv.fp8_max == 448.0 and kv.qscheme == "per_tensor"
     assert kv.is_kv_layer("model.layers.1.self_attn.v_proj") and not kv.is_kv_layer("model.layers.1.self_attn.o_proj")
-    assert kv.scale_tensor_names("m.self_attn") == {
+    assert kv_scale_tensor_names("m.self_attn") == {
         "k_scale": ("m.self_attn.k_proj.output_scale", "m.self_attn.k_scale", "m.self_attn.attn.k_scale"),
         "v_scale": ("m.self_attn.v_proj.output_scale", "m.self_attn.v_scale", "m.self_attn.attn.v_scale")}
     # k/v keep running as plain FP8 linears; their output spec is the cache's, fused qkv agrees with q
@@ -298,6 +299,6 @@ def test_describe_table():
     assert any(l.split() == ["lm_head", "excluded", "exclude", "'lm_head'"] for l in lines)
     assert any(l.startswith("model.embed_tokens ") and "unquantized  embeddings and lm_head stay unquantized" in l
                for l in lines)
-    assert "lm_head" in repr(cfg) and TensorQuantSpec("int8").brief() == "{dtype: 'int8'}"
+    assert "lm_head" in repr(cfg) and TensorQuantSpec(dtype="int8").brief() == "{dtype: 'int8'}"
     with pytest.raises(ValueError, match="not read from a checkpoint"):
         QuarkConfig.from_dict(cfg.raw).describe()

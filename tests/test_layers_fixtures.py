@@ -17,6 +17,7 @@ import layer_reference as lref
 import reference_numpy as ref
 from conftest import VARIANTS, quant_config, reference_layers, variant_dir
 from quark_jax import QuarkConfig
+from quark_jax.checkpoint import shard_paths
 from quark_jax.io import SafetensorsFile
 from quark_jax.nn import QuarkLinear
 
@@ -137,7 +138,7 @@ def test_int8_asymmetric_both_azp_modes():
 def test_fused_layers_load_and_run(variant, fused):
     model, refs = files(variant)
     cfg = QuarkConfig.from_pretrained(variant_dir(variant), impl="xla")
-    shards = cfg.shard_paths(fused)
+    shards = shard_paths(fused)
     layer = QuarkLinear.from_pretrained(variant_dir(variant), fused, config=cfg)
     widths = tuple(model.get(s + ".weight").shape[0] for s in shards)
     assert layer.logical_widths == widths and layer.out_features == sum(widths)

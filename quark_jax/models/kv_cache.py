@@ -17,8 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from quark_jax.quant import fp8_saturating_cast
-from quark_jax.quant._checks import true_divide
+from quark_jax.quant import fp8_saturating_cast, true_divide
 
 __all__ = ["KVCache", "quantize_kv", "dequantize_kv"]
 

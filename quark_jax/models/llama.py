@@ -26,7 +26,7 @@ from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 from quark_jax.nn import FP8KVCacheScales, KVScale
-from quark_jax.quant.rounding import dot_precision, round_to
+from quark_jax.quant import dot_precision, round_to
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]

@@ -11,7 +11,7 @@ from flax import nnx
 
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError, InvalidArgumentError
-from quark_jax.io import read_config_json, resolve_checkpoint
+from quark_jax.io import open_checkpoint, read_config_json, resolve_checkpoint
 from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.generation import check_fits
@@ -50,22 +50,23 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     dtype = check_model_dtype(dtype)
     enable_compilation_cache()  # before anything compiles (models.compile_cache: where, and how to turn it off)
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
-    cfg = ModelConfig.from_pretrained(checkpoint_dir)
-    raw = read_config_json(checkpoint_dir)
+    raw = read_config_json(checkpoint_dir)  # the one parse of config.json; the reader below reuses it
+    cfg = ModelConfig.from_dict(raw, source=str(checkpoint_dir / "config.json"))
     quark = raw.get("quantization_config") is not None
     if options and not quark:
         raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
                          "this one has no quantization_config")
+    reader = open_checkpoint(checkpoint_dir, config=raw)
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
                                                     fuse_projections=fuse_projections))
     if quark:
         d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
-        quantize_model(model, QuarkConfig.from_pretrained(checkpoint_dir, **options), logical_widths=widths)
+        quantize_model(model, QuarkConfig.from_pretrained(reader, **options), logical_widths=widths)
     weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
     check_fits(weight_bytes, f"checkpoint {checkpoint_dir}: the model's weights")
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-    load_weights(model, checkpoint_dir, ignore=ignore, progress=progress)
+    load_weights(model, reader, ignore=ignore, progress=progress)
     _require_concrete(model, checkpoint_dir)
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quark_jax.models.config import RopeConfig
-from quark_jax.quant.rounding import round_to
+from quark_jax.quant import round_to
 
 __all__ = ["inverse_frequencies", "rope_cos_sin", "apply_rope"]
 

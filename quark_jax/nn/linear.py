@@ -14,9 +14,9 @@ from quark_jax.checkpoint import (CheckpointReader, checkpoint_dtype, layer_geom
                                   load_layer_params, open_checkpoint)
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError
-from quark_jax.quant.rounding import round_to
-from quark_jax.schemes import QuarkScheme, UnquantizedLinearMethod, apply_params, process_params
-from quark_jax.schemes.base import dequantize_params, logical_widths_of
+from quark_jax.quant import round_to
+from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_params, dequantize_params,
+                               logical_widths_of, process_params)
 from quark_jax.value_checks import check_scale, is_scale_name
 
 __all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
@@ -103,6 +103,10 @@ class QuarkLinear(nnx.Module):
             if is_scale_name(k) and not isinstance(v, jax.core.Tracer):
                 check_scale(np.asarray(v), tensor=f"{self.name}.{k}", layer=self.name)
         self.scheme.check_loaded({k: np.asarray(v) for k, v in raw.items() if k != "bias"}, self.name)
+        return self._store(raw)
+
+    def _store(self, raw: Mapping[str, Any]) -> "QuarkLinear":
+        """Process checked raw params and set the variables."""
         processed = process_params(self.scheme, {k: v for k, v in raw.items() if k != "bias"}, self.logical_widths)
         if set(processed) != set(self.param_names):
             raise AssertionError(f"{self.name}: processed params {sorted(processed)} != {sorted(self.param_names)}")
@@ -121,12 +125,13 @@ class QuarkLinear(nnx.Module):
     def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None
                         ) -> "QuarkLinear":
         """Read this layer's raw params from a checkpoint (``layer_path`` defaults to ``name``; fused paths read
-        their shards), validate, process and store them. Returns self."""
+        their shards), validate (once, in :func:`quark_jax.checkpoint.load_layer_params`), process and store
+        them. Returns self."""
         path = layer_path or self.name
         raw = load_layer_params(checkpoint, path, self.scheme, input_size=self.in_features,
                                 logical_widths=self.logical_widths, use_bias=self.use_bias,
                                 params_dtype=self._float_dtype)
-        return self.load_params(raw)
+        return self._store(raw)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, layer_path: str, dtype: Any = None, *,
@@ -138,7 +143,7 @@ class QuarkLinear(nnx.Module):
         reader = open_checkpoint(checkpoint_dir)
         if config is None:
             if "quantization_config" in reader.config:
-                config = QuarkConfig.from_pretrained(reader.directory, **options)
+                config = QuarkConfig.from_pretrained(reader, **options)
         elif options:
             config = config.with_options(**options)
         scheme = config.scheme_for(layer_path) if config is not None else None

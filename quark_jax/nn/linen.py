@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from quark_jax.quant.rounding import dot_precision, round_to
+from quark_jax.quant import dot_precision, round_to
 from quark_jax.schemes import apply_params
 
 __all__ = ["QuarkDense", "linen_module_path"]
@@ -120,7 +120,7 @@ class QuarkDense(nn.Module):
     def _widths(self, path, scheme):
         if self.logical_widths is not None:
             return tuple(self.logical_widths)
-        from quark_jax.config import shard_paths
+        from quark_jax.checkpoint import shard_paths
 
         if len(shard_paths(path)) == 1:
             return None

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quark_jax.checkpoint import CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint
-from quark_jax.config import shard_paths
+from quark_jax.checkpoint import (CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint,
+                                  shard_paths)
 from quark_jax.errors import CheckpointError
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 import jax
 from flax import nnx
 
-from quark_jax.config import FUSED_MODULES, QuarkConfig
+from quark_jax.checkpoint import FUSED_MODULES, layer_geometry, open_checkpoint
+from quark_jax.config import QuarkConfig
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.load import module_path
@@ -65,8 +66,6 @@ def _fused_widths(path: str, ckpt_path: str, linear, config: QuarkConfig, logica
     if given is not None:
         return tuple(int(w) for w in given)
     if config.checkpoint_dir is not None:
-        from quark_jax.checkpoint import layer_geometry, open_checkpoint
-
         return layer_geometry(open_checkpoint(config.checkpoint_dir), ckpt_path, scheme).logical_widths
     raise ValueError(f"layer {ckpt_path}: a fused layer ({' + '.join(FUSED_MODULES[leaf])}) needs its shard "
                      f"sizes: pass logical_widths={{{leaf!r}: (...)}} or a config read from a checkpoint")

@@ -2,9 +2,11 @@
 
 from quark_jax.quant.fp8 import fp8_saturating_cast, scaled_fp8_quant
 from quark_jax.quant.int8 import scaled_int8_quant
-from quark_jax.quant.mxfp4 import dequantize_mxfp4, mxfp4_block_scale_bytes, qdq_mxfp4, quantize_mxfp4, round_to_e2m1
+from quark_jax.quant.division import true_divide
+from quark_jax.quant.mxfp4 import (apply_e8m0_scale, dequantize_mxfp4, mxfp4_block_scale_bytes, qdq_mxfp4,
+                                   quantize_mxfp4, round_to_e2m1)
 from quark_jax.quant import rounding
-from quark_jax.quant.rounding import exact_f32, round_to
+from quark_jax.quant.rounding import dot_precision, exact_f32, round_to
 from quark_jax.quant.weights import (
     compute_azp_adj,
     convert_to_channelwise,
@@ -29,5 +31,8 @@ __all__ = [
     "compute_azp_adj",
     "round_to",
     "exact_f32",
+    "dot_precision",
+    "true_divide",
+    "apply_e8m0_scale",
     "rounding",
 ]

@@ -7,7 +7,8 @@ from jax import lax
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
-from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale, true_divide
+from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale
+from quark_jax.quant.division import true_divide
 
 __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
 

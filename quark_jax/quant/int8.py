@@ -6,7 +6,8 @@ import jax.numpy as jnp
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
-from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale, true_divide
+from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale
+from quark_jax.quant.division import true_divide
 
 __all__ = ["scaled_int8_quant"]
 

@@ -11,7 +11,7 @@ from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import require_float, require_multiple, require_rank
 
-__all__ = ["mxfp4_block_scale_bytes", "quantize_mxfp4", "dequantize_mxfp4", "qdq_mxfp4", "round_to_e2m1"]
+__all__ = ["mxfp4_block_scale_bytes", "quantize_mxfp4", "dequantize_mxfp4", "qdq_mxfp4", "round_to_e2m1", "apply_e8m0_scale"]
 
 _F32_MANTISSA_BITS = 23
 _E2M1_MANTISSA_BITS = 1
@@ -57,6 +57,9 @@ def apply_e8m0_scale(values_f32, scale_bytes):
 
     Byte 0 (2**-127) is a float32 subnormal, which backends that flush subnormals treat as zero even where the
     product is normal (6 * 2**-127); it is applied as 2**-126 then a halving, both normal operands.
+
+    >>> apply_e8m0_scale(jnp.array([1.5, 6.0]), jnp.array([128, 0], jnp.uint8)).tolist() == [3.0, 6.0 * 2.0**-127]
+    True
     """
     out = values_f32 * formats.e8m0_to_float32(jnp.maximum(scale_bytes, 1))
     return jnp.where(scale_bytes == 0, out * 0.5, out)

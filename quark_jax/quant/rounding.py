@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["round_to", "exact_f32"]
+__all__ = ["round_to", "exact_f32", "dot_precision"]
 
 
 def _reduce_to(v_f32, dtype):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quark_jax import formats
-from quark_jax.quant._checks import true_divide
+from quark_jax.quant.division import true_divide
 from quark_jax.quant.fp8 import fp8_saturating_cast
 from quark_jax.quant.rounding import round_to
 

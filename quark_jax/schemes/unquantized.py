@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quark_jax.quant.rounding import dot_precision
+from quark_jax.quant import dot_precision
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
 
 __all__ = ["UnquantizedLinearMethod"]

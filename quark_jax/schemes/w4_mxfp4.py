@@ -17,9 +17,7 @@ import numpy as np
 from jax import lax
 
 from quark_jax import formats, kernels, quant
-from quark_jax.quant._checks import true_divide
-from quark_jax.quant.fp8 import fp8_saturating_cast
-from quark_jax.quant.rounding import dot_precision
+from quark_jax.quant import dot_precision, fp8_saturating_cast, true_divide
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
 
 __all__ = ["QuarkW4A4MXFP4", "QuarkW4A8MXFP4Fp8", "QuarkW4A16MXFP4", "qdq_fp8_static"]

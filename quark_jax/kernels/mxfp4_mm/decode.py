@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quark_jax.quant.mxfp4 import apply_e8m0_scale
+from quark_jax.quant import apply_e8m0_scale
 
 MX_BYTES = 16  # packed bytes per 32-element MX block
 _HALF_BITS = 0x3F000000  # float32 0.5

@@ -8,8 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from quark_jax.quant import dequantize_mxfp4, qdq_mxfp4
-from quark_jax.quant.rounding import dot_precision
+from quark_jax.quant import dequantize_mxfp4, dot_precision, qdq_mxfp4
 
 
 def mxfp4_mm_xla(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None):

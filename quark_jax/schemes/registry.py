@@ -1,0 +1,142 @@
+"""The scheme registry: an ordered table that maps a layer's weight and input specs to a scheme.
+
+Each :class:`SchemeEntry` holds a predicate on ``(weight, input_tensors)`` (:class:`TensorQuantSpec` or None) and a
+factory that builds the scheme from the specs and the :class:`SchemeOptions`; :func:`select_scheme` returns the
+scheme of the first entry whose predicate holds (vLLM's ``_get_scheme_from_config`` order: FP8 W8A8, static INT8
+W8A8, then the MXFP4 weight schemes). A new scheme is one more entry (:func:`register_scheme`); nothing else
+changes.
+
+>>> w = TensorQuantSpec(dtype="fp8_e4m3", qscheme="per_tensor", is_dynamic=False, symmetric=True)
+>>> select_scheme(w, w).summary()
+'QuarkW8A8Fp8(weight fp8 per_tensor, input fp8 static)'
+>>> [e.name for e in scheme_registry()][:2]
+['fp8_w8a8', 'int8_w8a8_static']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from quark_jax.errors import UnsupportedSchemeError
+from quark_jax.schemes.base import QuarkScheme
+from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
+from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4
+from quark_jax.schemes.w8a8_fp8 import QuarkW8A8Fp8
+from quark_jax.schemes.w8a8_int8 import QuarkW8A8Int8
+
+__all__ = ["SchemeEntry", "scheme_registry", "register_scheme", "select_scheme"]
+
+Spec = Optional[TensorQuantSpec]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchemeEntry:
+    """One row of the registry."""
+
+    name: str  # a short unique name ("fp8_w8a8"), for register_scheme(before=...) and messages
+    matches: Callable[[Spec, Spec], bool]  # predicate on (weight spec, input spec)
+    build: Callable[[TensorQuantSpec, Spec, SchemeOptions], QuarkScheme]  # (weight, input, options) -> scheme
+    supports: str  # what it accepts, in words, for the "no scheme" error
+
+
+# ------------------------------------------------------------------------------------------------- predicates
+
+def _is_fp8_w8a8(w: Spec, i: Spec) -> bool:
+    if w is None or i is None or w.dtype != "fp8_e4m3" or i.dtype != "fp8_e4m3":
+        return False
+    if not (w.symmetric is True and w.is_dynamic is False and w.qscheme in ("per_tensor", "per_channel")):
+        return False
+    return bool(i.is_dynamic) or i.qscheme == "per_tensor"
+
+
+def _fp8_w8a8(w: TensorQuantSpec, i: TensorQuantSpec, o: SchemeOptions) -> QuarkScheme:
+    if not i.is_dynamic:
+        activation = "static"
+    elif i.qscheme == "per_channel":
+        activation = "dynamic_per_token"
+    else:
+        activation = "dynamic_per_tensor"
+    return QuarkW8A8Fp8(weight_qscheme=w.qscheme, activation=activation, fp8_dtype=o.fp8_dtype, impl=o.impl)
+
+
+def _is_static_tensor_w8a8(w: Spec, i: Spec) -> bool:
+    if w is None or i is None or w.dtype != "int8" or i.dtype != "int8":
+        return False
+    is_tensor = w.qscheme in ("per_tensor", "per_channel") and i.qscheme == "per_tensor"
+    is_static = not w.is_dynamic and not i.is_dynamic
+    return is_tensor and is_static and w.symmetric is True
+
+
+def _int8_w8a8(w: TensorQuantSpec, i: TensorQuantSpec, o: SchemeOptions) -> QuarkScheme:
+    return QuarkW8A8Int8(qscheme=w.qscheme, input_symmetric=bool(i.symmetric), azp_mode=o.azp_mode, impl=o.impl)
+
+
+def _is_mx_fp4_weight(w: Spec) -> bool:
+    return (w is not None and w.dtype == "fp4" and w.qscheme == "per_group" and w.group_size == 32
+            and w.scale_format == "e8m0")
+
+
+def _is_mx_fp4(w: Spec, i: Spec) -> bool:
+    if not _is_mx_fp4_weight(w) or i is None:
+        return False
+    return (i.dtype == "fp4" and i.qscheme == "per_group" and i.group_size == 32 and i.is_dynamic is not False
+            and i.scale_format == "e8m0")
+
+
+def _is_mx_fp4_fp8_static(w: Spec, i: Spec) -> bool:
+    return (_is_mx_fp4_weight(w) and i is not None and i.dtype == "fp8_e4m3" and i.qscheme == "per_tensor"
+            and not i.is_dynamic)
+
+
+def _mxfp4(cls):
+    def build(w: TensorQuantSpec, i: Spec, o: SchemeOptions) -> QuarkScheme:
+        return cls(dequantize_at_load=o.dequantize_mxfp4_weight, impl=o.impl)
+    return build
+
+
+_MX = "MXFP4 weights (fp4 per_group 32 e8m0)"
+_REGISTRY: list[SchemeEntry] = [
+    SchemeEntry(name="fp8_w8a8", matches=_is_fp8_w8a8, build=_fp8_w8a8,
+                supports="FP8 W8A8 (fp8_e4m3 symmetric static per_tensor/per_channel weights; static per_tensor or "
+                         "dynamic input)"),
+    SchemeEntry(name="int8_w8a8_static", matches=_is_static_tensor_w8a8, build=_int8_w8a8,
+                supports="INT8 W8A8 (int8 symmetric per_tensor/per_channel weights, static per_tensor input)"),
+    SchemeEntry(name="w4a4_mxfp4", matches=_is_mx_fp4, build=_mxfp4(QuarkW4A4MXFP4),
+                supports=f"{_MX} with dynamic MXFP4 input"),
+    SchemeEntry(name="w4a8_mxfp4_fp8", matches=_is_mx_fp4_fp8_static, build=_mxfp4(QuarkW4A8MXFP4Fp8),
+                supports=f"{_MX} with static per_tensor FP8 input"),
+    SchemeEntry(name="w4a16_mxfp4", matches=lambda w, i: _is_mx_fp4_weight(w) and i is None,
+                build=_mxfp4(QuarkW4A16MXFP4), supports=f"{_MX} with no input quantization"),
+]
+
+
+def scheme_registry() -> tuple[SchemeEntry, ...]:
+    """The entries, in the order :func:`select_scheme` tries them."""
+    return tuple(_REGISTRY)
+
+
+def register_scheme(entry: SchemeEntry, *, before: str | None = None) -> None:
+    """Add ``entry`` at the end of the table, or just before the entry named ``before``; names are unique."""
+    names = [e.name for e in _REGISTRY]
+    if entry.name in names:
+        raise ValueError(f"register_scheme: an entry named {entry.name!r} exists already ({names})")
+    if before is None:
+        _REGISTRY.append(entry)
+    elif before in names:
+        _REGISTRY.insert(names.index(before), entry)
+    else:
+        raise ValueError(f"register_scheme: before={before!r}: expected one of {names}")
+
+
+def select_scheme(weight: Spec, input_tensors: Spec, *, options: SchemeOptions = SchemeOptions(), layer: str = "",
+                  source: str = "") -> QuarkScheme:
+    """The scheme of the first registry entry that accepts ``(weight, input_tensors)``; otherwise an
+    :class:`~quark_jax.errors.UnsupportedSchemeError` naming the layer, the config entry (``source``), both
+    specs and what is supported."""
+    for entry in _REGISTRY:
+        if entry.matches(weight, input_tensors):
+            return entry.build(weight, input_tensors, options)
+    raise UnsupportedSchemeError(
+        f"layer {layer}: no quark_jax scheme for this layer config ({source}). Weight config: {spec_brief(weight)}, "
+        f"input config: {spec_brief(input_tensors)}. Supported: {'; '.join(e.supports for e in _REGISTRY)}")
