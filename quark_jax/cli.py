@@ -108,7 +108,7 @@ def _inspect(args) -> int:
         print(f"KV cache: {cfg.kv_cache.dtype_name} {cfg.kv_cache.qscheme}, scales from the "
               f"{list(cfg.kv_cache.group)} output_scale tensors")
 
-    paths = cfg.layer_paths()
+    paths = reader.weight_layer_paths()
     plans = [cfg.plan(p) for p in paths]
     sizes = {p: sum(reader.nbytes(n) for n in reader.tensors_of(p)) for p in paths}
     width = max([len(p) for p in paths] + [5])

@@ -24,8 +24,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from quark_jax.checkpoint import open_checkpoint
-from quark_jax.config import FUSED_MODULES, QuarkConfig, shard_paths
+from quark_jax.checkpoint import FUSED_MODULES, open_checkpoint, shard_paths
+from quark_jax.config import QuarkConfig
 from quark_jax.errors import QuarkConfigError
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.load import module_path
