@@ -120,7 +120,7 @@ def validate_checkpoint(checkpoint: str | os.PathLike, *, weights: bool = True) 
     if len(readable) != len(_files(directory, [])) or not readable:
         return problems
     try:
-        reader = open_checkpoint(directory)
+        reader = open_checkpoint(directory, config=config or None)
     except QuarkJaxError as e:
         problems.append(CheckpointProblem.from_error(e))
         return problems
@@ -132,13 +132,13 @@ def validate_checkpoint(checkpoint: str | os.PathLike, *, weights: bool = True) 
     if qc is None:
         return problems
     try:
-        cfg = QuarkConfig(qc, checkpoint_dir=directory)
+        cfg = QuarkConfig.from_pretrained(reader)
     except QuarkJaxError as e:
         problems.append(CheckpointProblem.from_error(e, file=str(directory / "config.json"),
                                                      field="quantization_config"))
         return problems
     seen = {p.tensor for p in problems if p.tensor}
-    for path in cfg.layer_paths():
+    for path in reader.weight_layer_paths():
         try:
             plan = cfg.plan(path)
             if plan.status == "unsupported":
