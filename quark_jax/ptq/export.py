@@ -13,7 +13,7 @@ import numpy as np
 
 from quark_jax.io.safetensors_file import SAFETENSORS_DTYPES
 
-__all__ = ["write_safetensors", "save_sharded", "write_config", "DEFAULT_MAX_SHARD_BYTES"]
+__all__ = ["write_safetensors", "ShardWriter", "save_sharded", "write_config", "DEFAULT_MAX_SHARD_BYTES"]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 """Shard size limit of :func:`save_sharded` (Hugging Face's ``max_shard_size="5GB"``)."""
@@ -57,36 +57,66 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     os.replace(tmp, path)
 
 
+class ShardWriter:
+    """Writes tensors as they come: a shard file is written (and its arrays released) as soon as the next tensor
+    would push it past ``max_shard_bytes``. :meth:`close` names the files as Hugging Face does:
+    ``model.safetensors`` for one shard, else ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` (``metadata.total_size``, ``weight_map``).
+
+    >>> import tempfile
+    >>> w = ShardWriter(tempfile.mkdtemp(), max_shard_bytes=8)
+    >>> w.add("a", np.zeros(2, np.float32)); w.add("b", np.zeros(2, np.float32)); w.close()
+    ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        self.out_dir, self.max_shard_bytes = Path(out_dir), int(max_shard_bytes)
+        self._buffer: dict[str, np.ndarray] = {}
+        self._size = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self._total = 0
+
+    def add(self, name: str, array) -> None:
+        a = np.asarray(array)
+        if name in self._buffer or any(name in names for _, names in self._shards):
+            raise ValueError(f"tensor {name}: written twice")
+        if self._buffer and self._size + a.nbytes > self.max_shard_bytes:
+            self._flush()
+        self._buffer[name] = a
+        self._size += a.nbytes
+        self._total += a.nbytes
+
+    def _flush(self) -> None:
+        path = self.out_dir / f".shard-{len(self._shards):05d}.safetensors.tmp"
+        write_safetensors(path, self._buffer)
+        self._shards.append((path, sorted(self._buffer)))
+        self._buffer, self._size = {}, 0
+
+    def close(self) -> list[str]:
+        """Write what is left, name the files; returns the file names written."""
+        if self._buffer or not self._shards:
+            self._flush()
+        if len(self._shards) == 1:
+            os.replace(self._shards[0][0], self.out_dir / "model.safetensors")
+            return ["model.safetensors"]
+        n, files, weight_map = len(self._shards), [], {}
+        for i, (path, names) in enumerate(self._shards, 1):
+            fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+            os.replace(path, self.out_dir / fname)
+            files.append(fname)
+            weight_map.update({k: fname for k in names})
+        index = {"metadata": {"total_size": self._total}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return files + ["model.safetensors.index.json"]
+
+
 def save_sharded(out_dir: str | os.PathLike, tensors: Mapping[str, np.ndarray], *,
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
-    """Write ``tensors`` as ``model.safetensors``, or, past ``max_shard_bytes``, as
-    ``model-0000i-of-0000n.safetensors`` shards (tensors in name order, a new shard when the next tensor would
-    overflow) plus ``model.safetensors.index.json`` (``metadata.total_size``, ``weight_map``). Returns the file
-    names written."""
-    out_dir = Path(out_dir)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
+    """Write ``tensors`` (in name order) through a :class:`ShardWriter`; returns the file names written."""
+    writer = ShardWriter(out_dir, max_shard_bytes=max_shard_bytes)
     for name in sorted(tensors):
-        nbytes = np.asarray(tensors[name]).nbytes
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensors[name]
-        size += nbytes
-    if len(shards) == 1:
-        write_safetensors(out_dir / "model.safetensors", shards[0])
-        return ["model.safetensors"]
-    n = len(shards)
-    files, weight_map = [], {}
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{n:05d}.safetensors"
-        write_safetensors(out_dir / fname, shard)
-        files.append(fname)
-        weight_map.update({k: fname for k in shard})
-    total = sum(np.asarray(a).nbytes for a in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return files + ["model.safetensors.index.json"]
+        writer.add(name, tensors[name])
+    return writer.close()
 
 
 def write_config(out_dir: str | os.PathLike, model_config: Mapping[str, Any], quantization_config: Mapping[str, Any],

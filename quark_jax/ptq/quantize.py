@@ -32,7 +32,7 @@ from quark_jax.nn.load import module_path
 from quark_jax.nn.substitute import quantize_model
 from quark_jax.ptq import observers as obs
 from quark_jax.ptq.calibrate import calibrate
-from quark_jax.ptq.export import DEFAULT_MAX_SHARD_BYTES, save_sharded, write_config
+from quark_jax.ptq.export import DEFAULT_MAX_SHARD_BYTES, ShardWriter, write_config
 from quark_jax.ptq.presets import PRESETS, complete_config, preset_config
 from quark_jax.quant import quantize_mxfp4
 
@@ -192,6 +192,16 @@ def quantize_tensors(model, quant_config, calibration_batches: Iterable | None =
     "input_scale": ..., "output_scale": ...}`` exactly as amd-quark exports them (k/v ``output_scale`` merged
     to the max of the pair)."""
     qc = resolve_quant_config(quant_config)
+    tasks, layers = _quantized_layers(model, qc, calibration_batches, logical_widths, progress)
+    tensors: dict[str, dict[str, np.ndarray]] = {}
+    for shard, ts in layers:
+        tensors.setdefault(shard, {}).update(ts)
+    return tensors, tasks, qc
+
+
+def _quantized_layers(model, qc, calibration_batches, logical_widths, progress):
+    """Plan and calibrate now; return (tasks, an iterator of (module path, tensors) per shard, one layer at a time,
+    with the k/v ``output_scale`` tensors held back and yielded last, merged)."""
     cfg = QuarkConfig.from_dict(qc)
     tasks = plan_layers(model, cfg, logical_widths=logical_widths)
     model_dtype = np.dtype(_model_dtype(model))
@@ -205,26 +215,30 @@ def quantize_tensors(model, quant_config, calibration_batches: Iterable | None =
         slices = {t.path: _slices(t.widths) for t in tasks if t.path in observe}
         ranges = calibrate(model, observe, calibration_batches, output_slices=slices)
     modules = {module_path(p): m for p, m in nnx.iter_modules(model) if p}
-    tensors: dict[str, dict[str, np.ndarray]] = {}
-    bar = _Progress(len(tasks), progress, "quantizing")
-    for t in tasks:
-        lin = modules[t.path]
-        w_all = np.asarray(jax.device_get(lin.kernel[...])).T
-        rows = np.cumsum((0,) + t.widths)
-        for i, shard in enumerate(t.shards):
-            w = np.ascontiguousarray(w_all[rows[i]:rows[i + 1]])
-            out = _weight_tensors(shard, w, t.weight, model_dtype) if t.weight is not None else {}
-            if t.static_input:
-                out.update(_input_tensors(shard, t.inputs, ranges[t.path]["input"], model_dtype))
-            if t.kv_shards[i]:
-                rng = ranges[t.path]["output"][i]
-                out["output_scale"] = obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype, spec=t.kv_output)
-            tensors[shard] = out
-        bar.step(t.path)
-    if not qc.get("kv_cache_post_rope"):
-        # Quark's exporter merges k and v; with kv_cache_post_rope it writes them unmerged (fixture README, note 12)
-        _merge_kv_scales(tensors, float(qc["export"].get("min_kv_scale") or 0.0))
-    return tensors, tasks, qc
+
+    def layers():
+        kv: dict[str, dict[str, np.ndarray]] = {}
+        bar = _Progress(len(tasks), progress, "quantizing")
+        for t in tasks:
+            w_all = np.asarray(jax.device_get(modules[t.path].kernel[...])).T
+            rows = np.cumsum((0,) + t.widths)
+            for i, shard in enumerate(t.shards):
+                w = np.ascontiguousarray(w_all[rows[i]:rows[i + 1]])
+                out = _weight_tensors(shard, w, t.weight, model_dtype) if t.weight is not None else {}
+                if t.static_input:
+                    out.update(_input_tensors(shard, t.inputs, ranges[t.path]["input"], model_dtype))
+                if t.kv_shards[i]:
+                    rng = ranges[t.path]["output"][i]
+                    kv[shard] = {"output_scale": obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype,
+                                                               spec=t.kv_output)}
+                yield shard, out
+            bar.step(t.path)
+        if not qc.get("kv_cache_post_rope"):
+            # Quark's exporter merges k and v; with kv_cache_post_rope it writes them unmerged (fixture README 12)
+            _merge_kv_scales(kv, float(qc["export"].get("min_kv_scale") or 0.0))
+        yield from kv.items()
+
+    return tasks, layers()
 
 
 def _slices(widths):
@@ -347,7 +361,8 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
         it (round to nearest even) before quantization, and scales follow it as in Quark.
       progress: a progress bar over layers on stderr (default: when stderr is a terminal).
 
-    Returns ``Path(out_dir)``.
+    Memory: the float model is held whole (calibration needs it); the quantized tensors are written shard by
+    shard as the layers are quantized (:class:`~quark_jax.ptq.export.ShardWriter`). Returns ``Path(out_dir)``.
     """
     float_dir, out_dir = Path(float_dir), Path(out_dir)
     from quark_jax.models import from_pretrained
@@ -361,21 +376,23 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
     model_dtype = np.dtype(model.dtype)
     batches = None if calibration_ids is None else _batches(calibration_ids, batch_size)
     show = sys.stderr.isatty() if progress is None else progress
-    tensors, _, qc = quantize_tensors(model, quant_config, batches, progress=show)
-    quantized_weights = {f"{m}.weight" for m in tensors}
-    out: dict[str, np.ndarray] = {}
-    for name in reader.names():
-        if name in quantized_weights:
-            continue
-        a = reader.get(name)
-        out[name] = a.astype(model_dtype) if np.issubdtype(a.dtype, np.floating) or a.dtype == ml_dtypes.bfloat16 else a
-    for module, ts in tensors.items():
-        for suffix, a in ts.items():
-            out[f"{module}.{suffix}"] = np.asarray(a)
+    qc = resolve_quant_config(quant_config)
+    _, layers = _quantized_layers(model, qc, batches, None, show)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
         old.unlink()
-    save_sharded(out_dir, out, max_shard_bytes=max_shard_bytes)
+    writer = ShardWriter(out_dir, max_shard_bytes=max_shard_bytes)
+    quantized = set()
+    for module, ts in layers:  # written shard by shard as the layers are quantized
+        quantized.add(f"{module}.weight")
+        for suffix, a in ts.items():
+            writer.add(f"{module}.{suffix}", np.asarray(a))
+    for name in reader.names():
+        if name in quantized:
+            continue
+        a = reader.get(name)
+        writer.add(name, a.astype(model_dtype) if a.dtype.kind == "f" or a.dtype == ml_dtypes.bfloat16 else a)
+    writer.close()
     write_config(out_dir, model_config, qc, dtype_name=_dtype_name(model_dtype))
     gen = float_dir / "generation_config.json"
     if gen.is_file():
