@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quark_jax.kernels import _dispatch
+from quark_jax.kernels import check_impl
 
 __all__ = ["ParamSpec", "QuarkScheme", "SCALE_DTYPES", "logical_widths_of", "flatten_tokens", "process_params",
            "apply_params", "dequantize_params"]
@@ -116,7 +116,7 @@ class QuarkScheme(abc.ABC):
     weight_pack_factor = 1
 
     def __post_init__(self):
-        _dispatch.check_impl(self.impl)
+        check_impl(self.impl)
 
     @classmethod
     @abc.abstractmethod
