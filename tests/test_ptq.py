@@ -121,19 +121,19 @@ def test_int8_preset_quantizes_per_tensor(float_dir, calib_ids, tmp_path):
 def test_round_trip_generate_and_in_memory(float_dir, quantized, calib_ids):
     """quantize -> from_pretrained -> generate; the in-memory quantize() gives the same model."""
     out = quantized("w_fp8_a_fp8_pertensor_static_kv_fp8")
-    loaded = from_pretrained(out)
+    loaded = from_pretrained(out, fuse_projections=False)  # Quark's layout (the fused one: next test)
     assert loaded.kv_fp8
     ids = jnp.array([[1, 5, 9, 200, 17]])
     tokens = loaded.generate(ids, max_new_tokens=2)
     assert tokens.shape[-1] in (2, 7)
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    mem = quantize(from_pretrained(float_dir), qc, [calib_ids[:2], calib_ids[2:]])
+    mem = quantize(from_pretrained(float_dir, fuse_projections=False), qc, [calib_ids[:2], calib_ids[2:]])
     np.testing.assert_array_equal(np.asarray(mem(ids)), np.asarray(loaded(ids)))
     attn = mem.model.layers[1].self_attn
     ref = SafetensorsFile(out / "model.safetensors").get("model.layers.1.self_attn.k_proj.output_scale")
     assert float(attn.k_scale[...]) == float(ref) == float(attn.v_scale[...])
     # the Quark export of the same config gives nearly the same logits (scales a few ulps apart)
-    quark = from_pretrained(FX / "w_fp8_a_fp8_pertensor_static_kv_fp8")
+    quark = from_pretrained(FX / "w_fp8_a_fp8_pertensor_static_kv_fp8", fuse_projections=False)
     np.testing.assert_allclose(np.asarray(mem(ids)), np.asarray(quark(ids)), atol=2e-2)
 
 
@@ -156,7 +156,7 @@ def test_sharded_export_loads(float_dir, tmp_path):
     reader = open_checkpoint(out)  # reads through the index
     assert sorted(reader.names()) == sorted(single.names())
     assert all(np.array_equal(_bits(reader.get(n)), _bits(single.get(n))) for n in single.names())
-    assert from_pretrained(out).model.layers[1].mlp.up_proj.scheme.summary().startswith("QuarkW8A8Fp8")
+    assert from_pretrained(out, fuse_projections=False).model.layers[1].mlp.up_proj.scheme.summary().startswith("QuarkW8A8Fp8")
 
 
 def test_errors(float_dir, tmp_path):
@@ -208,7 +208,7 @@ def test_layer_configs_and_exclude(float_dir, calib_ids, tmp_path):
     assert f.get("model.layers.1.mlp.down_proj.weight").dtype == np.float32  # excluded
     assert "model.layers.1.mlp.down_proj.weight_scale" not in f
     assert f.get("model.layers.1.self_attn.q_proj.weight").dtype == ml_dtypes.float8_e4m3fn
-    m = from_pretrained(out)  # loads (and validates) the mixed checkpoint
+    m = from_pretrained(out, fuse_projections=False)  # loads (and validates) the mixed checkpoint
     assert type(m.model.layers[0].self_attn.o_proj.scheme).__name__ == "QuarkW4A16MXFP4"
 
 

@@ -372,7 +372,7 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
     if model_config.get("quantization_config") is not None:
         raise ValueError(f"float_dir {float_dir}: config.json already has a quantization_config; quantize a float "
                          "checkpoint")
-    model = from_pretrained(float_dir, dtype=dtype)
+    model = from_pretrained(float_dir, dtype=dtype, fuse_projections=False)  # Quark's layout: one observer per projection
     model_dtype = np.dtype(model.dtype)
     batches = None if calibration_ids is None else _batches(calibration_ids, batch_size)
     show = sys.stderr.isatty() if progress is None else progress
