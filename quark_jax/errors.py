@@ -10,7 +10,9 @@ that quark_jax detects is raised as one of its subclasses (which also subclass `
   used before its weights are loaded; structured fields ``file``, ``tensor``, ``layer``, ``field``, ``expected``,
   ``found`` (None where they do not apply);
 * :class:`UnsupportedModelError`: a ``config.json`` (architecture, dtype) the decoder cannot run;
-* :class:`InvalidArgumentError`: a bad argument (token ids, dtypes, options).
+* :class:`InvalidArgumentError`: a bad argument (token ids, dtypes, options);
+* :class:`RuntimeCheckError`: a ``checks=True`` check inside jitted code failed (out-of-range ids, non-finite
+  activations), naming the layer.
 
 >>> issubclass(UnsupportedSchemeError, QuarkConfigError) and issubclass(CheckpointError, ValueError)
 True
@@ -24,7 +26,7 @@ True
 from __future__ import annotations
 
 __all__ = ["QuarkJaxError", "QuarkConfigError", "UnsupportedSchemeError", "CheckpointError",
-           "CheckpointNotFoundError", "UnsupportedModelError", "InvalidArgumentError"]
+           "CheckpointNotFoundError", "UnsupportedModelError", "InvalidArgumentError", "RuntimeCheckError"]
 
 
 class QuarkJaxError(Exception):
@@ -66,3 +68,8 @@ class UnsupportedModelError(QuarkJaxError, ValueError):
 
 class InvalidArgumentError(QuarkJaxError, ValueError):
     """An argument quark_jax cannot use (out-of-range token ids, an unsupported dtype, an unknown option)."""
+
+
+class RuntimeCheckError(QuarkJaxError, ValueError):
+    """A check traced with ``checks=True`` (jax.experimental.checkify) failed inside jitted code: an out-of-range
+    token id or non-finite activations, naming the layer where it was first seen."""

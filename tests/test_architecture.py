@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "quark_jax"
 
 # Bottom to top. A unit is a top-level module or package of quark_jax; units on one line share a layer.
 LAYERS = (
-    ("formats", "errors", "data"),
+    ("formats", "errors", "data", "runtime_checks"),
     ("io",),
     ("quant",),
     ("kernels",),

@@ -366,7 +366,7 @@ class _Run:
 
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
              seed: int = 0, eos_token_id=None, attention_mask=None, max_cache_len: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK, return_stats: bool = False):
+             chunk_size: int = DEFAULT_CHUNK, return_stats: bool = False, checks: bool = False):
     """Continue ``input_ids`` [B, T] by ``max_new_tokens`` tokens; returns ids [B, T + max_new_tokens] (int32).
 
     Greedy unless ``temperature > 0`` (then ``top_k`` optionally limits the candidates; ``seed`` fixes the draws).
@@ -374,17 +374,24 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     EOS id; generation ends once every row has stopped. Prompts of different lengths: left-pad them with an
     ``attention_mask`` (1 = real token), or pass a list of id lists (left-padded with id 0 in the result).
     ``return_stats=True`` also returns a :class:`GenerationStats`. Same tokens as concatenating
-    :func:`generate_stream`'s chunks.
+    :func:`generate_stream`'s chunks. ``checks=True`` (debugging) runs ``model(ids, checks=True)`` over the
+    prompt before and over prompt + new tokens after generating: a non-finite activation raises
+    :class:`~quark_jax.errors.RuntimeCheckError` naming the layer (a full causal pass computes what prefill and
+    decode computed, up to the KV cache's FP8 rounding).
 
     >>> model.generate(np.array([[1, 5, 9]]), max_new_tokens=4).shape  # doctest: +SKIP
     (1, 7)
     """
     run = _Run(model, input_ids, max_new_tokens, chunk_size, temperature, top_k, seed, eos_token_id,
                attention_mask, max_cache_len)
+    if checks:
+        model(run.ids, checks=True)
     new = np.concatenate(list(run.stream()), axis=1)
     if new.shape[1] < run.n:  # every row stopped early: pad with the (first) eos id
         new = np.concatenate([new, np.full((run.b, run.n - new.shape[1]), run.eos[0], np.int32)], axis=1)
     result = jnp.asarray(np.concatenate([run.ids, new], axis=1))
+    if checks:
+        model(result, checks=True)
     if return_stats:
         return result, GenerationStats(run.t, run.n, run.bucket, run.cache_len, run.prefill_s, run.decode_s)
     return result

@@ -27,6 +27,7 @@ from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quan
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 from quark_jax.nn import FP8KVCacheScales, KVScale
 from quark_jax.quant import dot_precision, round_to
+from quark_jax.runtime_checks import check_finite, check_token_ids_in_range
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]
@@ -272,7 +273,8 @@ class LlamaForCausalLM(nnx.Module):
         ``last`` (traced int, optional): only the logits of that token, [B, 1, vocab] (a prefill needs no more).
         """
         b, t = input_ids.shape
-        x = self.model.embed_tokens(input_ids)
+        input_ids = check_token_ids_in_range(input_ids, self.config.vocab_size)  # checks=True only (as below)
+        x = check_finite(self.model.embed_tokens(input_ids), "model.embed_tokens")
         positions = start + jnp.arange(t, dtype=jnp.int32)[None, :]
         if first_slot is not None:
             positions = jnp.maximum(positions - first_slot[:, None], 0)
@@ -282,12 +284,14 @@ class LlamaForCausalLM(nnx.Module):
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             x, kv = layer(x, cos, sin, kv, start, first_slot)
+            x = check_finite(x, f"model.layers.{i}")
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
         if last is not None:
             x = jax.lax.dynamic_slice_in_dim(x, last, 1, axis=1)
-        return self._head(x), (None if cache is None else KVCache(tuple(ks), tuple(vs)))
+        logits = check_finite(self._head(x), "lm_head")
+        return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
     def _head(self, x):
         """The final norm and the LM head: hidden [B, T, hidden] -> logits [B, T, vocab] (model dtype)."""
@@ -298,12 +302,24 @@ class LlamaForCausalLM(nnx.Module):
                                     preferred_element_type=jnp.float32), x.dtype)
         return _proj(self.lm_head, x)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, *, checks: bool = False):
         """Logits [B, T, vocab] (model dtype) of a full causal pass, no cache. Token ids are range-checked.
 
         Called eagerly, the pass runs as one jitted function (compiled once per input shape); inside a jax
-        transformation it is traced inline.
+        transformation it is traced inline (traced ids cannot be checked: an out-of-range one gives NaN logits).
+        ``checks=True`` runs it with jax.experimental.checkify checks (ids in range; finite embeddings, Quark
+        layer outputs, decoder-layer outputs and logits) and raises
+        :class:`~quark_jax.errors.RuntimeCheckError` naming the first layer that failed (called eagerly only).
         """
+        if checks:
+            from quark_jax.runtime_checks import run_checked
+
+            graphdef, state = nnx.split(self)
+            err, logits = run_checked(_logits_of, graphdef, state, jnp.asarray(input_ids, jnp.int32),
+                                      static_argnums=(0,))
+            if err is not None:
+                raise err
+            return logits
         check_token_ids(input_ids, self.config.vocab_size)
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if not _tracing(input_ids, self):
@@ -360,6 +376,10 @@ def _tracing(*trees) -> bool:
     """True when any array in ``trees`` (modules included) is a tracer, i.e. we are inside a transformation."""
     leaves = jax.tree_util.tree_leaves([nnx.state(t) if isinstance(t, nnx.Module) else t for t in trees])
     return any(isinstance(x, _Tracer) for x in leaves)
+
+
+def _logits_of(graphdef, state, input_ids):
+    return nnx.merge(graphdef, state)._logits(input_ids)
 
 
 @partial(jax.jit, static_argnums=0)

@@ -17,6 +17,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.quant import round_to
 from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_params, dequantize_params,
                                logical_widths_of, process_params)
+from quark_jax.runtime_checks import check_finite
 from quark_jax.value_checks import check_scale, is_scale_name
 
 __all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
@@ -175,4 +176,4 @@ class QuarkLinear(nnx.Module):
         # round (not just cast) to the layer dtype: XLA may otherwise skip the rounding of a fused producer
         x = round_to(x, self.dtype if self.dtype is not None else x.dtype)
         bias = self.bias[...] if self.use_bias else None
-        return apply_params(self.scheme, self.params(), x, bias)
+        return check_finite(apply_params(self.scheme, self.params(), x, bias), self.name)  # checks=True only
