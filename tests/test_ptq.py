@@ -168,6 +168,8 @@ def test_errors(float_dir, tmp_path):
     bad["global_quant_config"]["weight"]["dtype"] = "int4"
     with pytest.raises(QuarkConfigError, match="layer model.layers.0"):
         quantize_checkpoint(float_dir, tmp_path / "x", bad)
+    with pytest.raises(QuarkConfigError, match="algo_config is not implemented"):
+        quantize_checkpoint(float_dir, tmp_path / "x", dict(preset_config("fp8"), algo_config=[{"name": "awq"}]))
     with pytest.raises(ValueError, match="already has a quantization_config"):
         quantize_checkpoint(FX / "w_mxfp4_a_mxfp4", tmp_path / "x", "fp8")
 

@@ -54,9 +54,12 @@ def resolve_quant_config(quant_config) -> dict[str, Any]:
             raise QuarkConfigError(f"quant_config: unknown preset {quant_config!r}; choose one of {list(PRESETS)}, "
                                    "or pass a quantization_config dict")
         return preset_config(quant_config)
-    if isinstance(quant_config, QuarkConfig):
-        return complete_config(quant_config.raw)
-    return complete_config(quant_config)
+    qc = complete_config(quant_config.raw if isinstance(quant_config, QuarkConfig) else quant_config)
+    for key in ("algo_config", "softmax_quant_spec"):  # would change the weights / add quantizers: never ignore
+        if qc.get(key):
+            raise QuarkConfigError(f"quant_config.{key}: {key} is not implemented by quark_jax.ptq (min-max "
+                                   f"calibration only); got {str(qc[key])[:120]}")
+    return qc
 
 
 class LayerTask:
