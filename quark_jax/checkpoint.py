@@ -70,13 +70,13 @@ def checkpoint_dtype(config: Mapping, default=np.float32):
 
 # ---------------------------------------------------------------------------------------------- one layer
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerGeometry:
     """Sizes of a (possibly fused) layer, read from its shards' stored weights."""
 
-    input_size: int
-    logical_widths: tuple[int, ...]
-    has_bias: bool
+    input_size: int  # K (unpacked: an MXFP4 weight [N, K/2] gives K)
+    logical_widths: tuple[int, ...]  # N of each shard, in row order
+    has_bias: bool  # every shard has a bias
 
     @property
     def output_size(self) -> int:
@@ -116,7 +116,7 @@ def layer_geometry(reader: CheckpointReader, layer_path: str, scheme: QuarkSchem
     if any(biases) and not all(biases):
         raise CheckpointError(f"layer {layer_path}: some fused shards have a bias and some do not "
                               f"({dict(zip(shard_paths(layer_path), biases))})")
-    return LayerGeometry(ks.pop(), tuple(widths), all(biases))
+    return LayerGeometry(input_size=ks.pop(), logical_widths=tuple(widths), has_bias=all(biases))
 
 
 def layer_param_specs(scheme: QuarkScheme | None, logical_widths: Sequence[int], input_size: int, *,
@@ -140,8 +140,7 @@ def _param_specs(scheme, widths, input_size, use_bias, params_dtype) -> Mapping[
     specs = dict(scheme.create_weights(widths, input_size, params_dtype))
     if use_bias:
         dtype = np.dtype(np.float32 if params_dtype is None else params_dtype)
-        specs["bias"] = ParamSpec(shape=(sum(widths),), dtype=dtype, checkpoint_dtypes=SCALE_DTYPES,
-                                  shard_shapes=tuple((w,) for w in widths), combine="concat", doc="bias [N]")
+        specs["bias"] = ParamSpec.rows(widths, dtype=dtype, checkpoint_dtypes=SCALE_DTYPES, doc="bias [N]")
     return types.MappingProxyType(specs)
 
 
@@ -169,7 +168,7 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
     >>> from quark_jax.data import bundled_checkpoint
     >>> from quark_jax.schemes import QuarkW8A8Fp8
     >>> p = load_layer_params(bundled_checkpoint("tiny-llama-fp8"), "model.layers.0.mlp.gate_up_proj",
-    ...                       QuarkW8A8Fp8("per_tensor", "static"))
+    ...                       QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"))
     >>> {k: (v.dtype.name, v.shape) for k, v in p.items()}  # doctest: +NORMALIZE_WHITESPACE
     {'weight': ('float8_e4m3fn', (256, 64)), 'weight_scale': ('float32', (2,)), 'input_scale': ('float32', (2,))}
     """

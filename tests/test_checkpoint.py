@@ -49,7 +49,7 @@ def test_sharded_checkpoint_reads_like_the_single_file(tmp_path):
 
 def test_layer_params_are_placed_and_normalised():
     reader = open_checkpoint(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"))
-    scheme = QuarkW8A8Fp8("per_tensor", "static")
+    scheme = QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static")
     p = load_layer_params(reader, QKV, scheme)
     assert p["weight"].dtype == ml_dtypes.float8_e4m3fn and p["weight"].shape == (128, 64)
     for i, (name, rows) in enumerate((("q_proj", slice(0, 64)), ("k_proj", slice(64, 96)), ("v_proj", slice(96, 128)))):
@@ -83,7 +83,7 @@ def test_unexpected_tensor(tmp_path):
     # a bias where the layer has none
     reader = open_checkpoint(variant_dir(FP8))
     with pytest.raises(CheckpointError, match="unexpected param"):
-        layer = QuarkLinear(64, 64, scheme=QuarkW8A8Fp8("per_tensor", "static"), name="q")
+        layer = QuarkLinear(64, 64, scheme=QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"), name="q")
         layer.load_params({**load_layer_params(reader, ATTN + ".q_proj", layer.scheme), "bias": np.zeros(64)})
     # over a whole model: tensors no layer read
     d2 = edited_copy(variant_dir(FP8), tmp_path / "c2", add={"model.layers.0.mystery.weight": np.zeros(3, np.float32)})
@@ -114,7 +114,7 @@ def test_wrong_shape(tmp_path):
     with pytest.raises(CheckpointError, match=r"fused shards have different input sizes \[32, 64\]"):
         QuarkLinear.from_pretrained(d2, QKV)
     # a layer built with other sizes than the checkpoint's
-    layer = QuarkLinear(64, 48, scheme=QuarkW8A8Fp8("per_tensor", "static"), name=ATTN + ".q_proj")
+    layer = QuarkLinear(64, 48, scheme=QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"), name=ATTN + ".q_proj")
     with pytest.raises(CheckpointError, match=r"expected output sizes \[48\] .*the checkpoint's weights have \[64\]"):
         layer.load_checkpoint(variant_dir(FP8))
 

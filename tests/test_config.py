@@ -96,13 +96,13 @@ def test_dispatch_table(weight, inp, expected, detail):
 
 def test_fixture_configs_dispatch():
     expected = {
-        "w_fp8_a_fp8_pertensor_static": QuarkW8A8Fp8("per_tensor", "static"),
-        "bf16_w_fp8_a_fp8_pertensor_static": QuarkW8A8Fp8("per_tensor", "static"),
-        "w_fp8_a_fp8_pertensor_static_kv_fp8": QuarkW8A8Fp8("per_tensor", "static"),
-        "w_fp8_perchannel_a_fp8_pertoken_dynamic": QuarkW8A8Fp8("per_channel", "dynamic_per_token"),
-        "bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic": QuarkW8A8Fp8("per_channel", "dynamic_per_token"),
-        "w_int8_perchannel_sym_a_int8_pertensor_static_sym": QuarkW8A8Int8("per_channel", True),
-        "w_int8_perchannel_sym_a_int8_pertensor_static_asym": QuarkW8A8Int8("per_channel", False),
+        "w_fp8_a_fp8_pertensor_static": QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"),
+        "bf16_w_fp8_a_fp8_pertensor_static": QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"),
+        "w_fp8_a_fp8_pertensor_static_kv_fp8": QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"),
+        "w_fp8_perchannel_a_fp8_pertoken_dynamic": QuarkW8A8Fp8(weight_qscheme="per_channel", activation="dynamic_per_token"),
+        "bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic": QuarkW8A8Fp8(weight_qscheme="per_channel", activation="dynamic_per_token"),
+        "w_int8_perchannel_sym_a_int8_pertensor_static_sym": QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True),
+        "w_int8_perchannel_sym_a_int8_pertensor_static_asym": QuarkW8A8Int8(qscheme="per_channel", input_symmetric=False),
         "w_mxfp4_a_mxfp4": QuarkW4A4MXFP4(),
         "w_mxfp4_a_fp8_pertensor_static": QuarkW4A8MXFP4Fp8(),
         "w_mxfp4_weight_only": QuarkW4A16MXFP4(),
@@ -224,7 +224,7 @@ def test_kv_cache_config_from_the_fixture():
         "v_scale": ("m.self_attn.v_proj.output_scale", "m.self_attn.v_scale", "m.self_attn.attn.v_scale")}
     # k/v keep running as plain FP8 linears; their output spec is the cache's, fused qkv agrees with q
     for path in ("model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.qkv_proj"):
-        assert cfg.scheme_for(path) == QuarkW8A8Fp8("per_tensor", "static") and cfg.plan(path).kv_cache
+        assert cfg.scheme_for(path) == QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static") and cfg.plan(path).kv_cache
     assert not cfg.plan("model.layers.0.self_attn.q_proj").kv_cache
     # q_proj's output spec is dropped too when the KV cache is quantized (vLLM)
     qc2 = copy.deepcopy(qc)

@@ -44,7 +44,7 @@ def test_nnx_jit_split_merge_and_state():
     assert len(jax.tree.leaves(nnx.state(layer, nnx.Param))) == 0
     opt = nnx.Optimizer(layer, optax.sgd(0.1), wrt=nnx.Param)
     assert jax.tree.leaves(opt.opt_state) == []  # nothing to train: only the step counter
-    assert layer.scheme == QuarkW8A8Fp8("per_tensor", "static", impl="xla") and layer.name == QKV
+    assert layer.scheme == QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static", impl="xla") and layer.name == QKV
 
 
 def test_abstract_construction_then_load():
@@ -61,7 +61,7 @@ def test_abstract_construction_then_load():
 
 
 def test_load_params_validation():
-    scheme = QuarkW8A8Fp8("per_tensor", "static", impl="xla")
+    scheme = QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static", impl="xla")
     layer = QuarkLinear(64, 128, scheme=scheme, logical_widths=(64, 32, 32), name="blk.qkv_proj")
     raw = load_layer_params(open_checkpoint(variant_dir(FP8)), QKV, scheme)
     layer.load_params(raw)

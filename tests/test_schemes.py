@@ -68,7 +68,7 @@ def test_fp8_scheme(weight_qscheme, activation, dtype):
         shards = [ref.fp8_cast(np.concatenate(w) / raw_scale[:, None])]
         w_ref, s_w = shards[0], raw_scale
     raw = {"weight": np.concatenate(shards), "weight_scale": raw_scale}
-    scheme = QuarkW8A8Fp8(weight_qscheme, activation, impl="xla")
+    scheme = QuarkW8A8Fp8(weight_qscheme=weight_qscheme, activation=activation, impl="xla")
     xs = np.asarray(jnp.asarray(x, dtype).astype(jnp.float32)).reshape(-1, K)
     if activation == "static":
         raw["input_scale"] = np.array([0.01, 0.012, 0.011], F32)
@@ -109,7 +109,7 @@ def test_int8_scheme(qscheme, symmetric, azp_mode):
            "weight_zero_point": np.zeros_like(scales, np.int32)}
     if not symmetric:
         raw["input_zero_point"] = np.full(3, z_in, np.int32)
-    scheme = QuarkW8A8Int8(qscheme, input_symmetric=symmetric, azp_mode=azp_mode, impl="xla")
+    scheme = QuarkW8A8Int8(qscheme=qscheme, input_symmetric=symmetric, azp_mode=azp_mode, impl="xla")
     scheme.check_loaded(raw, "layer")
     params, y = run_scheme(scheme, raw, x, bias, jnp.float32)
     assert "weight_zero_point" not in params
@@ -126,13 +126,13 @@ def test_int8_scheme(qscheme, symmetric, azp_mode):
 
 
 def test_int8_checkpoint_mode_needs_one_input_quantizer():
-    scheme = QuarkW8A8Int8("per_channel", input_symmetric=False, azp_mode="checkpoint")
+    scheme = QuarkW8A8Int8(qscheme="per_channel", input_symmetric=False, azp_mode="checkpoint")
     raw = {"input_scale": np.array([0.1, 0.2], F32), "input_zero_point": np.array([1, 1], np.int32)}
     with pytest.raises(CheckpointError, match=r"layer L: the fused shards have different input quantizers \(scales "
                        r"\[0.1.*, 0.2.*\], zero points \[1, 1\]\); azp_mode='checkpoint' needs one"):
         scheme.check_loaded(raw, "L")
     with pytest.raises(CheckpointError, match=r"input_zero_point must be 0 for a symmetric input quantizer"):
-        QuarkW8A8Int8("per_channel", True).check_loaded({"input_zero_point": np.array([3])}, "L")
+        QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True).check_loaded({"input_zero_point": np.array([3])}, "L")
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -166,7 +166,7 @@ def test_unquantized_method_and_jit_of_the_lifecycle():
     want = x.reshape(-1, K).astype(np.float64) @ np.concatenate(w).T.astype(np.float64) + bias
     assert rel(y, want.reshape(*x.shape[:-1], -1)) <= 1e-6
     # process and apply are pure: jax.jit with the scheme static gives the same values as eager
-    s = QuarkW8A8Fp8("per_channel", "dynamic_per_token", impl="xla")
+    s = QuarkW8A8Fp8(weight_qscheme="per_channel", activation="dynamic_per_token", impl="xla")
     raw = {"weight": ref.fp8_cast(np.concatenate(w) * 10), "weight_scale": np.full(128, 0.1, F32)}
     eager = s.apply_weights(s.process_weights_after_loading(raw, WIDTHS), jnp.asarray(x))
     jitted = jax.jit(lambda r, v: s.apply_weights(s.process_weights_after_loading(r, WIDTHS), v))(raw, jnp.asarray(x))
@@ -176,5 +176,5 @@ def test_unquantized_method_and_jit_of_the_lifecycle():
     with pytest.raises(TypeError, match=r"x: expected floating-point activations"):
         s.apply_weights(s.process_weights_after_loading(raw, WIDTHS), jnp.zeros((2, 96), jnp.int32))
     with pytest.raises(ValueError, match=r"activation: expected one of"):
-        QuarkW8A8Fp8("per_tensor", "per_block")
+        QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="per_block")
     assert ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max == 448

@@ -31,7 +31,7 @@ SCALE_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float1
 """Dtypes a checkpoint may store float scales in (Quark follows the model dtype); loaded as float32."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParamSpec:
     """One raw parameter of a layer, as ``process_weights_after_loading`` receives it.
 
@@ -43,18 +43,44 @@ class ParamSpec:
       shard, stacked into ``[n_shards]``; stored as shape ``()`` or ``(1,)``).
     * ``required``: a missing optional tensor is left out of the params (e.g. a zero point the scheme ignores).
 
-    >>> spec = ParamSpec((3,), np.dtype(np.float32), SCALE_DTYPES, ((), (), ()), "stack")
+    >>> spec = ParamSpec(shape=(3,), dtype=np.dtype(np.float32), checkpoint_dtypes=SCALE_DTYPES,
+    ...                  shard_shapes=((), (), ()), combine="stack")
     >>> spec.accepts(0, (1,)), spec.accepts(0, (2,))
     (True, False)
     """
 
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    checkpoint_dtypes: tuple[np.dtype, ...]
-    shard_shapes: tuple[tuple[int, ...], ...]
-    combine: str
-    required: bool = True
-    doc: str = ""
+    shape: tuple[int, ...]  # the loaded array, all shards combined
+    dtype: np.dtype  # its dtype after loading
+    checkpoint_dtypes: tuple[np.dtype, ...]  # dtypes a checkpoint may store it in
+    shard_shapes: tuple[tuple[int, ...], ...]  # the stored shape of each shard
+    combine: str  # "concat" (row blocks) or "stack" (one scalar per shard)
+    required: bool = True  # False: a missing tensor is left out
+    doc: str = ""  # what it is, for messages
+
+    @classmethod
+    def rows(cls, widths: Sequence[int], trailing: Sequence[int] = (), *, dtype, checkpoint_dtypes=None,
+             doc: str = "", required: bool = True) -> "ParamSpec":
+        """Row blocks ``[w_i, *trailing]`` of the shards, concatenated into ``[sum(widths), *trailing]``;
+        ``checkpoint_dtypes`` defaults to ``(dtype,)``.
+
+        >>> ParamSpec.rows((4, 2), (8,), dtype=np.int8).shard_shapes
+        ((4, 8), (2, 8))
+        """
+        widths, trailing = tuple(int(w) for w in widths), tuple(int(t) for t in trailing)
+        dtype = np.dtype(dtype)
+        return cls(shape=(sum(widths),) + trailing, dtype=dtype, checkpoint_dtypes=tuple(checkpoint_dtypes or (dtype,)),
+                   shard_shapes=tuple((w,) + trailing for w in widths), combine="concat", required=required, doc=doc)
+
+    @classmethod
+    def per_shard(cls, n_shards: int, *, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES, doc: str = "",
+                  required: bool = True) -> "ParamSpec":
+        """One scalar per shard (stored as ``()`` or ``(1,)``), stacked into ``[n_shards]``.
+
+        >>> ParamSpec.per_shard(3).shape, ParamSpec.per_shard(3).combine
+        ((3,), 'stack')
+        """
+        return cls(shape=(int(n_shards),), dtype=np.dtype(dtype), checkpoint_dtypes=tuple(checkpoint_dtypes),
+                   shard_shapes=((),) * int(n_shards), combine="stack", required=required, doc=doc)
 
     def __post_init__(self):
         if self.combine not in ("concat", "stack"):
@@ -103,14 +129,14 @@ def flatten_tokens(x, k: int, what: str):
     return x.reshape(-1, k), x.shape[:-1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkScheme(abc.ABC):
     """Abstract scheme (vLLM's ``QuarkScheme``): config only, hashable; methods are pure functions of arrays.
 
     ``impl`` picks the GEMM implementation of :mod:`quark_jax.kernels` ("auto", "pallas" or "xla").
     """
 
-    impl: str = dataclasses.field(default="auto", kw_only=True)
+    impl: str = "auto"  # GEMM implementation of quark_jax.kernels: "auto", "pallas" or "xla"
 
     #: how many logical K elements one stored weight column holds (2 for packed MXFP4)
     weight_pack_factor = 1

@@ -15,7 +15,7 @@ from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten
 __all__ = ["UnquantizedLinearMethod"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UnquantizedLinearMethod(QuarkScheme):
     """A plain float linear (vLLM's name): ``weight`` [N, K] stored f32/bf16/f16, kept in ``params_dtype``;
     ``y = x.dtype(x @ W.T + bias)`` with f32 accumulation. Not a Quark scheme: ``QuarkConfig.scheme_for`` returns
@@ -38,8 +38,8 @@ class UnquantizedLinearMethod(QuarkScheme):
                        params_dtype: Any = None) -> dict[str, ParamSpec]:
         widths = tuple(int(w) for w in output_partition_sizes)
         dtype = np.dtype(jnp.float32 if params_dtype is None else params_dtype)
-        return {"weight": ParamSpec((sum(widths), int(input_size)), dtype, SCALE_DTYPES,
-                                    tuple((w, int(input_size)) for w in widths), "concat", doc="float weight [N, K]")}
+        return {"weight": ParamSpec.rows(widths, (int(input_size),), dtype=dtype, checkpoint_dtypes=SCALE_DTYPES,
+                                         doc="float weight [N, K]")}
 
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
         weight = jnp.asarray(params["weight"])

@@ -18,7 +18,7 @@ from jax import lax
 
 from quark_jax import formats, kernels, quant
 from quark_jax.quant import dot_precision, fp8_saturating_cast, true_divide
-from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
+from quark_jax.schemes.base import ParamSpec, QuarkScheme, flatten_tokens
 
 __all__ = ["QuarkW4A4MXFP4", "QuarkW4A8MXFP4Fp8", "QuarkW4A16MXFP4", "qdq_fp8_static"]
 
@@ -38,7 +38,7 @@ def qdq_fp8_static(x, scale):
     return (q.astype(jnp.float32) * s).astype(x.dtype)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _QuarkMXFP4(QuarkScheme):
     """Shared MXFP4-weight lifecycle; subclasses choose what happens to the input (``input_mode``)."""
 
@@ -63,19 +63,14 @@ class _QuarkMXFP4(QuarkScheme):
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
                        params_dtype: Any = None) -> dict[str, ParamSpec]:
         widths = tuple(int(w) for w in output_partition_sizes)
-        n, k, u8 = sum(widths), int(input_size), np.dtype(np.uint8)
+        k = int(input_size)
         if k % formats.MX_BLOCK_SIZE:
             raise ValueError(f"input_size: MXFP4 needs K to be a multiple of {formats.MX_BLOCK_SIZE}, got {k}")
         kb = k // formats.MX_BLOCK_SIZE
-        specs = {
-            "weight": ParamSpec((n, k // 2), u8, (u8,), tuple((w, k // 2) for w in widths), "concat",
-                                doc="packed E2M1 pairs [N, K/2]"),
-            "weight_scale": ParamSpec((n, kb), u8, (u8,), tuple((w, kb) for w in widths), "concat",
-                                      doc="E8M0 block scales [N, K/32]"),
-        }
+        specs = {"weight": ParamSpec.rows(widths, (k // 2,), dtype=np.uint8, doc="packed E2M1 pairs [N, K/2]"),
+                 "weight_scale": ParamSpec.rows(widths, (kb,), dtype=np.uint8, doc="E8M0 block scales [N, K/32]")}
         if self.is_static_input_scheme:
-            specs["input_scale"] = ParamSpec((len(widths),), np.dtype(np.float32), SCALE_DTYPES,
-                                             tuple(() for _ in widths), "stack", doc="static FP8 input scale")
+            specs["input_scale"] = ParamSpec.per_shard(len(widths), doc="static FP8 input scale")
         return specs
 
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
@@ -115,7 +110,7 @@ class _QuarkMXFP4(QuarkScheme):
         return y.reshape(*lead, n)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkW4A4MXFP4(_QuarkMXFP4):
     """W4A4 MXFP4 (vLLM's ``QuarkW4A4MXFP4``, emulation semantics): ``y = linear(qdq_mxfp4(x), dequant(W), bias)``
     with f32 accumulation, in x's dtype.
@@ -131,7 +126,7 @@ class QuarkW4A4MXFP4(_QuarkMXFP4):
     input_mode: ClassVar[str] = "mxfp4"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkW4A8MXFP4Fp8(_QuarkMXFP4):
     """MXFP4 weights with a static per-tensor FP8 input (Quark's ``mxfp4_fp8`` recipe; ours, not in vLLM):
     ``y = linear(qdq_fp8_static(x, input_scale), dequant(W), bias)``.
@@ -147,7 +142,7 @@ class QuarkW4A8MXFP4Fp8(_QuarkMXFP4):
     input_mode: ClassVar[str] = "fp8_static"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkW4A16MXFP4(_QuarkMXFP4):
     """MXFP4 weight-only (Quark's ``mxfp4_weight_only`` recipe; ours): ``y = linear(x, dequant(W), bias)``.
 

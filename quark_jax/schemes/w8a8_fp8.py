@@ -18,7 +18,7 @@ ACTIVATIONS = ("static", "dynamic_per_token", "dynamic_per_tensor")
 FP8_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkW8A8Fp8(QuarkScheme):
     """W8A8 FP8 (vLLM's ``QuarkW8A8Fp8``).
 
@@ -34,7 +34,7 @@ class QuarkW8A8Fp8(QuarkScheme):
     Apply: ``y = x.dtype(s_x * (s_w * sum_k q_x q_w) + bias)`` through :func:`quark_jax.kernels.fp8_scaled_mm`.
 
     >>> import jax.numpy as jnp
-    >>> s = QuarkW8A8Fp8("per_tensor", "static", impl="xla")
+    >>> s = QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static", impl="xla")
     >>> raw = {"weight": jnp.ones((16, 32), jnp.float8_e4m3fn), "weight_scale": jnp.array([0.5]),
     ...        "input_scale": jnp.array([0.25])}
     >>> p = s.process_weights_after_loading(raw)
@@ -69,19 +69,15 @@ class QuarkW8A8Fp8(QuarkScheme):
 
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
                        params_dtype: Any = None) -> dict[str, ParamSpec]:
-        widths = tuple(int(w) for w in output_partition_sizes)
-        n, k, f32 = sum(widths), int(input_size), np.dtype(np.float32)
-        specs = {"weight": ParamSpec((n, k), np.dtype(jnp.float8_e4m3fn), (np.dtype(jnp.float8_e4m3fn),),
-                                     tuple((w, k) for w in widths), "concat", doc="fp8 weight [N, K]")}
+        widths, k = tuple(int(w) for w in output_partition_sizes), int(input_size)
+        specs = {"weight": ParamSpec.rows(widths, (k,), dtype=jnp.float8_e4m3fn, doc="fp8 weight [N, K]")}
         if self.weight_qscheme == "per_tensor":
-            specs["weight_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, tuple(() for _ in widths),
-                                              "stack", doc="per-tensor weight scale, one per shard")
+            specs["weight_scale"] = ParamSpec.per_shard(len(widths), doc="per-tensor weight scale, one per shard")
         else:
-            specs["weight_scale"] = ParamSpec((n,), f32, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
-                                              doc="per-channel weight scale [N]")
+            specs["weight_scale"] = ParamSpec.rows(widths, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES,
+                                                   doc="per-channel weight scale [N]")
         if self.is_static_input_scheme:
-            specs["input_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, tuple(() for _ in widths),
-                                             "stack", doc="static per-tensor input scale")
+            specs["input_scale"] = ParamSpec.per_shard(len(widths), doc="static per-tensor input scale")
         return specs
 
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:

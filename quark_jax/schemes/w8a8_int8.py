@@ -19,7 +19,7 @@ AZP_MODES = ("vllm", "checkpoint")
 ZERO_POINT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuarkW8A8Int8(QuarkScheme):
     """W8A8 INT8 with a static input quantizer (vLLM's ``QuarkW8A8Int8``).
 
@@ -36,7 +36,7 @@ class QuarkW8A8Int8(QuarkScheme):
     :func:`quark_jax.kernels.int8_scaled_mm`.
 
     >>> import jax.numpy as jnp
-    >>> s = QuarkW8A8Int8("per_channel", input_symmetric=True, impl="xla")
+    >>> s = QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True, impl="xla")
     >>> raw = {"weight": jnp.ones((16, 32), jnp.int8), "weight_scale": jnp.full((16,), 0.5),
     ...        "input_scale": jnp.array([0.25])}
     >>> p = s.process_weights_after_loading(raw)
@@ -67,27 +67,22 @@ class QuarkW8A8Int8(QuarkScheme):
 
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
                        params_dtype: Any = None) -> dict[str, ParamSpec]:
-        widths = tuple(int(w) for w in output_partition_sizes)
-        n, k, f32 = sum(widths), int(input_size), np.dtype(np.float32)
-        per_shard = tuple(() for _ in widths)
-        specs = {"weight": ParamSpec((n, k), np.dtype(np.int8), (np.dtype(np.int8),),
-                                     tuple((w, k) for w in widths), "concat", doc="int8 weight [N, K]")}
+        widths, k = tuple(int(w) for w in output_partition_sizes), int(input_size)
+        i32 = np.dtype(np.int32)
+        specs = {"weight": ParamSpec.rows(widths, (k,), dtype=np.int8, doc="int8 weight [N, K]")}
         if self.qscheme == "per_tensor":
-            specs["weight_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, per_shard, "stack",
-                                              doc="per-tensor weight scale, one per shard")
-            specs["weight_zero_point"] = ParamSpec((len(widths),), np.dtype(np.int32), ZERO_POINT_DTYPES,
-                                                   per_shard, "stack", required=False, doc="weight zero point (0)")
+            specs["weight_scale"] = ParamSpec.per_shard(len(widths), doc="per-tensor weight scale, one per shard")
+            specs["weight_zero_point"] = ParamSpec.per_shard(len(widths), dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
+                                                             required=False, doc="weight zero point (0)")
         else:
-            specs["weight_scale"] = ParamSpec((n,), f32, SCALE_DTYPES, tuple((w,) for w in widths), "concat",
-                                              doc="per-channel weight scale [N]")
-            specs["weight_zero_point"] = ParamSpec((n,), np.dtype(np.int32), ZERO_POINT_DTYPES,
-                                                   tuple((w,) for w in widths), "concat", required=False,
-                                                   doc="weight zero points [N] (0)")
-        specs["input_scale"] = ParamSpec((len(widths),), f32, SCALE_DTYPES, per_shard, "stack",
-                                         doc="static per-tensor input scale")
-        specs["input_zero_point"] = ParamSpec((len(widths),), np.dtype(np.int32), ZERO_POINT_DTYPES, per_shard,
-                                              "stack", required=not self.input_symmetric,
-                                              doc="static per-tensor input zero point")
+            specs["weight_scale"] = ParamSpec.rows(widths, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES,
+                                                   doc="per-channel weight scale [N]")
+            specs["weight_zero_point"] = ParamSpec.rows(widths, dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
+                                                        required=False, doc="weight zero points [N] (0)")
+        specs["input_scale"] = ParamSpec.per_shard(len(widths), doc="static per-tensor input scale")
+        specs["input_zero_point"] = ParamSpec.per_shard(len(widths), dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
+                                                        required=not self.input_symmetric,
+                                                        doc="static per-tensor input zero point")
         return specs
 
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
