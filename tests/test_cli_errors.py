@@ -1,6 +1,7 @@
 """One CLI convention for every subcommand: bundled name or directory, one error line and exit 2 for user errors,
 ``--debug`` for the traceback, ``--version``; the Python loaders accept bundled names too."""
 
+import numpy as np
 import pytest
 
 from quark_jax import __version__, cli
@@ -84,3 +85,43 @@ def test_error_types_share_one_base():
     for e in (CheckpointError, CheckpointNotFoundError, SafetensorsFormatError, UnsupportedModelError):
         assert issubclass(e, QuarkJaxError) and issubclass(e, ValueError)
     assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+
+
+@pytest.mark.parametrize("command", ["demo", "inspect", "run", "check"])
+def test_no_safetensors_or_truncated_file_is_one_line(command, tmp_path, capsys):
+    from checkpoint_tools import edited_copy, truncate
+
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "config.json").write_text((BUNDLED["tiny-llama-fp8"] / "config.json").read_text())
+    assert cli.main([command, str(d)]) == (1 if command == "check" else 2)
+    captured = capsys.readouterr()
+    text = captured.err if command != "check" else captured.out
+    assert "expected model.safetensors or model.safetensors.index.json" in text and "Traceback" not in text
+    t = edited_copy(BUNDLED["tiny-llama-fp8"], tmp_path / "t")
+    truncate(t / "model.safetensors", 100)
+    assert cli.main([command, str(t)]) == (1 if command == "check" else 2)
+    captured = capsys.readouterr()
+    text = captured.err if command != "check" else captured.out
+    assert "truncated" in text and "Traceback" not in text
+
+
+def test_eos_early_stop_summary(capsys):
+    args = ["run", "tiny-llama-fp8", "--prompt-ids", "1,5,9", "--max-new-tokens", "6"]
+    assert cli.main(args) == 0
+    gen = [int(t) for t in capsys.readouterr().out.split("generated ids: [")[1].split("]")[0].split(",")]
+    assert cli.main(args + ["--eos-token-id", str(gen[1])]) == 0
+    out = capsys.readouterr().out
+    stop = gen.index(gen[1]) + 1  # tokens produced up to and including the first eos
+    assert f"generated ids: {gen[:stop] + [gen[1]] * (6 - stop)}" in out
+    assert f"stopped early: every row produced eos id {gen[1]} within {stop} of 6 new tokens; the last " \
+           f"{6 - stop} ids of each row are eos padding" in out
+    assert f"over {stop - 1} steps" in out
+
+
+def test_negative_ids_in_python_are_clear():
+    from quark_jax.errors import InvalidArgumentError
+    from quark_jax.models import from_pretrained
+
+    with pytest.raises(InvalidArgumentError, match=r"token id -1 at \[0, 0\] is negative; token ids are 0 .. 255"):
+        from_pretrained("tiny-llama-fp8")(np.array([[-1, 5]]))
