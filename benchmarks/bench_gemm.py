@@ -1,13 +1,16 @@
-"""GEMM benchmark (run on a GPU machine): every scheme's kernels against XLA and torch, side by side, one run.
+"""GEMM benchmark (run on a GPU): each op's entry (``impl="pallas"``, ``"xla"``, and ``"auto"``) timed by the
+package tuner (``quark_jax.kernels.tuning.tuner``), beside each op's extra rows from ``benchmarks/gemm_<op>.py``
+(XLA bf16 baseline, torch, ...).
 
 Usage (from the repo root, on the device):
-    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4] [--m 1,16,64,256,2048,8192]
-        [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table]
-        [--timing kernel|device|wall]
+    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4] [--m 1,16,64,256,2048]
+        [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table DIR]
+        [--check-auto] [--no-extras] [--deadline SECONDS]
 
-Each op module (``benchmarks/gemm_<op>.py``) provides ``cases(m, k, n)`` -> list of ``Case``; this driver times
-them, prints one table per op (median time, TFLOP/s, effective GB/s, ratio to the op's baseline) and optionally
-writes the ``impl="auto"`` table for this device (``quark_jax/kernels/tuning/<device>.json``).
+``--write-table DIR`` makes the run a tuning run: each point's decision goes into ``DIR/<device key>.json`` (the
+user table ``auto`` reads first, as ``quark-jax tune`` writes it) before ``auto`` is timed. ``--check-auto``
+times ``auto`` and exits 1 if it is more than 10% slower than the fastest of pallas / xla at any point, or runs
+the MXFP4 emulation where the Pallas kernel ran.
 """
 
 from __future__ import annotations
@@ -17,165 +20,112 @@ import dataclasses
 import datetime
 import importlib
 import json
-import math
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import profile_kernels, time_jax, time_jax_device, time_torch, time_torch_graph  # noqa: E402
+from quark_jax.kernels import tuning  # noqa: E402
+from quark_jax.kernels.tuning import tuner  # noqa: E402
 
-
-def _kernel_time(fn, arg_sets, *, calls):
-    """GPU kernel time per call from a profiler trace, over ``calls`` (<= 8) calls cycling the input sets."""
-    calls = max(2, min(8, calls))
-    return profile_kernels(fn, [arg_sets[i % len(arg_sets)] for i in range(calls)])[0]
-
-
-TIMERS = {
-    "kernel": {"jax": _kernel_time, "torch": time_torch_graph},
-    "device": {"jax": time_jax_device, "torch": time_torch_graph},
-    "wall": {"jax": time_jax, "torch": time_torch},
-}
+OPS = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm"}
+SHORT = {v: k for k, v in OPS.items()}
 
 
-@dataclasses.dataclass
-class Case:
-    """One timed implementation: ``fn(*args)`` for each args in ``arg_sets``; framework "jax" or "torch"."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Case(tuner.Case):
+    """An extra benchmark row: a tuner case with its work (for TFLOP/s, GB/s) and framework."""
 
-    name: str
-    fn: object
-    arg_sets: list
-    flops: float
-    bytes: float
-    framework: str = "jax"
-    baseline: bool = False  # the row ratios are measured against
-    auto_candidate: str | None = None  # "pallas" or "xla": competes for the impl="auto" table
+    flops: float  # useful floating-point (or integer) operations per call
+    bytes: float  # bytes a call must move at least
+    framework: str = "jax"  # "jax" (kernel time) or "torch" (CUDA-graph replay)
+    baseline: bool = False  # the row the ratios are measured against
 
 
-def device_calls(case, target_s=2e-3):
-    """Calls per timed program (device timing): enough for ~``target_s`` of work by the case's own floor
-    (bytes at 3.0 TB/s, flops at 1.5 PFLOP/s), 2 to 32."""
-    floor = max(case.bytes / 3.0e12, case.flops / 1.5e15, 1e-7)
-    return int(min(32, max(2, -(-target_s // floor))))
+def work(op: str, m: int, k: int, n: int) -> tuple[float, float]:
+    """(flops, minimum bytes) of one call of ``op``'s entry (bf16 output)."""
+    w = n * k // 2 + n * k // 32 if op == "mxfp4_mm" else n * k
+    x = 2 * m * k if op == "mxfp4_mm" else m * k
+    return 2.0 * m * n * k, float(w + x + 2 * m * n)
 
 
-def run(ops, ms, shapes, *, iters=50, timing="device", on_progress=None):
-    """Times every case; ``on_progress(device, rows)`` is called after each (op, shape, M) so a run cut short
-    still leaves its rows behind."""
-    import jax
+def timer(case) -> float:
+    if getattr(case, "framework", "jax") == "torch":
+        from timing import time_torch_graph
 
-    device = jax.devices()[0].device_kind
-    rows = []
-    for op in ops:
-        mod = importlib.import_module(f"gemm_{op}")
-        for k, n in shapes:
-            for m in ms:
-                try:
-                    cases = mod.cases(m, k, n)
-                except Exception as e:  # a case that cannot be built is reported, not hidden
-                    print(f"[{op} m={m} k={k} n={n}] could not build cases: {e!r}", flush=True)
-                    continue
-                results = []
-                for c in cases:
-                    try:
-                        timer = TIMERS[timing][c.framework]
-                        t = (timer(c.fn, c.arg_sets, iters=iters) if timing == "wall"
-                             else timer(c.fn, c.arg_sets, calls=device_calls(c)))
-                    except Exception as e:
-                        print(f"[{op} m={m} k={k} n={n}] {c.name} failed: {e!r}", flush=True)
-                        t = float("nan")
-                    results.append((c, t))
-                base = next((t for c, t in results if c.baseline), float("nan"))
-                for c, t in results:
-                    rows.append(dict(op=op, m=m, k=k, n=n, impl=c.name, seconds=t, tflops=c.flops / t / 1e12,
-                                     gbps=c.bytes / t / 1e9, vs_baseline=base / t, auto=c.auto_candidate,
-                                     timing=timing))
-                print_rows(rows[-len(results):])
-                if on_progress is not None:
-                    on_progress(device, rows)
-    return device, rows
+        return time_torch_graph(case.fn, case.arg_sets)
+    return tuner.kernel_time(case.fn, case.arg_sets)
 
 
-def print_rows(rows):
+def with_metrics(rows: list[dict], extras: dict) -> list[dict]:
+    """Rows with TFLOP/s, GB/s and the ratio to the point's baseline row (``extras``: (op, m, k, n, name) ->
+    (flops, bytes, baseline) of the extra rows; entry rows use :func:`work`)."""
+    point = lambda r: (r["op"], r["m"], r["k"], r["n"])  # noqa: E731
+    base = {point(r): r["seconds"] for r in rows if extras.get((*point(r), r["name"]), (0, 0, False))[2]}
+    out = []
     for r in rows:
-        print(f"{r['op']:>6} M={r['m']:<5} K={r['k']:<6} N={r['n']:<6} {r['impl']:<28} {r['seconds'] * 1e6:>9.1f} us "
-              f"{r['tflops']:>8.1f} TFLOP/s {r['gbps']:>8.1f} GB/s  x{r['vs_baseline']:.2f}", flush=True)
+        flops, nbytes, _ = extras.get((*point(r), r["name"])) or (*work(*point(r)), False)
+        t, b = r["seconds"], base.get(point(r))
+        out.append(dict(r, tflops=flops / t / 1e12, gbps=nbytes / t / 1e9, vs_baseline=b / t if b else None))
+    return out
 
 
-def auto_table(rows, margin=0.03):
-    """op -> shape class -> the faster of the "pallas" / "xla" candidates (majority over the run's rows; a tie goes
-    to the faster by the geometric mean of the time ratios), plus
-    ``"<class>@<K>x<N>"`` exceptions for weight shapes where the class's pick loses by more than ``margin`` in most
-    of that class's rows."""
-    from quark_jax.kernels._dispatch import shape_class
-
-    times = {}
-    for r in rows:
-        if r["auto"] is None or r["seconds"] != r["seconds"]:
-            continue
-        key = (OP_NAMES.get(r["op"], r["op"]), shape_class(r["m"]), r["k"], r["n"], r["m"])
-        times.setdefault(key, {})[r["auto"]] = r["seconds"]
-    pairs = {key: t for key, t in times.items() if "pallas" in t and "xla" in t}
-    table = {}
-    for (op, cls, *_), t in pairs.items():
-        votes = table.setdefault(op, {}).setdefault(cls, [0, 0, 0.0])
-        votes[0 if t["pallas"] < t["xla"] else 1] += 1
-        votes[2] += math.log(t["xla"] / t["pallas"])  # a tied vote goes to the faster by geometric mean
-
-    def pick(p, x, log_ratio):
-        return "pallas" if p > x or (p == x and log_ratio > 0) else "xla"
-
-    table = {op: {cls: pick(*v) for cls, v in c.items()} for op, c in table.items()}
-    per_shape = {}
-    for (op, cls, k, n, _m), t in pairs.items():
-        pick, other = table[op][cls], ("xla" if table[op][cls] == "pallas" else "pallas")
-        loses = t[pick] > t[other] * (1 + margin)
-        v = per_shape.setdefault((op, cls, k, n), [0, 0])
-        v[0 if loses else 1] += 1
-    for (op, cls, k, n), (lose, win) in per_shape.items():
-        if lose > win:
-            table[op][f"{cls}@{k}x{n}"] = "xla" if table[op][cls] == "pallas" else "pallas"
-    return table
-
-
-OP_NAMES = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm"}
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", default="fp8,int8,mxfp4")
-    p.add_argument("--m", default="1,16,64,256,2048,8192")
-    p.add_argument("--shapes", default="4096x14336,14336x4096,4096x4096,8192x8192")
-    p.add_argument("--iters", type=int, default=50, help="calls per repeat (wall timing only)")
-    p.add_argument("--timing", choices=("kernel", "device", "wall"), default="kernel",
-                   help="kernel: sum of GPU kernel durations per call from a profiler trace (torch: CUDA-graph "
-                        "replay); device: calls batched in one jitted program / CUDA graph (includes the launch "
-                        "gaps, 10-15 us per kernel on the lent VM); wall: one dispatch per call (includes the "
-                        "host's ~34 us per-call cost on the lent VM)")
+    p.add_argument("--m", default="1,16,64,256,2048")
+    p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in tuner.STANDARD_SHAPES))
     p.add_argument("--json", default=None)
-    p.add_argument("--write-table", action="store_true")
+    p.add_argument("--write-table", default=None, metavar="DIR")
+    p.add_argument("--check-auto", action="store_true")
+    p.add_argument("--no-extras", action="store_true", help="time only the entry's implementations")
+    p.add_argument("--deadline", type=float, default=None, help="seconds after which no new point starts")
     a = p.parse_args(argv)
-    ms = [int(v) for v in a.m.split(",")]
+    deadline = time.monotonic() + a.deadline if a.deadline else None
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    ops = [OPS[o] for o in a.ops.split(",")]
+    pts = tuner.points([(op, k, n) for op in ops for k, n in shapes], [int(v) for v in a.m.split(",")])
+    if a.write_table:
+        os.environ["QUARK_JAX_TUNING_DIR"] = a.write_table
+    from quark_jax.kernels import _dispatch
+
+    kind, _ = _dispatch.current_device()
+    path = tuner.user_table_path(kind) if a.write_table else Path(tempfile.mkdtemp()) / "unused.json"
+    extras = {}
+
+    def extra_cases(point, sets):
+        if a.no_extras:
+            return []
+        cases = importlib.import_module(f"gemm_{SHORT[point.op]}").cases(point, sets, Case)
+        for c in cases:
+            extras[(point.op, point.m, point.k, point.n, c.name)] = (c.flops, c.bytes, c.baseline)
+        return cases
+
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-    def save(device, rows):
+    def save(table, rows):
         if a.json:
-            Path(a.json).write_text(json.dumps(dict(device=device, date=stamp, timing=a.timing, rows=rows), indent=1))
+            Path(a.json).write_text(json.dumps(dict(device=kind, date=stamp, timing="kernel",
+                                                    rows=with_metrics(rows, extras), table=tuner.compact(table)),
+                                               indent=1))
 
-    device, rows = run(a.ops.split(","), ms, shapes, iters=a.iters, timing=a.timing, on_progress=save)
-    save(device, rows)
-    if a.write_table:
-        from quark_jax.kernels._dispatch import TUNING_DIR, device_key
-
-        path = TUNING_DIR / f"{device_key()}.json"
-        table = json.loads(path.read_text()) if path.exists() else {}
-        table.update(auto_table(rows))
-        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {path}: {table}")
-    print(f"device: {device}; date: {stamp}; timing: {a.timing}")
+    table, rows = tuner.tune(pts, path=path, check_auto=a.check_auto or bool(a.write_table), timer=timer,
+                             extra_cases=extra_cases, deadline=deadline, on_point=save,
+                             source=f"benchmarks/bench_gemm.py, {stamp}")
+    save(table, rows)
+    rows = with_metrics(rows, extras)
+    misses = tuner.auto_misses(rows)
+    for r in misses:
+        print(f"auto miss: {r['op']} M={r['m']} K={r['k']} N={r['n']}: auto={r.get('auto_impl')} "
+              f"{r['seconds'] * 1e6:.1f} us, fastest {r['fastest'] * 1e6:.1f} us")
+    print(f"device: {kind}; date: {stamp}; points: {len({(r['op'], r['m'], r['k'], r['n']) for r in rows})}; "
+          f"auto misses: {len(misses)}; table: {path if a.write_table else 'not written'}")
+    return 1 if a.check_auto and misses else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

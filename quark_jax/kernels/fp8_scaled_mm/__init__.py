@@ -1,8 +1,9 @@
 """FP8 W8A8 scaled GEMM: ``fp8_scaled_mm`` with an XLA reference and Pallas kernels.
 
-Layout: ``xla.py`` the reference composition, ``pallas_triton.py`` the fused kernel, ``configs.py`` its block
-configs (frozen dataclasses, one table per device), ``pallas_mosaic_gpu.py`` the experimental Hopper (TMA + wgmma)
-skinny kernel for M <= 128 (``impl="mosaic"``; not picked by ``auto``).
+Layout (the same for every op): this module is the entry and its dispatch, ``xla.py`` the reference composition,
+one file per backend owning its ``Config`` and tuned defaults: ``pallas_triton.py`` the fused kernel,
+``pallas_mosaic_gpu.py`` the experimental Hopper (TMA + wgmma) skinny kernel for M <= 128 (``impl="mosaic"``;
+not picked by ``auto``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
       w_scale: f32 scalar (per-tensor) or [N] (per-channel).
       bias: optional [N], added in f32.
       out_dtype: output dtype (bf16, f16 or f32); the epilogue rounds once.
-      impl: "auto" (the measured-faster one for this device and shape class), "pallas", "xla", or "mosaic"
+      impl: "auto" (``quark_jax.kernels.choose_impl`` for this device and shape), "pallas", "xla", or "mosaic"
         (the Mosaic GPU kernel: M <= 128, N a multiple of 64; on the H100 no faster than "pallas" and its FP8
         wgmma accumulates with ~1e-4 relative error, see benchmarks/NOTES.md).
 
@@ -40,7 +41,7 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
         x_q, w_q, x_scale, w_scale, bias, FP8_DTYPES, "[M, K] fp8")
     # the kernel takes e4m3fn with N, K multiples of 16; auto never fails where XLA works
     supported = x_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
-    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, pallas_supported=supported,
+    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, supported=supported,
                                    allowed=_dispatch.IMPLS_WITH_MOSAIC)
     if which == "mosaic":
         _validate.mosaic_skinny_shape(x_q.dtype, m, k, n)

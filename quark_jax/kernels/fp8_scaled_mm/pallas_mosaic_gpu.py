@@ -2,7 +2,9 @@
 
 The weight [N, K] streams through a TMA ring in shared memory and is the wgmma A operand as stored; the
 activation tile is the transposed B operand; the scales and bias are applied in f32 in the epilogue with one
-rounding (``quark_jax.kernels._mosaic_skinny``). Same contract as the Triton kernel (``pallas_triton.py``).
+rounding (``quark_jax.kernels.mosaic_skinny``). Same contract as the Triton kernel (``pallas_triton.py``).
+``Config`` is the shared skinny kernel's; ``DEFAULT`` its tiling here (not tuned: ``auto`` does not pick this
+backend, see benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from quark_jax.kernels import _dispatch, _mosaic_skinny
-from quark_jax.kernels._mosaic_skinny import SkinnyConfig
+from quark_jax.kernels import _dispatch, mosaic_skinny
+from quark_jax.kernels.mosaic_skinny import Config
+
+DEFAULT = Config()
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret"))
 def fp8_scaled_mm_mosaic(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16,
-                         config: SkinnyConfig | None = None, interpret=None):
+                         config: Config | None = None, interpret=None):
     """``out(x_scale * (w_scale * (x_q @ w_q.T)) + bias)`` as one Mosaic GPU kernel (plus XLA glue: padding M to
     a multiple of 8, the [N, M] -> [M, N] transpose).
 
@@ -27,7 +31,7 @@ def fp8_scaled_mm_mosaic(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
       w_q: [N, K] float8_e4m3fn; N a multiple of 64, K of 16.
       x_scale: f32 () or [M, 1]; w_scale: f32 () or [N]; bias: optional [N].
       out_dtype: bfloat16, float16 or float32.
-      config: a ``SkinnyConfig`` (fit to the shape); None uses the default tiling.
+      config: a ``Config`` (fit to the shape); None uses ``DEFAULT``.
       interpret: run in the Mosaic GPU interpreter; None means "unless on a CUDA GPU".
 
     >>> import jax.numpy as jnp
@@ -38,9 +42,9 @@ def fp8_scaled_mm_mosaic(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     """
     if interpret is None:
         interpret = _dispatch.pallas_interpret()
-    return _mosaic_skinny.scaled_mm_skinny(
+    return mosaic_skinny.scaled_mm_skinny(
         x_q, w_q, jnp.asarray(x_scale, jnp.float32), jnp.asarray(w_scale, jnp.float32), bias,
-        out_dtype=out_dtype, config=config, interpret=interpret)
+        out_dtype=out_dtype, config=config or DEFAULT, interpret=interpret)
 
 
-__all__ = ["fp8_scaled_mm_mosaic", "SkinnyConfig"]
+__all__ = ["fp8_scaled_mm_mosaic", "Config", "DEFAULT"]

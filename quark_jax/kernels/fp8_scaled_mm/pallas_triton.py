@@ -1,21 +1,24 @@
-"""Pallas (Triton lowering) FP8 W8A8 GEMM with the scales and bias fused into the epilogue.
+"""Pallas (Triton lowering) FP8 W8A8 GEMM with the scales and bias fused into the epilogue; its ``Config`` and
+tuned defaults.
 
 ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])`` with f32 accumulation and one
 rounding to ``out_dtype``. ``x_q`` [M, K] and ``w_q`` [N, K] are float8_e4m3fn (the weight as the checkpoint stores
-it, K-major: tiles are read without a transpose). One kernel body serves every shape class; a ``GemmConfig``
-(``configs.py``) picks the tiling:
+it, K-major: tiles are read without a transpose). One kernel body serves every shape class; a :class:`Config`
+picks the tiling:
 
 - decode / small M: one short row block (``block_m`` 16, masked to M, or a single row with ``inner="fma"``),
-  many narrow N blocks, each streaming its weight rows over the whole of K (``k_splits=1``) or a K range;
+  many narrow N blocks, each streaming its weight rows over the whole of K (``split_k=1``) or a K range;
 - prefill: large tensor-core tiles, programs grouped along M for L2 reuse.
 
 Ragged M is masked (rows past M are neither read nor written). N and K must be multiples of 16; blocks are
-shrunk to divide them (``configs.fit``). With ``k_splits > 1`` the kernel writes f32 partial sums
-[splits, M, N] and one XLA fusion sums, scales, adds the bias and rounds.
+shrunk to divide them (:func:`fit`). With ``split_k > 1`` the kernel writes f32 partial sums [splits, M, N] and
+one XLA fusion sums, scales, adds the bias and rounds. Tuned configs: ``TUNED`` (device or family key -> table
+keyed as in ``quark_jax.kernels.tiling``), else ``DEFAULTS`` with an automatic K split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -24,11 +27,158 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from quark_jax.kernels import _dispatch
-from quark_jax.kernels.fp8_scaled_mm import configs
+from quark_jax.kernels import _dispatch, tiling
 
 SUPPORTED_DTYPES = (jnp.float8_e4m3fn,)
 OUT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+INNERS = ("xw", "wx", "fma")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """One tiling of the FP8 GEMM ``y[M, N] = x[M, K] @ w[N, K]^T``.
+
+    >>> Config(block_m=16, block_n=64, block_k=256, split_k=2, inner="wx").grid_programs(m=16, n=4096)
+    128
+    """
+
+    block_m: int  # output rows per program
+    block_n: int  # output columns per program
+    block_k: int  # K step of a program's loop
+    split_k: int = 1  # programs sharing one tile's K range (> 1: f32 partial sums reduced by XLA)
+    group_m: int = 1  # row blocks per column strip in the program order (L2 reuse for prefill)
+    # how a tile product is formed: "xw" dot(x[bm, bk], w[bn, bk]^T) on tensor cores; "wx" dot(w, x^T), the weight
+    # the tall operand (skinny M); "fma" no tensor cores, f32 multiply-adds into a [bn, bk] tile (block_m == 1)
+    inner: str = "xw"
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 3  # Triton software-pipelining depth
+
+    def __post_init__(self):
+        if self.inner not in INNERS:
+            raise ValueError(f"Config.inner: expected one of {INNERS}, got {self.inner!r}")
+        for name in ("block_m", "block_n", "block_k", "split_k", "group_m", "num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Config.{name}: expected a positive int, got {v!r}")
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        if self.inner == "fma" and self.block_m != 1:
+            raise ValueError(f"Config: inner='fma' needs block_m == 1, got {self.block_m}")
+        if self.inner != "fma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 32):
+            raise ValueError(f"Config: tensor-core tiles need block_m, block_n >= 16 and block_k >= 32, got "
+                             f"{self.block_m}x{self.block_n}x{self.block_k}")
+
+    def grid_programs(self, m: int, n: int) -> int:
+        return -(-m // self.block_m) * (n // self.block_n) * self.split_k
+
+    def short(self) -> str:
+        """A compact name, e.g. ``wx 16x64x256 s2 g1 w4 st3``."""
+        return (f"{self.inner} {self.block_m}x{self.block_n}x{self.block_k} s{self.split_k} g{self.group_m} "
+                f"w{self.num_warps} st{self.num_stages}")
+
+
+def _largest_pow2_dividing(limit: int, size: int, floor: int) -> int:
+    b = limit
+    while b > floor and size % b:
+        b //= 2
+    return b
+
+
+def fit(cfg: Config, m: int, k: int, n: int) -> Config:
+    """``cfg`` adjusted to the shape: blocks divide N and K / split_k (N, K multiples of 16), ``block_m`` no
+    larger than needed, ``fma`` only for one row.
+
+    >>> fit(Config(block_m=128, block_n=256, block_k=128, group_m=8, num_warps=8), m=5, k=96, n=48).short()
+    'xw 16x16x32 s1 g8 w8 st3'
+    """
+    if n % 16 or k % 16:
+        raise ValueError(f"fp8 Pallas GEMM: N = {n} and K = {k} must be multiples of 16")
+    inner, bm = cfg.inner, cfg.block_m
+    if inner == "fma" and m != 1:
+        inner, bm = "wx", 16
+    if inner != "fma":
+        bm = max(16, min(bm, tiling.pow2_ceil(m)))
+    bn = _largest_pow2_dividing(cfg.block_n, n, 16)
+    bk = min(cfg.block_k, tiling.pow2_ceil(k))
+    floor_k = 16 if inner == "fma" else 32
+    splits = cfg.split_k
+    while splits > 1 and (k % splits or (k // splits) % floor_k):
+        splits -= 1
+    kk = k // splits
+    bk = _largest_pow2_dividing(bk, kk, floor_k)
+    if kk % bk:  # K = 16 * odd: only the tensor-core floor of 32 failed; fall back to one-row fma tiles of 16
+        bk = 16
+        inner, bm = "fma", 1
+    return dataclasses.replace(cfg, block_m=bm, block_n=bn, block_k=bk, split_k=splits, inner=inner)
+
+
+# Heuristic defaults (any device, any shape not in a table; keyed by M bucket): skinny M streams the weight with
+# narrow N blocks over the whole of K (K is split only when N alone gives too few programs, see ``_auto_splits``);
+# large M uses big tensor-core tiles with grouped ordering. Chosen from the H100 sweeps (benchmarks/NOTES.md).
+DEFAULTS = {
+    "1": Config(block_m=16, block_n=32, block_k=256, inner="wx", num_warps=4, num_stages=3),
+    "16": Config(block_m=16, block_n=32, block_k=512, inner="wx", num_warps=4, num_stages=3),
+    "64": Config(block_m=64, block_n=64, block_k=256, inner="xw", num_warps=4, num_stages=3),
+    "max": Config(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=4, num_stages=4),
+}
+
+_SM90 = {  # measured on an NVIDIA H100 80GB HBM3; serves every sm90 card
+    # Decode rows (M = 1, 16) re-tuned 2026-11-25 by GPU kernel time (profiler trace; benchmarks/decode_retune.py):
+    # all tilings within ~5% (22-26 us at 58-67 MB of weights, ~2.6 TB/s); the first tables, picked by batched wall
+    # time (launch-gap bound on the lent VM), were within 0-2% of these.
+    # M = 1
+    "1@4096x14336": Config(block_m=16, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
+    "1@14336x4096": Config(block_m=16, block_n=32, block_k=256, split_k=2, inner="wx", num_warps=4, num_stages=4),
+    "1@4096x4096": Config(block_m=16, block_n=32, block_k=256, split_k=2, inner="wx", num_warps=4, num_stages=4),
+    "1@8192x8192": Config(block_m=16, block_n=32, block_k=512, inner="wx", num_warps=4, num_stages=3),
+    # 2 <= M <= 16
+    "16@4096x14336": Config(block_m=16, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
+    "16@14336x4096": Config(block_m=16, block_n=64, block_k=256, split_k=4, inner="wx", num_warps=4, num_stages=3),
+    "16@4096x4096": Config(block_m=16, block_n=32, block_k=256, inner="wx", num_warps=4, num_stages=4),
+    "16@8192x8192": Config(block_m=16, block_n=32, block_k=512, inner="wx", num_warps=4, num_stages=3),
+    # 17 <= M <= 64
+    "64@4096x14336": Config(block_m=64, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
+    "64@14336x4096": Config(block_m=64, block_n=64, block_k=256, split_k=2, inner="xw", num_warps=4, num_stages=3),
+    "64@4096x4096": Config(block_m=64, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
+    "64@8192x8192": Config(block_m=64, block_n=64, block_k=256, inner="xw", num_warps=4, num_stages=3),
+    # 65 <= M <= 256 (XLA is faster here on the H100; these are the best Pallas tilings measured)
+    "256@14336x4096": Config(block_m=128, block_n=128, block_k=128, split_k=2, group_m=8, num_warps=4, num_stages=4),
+    "256@4096x4096": Config(block_m=64, block_n=128, block_k=128, group_m=8, num_warps=4, num_stages=4),
+}
+
+# Tuned tables: device key or family key -> {table key: Config} (keys as in ``quark_jax.kernels.tiling``), from
+# the H100 sweeps (benchmarks/NOTES.md, "FP8 W8A8"); a row is used as is (after ``fit``).
+TUNED: dict[str, dict[str, Config]] = {"sm90": _SM90}
+
+# Programs wanted for a streaming (skinny-M) kernel, ~1.5 per SM of an H100 (132 SMs): in the sweeps, splitting K
+# paid where N alone gave 64-128 programs and cost where it gave 224 or more.
+_MIN_PROGRAMS = 200
+
+
+def _auto_splits(cfg: Config, m: int, k: int, n: int) -> Config:
+    """For a default skinny config: split K (up to 4) while the N blocks give fewer than ``_MIN_PROGRAMS``."""
+    if cfg.block_m > 64 or cfg.split_k != 1:
+        return cfg
+    programs = -(-m // cfg.block_m) * max(n // cfg.block_n, 1)
+    splits = 1
+    while splits < 4 and programs * splits < _MIN_PROGRAMS and (k // (2 * splits)) % cfg.block_k == 0:
+        splits *= 2
+    return dataclasses.replace(cfg, split_k=splits)
+
+
+def select(m: int, k: int, n: int, table: dict | None = None) -> Config:
+    """The config for shape (m, k, n) from ``table`` (default: this device's entry of ``TUNED``), else
+    ``DEFAULTS`` with an automatic K split; already ``fit`` to the shape.
+
+    >>> select(1, 4096, 14336, table={}).block_m
+    16
+    """
+    cfg, _ = tiling.lookup(_dispatch.device_table(TUNED) if table is None else table, m, k, n)
+    if cfg is None:
+        cfg = _auto_splits(tiling.lookup(DEFAULTS, m, k, n)[0], m, k, n)
+    return fit(cfg, m, k, n)
 
 
 def _dot_nt(a, b):
@@ -36,29 +186,17 @@ def _dot_nt(a, b):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _program_coords(pid, num_m: int, num_n: int, group_m: int):
-    """Row / column block of program ``pid``; with ``group_m > 1`` programs sweep ``group_m`` row blocks per
-    column before moving on (the output is visited in column strips of height ``group_m * block_m``)."""
-    if group_m == 1 or num_m == 1:
-        return pid // num_n, pid % num_n
-    per_group = group_m * num_n
-    first_m = (pid // per_group) * group_m
-    size_m = jnp.minimum(num_m - first_m, group_m)
-    in_group = pid % per_group
-    return first_m + in_group % size_m, in_group // size_m
-
-
-def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: configs.GemmConfig,
+def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Config,
             per_token: bool, per_channel: bool, has_bias: bool, partial: bool, out_dtype):
     b_ref = rest[0] if has_bias else None
     o_ref = rest[-1]
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     num_m, num_n = pl.cdiv(m, bm), n // bn
-    pid_m, pid_n = _program_coords(pl.program_id(0), num_m, num_n, cfg.group_m)
+    pid_m, pid_n = tiling.grouped_program(pl.program_id(0), num_m, num_n, cfg.group_m)
     split = pl.program_id(1)
     r0 = pl.multiple_of(pid_m * bm, bm)
     c0 = pl.multiple_of(pid_n * bn, bn)
-    k_len = k // cfg.k_splits
+    k_len = k // cfg.split_k
     k_first = split * k_len
     ragged = m % bm != 0
     row_mask = (r0 + jnp.arange(bm, dtype=jnp.int32)) < m if ragged else None
@@ -138,7 +276,7 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
       w_scale: f32 () per-tensor or [N] per-channel.
       bias: optional [N] (any float dtype; added in f32).
       out_dtype: bfloat16, float16 or float32.
-      config: a ``configs.GemmConfig`` (fit to the shape); None picks one for this device and shape.
+      config: a :class:`Config` (fit to the shape); None picks one for this device and shape (:func:`select`).
       interpret: run the kernel in Pallas interpret mode; None means "unless on a CUDA GPU".
 
     Returns [M, N] ``out_dtype``.
@@ -156,27 +294,27 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     n = w_q.shape[0]
     if interpret is None:
         interpret = _dispatch.pallas_interpret()
-    cfg = configs.select(m, k, n, _dispatch.device_key()) if config is None else configs.fit(config, m, k, n)
+    cfg = select(m, k, n) if config is None else fit(config, m, k, n)
     per_token, per_channel, has_bias = x_scale.ndim == 2, w_scale.ndim == 1, bias is not None
-    partial = cfg.k_splits > 1
+    partial = cfg.split_k > 1
     xs = x_scale.reshape(m) if per_token else x_scale.reshape(1)
     ws = w_scale if per_channel else w_scale.reshape(1)
     operands = [x_q, w_q, xs, ws] + ([bias] if has_bias else [])
-    out_shape = (jax.ShapeDtypeStruct((cfg.k_splits, m, n), jnp.float32) if partial
+    out_shape = (jax.ShapeDtypeStruct((cfg.split_k, m, n), jnp.float32) if partial
                  else jax.ShapeDtypeStruct((m, n), out_dtype))
     kernel = functools.partial(
         _kernel, m=m, k=k, n=n, cfg=cfg, per_token=per_token, per_channel=per_channel,
         has_bias=has_bias and not partial, partial=partial, out_dtype=jnp.dtype(out_dtype))
     if partial:  # the bias joins in the XLA epilogue below
         operands = operands[:4]
-    grid = (pl.cdiv(m, cfg.block_m) * (n // cfg.block_n), cfg.k_splits)
+    grid = (pl.cdiv(m, cfg.block_m) * (n // cfg.block_n), cfg.split_k)
     y = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=grid,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
-        name=f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.k_splits}",
+        name=f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}",
     )(*operands)
     if not partial:
         return y
@@ -186,4 +324,4 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     return y.astype(out_dtype)
 
 
-__all__ = ["fp8_scaled_mm_pallas"]
+__all__ = ["fp8_scaled_mm_pallas", "Config", "DEFAULTS", "TUNED", "select", "fit"]

@@ -40,7 +40,7 @@ def int8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=N
         if azp.size != m or azp.dtype != jnp.int32:
             raise ValueError(f"azp: expected int32 shape ({m}, 1), got {azp.dtype} {tuple(azp.shape)}")
         azp = azp.reshape(m, 1)
-    which = _dispatch.resolve_impl("int8_scaled_mm", impl, m, k, n, pallas_supported=n % 16 == 0 and k % 16 == 0,
+    which = _dispatch.resolve_impl("int8_scaled_mm", impl, m, k, n, supported=n % 16 == 0 and k % 16 == 0,
                                    allowed=_dispatch.IMPLS_WITH_MOSAIC)
     if which == "mosaic":
         _validate.mosaic_skinny_shape(x_q.dtype, m, k, n)

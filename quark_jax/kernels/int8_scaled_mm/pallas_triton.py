@@ -5,7 +5,7 @@ output is [M, N]. Accumulation is int32 (exact for K < 2**17). The epilogue is, 
 ``out(x_scale * (w_scale * f32(acc - azp term)) + bias)`` — the operation order of the XLA reference
 (``xla.int8_scaled_mm_xla``), so results agree up to one rounding of the output (an FMA may fuse the bias add).
 
-Variants (``block_config.Config``): tensor-core tiles (``kind="mma"``, optionally with the weight tile as the MMA's
+Variants (:class:`Config`; tuned tables ``TUNED``, else :func:`heuristic`): tensor-core tiles (``kind="mma"``, optionally with the weight tile as the MMA's
 M side, and optionally split over K, the int32 partial sums then being reduced exactly and scaled by XLA in one
 fusion) and a CUDA-core GEMV for M == 1. Ragged M, N and K are masked (loads read 0 outside the arrays, stores are
 masked). Off a CUDA GPU the kernels run in Pallas interpret mode.
@@ -13,6 +13,7 @@ masked). Off a CUDA GPU the kernels run in Pallas interpret mode.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -21,10 +22,137 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from quark_jax.kernels import _dispatch
-from quark_jax.kernels.int8_scaled_mm import block_config
-from quark_jax.kernels.int8_scaled_mm.block_config import Config
+from quark_jax.kernels import _dispatch, tiling
 from quark_jax.kernels.int8_scaled_mm.xla import apply_azp
+
+KINDS = ("mma", "gemv")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """One kernel variant.
+
+    * ``kind="mma"``: tensor-core tiles. Each program computes a ``[block_m, block_n]`` output tile over its share
+      of K (``split_k`` programs share one tile's K range; with ``split_k > 1`` the programs write int32 partial
+      sums and the epilogue runs in XLA after the exact int32 reduction). ``swap_ab`` computes the tile as
+      ``w_tile @ x_tile.T`` so the weight tile is the MMA's M side (Hopper wgmma wants M >= 64). ``group_m``
+      orders programs so that ``group_m`` row blocks share a weight column block (L2 reuse for prefill).
+    * ``kind="gemv"``: M == 1 only; CUDA-core multiply-accumulate of int8 widened to int32 (no tensor cores),
+      ``block_m`` is ignored.
+
+    >>> Config(block_m=16, block_n=64, block_k=512, split_k=2).name
+    'mma_m16n64k512_s2_w4_st3'
+    """
+
+    block_m: int  # output rows per program (ignored by "gemv")
+    block_n: int  # output columns per program
+    block_k: int  # K step of a program's loop
+    split_k: int = 1  # programs sharing one tile's K range (> 1: int32 partial sums, epilogue in XLA)
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 3  # Triton software-pipelining depth
+    swap_ab: bool = False  # w_tile @ x_tile.T: the weight tile is the MMA's M side
+    group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
+    kind: str = "mma"  # "mma" tensor cores, "gemv" CUDA-core multiply-add (M == 1)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Config.kind: expected one of {KINDS}, got {self.kind!r}")
+        for f in ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"):
+            v = getattr(self, f)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"Config.{f}: expected a power of two, got {v}")
+        if self.kind == "mma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 32):
+            raise ValueError(f"Config: int8 MMA tiles need block_m, block_n >= 16 and block_k >= 32, got {self}")
+        if self.num_stages < 1:
+            raise ValueError(f"Config.num_stages: expected >= 1, got {self.num_stages}")
+
+    @property
+    def name(self) -> str:
+        m = "" if self.kind == "gemv" else f"m{self.block_m}"
+        s = f"{self.kind}{'T' if self.swap_ab else ''}_{m}n{self.block_n}k{self.block_k}_s{self.split_k}"
+        return f"{s}_w{self.num_warps}_st{self.num_stages}"
+
+
+# Tuned on an NVIDIA H100 80GB HBM3, 2026-11-25 (benchmarks/NOTES.md section "INT8 W8A8"; the sweep
+# scripts and their results are in git history, see NOTES.md), keyed as in quark_jax.kernels.tiling ("max"
+# rows were measured at M = 2048). "swept": fastest correct candidate for that shape; "from": the winner of the
+# swept shape with the nearest N carried over (same tiles, split re-chosen to keep the program count). Caveat: decode timings on that machine sat at the
+# host-dispatch floor (~50 us per jitted call), so decode winners are chosen within measurement noise.
+_SM90: dict[str, Config] = {
+    # decode rows re-tuned 2026-11-25 by GPU kernel time (profiler trace, "retuned")
+    "1@4096x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (8.4 us)
+    "1@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.3 us)
+    "1@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (24.4 us)
+    "1@14336x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (22.1 us)
+    "16@4096x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (8.5 us; was 12.6)
+    "16@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.7; was 27.4)
+    "16@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (25.0; was 26.0)
+    "16@14336x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (22.3 us; was 36.4)
+    "64@4096x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
+    "64@4096x14336": Config(block_m=64, block_n=256, block_k=128, num_warps=8, num_stages=3),  # swept
+    "64@8192x8192": Config(block_m=64, block_n=256, block_k=128, split_k=2, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
+    "64@14336x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
+    "256@4096x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
+    "256@4096x14336": Config(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),  # swept
+    "256@8192x8192": Config(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
+    "256@14336x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
+    "max@4096x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
+    "max@4096x14336": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # swept
+    "max@8192x8192": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
+    "max@14336x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
+}
+
+
+TUNED: dict[str, dict[str, Config]] = {"sm90": _SM90}
+
+
+def _pow2_at_most(v: int, cap: int) -> int:
+    p = 1
+    while p * 2 <= min(v, cap):
+        p *= 2
+    return p
+
+
+def heuristic(m: int, k: int, n: int) -> Config:
+    """A reasonable config for any shape (N, K multiples of 16), following the H100 sweep: decode tiles without a
+    K split unless the N blocks alone leave SMs idle, 64-row tiles for M <= 256, 128x256 tiles for prefill."""
+    bk_cap = _pow2_at_most(k, 512)
+    bk128 = min(bk_cap, 128)
+    if m <= 16:
+        bn = 32
+        n_blocks = -(-n // bn)
+        split = 1
+        # at least one program per SM of a 132-SM H100, while each split keeps >= 4 K iterations
+        while n_blocks * split < 132 and k // (bk_cap * split * 2) >= 4:
+            split *= 2
+        return Config(block_m=16, block_n=bn, block_k=bk_cap, split_k=split, num_warps=4, num_stages=4)
+    if m <= 64:
+        return Config(block_m=64, block_n=256, block_k=bk128, num_warps=8, num_stages=3)
+    if m <= 256:
+        return Config(block_m=64, block_n=128, block_k=bk128, num_warps=4, num_stages=4)
+    return Config(block_m=128, block_n=256, block_k=bk128, num_warps=8, num_stages=3)
+
+
+def select(m: int, k: int, n: int, table: dict | None = None) -> Config:
+    """The config for shape (m, k, n): the entry of ``table`` (default: this device's entry of ``TUNED``) if any,
+    else :func:`heuristic`; already ``fit``.
+
+    >>> select(16, 4096, 4096, table={}).block_m
+    16
+    """
+    cfg, _ = tiling.lookup(_dispatch.device_table(TUNED) if table is None else table, m, k, n)
+    if cfg is None or (cfg.kind == "gemv" and m != 1):
+        cfg = heuristic(m, k, n)
+    return fit(cfg, m, k, n)
+
+
+def fit(cfg: Config, m: int, k: int, n: int) -> Config:
+    """Shrink ``cfg`` where it is larger than the problem (block_k > K, more splits than K blocks)."""
+    bk = min(cfg.block_k, max(32, _pow2_at_most(k, cfg.block_k)))
+    k_blocks = -(-k // bk)
+    split = min(cfg.split_k, _pow2_at_most(k_blocks, cfg.split_k))
+    return dataclasses.replace(cfg, block_k=bk, split_k=split)
+
 
 _NT = (((1,), (1,)), ((), ()))  # contract dim 1 of both operands: a [P, K] x b [Q, K] -> [P, Q]
 
@@ -79,15 +207,8 @@ def _epilogue_tile(acc, *, m0, n0, bm, bn, m, n, opt, refs):
 
 def _program_tile(cfg: Config, m: int, n: int):
     """(pid_m, pid_n, split) of this program; grid = (m_blocks * n_blocks, split_k), grouped along M."""
-    m_blocks, n_blocks = pl.cdiv(m, cfg.block_m), pl.cdiv(n, cfg.block_n)
-    pid = pl.program_id(0)
-    group = min(cfg.group_m, m_blocks)
-    in_group = group * n_blocks
-    # program ids are non-negative: truncating division and remainder (no floor-division fix-ups)
-    first_m = lax.div(pid, in_group) * group
-    size = jnp.minimum(m_blocks - first_m, group)
-    pid_m = first_m + lax.rem(lax.rem(pid, in_group), size)
-    pid_n = lax.div(lax.rem(pid, in_group), size)
+    pid_m, pid_n = tiling.grouped_program(pl.program_id(0), pl.cdiv(m, cfg.block_m), pl.cdiv(n, cfg.block_n),
+                                          cfg.group_m)
     return pid_m, pid_n, pl.program_id(1)
 
 
@@ -198,8 +319,7 @@ def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_ou
 def _resolve(x_q, w_q, config, interpret):
     m, k = x_q.shape
     n = w_q.shape[0]
-    cfg = block_config.get_config(m, k, n) if config is None else config
-    cfg = block_config.fit(cfg, m, k, n)
+    cfg = select(m, k, n) if config is None else fit(config, m, k, n)
     return cfg, _dispatch.pallas_interpret() if interpret is None else interpret
 
 
@@ -208,7 +328,7 @@ def int8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None
     """The Pallas INT8 scaled GEMM (arguments as validated by ``int8_scaled_mm``: x_scale f32 () or [M, 1],
     w_scale f32 () or [N], bias [N] or None, azp_adj int32 [N] or None, azp int32 [M, 1] or None).
 
-    ``config`` picks a variant (default: ``block_config.get_config``); ``interpret`` defaults to True off GPU.
+    ``config`` picks a variant (default: :func:`select`); ``interpret`` defaults to True off GPU.
 
     >>> x = jnp.full((3, 64), 2, jnp.int8); w = jnp.ones((16, 64), jnp.int8)
     >>> y = int8_scaled_mm_pallas(x, w, jnp.float32(0.5), jnp.full((16,), 0.25, jnp.float32),

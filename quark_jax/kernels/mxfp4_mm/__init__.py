@@ -40,7 +40,7 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
     if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
         raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
     bias = _validate.bias_vector(bias, n)
-    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, pallas_supported=n % 16 == 0)
+    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, supported=n % 16 == 0)
     if which == "pallas":
         _validate.multiple_of("w_packed", n, 16, "N")
         from quark_jax.kernels.mxfp4_mm import pallas_triton

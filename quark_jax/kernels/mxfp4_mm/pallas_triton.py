@@ -1,4 +1,5 @@
-"""Pallas (Triton lowering) MXFP4 GEMM that reads the packed 4-bit weight and its E8M0 scales straight from HBM.
+"""Pallas (Triton lowering) MXFP4 GEMM that reads the packed 4-bit weight and its E8M0 scales straight from HBM;
+its ``Config`` and tuned defaults.
 
 ``y = linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias)``, f32
 accumulation, one rounding to ``out_dtype``. The weight stays packed in HBM (4.25 bits per parameter); each
@@ -18,6 +19,13 @@ Grid: one program per (N tile, M tile) pair (grouped along M for L2 reuse) and p
 each split writes f32 partial sums [split_k, M, N] that a small XLA reduction adds (with the bias). The last row
 tile of a ragged M loads only its valid rows of x (masked loads: no padding pass, and an M = 1 decode reads one
 row of x, not 16) and stores only its valid output rows (masked store: no slicing pass).
+
+Config: tiles (``block_m`` rows of x, ``block_n`` rows of the weight, ``block_k`` elements of K per loop step), the
+K split, the Triton launch, how the weight is decoded in registers (``decode``: ``"asm"`` = PTX bit tricks on
+packed registers, sm90+ only, ``pack`` bytes per asm instance; ``"asm_scaled"`` = the same with the block scale
+multiplied inside the asm; ``"jnp"`` = portable integer/float jnp ops, used in interpret mode and before sm90) and
+the operand order of the MMA (``w_major``). :func:`default_config` returns the tuned entry for M's bucket and
+``fit`` shrinks tiles that do not divide the problem, so any valid shape gets a runnable config.
 """
 
 from __future__ import annotations
@@ -31,11 +39,105 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from quark_jax import formats
-from quark_jax.kernels import _dispatch
-from quark_jax.kernels.mxfp4_mm import configs, decode
+from quark_jax.kernels import _dispatch, tiling, tuning
+from quark_jax.kernels.mxfp4_mm import decode
 from quark_jax.quant import qdq_mxfp4
 
-__all__ = ["mxfp4_mm_pallas", "prepare_activations", "mma_dtype"]
+DECODES = ("asm", "asm_scaled", "jnp")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Tiles and launch parameters; all block sizes are powers of two, ``block_k`` a multiple of 32.
+
+    >>> Config(block_m=16, block_n=64, block_k=256).block_k
+    256
+    """
+
+    block_m: int = 16  # rows of x per program (M is masked to it)
+    block_n: int = 64  # weight rows per program
+    block_k: int = 256  # K elements per loop step, a multiple of 32 (one MX block)
+    split_k: int = 1  # programs sharing one tile's K range (> 1: f32 partial sums reduced by XLA)
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 3  # Triton software-pipelining depth
+    decode: str = "asm"  # weight decode in registers: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable)
+    w_major: bool = True  # acc[bn, bm] = w @ x^T (the decoded weight is the left MMA operand; small M)
+    group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
+    pack: int = 2  # packed bytes per asm instance (2 or 4)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        if self.block_m < 16 or self.block_n < 16:
+            raise ValueError(f"Config: block_m and block_n must be >= 16 (MMA tiles), got {self.block_m}, "
+                             f"{self.block_n}")
+        if self.block_k < 32:
+            raise ValueError(f"Config.block_k: expected a multiple of 32 (one MX block), got {self.block_k}")
+        if self.pack not in (2, 4):
+            raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
+        if self.decode not in DECODES:
+            raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
+
+
+# M bucket (quark_jax.kernels.tiling) -> config, chosen on the H100 by device time (benchmarks/table_mxfp4.py phase A, 2026-11-25, at
+# K=4096, N=14336; benchmarks/NOTES.md section MXFP4). M is padded to block_m inside the kernel (masked loads).
+# "128" serves the medium class up to M = 128 (session 3 sweep of 12 tilings at M = 128/256/512 on four
+# weight shapes: 128x64x256 with 4 warps was the fastest or within 3% at M = 128).
+DEFAULTS = {
+    "16": Config(block_m=16, block_n=64, block_k=512, split_k=1, num_warps=4, num_stages=3),
+    "64": Config(block_m=64, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=3),
+    "128": Config(block_m=128, block_n=64, block_k=256, split_k=1, num_warps=4, num_stages=3, group_m=4),
+    "512": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3,
+                     decode="asm_scaled", group_m=4),
+    "max": Config(block_m=256, block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3, group_m=4),
+}
+# Classes whose short-N / long-K shapes get a K split, and the number of programs the split aims for. Decode and
+# small tiles want ~1.7 programs per SM (224 on 132 SMs). Medium tiles want about one per SM: at M = 256 the
+# 14336x4096 weight has 32 output tiles and ran 218.6 us unsplit, 78.0 us split 4 ways (128 programs), while
+# 4096x14336 (112 tiles) ran 73.2 us unsplit and 95.0 us split 2 ways (session 3, kernel time, H100).
+AUTO_SPLIT = {"decode": 224, "small": 224, "medium": 100}
+
+
+def fit(cfg: Config, m: int, k: int, n: int, *, target_programs: int = 0) -> Config:
+    """``cfg`` with tiles shrunk so that they divide the problem: block_n | N, block_k * split_k | K.
+
+    ``block_m`` is capped at the padded M (at least 16). N must be a multiple of 16, K a multiple of 32. With
+    ``target_programs`` the K split grows (powers of two, up to 8) until there are that many programs.
+
+    >>> fit(Config(block_n=128, block_k=256, split_k=4), m=1, k=96, n=48)
+    Config(block_m=16, block_n=16, block_k=32, split_k=1, num_warps=4, num_stages=3, decode='asm', w_major=True, group_m=8, pack=2)
+    """
+    block_m = min(cfg.block_m, max(16, tiling.pow2_floor(m) * (2 if m & (m - 1) else 1)))
+    block_n = cfg.block_n
+    while n % block_n:
+        block_n //= 2
+    split_k = cfg.split_k
+    tiles = (n // block_n) * -(-m // block_m)
+    while tiles * split_k < target_programs and split_k < 8 and k // (2 * split_k) >= cfg.block_k:
+        split_k *= 2
+    while (k // 32) % split_k:
+        split_k //= 2
+    block_k = min(cfg.block_k, tiling.pow2_floor(k // split_k))
+    while (k // split_k) % block_k:
+        block_k //= 2
+    if block_n < 16 or block_k < 32:
+        raise ValueError(f"mxfp4_mm: cannot tile N = {n}, K = {k} (need N % 16 == 0 and K % 32 == 0)")
+    return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
+
+
+def default_config(m: int, k: int, n: int) -> Config:
+    """The tuned config for the M bucket of ``m`` (``DEFAULTS``), fitted to (m, k, n) with the shape class's K split.
+
+    >>> default_config(1, 4096, 4096).split_k
+    4
+    """
+    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    return fit(cfg, m, k, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
+
+
+__all__ = ["mxfp4_mm_pallas", "prepare_activations", "mma_dtype", "Config", "DEFAULTS", "default_config", "fit"]
 
 
 def mma_dtype(x_dtype, quantize_input: bool):
@@ -64,18 +166,19 @@ def prepare_activations(x, quantize_input: bool, rows: int):
     return pairs[:, :, 0], pairs[:, :, 1]
 
 
-def _tile_coords(pid, n_tiles_n: int, n_tiles_m: int, group_m: int):
-    """(n tile, m tile) of program ``pid``: groups of ``group_m`` M tiles sweep all N tiles (L2 reuse of w)."""
-    group = min(group_m, n_tiles_m)
-    per_group = group * n_tiles_n
-    g = pid // per_group
-    first_m = g * group
-    size = jnp.minimum(n_tiles_m - first_m, group)
-    local = pid % per_group
-    return local // size, first_m + local % size
+def _coords(pid, n_tiles_n: int, n_tiles_m: int, group_m: int):
+    """(n tile, m tile) of program ``pid`` (``tiling.grouped_program`` order)."""
+    m_tile, n_tile = tiling.grouped_program(pid, n_tiles_m, n_tiles_n, group_m)
+    return n_tile, m_tile
 
 
-def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_tiles_n: int, n_tiles_m: int,
+def _ptx_decode_ok() -> bool:
+    """The PTX decoder's ``mul.rn.bf16x2`` needs sm90."""
+    _, cc = _dispatch.current_device()
+    return cc is not None and tuning.capability(cc) >= (9, 0)
+
+
+def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: Config, m: int, n_tiles_n: int, n_tiles_m: int,
             k_steps: int, w_dtype, precision, has_bias: bool, out_dtype):
     if has_bias:
         b_ref, o_ref = rest
@@ -87,7 +190,7 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
     dims = (((1,), (1,)), ((), ()))
     x_rows = None
     if m % bm:  # ragged last row tile: x is not padded; rows past M load as zeros without touching memory
-        _, m_tile = _tile_coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
+        _, m_tile = _coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
         x_rows = lax.broadcasted_iota(jnp.int32, (bm, bkh), 0) < (m - m_tile * bm)
 
     def body(i, acc):
@@ -115,7 +218,7 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: configs.Config, m: int, n_
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     if m % bm:  # ragged last row tile: the output has exactly M rows, store only the valid ones
-        _, m_tile = _tile_coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
+        _, m_tile = _coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
         rows = m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32)
         valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < rows
         _store(o_ref, acc.astype(out_dtype), valid)
@@ -140,7 +243,7 @@ def _store(ref, value, mask):
 def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, config=None,
                     interpret=None):
     """Pallas MXFP4 GEMM; same contract as ``quark_jax.kernels.mxfp4_mm`` (x [M, K], w_packed [N, K/2] uint8,
-    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a ``configs.Config``) overrides the tuned tiles.
+    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a :class:`Config`) overrides the tuned tiles.
 
     >>> w = jnp.full((16, 16), 0x22, jnp.uint8); s = jnp.full((16, 1), 127, jnp.uint8)  # every weight 1.0
     >>> mxfp4_mm_pallas(jnp.ones((1, 32)), w, s)[0, :2].tolist()
@@ -150,9 +253,9 @@ def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     n = w_packed.shape[0]
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
-    cfg = configs.default_config(m, k, n) if config is None else configs.fit(config, m, k, n)
-    if interpret and cfg.decode != "jnp":
-        cfg = dataclasses.replace(cfg, decode="jnp")  # inline PTX needs a GPU
+    cfg = default_config(m, k, n) if config is None else fit(config, m, k, n)
+    if cfg.decode != "jnp" and (interpret or not _ptx_decode_ok()):
+        cfg = dataclasses.replace(cfg, decode="jnp")  # the inline PTX needs an sm90+ GPU
     return _mxfp4_mm_jit(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
                          cfg=cfg, interpret=bool(interpret))
 
@@ -174,7 +277,7 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
     grid = (n_tiles_n * n_tiles_m, splits)
 
     def coords(pid):
-        return _tile_coords(pid, n_tiles_n, n_tiles_m, cfg.group_m)
+        return _coords(pid, n_tiles_n, n_tiles_m, cfg.group_m)
 
     def x_map(pid, s):
         return coords(pid)[1], s

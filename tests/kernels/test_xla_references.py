@@ -1,16 +1,15 @@
-"""The GEMM entry points: XLA references against float64 numpy, validation errors, impl dispatch.
+"""The GEMM entry points: XLA references against float64 numpy, and validation errors.
 
-Backend-vs-reference tests of each Pallas kernel live in tests/test_kernel_<op>.py.
+Backend-vs-reference tests of every kernel run in the shared base (tests/kernels/base.py); what ``impl="auto"``
+picks is tested in test_choose_impl.py.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import kernel_reference as kref
 from quark_jax import kernels, quant
-from quark_jax.kernels import _dispatch
 
 OUT = [jnp.bfloat16, jnp.float16, jnp.float32]
 
@@ -105,51 +104,3 @@ def test_entry_validation_errors():
         kernels.mxfp4_mm(jnp.zeros((2, 48)), jnp.zeros((4, 24), jnp.uint8), jnp.zeros((4, 1), jnp.uint8))
     with pytest.raises(ValueError, match=r"w_scales: expected shape \(4, 2\)"):
         kernels.mxfp4_mm(jnp.zeros((2, 64)), jnp.zeros((4, 32), jnp.uint8), jnp.zeros((4, 1), jnp.uint8))
-
-
-def test_auto_is_xla_without_gpu_and_tables_parse():
-    if jax.default_backend() != "gpu":
-        assert _dispatch.resolve_impl("fp8_scaled_mm", "auto", 1, 4096, 4096) == "xla"
-    for path in _dispatch.TUNING_DIR.glob("*.json"):
-        table = _dispatch.load_table(path.stem)
-        for op, classes in table.items():
-            assert op in ("fp8_scaled_mm", "int8_scaled_mm", "mxfp4_mm"), path
-            for key in classes:
-                cls, _, shape = key.partition("@")
-                assert cls in {"decode", "small", "medium", "prefill"}, (path, key)
-                assert not shape or all(p.isdigit() for p in shape.split("x")), (path, key)
-            assert set(classes.values()) <= {"pallas", "xla"}, path
-
-
-def test_auto_table_lookup_with_per_shape_exception(monkeypatch):
-    table = {"int8_scaled_mm": {"prefill": "pallas", "prefill@14336x4096": "xla", "decode": "pallas"}}
-    monkeypatch.setattr(_dispatch, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(_dispatch, "device_key", lambda: "fake_gpu")
-    monkeypatch.setattr(_dispatch, "load_table", lambda device: table if device == "fake_gpu" else {})
-    r = _dispatch.resolve_impl
-    assert r("int8_scaled_mm", "auto", 4096, 4096, 14336) == "pallas"
-    assert r("int8_scaled_mm", "auto", 4096, 14336, 4096) == "xla"
-    assert r("int8_scaled_mm", "auto", 8, 14336, 4096) == "pallas"
-    assert r("int8_scaled_mm", "auto", 40, 4096, 4096) == "xla"  # no entry for the class
-    assert r("int8_scaled_mm", "auto", 8, 4096, 4096, pallas_supported=False) == "xla"
-    assert r("int8_scaled_mm", "pallas", 8, 4096, 4096, pallas_supported=False) == "pallas"
-
-
-def test_benchmark_auto_table_votes_and_exceptions():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from bench_gemm import auto_table
-
-    def row(m, k, n, impl, t):
-        return dict(op="int8", m=m, k=k, n=n, auto=impl, seconds=t)
-
-    rows = []
-    for m in (2048, 8192):
-        rows += [row(m, 4096, 14336, "pallas", 1.0), row(m, 4096, 14336, "xla", 1.3)]
-        rows += [row(m, 8192, 8192, "pallas", 1.0), row(m, 8192, 8192, "xla", 1.1)]
-        rows += [row(m, 14336, 4096, "pallas", 1.1), row(m, 14336, 4096, "xla", 1.0)]
-    rows += [row(1, 4096, 14336, "pallas", 1.0), row(1, 4096, 14336, "xla", 1.01)]
-    table = auto_table(rows)
-    assert table == {"int8_scaled_mm": {"prefill": "pallas", "prefill@14336x4096": "xla", "decode": "pallas"}}

@@ -1,7 +1,7 @@
 """Pallas Mosaic GPU (Hopper wgmma + TMA) core for skinny 8-bit GEMMs: ``acc[n, m] = sum_k w[n, k] x[m, k]``.
 
-This is the shared core of the decode kernels of ``fp8_scaled_mm`` and ``int8_scaled_mm`` on the Mosaic GPU
-backend. The weight is the tall operand: each program owns ``block_n`` weight rows, streams them over (a range
+The shared core of the Mosaic GPU decode backends (``fp8_scaled_mm``, ``int8_scaled_mm``); nothing in it is
+specific to one op: an op's own accumulator correction (e.g. INT8's zero-point term) comes in as ``correct``. The weight is the tall operand: each program owns ``block_n`` weight rows, streams them over (a range
 of) K through a ``stages``-deep ring of TMA copies into shared memory and feeds wgmma with the weight tile as the
 A operand ([block_n, block_k], K-major as stored) and the activation tile as the transposed B operand
 ([m_pad, block_k], K-major as stored), which is the layout 8-bit wgmma requires for both operands.
@@ -9,11 +9,11 @@ A operand ([block_n, block_k], K-major as stored) and the activation tile as the
 The op-specific epilogue runs on the accumulator [block_n, m_pad] (in registers, wgmma layout) with per-row
 vectors ([N] arrays, e.g. the per-channel weight scale, loaded as [block_n]) and per-column vectors ([m_pad]
 arrays, e.g. the per-token scale). The result is written as ``out_t`` [N, m_pad] (the transpose of the GEMM
-output; the caller transposes, which XLA fuses into the consumer). With ``k_splits > 1`` the kernel instead writes
-the raw f32/int32 partial accumulators [k_splits, N, m_pad] and the caller reduces and applies the epilogue.
+output; the caller transposes, which XLA fuses into the consumer). With ``split_k > 1`` the kernel instead writes
+the raw f32/int32 partial accumulators [split_k, N, m_pad] and the caller reduces and applies the epilogue.
 
 Contract: x [m_pad, K] and w [N, K] of the same 8-bit dtype (float8_e4m3fn or int8); ``m_pad`` a multiple of 8
-(<= 256), ``N`` a multiple of ``block_n`` (a multiple of 64), ``K`` a multiple of ``block_k * k_splits``.
+(<= 256), ``N`` a multiple of ``block_n`` (a multiple of 64), ``K`` a multiple of ``block_k * split_k``.
 """
 
 from __future__ import annotations
@@ -28,48 +28,47 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 
-@dataclasses.dataclass(frozen=True)
-class SkinnyConfig:
-    """Tiling of the skinny wgmma kernel: ``block_n`` weight rows per program (multiple of 64), ``block_k`` K
-    elements per pipeline step, ``stages`` TMA copies in flight, ``k_splits`` programs along K.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Tiling of the skinny wgmma kernel (see the fields).
 
     ``exact_accumulate`` (floating point only): Hopper's FP8 wgmma adds its products into the accumulator with a
     reduced-precision adder (measured on the H100: ~1e-3 relative error at K = 1024..4096 against float64, where
     an f32 sum is ~1e-7), so each pipeline step's wgmma starts from zero and its [block_n, m_pad] partial is
     added in f32 registers ("promotion" every ``block_k``). False chains the wgmmas (faster on long K)."""
 
-    block_n: int = 64
-    block_k: int = 256
-    stages: int = 4
-    k_splits: int = 1
-    exact_accumulate: bool = True
+    block_n: int = 64  # weight rows per program, a power of two >= 64 (wgmma's M)
+    block_k: int = 256  # K elements per pipeline step, a power of two >= 32
+    stages: int = 4  # TMA copies in flight
+    split_k: int = 1  # programs along K (> 1: raw partial accumulators, reduced by the caller)
+    exact_accumulate: bool = True  # FP8: promote each step's wgmma partial into an f32 register sum
 
     def __post_init__(self):
-        for name in ("block_n", "block_k", "stages", "k_splits"):
+        for name in ("block_n", "block_k", "stages", "split_k"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"SkinnyConfig.{name}: expected a positive int, got {v!r}")
+                raise ValueError(f"Config.{name}: expected a positive int, got {v!r}")
         if self.block_n % 64 or self.block_n & (self.block_n - 1):
-            raise ValueError(f"SkinnyConfig.block_n: expected a power of two >= 64 (wgmma rows), got {self.block_n}")
+            raise ValueError(f"Config.block_n: expected a power of two >= 64 (wgmma rows), got {self.block_n}")
         if self.block_k < 32 or self.block_k & (self.block_k - 1):
-            raise ValueError(f"SkinnyConfig.block_k: expected a power of two >= 32, got {self.block_k}")
+            raise ValueError(f"Config.block_k: expected a power of two >= 32, got {self.block_k}")
 
-    def fit(self, k: int, n: int) -> "SkinnyConfig":
+    def fit(self, k: int, n: int) -> "Config":
         """Shrink the blocks so that they divide (n, k); n, k multiples of 64 and 32.
 
-        >>> SkinnyConfig(128, 256, 4, 4).fit(k=96, n=192)
-        SkinnyConfig(block_n=64, block_k=32, stages=4, k_splits=1, exact_accumulate=True)
+        >>> Config(block_n=128, block_k=256, stages=4, split_k=4).fit(k=96, n=192)
+        Config(block_n=64, block_k=32, stages=4, split_k=1, exact_accumulate=True)
         """
         bn = self.block_n
         while n % bn and bn > 64:
             bn //= 2
-        splits = self.k_splits
+        splits = self.split_k
         while splits > 1 and k % (splits * 32):
             splits //= 2
         bk = self.block_k
         while (k // splits) % bk and bk > 32:
             bk //= 2
-        return dataclasses.replace(self, block_n=bn, block_k=bk, k_splits=splits)
+        return dataclasses.replace(self, block_n=bn, block_k=bk, split_k=splits)
 
 
 def gpu_interpret_params():
@@ -98,16 +97,16 @@ def _transforms(block_k: int, dtype) -> tuple:
     return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
 
 
-def skinny_wgmma(x, w, rows: Sequence[jax.Array], cols: Sequence[jax.Array], *, cfg: SkinnyConfig,
+def skinny_wgmma(x, w, rows: Sequence[jax.Array], cols: Sequence[jax.Array], *, cfg: Config,
                  epilogue: Callable | None, out_dtype, interpret=False):
     """Run the kernel; see the module docstring. ``rows`` are [N] f32/int32 arrays, ``cols`` [m_pad] arrays.
 
     ``epilogue(acc, rows, cols) -> y`` gets the accumulator [block_n, m_pad] and the vectors broadcast to that
-    shape; it is not used (and the raw partial accumulators are returned) when ``cfg.k_splits > 1``.
+    shape; it is not used (and the raw partial accumulators are returned) when ``cfg.split_k > 1``.
     """
     m_pad, k = x.shape
     n = w.shape[0]
-    bn, bk, splits = cfg.block_n, cfg.block_k, cfg.k_splits
+    bn, bk, splits = cfg.block_n, cfg.block_k, cfg.split_k
     acc_dtype = jnp.int32 if jnp.issubdtype(x.dtype, jnp.integer) else jnp.float32
     steps = k // (bk * splits)
     transforms = _transforms(bk, x.dtype)
@@ -228,47 +227,45 @@ def padded_rows(m: int, dtype) -> int:
 MAX_M = 128  # accumulator [block_n, m_pad] in registers: 64 x 128 f32 is 64 registers per thread
 
 
-def scaled_mm_skinny(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=None, out_dtype=jnp.bfloat16,
-                     config: SkinnyConfig | None = None, interpret: bool = False):
-    """``out(x_scale * (w_scale * f32(x_q @ w_q.T - azp term)) + bias)`` for M <= 128 through ``skinny_wgmma``.
+def scaled_mm_skinny(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, config: Config | None = None,
+                     interpret: bool = False, int_rows=(), int_cols=(), correct: Callable | None = None):
+    """``out(x_scale * (w_scale * f32(correct(x_q @ w_q.T))) + bias)`` for M <= 128 through ``skinny_wgmma``.
 
     Args (validated by the op entry points): x_q [M, K] and w_q [N, K] float8_e4m3fn or int8; x_scale f32 () or
-    [M, 1]; w_scale f32 () or [N]; bias [N] or None; int8 only: azp_adj [N] int32 (per-tensor azp folded in, or
-    the weight column sums with per-token ``azp`` [M, 1] int32). N a multiple of 64, K of 16.
+    [M, 1]; w_scale f32 () or [N]; bias [N] or None. ``correct(acc, rows, cols)``, if given, adjusts the raw
+    accumulator before the scales, with ``int_rows`` ([N] int32 arrays) and ``int_cols`` ([M] int32 arrays)
+    broadcast against ``acc``, which is in [N, M] orientation (rows along dim 0). N a multiple of 64, K of 16.
     Returns [M, N] ``out_dtype``; the epilogue rounds once, as the XLA references do.
     """
     m, k = x_q.shape
     n = w_q.shape[0]
     if m > MAX_M:
         raise ValueError(f"x_q: the skinny Mosaic GPU kernel takes M <= {MAX_M}, got M = {m}")
-    cfg = (config or SkinnyConfig()).fit(k, n)
+    cfg = (config or Config()).fit(k, n)
     m_pad = padded_rows(m, x_q.dtype)
     x_p = jnp.pad(x_q, ((0, m_pad - m), (0, 0))) if m_pad != m else x_q
     f32 = jnp.float32
     xs = jnp.broadcast_to(x_scale.astype(f32).reshape(-1), (m,))
     ws = jnp.broadcast_to(w_scale.astype(f32).reshape(-1), (n,))
-    per_token_azp = azp is not None
-    if cfg.k_splits > 1:
+    int_rows = [r.astype(jnp.int32) for r in int_rows]
+    int_cols = [c.reshape(m).astype(jnp.int32) for c in int_cols]
+    if cfg.split_k > 1:
         parts = skinny_wgmma(x_p, w_q, [], [], cfg=cfg, epilogue=None, out_dtype=None, interpret=interpret)
-        from quark_jax.kernels.int8_scaled_mm.xla import apply_azp
-
-        acc = apply_azp(jnp.sum(parts, axis=0)[:, :m].T, azp_adj, None if azp is None else azp.reshape(m, 1))
-        y = xs[:, None] * (ws[None, :] * acc.astype(f32))
+        acc = jnp.sum(parts, axis=0)[:, :m]  # [N, M]
+        if correct is not None:
+            acc = correct(acc, [r[:, None] for r in int_rows], [c[None, :] for c in int_cols])
+        y = xs[None, :] * (ws[:, None] * acc.astype(f32))
         if bias is not None:
-            y = y + bias.astype(f32)[None, :]
-        return y.astype(out_dtype)
+            y = y + bias.astype(f32)[:, None]
+        return y.astype(out_dtype).T
     pad_m = lambda v: jnp.pad(v, (0, m_pad - m)) if m_pad != m else v  # noqa: E731
-    rows, cols = [ws], [pad_m(xs)]
-    if azp_adj is not None:
-        rows.append(azp_adj.astype(jnp.int32))
-        if per_token_azp:
-            cols.append(pad_m(azp.reshape(m).astype(jnp.int32)))
-    if bias is not None:
-        rows.append(bias.astype(f32))
+    rows = [ws, *int_rows] + ([bias.astype(f32)] if bias is not None else [])
+    cols = [pad_m(xs), *[pad_m(c) for c in int_cols]]
+    n_int_rows = len(int_rows)
 
     def epilogue(acc, row_vals, col_vals):
-        if azp_adj is not None:
-            acc = acc - (col_vals[1] * row_vals[1] if per_token_azp else row_vals[1])
+        if correct is not None:
+            acc = correct(acc, row_vals[1:1 + n_int_rows], col_vals[1:])
         y = col_vals[0] * (row_vals[0] * acc.astype(f32))
         if bias is not None:
             y = y + row_vals[-1]

@@ -1,12 +1,11 @@
-"""MXFP4 Pallas kernel (issue 7) against the XLA reference (vLLM's emulation) and float64 numpy.
+"""MXFP4 GEMM backends (``KernelContract``) against the XLA reference (vLLM's emulation) and float64 numpy, and the
+MXFP4 kernel's own decoders and configs.
 
-Parameterized over backends (``BACKENDS``: today the Pallas-Triton kernel; a Mosaic GPU backend adds an entry) and
-over the kernel variants a backend offers (skinny weight-major decode tiles, split-K, x-major grouped prefill
-tiles, K tiles of one MX block). On CPU the kernels run in Pallas interpret mode with the portable ("jnp")
-decoder; on a CUDA GPU the same tests run the compiled kernels with the PTX decoder.
+On CPU the kernels run in Pallas interpret mode with the portable ("jnp") decoder; on a CUDA GPU the same tests
+run the compiled kernels with the PTX decoder.
 
 "Exact" data: activations whose MX block scales span a few binades and random weight bytes (every code in both
-nibbles) with scale bytes 118..130, so every f32 partial sum is exact in any order and the kernel must equal the
+nibbles) with scale bytes 125..128, so every f32 partial sum is exact in any order and the kernel must equal the
 XLA reference bit for bit. The scale-byte sweep (0..254) compares with float64 numpy instead, where rounding and
 the flushing of float32 subnormals (XLA on CPU) are the only allowed differences.
 """
@@ -18,32 +17,17 @@ import pytest
 
 import kernel_reference as kref
 import reference_numpy as ref
+from kernels.base import KernelContract, Variant
 from quark_jax import formats, kernels, quant
-from quark_jax.kernels import _dispatch
-from quark_jax.kernels.mxfp4_mm import configs, decode, pallas_triton
+from quark_jax.kernels.mxfp4_mm import decode, pallas_triton
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
 
-ON_GPU = not _dispatch.pallas_interpret()
-C = configs.Config
+C = pallas_triton.Config
 
 
 def _pallas_triton(x, wp, ws, bias, quantize_input, out_dtype, config):
     return pallas_triton.mxfp4_mm_pallas(x, wp, ws, bias, quantize_input=quantize_input, out_dtype=out_dtype,
                                          config=config)
-
-
-# backend -> (callable, {variant: (config, (M, K, N))}); ragged M, several row/column tiles and K steps each.
-BACKENDS = {
-    "pallas_triton": (_pallas_triton, {
-        "decode_wmajor": (C(block_m=16, block_n=16, block_k=64, num_warps=4), (3, 192, 48)),
-        "decode_split_k": (C(block_m=16, block_n=32, block_k=64, split_k=2), (1, 256, 64)),
-        "small_pack4": (C(block_m=32, block_n=16, block_k=128, pack=4), (37, 256, 32)),
-        "prefill_xmajor_grouped": (C(block_m=16, block_n=16, block_k=64, w_major=False, group_m=2), (45, 128, 48)),
-        "one_mx_block_k": (C(block_m=16, block_n=16, block_k=32, w_major=False), (17, 96, 32)),
-    }),
-}
-CASES = [(b, v) for b, (_, variants) in BACKENDS.items() for v in variants]
-CASE_IDS = [f"{b}-{v}" for b, v in CASES]
 
 
 def _exact_data(rng, m, k, n, dtype):
@@ -58,29 +42,58 @@ def _exact_data(rng, m, k, n, dtype):
     return x, wp, ws, bias
 
 
-@pytest.mark.parametrize("backend,variant", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("quantize_input", [True, False])
-def test_kernel_equals_xla_reference(backend, variant, quantize_input):
-    fn, variants = BACKENDS[backend]
-    cfg, (m, k, n) = variants[variant]
-    rng = np.random.default_rng(abs(hash((variant, quantize_input))) % 2**32)
-    x, wp, ws, bias = _exact_data(rng, m, k, n, jnp.bfloat16)
-    for b in (bias, None):
-        got = fn(x, wp, ws, b, quantize_input, jnp.float32, cfg)
-        want = mxfp4_mm_xla(x, wp, ws, b, quantize_input=quantize_input, out_dtype=jnp.float32)
-        assert got.shape == (m, n) and got.dtype == jnp.float32
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    # and against float64 numpy (the sums are exact, so equal)
-    want64 = kref.mxfp4_mm_f64(np.asarray(x.astype(jnp.float32)), np.asarray(wp), np.asarray(ws), None,
-                               quantize_input)
-    np.testing.assert_array_equal(np.asarray(got, np.float64), want64)
+class TestMxfp4Mm(KernelContract):
+    OP = "mxfp4_mm"
+    # ragged M, several row/column tiles and K steps each
+    VARIANTS = [
+        Variant(backend="pallas_triton", name="decode_wmajor", shape=(3, 192, 48),
+                config=C(block_m=16, block_n=16, block_k=64, num_warps=4)),
+        Variant(backend="pallas_triton", name="decode_split_k", shape=(1, 256, 64),
+                config=C(block_m=16, block_n=32, block_k=64, split_k=2)),
+        Variant(backend="pallas_triton", name="small_pack4", shape=(37, 256, 32),
+                config=C(block_m=32, block_n=16, block_k=128, pack=4)),
+        Variant(backend="pallas_triton", name="prefill_xmajor_grouped", shape=(45, 128, 48),
+                config=C(block_m=16, block_n=16, block_k=64, w_major=False, group_m=2)),
+        Variant(backend="pallas_triton", name="one_mx_block_k", shape=(17, 96, 32),
+                config=C(block_m=16, block_n=16, block_k=32, w_major=False)),
+    ]
+    FLAVORS = ["w4a16", "w4a4"]  # quantize_input False / True
+    ENTRY_SHAPE = (2, 64, 32)
+    PALLAS = (pallas_triton, "mxfp4_mm_pallas")
+
+    def data(self, rng, m, k, n, flavor):
+        x, wp, ws, bias = _exact_data(rng, m, k, n, jnp.bfloat16)
+        return dict(x=x, wp=wp, ws=ws, bias=bias, q=flavor == "w4a4")
+
+    def run(self, variant, d, flavor):
+        return [_pallas_triton(d["x"], d["wp"], d["ws"], b, d["q"], jnp.float32, variant.config)
+                for b in (d["bias"], None)]
+
+    def check(self, got, d, flavor):
+        m, n = d["x"].shape[0], d["wp"].shape[0]
+        for y, b in zip(got, (d["bias"], None)):
+            want = mxfp4_mm_xla(d["x"], d["wp"], d["ws"], b, quantize_input=d["q"], out_dtype=jnp.float32)
+            assert y.shape == (m, n) and y.dtype == jnp.float32
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+        # and against float64 numpy (the sums are exact, so equal)
+        want64 = kref.mxfp4_mm_f64(np.asarray(d["x"].astype(jnp.float32)), np.asarray(d["wp"]), np.asarray(d["ws"]),
+                                   None, d["q"])
+        np.testing.assert_array_equal(np.asarray(got[1], np.float64), want64)
+
+    def entry(self, d, impl):
+        return kernels.mxfp4_mm(d["x"], d["wp"], d["ws"], d["bias"], quantize_input=d["q"], impl=impl)
+
+    def entry_check(self, got, want, d):
+        assert got.dtype == d["x"].dtype
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("quantize_input", [True, False])
 def test_input_and_output_dtypes(dtype, quantize_input):
     """Every activation dtype, default out_dtype (= x dtype): equal to the reference after one rounding."""
-    cfg, (m, k, n) = BACKENDS["pallas_triton"][1]["decode_wmajor"]
+    v = TestMxfp4Mm.VARIANTS[0]
+    cfg, (m, k, n) = v.config, v.shape
     rng = np.random.default_rng(7)
     x, wp, ws, bias = _exact_data(rng, m, k, n, dtype)
     got = _pallas_triton(x, wp, ws, bias, quantize_input, None, cfg)
@@ -166,18 +179,10 @@ def test_scale_bf16_is_exact_power_of_two():
     assert got[0] in (0.0, 2.0 ** -127)  # bf16 subnormal; flushed on backends that flush
 
 
-def test_entry_point_dispatches_to_pallas():
-    rng = np.random.default_rng(3)
-    x, wp, ws, bias = _exact_data(rng, 2, 64, 32, jnp.bfloat16)
-    got = kernels.mxfp4_mm(x, wp, ws, bias, impl="pallas")
-    want = kernels.mxfp4_mm(x, wp, ws, bias, impl="xla")
-    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
-
-
 def test_config_fit_and_errors():
-    cfg = configs.fit(C(block_m=128, block_n=128, block_k=512, split_k=4), m=3, k=96, n=48)
+    cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=512, split_k=4), m=3, k=96, n=48)
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
-    cfg = configs.fit(C(block_m=128, block_n=128, block_k=256, split_k=2), m=40, k=4096, n=14336)
+    cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=2), m=40, k=4096, n=14336)
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (64, 128, 256, 2)
     with pytest.raises(ValueError, match="block_k: expected a multiple of 32"):
         C(block_k=16)
@@ -186,25 +191,25 @@ def test_config_fit_and_errors():
     with pytest.raises(ValueError, match="decode: expected one of"):
         C(decode="lut")
     with pytest.raises(ValueError, match="cannot tile N = 40"):
-        configs.fit(C(), m=1, k=64, n=40)
-    for cls in ("decode", "small", "medium_128", "medium", "prefill"):
-        assert isinstance(configs.DEFAULTS[cls], C)
+        pallas_triton.fit(C(), m=1, k=64, n=40)
+    with pytest.raises(TypeError):
+        C(16, 64, 256)  # keyword-only
 
 
 def test_default_config_splits_k_where_n_gives_too_few_programs():
     # medium: about one program per SM (AUTO_SPLIT["medium"] = 100): 32 output tiles split 4 ways, 112 not split
-    wide = configs.default_config(256, 4096, 14336)
+    wide = pallas_triton.default_config(256, 4096, 14336)
     assert (wide.block_m, wide.block_n, wide.split_k) == (256, 128, 1)
-    long_k = configs.default_config(256, 14336, 4096)
+    long_k = pallas_triton.default_config(256, 14336, 4096)
     assert (long_k.block_m, long_k.block_n, long_k.split_k) == (256, 128, 4)
     # up to M = 128 the narrower 128x64 tile: 64 tiles at 4096^2 -> split 2
-    small_m = configs.default_config(100, 4096, 4096)
+    small_m = pallas_triton.default_config(100, 4096, 4096)
     assert (small_m.block_m, small_m.block_n, small_m.block_k, small_m.split_k) == (128, 64, 256, 2)
     # decode keeps its 224-program target: 64 tiles of 64 rows -> split 4
-    assert configs.default_config(1, 4096, 4096).split_k == 4
-    for m, k, n in [(256, 14336, 4096), (100, 4096, 4096), (1, 4096, 4096), (600, 96, 48)]:
-        cfg = configs.default_config(m, k, n)
-        assert n % cfg.block_n == 0 and k % (cfg.block_k * cfg.split_k) == 0
+    assert pallas_triton.default_config(1, 4096, 4096).split_k == 4
+    # prefill: no split, 256x128 tiles; a K that 256 does not divide shrinks the tile to 32 (one MX block)
+    assert pallas_triton.default_config(600, 96, 48) == C(block_m=256, block_n=16, block_k=32, num_warps=8,
+                                                          group_m=4)
 
 
 def test_bytes_per_parameter_is_4_25_bits():

@@ -1,0 +1,114 @@
+"""What every kernel op shares: the one M-bucketing, the one tuning-table key format, the program ordering.
+
+**M buckets.** A GEMM's row count M falls in the bucket of the smallest bound in ``M_BUCKETS`` that is >= M, or
+in ``"max"`` above the last: ``"1"``, ``"16"``, ``"64"``, ``"128"``, ``"256"``, ``"512"``, ``"max"``. Shape classes
+name groups of buckets: decode (M <= 16), small (<= 64), medium (<= 512), prefill (larger).
+
+**Table keys.** Every table that depends on the shape (the ``impl="auto"`` tables under ``tuning/`` and each
+backend's tuned block configs) maps ``"<bucket>"`` or ``"<bucket>@<K>x<N>"`` (one weight shape) to a value.
+:func:`lookup` walks the buckets from M's upward and takes, in each, the exact-shape key before the bucket key: an
+entry serves its bucket and the buckets below it that have none.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+from jax import lax
+
+M_BUCKETS = (1, 16, 64, 128, 256, 512)
+BUCKETS = tuple(str(b) for b in M_BUCKETS) + ("max",)
+SHAPE_CLASSES = {"decode": ("1", "16"), "small": ("64",), "medium": ("128", "256", "512"), "prefill": ("max",)}
+_KEY = re.compile(r"^(1|16|64|128|256|512|max)(?:@(\d+)x(\d+))?$")
+
+
+def m_bucket(m: int) -> str:
+    """The bucket of row count ``m``.
+
+    >>> [m_bucket(m) for m in (1, 2, 16, 17, 100, 512, 513)]
+    ['1', '16', '16', '64', '128', '512', 'max']
+    """
+    return next((str(b) for b in M_BUCKETS if m <= b), "max")
+
+
+def shape_class(m: int) -> str:
+    """decode (M <= 16), small (M <= 64), medium (M <= 512), prefill (larger).
+
+    >>> [shape_class(m) for m in (1, 16, 64, 65, 4096)]
+    ['decode', 'decode', 'small', 'medium', 'prefill']
+    """
+    b = m_bucket(m)
+    return next(c for c, bs in SHAPE_CLASSES.items() if b in bs)
+
+
+def table_key(bucket: str, k: int | None = None, n: int | None = None) -> str:
+    """``"<bucket>"`` or ``"<bucket>@<K>x<N>"``; raises on a bucket that is not one of ``BUCKETS``.
+
+    >>> table_key("16", 4096, 14336), table_key("max")
+    ('16@4096x14336', 'max')
+    """
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket: expected one of {BUCKETS}, got {bucket!r}")
+    return bucket if k is None else f"{bucket}@{k}x{n}"
+
+
+def check_key(key: str, where: str) -> None:
+    """Raise a ValueError naming ``where`` if ``key`` is not a table key."""
+    if not _KEY.match(key):
+        raise ValueError(f"{where}: key {key!r} is not '<bucket>' or '<bucket>@<K>x<N>' with bucket in {BUCKETS}")
+
+
+def lookup(table, m: int, k: int, n: int):
+    """``(value, key)`` of the entry serving shape (m, k, n), or ``(None, None)``; see the module docstring.
+
+    >>> lookup({"16": "a", "max@4096x4096": "b", "max": "c"}, 2, 4096, 4096)
+    ('a', '16')
+    >>> lookup({"16": "a", "max@4096x4096": "b", "max": "c"}, 100, 4096, 4096)
+    ('b', 'max@4096x4096')
+    """
+    if not table:
+        return None, None
+    start = BUCKETS.index(m_bucket(m))
+    for b in BUCKETS[start:]:
+        for key in (f"{b}@{k}x{n}", b):
+            if key in table:
+                return table[key], key
+    return None, None
+
+
+def grouped_program(pid, num_m: int, num_n: int, group_m: int):
+    """``(pid_m, pid_n)`` of program ``pid`` over a [num_m, num_n] grid of output tiles: programs sweep ``group_m``
+    row blocks per column block before moving on (column strips of ``group_m`` row blocks share the weight tile in
+    L2); ``group_m == 1`` is row-major order. Works on traced ids (Pallas) and on Python ints.
+
+    >>> [tuple(int(v) for v in grouped_program(p, 3, 2, 2)) for p in range(6)]
+    [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+    """
+    if group_m == 1 or num_m == 1:
+        return pid // num_n, pid % num_n
+    group = min(group_m, num_m)
+    per_group = group * num_n
+    # program ids are non-negative: truncating division and remainder need no floor fix-ups
+    first_m = lax.div(pid, per_group) * group if not isinstance(pid, int) else (pid // per_group) * group
+    size = jnp.minimum(num_m - first_m, group)
+    local = lax.rem(pid, per_group) if not isinstance(pid, int) else pid % per_group
+    return first_m + local % size, local // size
+
+
+def pow2_floor(v: int) -> int:
+    """The largest power of two <= max(v, 1).
+
+    >>> pow2_floor(96), pow2_floor(1)
+    (64, 1)
+    """
+    return 1 << (max(int(v), 1).bit_length() - 1)
+
+
+def pow2_ceil(v: int) -> int:
+    """The smallest power of two >= v.
+
+    >>> pow2_ceil(5), pow2_ceil(16)
+    (8, 16)
+    """
+    return 1 << max(int(v) - 1, 0).bit_length()
