@@ -91,9 +91,7 @@ def main(argv=None) -> int:
     pts = tuner.points([(op, k, n) for op in ops for k, n in shapes], [int(v) for v in a.m.split(",")])
     if a.write_table:
         os.environ["QUARK_JAX_TUNING_DIR"] = a.write_table
-    from quark_jax.kernels import _dispatch
-
-    kind, _ = _dispatch.current_device()
+    kind, _ = tuning.current_device()
     path = tuner.user_table_path(kind) if a.write_table else Path(tempfile.mkdtemp()) / "unused.json"
     extras = {}
 

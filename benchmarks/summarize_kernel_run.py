@@ -1,8 +1,8 @@
-"""Markdown tables for BENCHMARKS.md from bench_gemm.py JSON files (any timing mode).
+"""Markdown tables for BENCHMARKS.md from a bench_gemm.py JSON file.
 
-``python benchmarks/summarize_kernel_run.py results/fp8_...json [results/int8_...json ...]``: one table per file,
-one row per (M, K, N), one column per implementation (us), plus the Pallas row's GB/s and TFLOP/s and its ratio
-to each other implementation, and what the checked-in ``impl="auto"`` table picks.
+``python benchmarks/summarize_kernel_run.py results/gemm_h200_2026-12-02_kernel.json``: per op, one row per
+(M, K, N) with each implementation's kernel time (us), the fastest of pallas / xla, what ``auto`` ran (and from
+which table) and its ratio to that fastest; ``ok`` where auto is within 10% and not the MXFP4 emulation.
 """
 
 from __future__ import annotations
@@ -13,55 +13,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quark_jax.kernels._dispatch import TUNING_DIR, shape_class  # noqa: E402
-
-OPS = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm"}
-MAIN = {"fp8": "pallas", "int8": "pallas", "mxfp4": "pallas_w4a4"}
-BASE = {"fp8": "xla_bf16", "int8": "xla_bf16", "mxfp4": "xla_bf16_dense"}
-QUANT_XLA = {"fp8": "xla_fp8", "int8": "xla_int8", "mxfp4": "xla_emulation_w4a4"}
+from quark_jax.kernels.tuning import tuner  # noqa: E402
 
 
-def auto_pick(op, m, k, n, table):
-    entry = table.get(OPS[op], {})
-    cls = shape_class(m)
-    return entry.get(f"{cls}@{k}x{n}", entry.get(cls, "xla"))
-
-
-def table_for(path, auto_table):
+def tables(path: str) -> str:
     d = json.loads(Path(path).read_text())
     rows = d["rows"]
-    op = rows[0]["op"]
-    impls = []
-    for r in rows:
-        if r["impl"] not in impls and r["impl"] != "auto":
-            impls.append(r["impl"])
-    keys = sorted({(r["m"], r["k"], r["n"]) for r in rows}, key=lambda t: (t[1], t[2], t[0]))
-    main, base, qx = MAIN[op], BASE[op], QUANT_XLA[op]
-    out = [f"{d['device']}, {d['date']}, timing: {d.get('timing', '?')} (`{path}`)", "",
-           "| M | K | N | " + " | ".join(f"{i} us" for i in impls)
-           + f" | {main} GB/s | {main} TFLOP/s | {main} vs {base} | {main} vs {qx} | auto | auto vs {base} |",
-           "|" + "---|" * (len(impls) + 9)]
-    for m, k, n in keys:
-        rr = {r["impl"]: r for r in rows if (r["m"], r["k"], r["n"]) == (m, k, n)}
-        t = {i: rr[i]["seconds"] * 1e6 for i in impls if i in rr}
-        p = rr.get(main)
-        pick = auto_pick(op, m, k, n, auto_table)
-        auto_t = t.get(main) if pick == "pallas" else t.get(qx)
-        cells = [f"{t[i]:.1f}" if i in t and t[i] == t[i] else "-" for i in impls]
-        out.append(f"| {m} | {k} | {n} | " + " | ".join(cells)
-                   + f" | {p['gbps']:.0f} | {p['tflops']:.0f} | {t[base] / t[main]:.2f}x | {t[qx] / t[main]:.2f}x"
-                   + f" | {pick} | {t[base] / auto_t:.2f}x |")
+    misses = {(r["op"], r["m"], r["k"], r["n"]) for r in tuner.auto_misses(rows)}
+    out = [f"{d['device']}, {d['date']}, timing: {d['timing']} (`{path}`)"]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        names = list(dict.fromkeys(r["name"] for r in rows if r["op"] == op))
+        out += ["", f"**{op}**", "", "| M | K | N | " + " | ".join(f"{n} us" for n in names)
+                + " | fastest | auto ran | auto / fastest | |", "|" + "---|" * (len(names) + 7)]
+        points = sorted({(r["m"], r["k"], r["n"]) for r in rows if r["op"] == op}, key=lambda p: (p[0], p[1], p[2]))
+        for m, k, n in points:
+            rr = {r["name"]: r for r in rows if (r["op"], r["m"], r["k"], r["n"]) == (op, m, k, n)}
+            t = {name: r["seconds"] * 1e6 for name, r in rr.items()}
+            cand = {c: t[c] for c in tuner.CANDIDATES if c in t and t[c] == t[c]}
+            fastest = min(cand, key=cand.get) if cand else "-"
+            auto = rr.get("auto")
+            ran = f"{auto['auto_impl']} ({auto['auto_source']})" if auto else "-"
+            ratio = f"{t['auto'] / cand[fastest]:.2f}" if auto and cand else "-"
+            verdict = "MISS" if (op, m, k, n) in misses else ("ok" if auto else "")
+            cells = [f"{t[nm]:.1f}" if nm in t and t[nm] == t[nm] else "-" for nm in names]
+            out.append(f"| {m} | {k} | {n} | " + " | ".join(cells) + f" | {fastest} | {ran} | {ratio} | {verdict} |")
     return "\n".join(out)
 
 
-def main(argv):
-    auto_table = {}
-    for f in TUNING_DIR.glob("nvidia_h100*.json"):
-        auto_table = json.loads(f.read_text())
-    for path in argv:
-        print(table_for(path, auto_table))
-        print()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    for p in sys.argv[1:]:
+        print(tables(p))
+        print()

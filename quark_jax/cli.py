@@ -77,9 +77,52 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
+def _kernel_shapes(reader, plans) -> list[tuple[str, str, int, int]]:
+    """(layer path, kernel entry, K, N) of every quantized layer whose scheme calls a kernels entry."""
+    from quark_jax.config import kernel_shape
+
+    return [(p.path, *shape) for p in plans if (shape := kernel_shape(p, reader))]
+
+
+def _tune(args) -> int:
+    """Time the GEMM implementations on this device at a checkpoint's layer shapes (or the standard benchmark
+    shapes) for decode and prefill M, and write the user table that ``impl="auto"`` reads first."""
+    import jax
+
+    from quark_jax.kernels.tuning import tuner
+
+    if args.checkpoint:
+        from quark_jax.checkpoint import open_checkpoint
+        from quark_jax.config import QuarkConfig
+
+        reader = open_checkpoint(resolve_checkpoint_arg(args.checkpoint))
+        if reader.config.get("quantization_config") is None:
+            print("error: an unquantized checkpoint: no layer calls a quark_jax.kernels GEMM", file=sys.stderr)
+            return EXIT_USER_ERROR
+        cfg = QuarkConfig.from_pretrained(reader)
+        plans = [cfg.plan(p) for p in reader.weight_layer_paths()]
+        shapes = {(op, k, n) for _, op, k, n in _kernel_shapes(reader, plans)}
+        if not shapes:
+            print("error: no layer of this checkpoint calls a quark_jax.kernels GEMM", file=sys.stderr)
+            return EXIT_USER_ERROR
+    else:
+        shapes = {(op, k, n) for op in tuner.tuning.OPS for k, n in tuner.STANDARD_SHAPES}
+    if jax.default_backend() != "gpu":
+        print("warning: no GPU: Pallas runs in interpret mode and the table says nothing about speed",
+              file=sys.stderr)
+    path = Path(args.out) if args.out else None
+    table, rows = tuner.tune(tuner.points(shapes, args.m), path=path)
+    path = path or tuner.user_table_path(table["device_kind"])
+    print(f"tuned {len({(r['op'], r['m'], r['k'], r['n']) for r in rows})} shape(s); wrote {path}")
+    for op, entries in tuner.compact(table)["impl"].items():
+        print(f"  {op}: " + ", ".join(f"{key} {impl}" for key, impl in entries.items()))
+    return EXIT_OK
+
+
 def _inspect(args) -> int:
     """Which scheme each layer of a checkpoint gets, its bytes, what is excluded and what is unsupported."""
     from quark_jax.checkpoint import open_checkpoint
+    from quark_jax.kernels import describe_auto
     from quark_jax.config import QuarkConfig
     from quark_jax.errors import QuarkConfigError
 
@@ -112,6 +155,7 @@ def _inspect(args) -> int:
     plans = [cfg.plan(p) for p in paths]
     sizes = {p: sum(reader.nbytes(n) for n in reader.tensors_of(p)) for p in paths}
     width = max([len(p) for p in paths] + [5])
+    auto = {path: describe_auto(op, k, n) for path, op, k, n in _kernel_shapes(reader, plans)}
     print()
     print(f"{'layer':<{width}}  {'bytes':>9}  scheme")
     for plan in plans:
@@ -120,6 +164,8 @@ def _inspect(args) -> int:
             what += f" ({plan.source})"
         if plan.kv_cache:
             what += "  + KV-cache scale"
+        if auto.get(plan.path):  # on a GPU: what impl="auto" runs at decode and prefill, and why
+            what += f"  [auto: {auto[plan.path]}]"
         print(f"{plan.path:<{width}}  {_size(sizes[plan.path]):>9}  {what}")
 
     by_status = {}
@@ -445,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dtype (default: the checkpoint's); scales follow it as in Quark")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar over layers (default: when stderr is a terminal)")
+    t = command("tune", _tune, "time the GEMM implementations on this GPU at a checkpoint's layer shapes (default: "
+                               "the standard benchmark shapes) and write the table impl=\"auto\" reads first")
+    add_checkpoint_argument(t, optional=True, default_help=" (default: the standard benchmark shapes)")
+    t.add_argument("--m", type=lambda v: tuple(int(x) for x in v.split(",")), default=(1, 16, 64, 256, 2048),
+                   help="row counts to time (default 1,16,64,256,2048: decode, medium, prefill)")
+    t.add_argument("--out", default=None, help="table path (default: the user cache, $QUARK_JAX_TUNING_DIR or "
+                   "$XDG_CACHE_HOME/quark_jax/<device>.json)")
     return p
 
 

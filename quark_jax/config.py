@@ -47,6 +47,7 @@ __all__ = [
     "SchemeOptions",
     "LayerPlan",
     "QuarkConfig",
+    "kernel_shape",
 ]
 
 NEVER_QUANTIZED = ("embed_tokens", "lm_head")
@@ -368,9 +369,10 @@ class QuarkConfig:
         plans = [self.plan(p) for p in paths]
         width = max([len(p) for p in paths] + [5])
         lines = [f"{'layer':<{width}}  {'status':<11}  scheme / reason", "-" * (width + 60)]
+        auto = self._auto_decisions(plans)
         for p in plans:
             if p.status == "quantized":
-                detail = f"{p.scheme.summary()}  [{p.source}]"
+                detail = f"{p.scheme.summary()}  [{p.source}]" + (f"  [auto: {auto[p.path]}]" if p.path in auto else "")
             elif p.status == "unsupported":
                 detail = p.reason
             else:
@@ -382,7 +384,28 @@ class QuarkConfig:
                          f"{list(self.kv_cache.group)})")
         return "\n".join(lines)
 
+    def _auto_decisions(self, plans) -> dict[str, str]:
+        """On a GPU, for each quantized layer of the checkpoint: what ``impl="auto"`` runs at decode and prefill
+        and where that came from (``kernels.describe_auto``); {} on CPU or without a checkpoint."""
+        from quark_jax.kernels import describe_auto, tuning
+
+        if self.checkpoint_dir is None or tuning.current_device()[1] is None:
+            return {}
+        reader = open_checkpoint(self.checkpoint_dir)
+        shapes = {p.path: kernel_shape(p, reader) for p in plans}
+        return {path: describe_auto(*shape) for path, shape in shapes.items() if shape}
+
     def __repr__(self) -> str:
         g = self.global_quant_config.brief() if self.global_quant_config else "None"
         return (f"QuarkConfig(global: {g}; {len(self.layer_quant_config)} layer_quant_config entries; "
                 f"exclude={list(self.exclude)}; kv_cache={self.kv_cache}; options={self.options})")
+
+
+def kernel_shape(plan: LayerPlan, reader: CheckpointReader) -> tuple[str, int, int] | None:
+    """``(kernel entry, K, N)`` of a quantized layer's GEMM (its scheme's ``kernel_op``, the weight's shape from
+    the checkpoint, packed K unpacked); None where the layer calls no ``quark_jax.kernels`` GEMM."""
+    op = plan.scheme.kernel_op if plan.status == "quantized" and plan.scheme is not None else None
+    if not op:
+        return None
+    n, k_stored = reader.info(f"{plan.path}.weight").shape
+    return op, k_stored * plan.scheme.weight_pack_factor, n

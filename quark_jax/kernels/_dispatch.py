@@ -7,8 +7,6 @@ else; the entry passes ``supported=False`` where the Pallas kernel cannot take t
 
 from __future__ import annotations
 
-import re
-
 import jax
 
 from quark_jax.kernels import tuning
@@ -35,15 +33,6 @@ def pallas_interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def current_device() -> tuple[str, str | None]:
-    """``(device_kind, compute_capability)`` of the first device; ``("cpu", None)`` off a CUDA GPU."""
-    dev = jax.devices()[0]
-    cc = getattr(dev, "compute_capability", None)
-    if dev.platform != "gpu" or not re.match(r"^\d+\.\d+", str(cc)):  # CPU, or a GPU without CUDA's numbering
-        return dev.platform, None
-    return dev.device_kind, str(cc)
-
-
 def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, supported: bool = True,
                  allowed: tuple = IMPLS) -> str:
     """The concrete implementation ("pallas", "xla" or a forced "mosaic") for ``op`` at shape (m, k, n).
@@ -53,7 +42,7 @@ def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, supported: bool 
     check_impl(impl, allowed)
     if impl != "auto":
         return impl
-    kind, cc = current_device()
+    kind, cc = tuning.current_device()
     choice = tuning.choose_impl(op, m, k, n, device_kind=kind, compute_capability=cc)
     return choice if supported else "xla"
 
@@ -61,7 +50,7 @@ def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, supported: bool 
 def device_table(tables: dict) -> dict:
     """This device's entry of a backend's tuned-config tables ({device key or family key: table}): the card's
     own, else its architecture family's (e.g. ``"sm90"``), else {}."""
-    kind, cc = current_device()
+    kind, cc = tuning.current_device()
     if cc is None:
         return {}
     return tables.get(tuning.device_key(kind)) or tables.get(tuning.family_key(cc)) or {}

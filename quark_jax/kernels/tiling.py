@@ -112,3 +112,13 @@ def pow2_ceil(v: int) -> int:
     (8, 16)
     """
     return 1 << max(int(v) - 1, 0).bit_length()
+
+
+def triton_call(kernel, *, cfg, name: str, interpret: bool, **kwargs):
+    """``pl.pallas_call`` for a Pallas-Triton backend, launched with ``cfg.num_warps`` / ``cfg.num_stages``
+    (every backend's Config has them); ``kwargs`` are pallas_call's (out_shape, grid, in_specs, ...)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    params = plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return pl.pallas_call(kernel, compiler_params=params, interpret=interpret, name=name, **kwargs)

@@ -48,7 +48,8 @@ def requantize_with_max_scale(weight, weight_scale, logical_widths):
     ``weight`` [N, K] fp8, ``weight_scale`` one f32 scale per shard. For each shard i:
     ``dq = f16(f32(q_i) * f32(f16(s_i)))`` — vLLM's ``q.to(float16) * weight_scale[i]``, where torch rounds the 0-d
     float32 scale to float16 before multiplying (measured on an H100 with torch 2.11: 254/254 codes agree with this
-    form, 108-226/254 with an unrounded scale; benchmarks/results/torch_f16_dequant_h100_2026-11-25.txt) — then
+    form, 108-226/254 with an unrounded scale; benchmarks/results/torch_f16_dequant_h100_2026-11-25.txt, in git
+    at commit 9a21834) — then
     ``q = fp8(clamp(f32(dq) * (1/s_max)))`` with the float32 ``s_max``. vLLM does this for every layer,
     single-shard ones included. Returns ``(weight [N, K] same fp8 dtype, s_max 0-d f32)``.
 

@@ -140,6 +140,8 @@ class QuarkScheme(abc.ABC):
 
     #: how many logical K elements one stored weight column holds (2 for packed MXFP4)
     weight_pack_factor = 1
+    #: the quark_jax.kernels entry ``apply_weights`` calls (what ``impl`` selects for), None if none
+    kernel_op = None
 
     def __post_init__(self):
         check_impl(self.impl)

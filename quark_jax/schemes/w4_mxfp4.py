@@ -55,6 +55,10 @@ class _QuarkMXFP4(QuarkScheme):
     def is_static_input_scheme(self) -> bool:
         return self.input_mode == "fp8_static"
 
+    @property
+    def kernel_op(self):
+        return None if self.dequantize_at_load else "mxfp4_mm"
+
     def summary(self) -> str:
         inp = {"mxfp4": "mxfp4 dynamic", "fp8_static": "fp8 static per_tensor", "none": "not quantized"}
         extra = ", dequantize_at_load" if self.dequantize_at_load else ""

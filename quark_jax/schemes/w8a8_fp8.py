@@ -42,6 +42,8 @@ class QuarkW8A8Fp8(QuarkScheme):
     [16.0, 16.0]
     """
 
+    kernel_op = "fp8_scaled_mm"
+
     weight_qscheme: str = "per_tensor"
     activation: str = "static"
     fp8_dtype: str = "float8_e4m3fn"

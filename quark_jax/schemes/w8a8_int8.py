@@ -44,6 +44,8 @@ class QuarkW8A8Int8(QuarkScheme):
     [16.0, 16.0]
     """
 
+    kernel_op = "int8_scaled_mm"
+
     qscheme: str = "per_channel"
     input_symmetric: bool = True
     azp_mode: str = "vllm"

@@ -70,6 +70,14 @@ class KernelContract:
     def flavors_for(self, variant: Variant) -> list:
         return self.FLAVORS
 
+    @classmethod
+    def pytest_generate_tests(cls, metafunc):
+        """(variant, flavor) pairs of this op (pytest calls a test class's own ``pytest_generate_tests``)."""
+        if {"variant", "flavor"} <= set(metafunc.fixturenames):
+            inst = cls()
+            pairs = [(v, f) for v in cls.VARIANTS for f in inst.flavors_for(v)]
+            metafunc.parametrize("variant,flavor", pairs, ids=[f"{v.id}-{f}" for v, f in pairs])
+
     def test_backend_matches_references(self, variant, flavor):
         m, k, n = variant.shape
         data = self.data(rng(self.OP, variant.id, flavor), m, k, n, flavor)
@@ -84,7 +92,7 @@ class KernelContract:
     def test_auto_runs_what_choose_impl_picks(self, monkeypatch, card, cc):
         """On a pretend GPU, ``impl="auto"`` calls the Pallas backend exactly where ``choose_impl`` says
         "pallas" (decode and prefill M), and its result equals that implementation's."""
-        monkeypatch.setattr(_dispatch, "current_device", lambda: (card, cc))
+        monkeypatch.setattr(tuning, "current_device", lambda: (card, cc))
         monkeypatch.setenv("QUARK_JAX_TUNING_DIR", "/nonexistent")  # packaged tables only
         module, name = self.PALLAS
         calls = []
@@ -98,11 +106,3 @@ class KernelContract:
             got = self.entry(data, "auto")
             assert len(calls) == (1 if want == "pallas" else 0), (m, want)
             self.entry_check(got, self.entry(data, want), data)
-
-
-def pytest_generate_tests(metafunc):
-    """(variant, flavor) pairs of a ``KernelContract`` subclass; hooked in from tests/kernels/conftest.py."""
-    if {"variant", "flavor"} <= set(metafunc.fixturenames) and metafunc.cls is not None:
-        inst = metafunc.cls()
-        pairs = [(v, f) for v in metafunc.cls.VARIANTS for f in inst.flavors_for(v)]
-        metafunc.parametrize("variant,flavor", pairs, ids=[f"{v.id}-{f}" for v, f in pairs])

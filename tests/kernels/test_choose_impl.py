@@ -7,6 +7,7 @@ tables, an unknown sm90 card (Hopper's family table, which is the H200's), sm80 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from quark_jax.kernels import choose_impl, explain_impl, tiling, tuning
@@ -143,9 +144,7 @@ def test_tuner_records_majorities_and_compacts():
 def test_tune_writes_the_user_table_that_auto_then_reads(monkeypatch, tmp_path):
     """A tuning run on a pretend H200 with a fake timer (xla faster at decode, pallas at prefill): the user
     table it writes is what explain_impl then reports, and every auto row resolved through it."""
-    from quark_jax.kernels import _dispatch
-
-    monkeypatch.setattr(_dispatch, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
     fake = {("pallas", 1): 2.0, ("xla", 1): 1.0, ("pallas", 600): 1.0, ("xla", 600): 3.0}
     seen = []
 
@@ -154,6 +153,8 @@ def test_tune_writes_the_user_table_that_auto_then_reads(monkeypatch, tmp_path):
         m = case.arg_sets[0][0].shape[0]
         return fake.get((case.name, m), 1.5)  # "auto": whatever; only its resolution is checked
 
+    monkeypatch.setattr(tuner, "operands", lambda op, m, k, n: [(np.zeros((m, k)), np.zeros((n, k)))])
+    monkeypatch.setattr(tuner, "entry", lambda op, impl: None)  # the fake timer runs nothing
     pts = tuner.points([("fp8_scaled_mm", 64, 32)], ms=(1, 600))
     table, rows = tuner.tune(pts, check_auto=True, timer=timer, log=None)
     path = tuner.user_table_path("NVIDIA H200")
@@ -174,3 +175,46 @@ def test_auto_misses_flags_slow_auto_and_the_mxfp4_emulation():
     assert tuner.auto_misses(rows("fp8_scaled_mm", "xla", 1.06)) == []
     assert len(tuner.auto_misses(rows("fp8_scaled_mm", "xla", 1.2))) == 1
     assert len(tuner.auto_misses(rows("mxfp4_mm", "xla", 1.06))) == 1  # within 10%, but the emulation
+
+
+def test_cli_tune_times_the_checkpoints_layer_shapes_and_inspect_shows_auto(monkeypatch, tmp_path, capsys):
+    """``quark-jax tune CHECKPOINT`` tunes exactly the checkpoint's (op, K, N) layer shapes (a fake timer:
+    xla faster) and writes the user table; ``inspect`` on the same pretend H200 then shows, per layer, what
+    auto runs at decode and prefill and that the user table decided it."""
+    from quark_jax import cli
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+
+    def entry(op, impl):  # never called: the fake timer only reads which impl it stands for
+        def fn(*args):
+            raise AssertionError("the fake timer runs nothing")
+        fn.impl = impl
+        return fn
+
+    timed = set()
+
+    def kernel_time(fn, sets):
+        x, w = sets[0][0], sets[0][1]
+        timed.add((x.shape[0], x.shape[1], w.shape[0]))
+        return 1.0 if fn.impl == "xla" else 2.0
+
+    monkeypatch.setattr(tuner, "entry", entry)
+    monkeypatch.setattr(tuner, "kernel_time", kernel_time)
+    monkeypatch.setattr(tuner, "operands", lambda op, m, k, n: [(np.zeros((m, k)), np.zeros((n, k // 2)))])
+    assert cli.main(["tune", "tiny-llama-mxfp4", "--m", "1"]) == 0
+    out = capsys.readouterr().out
+    table = json.loads(tuner.user_table_path("NVIDIA H200").read_text())
+    assert "wrote" in out and set(table["impl"]) == {"mxfp4_mm"}
+    assert {key for key in table["impl"]["mxfp4_mm"] if "@" in key} == {f"1@{k}x{n}" for _, k, n in timed}
+    assert len(timed) >= 3 and set(table["impl"]["mxfp4_mm"].values()) == {"xla"}
+    assert cli.main(["inspect", "tiny-llama-mxfp4", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert len(timed_layers(out)) >= 3
+    assert out.count("[auto: decode xla (user cache), prefill pallas (card table)]") == len(timed_layers(out))
+    from quark_jax.config import QuarkConfig
+
+    described = QuarkConfig.from_pretrained("tiny-llama-mxfp4").describe()
+    assert described.count("[auto: decode xla (user cache), prefill pallas (card table)]") == len(timed_layers(out))
+
+
+def timed_layers(inspect_out: str) -> list[str]:
+    return [line for line in inspect_out.splitlines() if "QuarkW4A4MXFP4" in line]

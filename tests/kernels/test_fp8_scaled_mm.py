@@ -14,6 +14,7 @@ import pytest
 import kernel_reference as kref
 from kernels.base import ON_GPU, KernelContract, Variant
 from quark_jax import kernels, quant
+from quark_jax.kernels import tuning
 from quark_jax.kernels.fp8_scaled_mm import pallas_mosaic_gpu, pallas_triton
 from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
 
@@ -177,9 +178,7 @@ def test_entry_pallas_rejects_unaligned_and_fnuz():
 
 def test_auto_falls_back_to_xla_for_fnuz_on_a_gpu(monkeypatch):
     """Where choose_impl says "pallas" but the kernel cannot take the dtype, auto runs XLA (and works)."""
-    from quark_jax.kernels import _dispatch
-
-    monkeypatch.setattr(_dispatch, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
     monkeypatch.setattr(pallas_triton, "fp8_scaled_mm_pallas", lambda *a, **k: pytest.fail("Pallas was called"))
     fnuz = jnp.ones((4, 32), jnp.float8_e4m3fnuz)
     y = kernels.fp8_scaled_mm(fnuz, jnp.ones((16, 32), jnp.float8_e4m3fnuz), 1.0, 1.0, impl="auto")

@@ -308,14 +308,8 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     if partial:  # the bias joins in the XLA epilogue below
         operands = operands[:4]
     grid = (pl.cdiv(m, cfg.block_m) * (n // cfg.block_n), cfg.split_k)
-    y = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-        interpret=interpret,
-        name=f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}",
-    )(*operands)
+    name = f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}"
+    y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid)(*operands)
     if not partial:
         return y
     y = x_scale * (w_scale * jnp.sum(y, axis=0))

@@ -5,9 +5,9 @@ output is [M, N]. Accumulation is int32 (exact for K < 2**17). The epilogue is, 
 ``out(x_scale * (w_scale * f32(acc - azp term)) + bias)`` — the operation order of the XLA reference
 (``xla.int8_scaled_mm_xla``), so results agree up to one rounding of the output (an FMA may fuse the bias add).
 
-Variants (:class:`Config`; tuned tables ``TUNED``, else :func:`heuristic`): tensor-core tiles (``kind="mma"``, optionally with the weight tile as the MMA's
-M side, and optionally split over K, the int32 partial sums then being reduced exactly and scaled by XLA in one
-fusion) and a CUDA-core GEMV for M == 1. Ragged M, N and K are masked (loads read 0 outside the arrays, stores are
+Variants (:class:`Config`; tuned tables ``TUNED``, else :func:`heuristic`): tensor-core tiles (``kind="mma"``,
+optionally with the weight tile as the MMA's M side, and optionally split over K, the int32 partial sums then being
+reduced exactly and scaled by XLA in one fusion) and a CUDA-core GEMV for M == 1. Ragged M, N and K are masked (loads read 0 outside the arrays, stores are
 masked). Off a CUDA GPU the kernels run in Pallas interpret mode.
 """
 
@@ -76,30 +76,43 @@ class Config:
 # Tuned on an NVIDIA H100 80GB HBM3, 2026-11-25 (benchmarks/NOTES.md section "INT8 W8A8"; the sweep
 # scripts and their results are in git history, see NOTES.md), keyed as in quark_jax.kernels.tiling ("max"
 # rows were measured at M = 2048). "swept": fastest correct candidate for that shape; "from": the winner of the
-# swept shape with the nearest N carried over (same tiles, split re-chosen to keep the program count). Caveat: decode timings on that machine sat at the
-# host-dispatch floor (~50 us per jitted call), so decode winners are chosen within measurement noise.
+# swept shape with the nearest N carried over (same tiles, split re-chosen to keep the program count). Decode rows
+# were re-tuned by GPU kernel time (profiler trace; "retuned", with that time and the one before).
 _SM90: dict[str, Config] = {
-    # decode rows re-tuned 2026-11-25 by GPU kernel time (profiler trace, "retuned")
     "1@4096x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (8.4 us)
-    "1@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.3 us)
-    "1@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (24.4 us)
+    # retuned (22.3 us)
+    "1@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),
+    # retuned (24.4 us)
+    "1@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),
     "1@14336x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (22.1 us)
-    "16@4096x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (8.5 us; was 12.6)
-    "16@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),  # retuned (22.7; was 27.4)
-    "16@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),  # retuned (25.0; was 26.0)
-    "16@14336x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),  # retuned (22.3 us; was 36.4)
-    "64@4096x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
+    # retuned (8.5 us; was 12.6)
+    "16@4096x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),
+    # retuned (22.7; was 27.4)
+    "16@4096x14336": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, swap_ab=True),
+    # retuned (25.0; was 26.0)
+    "16@8192x8192": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, swap_ab=True),
+    # retuned (22.3 us; was 36.4)
+    "16@14336x4096": Config(block_m=16, block_n=16, block_k=512, num_warps=2, num_stages=4),
+    # from (64, 4096, 14336)
+    "64@4096x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),
     "64@4096x14336": Config(block_m=64, block_n=256, block_k=128, num_warps=8, num_stages=3),  # swept
-    "64@8192x8192": Config(block_m=64, block_n=256, block_k=128, split_k=2, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
-    "64@14336x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),  # from (64, 4096, 14336)
-    "256@4096x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
+    # from (64, 4096, 14336)
+    "64@8192x8192": Config(block_m=64, block_n=256, block_k=128, split_k=2, num_warps=8, num_stages=3),
+    # from (64, 4096, 14336)
+    "64@14336x4096": Config(block_m=64, block_n=256, block_k=128, split_k=4, num_warps=8, num_stages=3),
+    # from (256, 4096, 14336)
+    "256@4096x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),
     "256@4096x14336": Config(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),  # swept
     "256@8192x8192": Config(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
-    "256@14336x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),  # from (256, 4096, 14336)
-    "max@4096x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
+    # from (256, 4096, 14336)
+    "256@14336x4096": Config(block_m=64, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=4),
+    # from (2048, 4096, 14336)
+    "max@4096x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),
     "max@4096x14336": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # swept
-    "max@8192x8192": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
-    "max@14336x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),  # from (2048, 4096, 14336)
+    # from (2048, 4096, 14336)
+    "max@8192x8192": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),
+    # from (2048, 4096, 14336)
+    "max@14336x4096": Config(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),
 }
 
 
@@ -297,14 +310,8 @@ def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_ou
     out_shape = jax.ShapeDtypeStruct((cfg.split_k * m, n) if split else (m, n),
                                      jnp.int32 if (split or int32_out) else out_dtype)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, k=k, n=n, names=names, opt=opt)
-    out = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        interpret=interpret,
-        name=f"int8_scaled_mm_{cfg.name}",
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-    )(*operands.values())
+    out = tiling.triton_call(kernel, cfg=cfg, name=f"int8_scaled_mm_{cfg.name}", interpret=interpret,
+                             out_shape=out_shape, grid=grid)(*operands.values())
     if not split:
         return out
     acc = apply_azp(out.reshape(cfg.split_k, m, n).sum(axis=0), azp_adj, azp)

@@ -81,7 +81,7 @@ class Config:
             raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
 
 
-# M bucket (quark_jax.kernels.tiling) -> config, chosen on the H100 by device time (benchmarks/table_mxfp4.py phase A, 2026-11-25, at
+# M bucket (quark_jax.kernels.tiling) -> config, chosen on the H100 by device time (a table sweep, 2026-11-25, at
 # K=4096, N=14336; benchmarks/NOTES.md section MXFP4). M is padded to block_m inside the kernel (masked loads).
 # "128" serves the medium class up to M = 128 (session 3 sweep of 12 tilings at M = 128/256/512 on four
 # weight shapes: 128x64x256 with 4 warps was the fastest or within 3% at M = 128).
@@ -174,7 +174,7 @@ def _coords(pid, n_tiles_n: int, n_tiles_m: int, group_m: int):
 
 def _ptx_decode_ok() -> bool:
     """The PTX decoder's ``mul.rn.bf16x2`` needs sm90."""
-    _, cc = _dispatch.current_device()
+    _, cc = tuning.current_device()
     return cc is not None and tuning.capability(cc) >= (9, 0)
 
 
@@ -305,18 +305,9 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
         kernel_out = jnp.dtype(jnp.float32)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, n_tiles_n=n_tiles_n, n_tiles_m=n_tiles_m, k_steps=k_steps,
                                w_dtype=w_dtype, precision=precision, has_bias=fused_bias, out_dtype=kernel_out)
-    from jax.experimental.pallas import triton as plgpu
-
-    out = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_spec,
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-        interpret=interpret,
-        name=f"mxfp4_mm_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}",
-    )(*args)
+    name = f"mxfp4_mm_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}"
+    out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
+                             in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
         out = out.sum(axis=0)
         if bias is not None:

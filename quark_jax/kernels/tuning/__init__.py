@@ -27,6 +27,8 @@ import os
 import re
 from pathlib import Path
 
+import jax
+
 from quark_jax.kernels import tiling
 
 OPS = ("fp8_scaled_mm", "int8_scaled_mm", "mxfp4_mm")
@@ -66,6 +68,15 @@ def family_key(compute_capability: str) -> str:
     """
     major, _ = capability(compute_capability)
     return f"sm{major}0"
+
+
+def current_device() -> tuple[str, str | None]:
+    """``(device_kind, compute_capability)`` of the first device; ``("cpu", None)`` off a CUDA GPU."""
+    dev = jax.devices()[0]
+    cc = getattr(dev, "compute_capability", None)
+    if dev.platform != "gpu" or not re.match(r"^\d+\.\d+", str(cc)):  # CPU, or a GPU without CUDA's numbering
+        return dev.platform, None
+    return dev.device_kind, str(cc)
 
 
 def user_dir() -> Path:
@@ -183,3 +194,22 @@ def clear_cache() -> None:
     """Forget cached tables and decisions."""
     _load.cache_clear()
     _explain.cache_clear()
+
+
+def describe_auto(op: str, k: int, n: int, *, device_kind: str | None = None, compute_capability: str | None = None,
+                  decode_m: int = 1, prefill_m: int = 2048) -> str | None:
+    """What ``impl="auto"`` runs for ``op`` with a [N, K] weight at decode and prefill M, and why, e.g.
+    ``"decode pallas (card table), prefill xla (card table)"``; the current device unless given; None on CPU.
+
+    >>> describe_auto("fp8_scaled_mm", 4096, 4096, device_kind="NVIDIA H200", compute_capability="9.0")
+    'decode pallas (card table), prefill xla (card table)'
+    """
+    if device_kind is None:
+        device_kind, compute_capability = current_device()
+    if compute_capability is None:
+        return None
+    parts = []
+    for label, m in (("decode", decode_m), ("prefill", prefill_m)):
+        impl, source = explain_impl(op, m, k, n, device_kind=device_kind, compute_capability=compute_capability)
+        parts.append(f"{label} {impl} ({source})")
+    return ", ".join(parts)

@@ -293,9 +293,7 @@ def tune(pts: list[Point], *, path: Path | None = None, check_auto: bool = False
     Rows: dicts with op, m, k, n, name, impl, seconds (NaN where the case failed, with its error), and for
     "auto" rows ``auto_impl`` and ``auto_source``.
     """
-    from quark_jax.kernels import _dispatch
-
-    kind, cc = _dispatch.current_device()
+    kind, cc = tuning.current_device()
     path = Path(path) if path is not None else user_table_path(kind)
     table = json.loads(path.read_text()) if path.exists() else empty_table(kind, cc, source)
     table.update(device_kind=kind, compute_capability=cc, date=datetime.date.today().isoformat())
