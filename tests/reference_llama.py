@@ -145,3 +145,49 @@ def random_llama_weights(cfg: dict, seed: int = 0, qkv_bias=False, tied=False) -
         for name, (o, n) in {"gate_proj": (inter, hid), "up_proj": (inter, hid), "down_proj": (hid, inter)}.items():
             w[p + f"mlp.{name}.weight"] = r(o, n, std=0.2)
     return w
+
+
+FUSED_GROUPS = {"q_proj": ("q_proj", "k_proj", "v_proj"), "k_proj": ("q_proj", "k_proj", "v_proj"),
+                "v_proj": ("q_proj", "k_proj", "v_proj"), "gate_proj": ("gate_proj", "up_proj"),
+                "up_proj": ("gate_proj", "up_proj"), "o_proj": ("o_proj",), "down_proj": ("down_proj",)}
+
+
+def vllm_fused_fp8_linear(w: dict):
+    """``linear(name, x)`` for :func:`llama_logits`: a per-tensor static FP8 layer as vLLM runs it fused (qkv,
+    gate_up): each shard dequantized through float16 with its f16-rounded scale, requantized with the f32
+    reciprocal of the group's max scale, the group's max input scale."""
+    import ml_dtypes
+
+    def linear(name, x):
+        parent, leaf = name.rsplit(".", 1)
+        s_max = max(np.float32(w[f"{parent}.{p}.weight_scale"]) for p in FUSED_GROUPS[leaf])
+        dq = (w[name + ".weight"].astype(np.float32)
+              * np.float16(w[name + ".weight_scale"]).astype(np.float32)).astype(np.float16)
+        q = np.clip(dq.astype(np.float32) * (np.float32(1.0) / s_max), -448, 448).astype(ml_dtypes.float8_e4m3fn)
+        s_in = max(np.float32(w[f"{parent}.{p}.input_scale"]) for p in FUSED_GROUPS[leaf])
+        return vllm_fp8_linear(x, q, s_max, s_in)
+
+    return linear
+
+
+def fp8_kv_qdq(w: dict):
+    """``kv_qdq`` for :func:`llama_logits`: vLLM's FP8 KV cache with the checkpoint's ``k_proj`` / ``v_proj``
+    ``output_scale`` (``f32(fp8(clamp(x / s))) * s``)."""
+    import ml_dtypes
+
+    def kv_qdq(i, which, x):
+        s = np.float32(w[f"model.layers.{i}.self_attn.{which}_proj.output_scale"])
+        return np.clip(x.astype(np.float32) / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float64) * s
+
+    return kv_qdq
+
+
+def greedy(logits_of, ids: np.ndarray, n: int) -> np.ndarray:
+    """``n`` greedy tokens [B, n] from ``logits_of(ids [B, T]) -> [B, T, V]`` (full recomputation per step)."""
+    ids = np.asarray(ids)
+    out = []
+    for _ in range(n):
+        nxt = np.argmax(logits_of(ids)[:, -1], axis=-1)
+        out.append(nxt)
+        ids = np.concatenate([ids, nxt[:, None]], axis=1)
+    return np.stack(out, axis=1)

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -177,4 +176,8 @@ def test_unquantized_method_and_jit_of_the_lifecycle():
         s.apply_weights(s.process_weights_after_loading(raw, WIDTHS), jnp.zeros((2, 96), jnp.int32))
     with pytest.raises(ValueError, match=r"activation: expected one of"):
         QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="per_block")
-    assert ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max == 448
+    # a static FP8 input saturates at the e4m3fn maximum 448 (vLLM clamps) instead of overflowing to NaN
+    sat = QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static", impl="xla")
+    p = sat.process_weights_after_loading({"weight": jnp.ones((2, K), jnp.float8_e4m3fn),
+                                           "weight_scale": np.ones(1, F32), "input_scale": np.full(1, 0.5, F32)})
+    assert np.asarray(sat.apply_weights(p, jnp.full((1, K), 1e4, jnp.float32))).tolist() == [[0.5 * 448 * K] * 2]
