@@ -16,7 +16,7 @@ import abc
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -142,14 +142,21 @@ class QuarkScheme(abc.ABC):
     weight_pack_factor = 1
     #: the quark_jax.kernels entry ``apply_weights`` calls (what ``impl`` selects for), None if none
     kernel_op = None
+    #: minimum CUDA compute capability (times 10) that vLLM requires for the scheme (informational here)
+    min_capability = 0
+    #: option name -> its allowed values, checked at construction
+    choices: ClassVar[Mapping[str, tuple]] = {}
 
     def __post_init__(self):
         check_impl(self.impl)
+        for name, allowed in self.choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {getattr(self, name)!r}")
 
     @classmethod
-    @abc.abstractmethod
     def get_min_capability(cls) -> int:
         """Minimum CUDA compute capability (times 10) that vLLM requires for this scheme (informational here)."""
+        return cls.min_capability
 
     @abc.abstractmethod
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,

@@ -27,10 +27,6 @@ class UnquantizedLinearMethod(QuarkScheme):
     [[3.0, 3.0]]
     """
 
-    @classmethod
-    def get_min_capability(cls) -> int:
-        return 0
-
     def summary(self) -> str:
         return "unquantized"
 

@@ -47,9 +47,7 @@ class _QuarkMXFP4(QuarkScheme):
     weight_pack_factor = 2
     input_mode: ClassVar[str] = "mxfp4"
 
-    @classmethod
-    def get_min_capability(cls) -> int:
-        return 70
+    min_capability = 70  # vLLM: compute capability 7.0
 
     @property
     def is_static_input_scheme(self) -> bool:

@@ -48,18 +48,8 @@ class QuarkW8A8Fp8(QuarkScheme):
     activation: str = "static"
     fp8_dtype: str = "float8_e4m3fn"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.weight_qscheme not in WEIGHT_QSCHEMES:
-            raise ValueError(f"weight_qscheme: expected one of {WEIGHT_QSCHEMES}, got {self.weight_qscheme!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.fp8_dtype not in FP8_DTYPES:
-            raise ValueError(f"fp8_dtype: expected one of {FP8_DTYPES}, got {self.fp8_dtype!r}")
-
-    @classmethod
-    def get_min_capability(cls) -> int:
-        return 89
+    min_capability = 89  # vLLM: compute capability 8.9
+    choices = {"weight_qscheme": WEIGHT_QSCHEMES, "activation": ACTIVATIONS, "fp8_dtype": FP8_DTYPES}
 
     @property
     def is_static_input_scheme(self) -> bool:

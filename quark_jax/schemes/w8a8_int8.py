@@ -37,11 +37,10 @@ class QuarkW8A8Int8(QuarkScheme):
 
     >>> import jax.numpy as jnp
     >>> s = QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True, impl="xla")
-    >>> raw = {"weight": jnp.ones((16, 32), jnp.int8), "weight_scale": jnp.full((16,), 0.5),
-    ...        "input_scale": jnp.array([0.25])}
-    >>> p = s.process_weights_after_loading(raw)
-    >>> s.apply_weights(p, jnp.ones((2, 32)))[0, :2].tolist()   # x = 1 -> q = 4; 0.25 * 0.5 * (32 * 4)
-    [16.0, 16.0]
+    >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.int8),
+    ...     "weight_scale": jnp.full((16,), 0.25), "input_scale": jnp.array([0.5])})
+    >>> s.apply_weights(p, jnp.ones((2, 32)))[0, :2].tolist()   # x = 1 -> q = 2; 0.5 * 0.25 * (32 * 2)
+    [8.0, 8.0]
     """
 
     kernel_op = "int8_scaled_mm"
@@ -50,16 +49,8 @@ class QuarkW8A8Int8(QuarkScheme):
     input_symmetric: bool = True
     azp_mode: str = "vllm"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.qscheme not in WEIGHT_QSCHEMES:
-            raise ValueError(f"qscheme: expected one of {WEIGHT_QSCHEMES}, got {self.qscheme!r}")
-        if self.azp_mode not in AZP_MODES:
-            raise ValueError(f"azp_mode: expected one of {AZP_MODES}, got {self.azp_mode!r}")
-
-    @classmethod
-    def get_min_capability(cls) -> int:
-        return 75
+    min_capability = 75  # vLLM: compute capability 7.5
+    choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
 
     is_static_input_scheme = True
 
