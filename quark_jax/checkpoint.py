@@ -196,7 +196,9 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
                 hint = " (the layer was built with use_bias=False)" if suffix == "bias" else ""
                 raise CheckpointError(f"{what}: unexpected tensor {name!r} ({reader.info(name).dtype.name} "
                                       f"{list(reader.info(name).shape)}){hint}; the scheme reads "
-                                      f"{sorted(specs)} from {shard}")
+                                      f"{sorted(specs)} from {shard}", file=str(reader.file_of(name)), tensor=name,
+                                      layer=layer_path, field=suffix, expected=f"one of {sorted(specs)}",
+                                      found=suffix)
 
     params: dict[str, np.ndarray] = {}
     for pname, spec in specs.items():
@@ -208,22 +210,29 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
                 continue
             present.append(True)
             info = reader.info(tname)
+            where = dict(file=str(reader.file_of(tname)), tensor=tname, layer=layer_path, field=pname)
             if info.dtype not in spec.checkpoint_dtypes:
                 raise CheckpointError(f"{what}: tensor {tname!r}: expected dtype {_dtype_names(spec.checkpoint_dtypes)}"
-                                      f" ({spec.doc}), found {info.dtype.name} shape {list(info.shape)}")
+                                      f" ({spec.doc}), found {info.dtype.name} shape {list(info.shape)} in "
+                                      f"{reader.file_of(tname)}", **where,
+                                      expected=_dtype_names(spec.checkpoint_dtypes), found=info.dtype.name)
             if not spec.accepts(i, info.shape):
                 raise CheckpointError(f"{what}: tensor {tname!r}: expected shape {list(spec.shard_shapes[i])} "
-                                      f"({spec.doc}), found {list(info.shape)} ({info.dtype.name})")
+                                      f"({spec.doc}), found {list(info.shape)} ({info.dtype.name}) in "
+                                      f"{reader.file_of(tname)}", **where,
+                                      expected=str(list(spec.shard_shapes[i])), found=str(list(info.shape)))
             parts.append(reader.get(tname).reshape(spec.shard_shapes[i]))
             if is_scale_name(tname):  # finite and > 0 (float), not 255 (E8M0): vectorized, quark_jax.value_checks
                 check_scale(parts[-1], tensor=tname, layer=layer_path, file=reader.file_of(tname))
         if not all(present):
             missing = [f"{s}.{pname}" for s, p in zip(shards, present) if not p]
             if spec.required or any(present):
-                raise CheckpointError(f"{what}: missing tensor {missing[0]!r} (expected "
-                                      f"{_dtype_names(spec.checkpoint_dtypes)} shape "
-                                      f"{list(spec.shard_shapes[shards.index(missing[0].rpartition('.')[0])])}, "
-                                      f"{spec.doc}) in checkpoint {reader.directory}")
+                want = (f"{_dtype_names(spec.checkpoint_dtypes)} shape "
+                        f"{list(spec.shard_shapes[shards.index(missing[0].rpartition('.')[0])])}")
+                raise CheckpointError(f"{what}: missing tensor {missing[0]!r} (expected {want}, {spec.doc}) in "
+                                      f"checkpoint {reader.directory}", file=str(reader.directory),
+                                      tensor=missing[0], layer=layer_path, field=pname, expected=want,
+                                      found="no such tensor")
             continue
         if spec.combine == "concat":
             arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)

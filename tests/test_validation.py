@@ -211,3 +211,17 @@ def test_unsupported_model_dtype_is_rejected_with_the_supported_list(dtype):
     with pytest.raises(InvalidArgumentError, match=r"^dtype: expected one of float32, bfloat16, float16 \(or None: "
                                                    r"the checkpoint's\), got " + np.dtype(dtype).name):
         from_pretrained("tiny-llama-fp8", dtype=dtype)
+
+
+def test_structure_errors_carry_the_fields(tmp_path):
+    name = f"{Q}.weight_scale"
+    d = edited_copy(FP8, tmp_path / "s", add={name: np.ones(2, np.float32)})
+    with pytest.raises(CheckpointError) as e:
+        QuarkLinear.from_pretrained(d, Q)
+    err = e.value
+    assert (err.tensor, err.layer, err.field, err.expected, err.found) == (name, Q, "weight_scale", "[]", "[2]")
+    assert err.file.endswith("model.safetensors") and f"in {err.file}" in str(err)
+    d2 = edited_copy(FP8, tmp_path / "m", drop=(name,))
+    with pytest.raises(CheckpointError) as e:
+        QuarkLinear.from_pretrained(d2, Q)
+    assert (e.value.tensor, e.value.field, e.value.found) == (name, "weight_scale", "no such tensor")
