@@ -219,14 +219,15 @@ def prompt(batch: int, length: int, vocab: int, seed: int = 1) -> np.ndarray:
 
 def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: dict, save) -> None:
     import jax
+    from flax import nnx
 
     from quark_jax.models import from_pretrained
 
+    scheme = result["scheme"]
+    options = {"impl": args.impl[scheme]} if scheme in args.impl and scheme != "bf16" else {}
     t0 = time.perf_counter()
-    model = from_pretrained(ckpt, progress=False, **({"impl": args.impl} if args.impl and
-                                                     (ckpt / "config.json").read_text().find("quantization_config") >= 0
-                                                     else {}))
-    jax.block_until_ready(jax.tree_util.tree_leaves(__import__("flax").nnx.state(model)))
+    model = from_pretrained(ckpt, progress=False, **options)
+    jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     load_s = time.perf_counter() - t0
     result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
     log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s ({result['load_gbs']:.2f} GB/s)")
@@ -245,7 +246,7 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
         from benchmarks.profile_decode import profile_decode
 
         result["profile_b1"] = profile_decode(model, batch=1, prompt_len=plen, max_cache_len=cache_len,
-                                              steps=args.profile_steps)
+                                              steps=min(args.profile_steps, n_new - 1), chunk_size=8)
         log("  profile: " + json.dumps({k: v for k, v in result["profile_b1"].items() if k != "top"}))
         save()
 
@@ -345,15 +346,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--prefill", default="128,2048")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--impl", default=None, help="QuarkConfig impl for quantized schemes (default: the library's)")
+    ap.add_argument("--impl", default="", help="QuarkConfig impl per scheme, e.g. 'mxfp4=pallas,fp8=xla' "
+                    "(default: the library's)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary directory)")
     ap.add_argument("--out", default=None, help="results JSON (rewritten after every measurement)")
     ap.add_argument("--profile", action="store_true", help="also profile one decode step (batch 1)")
-    ap.add_argument("--profile-steps", type=int, default=4)
+    ap.add_argument("--profile-steps", type=int, default=8)
     ap.add_argument("--torch", action="store_true", help="measure the torch.compile peer (bf16) instead")
     args = ap.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.prefill = [int(p) for p in args.prefill.split(",") if p]
+    args.impl = dict(kv.split("=") for kv in args.impl.split(",") if kv)
     if args.shape == "tiny":
         args.prefill = [p for p in args.prefill if p <= 64] or [16]
         args.prompt, args.new_tokens = min(args.prompt, 16), min(args.new_tokens, 8)
@@ -378,7 +381,7 @@ def main(argv=None) -> dict:
     max_positions = max([args.prompt + args.new_tokens] + [p + args.new_tokens for p in args.prefill])
     for scheme in args.schemes.split(","):
         log(f"{args.shape} {scheme}")
-        r = results["schemes"][scheme] = {}
+        r = results["schemes"][scheme] = {"scheme": scheme}
         ckpt = base / f"{args.shape}_{scheme}"
         try:
             t0 = time.perf_counter()

@@ -94,13 +94,14 @@ def summarize(kernels, steps: int) -> dict:
 
 
 def profile_decode(model, *, batch: int = 1, prompt_len: int = 128, max_cache_len: int | None = None,
-                   steps: int = 8, trace_dir: str | None = None) -> dict:
-    """Profile ``steps`` decode steps of ``model`` (one device-side chunk) and summarize them per step."""
+                   steps: int = 8, chunk_size: int | None = None, trace_dir: str | None = None) -> dict:
+    """Profile ``steps`` decode steps of ``model`` (in chunks of ``chunk_size``, default one chunk) and summarize
+    them per step."""
     import jax
 
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, size=(batch, prompt_len), dtype=np.int32)
     n = steps + 1  # the first token comes from the prefill
-    kw = dict(max_cache_len=max_cache_len or prompt_len + 128, chunk_size=steps)
+    kw = dict(max_cache_len=max_cache_len or prompt_len + 128, chunk_size=chunk_size or steps)
     np.asarray(model.generate(ids, n, **kw))  # compile
     prefill_only = np.asarray(model.generate(ids, 1, **kw))  # compile the prefill-only path too
     del prefill_only
