@@ -280,6 +280,13 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
         result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
         log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s); first {ts[0]:.2f} s")
         save()
+        if args.profile and plen_p == max(args.prefill):
+            from benchmarks.profile_decode import profile_prefill
+
+            result["profile_prefill"] = profile_prefill(model, prompt_len=plen_p, max_cache_len=plen_p + n_new)
+            log("  prefill profile: " + json.dumps({k: v for k, v in result["profile_prefill"].items()
+                                                    if k != "top"}))
+            save()
     del model
     gc.collect()
 

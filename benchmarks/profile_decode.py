@@ -127,6 +127,25 @@ def profile_decode(model, *, batch: int = 1, prompt_len: int = 128, max_cache_le
     return out
 
 
+def profile_prefill(model, *, batch: int = 1, prompt_len: int = 2048, max_cache_len: int | None = None) -> dict:
+    """Profile one prefill (``generate`` of one token, compiled first) and summarize its kernels."""
+    import jax
+
+    ids = np.random.default_rng(0).integers(3, model.config.vocab_size, size=(batch, prompt_len), dtype=np.int32)
+    kw = dict(max_cache_len=max_cache_len or prompt_len + 128)
+    np.asarray(model.generate(ids, 1, **kw))
+    d = tempfile.mkdtemp(prefix="profile_prefill_")
+    try:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            np.asarray(model.generate(ids, 1, **kw))
+        events = _gpu_events(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    out = summarize(events, 1)
+    out.update(batch=batch, prompt_len=prompt_len)
+    return out
+
+
 def _sleep_marker() -> float:
     import time
 
