@@ -147,3 +147,23 @@ def test_damaged_checkpoint_bytes_give_documented_errors_or_problems(tmp_path, f
         QuarkLinear.from_pretrained(r, "model.layers.0.self_attn.qkv_proj")
     except QuarkJaxError:
         pass
+
+
+MODEL_CONFIG = json.loads(CONFIG)
+MODEL_KEYS = ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "rope_theta", "rope_scaling",
+              "rope_parameters", "max_position_embeddings", "tie_word_embeddings", "torch_dtype", "dtype",
+              "eos_token_id", "hidden_act", "attention_bias", "sliding_window"]
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(MODEL_KEYS), json_value), min_size=1, max_size=4))
+def test_fuzzed_config_json_raises_only_documented_errors(changes):
+    from quark_jax.models.config import ModelConfig
+
+    d = dict(MODEL_CONFIG)
+    d.update(dict(changes))
+    try:
+        ModelConfig.from_dict(d)
+    except QuarkJaxError:
+        pass

@@ -80,7 +80,26 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        """Parse and validate an HF config dict; errors name ``source`` and the field."""
+        """Parse and validate an HF config dict; errors (:class:`UnsupportedModelError`) name ``source`` and the
+        field."""
+        if not isinstance(d, dict):
+            raise UnsupportedModelError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        try:
+            cfg = cls._parse(d, source)
+        except UnsupportedModelError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError) as e:  # wrong type
+            raise UnsupportedModelError(f"{source}: a field has a value of the wrong type or range "
+                                        f"({type(e).__name__}: {e})") from None
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings")
+        bad = [f"{k} = {getattr(cfg, k)}" for k in sizes if getattr(cfg, k) < 1]
+        if bad:
+            raise UnsupportedModelError(f"{source}: expected positive sizes, found {', '.join(bad)}")
+        return cfg
+
+    @classmethod
+    def _parse(cls, d: dict[str, Any], source: str) -> "ModelConfig":
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(f"{source}: model_type {model_type!r} is not supported "
