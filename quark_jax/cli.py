@@ -263,6 +263,7 @@ def _run(args) -> int:
     import numpy as np
 
     from quark_jax.data import DEFAULT_CHECKPOINT
+    from quark_jax.errors import InvalidArgumentError
     from quark_jax.models import from_pretrained
     from quark_jax.nn import QuarkLinear
 
@@ -292,10 +293,14 @@ def _run(args) -> int:
     print(f"model: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"vocab {cfg.vocab_size}, {model.dtype.name}; Quark layers: {quant}; KV cache {model.kv_cache_dtype.name}")
     print(f"loaded in {load_s:.2f} s")
+    if args.checks and tok is not None:
+        raise InvalidArgumentError("--checks: runs with --prompt-ids (token ids), not with text prompts")
     if tok is not None:
         return _run_text(args, model, tok)
     ids = np.asarray(args.prompt_ids or _DEFAULT_PROMPT_IDS, np.int32)
     gen = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, eos_token_id=args.eos_token_id)
+    if args.checks:  # first, so that a failure is reported before any timing
+        model.generate(ids, args.max_new_tokens, checks=True, **gen)
     t0 = time.perf_counter()
     out, first = model.generate(ids, args.max_new_tokens, return_stats=True, **gen)
     cold_s = time.perf_counter() - t0
@@ -475,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--impl", choices=["auto", "pallas", "xla"], default=None, help="GEMM implementation")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="loading progress line (default: for checkpoints over 256 MiB)")
+    r.add_argument("--checks", action="store_true", help="debugging: generate once with checks=True (checkify), "
+                   "naming the layer where activations first become non-finite (exit 2)")
     q = command("quantize", _quantize, "quantize a float checkpoint into a Quark checkpoint (as amd-quark's "
                                        "export_safetensors writes it), calibrating static scales in JAX")
     q.add_argument("float_dir", help="float checkpoint directory (config.json + safetensors)")

@@ -8,8 +8,10 @@ logits the same way. With checks on, the points below are
 traced with ``checkify.check`` and the first failure (in execution order) raises
 :class:`~quark_jax.errors.RuntimeCheckError` naming the layer:
 
-* :func:`check_token_ids_in_range` (``input_ids``), :func:`check_finite` after the embedding, after each
-  :class:`~quark_jax.nn.QuarkLinear` (by its module path), after each decoder layer and on the logits.
+* :func:`check_token_ids_in_range` (``input_ids``), :func:`check_finite` after the embedding, on the input and
+  the output of each :class:`~quark_jax.nn.QuarkLinear` (by its module path; inputs matter: the FP8 quantizer
+  maps NaN to +448 as vLLM does, so a NaN input can give a finite output), after each decoder layer and on the
+  logits.
 
 The switch is read when a function is traced, so code traced without it carries no checks and costs nothing.
 
@@ -49,13 +51,14 @@ def checking():
         _ENABLED.reset(token)
 
 
-def check_finite(x, where: str):
-    """``x`` unchanged; with checks on, a checkify check that every value is finite (naming ``where``)."""
+def check_finite(x, where: str, what: str = "output"):
+    """``x`` unchanged; with checks on, a checkify check that every value is finite (naming ``where`` and
+    ``what``: "output" or "input")."""
     if _ENABLED.get():
         from jax.experimental import checkify
 
         bad = ~jnp.isfinite(x)
-        checkify.check(~jnp.any(bad), f"{where}: non-finite values (NaN or inf) in its output, first at flat "
+        checkify.check(~jnp.any(bad), f"{where}: non-finite values (NaN or inf) in its {what}, first at flat "
                                       "index {i}", i=jnp.argmax(bad.reshape(-1)))
     return x
 

@@ -42,3 +42,22 @@ def test_non_finite_activation_names_the_layer(model):
         bad(np.array([[1, 5, 9]]), checks=True)
     with pytest.raises(RuntimeCheckError, match=r"^model\.layers\.1\.mlp\.down_proj: non-finite"):
         bad.generate(np.array([[1, 5, 9]]), 3, checks=True)
+
+
+def test_run_checks_flag_names_the_layer(model, tmp_path, capsys):
+    from checkpoint_tools import edited_copy, read_tensors
+
+    from quark_jax import cli
+    from quark_jax.data import BUNDLED
+
+    name = "model.layers.0.input_layernorm.weight"  # a float tensor: not checked at load (only by `check`)
+    w = read_tensors(BUNDLED["tiny-llama-fp8"])[name].copy()
+    w[3] = np.nan
+    d = edited_copy(BUNDLED["tiny-llama-fp8"], tmp_path / "nan_norm", add={name: w})
+    assert cli.main(["run", str(d), "--prompt-ids", "1,5,9", "--max-new-tokens", "2", "--checks"]) == 2
+    err = capsys.readouterr().err
+    # the FP8 quantizer maps the NaN to +448 (vLLM), so the projection's output is finite: its input is named
+    assert err.startswith("error: model.layers.0.self_attn.qkv_proj: non-finite values (NaN or inf) in its input")
+    assert err.count("\n") == 1
+    assert cli.main(["check", str(d)]) == 1
+    assert f"tensor '{name}'" in capsys.readouterr().out

@@ -174,6 +174,6 @@ class QuarkLinear(nnx.Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")
         # round (not just cast) to the layer dtype: XLA may otherwise skip the rounding of a fused producer
-        x = round_to(x, self.dtype if self.dtype is not None else x.dtype)
+        x = check_finite(round_to(x, self.dtype if self.dtype is not None else x.dtype), self.name, "input")
         bias = self.bias[...] if self.use_bias else None
         return check_finite(apply_params(self.scheme, self.params(), x, bias), self.name)  # checks=True only
