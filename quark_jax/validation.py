@@ -10,7 +10,10 @@ What is checked, each problem reported once and the search continuing after it:
 3. the values of every tensor (:mod:`quark_jax.value_checks`): scales finite and > 0, E8M0 bytes not 255, FP8
    weights without NaN codes, float tensors finite.
 
-Architecture-level completeness (a missing norm or embedding) is left to :func:`quark_jax.models.from_pretrained`.
+4. for a decoder ``config.json`` (:class:`~quark_jax.models.ModelConfig`): the model it describes, built abstractly
+   and quantized as :func:`~quark_jax.models.from_pretrained` does, against the checkpoint's names, dtypes and
+   shapes (what :func:`~quark_jax.load_weights` checks from the headers before reading data: a missing norm or
+   embedding, a tensor no layer reads, a float tensor of the wrong shape). The first such problem is reported.
 Loading (``from_pretrained``, ``load_weights``, ``QuarkLinear.from_pretrained``, ``QuarkDense``) checks 1, 2 and
 the scale values of 3 and raises the first problem as :class:`~quark_jax.errors.CheckpointError`.
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from quark_jax.checkpoint import INDEX_FILE, SINGLE_FILE, load_layer_params, open_checkpoint
 from quark_jax.config import QuarkConfig
-from quark_jax.errors import QuarkJaxError
+from quark_jax.errors import CheckpointError, QuarkConfigError, QuarkJaxError
 from quark_jax.io import SafetensorsFile, read_config_json, resolve_checkpoint
 from quark_jax.value_checks import CheckpointProblem, is_scale_name, tensor_problem
 
@@ -57,6 +60,44 @@ def _files(directory: Path, problems: list) -> list[Path]:
     found = sorted(p.name for p in directory.iterdir())
     problems.append(CheckpointProblem(f"checkpoint {directory}: expected {SINGLE_FILE} or {INDEX_FILE}, found {found}",
                                       file=str(directory), expected=f"{SINGLE_FILE} or {INDEX_FILE}", found=str(found)))
+    return []
+
+
+class _HeadersChecked(Exception):
+    """Raised by :class:`_HeadersOnly` at the first data read: every header-level check has passed by then."""
+
+
+def _model_problems(directory: Path, config: dict, reader) -> list[CheckpointProblem]:
+    """Check 4 of the module doc (decoder checkpoints only; [] for others)."""
+    if "model_type" not in config:
+        return []
+    from flax import nnx
+
+    from quark_jax.io import CheckpointReader
+    from quark_jax.models import LlamaForCausalLM, ModelConfig
+    from quark_jax.nn import load_weights, quantize_model
+
+    class _HeadersOnly(CheckpointReader):
+        def get(self, name):
+            raise _HeadersChecked(name)
+
+    source = str(directory / "config.json")
+    try:
+        cfg = ModelConfig.from_dict(config, source=source)
+        model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0), fuse_projections=True))
+        headers = _HeadersOnly(directory, config=config)
+        if config.get("quantization_config") is not None:
+            d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+            widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
+            quantize_model(model, QuarkConfig.from_pretrained(headers), logical_widths=widths)
+        ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+        load_weights(model, headers, ignore=ignore, progress=False)
+    except _HeadersChecked:
+        return []
+    except QuarkJaxError as e:
+        if isinstance(e, QuarkConfigError):  # reported with the quantization_config below
+            return []
+        return [CheckpointProblem.from_error(e, file=source if not isinstance(e, CheckpointError) else None)]
     return []
 
 
@@ -126,6 +167,8 @@ def validate_checkpoint(checkpoint: str | os.PathLike, *, weights: bool = True) 
         return problems
 
     problems += _layer_consistency(reader)
+
+    problems += _model_problems(directory, config, reader)
 
     # 2. the quantization config and each layer's tensors
     qc = config.get("quantization_config")

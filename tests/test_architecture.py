@@ -25,11 +25,11 @@ LAYERS = (
     ("schemes",),
     ("naming",),  # checkpoint naming (fused shards, KV-scale names): the config resolves fused layers per shard
     ("config",),
-    ("checkpoint", "value_checks", "validation"),
+    ("checkpoint", "value_checks"),
     ("nn",),
     ("models",),
     ("ptq",),
-    ("cli", "demo"),
+    ("cli", "demo", "validation"),
 )
 RANK = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

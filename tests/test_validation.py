@@ -174,7 +174,7 @@ def test_a_layer_unlike_the_others_is_a_problem(tmp_path):
 
     tensors = {f"model.layers.{i}.mlp.down_proj.weight": np.ones((4, 8), np.float32) for i in range(3)}
     tensors["model.layers.2.mlp.down_proj.weight"] = np.ones((4, 6), np.float32)
-    d = make_checkpoint(tmp_path / "c", tensors, {"model_type": "llama"})
+    d = make_checkpoint(tmp_path / "c", tensors, {})  # no model_type: no model-level check
     (p,) = validate_checkpoint(d)
     assert p.tensor == "model.layers.2.mlp.down_proj.weight" and p.expected == "float32 [4, 8]"
     assert "found float32 [4, 6]" in str(p) and "like the same tensor of the other 2 layers" in str(p)
@@ -225,3 +225,17 @@ def test_structure_errors_carry_the_fields(tmp_path):
     with pytest.raises(CheckpointError) as e:
         QuarkLinear.from_pretrained(d2, Q)
     assert (e.value.tensor, e.value.field, e.value.found) == (name, "weight_scale", "no such tensor")
+
+
+def test_model_level_problems_from_the_headers(tmp_path):
+    from quark_jax.data import FLOAT_CHECKPOINT
+
+    d = edited_copy(FP8, tmp_path / "a", drop=("model.norm.weight",))
+    (p,) = validate_checkpoint(d)
+    assert "missing tensors: model.norm.weight (for RMSNorm model.norm.weight)" in str(p)
+    d = edited_copy(FLOAT_CHECKPOINT, tmp_path / "b", add={"model.extra.weight": np.ones(3, np.float32)})
+    (p,) = validate_checkpoint(d)
+    assert "tensor model.extra.weight has no matching layer in the model" in str(p)
+    d = edited_copy(FLOAT_CHECKPOINT, tmp_path / "c", config_edit=lambda c: c.update(hidden_size="x"))
+    (p,) = validate_checkpoint(d)
+    assert "config.json: a field has a value of the wrong type" in str(p) and p.file.endswith("config.json")
