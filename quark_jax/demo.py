@@ -113,7 +113,7 @@ def layer_errors(checkpoint: str | os.PathLike, *, reference: str | os.PathLike 
         scheme = cfg.scheme_for(path)
         if scheme is None or (layers is not None and path not in layers):
             continue
-        layer = QuarkLinear.from_pretrained(directory, path, jnp.float32, config=cfg)
+        layer = QuarkLinear.from_pretrained(directory, path, dtype=jnp.float32, config=cfg)
         x = demo_inputs(layer, rows, seed)
         y, compile_ms, run_ms = _timed(lambda v: apply_params(layer.scheme, layer.params(), v), x)
         w_deq = np.asarray(layer.dequantized_weight(), np.float64)

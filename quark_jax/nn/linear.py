@@ -135,7 +135,7 @@ class QuarkLinear(nnx.Module):
         return self._store(raw)
 
     @classmethod
-    def from_pretrained(cls, checkpoint_dir: str | Path, layer_path: str, dtype: Any = None, *,
+    def from_pretrained(cls, checkpoint_dir: str | Path, layer_path: str, *, dtype: Any = None,
                         config: QuarkConfig | None = None, **options) -> "QuarkLinear":
         """Build, load and process one layer of a checkpoint (fused ``...qkv_proj`` / ``...gate_up_proj`` load
         their shards). ``dtype`` defaults to the checkpoint's (config.json ``dtype`` / ``torch_dtype``);
