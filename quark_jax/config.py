@@ -387,9 +387,9 @@ class QuarkConfig:
     def _auto_decisions(self, plans) -> dict[str, str]:
         """On a GPU, for each quantized layer of the checkpoint: what ``impl="auto"`` runs at decode and prefill
         and where that came from (``kernels.describe_auto``); {} on CPU or without a checkpoint."""
-        from quark_jax.kernels import describe_auto, tuning
+        from quark_jax.kernels import current_device, describe_auto
 
-        if self.checkpoint_dir is None or tuning.current_device()[1] is None:
+        if self.checkpoint_dir is None or current_device()[1] is None:
             return {}
         reader = open_checkpoint(self.checkpoint_dir)
         shapes = {p.path: kernel_shape(p, reader) for p in plans}
@@ -407,5 +407,5 @@ def kernel_shape(plan: LayerPlan, reader: CheckpointReader) -> tuple[str, int, i
     op = plan.scheme.kernel_op if plan.status == "quantized" and plan.scheme is not None else None
     if not op:
         return None
-    n, k_stored = reader.info(f"{plan.path}.weight").shape
+    n, k_stored = reader.weight_shape(plan.path)
     return op, k_stored * plan.scheme.weight_pack_factor, n

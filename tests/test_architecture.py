@@ -2,7 +2,8 @@
 
 * no import circle between quark_jax modules;
 * layers import only downward (docs/DESIGN.md): a module may import its own layer or lower ones;
-* no module imports another package's private (underscore) module or name.
+* no module imports another package's private (underscore) module or name;
+* across packages, only what a package's ``__init__`` (or a top-level module's ``__all__``) exports is imported.
 
 The checks are pure functions of an import graph, so the self-tests run them on small synthetic graphs.
 """
@@ -146,6 +147,32 @@ def private_imports(edges) -> list[str]:
     return sorted(bad)
 
 
+def exports(root: Path = ROOT) -> dict[str, set[str]]:
+    """unit -> the names in its ``__all__`` (a package's ``__init__.py`` or a top-level module), read with ast."""
+    out = {}
+    for path in sorted(root.glob("*/__init__.py")) + sorted(root.glob("*.py")):
+        unit = path.parent.name if path.name == "__init__.py" else path.stem
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                out[unit] = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return out
+
+
+def unexported_imports(edges, exported) -> list[str]:
+    """Imports from another unit of a name (or submodule) that the unit does not export."""
+    bad = []
+    for src, dst, name, line in edges:
+        a, b = unit_of(src), unit_of(dst)
+        if a is None or b is None or a == b or b not in exported:
+            continue
+        deeper = dst.split(".")[2:]  # a submodule of the unit, when imported as a module
+        what = name if name is not None else (deeper[0] if deeper else None)
+        if what is not None and not what.startswith("__") and what not in exported[b]:
+            bad.append(f"{src}:{line} imports {dst}{'.' + name if name else ''} ({what!r} is not in "
+                       f"quark_jax.{b}.__all__)")
+    return sorted(bad)
+
+
 # ------------------------------------------------------------------------------------------------ the tests
 
 @pytest.fixture(scope="module")
@@ -169,6 +196,11 @@ def test_no_private_names_across_packages(graph):
     assert private_imports(edges) == []
 
 
+def test_only_exported_names_across_packages(graph):
+    _, edges = graph
+    assert unexported_imports(edges, exports()) == []
+
+
 def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
     pkg = tmp_path / "quark_jax"
     (pkg / "nn").mkdir(parents=True)
@@ -184,6 +216,10 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
         "quark_jax.config:2 imports quark_jax.nn.load (layer 'nn' is above 'config')"]
     assert private_imports(edges) == ["quark_jax.nn.load:2 imports quark_jax.quant._checks",
                                       "quark_jax.nn.load:2 imports quark_jax.quant._x"]
+    (pkg / "nn" / "__init__.py").write_text("from . import load\n__all__ = ['load_weights']\n")
+    assert exports(pkg) == {"nn": {"load_weights"}}
+    assert unexported_imports(edges, exports(pkg)) == [
+        "quark_jax.config:2 imports quark_jax.nn.load ('load' is not in quark_jax.nn.__all__)"]
 
 
 def test_the_checks_on_a_clean_and_a_broken_synthetic_graph():

@@ -130,6 +130,10 @@ class CheckpointReader:
         """``config.json`` as a dict ({} when absent), parsed once on first use."""
         return read_config_json(self.directory, required=False)
 
+    def weight_shape(self, module_path: str) -> tuple[int, ...]:
+        """The stored shape of ``<module_path>.weight`` (KeyError naming it when absent)."""
+        return self.info(f"{module_path}.weight").shape
+
     def weight_layer_paths(self) -> list[str]:
         """Module paths of the 2-D ``.weight`` tensors (linears, embeddings, lm_head), in checkpoint order."""
         return [n[: -len(".weight")] for n in self.names() if n.endswith(".weight") and len(self.info(n).shape) == 2]

@@ -12,11 +12,12 @@ from quark_jax.models.kv_cache import KVCache
 from quark_jax.models.inputs import check_token_ids
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.models.loading import from_pretrained
-from quark_jax.models.text import generate_text, stream_text
-from quark_jax.models.tokenizer import StreamDecoder, Tokenizer
+from quark_jax.models.text import generate_text, prompt_ids, stream_text
+from quark_jax.models.tokenizer import StreamDecoder, Tokenizer, split_at_stop
 
 load = from_pretrained  # the name docs/DESIGN.md uses
 
 __all__ = ["from_pretrained", "load", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
            "generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "check_token_ids",
-           "DeviceMemoryError", "Tokenizer", "StreamDecoder", "generate_text", "stream_text"]
+           "DeviceMemoryError", "Tokenizer", "StreamDecoder", "generate_text", "stream_text", "prompt_ids",
+           "split_at_stop"]

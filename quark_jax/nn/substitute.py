@@ -29,7 +29,11 @@ __all__ = ["quantize_model", "as_quark_config", "set_attr_at"]
 
 
 def as_quark_config(config) -> QuarkConfig:
-    """A :class:`QuarkConfig` from a QuarkConfig, a checkpoint directory or a ``quantization_config`` dict."""
+    """A :class:`QuarkConfig` from a QuarkConfig, a checkpoint directory or a ``quantization_config`` dict.
+
+    >>> as_quark_config({"quant_method": "quark", "export": {}}).exclude
+    ()
+    """
     if isinstance(config, QuarkConfig):
         return config
     if isinstance(config, (str, os.PathLike)):
@@ -41,7 +45,13 @@ def as_quark_config(config) -> QuarkConfig:
 
 
 def set_attr_at(model, path: tuple, new) -> None:
-    """Replace the submodule at ``path`` (attribute names and list indices) by ``new``."""
+    """Replace the submodule at ``path`` (attribute names and list indices) by ``new``.
+
+    >>> class M(nnx.Module):
+    ...     def __init__(self): self.blocks = nnx.List([nnx.Linear(2, 2, rngs=nnx.Rngs(0))])
+    >>> m = M(); set_attr_at(m, ("blocks", 0), nnx.Linear(2, 3, rngs=nnx.Rngs(0))); m.blocks[0].out_features
+    3
+    """
     parent = model
     for p in path[:-1]:
         parent = parent[p] if isinstance(p, int) else getattr(parent, p)
