@@ -387,9 +387,9 @@ class QuarkConfig:
     def _auto_decisions(self, plans) -> dict[str, str]:
         """On a GPU, for each quantized layer of the checkpoint: what ``impl="auto"`` runs at decode and prefill
         and where that came from (``kernels.describe_auto``); {} on CPU or without a checkpoint."""
-        from quark_jax.kernels import current_device, describe_auto
+        from quark_jax.kernels import describe_auto, tuning
 
-        if self.checkpoint_dir is None or current_device()[1] is None:
+        if self.checkpoint_dir is None or tuning.current_device()[1] is None:
             return {}
         reader = open_checkpoint(self.checkpoint_dir)
         shapes = {p.path: kernel_shape(p, reader) for p in plans}
