@@ -8,7 +8,7 @@ from quark_jax.errors import (CheckpointError, CheckpointNotFoundError, InvalidA
                               QuarkConfigError, QuarkJaxError, UnsupportedModelError, UnsupportedSchemeError)
 
 _LAZY = ("checkpoint", "config", "errors", "kernels", "nn", "schemes", "io", "models", "data", "validation",
-         "value_checks", "ptq")
+         "value_checks", "ptq", "naming")
 _FROM_NN = ("quantize_model", "load_weights", "QuarkLinear")
 
 
@@ -27,5 +27,6 @@ def __getattr__(name):
 
 __all__ = ["formats", "quant", "QuarkConfig", "QuarkJaxError", "QuarkConfigError", "UnsupportedSchemeError",
            "CheckpointError", "CheckpointNotFoundError", "UnsupportedModelError", "InvalidArgumentError",
-           "checkpoint", "kernels", "nn", "schemes", "io", "models", "data", "ptq", "quantize_model", "load_weights",
+           "checkpoint", "kernels", "nn", "schemes", "io", "models", "data", "ptq", "naming", "quantize_model",
+           "load_weights",
            "QuarkLinear", "validate_checkpoint", "__version__"]

@@ -114,7 +114,8 @@ def test_wrong_shape(tmp_path):
     with pytest.raises(CheckpointError, match=r"fused shards have different input sizes \[32, 64\]"):
         QuarkLinear.from_pretrained(d2, QKV)
     # a layer built with other sizes than the checkpoint's
-    layer = QuarkLinear(64, 48, scheme=QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"), name=ATTN + ".q_proj")
+    layer = QuarkLinear(64, 48, scheme=QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static"),
+                        name=ATTN + ".q_proj")
     with pytest.raises(CheckpointError, match=r"expected output sizes \[48\] .*the checkpoint's weights have \[64\]"):
         layer.load_checkpoint(variant_dir(FP8))
 

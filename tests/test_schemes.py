@@ -131,7 +131,8 @@ def test_int8_checkpoint_mode_needs_one_input_quantizer():
                        r"\[0.1.*, 0.2.*\], zero points \[1, 1\]\); azp_mode='checkpoint' needs one"):
         scheme.check_loaded(raw, "L")
     with pytest.raises(CheckpointError, match=r"input_zero_point must be 0 for a symmetric input quantizer"):
-        QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True).check_loaded({"input_zero_point": np.array([3])}, "L")
+        QuarkW8A8Int8(qscheme="per_channel", input_symmetric=True).check_loaded(
+            {"input_zero_point": np.array([3])}, "L")
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

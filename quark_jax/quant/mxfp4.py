@@ -11,7 +11,8 @@ from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import require_float, require_multiple, require_rank
 
-__all__ = ["mxfp4_block_scale_bytes", "quantize_mxfp4", "dequantize_mxfp4", "qdq_mxfp4", "round_to_e2m1", "apply_e8m0_scale"]
+__all__ = ["mxfp4_block_scale_bytes", "quantize_mxfp4", "dequantize_mxfp4", "qdq_mxfp4", "round_to_e2m1",
+           "apply_e8m0_scale"]
 
 _F32_MANTISSA_BITS = 23
 _E2M1_MANTISSA_BITS = 1

@@ -65,8 +65,9 @@ class QuarkW8A8Int8(QuarkScheme):
         specs = {"weight": ParamSpec.rows(widths, (k,), dtype=np.int8, doc="int8 weight [N, K]")}
         if self.qscheme == "per_tensor":
             specs["weight_scale"] = ParamSpec.per_shard(len(widths), doc="per-tensor weight scale, one per shard")
-            specs["weight_zero_point"] = ParamSpec.per_shard(len(widths), dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
-                                                             required=False, doc="weight zero point (0)")
+            specs["weight_zero_point"] = ParamSpec.per_shard(len(widths), dtype=i32,
+                                                             checkpoint_dtypes=ZERO_POINT_DTYPES, required=False,
+                                                             doc="weight zero point (0)")
         else:
             specs["weight_scale"] = ParamSpec.rows(widths, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES,
                                                    doc="per-channel weight scale [N]")
