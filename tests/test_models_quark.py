@@ -18,7 +18,7 @@ from quark_jax.errors import CheckpointError
 from quark_jax.io import SafetensorsFile
 from quark_jax.models import TRACE_COUNTS, from_pretrained
 from quark_jax.nn import QuarkLinear, load_weights, quantize_model
-from reference_llama import llama_logits, round_bf16, vllm_fp8_linear
+from reference_llama import llama_logits, round_bf16, vllm_fp8_linear, vllm_fused_fp8_linear
 
 TOKENS = SafetensorsFile(FIXTURES / "float.safetensors").get("__logit_tokens__")  # [[1, 5, 9, 200, 17]]
 KV = "w_fp8_a_fp8_pertensor_static_kv_fp8"
@@ -304,19 +304,7 @@ def test_quantize_model_with_fused_qkv_and_gate_up(variant):
 
 def _requantized_reference(variant):
     w = checkpoint_weights(variant)
-    groups = {"q_proj": ("q_proj", "k_proj", "v_proj"), "k_proj": ("q_proj", "k_proj", "v_proj"),
-              "v_proj": ("q_proj", "k_proj", "v_proj"), "gate_proj": ("gate_proj", "up_proj"),
-              "up_proj": ("gate_proj", "up_proj"), "o_proj": ("o_proj",), "down_proj": ("down_proj",)}
-
-    def linear(name, x):
-        parent, leaf = name.rsplit(".", 1)
-        s_max = max(np.float32(w[f"{parent}.{p}.weight_scale"]) for p in groups[leaf])
-        dq = (w[name + ".weight"].astype(np.float32)
-              * np.float16(w[name + ".weight_scale"]).astype(np.float32)).astype(np.float16)
-        q = np.clip(dq.astype(np.float32) * (np.float32(1.0) / s_max), -448, 448).astype(ml_dtypes.float8_e4m3fn)
-        s_in = max(np.float32(w[f"{parent}.{p}.input_scale"]) for p in groups[leaf])
-        return vllm_fp8_linear(x, q, s_max, s_in)
-
+    linear = vllm_fused_fp8_linear(w)  # vLLM's requantization of fused per-tensor FP8 shards
     cfg = json.loads((variant_dir(variant) / "config.json").read_text())
     cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
     return llama_logits(w, cfg, TOKENS, linear=linear)
