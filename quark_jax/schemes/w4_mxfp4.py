@@ -42,7 +42,7 @@ def qdq_fp8_static(x, scale):
 class _QuarkMXFP4(QuarkScheme):
     """Shared MXFP4-weight lifecycle; subclasses choose what happens to the input (``input_mode``)."""
 
-    dequantize_at_load: bool = False
+    dequantize_at_load: bool = False  # keep a bf16 [N, K] weight instead of the packed one
 
     weight_pack_factor = 2
     input_mode: ClassVar[str] = "mxfp4"

@@ -44,9 +44,9 @@ class QuarkW8A8Fp8(QuarkScheme):
 
     kernel_op = "fp8_scaled_mm"
 
-    weight_qscheme: str = "per_tensor"
-    activation: str = "static"
-    fp8_dtype: str = "float8_e4m3fn"
+    weight_qscheme: str = "per_tensor"  # "per_tensor" (requantized to the max shard scale) or "per_channel"
+    activation: str = "static"  # "static", "dynamic_per_token" or "dynamic_per_tensor"
+    fp8_dtype: str = "float8_e4m3fn"  # or "float8_e4m3fnuz" (ROCm MI300 numerics)
 
     min_capability = 89  # vLLM: compute capability 8.9
     choices = {"weight_qscheme": WEIGHT_QSCHEMES, "activation": ACTIVATIONS, "fp8_dtype": FP8_DTYPES}

@@ -45,9 +45,9 @@ class QuarkW8A8Int8(QuarkScheme):
 
     kernel_op = "int8_scaled_mm"
 
-    qscheme: str = "per_channel"
-    input_symmetric: bool = True
-    azp_mode: str = "vllm"
+    qscheme: str = "per_channel"  # the weight's: "per_tensor" or "per_channel"
+    input_symmetric: bool = True  # False: an input zero point (asymmetric)
+    azp_mode: str = "vllm"  # asymmetric input: "vllm" (rebuilt (s', z')) or "checkpoint" (Quark's (s, z))
 
     min_capability = 75  # vLLM: compute capability 7.5
     choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
