@@ -25,6 +25,7 @@ FP8_TOK = spec("fp8_e4m3", "per_channel", is_dynamic=True, ch_axis=1)
 FP8_DYN_T = spec("fp8_e4m3", "per_tensor", is_dynamic=True)
 I8_T = spec("int8", "per_tensor")
 I8_C = spec("int8", "per_channel")
+I8_TOK = spec("int8", "per_channel", is_dynamic=True, ch_axis=1)
 MX = spec("fp4", "per_group", group_size=32, scale_format="e8m0", symmetric=None, scale_calculation_mode="even")
 MX_DYN = dict(MX, is_dynamic=True)
 
@@ -49,6 +50,8 @@ DISPATCH_TABLE = [
     (I8_C, I8_T, QuarkW8A8Int8, dict(qscheme="per_channel", input_symmetric=True)),
     (I8_T, dict(I8_T, symmetric=False), QuarkW8A8Int8, dict(qscheme="per_tensor", input_symmetric=False)),
     (I8_C, dict(I8_T, symmetric=None), QuarkW8A8Int8, dict(input_symmetric=False)),  # missing: asymmetric
+    (I8_C, I8_TOK, QuarkW8A8Int8, dict(qscheme="per_channel", input_symmetric=True, is_static_input_scheme=False)),
+    (I8_T, dict(I8_TOK, symmetric=False), QuarkW8A8Int8, dict(input_symmetric=False, is_static_input_scheme=False)),
     (MX, MX_DYN, QuarkW4A4MXFP4, {}),
     (MX, dict(MX_DYN, is_dynamic=None), QuarkW4A4MXFP4, {}),  # "not explicitly static"
     (MX, FP8_T, QuarkW4A8MXFP4Fp8, {}),
@@ -61,7 +64,7 @@ DISPATCH_TABLE = [
     (dict(FP8_T, is_dynamic=True), FP8_T, UnsupportedSchemeError, "is_dynamic: True"),  # dynamic weights
     (spec("fp8_e4m3", "per_group", group_size=128), FP8_TOK, UnsupportedSchemeError, "'per_group'"),  # block FP8
     (FP8_T, None, UnsupportedSchemeError, "input config: None"),           # FP8 weight-only
-    (I8_C, dict(I8_T, is_dynamic=True), UnsupportedSchemeError, "int8"),   # dynamic INT8 input (vLLM: no)
+    (I8_C, dict(I8_T, is_dynamic=True), UnsupportedSchemeError, "int8"),   # dynamic per-tensor INT8 input
     (dict(I8_C, symmetric=False), I8_T, UnsupportedSchemeError, "symmetric: False"),  # asymmetric INT8 weights
     (I8_C, FP8_T, UnsupportedSchemeError, "Weight config: {dtype: 'int8'"),
     (MX, dict(MX_DYN, is_dynamic=False), UnsupportedSchemeError, "fp4"),   # static MX input scales

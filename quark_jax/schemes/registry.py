@@ -3,7 +3,7 @@
 Each :class:`SchemeEntry` holds a predicate on ``(weight, input_tensors)`` (:class:`TensorQuantSpec` or None) and a
 factory that builds the scheme from the specs and the :class:`SchemeOptions`; :func:`select_scheme` returns the
 scheme of the first entry whose predicate holds (vLLM's ``_get_scheme_from_config`` order: FP8 W8A8, static INT8
-W8A8, then the MXFP4 weight schemes). A new scheme is one more entry (:func:`register_scheme`); nothing else
+W8A8, dynamic per-token INT8 W8A8, then the MXFP4 weight schemes). A new scheme is one more entry (:func:`register_scheme`); nothing else
 changes.
 
 >>> w = TensorQuantSpec(dtype="fp8_e4m3", qscheme="per_tensor", is_dynamic=False, symmetric=True)
@@ -72,6 +72,19 @@ def _int8_w8a8(w: TensorQuantSpec, i: TensorQuantSpec, o: SchemeOptions) -> Quar
     return QuarkW8A8Int8(qscheme=w.qscheme, input_symmetric=bool(i.symmetric), azp_mode=o.azp_mode, impl=o.impl)
 
 
+def _is_dynamic_token_w8a8(w: Spec, i: Spec) -> bool:
+    # Quark's "per-token" input: qscheme per_channel (ch_axis 1), is_dynamic true
+    if w is None or i is None or w.dtype != "int8" or i.dtype != "int8":
+        return False
+    return (w.qscheme in ("per_tensor", "per_channel") and w.symmetric is True and not w.is_dynamic
+            and i.qscheme == "per_channel" and i.is_dynamic is True)
+
+
+def _int8_w8a8_dynamic(w: TensorQuantSpec, i: TensorQuantSpec, o: SchemeOptions) -> QuarkScheme:
+    return QuarkW8A8Int8(qscheme=w.qscheme, input_symmetric=bool(i.symmetric), is_static_input_scheme=False,
+                         impl=o.impl)
+
+
 def _is_mx_fp4_weight(w: Spec) -> bool:
     return (w is not None and w.dtype == "fp4" and w.qscheme == "per_group" and w.group_size == 32
             and w.scale_format == "e8m0")
@@ -102,6 +115,9 @@ _REGISTRY: list[SchemeEntry] = [
                          "dynamic input)"),
     SchemeEntry(name="int8_w8a8_static", matches=_is_static_tensor_w8a8, build=_int8_w8a8,
                 supports="INT8 W8A8 (int8 symmetric per_tensor/per_channel weights, static per_tensor input)"),
+    SchemeEntry(name="int8_w8a8_dynamic_token", matches=_is_dynamic_token_w8a8, build=_int8_w8a8_dynamic,
+                supports="INT8 W8A8 (int8 symmetric per_tensor/per_channel weights, dynamic per-token input: "
+                         "per_channel is_dynamic, symmetric or not)"),
     SchemeEntry(name="w4a4_mxfp4", matches=_is_mx_fp4, build=_mxfp4(QuarkW4A4MXFP4),
                 supports=f"{_MX} with dynamic MXFP4 input"),
     SchemeEntry(name="w4a8_mxfp4_fp8", matches=_is_mx_fp4_fp8_static, build=_mxfp4(QuarkW4A8MXFP4Fp8),

@@ -1,4 +1,5 @@
-"""``QuarkW8A8Int8``: symmetric INT8 weights, static per-tensor INT8 activations (SPEC section 3)."""
+"""``QuarkW8A8Int8``: symmetric INT8 weights; static per-tensor or dynamic per-token INT8 activations, symmetric or
+asymmetric (SPEC section 3)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ZERO_POINT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32))
 
 @dataclass(frozen=True, kw_only=True)
 class QuarkW8A8Int8(QuarkScheme):
-    """W8A8 INT8 with a static input quantizer (vLLM's ``QuarkW8A8Int8``).
+    """W8A8 INT8 (vLLM's ``QuarkW8A8Int8``): a static per-tensor or a dynamic per-token input quantizer.
 
     * ``qscheme``: the weight's, "per_tensor" (one scale per shard; fused layers get per-channel scales [N]) or
       "per_channel" ([N]). Weights are symmetric: ``weight_zero_point`` is loaded, checked to be zero, dropped.
@@ -29,9 +30,14 @@ class QuarkW8A8Int8(QuarkScheme):
     * ``azp_mode`` (asymmetric only): "vllm" (default) rebuilds (s', z') from the checkpoint's (s, z) as vLLM does
       (:func:`quark_jax.quant.reconstruct_static_azp`; z' can be one off from z), "checkpoint" uses the
       checkpoint's own (s, z) and so matches Quark exactly.
+    * ``is_static_input_scheme``: False for Quark's dynamic "per-token" input (``qscheme: per_channel``,
+      ``is_dynamic: true``): nothing is stored for the input; each row of x gets its own scale (and, asymmetric,
+      zero point) at run time (:func:`quark_jax.quant.scaled_int8_quant` with ``scale=None``), and the kernel
+      subtracts ``azp[m] * colsum(Wq)[n]`` as vLLM's ``cutlass_scaled_mm_azp`` does.
 
-    Processed params: ``weight`` int8 [N, K], ``weight_scale`` () or [N], ``input_scale`` (), and for asymmetric
-    input ``input_zero_point`` () int32 and ``azp_adj`` int32 [N] = z * sum_k Wq[n, k].
+    Processed params: ``weight`` int8 [N, K], ``weight_scale`` () or [N]; static input: ``input_scale`` (), and for
+    asymmetric input ``input_zero_point`` () int32 and ``azp_adj`` int32 [N] = z * sum_k Wq[n, k]; dynamic
+    asymmetric input: ``azp_adj`` int32 [N] = sum_k Wq[n, k].
     Apply: ``y = x.dtype(s_x * s_w * f32(acc_i32 - azp_adj) + bias)`` through
     :func:`quark_jax.kernels.int8_scaled_mm`.
 
@@ -41,6 +47,10 @@ class QuarkW8A8Int8(QuarkScheme):
     ...     "weight_scale": jnp.full((16,), 0.25), "input_scale": jnp.array([0.5])})
     >>> s.apply_weights(p, jnp.ones((2, 32)))[0, :2].tolist()   # x = 1 -> q = 2; 0.5 * 0.25 * (32 * 2)
     [8.0, 8.0]
+    >>> d = QuarkW8A8Int8(qscheme="per_channel", input_symmetric=False, is_static_input_scheme=False, impl="xla")
+    >>> p = d.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.int8), "weight_scale": jnp.ones(16)})
+    >>> round(d.apply_weights(p, jnp.linspace(0.0, 2.55, 32)[None])[0, 0].item(), 4)   # x lies on the int8 grid
+    40.8
     """
 
     kernel_op = "int8_scaled_mm"
@@ -48,13 +58,15 @@ class QuarkW8A8Int8(QuarkScheme):
     qscheme: str = "per_channel"  # the weight's: "per_tensor" or "per_channel"
     input_symmetric: bool = True  # False: an input zero point (asymmetric)
     azp_mode: str = "vllm"  # asymmetric input: "vllm" (rebuilt (s', z')) or "checkpoint" (Quark's (s, z))
+    is_static_input_scheme: bool = True  # False: dynamic per-token input scales (and zero points) at run time
 
     min_capability = 75  # vLLM: compute capability 7.5
     choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
 
-    is_static_input_scheme = True
-
     def summary(self) -> str:
+        if not self.is_static_input_scheme:
+            inp = "symmetric" if self.input_symmetric else "asymmetric"
+            return f"QuarkW8A8Int8(weight int8 {self.qscheme}, input int8 dynamic per_token {inp})"
         inp = "symmetric" if self.input_symmetric else f"asymmetric, azp_mode={self.azp_mode}"
         return f"QuarkW8A8Int8(weight int8 {self.qscheme}, input int8 static per_tensor {inp})"
 
@@ -73,6 +85,8 @@ class QuarkW8A8Int8(QuarkScheme):
                                                    doc="per-channel weight scale [N]")
             specs["weight_zero_point"] = ParamSpec.rows(widths, dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
                                                         required=False, doc="weight zero points [N] (0)")
+        if not self.is_static_input_scheme:
+            return specs
         specs["input_scale"] = ParamSpec.per_shard(len(widths), doc="static per-tensor input scale")
         specs["input_zero_point"] = ParamSpec.per_shard(len(widths), dtype=i32, checkpoint_dtypes=ZERO_POINT_DTYPES,
                                                         required=not self.input_symmetric,
@@ -88,7 +102,7 @@ class QuarkW8A8Int8(QuarkScheme):
         if iz is not None and self.input_symmetric and np.any(np.asarray(iz) != 0):
             raise CheckpointError(f"layer {layer}: input_zero_point must be 0 for a symmetric input quantizer, "
                                   f"found {np.asarray(iz).tolist()}")
-        if not self.input_symmetric and self.azp_mode == "checkpoint":
+        if not self.input_symmetric and self.azp_mode == "checkpoint" and self.is_static_input_scheme:
             s, z = np.asarray(params["input_scale"]), np.asarray(iz)
             if np.any(s != s[0]) or np.any(z != z[0]):
                 raise CheckpointError(f"layer {layer}: the fused shards have different input quantizers "
@@ -104,8 +118,12 @@ class QuarkW8A8Int8(QuarkScheme):
                             else weight_scale.reshape(()))
         else:
             weight_scale = weight_scale.reshape(-1)
-        input_scale = jnp.asarray(params["input_scale"], jnp.float32).reshape(-1)
         out = {"weight": weight, "weight_scale": weight_scale}
+        if not self.is_static_input_scheme:
+            if not self.input_symmetric:  # per-token zero points: the kernel subtracts azp[m] * colsum(Wq)[n]
+                out["azp_adj"] = quant.compute_azp_adj(weight, jnp.int32(1))
+            return out
+        input_scale = jnp.asarray(params["input_scale"], jnp.float32).reshape(-1)
         if self.input_symmetric:
             out["input_scale"] = jnp.max(input_scale)
             return out
@@ -121,6 +139,12 @@ class QuarkW8A8Int8(QuarkScheme):
         weight = params["weight"]
         n, k = weight.shape
         x2, lead = flatten_tokens(x, k, "QuarkW8A8Int8")
+        if not self.is_static_input_scheme:
+            q, s, z = quant.scaled_int8_quant(x2, symmetric=self.input_symmetric)
+            azp_adj = None if self.input_symmetric else params["azp_adj"]
+            y = kernels.int8_scaled_mm(q, weight, s, params["weight_scale"], bias, azp_adj=azp_adj, azp=z,
+                                       out_dtype=x2.dtype, impl=self.impl)
+            return y.reshape(*lead, n)
         if self.input_symmetric:
             q, s, _ = quant.scaled_int8_quant(x2, params["input_scale"])
             azp_adj = None
