@@ -138,10 +138,16 @@ class SafetensorsFile:
         n = info.end - info.begin
         if n == 0:
             return np.zeros(info.shape, info.dtype)
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            start = self._data_start + info.begin
-            buf = bytes(mm[start:start + n])
-        return np.frombuffer(buf, dtype=info.dtype).reshape(info.shape).copy()
+        out = np.empty(info.shape, info.dtype)
+        with open(self.path, "rb", buffering=0) as f:  # one copy, page cache -> the array (no bytes in between)
+            f.seek(self._data_start + info.begin)
+            view, got = memoryview(out.reshape(-1).view(np.uint8)), 0
+            while got < n:
+                k = f.readinto(view[got:])
+                if not k:
+                    raise OSError(f"{self.path}: tensor {name!r} ends after {got} of {n} bytes (truncated?)")
+                got += k
+        return out
 
     def load_all(self) -> dict[str, np.ndarray]:
         return {name: self.get(name) for name in self._infos}

@@ -21,11 +21,13 @@ is read.
 from __future__ import annotations
 
 import fnmatch
+from functools import partial
 import os
 import sys
 import time
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -118,10 +120,18 @@ class _Task:
 
     def load(self, ckpt: CheckpointReader) -> int:
         dtype = self.var.get_value().dtype
-        parts = [ckpt.get(n).astype(dtype) for n in self.names]
-        arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        self.var.set_value(jnp.asarray(arr.T if self.transpose else arr))
-        return arr.nbytes
+        # each shard read once into its own array and moved to the device as stored; the dtype cast, the
+        # concatenation of fused shards and the transpose run on the device (no host copies of the model)
+        parts = [jax.device_put(ckpt.get(n)) for n in self.names]
+        self.var.set_value(_place(parts, dtype, self.transpose))
+        return sum(p.nbytes for p in parts)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _place(parts, dtype, transpose):
+    """The variable's value from its checkpoint shards (device arrays as stored): cast, stacked, transposed."""
+    arr = parts[0].astype(dtype) if len(parts) == 1 else jnp.concatenate([p.astype(dtype) for p in parts], axis=0)
+    return arr.T if transpose else arr
 
 
 def _find(ckpt, name: str, fused: bool) -> tuple[str, ...] | None:
