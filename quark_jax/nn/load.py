@@ -224,8 +224,10 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
         for var_name, tensor, transpose, fusable in _rules(module, cp + "." if cp else ""):
             names = _find(ckpt, tensor, fusable)
             target = f"{type(module).__name__} {cp or '<root>'}.{var_name}"
-            if names is None:
-                missing.append((tensor, target))
+            if names is None:  # a fused variable with some shards stored: name the absent shards
+                shards = [f"{sp}.{tensor.rpartition('.')[2]}" for sp in shard_paths(tensor.rpartition(".")[0])]
+                some = fusable and len(shards) > 1 and any(sh in ckpt for sh in shards)
+                missing += [(sh, target) for sh in shards if sh not in ckpt] if some else [(tensor, target)]
             else:
                 tasks.append(_Task(target, getattr(module, var_name), names, transpose))
     if missing:
