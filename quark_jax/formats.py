@@ -9,9 +9,18 @@ Everything here is a constant or a small pure function; no function here quantiz
 * MXFP4 (OCP MX): blocks of 32 elements along K, each element an E2M1 code (4 bits, sign in bit 3), each block one
   E8M0 scale byte ``s`` whose value is ``2**(s - 127)``, ``s`` in 0..254 (255 is NaN).
 * Packing: byte ``j`` of a packed row holds element ``2j`` in the low nibble and ``2j + 1`` in the high nibble.
+* OCP MX element formats (issue 19): ``fp4`` (E2M1), ``fp6_e2m3`` (max 7.5), ``fp6_e3m2`` (max 28), ``fp8_e4m3``
+  (max 448); each with E8M0 block scales, block 32 (:data:`MX_ELEMENTS`). An FP6 code is 6 bits (sign in bit 5,
+  then exponent and mantissa, subnormals, no inf/NaN); four codes ``v0..v3`` are packed into three bytes as the
+  little-endian 24-bit word ``v0 | v1 << 6 | v2 << 12 | v3 << 18`` (Quark's ``Pack_fp6``, which vLLM's
+  ``QuarkOCP_MX`` unpacks).
+* INT4 / UINT4 (Quark's ``Pack_4_bits``): eight 4-bit values a little-endian int32; pack order ``"order"``: nibble
+  ``i`` holds element ``i``; ``"reorder"``: nibbles 0..7 hold elements 0, 2, 4, 6, 1, 3, 5, 7.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +45,15 @@ __all__ = [
     "e8m0_to_float32",
     "pack_nibbles",
     "unpack_nibbles",
+    "MXElement",
+    "MX_ELEMENTS",
+    "mx_element",
+    "mx_element_values_np",
+    "pack_fp6",
+    "unpack_fp6",
+    "INT4_PACK_ORDERS",
+    "pack_int4",
+    "unpack_int4",
 ]
 
 FP8_E4M3FN = jnp.float8_e4m3fn
@@ -129,3 +147,153 @@ def unpack_nibbles(packed):
     lo = packed & 0xF
     hi = packed >> 4
     return jnp.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+# ------------------------------------------------------------------------------------------------ OCP MX elements
+
+@dataclass(frozen=True, kw_only=True)
+class MXElement:
+    """An OCP MX element format: a small float with subnormals, saturating, no inf/NaN (fp8_e4m3: never NaN
+    after the saturating quantizers).
+
+    >>> mx_element("fp6_e3m2").max, mx_element("fp6_e2m3").emin, mx_element("fp4").bits
+    (28.0, 0, 4)
+    """
+
+    name: str  # Quark's dtype name: "fp4", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3"
+    ebits: int  # exponent bits
+    mbits: int  # mantissa bits
+    emax: int  # exponent of the largest binade (Quark: 2 ** (ebits - 1)); the E8M0 scale is 2**(floor(log2 amax) - emax)
+    max: float  # largest finite magnitude
+
+    @property
+    def bits(self) -> int:
+        """Bits per element (sign included)."""
+        return 1 + self.ebits + self.mbits
+
+    @property
+    def bias(self) -> int:
+        """Exponent bias."""
+        return 2 ** (self.ebits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal binade (subnormals below it are spaced ``2**(emin - mbits)``)."""
+        return 1 - self.bias
+
+
+MX_ELEMENTS = {e.name: e for e in (
+    MXElement(name="fp4", ebits=2, mbits=1, emax=2, max=6.0),
+    MXElement(name="fp6_e2m3", ebits=2, mbits=3, emax=2, max=7.5),
+    MXElement(name="fp6_e3m2", ebits=3, mbits=2, emax=4, max=28.0),
+    MXElement(name="fp8_e4m3", ebits=4, mbits=3, emax=8, max=448.0),
+)}
+"""The OCP MX element formats by Quark dtype name."""
+
+
+def mx_element(name: str) -> MXElement:
+    """The :class:`MXElement` named ``name`` (a ValueError listing the known ones otherwise)."""
+    if name not in MX_ELEMENTS:
+        raise ValueError(f"MX element dtype: expected one of {sorted(MX_ELEMENTS)}, got {name!r}")
+    return MX_ELEMENTS[name]
+
+
+def mx_element_values_np(name: str) -> np.ndarray:
+    """Value of every code of a 4- or 6-bit MX element format (float32, index = code; the top bit is the sign).
+
+    >>> mx_element_values_np("fp6_e2m3")[[1, 8, 31, 63]].tolist()
+    [0.125, 1.0, 7.5, -7.5]
+    """
+    e = mx_element(name)
+    if e.bits > 6:
+        raise ValueError(f"{name}: a code table exists for the 4- and 6-bit formats only")
+    codes = np.arange(2 ** e.bits)
+    mag = codes & ((1 << (e.bits - 1)) - 1)
+    field, mant = mag >> e.mbits, mag & ((1 << e.mbits) - 1)
+    value = np.where(field == 0, mant * 2.0 ** (e.emin - e.mbits),
+                     (1.0 + mant / 2.0 ** e.mbits) * 2.0 ** (field.astype(np.float64) - e.bias))
+    return np.where(codes >> (e.bits - 1), -value, value).astype(np.float32)
+
+
+def pack_fp6(codes):
+    """Pack 6-bit codes [..., K] (uint8, K a multiple of 4) into bytes [..., 3K/4]: four codes a 24-bit
+    little-endian word ``v0 | v1 << 6 | v2 << 12 | v3 << 18``.
+
+    >>> pack_fp6(jnp.array([1, 2, 3, 63], jnp.uint8)).tolist()   # 0b111111_000011_000010_000001
+    [129, 48, 252]
+    """
+    codes = jnp.asarray(codes).astype(jnp.uint32) & 0x3F
+    if codes.shape[-1] % 4:
+        raise ValueError(f"codes: the last axis must be a multiple of 4 to pack FP6, got shape {codes.shape}")
+    c = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 4, 4)
+    word = c[..., 0] | (c[..., 1] << 6) | (c[..., 2] << 12) | (c[..., 3] << 18)
+    out = jnp.stack([word & 0xFF, (word >> 8) & 0xFF, word >> 16], axis=-1).astype(jnp.uint8)
+    return out.reshape(*codes.shape[:-1], codes.shape[-1] // 4 * 3)
+
+
+def unpack_fp6(packed):
+    """Unpack bytes [..., 3K/4] (uint8) into 6-bit codes [..., K] (uint8); the inverse of :func:`pack_fp6`.
+
+    >>> unpack_fp6(jnp.array([129, 48, 252], jnp.uint8)).tolist()
+    [1, 2, 3, 63]
+    """
+    packed = jnp.asarray(packed)
+    if packed.dtype != jnp.uint8:
+        raise TypeError(f"packed: expected uint8 bytes, got {packed.dtype}")
+    if packed.shape[-1] % 3:
+        raise ValueError(f"packed: the last axis must be a multiple of 3 (FP6: 4 codes in 3 bytes), "
+                         f"got shape {tuple(packed.shape)}")
+    b = packed.astype(jnp.uint32).reshape(*packed.shape[:-1], packed.shape[-1] // 3, 3)
+    word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    codes = jnp.stack([(word >> (6 * i)) & 0x3F for i in range(4)], axis=-1).astype(jnp.uint8)
+    return codes.reshape(*packed.shape[:-1], packed.shape[-1] // 3 * 4)
+
+
+# ------------------------------------------------------------------------------------------------------- INT4
+
+INT4_PACK_ORDERS = {"order": (0, 1, 2, 3, 4, 5, 6, 7), "reorder": (0, 2, 4, 6, 1, 3, 5, 7)}
+"""Quark's ``export.pack_method``: which element of a group of 8 each nibble (0 = bits 0-3) holds."""
+
+
+def _int4_order(order: str):
+    if order not in INT4_PACK_ORDERS:
+        raise ValueError(f"order: expected one of {sorted(INT4_PACK_ORDERS)} (Quark's pack_method), got {order!r}")
+    return INT4_PACK_ORDERS[order]
+
+
+def pack_int4(values, order: str = "reorder"):
+    """Pack 4-bit values [..., 8C] (int4 in -8..7 or uint4 in 0..15, any integer dtype) into int32 [..., C].
+
+    >>> pack_int4(jnp.arange(8), "order").tolist(), hex(int(pack_int4(jnp.arange(8), "reorder")[0]) & 0xFFFFFFFF)
+    ([1985229328], '0x75316420')
+    """
+    nib = _int4_order(order)
+    v = jnp.asarray(values).astype(jnp.int32) & 0xF
+    if v.shape[-1] % 8:
+        raise ValueError(f"values: the last axis must be a multiple of 8 to pack INT4, got shape {v.shape}")
+    g = v.reshape(*v.shape[:-1], v.shape[-1] // 8, 8).astype(jnp.uint32)
+    word = g[..., nib[0]]
+    for i in range(1, 8):
+        word = word | (g[..., nib[i]] << (4 * i))
+    return word.view(jnp.int32)
+
+
+def unpack_int4(packed, order: str = "reorder", *, signed: bool):
+    """Unpack int32 [..., C] into 4-bit values [..., 8C] as int8: -8..7 (``signed``, int4) or 0..15 (uint4).
+
+    >>> unpack_int4(pack_int4(jnp.array([-8, -1, 0, 7, 1, 2, 3, 4]), "reorder"), "reorder", signed=True).tolist()
+    [-8, -1, 0, 7, 1, 2, 3, 4]
+    """
+    nib = _int4_order(order)
+    packed = jnp.asarray(packed)
+    if packed.dtype not in (jnp.int32, jnp.uint32):
+        raise TypeError(f"packed: expected int32 words (8 INT4 values each), got {packed.dtype}")
+    w = packed.view(jnp.uint32) if packed.dtype == jnp.int32 else packed
+    nibbles = [((w >> (4 * i)) & 0xF).astype(jnp.int32) for i in range(8)]
+    elems = [None] * 8
+    for i, e in enumerate(nib):
+        elems[e] = nibbles[i]
+    v = jnp.stack(elems, axis=-1)
+    if signed:
+        v = jnp.where(v >= 8, v - 16, v)
+    return v.astype(jnp.int8).reshape(*packed.shape[:-1], packed.shape[-1] * 8)

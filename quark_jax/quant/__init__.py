@@ -5,6 +5,8 @@ from quark_jax.quant.int8 import scaled_int8_quant
 from quark_jax.quant.division import true_divide
 from quark_jax.quant.mxfp4 import (apply_e8m0_scale, dequantize_mxfp4, mxfp4_block_scale_bytes, qdq_mxfp4,
                                    quantize_mxfp4, round_to_e2m1)
+from quark_jax.quant.mx import (dequantize_mx, mx_block_scale_bytes, mx_packed_width, qdq_mx, quantize_mx,
+                                round_to_mx_element)
 from quark_jax.quant import rounding
 from quark_jax.quant.rounding import dot_precision, exact_f32, round_to
 from quark_jax.quant.weights import (
@@ -34,5 +36,11 @@ __all__ = [
     "dot_precision",
     "true_divide",
     "apply_e8m0_scale",
+    "quantize_mx",
+    "dequantize_mx",
+    "qdq_mx",
+    "mx_block_scale_bytes",
+    "mx_packed_width",
+    "round_to_mx_element",
     "rounding",
 ]
