@@ -13,23 +13,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax import formats
-from quark_jax.quant._checks import require_float, require_multiple, require_rank
+from quark_jax.quant._checks import require_multiple
 from quark_jax.quant.fp8 import fp8_saturating_cast
-from quark_jax.quant.mxfp4 import apply_e8m0_scale
-from quark_jax.quant.rounding import exact_f32
+from quark_jax.quant.mxfp4 import _blocks, apply_e8m0_scale  # _blocks: checked [..., K/32, 32] float32 blocks
 
 __all__ = ["mx_block_scale_bytes", "round_to_mx_element", "quantize_mx", "dequantize_mx", "qdq_mx",
            "mx_packed_width"]
 
 _EXPONENT_MASK = 0x7F800000
-
-
-def _blocks(name: str, x):
-    require_float(name, x)
-    require_rank(name, x)
-    k = x.shape[-1]
-    require_multiple(name, k, formats.MX_BLOCK_SIZE, f"the last (K) axis of shape {tuple(x.shape)}")
-    return exact_f32(x).reshape(*x.shape[:-1], k // formats.MX_BLOCK_SIZE, formats.MX_BLOCK_SIZE)
 
 
 def mx_block_scale_bytes(xb_f32, element: str):
