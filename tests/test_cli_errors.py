@@ -10,12 +10,14 @@ from quark_jax.io import resolve_checkpoint
 from quark_jax.errors import CheckpointError, CheckpointNotFoundError, QuarkJaxError
 
 SUBCOMMANDS = ["demo", "inspect", "run"]
+EXTRA = {"quantize": ["OUT", "--preset", "fp8"]}
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
+@pytest.mark.parametrize("command", SUBCOMMANDS + ["check", "tune", "quantize"])
 def test_missing_checkpoint_is_one_line_and_exit_2(command, tmp_path, capsys):
     missing = str(tmp_path / "nope")
-    assert cli.main([command, missing]) == 2
+    extra = [str(tmp_path / a) if a == "OUT" else a for a in EXTRA.get(command, [])]
+    assert cli.main([command, missing] + extra) == 2
     err = capsys.readouterr().err
     assert err == f"error: checkpoint '{missing}': no such directory, not a bundled name " \
                   f"({', '.join(sorted(BUNDLED))}) and not a Hugging Face Hub id (org/name)\n"
