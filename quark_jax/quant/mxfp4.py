@@ -111,7 +111,8 @@ def dequantize_mxfp4(packed, scales, dtype=jnp.float32):
     """Dequantize MXFP4 ``packed`` uint8 [..., K/2] with E8M0 ``scales`` uint8 [..., K/32] to ``dtype`` [..., K].
 
     ``w[..., 2j] = e2m1(lo(byte j)) * 2**(s - 127)``, ``w[..., 2j+1] = e2m1(hi(byte j)) * 2**(s - 127)``, computed
-    exactly in float32 and rounded once to ``dtype``. Jittable.
+    exactly in float32 and rounded once to ``dtype``. Jittable. Scale byte 255 (NaN in OCP MX) is not given a
+    meaning here (it gives inf, or NaN for a zero element); the loaders reject it (:mod:`quark_jax.value_checks`).
 
     >>> import jax.numpy as jnp
     >>> b = jnp.concatenate([jnp.array([0x21, 0xF7, 0x98, 0x5C], jnp.uint8), jnp.zeros(12, jnp.uint8)])

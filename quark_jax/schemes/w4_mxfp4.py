@@ -26,7 +26,9 @@ __all__ = ["QuarkW4A4MXFP4", "QuarkW4A8MXFP4Fp8", "QuarkW4A16MXFP4", "qdq_fp8_st
 def qdq_fp8_static(x, scale):
     """Quark's static FP8 quantize-dequantize of activations: ``x.dtype(f32(fp8(clamp(f32(x) / s))) * s)``.
 
-    True division (as Quark does it; the result equals Quark's for float32 models).
+    True division (as Quark does it; the result equals Quark's for float32 models). Non-finite input: ±inf
+    saturates to ±448 * s; NaN stays NaN (this is Quark's static FP8 input of an MXFP4 scheme, which vLLM does not
+    run; vLLM's FP8 activation quantizers map NaN to +448, :func:`quark_jax.quant.scaled_fp8_quant`).
 
     >>> import jax.numpy as jnp
     >>> qdq_fp8_static(jnp.array([1.0, 3.3, 1000.0]), jnp.float32(0.5)).tolist()
