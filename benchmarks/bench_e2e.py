@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from functools import partial
 import json
 import shutil
 import statistics
@@ -87,7 +88,8 @@ def write_safetensors(path: Path, tensors: dict) -> int:
 
 def quantized_linear(scheme: str, w):
     """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
-    array), through quark_jax's quantizers."""
+    array), through quark_jax's quantizers (jitted: one compile per weight shape)."""
+    import jax
     import jax.numpy as jnp
 
     from quark_jax.quant import quantize_mxfp4, scaled_fp8_quant, scaled_int8_quant
@@ -95,20 +97,20 @@ def quantized_linear(scheme: str, w):
     if scheme == "bf16":
         return {"weight": np.asarray(w.astype(jnp.bfloat16))}
     if scheme == "fp8":
-        q, s = scaled_fp8_quant(w)  # per-tensor scale amax / 448
+        q, s = jax.jit(scaled_fp8_quant)(w)  # per-tensor scale amax / 448
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(()),
                 "input_scale": np.float32(INPUT_SCALE).reshape(())}
     if scheme == "fp8_dyn":
-        q, s = scaled_fp8_quant(w, per_token=True)  # one scale per output channel
+        q, s = jax.jit(partial(scaled_fp8_quant, per_token=True))(w)  # one scale per output channel
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1)}
     if scheme == "int8":
-        q, s, _ = scaled_int8_quant(w)  # per output channel, symmetric
+        q, s, _ = jax.jit(scaled_int8_quant)(w)  # per output channel, symmetric
         n = w.shape[0]
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1),
                 "weight_zero_point": np.zeros((n,), np.int8),
                 "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
     if scheme in ("mxfp4", "w4a16"):
-        packed, scales = quantize_mxfp4(w)
+        packed, scales = jax.jit(quantize_mxfp4)(w)
         return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
     raise ValueError(f"unknown scheme {scheme!r}")
 
