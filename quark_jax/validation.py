@@ -43,9 +43,10 @@ def _files(directory: Path, problems: list) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict) or not weight_map or \
+                    not all(isinstance(n, str) for n in weight_map.values()):
+                raise TypeError("expected a non-empty object of tensor name -> file name")
             names = sorted(set(weight_map.values()))
-            if not all(isinstance(n, str) for n in names):
-                raise TypeError("file names must be strings")
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             problems.append(CheckpointProblem(f"{index}: expected JSON with a 'weight_map' object of tensor -> file "
                                               f"name ({type(e).__name__}: {e})", file=str(index)))
@@ -158,7 +159,8 @@ def validate_checkpoint(checkpoint: str | os.PathLike, *, weights: bool = True) 
             p = tensor_problem(name, f.get(name), layer=name.rpartition(".")[0], file=path)
             if p is not None:
                 problems.append(p)
-    if len(readable) != len(_files(directory, [])) or not readable:
+    if len(readable) != len(_files(directory, [])) or not readable or any(p.file == str(directory / INDEX_FILE)
+                                                                          for p in problems):
         return problems
     try:
         reader = open_checkpoint(directory, config=config or None)

@@ -167,3 +167,21 @@ def test_fuzzed_config_json_raises_only_documented_errors(changes):
         ModelConfig.from_dict(d)
     except QuarkJaxError:
         pass
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(index=st.one_of(json_value, st.fixed_dictionaries({"weight_map": st.one_of(
+    json_value, st.dictionaries(st.sampled_from(["model.norm.weight", "lm_head.weight", "x"]),
+                                st.one_of(st.sampled_from(["model.safetensors", "../x", "a.safetensors"]),
+                                          json_leaf), max_size=3))})))
+def test_fuzzed_index_raises_only_documented_errors(tmp_path, index):
+    d = tmp_path / "idx"
+    d.mkdir(exist_ok=True)
+    (d / "model.safetensors").write_bytes(SRC)
+    (d / "config.json").write_text(CONFIG)
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert all(str(p) for p in validate_checkpoint(d))
+    try:
+        open_checkpoint(d)
+    except QuarkJaxError:
+        pass

@@ -69,8 +69,15 @@ class CheckpointReader:
     def _open_index(self, index_path: Path) -> list[SafetensorsFile]:
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})",
+                                  file=str(index_path)) from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index_path}: expected 'weight_map' to map tensor names to file names (strings), "
+                                  f"found {str(weight_map)[:80]}", file=str(index_path), field="weight_map")
+        if not weight_map:
+            raise CheckpointError(f"{index_path}: 'weight_map' maps no tensors", file=str(index_path),
+                                  field="weight_map", expected="tensor -> file entries", found="{}")
         by_file: dict[str, list[str]] = {}
         for name, fname in weight_map.items():
             by_file.setdefault(fname, []).append(name)
