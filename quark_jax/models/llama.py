@@ -96,9 +96,15 @@ def _attend_block(q, k, v, q_slots, first_slot):
     qg = q.astype(jnp.float32).reshape(b, t, hkv, h // hkv, d)  # exact: q/k/v hold rounded values (round_to)
     if t == 1:  # decode: products and sums in float32 as elementwise reductions, which XLA fuses with the cache
         # read (two small fused kernels per layer instead of two batched GEMM launches)
-        scores = jnp.sum(qg[:, 0, :, :, None, :] * k.transpose(0, 2, 1, 3)[:, :, None], axis=-1)[:, :, :, None]
+        kf = k.astype(jnp.float32)
+        scores = jnp.sum(qg[:, 0, :, :, None, :] * kf.transpose(0, 2, 1, 3)[:, :, None], axis=-1)[:, :, :, None]
+    elif q.dtype == k.dtype and q.dtype in (jnp.bfloat16, jnp.float16):
+        # q and k in the model dtype: their products are exact in float32, so a low-precision dot accumulating in
+        # float32 (tensor cores) gives the float32 scores up to summation order
+        scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, hkv, h // hkv, d), k,
+                            preferred_element_type=jnp.float32)
     else:
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, precision=lax.Precision.HIGHEST,
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision=lax.Precision.HIGHEST,
                             preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     slots = jnp.arange(k.shape[1], dtype=jnp.int32)
@@ -106,9 +112,10 @@ def _attend_block(q, k, v, q_slots, first_slot):
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
     if t == 1:
-        out = jnp.sum(probs[:, :, :, 0, :, None] * v.transpose(0, 2, 1, 3)[:, :, None], axis=-2)[:, None]
+        vf = v.astype(jnp.float32)
+        out = jnp.sum(probs[:, :, :, 0, :, None] * vf.transpose(0, 2, 1, 3)[:, :, None], axis=-2)[:, None]
     else:
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=lax.Precision.HIGHEST,
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), precision=lax.Precision.HIGHEST,
                          preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, d)
 
@@ -130,7 +137,6 @@ def attend(q, k, v, q_slots, first_slot=None):
     s = k.shape[1]
     first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
     q_slots = jnp.asarray(q_slots, jnp.int32)
-    k, v = k.astype(jnp.float32), v.astype(jnp.float32)
     block = max(1, ATTENTION_SCORE_BYTES // max(1, 4 * b * h * s))
     if t <= block:
         return _attend_block(q, k, v, q_slots, first_slot)
