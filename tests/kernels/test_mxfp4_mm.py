@@ -216,3 +216,14 @@ def test_bytes_per_parameter_is_4_25_bits():
     n, k = 64, 4096
     wp, ws = quant.quantize_mxfp4(jnp.ones((n, k), jnp.float32))
     assert (wp.nbytes + ws.nbytes) * 8 / (n * k) == 4.25
+
+
+def test_ptx_decoder_only_from_sm90(monkeypatch):
+    """The inline-PTX decode (bf16x2 multiplies) is used from sm90 on; an sm80 / sm89 GPU gets the portable one."""
+    from quark_jax.kernels import tuning
+
+    for cc, ok in (("8.0", False), ("8.9", False), ("9.0", True), ("10.0", True)):
+        monkeypatch.setattr(tuning, "current_device", lambda cc=cc: ("some GPU", cc))
+        assert pallas_triton._ptx_decode_ok() is ok, cc
+    monkeypatch.setattr(tuning, "current_device", lambda: ("cpu", None))
+    assert pallas_triton._ptx_decode_ok() is False

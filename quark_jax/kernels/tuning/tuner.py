@@ -219,7 +219,12 @@ def empty_table(device_kind: str, compute_capability: str | None, source: str) -
 def record(table: dict, point: Point, winner: str) -> None:
     """Put ``winner`` for ``point`` into ``table`` (exact-shape key), then re-derive the bucket's general entry:
     the majority over the table's exact entries of that op and bucket (a tie keeps the existing entry, or the
-    decision just made)."""
+    decision just made).
+
+    >>> t = {}
+    >>> record(t, Point(op="mxfp4_mm", m=1, k=64, n=32), "pallas"); t["impl"]
+    {'mxfp4_mm': {'1@64x32': 'pallas', '1': 'pallas'}}
+    """
     entries = table.setdefault("impl", {}).setdefault(point.op, {})
     bucket = tiling.m_bucket(point.m)
     entries[tiling.table_key(bucket, point.k, point.n)] = winner
@@ -232,7 +237,11 @@ def record(table: dict, point: Point, winner: str) -> None:
 
 
 def compact(table: dict) -> dict:
-    """A copy without exact-shape entries that say the same as the entry the lookup would find without them."""
+    """A copy without exact-shape entries that say the same as the entry the lookup would find without them.
+
+    >>> compact({"impl": {"mxfp4_mm": {"1@64x32": "pallas", "1": "pallas", "1@96x32": "xla"}}})["impl"]
+    {'mxfp4_mm': {'1': 'pallas', '1@96x32': 'xla'}}
+    """
     out = json.loads(json.dumps(table))
     for op, entries in out.get("impl", {}).items():
         general = {key: v for key, v in entries.items() if "@" not in key}
