@@ -57,28 +57,31 @@ class TestMxfp4Mm(KernelContract):
         Variant(backend="pallas_triton", name="one_mx_block_k", shape=(17, 96, 32),
                 config=C(block_m=16, block_n=16, block_k=32, w_major=False)),
     ]
-    FLAVORS = ["w4a16", "w4a4"]  # quantize_input False / True
+    # quantize_input (W4A4) or not (W4A16), with or without bias: each variant runs both modes, the bias pairing
+    # alternates between variants so that every (mode, bias) pair and the split-K bias path are covered
+    FLAVORS = ["w4a16-bias", "w4a4-nobias", "w4a16-nobias", "w4a4-bias"]
     ENTRY_SHAPE = (2, 64, 32)
     PALLAS = (pallas_triton, "mxfp4_mm_pallas")
 
+    def flavors_for(self, variant):
+        return self.FLAVORS[2:] if self.VARIANTS.index(variant) % 2 == 0 else self.FLAVORS[:2]
+
     def data(self, rng, m, k, n, flavor):
         x, wp, ws, bias = _exact_data(rng, m, k, n, jnp.bfloat16)
-        return dict(x=x, wp=wp, ws=ws, bias=bias, q=flavor == "w4a4")
+        return dict(x=x, wp=wp, ws=ws, bias=bias if flavor.endswith("-bias") else None, q=flavor.startswith("w4a4"))
 
     def run(self, variant, d, flavor):
-        return [_pallas_triton(d["x"], d["wp"], d["ws"], b, d["q"], jnp.float32, variant.config)
-                for b in (d["bias"], None)]
+        return _pallas_triton(d["x"], d["wp"], d["ws"], d["bias"], d["q"], jnp.float32, variant.config)
 
     def check(self, got, d, flavor):
         m, n = d["x"].shape[0], d["wp"].shape[0]
-        for y, b in zip(got, (d["bias"], None)):
-            want = mxfp4_mm_xla(d["x"], d["wp"], d["ws"], b, quantize_input=d["q"], out_dtype=jnp.float32)
-            assert y.shape == (m, n) and y.dtype == jnp.float32
-            np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+        want = mxfp4_mm_xla(d["x"], d["wp"], d["ws"], d["bias"], quantize_input=d["q"], out_dtype=jnp.float32)
+        assert got.shape == (m, n) and got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         # and against float64 numpy (the sums are exact, so equal)
         want64 = kref.mxfp4_mm_f64(np.asarray(d["x"].astype(jnp.float32)), np.asarray(d["wp"]), np.asarray(d["ws"]),
-                                   None, d["q"])
-        np.testing.assert_array_equal(np.asarray(got[1], np.float64), want64)
+                                   None if d["bias"] is None else np.asarray(d["bias"]), d["q"])
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want64)
 
     def entry(self, d, impl):
         return kernels.mxfp4_mm(d["x"], d["wp"], d["ws"], d["bias"], quantize_input=d["q"], impl=impl)
