@@ -107,8 +107,9 @@ def layer_geometry(reader: CheckpointReader, layer_path: str, scheme: QuarkSchem
         if len(shape) != 2:
             raise CheckpointError(f"layer {layer_path}: tensor {name!r}: expected a 2-D weight [N, K], found shape "
                                   f"{list(shape)}")
-        widths.append(shape[0])
-        ks.add(shape[1] * pack)
+        n, k = scheme.weight_geometry(shape) if scheme is not None else (shape[0], shape[1] * pack)
+        widths.append(n)
+        ks.add(k)
         biases.append(f"{shard}.bias" in reader)
     if len(ks) != 1:
         raise CheckpointError(f"layer {layer_path}: its fused shards have different input sizes {sorted(ks)} "
@@ -234,8 +235,9 @@ def load_layer_params(reader: CheckpointReader | str | Path, layer_path: str, sc
                                       tensor=missing[0], layer=layer_path, field=pname, expected=want,
                                       found="no such tensor")
             continue
-        if spec.combine == "concat":
-            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if spec.combine in ("concat", "concat_cols"):
+            axis = 0 if spec.combine == "concat" else -1
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         else:
             arr = np.stack([p.reshape(()) for p in parts])
         params[pname] = arr.astype(spec.dtype, copy=False)

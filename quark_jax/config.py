@@ -215,6 +215,12 @@ class QuarkConfig:
             raise QuarkConfigError("quantization_config.export: missing (or not an object); Quark exports always "
                                    f"write it (export.kv_cache_group, ...), got {quant_config.get('export')!r}")
         export = types.MappingProxyType(dict(quant_config["export"]))
+        pack = export.get("pack_method")
+        if pack is not None and pack != options.int4_pack_method:  # how this checkpoint packs INT4 words
+            if pack not in ("order", "reorder"):
+                raise QuarkConfigError(f"quantization_config.export.pack_method: expected 'order' or 'reorder', got "
+                                       f"{pack!r}")
+            options = dataclasses.replace(options, int4_pack_method=pack)
         g = quant_config.get("global_quant_config")
         layers = _layer_table(quant_config.get("layer_quant_config"), "layer_quant_config")
         exclude = quant_config.get("exclude") or []

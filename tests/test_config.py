@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from conftest import VARIANTS, quant_config
+from quark_jax.schemes import QuarkOCP_MX, QuarkW4A16Int4, QuarkW8A8Fp8PerBlock
 from quark_jax import QuarkConfig, QuarkConfigError, UnsupportedSchemeError
 from quark_jax.checkpoint import kv_scale_tensor_names, shard_paths
 from quark_jax.config import KVCacheConfig, LayerQuantConfig, TensorQuantSpec
@@ -28,6 +29,11 @@ I8_C = spec("int8", "per_channel")
 I8_TOK = spec("int8", "per_channel", is_dynamic=True, ch_axis=1)
 MX = spec("fp4", "per_group", group_size=32, scale_format="e8m0", symmetric=None, scale_calculation_mode="even")
 MX_DYN = dict(MX, is_dynamic=True)
+FP6 = dict(MX, dtype="fp6_e2m3")
+FP6_E3 = dict(MX, dtype="fp6_e3m2")
+MXFP8 = dict(MX, dtype="fp8_e4m3")
+BLOCK_W = spec("fp8_e4m3", "per_block", block_size=[128, 128])
+BLOCK_IN = spec("fp8_e4m3", "per_group", is_dynamic=True, group_size=128)
 
 
 def layer_cfg(weight, inp, **kw):
@@ -56,6 +62,17 @@ DISPATCH_TABLE = [
     (MX, dict(MX_DYN, is_dynamic=None), QuarkW4A4MXFP4, {}),  # "not explicitly static"
     (MX, FP8_T, QuarkW4A8MXFP4Fp8, {}),
     (MX, None, QuarkW4A16MXFP4, {}),
+    (FP6, dict(FP6, is_dynamic=True), QuarkOCP_MX, dict(weight_dtype="fp6_e2m3", input_dtype="fp6_e2m3")),
+    (FP6_E3, None, QuarkOCP_MX, dict(weight_dtype="fp6_e3m2", input_dtype=None)),
+    (MX, dict(FP6, is_dynamic=True), QuarkOCP_MX, dict(weight_dtype="fp4", input_dtype="fp6_e2m3")),
+    (MXFP8, dict(MXFP8, is_dynamic=True), QuarkOCP_MX, dict(weight_dtype="fp8_e4m3", input_dtype="fp8_e4m3")),
+    (FP6, FP8_DYN_T, QuarkOCP_MX, dict(input_dtype="fp8_per_tensor")),
+    (BLOCK_W, BLOCK_IN, QuarkW8A8Fp8PerBlock, dict(block=(128, 128), scale_format="float")),
+    (dict(BLOCK_W, scale_type="float8_e8m0fnu"), BLOCK_IN, QuarkW8A8Fp8PerBlock, dict(scale_format="e8m0")),
+    (spec("int4", "per_group", group_size=128), None, QuarkW4A16Int4, dict(signed=True, group_size=128)),
+    (spec("uint4", "per_group", group_size=64, symmetric=False), None, QuarkW4A16Int4,
+     dict(signed=False, group_size=64, pack_method="reorder")),
+    (spec("int4", "per_channel", ch_axis=0), None, QuarkW4A16Int4, dict(group_size=-1)),
     # errors: each quotes the weight and input specs
     (FP8_T, dict(FP8_T, qscheme="per_channel"), UnsupportedSchemeError, "input config: {dtype: 'fp8_e4m3', qscheme: "
      "'per_channel', is_dynamic: False"),                                      # static per-channel input
@@ -70,7 +87,11 @@ DISPATCH_TABLE = [
     (MX, dict(MX_DYN, is_dynamic=False), UnsupportedSchemeError, "fp4"),   # static MX input scales
     (dict(MX, group_size=16), MX_DYN, UnsupportedSchemeError, "group_size: 16"),
     (dict(MX, scale_format=None), MX_DYN, UnsupportedSchemeError, "fp4"),
-    (spec("int4", "per_group", group_size=128), None, UnsupportedSchemeError, "'int4'"),
+    (spec("int4", "per_group", group_size=128), FP8_T, UnsupportedSchemeError, "'int4'"),  # W4A8: not here
+    (spec("uint4", "per_group", group_size=128, symmetric=True), None, UnsupportedSchemeError, "'uint4'"),
+    (FP6, dict(FP6, is_dynamic=False), UnsupportedSchemeError, "fp6_e2m3"),  # static MX input scales
+    (BLOCK_W, dict(BLOCK_IN, group_size=64), UnsupportedSchemeError, "per_block"),  # group != block cols
+    (dict(BLOCK_W, block_size=None), BLOCK_IN, UnsupportedSchemeError, "per_block"),
     (spec("uint4", "per_group", group_size=128), spec("bfloat16"), UnsupportedSchemeError, "'uint4'"),
 ]
 
@@ -305,3 +326,14 @@ def test_describe_table():
     assert "lm_head" in repr(cfg) and TensorQuantSpec(dtype="int8").brief() == "{dtype: 'int8'}"
     with pytest.raises(ValueError, match="not read from a checkpoint"):
         QuarkConfig.from_dict(cfg.raw).describe()
+
+
+def test_int4_pack_method_comes_from_the_export_section():
+    w = layer_cfg(spec("int4", "per_group", group_size=32), None)
+    assert QuarkConfig.from_dict(config(w)).scheme_for("model.layers.0.mlp.up_proj").pack_method == "reorder"
+    qc = config(w)
+    qc["export"] = {"kv_cache_group": [], "pack_method": "order"}
+    assert QuarkConfig.from_dict(qc).scheme_for("model.layers.0.mlp.up_proj").pack_method == "order"
+    qc["export"]["pack_method"] = "zigzag"
+    with pytest.raises(QuarkConfigError, match=r"export.pack_method: expected 'order' or 'reorder', got 'zigzag'"):
+        QuarkConfig.from_dict(qc)

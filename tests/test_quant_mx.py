@@ -1,70 +1,16 @@
 """OCP MX (fp4, fp6_e2m3, fp6_e3m2, fp8_e4m3), the FP6 3-byte packing and INT4 packing against float64 numpy
 references built from the format definitions (not from quark_jax), plus golden values."""
 
-import itertools
-
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
+
+import reference_mx
 
 from quark_jax import formats, quant
 
 F32 = np.float32
-# (ebits, mbits, emax) from the OCP MX spec / Quark's get_dtype_params; max derived below
-SPECS = {"fp4": (2, 1, 2), "fp6_e2m3": (2, 3, 2), "fp6_e3m2": (3, 2, 4), "fp8_e4m3": (4, 3, 8)}
-
-
-def grid(name):
-    """Every non-negative value of the format (fp8_e4m3: its finite values up to 448), float64, ascending, with
-    each one's code (sign bit clear)."""
-    ebits, mbits, _ = SPECS[name]
-    bias = 2 ** (ebits - 1) - 1
-    vals = []
-    for field, mant in itertools.product(range(2 ** ebits), range(2 ** mbits)):
-        v = mant * 2.0 ** (1 - bias - mbits) if field == 0 else (1 + mant / 2 ** mbits) * 2.0 ** (field - bias)
-        code = (field << mbits) | mant
-        if name == "fp8_e4m3" and code == 0x7F:  # NaN
-            continue
-        vals.append((v, code))
-    return np.array(vals)
-
-
-def round_grid(v, name):
-    """Nearest grid value (ties to the even code), saturating; sign kept; plus the magnitude code."""
-    g = grid(name)
-    a = np.minimum(np.abs(v), g[-1, 0])
-    d = np.abs(a[..., None] - g[:, 0])
-    best = d.min(-1, keepdims=True)
-    tie = (d == best)
-    idx = np.where(tie.sum(-1) > 1, np.argmax(tie & (g[:, 1] % 2 == 0), -1), np.argmax(tie, -1))
-    return np.copysign(g[idx, 0], v), g[idx, 1].astype(np.int64)
-
-
-def scale_exp(amax, name):
-    _, mbits, emax = SPECS[name]
-    m, e = np.frexp(np.asarray(amax, np.float64))
-    e_floor = e - 1
-    e_r = np.where(m >= 1 - 2.0 ** -(mbits + 2), e_floor + 1, e_floor)  # Quark's "even" amax rounding
-    return np.clip(np.where(amax == 0, -127, e_r - emax), -127, 127)
-
-
-def ref_quantize(x, name):
-    """(grid values [.., K] float64 (sign kept), codes [.., K] with zeros as +0, scale exponents [.., K/32])."""
-    xb = np.asarray(x, F32).astype(np.float64).reshape(*x.shape[:-1], -1, 32)
-    e = scale_exp(np.abs(xb).max(-1), name)
-    r, mag = round_grid(xb / np.ldexp(1.0, e)[..., None], name)
-    bits = 1 + SPECS[name][0] + SPECS[name][1]
-    codes = np.where((r < 0) & (mag != 0), mag | (1 << (bits - 1)), mag)
-    return r.reshape(x.shape), codes.reshape(x.shape), e
-
-
-def ref_pack_fp6(codes):
-    out = []
-    for row in np.asarray(codes).reshape(-1, 4):
-        word = sum(int(c) << (6 * i) for i, c in enumerate(row))
-        out += [word & 0xFF, (word >> 8) & 0xFF, word >> 16]
-    return np.array(out, np.uint8).reshape(*codes.shape[:-1], -1)
+grid, ref_quantize, ref_pack_fp6 = reference_mx.grid, reference_mx.mx_quantize, reference_mx.pack_fp6
 
 
 def data(seed=0, shape=(6, 128)):

@@ -7,6 +7,9 @@ from quark_jax.quant.mxfp4 import (apply_e8m0_scale, dequantize_mxfp4, mxfp4_blo
                                    quantize_mxfp4, round_to_e2m1)
 from quark_jax.quant.mx import (dequantize_mx, mx_block_scale_bytes, mx_packed_width, qdq_mx, quantize_mx,
                                 round_to_mx_element)
+from quark_jax.quant.fp8_block import (dequantize_fp8_per_block, e8m0_ceil_bytes, expand_block_scales,
+                                      per_token_group_quant_fp8, quantize_fp8_per_block)
+from quark_jax.quant.int4 import dequantize_int4
 from quark_jax.quant import rounding
 from quark_jax.quant.rounding import dot_precision, exact_f32, round_to
 from quark_jax.quant.weights import (
@@ -42,5 +45,11 @@ __all__ = [
     "mx_block_scale_bytes",
     "mx_packed_width",
     "round_to_mx_element",
+    "per_token_group_quant_fp8",
+    "quantize_fp8_per_block",
+    "dequantize_fp8_per_block",
+    "expand_block_scales",
+    "e8m0_ceil_bytes",
+    "dequantize_int4",
     "rounding",
 ]

@@ -7,7 +7,10 @@ Which scheme runs a layer is decided by the registry (:mod:`quark_jax.schemes.re
 from quark_jax.schemes.base import (SCALE_DTYPES, ParamSpec, QuarkScheme, apply_params, dequantize_params,
                                     logical_widths_of, process_params)
 from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
+from quark_jax.schemes.ocp_mx import QuarkOCP_MX
 from quark_jax.schemes.unquantized import UnquantizedLinearMethod
+from quark_jax.schemes.w4a16_int4 import QuarkW4A16Int4
+from quark_jax.schemes.w8a8_fp8_block import QuarkW8A8Fp8PerBlock
 from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4
 from quark_jax.schemes.w8a8_fp8 import QuarkW8A8Fp8
 from quark_jax.schemes.w8a8_int8 import QuarkW8A8Int8
@@ -21,6 +24,9 @@ __all__ = [
     "QuarkW4A4MXFP4",
     "QuarkW4A8MXFP4Fp8",
     "QuarkW4A16MXFP4",
+    "QuarkOCP_MX",
+    "QuarkW8A8Fp8PerBlock",
+    "QuarkW4A16Int4",
     "UnquantizedLinearMethod",
     "process_params",
     "apply_params",

@@ -39,8 +39,9 @@ class ParamSpec:
     * ``checkpoint_dtypes``: dtypes a checkpoint may store it in; the loader casts to ``dtype`` (scale dtype
       normalisation: f32/bf16/f16 scales become f32).
     * ``shard_shapes``: the stored shape of each fused shard, in shard order (one entry for an unfused layer).
-    * ``combine``: ``"concat"`` (shards are row blocks, concatenated along axis 0) or ``"stack"`` (one scalar per
-      shard, stacked into ``[n_shards]``; stored as shape ``()`` or ``(1,)``).
+    * ``combine``: ``"concat"`` (shards are row blocks, concatenated along axis 0), ``"concat_cols"`` (shards are
+      column blocks, concatenated along the last axis: Quark's transposed INT4 layout ``[K, N/8]``) or ``"stack"``
+      (one scalar per shard, stacked into ``[n_shards]``; stored as shape ``()`` or ``(1,)``).
     * ``required``: a missing optional tensor is left out of the params (e.g. a zero point the scheme ignores).
 
     >>> spec = ParamSpec(shape=(3,), dtype=np.dtype(np.float32), checkpoint_dtypes=SCALE_DTYPES,
@@ -53,7 +54,7 @@ class ParamSpec:
     dtype: np.dtype  # its dtype after loading
     checkpoint_dtypes: tuple[np.dtype, ...]  # dtypes a checkpoint may store it in
     shard_shapes: tuple[tuple[int, ...], ...]  # the stored shape of each shard
-    combine: str  # "concat" (row blocks) or "stack" (one scalar per shard)
+    combine: str  # "concat" (row blocks), "concat_cols" (column blocks) or "stack" (one scalar per shard)
     required: bool = True  # False: a missing tensor is left out
     doc: str = ""  # what it is, for messages
 
@@ -72,6 +73,20 @@ class ParamSpec:
                    shard_shapes=tuple((w,) + trailing for w in widths), combine="concat", required=required, doc=doc)
 
     @classmethod
+    def cols(cls, widths: Sequence[int], leading: Sequence[int] = (), *, dtype, checkpoint_dtypes=None,
+             doc: str = "", required: bool = True) -> "ParamSpec":
+        """Column blocks ``[*leading, w_i]`` of the shards, concatenated into ``[*leading, sum(widths)]``.
+
+        >>> ParamSpec.cols((4, 2), (8,), dtype=np.int32).shape
+        (8, 6)
+        """
+        widths, leading = tuple(int(w) for w in widths), tuple(int(t) for t in leading)
+        dtype = np.dtype(dtype)
+        return cls(shape=leading + (sum(widths),), dtype=dtype, checkpoint_dtypes=tuple(checkpoint_dtypes or (dtype,)),
+                   shard_shapes=tuple(leading + (w,) for w in widths), combine="concat_cols", required=required,
+                   doc=doc)
+
+    @classmethod
     def per_shard(cls, n_shards: int, *, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES, doc: str = "",
                   required: bool = True) -> "ParamSpec":
         """One scalar per shard (stored as ``()`` or ``(1,)``), stacked into ``[n_shards]``.
@@ -83,8 +98,8 @@ class ParamSpec:
                    shard_shapes=((),) * int(n_shards), combine="stack", required=required, doc=doc)
 
     def __post_init__(self):
-        if self.combine not in ("concat", "stack"):
-            raise ValueError(f"combine: expected 'concat' or 'stack', got {self.combine!r}")
+        if self.combine not in ("concat", "concat_cols", "stack"):
+            raise ValueError(f"combine: expected 'concat', 'concat_cols' or 'stack', got {self.combine!r}")
 
     def accepts(self, shard: int, stored_shape: Sequence[int]) -> bool:
         """Whether a tensor of ``stored_shape`` fits shard ``shard``; scalars may be () or (1,), per-row vectors
@@ -177,6 +192,10 @@ class QuarkScheme(abc.ABC):
         w = jnp.asarray(params["weight"]).astype(jnp.float32)
         s = jnp.asarray(params["weight_scale"], jnp.float32)
         return w * (s.reshape(-1, 1) if s.ndim else s)
+
+    def weight_geometry(self, stored_shape: Sequence[int]) -> tuple[int, int]:
+        """``(N, K)`` of a layer from its stored ``weight`` shape (default ``[N, K / weight_pack_factor]``)."""
+        return int(stored_shape[0]), int(stored_shape[1]) * self.weight_pack_factor
 
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""

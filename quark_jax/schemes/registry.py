@@ -3,8 +3,8 @@
 Each :class:`SchemeEntry` holds a predicate on ``(weight, input_tensors)`` (:class:`TensorQuantSpec` or None) and a
 factory that builds the scheme from the specs and the :class:`SchemeOptions`; :func:`select_scheme` returns the
 scheme of the first entry whose predicate holds (vLLM's ``_get_scheme_from_config`` order: FP8 W8A8, static INT8
-W8A8, dynamic per-token INT8 W8A8, then the MXFP4 weight schemes). A new scheme is one more entry (:func:`register_scheme`); nothing else
-changes.
+W8A8, dynamic per-token INT8 W8A8, the MXFP4 weight schemes, then OCP MX, FP8 per-block and INT4 weight-only).
+A new scheme is one more entry (:func:`register_scheme`); nothing else changes.
 
 >>> w = TensorQuantSpec(dtype="fp8_e4m3", qscheme="per_tensor", is_dynamic=False, symmetric=True)
 >>> select_scheme(w, w).summary()
@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from quark_jax.errors import UnsupportedSchemeError
+from quark_jax import formats
 from quark_jax.schemes.base import QuarkScheme
+from quark_jax.schemes.ocp_mx import QuarkOCP_MX
 from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
 from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4
 from quark_jax.schemes.w8a8_fp8 import QuarkW8A8Fp8
+from quark_jax.schemes.w4a16_int4 import QuarkW4A16Int4
+from quark_jax.schemes.w8a8_fp8_block import QuarkW8A8Fp8PerBlock
 from quark_jax.schemes.w8a8_int8 import QuarkW8A8Int8
 
 __all__ = ["SchemeEntry", "scheme_registry", "register_scheme", "select_scheme"]
@@ -108,6 +112,73 @@ def _mxfp4(cls):
     return build
 
 
+def _is_ocp_mx_spec(t: Spec) -> bool:
+    return (t is not None and t.dtype in formats.MX_ELEMENTS and t.qscheme == "per_group" and t.group_size == 32
+            and t.scale_format == "e8m0")
+
+
+def _ocp_mx_input(i: Spec) -> str | None | bool:
+    """The QuarkOCP_MX input mode of an input spec, or False when it has none."""
+    if i is None:
+        return None
+    if _is_ocp_mx_spec(i) and i.is_dynamic is not False:
+        return i.dtype
+    if i.dtype == "fp8_e4m3" and i.qscheme == "per_tensor" and i.is_dynamic is True:
+        return "fp8_per_tensor"
+    return False
+
+
+def _is_ocp_mx(w: Spec, i: Spec) -> bool:
+    return _is_ocp_mx_spec(w) and not w.is_dynamic and _ocp_mx_input(i) is not False
+
+
+def _ocp_mx(w: TensorQuantSpec, i: Spec, o: SchemeOptions) -> QuarkScheme:
+    return QuarkOCP_MX(weight_dtype=w.dtype, input_dtype=_ocp_mx_input(i), impl=o.impl)
+
+
+def _fp8_block(w: Spec) -> tuple[int, int] | None:
+    b = None if w is None else w.raw.get("block_size")
+    if (isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                             for v in b)):
+        return int(b[0]), int(b[1])
+    return None
+
+
+def _fp8_block_scale_format(w: TensorQuantSpec) -> str | None:
+    st = w.raw.get("scale_type")
+    if w.scale_format == "e8m0" or st == "float8_e8m0fnu":
+        return "e8m0"
+    return "float" if st in (None, "float", "float32") else None
+
+
+def _is_fp8_per_block(w: Spec, i: Spec) -> bool:
+    if w is None or i is None or w.dtype != "fp8_e4m3" or i.dtype != "fp8_e4m3" or w.qscheme != "per_block":
+        return False
+    block = _fp8_block(w)
+    return (block is not None and not w.is_dynamic and _fp8_block_scale_format(w) is not None
+            and i.is_dynamic is True and i.qscheme == "per_group" and i.group_size == block[1])
+
+
+def _fp8_per_block(w: TensorQuantSpec, i: Spec, o: SchemeOptions) -> QuarkScheme:
+    return QuarkW8A8Fp8PerBlock(block=_fp8_block(w), scale_format=_fp8_block_scale_format(w), impl=o.impl)
+
+
+def _is_int4_weight_only(w: Spec, i: Spec) -> bool:
+    if w is None or i is not None or w.dtype not in ("int4", "uint4") or w.is_dynamic:
+        return False
+    if w.qscheme == "per_group":
+        ok = isinstance(w.group_size, int) and w.group_size > 0
+    else:
+        ok = w.qscheme == "per_channel"
+    # int4 is symmetric (no zero point), uint4 asymmetric (zero points), as vLLM's QuarkW4A16Int4 takes them
+    return ok and (w.symmetric is not False if w.dtype == "int4" else w.symmetric is not True)
+
+
+def _int4(w: TensorQuantSpec, i: Spec, o: SchemeOptions) -> QuarkScheme:
+    return QuarkW4A16Int4(signed=w.dtype == "int4", group_size=w.group_size if w.qscheme == "per_group" else -1,
+                          pack_method=o.int4_pack_method, impl=o.impl)
+
+
 _MX = "MXFP4 weights (fp4 per_group 32 e8m0)"
 _REGISTRY: list[SchemeEntry] = [
     SchemeEntry(name="fp8_w8a8", matches=_is_fp8_w8a8, build=_fp8_w8a8,
@@ -124,6 +195,15 @@ _REGISTRY: list[SchemeEntry] = [
                 supports=f"{_MX} with static per_tensor FP8 input"),
     SchemeEntry(name="w4a16_mxfp4", matches=lambda w, i: _is_mx_fp4_weight(w) and i is None,
                 build=_mxfp4(QuarkW4A16MXFP4), supports=f"{_MX} with no input quantization"),
+    SchemeEntry(name="ocp_mx", matches=_is_ocp_mx, build=_ocp_mx,
+                supports="OCP MX weights (fp4 / fp6_e2m3 / fp6_e3m2 / fp8_e4m3 per_group 32 e8m0) with no input "
+                         "quantization, a dynamic MX input of those types, or a dynamic per_tensor FP8 input"),
+    SchemeEntry(name="fp8_w8a8_per_block", matches=_is_fp8_per_block, build=_fp8_per_block,
+                supports="FP8 per-block W8A8 (fp8_e4m3 per_block weights with block_size [rows, cols] and float or "
+                         "float8_e8m0fnu scales; dynamic fp8_e4m3 per_group input, group_size = cols)"),
+    SchemeEntry(name="w4a16_int4", matches=_is_int4_weight_only, build=_int4,
+                supports="INT4 / UINT4 weight-only (int4 symmetric or uint4 asymmetric, per_group or per_channel; "
+                         "no input quantization)"),
 ]
 
 

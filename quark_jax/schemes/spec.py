@@ -79,10 +79,14 @@ class SchemeOptions:
     azp_mode: str = "vllm"  # asymmetric INT8 input: "vllm" (reconstructed (s', z')) or "checkpoint" (Quark's (s, z))
     fp8_dtype: str = "float8_e4m3fn"  # or "float8_e4m3fnuz" (ROCm MI300 numerics)
     dequantize_mxfp4_weight: bool = False  # keep MXFP4 weights dequantized (bf16) instead of packed
+    int4_pack_method: str = "reorder"  # Quark's export.pack_method for INT4 words: "reorder" or "order"
 
     def __post_init__(self):
         check_impl(self.impl)
         if self.azp_mode not in ("vllm", "checkpoint"):
             raise ValueError(f"azp_mode: expected 'vllm' or 'checkpoint', got {self.azp_mode!r}")
+        if self.int4_pack_method not in ("order", "reorder"):
+            raise ValueError(f"int4_pack_method: expected 'order' or 'reorder' (Quark's export.pack_method), got "
+                             f"{self.int4_pack_method!r}")
         if self.fp8_dtype not in ("float8_e4m3fn", "float8_e4m3fnuz"):
             raise ValueError(f"fp8_dtype: expected 'float8_e4m3fn' or 'float8_e4m3fnuz', got {self.fp8_dtype!r}")
