@@ -219,6 +219,20 @@ def prompt(batch: int, length: int, vocab: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int32)
 
 
+def make_mesh(spec: str):
+    """``"DATAxMODEL"`` (e.g. ``"1x8"``) -> a ``jax.sharding.Mesh`` over the first DATA*MODEL devices with axes
+    ("data", "model"); ``""`` -> None (one device)."""
+    if not spec:
+        return None
+    import jax
+    from jax.sharding import Mesh
+
+    d, m = (int(x) for x in spec.lower().split("x"))
+    if d * m > len(jax.devices()):
+        raise SystemExit(f"--mesh {spec}: needs {d * m} devices, {len(jax.devices())} available")
+    return Mesh(np.array(jax.devices()[: d * m]).reshape(d, m), ("data", "model"))
+
+
 def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: dict, save) -> None:
     import jax
     from flax import nnx
@@ -228,7 +242,7 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     scheme = result["scheme"]
     options = {"impl": args.impl[scheme]} if scheme in args.impl and scheme != "bf16" else {}
     t0 = time.perf_counter()
-    model = from_pretrained(ckpt, progress=False, **options)
+    model = from_pretrained(ckpt, progress=False, mesh=make_mesh(args.mesh), **options)
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     load_s = time.perf_counter() - t0
     result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
@@ -385,6 +399,8 @@ def main(argv=None) -> dict:
                     "(default: the library's)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary directory)")
     ap.add_argument("--out", default=None, help="results JSON (rewritten after every measurement)")
+    ap.add_argument("--mesh", default="", help="tensor-parallel: DATAxMODEL devices, e.g. 1x8 (from_pretrained(mesh=); "
+                    "batches must be multiples of DATA); default one device")
     ap.add_argument("--profile", action="store_true", help="also profile one decode step (batch 1)")
     ap.add_argument("--profile-steps", type=int, default=8)
     ap.add_argument("--torch", action="store_true", help="measure the torch.compile peer (bf16) instead")
@@ -403,7 +419,7 @@ def main(argv=None) -> dict:
     import jax
 
     results = {"shape": args.shape, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-               "date": time.strftime("%Y-%m-%d"), "prompt": args.prompt, "new_tokens": args.new_tokens,
+               "date": time.strftime("%Y-%m-%d"), "mesh": args.mesh or None, "prompt": args.prompt, "new_tokens": args.new_tokens,
                "schemes": {}}
 
     def save():

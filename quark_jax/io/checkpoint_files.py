@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -116,6 +117,12 @@ class CheckpointReader:
             raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}")
         return self._file_of[name].get(name)
 
+    def get_slice(self, name: str, index: tuple) -> np.ndarray:
+        """Read ``tensor[index]`` (a tuple of slices) without reading the rest of the tensor."""
+        if name not in self._file_of:
+            raise KeyError(f"checkpoint {self.directory}: no tensor named {name!r}")
+        return self._file_of[name].get_slice(name, tuple(index))
+
     def file_of(self, name: str) -> Path:
         """The safetensors file holding a tensor."""
         self.info(name)
@@ -147,6 +154,39 @@ class CheckpointReader:
 
     def __repr__(self) -> str:
         return f"CheckpointReader({str(self.directory)!r}, {len(self)} tensors in {len(self.files)} file(s))"
+
+
+class CheckpointSlice(CheckpointReader):
+    """A view of a checkpoint in which some tensors are replaced by a slice of themselves: ``index_of(name,
+    shape)`` returns a tuple of slices (``info`` gives the sliced shape, ``get`` reads only that slice from the
+    file) or None (the whole tensor). Used to load one device's part of a layer (tensor parallelism).
+
+    >>> from quark_jax.data import bundled_checkpoint
+    >>> r = open_checkpoint(bundled_checkpoint("tiny-llama-fp8"))
+    >>> v = CheckpointSlice(r, lambda name, shape: (slice(0, 2),) if name == "model.norm.weight" else None)
+    >>> v.info("model.norm.weight").shape, v.get("model.norm.weight").shape, v.info("lm_head.weight").shape
+    ((2,), (2,), (256, 64))
+    """
+
+    def __init__(self, base: CheckpointReader, index_of):
+        self.__dict__.update(directory=base.directory, files=base.files, _file_of=base._file_of,
+                             _modules=base._modules, config=base.config)
+        self._base, self._index_of = base, index_of
+
+    def _index(self, name: str):
+        return self._index_of(name, tuple(self._base.info(name).shape))
+
+    def info(self, name: str) -> TensorInfo:
+        info = self._base.info(name)
+        idx = self._index(name)
+        if idx is None:
+            return info
+        shape = tuple(len(range(*s.indices(d))) for s, d in zip(idx, info.shape)) + tuple(info.shape[len(idx):])
+        return dataclasses.replace(info, shape=shape)
+
+    def get(self, name: str) -> np.ndarray:
+        idx = self._index(name)
+        return self._base.get(name) if idx is None else self._base.get_slice(name, idx)
 
 
 def open_checkpoint(directory: str | Path, *, config: dict | None = None) -> CheckpointReader:

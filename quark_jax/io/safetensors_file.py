@@ -149,5 +149,18 @@ class SafetensorsFile:
                 got += k
         return out
 
+    def get_slice(self, name: str, index: tuple) -> np.ndarray:
+        """Read ``tensor[index]`` (a tuple of slices) into a new numpy array, touching only the pages it spans
+        (through a view of the memory-mapped file: no full copy of the tensor in host memory)."""
+        info = self.info(name)
+        if info.end == info.begin:
+            return np.zeros(info.shape, info.dtype)[index]
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = np.frombuffer(mm, dtype=info.dtype, count=int(np.prod(info.shape)),
+                                 offset=self._data_start + info.begin).reshape(info.shape)
+            out = np.array(view[index])
+            del view  # release the buffer before the mmap closes
+        return out
+
     def load_all(self) -> dict[str, np.ndarray]:
         return {name: self.get(name) for name in self._infos}

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from quark_jax.nn import kv_cache_sharding
 from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.inputs import check_token_ids
 
@@ -170,6 +171,12 @@ def _decode_chunk(graphdef, chunk, state, cache, token, slot, done, first_slot, 
     i, token, slot, done, cache, out = jax.lax.while_loop(
         cond, body, (jnp.int32(0), token, slot, done, cache, out))
     return out, i, token, slot, done, cache
+
+
+def _mesh_sharding(x):
+    """x's NamedSharding (a tensor-parallel model's state and cache), else None."""
+    s = getattr(x, "sharding", None)
+    return s if isinstance(s, jax.sharding.NamedSharding) else None
 
 
 class _Programs:
@@ -315,11 +322,15 @@ class _Run:
         padded = np.zeros((b, self.bucket), np.int32)
         padded[:, :t] = self.ids
         cache = self.model.init_cache(b, self.cache_len)
+        mesh = getattr(self.model, "mesh", None)
+        if mesh is not None:  # tensor-parallel: heads over "model", batch over "data"
+            cache = jax.device_put(cache, kv_cache_sharding(mesh, self.model.config.num_key_value_heads))
 
         t0 = time.perf_counter()
         compiling = None
         if self.n > 1:  # the first call of a shape: compile the decode chunk while the prefill compiles and runs
-            sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
+            sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(  # a mesh's arrays keep their sharding
+                jnp.shape(x), jnp.result_type(x), sharding=_mesh_sharding(x)))
             tok = jax.ShapeDtypeStruct((b,), jnp.int32)
             args = (self.chunk, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -17,13 +18,14 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.generation import check_fits
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.nn.load import load_weights
+from quark_jax.nn import DEFAULT_RULES
 from quark_jax.nn.substitute import quantize_model
 
 __all__ = ["from_pretrained"]
 
 
 def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = True,
-                    progress: bool | None = None, **options):
+                    progress: bool | None = None, mesh=None, partition_rules=None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
     ``checkpoint_dir`` is a directory, a bundled name or a Hugging Face Hub id (``"org/name"``, see
@@ -43,6 +45,12 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     is read once, straight into place; ``progress`` shows a stderr progress line (default: for checkpoints over
     256 MiB). The model's ``checkpoint_dir`` (a str) is the resolved directory, where ``generate_text`` finds the
     tokenizer.
+
+    ``mesh`` (a ``jax.sharding.Mesh`` with axes "data" and/or "model"): tensor-parallel inference. Every
+    parameter is placed with its NamedSharding (``partition_rules``, default
+    :data:`quark_jax.nn.parallel.DEFAULT_RULES`: Megatron column / row splits over "model", docs/SPEC.md), each
+    device reading only its slice from the safetensors files; the quantized GEMMs run per shard; ``generate``
+    shards the KV cache (heads over "model", batch over "data": the batch must be a multiple of "data").
 
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
@@ -66,8 +74,12 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
     check_fits(weight_bytes, f"checkpoint {checkpoint_dir}: the model's weights")
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-    load_weights(model, reader, ignore=ignore, progress=progress)
+    rules = None
+    if mesh is not None:
+        rules = dataclasses.replace(partition_rules or DEFAULT_RULES, head_dim=cfg.head_dim)
+    load_weights(model, reader, ignore=ignore, progress=progress, mesh=mesh, partition_rules=rules)
     _require_concrete(model, checkpoint_dir)
+    model.mesh = mesh  # static: generate shards the KV cache over it
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model
 

@@ -5,6 +5,8 @@
 * :func:`load_weights`: fill any NNX model (float or quantized layers) from a checkpoint by module path.
 * :class:`FP8KVCacheScales` / :class:`KVScale`: the interface a module with an FP8 KV cache implements, so that
   ``quantize_model`` enables it and ``load_weights`` fills its scales without nn knowing the model.
+* :class:`PartitionRules` (:mod:`quark_jax.nn.parallel`): tensor parallelism over a mesh ("data", "model") as
+  data; ``load_weights(..., mesh=)`` places each variable with its sharding and Quark layers run per shard.
 * :class:`QuarkDense`: the Linen counterpart (a drop-in for ``nn.Dense`` that resolves its scheme by path).
 """
 
@@ -12,8 +14,9 @@ from quark_jax.nn.kv_scales import FP8KVCacheScales, KVScale
 from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype
 from quark_jax.nn.load import load_weights, module_path
 from quark_jax.nn.linen import QuarkDense, linen_module_path
+from quark_jax.nn.parallel import DEFAULT_RULES, PartitionRules, ShardLayout, kv_cache_sharding
 from quark_jax.nn.substitute import as_quark_config, quantize_model, set_attr_at
 
 __all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
            "QuarkDense", "linen_module_path", "FP8KVCacheScales", "KVScale",
-           "set_attr_at", "as_quark_config"]
+           "set_attr_at", "as_quark_config", "PartitionRules", "DEFAULT_RULES", "ShardLayout", "kv_cache_sharding"]

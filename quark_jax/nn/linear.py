@@ -13,7 +13,10 @@ from flax import nnx
 from quark_jax.checkpoint import (CheckpointReader, checkpoint_dtype, layer_geometry, layer_param_specs,
                                   load_layer_params, open_checkpoint)
 from quark_jax.config import QuarkConfig
-from quark_jax.errors import CheckpointError
+from quark_jax.errors import CheckpointError, InvalidArgumentError
+from quark_jax.io import CheckpointSlice
+from quark_jax.nn.parallel import MODEL, ShardLayout, axis_size, plan_layer, sharded_apply
+from quark_jax.naming import shard_paths
 from quark_jax.quant import round_to
 from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_params, dequantize_params,
                                logical_widths_of, process_params)
@@ -71,6 +74,7 @@ class QuarkLinear(nnx.Module):
             setattr(self, k, QuarkParam(jnp.zeros(v.shape, v.dtype)))
         self.bias = QuarkParam(jnp.zeros((self.out_features,), self._float_dtype)) if self.use_bias else None
         self.weights_loaded = False  # static: set by load_params / mark_loaded, checked in __call__
+        self.shard_layout = None  # static: a ShardLayout when loaded onto a mesh (load_checkpoint(mesh=...))
 
     @property
     def _float_dtype(self):
@@ -123,12 +127,29 @@ class QuarkLinear(nnx.Module):
         self.weights_loaded = True
         return self
 
-    def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None
-                        ) -> "QuarkLinear":
+    def plan_sharding(self, mesh, rules, layer_path: str | None = None) -> ShardLayout:
+        """This layer's :class:`~quark_jax.nn.parallel.ShardLayout` on ``mesh`` under ``rules`` (an
+        InvalidArgumentError when the mesh cannot split it)."""
+        path = layer_path or self.name
+        if not self.scheme.shardable:
+            raise InvalidArgumentError(f"layer {path} ({self.scheme.summary()}): tensor parallelism (mesh=) supports "
+                                       "the FP8, INT8, MXFP4 and unquantized layers; exclude this layer or load "
+                                       "without a mesh")
+        return plan_layer(path, shard_paths(path), self.logical_widths, self.in_features, mesh=mesh, rules=rules,
+                          pack_factor=self.scheme.weight_pack_factor)
+
+    def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None, *,
+                        layout: ShardLayout | None = None) -> "QuarkLinear":
         """Read this layer's raw params from a checkpoint (``layer_path`` defaults to ``name``; fused paths read
         their shards), validate (once, in :func:`quark_jax.checkpoint.load_layer_params`), process and store
-        them. Returns self."""
+        them. Returns self.
+
+        With a ``layout`` (:meth:`plan_sharding`), each "model" index reads only its slice of every tensor
+        (validated as a layer of the local sizes), processes it on each device of that index, and the params
+        become global arrays with the rules' NamedShardings."""
         path = layer_path or self.name
+        if layout is not None:
+            return self._load_sharded(open_checkpoint(checkpoint), path, layout)
         raw = load_layer_params(checkpoint, path, self.scheme, input_size=self.in_features,
                                 logical_widths=self.logical_widths, use_bias=self.use_bias,
                                 params_dtype=self._float_dtype)
@@ -154,6 +175,41 @@ class QuarkLinear(nnx.Module):
                     use_bias=geo.has_bias, dtype=dtype, name=layer_path)
         return layer.load_checkpoint(reader, layer_path)
 
+    def _load_sharded(self, reader: CheckpointReader, path: str, layout: ShardLayout) -> "QuarkLinear":
+        mesh = layout.mesh
+        n = layout.model
+        model_axis = mesh.axis_names.index(MODEL) if MODEL in mesh.axis_names else None
+        widths = layout.local_widths if layout.role == "column" else self.logical_widths
+        per_device: dict = {}
+        shard_of = {s: (j, w) for j, (s, w) in enumerate(zip(shard_paths(path), self.logical_widths))}
+        for m in range(n):
+            def index_of(name, shape, m=m):  # this "model" index's slice of the layer's tensors
+                hit = shard_of.get(name.rpartition(".")[0])
+                return None if hit is None else layout.local_index(hit[0], hit[1], m, shape)
+
+            view = CheckpointSlice(reader, index_of)
+            raw = load_layer_params(view, path, self.scheme, input_size=layout.local_k, logical_widths=widths,
+                                    use_bias=self.use_bias, params_dtype=self._float_dtype)
+            bias = raw.pop("bias", None)
+            devices = (mesh.devices if model_axis is None else np.take(mesh.devices, m, axis=model_axis))
+            for d in devices.reshape(-1):
+                local = process_params(self.scheme, jax.device_put(raw, d), widths)
+                if bias is not None:
+                    local["bias"] = jax.device_put(jnp.asarray(bias, self._float_dtype), d)
+                per_device[d] = local
+        names = list(next(iter(per_device.values())))
+        for k in names:
+            local = next(iter(per_device.values()))[k]
+            spec = layout.spec(k, local.ndim)
+            shape = tuple(dim * (axis_size(mesh, a) if a is not None else 1)
+                          for dim, a in zip(local.shape, tuple(spec) + (None,) * (local.ndim - len(spec))))
+            value = jax.make_array_from_single_device_arrays(
+                shape, jax.sharding.NamedSharding(mesh, spec), [per_device[d][k] for d in per_device])
+            getattr(self, k).set_value(value)
+        self.shard_layout = layout
+        self.weights_loaded = True
+        return self
+
     # ------------------------------------------------------------------ forward
     def params(self) -> dict[str, jax.Array]:
         """The processed params as a dict (what ``scheme.apply_weights`` takes)."""
@@ -176,4 +232,7 @@ class QuarkLinear(nnx.Module):
         # round (not just cast) to the layer dtype: XLA may otherwise skip the rounding of a fused producer
         x = check_finite(round_to(x, self.dtype if self.dtype is not None else x.dtype), self.name, "input")
         bias = self.bias[...] if self.use_bias else None
+        if self.shard_layout is not None:
+            return check_finite(sharded_apply(self.shard_layout, self.scheme, self.params(), x, bias), self.name)
         return check_finite(apply_params(self.scheme, self.params(), x, bias), self.name)  # checks=True only
+

@@ -34,9 +34,10 @@ from flax import nnx
 
 from quark_jax.checkpoint import (CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint,
                                   shard_paths)
-from quark_jax.errors import CheckpointError
+from quark_jax.errors import CheckpointError, InvalidArgumentError
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
+from quark_jax.nn.parallel import DEFAULT_RULES, MODEL, axis_size, check_mesh, param_sharding
 
 __all__ = ["load_weights", "module_path"]
 
@@ -118,6 +119,28 @@ class _Task:
             raise CheckpointError(f"{where}: tensor {what} has shape {list(stored)}, expected {list(expected)} "
                                   f"for {self.target}")
 
+    def load_sharded(self, ckpt: CheckpointReader, sharding) -> int:
+        """Place the variable as a global array with ``sharding``, each device's slice read from the file."""
+        value = self.var.get_value()
+        dtype, shape = value.dtype, tuple(value.shape)
+
+        def read(index):
+            idx = tuple(slice(*s.indices(d)) for s, d in zip(index, shape))
+            stored = idx[::-1] if self.transpose else idx
+            rows, rest = stored[0], stored[1:]
+            parts, off = [], 0
+            for n in self.names:
+                h = ckpt.info(n).shape[0]
+                lo, hi = max(rows.start, off), min(rows.stop, off + h)
+                if lo < hi:
+                    parts.append(ckpt.get_slice(n, (slice(lo - off, hi - off),) + rest).astype(dtype))
+                off += h
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            return arr.T if self.transpose else arr
+
+        self.var.set_value(jax.make_array_from_callback(shape, sharding, read))
+        return sum(ckpt.nbytes(n) for n in self.names)
+
     def load(self, ckpt: CheckpointReader) -> int:
         dtype = self.var.get_value().dtype
         # each shard read once into its own array and moved to the device as stored; the dtype cast, the
@@ -182,8 +205,23 @@ def _nearest_module(name: str, paths: set[str]) -> str:
     return ""
 
 
+def _float_role(rules, path: str, module, n: int) -> str:
+    """The role of a float module on a "model" axis of ``n`` (heads checked; KV heads fewer than n replicated)."""
+    role = rules.role(path)
+    if role not in ("heads", "kv_heads", "column", "vocab") or n == 1:
+        return role
+    width = module.num_embeddings if isinstance(module, nnx.Embed) else getattr(module, "out_features", 0)
+    units = width // rules.head_dim if role in ("heads", "kv_heads") and rules.head_dim else width
+    if role == "kv_heads" and units % n and n % units == 0:
+        return "replicated"
+    if units % n:
+        raise InvalidArgumentError(f"layer {path}: the 'model' axis of {n} devices does not split its {units} "
+                                   f"{'heads' if role in ('heads', 'kv_heads') else 'outputs'} evenly")
+    return "vocab" if role == "vocab" else "column"
+
+
 def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *, prefix: str = "",
-                 strict: bool = True, ignore=(), progress: bool | None = None):
+                 strict: bool = True, ignore=(), progress: bool | None = None, mesh=None, partition_rules=None):
     """Fill ``model``'s variables from a checkpoint in place (see the module docstring); returns ``model``.
 
     Args:
@@ -194,6 +232,10 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
       strict: when False, checkpoint tensors the model has no place for are skipped (missing ones still fail).
       ignore: fnmatch patterns of checkpoint tensors to skip.
       progress: a stderr progress line (default: only when more than 256 MiB are loaded).
+      mesh: a ``jax.sharding.Mesh`` with axes "data" / "model": every variable becomes a global array with the
+        NamedSharding of ``partition_rules`` (default :data:`~quark_jax.nn.parallel.DEFAULT_RULES`), each device
+        reading only its slice of each tensor; Quark layers get their
+        :class:`~quark_jax.nn.parallel.ShardLayout` and run their GEMMs per shard.
 
     >>> import tempfile, numpy as np
     >>> from safetensors.numpy import save_file
@@ -206,6 +248,11 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     """
     ckpt = open_checkpoint(checkpoint_dir)
     where = f"checkpoint {ckpt.directory}"
+    rules = DEFAULT_RULES if partition_rules is None else partition_rules
+    if mesh is not None:
+        check_mesh(mesh)
+    layouts = {}  # id(QuarkLinear) -> ShardLayout, planned before any data is read
+    shardings = {}  # id(_Task) -> NamedSharding
     tasks: list[_Task] = []
     kv_modules = []  # (attention module, checkpoint path)
     quark_layers = []  # (QuarkLinear, checkpoint path)
@@ -217,6 +264,8 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
         module_paths.add(cp)
         if isinstance(module, QuarkLinear):
             quark_layers.append((module, cp))
+            if mesh is not None:
+                layouts[id(module)] = module.plan_sharding(mesh, rules, cp)
             missing += [(f"{s}.weight", f"QuarkLinear {cp}") for s in shard_paths(cp) if f"{s}.weight" not in ckpt]
             continue
         if isinstance(module, FP8KVCacheScales) and module.kv_fp8:
@@ -230,6 +279,10 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
                 missing += [(sh, target) for sh in shards if sh not in ckpt] if some else [(tensor, target)]
             else:
                 tasks.append(_Task(target, getattr(module, var_name), names, transpose))
+                if mesh is not None:
+                    role = _float_role(rules, cp, module, axis_size(mesh, MODEL))
+                    shardings[id(tasks[-1])] = param_sharding(mesh, rules, role, var_name,
+                                                              len(tasks[-1].var.get_value().shape))
     if missing:
         shown = "; ".join(f"{t} (for {v})" for t, v in missing[:8])
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
@@ -265,13 +318,19 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     show = progress if progress is not None else total > PROGRESS_MIN_BYTES
     bar = _Progress(total, len(tasks) + len(quark_layers), show, f"loading {ckpt.directory.name}")
     for task in tasks:
-        task.load(ckpt)
+        if mesh is None:
+            task.load(ckpt)
+        else:
+            task.load_sharded(ckpt, shardings[id(task)])
         bar.update(sum(ckpt.nbytes(n) for n in task.names))
     for module, cp in quark_layers:
-        module.load_checkpoint(ckpt, cp)
+        module.load_checkpoint(ckpt, cp, layout=layouts.get(id(module)))
         bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
     for module, _ in kv_modules:
         s = kv_scales[id(module)]
-        module.k_scale.set_value(jnp.float32(s.k_scale))
-        module.v_scale.set_value(jnp.float32(s.v_scale))
+        for var, value in ((module.k_scale, s.k_scale), (module.v_scale, s.v_scale)):
+            value = jnp.float32(value)
+            if mesh is not None:
+                value = jax.device_put(value, param_sharding(mesh, rules, "replicated", "kv_scale", 0))
+            var.set_value(value)
     return model

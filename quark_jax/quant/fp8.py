@@ -32,7 +32,7 @@ def _vllm_clamp_cast(v, dtype):
     return fp8_saturating_cast(jnp.where(jnp.isnan(v), formats.fp8_max(dtype), v), dtype)
 
 
-def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn):
+def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn, axis_name=None):
     """Quantize ``x`` [..., K] to FP8; returns ``(q, scale)`` with ``x ≈ f32(q) * scale``.
 
     * ``scale`` given (static per-tensor, vLLM-exact): ``q = fp8(clamp(f32(x) * (1/scale)))``; ``scale`` must be a
@@ -41,6 +41,10 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
       shape [..., 1]; ``q = fp8(clamp(f32(x) / s))`` (true division).
     * ``scale`` None, ``per_token=False`` (dynamic per-tensor): ``s = max(amax / M, 1/(M*512))`` over all of x
       (0-d float32); ``q = fp8(clamp(f32(x) * (1/s)))``.
+
+    ``axis_name`` (inside ``shard_map``; dynamic scales only): the mesh axis name(s) over which x is split along the
+    axes the amax spans (K for per-token; every axis for per-tensor); the amax is their ``pmax``, so every shard
+    quantizes with the scale of the whole x.
 
     M is 448 for float8_e4m3fn and 224 for float8_e4m3fnuz (vLLM). Values past the range saturate; rows of zeros
     give zeros. Jittable. A concrete (not traced) static ``scale`` must be finite and > 0 (ValueError otherwise).
@@ -71,6 +75,8 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
 
     if per_token:
         amax = nan_max_abs(xf, axis=-1, keepdims=True)
+        if axis_name:
+            amax = lax.pmax(amax, axis_name)
         if scale_ub is not None:
             amax = jnp.minimum(amax, static_scale("scale_ub", scale_ub))
         s = jnp.maximum(true_divide(amax, m), min_scale)
@@ -79,5 +85,7 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
     if scale_ub is not None:
         raise ValueError("scale_ub: only used with per_token=True (vLLM applies the bound to per-token scales)")
     amax = nan_max_abs(xf)
+    if axis_name:
+        amax = lax.pmax(amax, axis_name)
     s = jnp.maximum(true_divide(amax, m), min_scale)
     return _vllm_clamp_cast(xf * true_divide(1.0, s), dtype), s

@@ -159,6 +159,9 @@ class QuarkScheme(abc.ABC):
     kernel_op = None
     #: minimum CUDA compute capability (times 10) that vLLM requires for the scheme (informational here)
     min_capability = 0
+    #: whether the tensor-parallel layouts of quark_jax.nn.parallel apply (raw params [N, ...] rows, K along
+    #: axis 1, activation statistics per token, per 32-block or reduced through for_shard)
+    shardable = False
     #: option name -> its allowed values, checked at construction
     choices: ClassVar[Mapping[str, tuple]] = {}
 
@@ -196,6 +199,18 @@ class QuarkScheme(abc.ABC):
     def weight_geometry(self, stored_shape: Sequence[int]) -> tuple[int, int]:
         """``(N, K)`` of a layer from its stored ``weight`` shape (default ``[N, K / weight_pack_factor]``)."""
         return int(stored_shape[0]), int(stored_shape[1]) * self.weight_pack_factor
+
+    def for_shard(self, *, token_axes: tuple[str, ...] = (), k_axes: tuple[str, ...] = ()) -> "QuarkScheme":
+        """This scheme as it runs on one shard inside ``shard_map``, x split over the mesh axes ``token_axes``
+        (its leading axes) and ``k_axes`` (K): a scheme whose activation statistics span those axes (FP8 dynamic
+        scales) reduces them across the shards, so each shard quantizes as the unsharded layer does. Default:
+        itself (static scales, per-32-block MXFP4 and unquantized inputs need nothing).
+
+        >>> from quark_jax.schemes import QuarkW8A8Fp8
+        >>> QuarkW8A8Fp8(activation="dynamic_per_token").for_shard(k_axes=("model",)).amax_axes
+        ('model',)
+        """
+        return self
 
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""

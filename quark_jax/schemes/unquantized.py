@@ -27,6 +27,8 @@ class UnquantizedLinearMethod(QuarkScheme):
     [[3.0, 3.0]]
     """
 
+    shardable = True  # quark_jax.nn.parallel layouts apply
+
     def summary(self) -> str:
         return "unquantized"
 

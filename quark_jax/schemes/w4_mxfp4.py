@@ -47,6 +47,7 @@ class _QuarkMXFP4(QuarkScheme):
     dequantize_at_load: bool = False  # keep a bf16 [N, K] weight instead of the packed one
 
     weight_pack_factor = 2
+    shardable = True  # quark_jax.nn.parallel layouts apply
     input_mode: ClassVar[str] = "mxfp4"
 
     min_capability = 70  # vLLM: compute capability 7.0

@@ -43,10 +43,12 @@ class QuarkW8A8Fp8(QuarkScheme):
     """
 
     kernel_op = "fp8_scaled_mm"
+    shardable = True  # quark_jax.nn.parallel layouts apply
 
     weight_qscheme: str = "per_tensor"  # "per_tensor" (requantized to the max shard scale) or "per_channel"
     activation: str = "static"  # "static", "dynamic_per_token" or "dynamic_per_tensor"
     fp8_dtype: str = "float8_e4m3fn"  # or "float8_e4m3fnuz" (ROCm MI300 numerics)
+    amax_axes: tuple[str, ...] = ()  # mesh axes the dynamic amax is reduced over inside shard_map (for_shard)
 
     min_capability = 89  # vLLM: compute capability 8.9
     choices = {"weight_qscheme": WEIGHT_QSCHEMES, "activation": ACTIVATIONS, "fp8_dtype": FP8_DTYPES}
@@ -58,6 +60,12 @@ class QuarkW8A8Fp8(QuarkScheme):
     def summary(self) -> str:
         extra = ", fnuz" if self.fp8_dtype == "float8_e4m3fnuz" else ""
         return f"QuarkW8A8Fp8(weight fp8 {self.weight_qscheme}, input fp8 {self.activation}{extra})"
+
+    def for_shard(self, *, token_axes: tuple[str, ...] = (), k_axes: tuple[str, ...] = ()) -> "QuarkW8A8Fp8":
+        if self.activation == "static":
+            return self
+        axes = tuple(k_axes) if self.activation == "dynamic_per_token" else tuple(token_axes) + tuple(k_axes)
+        return self.replace(amax_axes=axes)
 
     def create_weights(self, output_partition_sizes: Sequence[int], input_size: int,
                        params_dtype: Any = None) -> dict[str, ParamSpec]:
@@ -96,6 +104,7 @@ class QuarkW8A8Fp8(QuarkScheme):
         if self.activation == "static":
             q, s = quant.scaled_fp8_quant(x2, params["input_scale"], dtype=dtype)
         else:
-            q, s = quant.scaled_fp8_quant(x2, per_token=self.activation == "dynamic_per_token", dtype=dtype)
+            q, s = quant.scaled_fp8_quant(x2, per_token=self.activation == "dynamic_per_token", dtype=dtype,
+                                          axis_name=self.amax_axes or None)
         y = kernels.fp8_scaled_mm(q, weight, s, params["weight_scale"], bias, out_dtype=x2.dtype, impl=self.impl)
         return y.reshape(*lead, n)

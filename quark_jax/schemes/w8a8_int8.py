@@ -63,6 +63,8 @@ class QuarkW8A8Int8(QuarkScheme):
     min_capability = 75  # vLLM: compute capability 7.5
     choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
 
+    shardable = True  # quark_jax.nn.parallel layouts apply
+
     def summary(self) -> str:
         if not self.is_static_input_scheme:
             inp = "symmetric" if self.input_symmetric else "asymmetric"

@@ -1,0 +1,124 @@
+"""Tensor-parallel inference (issue 17) on 8 forced CPU devices: one subprocess (tests/parallel_checks.py) loads each
+(variant, mesh) once and measures; the tests here assert on its measurements. Plus in-process checks of the rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from quark_jax.errors import InvalidArgumentError
+from quark_jax.nn.parallel import DEFAULT_RULES, PartitionRules, plan_layer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QKV = ("l.q_proj", "l.k_proj", "l.v_proj")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_checks.py")], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout)
+
+
+def _cases(measured):
+    return {(c["variant"], tuple(c["mesh"])): c for c in measured["cases"]}
+
+
+def test_mesh_matrix_covers_variants_and_shapes(measured):
+    cases = _cases(measured)
+    assert {m for v, m in cases if v == "w_fp8_a_fp8_pertensor_static_kv_fp8"} == {(8, 1), (4, 2), (2, 4)}
+    assert {v for v, _ in cases} >= {"w_int8_perchannel_sym_a_int8_pertensor_static_asym", "w_mxfp4_a_mxfp4",
+                                     "bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "float"}
+
+
+def test_logits_equal_unsharded_within_f32_reordering(measured):
+    for (variant, mesh), c in _cases(measured).items():
+        # float32 models: only the row-parallel partial sums' order changes; bf16 models round the same sums
+        tol = 2e-2 if variant.startswith("bf16") else 2e-5 * max(1.0, c["max_abs"])
+        assert c["max_abs_diff"] <= tol, (variant, mesh, c["max_abs_diff"])
+
+
+def test_each_device_holds_its_fraction_of_each_sharded_param(measured):
+    for (variant, mesh), c in _cases(measured).items():
+        n = mesh[1]
+        names = [s[0] for s in c["shards"]]
+        if n == 1:
+            assert names == [], (variant, names)  # nothing split over a "model" axis of 1
+            continue
+        for name, shape, fractions, spec in c["shards"]:
+            assert fractions == [1.0 / n], (variant, mesh, name, shape, fractions, spec)
+        # every projection of layer 0, the embedding and the LM head are split
+        for want in ("model.embed_tokens.embedding", "lm_head.kernel", "model.layers.0.mlp.down_proj",
+                     "model.layers.0.mlp.gate_up_proj", "model.layers.0.self_attn.o_proj",
+                     "model.layers.0.self_attn.qkv_proj"):
+            assert any(x.startswith(want) for x in names), (variant, mesh, want, names)
+
+
+def test_fused_layers_hold_a_slice_of_each_logical_shard(measured):
+    cases = _cases(measured)
+    # (4, 2): q 4 heads -> 2 per device, k / v 2 heads -> 1 each; gate / up 128 -> 64 each
+    lay = cases[("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2))]["layouts"]
+    assert lay["model.layers.0.self_attn.qkv_proj"] == ["column", [32, 16, 16]]
+    assert lay["model.layers.0.mlp.gate_up_proj"] == ["column", [64, 64]]
+    assert lay["model.layers.0.mlp.down_proj"] == ["row", [64]]
+    # (2, 4): 2 KV heads < 4 devices: each device holds both (replicated), q one head each
+    lay = cases[("w_int8_perchannel_sym_a_int8_pertensor_static_asym", (2, 4))]["layouts"]
+    assert lay["model.layers.0.self_attn.qkv_proj"] == ["column", [16, 32, 32]]
+
+
+def test_greedy_generation_gives_the_same_ids(measured):
+    gen = [c for c in measured["cases"] if "generate_equal" in c]
+    assert len(gen) == 2 and all(c["generate_equal"] for c in gen), [(c["variant"], c["mesh"]) for c in gen]
+
+
+def test_decode_step_reduces_row_parallel_outputs_and_gathers_no_weight(measured):
+    hlo = _cases(measured)[("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4))]["hlo"]
+    assert hlo["all_reduce"] >= 4  # o_proj and down_proj of both layers (psum over "model")
+    weights = set(hlo["weight_shapes"])
+    for dtype, shape in hlo["all_gathers"]:
+        assert dtype not in ("f8e4m3fn", "u8", "s8"), (dtype, shape)  # no quantized weight gathered
+        assert shape not in weights, (dtype, shape)
+
+
+def test_a_mesh_the_model_cannot_split_is_a_clear_error(measured):
+    err = measured["errors"]
+    assert err["mxfp4_row_blocks"] and "o_proj" in err["mxfp4_row_blocks"] and "32" in err["mxfp4_row_blocks"]
+    assert err["heads"] and "4 heads" in err["heads"] and "q_proj" in err["heads"]
+
+
+# ---------------------------------------------------------------------------------- rules (in process)
+
+def test_rules_are_data_and_overridable():
+    assert DEFAULT_RULES.role("model.layers.3.mlp.down_proj") == "row"
+    assert DEFAULT_RULES.spec("column", "weight", 2) == P("model", None)
+    assert DEFAULT_RULES.spec("row", "weight_scale", 2) == P(None, "model")  # E8M0 scales with their K blocks
+    assert DEFAULT_RULES.spec("row", "weight_scale", 1) == P()  # per-channel: replicated on a row split
+    assert DEFAULT_RULES.spec("row", "azp_adj", 1) == P("model")
+    mine = PartitionRules(layers=(("*.down_proj", "replicated"),) + DEFAULT_RULES.layers)
+    assert mine.role("model.layers.3.mlp.down_proj") == "replicated"
+
+
+def test_plan_layer_splits_per_logical_shard_and_checks_blocks():
+    mesh = AbstractMesh((2, 4), ("data", "model"))
+    rules = PartitionRules(head_dim=16)
+    lay = plan_layer("l.qkv_proj", QKV, (64, 32, 32), 64, mesh=mesh, rules=rules)
+    assert (lay.role, lay.split, lay.local_widths) == ("column", (True, False, False), (16, 32, 32))
+    assert lay.local_index(0, 64, 3, (64, 64)) == (slice(48, 64), slice(None))
+    assert lay.local_index(1, 32, 3, (32, 64)) is None  # replicated KV heads: the whole tensor
+    row = plan_layer("l.down_proj", ("l.down_proj",), (64,), 256, mesh=mesh, rules=rules, pack_factor=2)
+    assert row.local_k == 64 and row.local_index(0, 64, 2, (64, 4)) == (slice(None), slice(2, 3))
+    with pytest.raises(InvalidArgumentError, match="whole MXFP4 blocks"):
+        plan_layer("l.o_proj", ("l.o_proj",), (64,), 64, mesh=mesh, rules=rules, pack_factor=2)
+    with pytest.raises(InvalidArgumentError, match="3 heads"):
+        plan_layer("l.q_proj", ("l.q_proj",), (48,), 64, mesh=mesh, rules=rules)
+    np.testing.assert_equal(plan_layer("l.qkv_proj", QKV, (64, 32, 32), 64, mesh=AbstractMesh((8, 1), ("data", "model")),
+                                       rules=rules).local_widths, (64, 32, 32))
