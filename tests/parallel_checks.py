@@ -32,12 +32,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(ROOT, "fixtures", "quark_tiny_llama")
 FLOAT = os.path.join(ROOT, "..", "quark_jax", "data", "tiny_llama_float")
 FULL = ("w_fp8_a_fp8_pertensor_static_kv_fp8", "w_int8_perchannel_sym_a_int8_pertensor_static_asym")
-ONE = ("bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "w_mxfp4_a_mxfp4")
+ONE = ("bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "bf16_w_fp8_a_fp8_pertensor_static", "w_mxfp4_a_mxfp4")
 ALL = ("w_fp8_a_fp8_pertensor_static", "w_fp8_perchannel_a_fp8_pertoken_dynamic",
        "w_int8_perchannel_sym_a_int8_pertensor_static_sym", "w_mxfp4_a_fp8_pertensor_static", "w_mxfp4_weight_only",
-       "bf16_w_fp8_a_fp8_pertensor_static")
-GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", (4, 2))}
-HLO = ("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4))
+       )
+GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_a_fp8_pertensor_static", (4, 2))}
+HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2))}
 IDS = np.random.default_rng(0).integers(0, 256, (8, 6))
 
 
@@ -93,11 +93,13 @@ def main():
                             for n, l in [(".".join(map(str, p)), m) for p, m in nnx.iter_modules(model)]
                             if isinstance(l, QuarkLinear) and n.startswith("model.layers.0.")}}
         if (variant, shape) in GENERATE:
-            a = np.asarray(ref.generate(IDS, 5, chunk_size=4))
+            # the unsharded model's greedy choice after each prefix of the sharded generation (its full causal
+            # pass computes what its prefill and decode compute, the FP8 cache's rounding included)
             b = np.asarray(model.generate(IDS, 5, chunk_size=4))
-            case["generate_equal"] = bool((a == b).all())
+            a = np.argmax(np.asarray(forward(ref, b[:, :-1]), np.float32)[:, IDS.shape[1] - 1:], axis=-1)
+            case["generate_equal"] = bool((a == b[:, IDS.shape[1]:]).all())
             case["generated"] = b[:, IDS.shape[1]:].tolist()
-        if (variant, shape) == HLO:
+        if (variant, shape) in HLO:
             text = decode_hlo(model, meshes[shape])
             gathers = re.findall(r"= ([a-z0-9]+)\[([0-9,]*)\][^=]*? all-gather\(", text)
             case["hlo"] = {"all_reduce": len(re.findall(r" all-reduce(?:-start)?\(", text)),

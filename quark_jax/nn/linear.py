@@ -181,6 +181,7 @@ class QuarkLinear(nnx.Module):
         model_axis = mesh.axis_names.index(MODEL) if MODEL in mesh.axis_names else None
         widths = layout.local_widths if layout.role == "column" else self.logical_widths
         per_device: dict = {}
+        first = mesh.devices.reshape(-1)[0]
         shard_of = {s: (j, w) for j, (s, w) in enumerate(zip(shard_paths(path), self.logical_widths))}
         for m in range(n):
             def index_of(name, shape, m=m):  # this "model" index's slice of the layer's tensors
@@ -191,12 +192,15 @@ class QuarkLinear(nnx.Module):
             raw = load_layer_params(view, path, self.scheme, input_size=layout.local_k, logical_widths=widths,
                                     use_bias=self.use_bias, params_dtype=self._float_dtype)
             bias = raw.pop("bias", None)
+            # processed once per "model" index on the mesh's first device (one compile per geometry; a slice at
+            # a time), then copied to each device of that index
+            local = process_params(self.scheme, jax.device_put(raw, first), widths)
+            if bias is not None:
+                local["bias"] = jnp.asarray(bias, self._float_dtype)
             devices = (mesh.devices if model_axis is None else np.take(mesh.devices, m, axis=model_axis))
             for d in devices.reshape(-1):
-                local = process_params(self.scheme, jax.device_put(raw, d), widths)
-                if bias is not None:
-                    local["bias"] = jax.device_put(jnp.asarray(bias, self._float_dtype), d)
-                per_device[d] = local
+                per_device[d] = jax.device_put(local, d)
+            del local
         names = list(next(iter(per_device.values())))
         for k in names:
             local = next(iter(per_device.values()))[k]
