@@ -108,6 +108,12 @@ def main():
                                                     nnx.iter_modules(model) if isinstance(l, QuarkLinear)})}
         case["case_s"] = time.perf_counter() - t
         res["cases"].append(case)
+    # a batch the "data" axis does not split: a clear error
+    try:
+        model.generate(IDS[:3], 2)
+        res["errors"]["batch"] = None
+    except ValueError as e:
+        res["errors"]["batch"] = str(e)
     # a "model" axis the model cannot split: a clear error naming the layer
     for name, variant, shape in (("mxfp4_row_blocks", "w_mxfp4_a_mxfp4", (2, 4)),
                                  ("heads", "w_fp8_a_fp8_pertensor_static", (1, 8))):

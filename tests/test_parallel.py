@@ -100,6 +100,7 @@ def test_a_mesh_the_model_cannot_split_is_a_clear_error(measured):
     err = measured["errors"]
     assert err["mxfp4_row_blocks"] and "o_proj" in err["mxfp4_row_blocks"] and "32" in err["mxfp4_row_blocks"]
     assert err["heads"] and "4 heads" in err["heads"] and "q_proj" in err["heads"]
+    assert err["batch"] and "batch 3" in err["batch"] and "'data' axis of 2" in err["batch"]
 
 
 # ---------------------------------------------------------------------------------- rules (in process)
@@ -129,3 +130,20 @@ def test_plan_layer_splits_per_logical_shard_and_checks_blocks():
         plan_layer("l.q_proj", ("l.q_proj",), (48,), 64, mesh=mesh, rules=rules)
     np.testing.assert_equal(plan_layer("l.qkv_proj", QKV, (64, 32, 32), 64, mesh=AbstractMesh((8, 1), ("data", "model")),
                                        rules=rules).local_widths, (64, 32, 32))
+
+
+def test_quantize_model_with_a_mesh_checks_the_splits_before_loading():
+    from flax import nnx
+
+    from quark_jax import quantize_model
+    from quark_jax.data import bundled_checkpoint
+
+    class Attn(nnx.Module):
+        def __init__(self):
+            self.o_proj = nnx.Linear(64, 64, use_bias=False, rngs=nnx.Rngs(0))
+
+    ckpt = bundled_checkpoint("tiny-llama-mxfp4")
+    with pytest.raises(InvalidArgumentError, match="o_proj.*whole MXFP4 blocks"):
+        quantize_model(Attn(), ckpt, prefix="model.layers.0.self_attn", mesh=AbstractMesh((1, 4), ("data", "model")))
+    ok = quantize_model(Attn(), ckpt, prefix="model.layers.0.self_attn", mesh=AbstractMesh((4, 2), ("data", "model")))
+    assert type(ok.o_proj).__name__ == "QuarkLinear"

@@ -299,6 +299,11 @@ class _Run:
         cache_len = max_cache_len or cache_size(total, cfg.max_position_embeddings)
         if cache_len < total:
             raise ValueError(f"max_cache_len: {cache_len} slots cannot hold {total} tokens")
+        mesh = getattr(model, "mesh", None)
+        data = dict(mesh.shape).get("data", 1) if mesh is not None else 1
+        if b % data:
+            raise ValueError(f"input_ids: batch {b} is not a multiple of the mesh's 'data' axis of {data} (the "
+                             "batch is split over it)")
         self.eos = _eos_ids(eos_token_id)
         self.ids, self.first = ids.astype(np.int32), first
         self.model, self.b, self.t, self.n = model, b, t, int(max_new_tokens)

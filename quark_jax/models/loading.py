@@ -67,16 +67,20 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     reader = open_checkpoint(checkpoint_dir, config=raw)
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
                                                     fuse_projections=fuse_projections))
-    if quark:
-        d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
-        quantize_model(model, QuarkConfig.from_pretrained(reader, **options), logical_widths=widths)
-    weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
-    check_fits(weight_bytes, f"checkpoint {checkpoint_dir}: the model's weights")
-    ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     rules = None
     if mesh is not None:
         rules = dataclasses.replace(partition_rules or DEFAULT_RULES, head_dim=cfg.head_dim)
+    if quark:
+        d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
+        quantize_model(model, QuarkConfig.from_pretrained(reader, **options), logical_widths=widths, mesh=mesh,
+                       partition_rules=rules)
+    weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
+    if mesh is not None:  # each device holds about 1/model of the weights (replicated norms are small)
+        weight_bytes //= dict(mesh.shape).get("model", 1)
+    check_fits(weight_bytes, f"checkpoint {checkpoint_dir}: the model's weights"
+                             + (" (one device's share)" if mesh is not None else ""))
+    ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, reader, ignore=ignore, progress=progress, mesh=mesh, partition_rules=rules)
     _require_concrete(model, checkpoint_dir)
     model.mesh = mesh  # static: generate shards the KV cache over it

@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from quark_jax import formats
 from quark_jax.errors import InvalidArgumentError
@@ -101,9 +101,9 @@ def axis_size(mesh: Mesh | None, name: str) -> int:
 
 
 def check_mesh(mesh) -> Mesh:
-    """``mesh`` if it is a ``jax.sharding.Mesh`` whose axes are among "data" and "model", else
+    """``mesh`` if it is a ``jax.sharding.Mesh`` (or an ``AbstractMesh``, enough to plan) whose axes are among "data" and "model", else
     InvalidArgumentError."""
-    if not isinstance(mesh, Mesh):
+    if not isinstance(mesh, (Mesh, AbstractMesh)):
         raise InvalidArgumentError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     bad = [a for a in mesh.axis_names if a not in (DATA, MODEL)]
     if bad:

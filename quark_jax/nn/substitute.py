@@ -24,6 +24,7 @@ from quark_jax.config import QuarkConfig
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.load import module_path
+from quark_jax.nn.parallel import DEFAULT_RULES, check_mesh
 
 __all__ = ["quantize_model", "as_quark_config", "set_attr_at"]
 
@@ -82,7 +83,7 @@ def _fused_widths(path: str, ckpt_path: str, linear, config: QuarkConfig, logica
 
 
 def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[str, Sequence[int]] | None = None,
-                   dtype=None):
+                   dtype=None, mesh=None, partition_rules=None):
     """Replace ``model``'s ``nnx.Linear`` layers by :class:`QuarkLinear` per ``config``, in place; returns it.
 
     Args:
@@ -93,6 +94,9 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
       logical_widths: shard sizes of fused layers (``{"qkv_proj": (q, k, v)}``, keyed by leaf name or path);
         default: read from the config's checkpoint.
       dtype: the activation dtype of the new layers (default: each Linear's ``dtype`` or ``param_dtype``).
+      mesh, partition_rules: check that every new layer splits over the mesh under the rules
+        (:mod:`quark_jax.nn.parallel`; an InvalidArgumentError naming the layer, before any weight is read);
+        ``load_weights(..., mesh=mesh)`` then places it.
 
     Modules implementing :class:`~quark_jax.nn.FP8KVCacheScales` (e.g. the attention of :mod:`quark_jax.models`)
     switch to an FP8 KV cache when the config has a KV-cache group.
@@ -126,6 +130,8 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
                                use_bias=module.use_bias, dtype=layer_dtype, name=ckpt_path)
 
         new = nnx.eval_shape(build) if _is_abstract(module.kernel) else build()
+        if mesh is not None:
+            new.plan_sharding(check_mesh(mesh), partition_rules or DEFAULT_RULES, ckpt_path)
         replacements.append((path, new))
     for path, new in replacements:
         set_attr_at(model, path, new)
