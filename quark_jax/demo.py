@@ -125,7 +125,8 @@ def layer_errors(checkpoint: str | os.PathLike, *, reference: str | os.PathLike 
         if w_float is not None:
             output_error, weight_error = _rel(y, x64 @ w_float.T), _rel(w_deq, w_float)
         else:
-            weight_only = "input_scale" not in layer.param_names and "A16" in type(scheme).__name__
+            weight_only = "input_scale" not in layer.param_names and (
+                "A16" in type(scheme).__name__ or getattr(scheme, "input_dtype", "") is None)
             output_error, weight_error = (None if weight_only else _rel(y, x64 @ w_deq.T)), None
         out.append(LayerError(path, scheme.summary(), output_error, weight_error, compile_ms, run_ms))
     return out
