@@ -153,6 +153,20 @@ def int4_quantize_weight(w, group, order, signed):
     return pack_int4(q.reshape(k, n), order), s, zeros
 
 
+def int4_quantize_weight_per_channel(w, order, signed):
+    """amd-quark 0.13's per-channel layout: (packed [N, K/8], scales [N] f32, zeros [N/8] or None)."""
+    p, s, z = int4_quantize_weight(w, np.shape(w)[1], order, signed)  # one group of K: [K, N/8], [1, N]
+    q = unpack_int4(p, order, signed).T  # [N, K], repacked along K
+    return pack_int4(q, order), s.reshape(-1), None if z is None else z.reshape(-1)
+
+
+def int4_dequantize_per_channel(packed, scales, zeros, order, signed):
+    q = unpack_int4(packed, order, signed).astype(np.float64)  # [N, K]
+    z = 0 if zeros is None else unpack_int4(np.asarray(zeros).reshape(1, -1), order, False).reshape(-1, 1)
+    w = (q - z) * np.asarray(scales, np.float64).reshape(-1, 1)
+    return w.astype(F32).astype(np.float64)
+
+
 def int4_dequantize(packed, scales, zeros, group, order, signed):
     q = unpack_int4(packed, order, signed).astype(np.float64)  # [K, N]
     z = 0 if zeros is None else np.repeat(unpack_int4(zeros, order, False), group, 0)

@@ -95,21 +95,31 @@ def test_fp8_per_block_scheme(scale_format):
     check(y, rmx.fp8_group_qdq(x.reshape(-1, K), 128), w_ref, bias, jnp.float32)
 
 
-@pytest.mark.parametrize("signed,group,order", [(True, 32, "reorder"), (False, 64, "order"), (True, -1, "order"),
+@pytest.mark.parametrize("signed,group,order", [(True, 32, "reorder"), (False, 64, "order"), (True, -1, "order"), (False, -1, "reorder"),
                                                 (False, 128, "reorder")])
 def test_int4_scheme(signed, group, order):
     w, x, bias = data(3)
     g = K if group == -1 else group
-    parts = [rmx.int4_quantize_weight(wi, g, order, signed) for wi in w]
-    raw = {"weight": np.concatenate([p[0] for p in parts], axis=1),
-           "weight_scale": np.concatenate([p[1] for p in parts], axis=1)}
+    if group == -1:  # amd-quark's per-channel layout: [N, K/8], [N], [N/8]; shards stacked along N
+        parts = [rmx.int4_quantize_weight_per_channel(wi, order, signed) for wi in w]
+        axis = 0
+    else:
+        parts = [rmx.int4_quantize_weight(wi, g, order, signed) for wi in w]
+        axis = 1
+    raw = {"weight": np.concatenate([p[0] for p in parts], axis=axis),
+           "weight_scale": np.concatenate([p[1] for p in parts], axis=axis)}
     if not signed:
-        raw["weight_zero_point"] = np.concatenate([p[2] for p in parts], axis=1)
+        raw["weight_zero_point"] = np.concatenate([p[2] for p in parts], axis=axis)
     scheme = QuarkW4A16Int4(signed=signed, group_size=group, pack_method=order)
     assert scheme.weight_geometry(raw["weight"].shape) == (sum(WIDTHS), K)
     for dtype in (jnp.float32, jnp.bfloat16):
         params, y = run(scheme, raw, x, bias, dtype)
-        w_ref = rmx.int4_dequantize(raw["weight"], raw["weight_scale"], raw.get("weight_zero_point"), g, order, signed)
+        if group == -1:
+            w_ref = rmx.int4_dequantize_per_channel(raw["weight"], raw["weight_scale"], raw.get("weight_zero_point"),
+                                                    order, signed)
+        else:
+            w_ref = rmx.int4_dequantize(raw["weight"], raw["weight_scale"], raw.get("weight_zero_point"), g, order,
+                                        signed)
         np.testing.assert_array_equal(np.asarray(dequantize_params(scheme, params), np.float64), w_ref)
         w_eff = w_ref if dtype == jnp.float32 else np.asarray(
             jnp.asarray(w_ref, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)

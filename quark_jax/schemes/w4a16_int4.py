@@ -29,8 +29,10 @@ class QuarkW4A16Int4(QuarkScheme):
     * ``pack_method``: Quark's ``export.pack_method``, "reorder" (default) or "order" (:data:`quark_jax.formats.
       INT4_PACK_ORDERS`).
 
-    Params (Quark's / vLLM's layout, fused shards side by side along N): ``weight`` int32 [K, N/8];
-    ``weight_scale`` float [G, N]; ``weight_zero_point`` int32 [G, N/8] (uint4; optional and all zero for int4).
+    Params, as amd-quark 0.13 exports them. Per group (vLLM's layout too; fused shards side by side along N):
+    ``weight`` int32 [K, N/8]; ``weight_scale`` float [G, N]; ``weight_zero_point`` int32 [G, N/8]. Per channel
+    (not transposed; shards stacked along N): ``weight`` int32 [N, K/8]; ``weight_scale`` [N];
+    ``weight_zero_point`` int32 [N/8]. Zero points: uint4 needs them; int4 may store them, all zero.
     Apply: ``y = linear(x, (q - z) * s, bias)`` with the weight dequantized in f32 and rounded once to x's dtype.
 
     >>> s = QuarkW4A16Int4(signed=True, group_size=8, pack_method="order")
@@ -70,6 +72,15 @@ class QuarkW4A16Int4(QuarkScheme):
         if k % g:
             raise ValueError(f"input_size: K = {k} is not a multiple of the group size {g}")
         groups, packed = k // g, tuple(w // 8 for w in widths)
+        if self.group_size == -1:
+            if k % 8:
+                raise ValueError(f"input_size: per-channel INT4 packs 8 values of K an int32, K must be a multiple "
+                                 f"of 8, got {k}")
+            return {"weight": ParamSpec.rows(widths, (k // 8,), dtype=np.int32, doc="packed int4 weight [N, K/8]"),
+                    "weight_scale": ParamSpec.rows(widths, dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES,
+                                                   doc="per-channel scales [N]"),
+                    "weight_zero_point": ParamSpec.rows(packed, dtype=np.int32, required=not self.signed,
+                                                        doc="packed per-channel zero points [N/8]")}
         return {"weight": ParamSpec.cols(packed, (k,), dtype=np.int32, doc="packed int4 weight [K, N/8]"),
                 "weight_scale": ParamSpec.cols(widths, (groups,), dtype=np.float32, checkpoint_dtypes=SCALE_DTYPES,
                                                doc="scales [K/group_size, N]"),
@@ -77,6 +88,8 @@ class QuarkW4A16Int4(QuarkScheme):
                                                     doc="packed zero points [K/group_size, N/8]")}
 
     def weight_geometry(self, stored_shape):
+        if self.group_size == -1:
+            return int(stored_shape[0]), int(stored_shape[1]) * 8  # [N, K/8]
         return int(stored_shape[1]) * 8, int(stored_shape[0])  # [K, N/8]
 
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
@@ -88,13 +101,17 @@ class QuarkW4A16Int4(QuarkScheme):
 
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
         weight = jnp.asarray(params["weight"])
-        self._widths(weight.shape[1] * 8, logical_widths)
+        self._widths(self.weight_geometry(weight.shape)[0], logical_widths)
         out = {"weight": weight, "weight_scale": jnp.asarray(params["weight_scale"]).astype(jnp.float32)}
         if not self.signed:
             out["weight_zero_point"] = jnp.asarray(params["weight_zero_point"])
         return out
 
     def _dequantize(self, params, dtype):
+        if self.group_size == -1:
+            return quant.dequantize_int4_per_channel(params["weight"], params["weight_scale"],
+                                                     params.get("weight_zero_point"), order=self.pack_method,
+                                                     signed=self.signed, dtype=dtype)
         k = params["weight"].shape[0]
         return quant.dequantize_int4(params["weight"], params["weight_scale"], params.get("weight_zero_point"),
                                      group_size=self._group(k), order=self.pack_method, signed=self.signed,
@@ -104,6 +121,6 @@ class QuarkW4A16Int4(QuarkScheme):
         return self._dequantize(params, jnp.float32)
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
-        k, n = params["weight"].shape[0], params["weight"].shape[1] * 8
+        n, k = self.weight_geometry(params["weight"].shape)
         x2, lead = flatten_tokens(x, k, "QuarkW4A16Int4")
         return xla_linear(x2, self._dequantize(params, x2.dtype), bias).reshape(*lead, n)
