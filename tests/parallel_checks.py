@@ -3,8 +3,8 @@ set before jax initializes). Prints one JSON object of measurements; the asserti
 
 Variants x meshes (a representative subset, to keep the suite's time small):
   full matrix (8,1), (4,2), (2,4): fp8 per-tensor static + FP8 KV cache; int8 asymmetric;
-  (4,2): fp8 per-channel / dynamic per-token (bf16 model, bf16 KV cache, generation), mxfp4 W4A4 (its (2,4) is the
-  clear error: o_proj K = 64 over 4 devices is not whole 32-blocks); (2,4): the float checkpoint.
+  (4,2): fp8 per-channel / dynamic per-token (bf16), fp8 per-tensor (bf16 model, bf16 KV cache, generation), mxfp4
+  W4A4 (its (2,4) is the clear error: o_proj K = 64 over 4 devices is not whole 32-blocks), the float checkpoint.
   QUARK_JAX_TP_ALL=1 adds every other fixture variant at (4,2) (all pass: 2e-7 max logit difference, 2026-12-02).
 """
 
@@ -37,7 +37,8 @@ ALL = ("w_fp8_a_fp8_pertensor_static", "w_fp8_perchannel_a_fp8_pertoken_dynamic"
        "w_int8_perchannel_sym_a_int8_pertensor_static_sym", "w_mxfp4_a_fp8_pertensor_static", "w_mxfp4_weight_only",
        )
 GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_a_fp8_pertensor_static", (4, 2))}
-HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2))}
+HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2)),
+       ("float", (4, 2))}
 IDS = np.random.default_rng(0).integers(0, 256, (8, 6))
 
 
@@ -73,7 +74,7 @@ def main():
     meshes = {s: Mesh(devs.reshape(s), ("data", "model")) for s in ((8, 1), (4, 2), (2, 4))}
     every = os.environ.get("QUARK_JAX_TP_ALL") == "1"
     plan = ([(v, s) for v in FULL for s in meshes] + [(v, (4, 2)) for v in ONE + (ALL if every else ())]
-            + [("float", (2, 4))])
+            + [("float", (4, 2))])
     refs = {}
     for variant, shape in plan:
         path = FLOAT if variant == "float" else os.path.join(FIX, variant)
@@ -103,9 +104,11 @@ def main():
             text = decode_hlo(model, meshes[shape])
             gathers = re.findall(r"= ([a-z0-9]+)\[([0-9,]*)\][^=]*? all-gather\(", text)
             case["hlo"] = {"all_reduce": len(re.findall(r" all-reduce(?:-start)?\(", text)),
+                           "other": re.findall(r" (all-to-all|collective-permute|reduce-scatter)(?:-start)?\(", text),
                            "all_gathers": [[d, s] for d, s in gathers],
                            "weight_shapes": sorted({",".join(map(str, l.weight[...].shape)) for _, l in
                                                     nnx.iter_modules(model) if isinstance(l, QuarkLinear)})}
+            case["fused"] = bool(model.fuse_projections)
         case["case_s"] = time.perf_counter() - t
         res["cases"].append(case)
     # a batch the "data" axis does not split: a clear error

@@ -57,9 +57,10 @@ def test_each_device_holds_its_fraction_of_each_sharded_param(measured):
         for name, shape, fractions, spec in c["shards"]:
             assert fractions == [1.0 / n], (variant, mesh, name, shape, fractions, spec)
         # every projection of layer 0, the embedding and the LM head are split
+        fused = ("mlp.gate_up_proj", "self_attn.qkv_proj") if variant != "float" else (
+            "mlp.gate_proj", "mlp.up_proj", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
         for want in ("model.embed_tokens.embedding", "lm_head.kernel", "model.layers.0.mlp.down_proj",
-                     "model.layers.0.mlp.gate_up_proj", "model.layers.0.self_attn.o_proj",
-                     "model.layers.0.self_attn.qkv_proj"):
+                     "model.layers.0.self_attn.o_proj") + tuple("model.layers.0." + f for f in fused):
             assert any(x.startswith(want) for x in names), (variant, mesh, want, names)
 
 
@@ -89,6 +90,11 @@ def test_decode_step_reduces_row_parallel_outputs_and_gathers_no_weight(measured
         for dtype, shape in hlo["all_gathers"]:
             assert dtype not in ("f8e4m3fn", "u8", "s8"), (mesh, dtype, shape)  # no quantized weight gathered
             assert shape not in weights, (mesh, dtype, shape)
+    # the float checkpoint under a mesh: unfused q/k/v and gate/up, each split cleanly (only the row all-reduces)
+    fl = cases[("float", (4, 2))]
+    assert fl["fused"] is False and fl["hlo"]["all_gathers"] == [] and fl["hlo"]["other"] == []
+    assert fl["hlo"]["all_reduce"] >= 4
+    assert cases[("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2))]["hlo"]["other"] == []
     # KV heads split over "model": no gather at all; 2 KV heads on 4 devices (the cache replicated over "model"):
     # XLA computes each head's cache update on the devices that read it and gathers the layer's cache
     # [B / data, S, H_kv, D] (SPEC 12.6: a known cost, not a weight)
@@ -100,7 +106,7 @@ def test_a_mesh_the_model_cannot_split_is_a_clear_error(measured):
     err = measured["errors"]
     assert err["mxfp4_row_blocks"] and "o_proj" in err["mxfp4_row_blocks"] and "32" in err["mxfp4_row_blocks"]
     assert err["heads"] and "4 heads" in err["heads"] and "q_proj" in err["heads"]
-    assert err["batch"] and "batch 3" in err["batch"] and "'data' axis of 2" in err["batch"]
+    assert err["batch"] and "batch 3" in err["batch"] and "'data' axis of 4" in err["batch"]
 
 
 # ---------------------------------------------------------------------------------- rules (in process)

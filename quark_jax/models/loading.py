@@ -24,7 +24,7 @@ from quark_jax.nn.substitute import quantize_model
 __all__ = ["from_pretrained"]
 
 
-def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool = True,
+def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool | None = None,
                     progress: bool | None = None, mesh=None, partition_rules=None, **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
@@ -36,7 +36,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     group; ``options`` go to :class:`~quark_jax.QuarkConfig` (``impl``, ``azp_mode``, ...). A float checkpoint
     gives a float model. ``dtype`` (default: the config's ``dtype``/``torch_dtype``) is the activation and
     float-parameter dtype: float32, bfloat16 or float16 (anything else raises InvalidArgumentError listing them).
-    ``fuse_projections=True`` (the default) builds vLLM's layout (fused ``qkv_proj`` and ``gate_up_proj``): one
+    ``fuse_projections=True`` (the default, except for a float checkpoint under a ``mesh``) builds vLLM's layout (fused ``qkv_proj`` and ``gate_up_proj``): one
     GEMM each (fewer kernels per decode step), and for per-tensor FP8/INT8 the shards requantized to their max
     scale exactly as vLLM does, so the logits follow vLLM rather than Quark's unfused reference (docs/SPEC.md
     bounds the difference); ``False`` keeps the checkpoint's separate projections (Quark's reference layout).
@@ -65,6 +65,9 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
         raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
                          "this one has no quantization_config")
     reader = open_checkpoint(checkpoint_dir, config=raw)
+    if fuse_projections is None:  # a float fused layer under a mesh would split [q | k | v] contiguously (XLA
+        # partitions it, then moves activations between devices); a Quark layer splits per logical shard
+        fuse_projections = quark or mesh is None
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
                                                     fuse_projections=fuse_projections))
     rules = None
