@@ -63,7 +63,11 @@ class QuarkW8A8Int8(QuarkScheme):
     min_capability = 75  # vLLM: compute capability 7.5
     choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
 
-    shardable = True  # quark_jax.nn.parallel layouts apply
+    @property
+    def shardable(self) -> bool:
+        """quark_jax.nn.parallel layouts apply to the static input (a dynamic per-token input's row statistics
+        would need reducing over a row split: not done)."""
+        return self.is_static_input_scheme
 
     def summary(self) -> str:
         if not self.is_static_input_scheme:
