@@ -2,6 +2,7 @@
 references built from the format definitions (not from quark_jax), plus golden values."""
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -97,3 +98,26 @@ def test_int4_packing_both_orders(order, signed):
     packed = formats.pack_int4(jnp.asarray(vals), order)
     np.testing.assert_array_equal(np.asarray(packed), want)
     np.testing.assert_array_equal(np.asarray(formats.unpack_int4(packed, order, signed=signed)), vals)
+
+
+def test_nvfp4_matches_vllms_emulation_formulas():
+    """vLLM's ref_nvfp4_quant in float32 numpy: s = fp8(g * (amax * f32(1/6))), x * 1/(s * 1/g) clamped to ±6 and
+    rounded to E2M1 (ties to even), dequant q * (s / g)."""
+    import reference_numpy as rnp
+
+    x = data(4, (4, 64))
+    g = F32(448 * 6) / np.abs(x).max().astype(F32)  # vLLM's input_global_scale for this tensor
+    xb = x.astype(F32).reshape(4, 4, 16)
+    vmax = np.abs(xb).max(-1, keepdims=True)
+    s = np.clip(g * (vmax * (F32(1) / F32(6))), -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(F32)
+    inv_g = F32(1) / g
+    denom = s * inv_g
+    out_scale = F32(1) / (denom + np.where(denom == 0, F32(1e8), F32(0)))
+    r, _ = rnp.e2m1_round(np.clip(xb * out_scale, -6, 6).astype(np.float64))
+    want = (r * (s / g).astype(np.float64)).reshape(x.shape)
+    got = np.asarray(quant.qdq_nvfp4(jnp.asarray(x), g), np.float64)
+    np.testing.assert_array_equal(got, want.astype(F32))
+    packed, scales = quant.quantize_nvfp4(jnp.asarray(x), g)
+    np.testing.assert_array_equal(np.asarray(scales.astype(jnp.float32)), s[..., 0])
+    deq = np.asarray(quant.dequantize_nvfp4(packed, scales, g), np.float64)
+    np.testing.assert_array_equal(deq, (r * (s * inv_g).astype(np.float64)).reshape(x.shape).astype(F32))
