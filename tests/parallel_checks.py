@@ -36,6 +36,7 @@ ONE = ("bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "bf16_w_fp8_a_fp8_pertens
 ALL = ("w_fp8_a_fp8_pertensor_static", "w_fp8_perchannel_a_fp8_pertoken_dynamic",
        "w_int8_perchannel_sym_a_int8_pertensor_static_sym", "w_mxfp4_a_fp8_pertensor_static", "w_mxfp4_weight_only",
        )
+DYN_INT8 = "issue19/w_int8_perchannel_sym_a_int8_pertoken_dynamic_asym"  # per-token stats reduced on a row split
 GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_a_fp8_pertensor_static", (4, 2))}
 HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2)),
        ("float", (4, 2))}
@@ -73,7 +74,7 @@ def main():
     devs = np.array(jax.devices())
     meshes = {s: Mesh(devs.reshape(s), ("data", "model")) for s in ((8, 1), (4, 2), (2, 4))}
     every = os.environ.get("QUARK_JAX_TP_ALL") == "1"
-    plan = ([(v, s) for v in FULL for s in meshes] + [(v, (4, 2)) for v in ONE + (ALL if every else ())]
+    plan = ([(v, s) for v in FULL for s in meshes] + [(DYN_INT8, (2, 4))] + [(v, (4, 2)) for v in ONE + (ALL if every else ())]
             + [("float", (4, 2))])
     refs = {}
     for variant, shape in plan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
@@ -23,7 +24,7 @@ def _rne_int32(v_f32):
     return jnp.clip(jnp.round(v), -(2.0**31), 2.0**31 - 256).astype(jnp.int32)
 
 
-def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
+def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True, axis_name=None):
     """Quantize ``x`` [..., K] to INT8; returns ``(q, scale, azp)`` with ``x ≈ (f32(q) - azp) * scale``.
 
     * ``scale`` given, ``azp`` None (static symmetric, vLLM-exact): ``q = sat8(rne(f32(x) / scale))``; returns
@@ -35,6 +36,9 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
     * ``scale`` None, ``symmetric=False`` (dynamic per-token asymmetric): ``s = (max - min)/255``,
       ``azp = rne(-128 - min/s)`` (int32 [..., 1]), ``q = sat8(rne(f32(x) / s) + azp)``. A constant row
       (max == min, where vLLM divides by zero) gets ``s = |c|/127`` (1 for zeros) so it dequantizes exactly.
+
+    ``axis_name`` (inside ``shard_map``; dynamic only): the mesh axis name(s) K is split over; the row amax / max /
+    min are reduced over them (``pmax`` / ``pmin``), so every shard quantizes with the whole row's scale.
 
     Static scales and zero points must be scalars (shape () or (1,)); a concrete (not traced) static scale must be
     finite and > 0 (ValueError otherwise). Jittable.
@@ -68,6 +72,8 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
 
     if symmetric:
         amax = nan_max_abs(xf, axis=-1, keepdims=True)
+        if axis_name:
+            amax = lax.pmax(amax, axis_name)
         safe = jnp.where(amax == 0, 1.0, amax)
         q = jnp.where(amax == 0, 0.0, xf * true_divide(127.0, safe))
         return _sat8(_rne_int32(q)), true_divide(amax, 127.0), None
@@ -75,6 +81,8 @@ def scaled_int8_quant(x, scale=None, azp=None, *, symmetric=True):
     nan = jnp.isnan(xf)
     xmax = jnp.max(jnp.where(nan, -jnp.inf, xf), axis=-1, keepdims=True)
     xmin = jnp.min(jnp.where(nan, jnp.inf, xf), axis=-1, keepdims=True)
+    if axis_name:
+        xmax, xmin = lax.pmax(xmax, axis_name), lax.pmin(xmin, axis_name)
     s = true_divide(xmax - xmin, 255.0)
     degenerate = s == 0
     s = jnp.where(degenerate, jnp.where(xmax == 0, 1.0, true_divide(jnp.abs(xmax), 127.0)), s)

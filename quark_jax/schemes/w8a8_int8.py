@@ -59,15 +59,15 @@ class QuarkW8A8Int8(QuarkScheme):
     input_symmetric: bool = True  # False: an input zero point (asymmetric)
     azp_mode: str = "vllm"  # asymmetric input: "vllm" (rebuilt (s', z')) or "checkpoint" (Quark's (s, z))
     is_static_input_scheme: bool = True  # False: dynamic per-token input scales (and zero points) at run time
+    stat_axes: tuple[str, ...] = ()  # mesh axes the dynamic row max / min are reduced over in shard_map (for_shard)
 
     min_capability = 75  # vLLM: compute capability 7.5
     choices = {"qscheme": WEIGHT_QSCHEMES, "azp_mode": AZP_MODES}
 
-    @property
-    def shardable(self) -> bool:
-        """quark_jax.nn.parallel layouts apply to the static input (a dynamic per-token input's row statistics
-        would need reducing over a row split: not done)."""
-        return self.is_static_input_scheme
+    shardable = True  # quark_jax.nn.parallel layouts apply
+
+    def for_shard(self, *, token_axes: tuple[str, ...] = (), k_axes: tuple[str, ...] = ()) -> "QuarkW8A8Int8":
+        return self if self.is_static_input_scheme else self.replace(stat_axes=tuple(k_axes))
 
     def summary(self) -> str:
         if not self.is_static_input_scheme:
@@ -146,7 +146,7 @@ class QuarkW8A8Int8(QuarkScheme):
         n, k = weight.shape
         x2, lead = flatten_tokens(x, k, "QuarkW8A8Int8")
         if not self.is_static_input_scheme:
-            q, s, z = quant.scaled_int8_quant(x2, symmetric=self.input_symmetric)
+            q, s, z = quant.scaled_int8_quant(x2, symmetric=self.input_symmetric, axis_name=self.stat_axes or None)
             azp_adj = None if self.input_symmetric else params["azp_adj"]
             y = kernels.int8_scaled_mm(q, weight, s, params["weight_scale"], bias, azp_adj=azp_adj, azp=z,
                                        out_dtype=x2.dtype, impl=self.impl)
