@@ -153,3 +153,17 @@ def test_quantize_model_with_a_mesh_checks_the_splits_before_loading():
         quantize_model(Attn(), ckpt, prefix="model.layers.0.self_attn", mesh=AbstractMesh((1, 4), ("data", "model")))
     ok = quantize_model(Attn(), ckpt, prefix="model.layers.0.self_attn", mesh=AbstractMesh((4, 2), ("data", "model")))
     assert type(ok.o_proj).__name__ == "QuarkLinear"
+
+
+def test_bench_e2e_mesh_option():
+    import jax
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(HERE).parent))
+    from benchmarks.bench_e2e import make_mesh
+
+    assert make_mesh("") is None
+    mesh = make_mesh("1x1")
+    assert dict(mesh.shape) == {"data": 1, "model": 1}
+    with pytest.raises(SystemExit, match="needs"):
+        make_mesh(f"1x{len(jax.devices()) + 1}")
