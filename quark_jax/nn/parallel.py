@@ -96,13 +96,23 @@ DEFAULT_RULES = PartitionRules()
 
 
 def axis_size(mesh: Mesh | None, name: str) -> int:
-    """The size of mesh axis ``name`` (1 when the mesh or the axis is absent)."""
+    """The size of mesh axis ``name`` (1 when the mesh or the axis is absent).
+
+    >>> axis_size(AbstractMesh((2, 4), ("data", "model")), "model"), axis_size(None, "model")
+    (4, 1)
+    """
     return 1 if mesh is None else int(dict(mesh.shape).get(name, 1))
 
 
 def check_mesh(mesh) -> Mesh:
     """``mesh`` if it is a ``jax.sharding.Mesh`` (or an ``AbstractMesh``, enough to plan) whose axes are among "data" and "model", else
-    InvalidArgumentError."""
+    InvalidArgumentError.
+
+    >>> check_mesh(AbstractMesh((2,), ("batch",)))
+    Traceback (most recent call last):
+    ...
+    quark_jax.errors.InvalidArgumentError: mesh: expected axes named 'data' and/or 'model', got ('batch',)
+    """
     if not isinstance(mesh, (Mesh, AbstractMesh)):
         raise InvalidArgumentError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     bad = [a for a in mesh.axis_names if a not in (DATA, MODEL)]
@@ -117,13 +127,24 @@ def _fit(mesh: Mesh, spec: PartitionSpec) -> PartitionSpec:
 
 
 def param_sharding(mesh: Mesh, rules: PartitionRules, role: str, name: str, ndim: int) -> NamedSharding:
-    """The NamedSharding of a parameter (rules, then the mesh's axes)."""
+    """The NamedSharding of a parameter (rules, then the mesh's axes: one of size 1 is dropped).
+
+    >>> import numpy as np, jax
+    >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    >>> param_sharding(mesh, DEFAULT_RULES, "row", "weight", 2).spec
+    P(None, None)
+    """
     return NamedSharding(mesh, _fit(mesh, rules.spec(role, name, ndim)))
 
 
 def kv_cache_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
     """A KV cache array [B, S, H_kv, D]: the batch over "data", the heads over "model" (replicated when the
-    heads do not split evenly, as the k/v projections are)."""
+    heads do not split evenly, as the k/v projections are).
+
+    >>> import numpy as np, jax
+    >>> kv_cache_sharding(Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model")), 2).spec
+    P(None, None, None, None)
+    """
     n = axis_size(mesh, MODEL)
     return NamedSharding(mesh, _fit(mesh, PartitionSpec(DATA, None, MODEL if num_kv_heads % n == 0 else None, None)))
 
@@ -228,7 +249,15 @@ def _token_spec(layout: ShardLayout, x, last):
 def sharded_apply(layout: ShardLayout, scheme, params: dict, x, bias=None):
     """``scheme.apply_weights(params, x, bias)`` per shard under ``layout`` (params are the global sharded
     arrays the loader placed; x [B, ..., K] with B a multiple of "data"). Returns y [B, ..., N] in x's dtype,
-    in logical shard order, column outputs sharded over "model"."""
+    in logical shard order, column outputs sharded over "model".
+
+    >>> import numpy as np, jax
+    >>> from quark_jax.schemes import UnquantizedLinearMethod
+    >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    >>> lay = plan_layer("l.down_proj", ("l.down_proj",), (2,), 3, mesh=mesh, rules=DEFAULT_RULES)
+    >>> sharded_apply(lay, UnquantizedLinearMethod(), {"weight": jnp.ones((2, 3))}, jnp.ones((1, 1, 3))).tolist()
+    [[[3.0, 3.0]]]
+    """
     mesh = layout.mesh
     tok = (DATA,) if axis_size(mesh, DATA) > 1 else ()
     n = layout.model
