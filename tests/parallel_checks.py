@@ -69,7 +69,7 @@ def decode_hlo(model, mesh):
 
 
 def main():
-    res = {"cases": [], "errors": {}, "timing": {}}
+    res = {"cases": [], "errors": {}, "timing": {}, "one_axis": {}}
     t0 = time.perf_counter()
     devs = np.array(jax.devices())
     meshes = {s: Mesh(devs.reshape(s), ("data", "model")) for s in ((8, 1), (4, 2), (2, 4))}
@@ -112,6 +112,12 @@ def main():
             case["fused"] = bool(model.fuse_projections)
         case["case_s"] = time.perf_counter() - t
         res["cases"].append(case)
+    # a mesh with one of the two axes only
+    ref, ref_logits = refs["w_int8_perchannel_sym_a_int8_pertensor_static_asym"]
+    for names, n in ((("model",), 4), (("data",), 8)):
+        one = from_pretrained(os.path.join(FIX, "w_int8_perchannel_sym_a_int8_pertensor_static_asym"),
+                              mesh=Mesh(devs[:n], names))
+        res["one_axis"][names[0]] = float(np.max(np.abs(np.asarray(forward(one, IDS), np.float32) - ref_logits)))
     # a batch the "data" axis does not split: a clear error
     try:
         model.generate(IDS[:3], 2)

@@ -47,6 +47,12 @@ def test_logits_equal_unsharded_within_f32_reordering(measured):
         assert c["max_abs_diff"] <= tol, (variant, mesh, c["max_abs_diff"])
 
 
+def test_a_mesh_with_one_axis(measured):
+    assert set(measured["one_axis"]) == {"model", "data"}
+    for name, diff in measured["one_axis"].items():
+        assert diff <= 2e-5, (name, diff)
+
+
 def test_each_device_holds_its_fraction_of_each_sharded_param(measured):
     for (variant, mesh), c in _cases(measured).items():
         n = mesh[1]

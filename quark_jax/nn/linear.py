@@ -197,7 +197,7 @@ class QuarkLinear(nnx.Module):
             local = process_params(self.scheme, jax.device_put(raw, first), widths)
             if bias is not None:
                 local["bias"] = jnp.asarray(bias, self._float_dtype)
-            devices = (mesh.devices if model_axis is None else np.take(mesh.devices, m, axis=model_axis))
+            devices = (mesh.devices if model_axis is None else np.take(mesh.devices, [m], axis=model_axis))
             for d in devices.reshape(-1):
                 per_device[d] = jax.device_put(local, d)
             del local
