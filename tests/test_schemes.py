@@ -91,18 +91,22 @@ def test_fp8_scheme(weight_qscheme, activation, dtype):
     assert rel(y, y_float) < 0.1
 
 
+def int8_weights(w, qscheme):
+    """Symmetric INT8 codes of the fused shards ``w`` (numpy), their stored scales and the per-row scale."""
+    if qscheme == "per_tensor":
+        scales = np.array([np.abs(wi).max() / 127 for wi in w], F32)
+        wq = np.concatenate([ref.int8_static_sym(wi, s) for wi, s in zip(w, scales)])
+        return wq, scales, np.repeat(scales, WIDTHS)
+    scales = np.concatenate([np.abs(wi).max(axis=1) / F32(127) for wi in w]).astype(F32)
+    wq = np.clip(np.rint(np.concatenate(w) / scales[:, None]), -128, 127).astype(np.int8)
+    return wq, scales, scales
+
+
 @pytest.mark.parametrize("qscheme", ["per_tensor", "per_channel"])
 @pytest.mark.parametrize("symmetric,azp_mode", [(True, "vllm"), (False, "vllm"), (False, "checkpoint")])
 def test_int8_scheme(qscheme, symmetric, azp_mode):
     w, x, bias = data(2)
-    if qscheme == "per_tensor":
-        scales = np.array([np.abs(wi).max() / 127 for wi in w], F32)
-        wq = np.concatenate([ref.int8_static_sym(wi, s) for wi, s in zip(w, scales)])
-        s_w = np.repeat(scales, WIDTHS)
-    else:
-        scales = np.concatenate([np.abs(wi).max(axis=1) / F32(127) for wi in w]).astype(F32)
-        wq = np.clip(np.rint(np.concatenate(w) / scales[:, None]), -128, 127).astype(np.int8)
-        s_w = scales
+    wq, scales, s_w = int8_weights(w, qscheme)
     s_in, z_in = F32(0.045), -7
     raw = {"weight": wq, "weight_scale": scales, "input_scale": np.full(3, s_in, F32),
            "weight_zero_point": np.zeros_like(scales, np.int32)}
@@ -130,14 +134,7 @@ def test_int8_dynamic_per_token_scheme(qscheme, symmetric):
     """vLLM's dynamic per-token INT8 input (scaled_int8_quant with no scale; asymmetric: cutlass_scaled_mm_azp with
     per-token zero points and the weight's column sums)."""
     w, x, bias = data(3)
-    if qscheme == "per_tensor":
-        scales = np.array([np.abs(wi).max() / 127 for wi in w], F32)
-        wq = np.concatenate([ref.int8_static_sym(wi, s) for wi, s in zip(w, scales)])
-        s_w = np.repeat(scales, WIDTHS)
-    else:
-        scales = np.concatenate([np.abs(wi).max(axis=1) / F32(127) for wi in w]).astype(F32)
-        wq = np.clip(np.rint(np.concatenate(w) / scales[:, None]), -128, 127).astype(np.int8)
-        s_w = scales
+    wq, scales, s_w = int8_weights(w, qscheme)
     raw = {"weight": wq, "weight_scale": scales}
     scheme = QuarkW8A8Int8(qscheme=qscheme, input_symmetric=symmetric, is_static_input_scheme=False, impl="xla")
     assert set(scheme.create_weights(WIDTHS, K)) == {"weight", "weight_scale", "weight_zero_point"}
