@@ -29,3 +29,23 @@ def mxfp4_mm_f64(x, w_packed, w_scales, bias=None, quantize_input=True):
     if bias is not None:
         y = y + np.asarray(bias, np.float64)[None, :]
     return y
+
+
+def grouped_mm_f64(x, w, group_sizes, x_scale=None, w_scale=None):
+    """float64 grouped GEMM: rows of group e (sorted, in order) times ``w[e]`` [N, K] transposed, times
+    ``w_scale[e]`` (scalar or [N]) and ``x_scale`` (scalar or [M, 1]); rows past the groups are 0. ``w`` is the
+    dequantized float weight [E, N, K]."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    y = np.zeros((x.shape[0], w.shape[1]))
+    start = 0
+    for e, g in enumerate(np.asarray(group_sizes).tolist()):
+        part = x[start:start + g] @ w[e].T
+        if w_scale is not None:
+            part = part * np.asarray(w_scale, np.float64)[e]
+        y[start:start + g] = part
+        start += g
+    if x_scale is not None:
+        xs = np.asarray(x_scale, np.float64)
+        y = y * (xs.reshape(-1, 1) if xs.size > 1 else xs.reshape(()))
+    return y

@@ -1,0 +1,160 @@
+"""Grouped (MoE expert) GEMM: the XLA reference and the Pallas backend against float64 numpy, ragged groups
+(empty experts, rows past the groups, M not a multiple of the row tile), every scheme, per-tensor and per-channel
+FP8 scales, and the entry's validation.
+
+"Exact" data: every product and partial sum is exactly representable in f32 (values on coarse grids), so the
+backends must equal float64 numpy bit for bit before the final scaling; with FP8 scales the f32 epilogue's two
+multiplies allow 2**-22 relative error.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kernel_reference as kref
+import reference_numpy as ref
+from quark_jax import kernels
+
+E8 = jnp.float8_e4m3fn
+
+
+def _sizes(rng, m, e, empty=True):
+    """Random group sizes over e experts summing to m - (0..2) rows, with at least one empty group."""
+    total = m - int(rng.integers(0, 3)) if m > 2 else m
+    cuts = np.sort(rng.integers(0, total + 1, e - 1))
+    sizes = np.diff(np.concatenate([[0], cuts, [total]]))
+    if empty and e > 1 and (sizes > 0).all():
+        i = int(rng.integers(0, e))
+        j = (i + 1) % e
+        sizes[j] += sizes[i]
+        sizes[i] = 0
+    return jnp.asarray(sizes, jnp.int32)
+
+
+def make_data(rng, scheme, m, k, n, e, *, per_channel=False, per_token=False, x_dtype=jnp.bfloat16):
+    """Operands of ``scheme`` on exact grids, and the float64 reference weight [E, N, K]."""
+    sizes = _sizes(rng, m, e)
+    d = dict(scheme=scheme, group_sizes=sizes, w_scale=None, x_scale=None)
+    if scheme == "fp8":
+        grid = np.arange(-16, 17) / 4  # e4m3-exact, products multiples of 1/16 below 16: exact f32 sums
+        d["x"] = jnp.asarray(rng.choice(grid, (m, k)), jnp.float32).astype(E8)
+        d["w"] = jnp.asarray(rng.choice(grid, (e, n, k)), jnp.float32).astype(E8)
+        d["w_scale"] = jnp.asarray(rng.uniform(0.5, 2.0, (e, n) if per_channel else (e,)), jnp.float32)
+        d["x_scale"] = jnp.asarray(rng.uniform(0.5, 2.0, (m, 1)) if per_token else 0.75, jnp.float32)
+        d["w64"] = np.asarray(d["w"].astype(jnp.float32), np.float64)
+    elif scheme == "mxfp4":
+        d["x"] = jnp.asarray(rng.integers(-32, 33, (m, k)) / 8, jnp.float32).astype(x_dtype)
+        d["w"] = jnp.asarray(rng.integers(0, 256, (e, n, k // 2)), jnp.uint8)
+        d["w_scale"] = jnp.asarray(rng.integers(125, 129, (e, n, k // 32)), jnp.uint8)
+        d["w64"] = ref.mxfp4_dequantize(np.asarray(d["w"]), np.asarray(d["w_scale"]))
+    else:
+        d["x"] = jnp.asarray(rng.integers(-32, 33, (m, k)) / 8, jnp.float32).astype(x_dtype)
+        d["w"] = jnp.asarray(rng.integers(-32, 33, (e, n, k)) / 16, jnp.float32).astype(x_dtype)
+        d["w64"] = np.asarray(d["w"].astype(jnp.float32), np.float64)
+    return d
+
+
+def want64(d):
+    return kref.grouped_mm_f64(np.asarray(d["x"].astype(jnp.float32)), d["w64"], np.asarray(d["group_sizes"]),
+                               d["x_scale"], d["w_scale"] if d["scheme"] == "fp8" else None)
+
+
+def call(d, impl, out_dtype=jnp.float32, **kw):
+    return kernels.grouped_mm(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"], x_scale=d["x_scale"],
+                              scheme=d["scheme"], out_dtype=out_dtype, impl=impl, **kw)
+
+
+def check_f64(got, d):
+    want = want64(d)
+    got = np.asarray(got, np.float64)
+    assert got.shape == want.shape
+    if d["scheme"] == "fp8":  # exact accumulators; two f32 scale multiplies
+        np.testing.assert_allclose(got, want, rtol=2.0 ** -22, atol=0)
+    else:
+        np.testing.assert_array_equal(got, want)
+    end = int(np.asarray(d["group_sizes"]).sum())
+    assert (got[end:] == 0).all()
+
+
+CASES = [  # (scheme, per_channel, per_token, x dtype)
+    ("bf16", False, False, jnp.bfloat16),
+    ("bf16", False, False, jnp.float32),
+    ("fp8", False, False, None),
+    ("fp8", True, True, None),
+    ("mxfp4", False, False, jnp.bfloat16),
+    ("mxfp4", False, False, jnp.float32),
+]
+
+
+@pytest.mark.parametrize("scheme,per_channel,per_token,x_dtype", CASES)
+def test_xla_reference_matches_float64(scheme, per_channel, per_token, x_dtype):
+    rng = np.random.default_rng(3)
+    d = make_data(rng, scheme, 21, 64, 32, 4, per_channel=per_channel, per_token=per_token,
+                  x_dtype=x_dtype or jnp.bfloat16)
+    got = call(d, "xla")
+    assert got.dtype == jnp.float32
+    check_f64(got, d)
+
+
+def test_xla_reference_jits_with_traced_group_sizes_and_rounds_once():
+    rng = np.random.default_rng(4)
+    d = make_data(rng, "fp8", 9, 32, 16, 3, per_channel=True)
+    f = jax.jit(lambda g: kernels.grouped_mm(d["x"], d["w"], g, w_scale=d["w_scale"], x_scale=d["x_scale"],
+                                             scheme="fp8", impl="xla"))
+    for sizes in ([9, 0, 0], [0, 0, 0], [2, 3, 4], [0, 5, 1]):
+        d["group_sizes"] = jnp.asarray(sizes, jnp.int32)
+        got = f(d["group_sizes"])
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)),
+                                      np.asarray(jnp.asarray(want64(d), jnp.float32).astype(jnp.bfloat16)
+                                                 .astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(scheme="int4"), ValueError, "scheme: expected one of"),
+    (dict(group_sizes=[1, 1]), ValueError, r"group_sizes: expected shape \(3,\)"),
+    (dict(group_sizes=[4, 4, 4]), ValueError, "summing to at most M = 5"),
+    (dict(group_sizes=[4, -1, 0]), ValueError, "non-negative"),
+    (dict(group_sizes=[1.0, 1.0, 1.0]), TypeError, "group_sizes: expected an integer"),
+    (dict(w_scale=None), ValueError, "w_scale: scheme 'fp8' needs"),
+    (dict(w_scale=np.ones((3, 5), np.float32)), ValueError, r"w_scale: expected shape \(3,\) per tensor or \(3, 16\)"),
+    (dict(x_scale=None), ValueError, "x_scale: scheme 'fp8' needs"),
+    (dict(x_scale=np.ones((4, 1), np.float32)), ValueError, "x_scale: expected a scalar or shape"),
+    (dict(w=np.ones((3, 16, 48), np.float32)), TypeError, "w: expected dtype float8_e4m3fn"),
+    (dict(x=np.ones((5, 32), np.float32)), TypeError, "x: expected dtype float8_e4m3fn, float8_e4m3fnuz"),
+    (dict(out_dtype=jnp.int8), TypeError, "out_dtype"),
+    (dict(impl="mosaic"), ValueError, "impl: expected one of"),
+])
+def test_entry_errors_name_the_argument(kwargs, err, match):
+    args = dict(x=jnp.ones((5, 32), E8), w=jnp.ones((3, 16, 32), E8), group_sizes=jnp.asarray([2, 0, 3], jnp.int32),
+                w_scale=jnp.ones(3), x_scale=jnp.float32(1), scheme="fp8")
+    args.update(kwargs)
+    if "w" in kwargs and args["w"].dtype == np.float32:
+        args["w"] = jnp.asarray(args["w"])
+    with pytest.raises(err, match=match):
+        kernels.grouped_mm(args.pop("x"), args.pop("w"), args.pop("group_sizes"), impl=args.pop("impl", "xla"),
+                           **args)
+
+
+def test_entry_errors_mxfp4_and_bf16():
+    x = jnp.ones((4, 64), jnp.bfloat16)
+    wp = jnp.zeros((2, 16, 32), jnp.uint8)
+    ws = jnp.full((2, 16, 2), 127, jnp.uint8)
+    g = jnp.asarray([4, 0], jnp.int32)
+    with pytest.raises(ValueError, match=r"w: expected shape \(2, 16, 32\) \(packed K/2\)"):
+        kernels.grouped_mm(x, jnp.zeros((2, 16, 64), jnp.uint8), g, w_scale=ws, scheme="mxfp4")
+    with pytest.raises(ValueError, match=r"w_scale: expected shape \(2, 16, 2\)"):
+        kernels.grouped_mm(x, wp, g, w_scale=ws[:, :, :1], scheme="mxfp4")
+    with pytest.raises(ValueError, match="w_scale: scheme 'mxfp4' needs"):
+        kernels.grouped_mm(x, wp, g, scheme="mxfp4")
+    with pytest.raises(ValueError, match="x_scale: scheme 'mxfp4' takes no activation scale"):
+        kernels.grouped_mm(x, wp, g, w_scale=ws, x_scale=1.0, scheme="mxfp4")
+    with pytest.raises(ValueError, match="x: K = 48 must be a multiple of 32"):
+        kernels.grouped_mm(jnp.ones((4, 48), jnp.bfloat16), wp, g, w_scale=ws, scheme="mxfp4")
+    with pytest.raises(TypeError, match=r"w: expected dtype bfloat16 \[E, N, K\]"):
+        kernels.grouped_mm(x, jnp.ones((2, 16, 64), jnp.float32), g)
+    with pytest.raises(ValueError, match="w: contraction size 32 does not match x's K = 64"):
+        kernels.grouped_mm(x, jnp.ones((2, 16, 32), jnp.bfloat16), g)
+    with pytest.raises(ValueError, match="w_scale: scheme 'bf16' takes no weight scale"):
+        kernels.grouped_mm(x, jnp.ones((2, 16, 64), jnp.bfloat16), g, w_scale=jnp.ones(2))
