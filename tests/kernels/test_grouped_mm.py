@@ -14,7 +14,12 @@ import pytest
 
 import kernel_reference as kref
 import reference_numpy as ref
+from kernels.base import KernelContract, Variant
 from quark_jax import kernels
+from quark_jax.kernels.grouped_mm import pallas_triton
+from quark_jax.kernels.grouped_mm.xla import grouped_mm_xla
+
+C = pallas_triton.Config
 
 E8 = jnp.float8_e4m3fn
 
@@ -158,3 +163,156 @@ def test_entry_errors_mxfp4_and_bf16():
         kernels.grouped_mm(x, jnp.ones((2, 16, 32), jnp.bfloat16), g)
     with pytest.raises(ValueError, match="w_scale: scheme 'bf16' takes no weight scale"):
         kernels.grouped_mm(x, jnp.ones((2, 16, 64), jnp.bfloat16), g, w_scale=jnp.ones(2))
+
+
+class _GroupedContract(KernelContract):
+    """The Pallas backend against the XLA reference (bit for bit) and float64 numpy, per scheme; 4 experts with
+    ragged, empty and trailing (past the sum) groups. Variants: decode (weight-major, ragged M), decode with a K
+    split and M a multiple of the tile, prefill (x-major, tiles straddling experts, M not a multiple of the
+    tile)."""
+
+    SCHEME: str
+    VARIANTS = [
+        Variant(backend="pallas_triton", name="decode_wmajor", shape=(3, 128, 48),
+                config=C(block_m=16, block_n=16, block_k=64)),
+        Variant(backend="pallas_triton", name="decode_split_k_tile_multiple", shape=(16, 256, 32),
+                config=C(block_m=16, block_n=16, block_k=64, split_k=2)),
+        Variant(backend="pallas_triton", name="prefill_xmajor_ragged", shape=(45, 128, 32),
+                config=C(block_m=16, block_n=16, block_k=32, w_major=False)),
+    ]
+    ENTRY_SHAPE = (5, 64, 32)
+    PALLAS = (pallas_triton, "grouped_mm_pallas")
+
+    def flavors_for(self, variant):
+        """One flavor per variant, alternating (each flavor runs on two variants; keeps interpret mode short)."""
+        return [self.FLAVORS[self.VARIANTS.index(variant) % 2]]
+
+    def data(self, rng, m, k, n, flavor):
+        return make_data(rng, self.SCHEME, m, k, n, 4, per_channel="per_channel" in flavor,
+                         per_token="per_token" in flavor, x_dtype=jnp.float32 if flavor == "f32" else jnp.bfloat16)
+
+    def run(self, variant, d, flavor):
+        return pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=_w_scale(d),
+                                               x_scale=_x_scale(d), scheme=self.SCHEME, out_dtype=jnp.float32,
+                                               config=variant.config)
+
+    def check(self, got, d, flavor):
+        want = grouped_mm_xla(d["x"], d["w"], d["group_sizes"], w_scale=_w_scale(d), x_scale=_x_scale(d),
+                              scheme=self.SCHEME, out_dtype=jnp.float32)
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        check_f64(got, d)
+
+    def entry(self, d, impl):
+        return call(d, impl, out_dtype=jnp.bfloat16)
+
+    def entry_check(self, got, want, d):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+
+
+def _w_scale(d):
+    return d["w_scale"]
+
+
+def _x_scale(d):
+    return None if d["x_scale"] is None else jnp.asarray(d["x_scale"], jnp.float32).reshape(
+        () if np.size(d["x_scale"]) == 1 else (-1, 1))
+
+
+class TestGroupedBf16(_GroupedContract):
+    SCHEME = "bf16"
+    OP = "grouped_mm_bf16"
+    FLAVORS = ["f32", "bf16"]
+
+
+class TestGroupedFp8(_GroupedContract):
+    SCHEME = "fp8"
+    OP = "grouped_mm_fp8"
+    FLAVORS = ["per_tensor", "per_channel_per_token"]
+
+
+class TestGroupedMxfp4(_GroupedContract):
+    SCHEME = "mxfp4"
+    OP = "grouped_mm_mxfp4"
+    FLAVORS = ["f32", "bf16"]
+
+
+@pytest.mark.parametrize("m,block_m", [(2, 16), (45, 16), (300, 128)])
+def test_work_items_cover_each_row_once_and_skip_empty_experts(m, block_m):
+    """Every row in [0, M) is covered by exactly one (item, row) pair; each item's rows lie in its tile and its
+    group; experts with no rows have no item; the list fits the static bound."""
+    rng = np.random.default_rng(m)
+    e = 6
+    batch = np.stack([np.asarray(_sizes(rng, m, e, empty=trial % 2 == 0)) for trial in range(16)])
+    lists = jax.jit(jax.vmap(lambda g: pallas_triton.work_items(g, m, block_m)))(jnp.asarray(batch))
+    for sizes, grp, tile, lo, hi in zip(batch, *(np.asarray(a) for a in lists)):
+        assert len(grp) == pallas_triton.max_items(m, e, block_m)
+        ends = np.cumsum(sizes)
+        covered = np.zeros(m, int)
+        for g, t, a, b in zip(grp, tile, lo, hi):
+            if g > e:
+                continue
+            want_lo, want_hi = ((ends[g] - sizes[g], ends[g]) if g < e else (ends[-1], m))
+            assert (a, b) == (want_lo, want_hi) and b > a
+            rows = np.arange(t * block_m, (t + 1) * block_m)
+            covered[rows[(rows >= a) & (rows < b)]] += 1
+        np.testing.assert_array_equal(covered, 1)
+        active = set(grp[grp < e].tolist())
+        assert active == set(np.flatnonzero(sizes).tolist())
+
+
+def test_unselected_experts_are_never_read():
+    """NaN weights (and NaN scales) in every expert no row was routed to: the kernel's output is finite and
+    exact, so no program multiplied them (a dense masked product would give NaN * 0 = NaN)."""
+    rng = np.random.default_rng(5)
+    m, k, n = 2, 64, 32
+    d = make_data(rng, "fp8", m, k, n, 8, per_channel=True)
+    d["group_sizes"] = jnp.asarray([0, 1, 0, 0, 0, 1, 0, 0], jnp.int32)  # decode: one token, top-2
+    unused = np.asarray([0, 2, 3, 4, 6, 7])
+    w = np.array(d["w"].astype(jnp.float32))
+    w[unused] = np.nan
+    d["w"] = jnp.asarray(w).astype(E8)
+    ws = np.asarray(d["w_scale"]).copy()
+    ws[unused] = np.nan
+    d["w_scale"] = jnp.asarray(ws)
+    got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                                          x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32,
+                                          config=C(block_m=16, block_n=16, block_k=32))
+    d["w64"] = np.nan_to_num(d["w64"])  # the reference only touches experts 1 and 5
+    check_f64(got, d)
+
+
+def test_config_fit_and_errors():
+    cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="fp8")
+    assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
+    # decode at the Mixtral shapes: the down projection (N = 4096) splits K to reach MIN_PROGRAMS, gate/up not
+    down = pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8)
+    up = pallas_triton.default_config(2, 4096, 14336, scheme="mxfp4", e=8)
+    assert (down.block_m, down.block_n, down.split_k) == (16, 64, 2) and up.split_k == 1
+    pre = pallas_triton.default_config(4096, 4096, 14336, scheme="bf16", e=8)
+    assert (pre.block_m, pre.block_n, pre.split_k, pre.w_major) == (128, 128, 1, False)
+    with pytest.raises(ValueError, match="N = 40 must be a multiple of 16"):
+        pallas_triton.fit(C(), m=1, k=64, n=40, scheme="bf16")
+    with pytest.raises(ValueError, match="block_k >= 32"):
+        C(block_k=16)
+    with pytest.raises(ValueError, match="split_k: expected a power of two"):
+        C(split_k=3)
+    with pytest.raises(ValueError, match="decode: expected one of"):
+        C(decode="lut")
+    with pytest.raises(TypeError):
+        C(16, 64, 256)  # keyword-only
+
+
+def test_auto_falls_back_to_xla_where_the_kernel_cannot_run(monkeypatch):
+    """On a pretend H200: N not a multiple of 16 runs XLA under auto; forcing pallas names the problem."""
+    from quark_jax.kernels import tuning
+
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", "/nonexistent")
+    assert tuning.choose_impl("grouped_mm_bf16", 2, 64, 40, device_kind="NVIDIA H200",
+                              compute_capability="9.0") == "pallas"
+    d = make_data(np.random.default_rng(6), "bf16", 3, 64, 40, 2)
+    np.testing.assert_array_equal(np.asarray(call(d, "auto")), np.asarray(call(d, "xla")))
+    with pytest.raises(ValueError, match="w: N = 40 must be a multiple of 16"):
+        call(d, "pallas")

@@ -134,7 +134,16 @@ def grouped_mm(x, w, group_sizes, *, w_scale=None, x_scale=None, scheme="bf16", 
         if scheme == "bf16" and w_scale is not None:
             raise ValueError("w_scale: scheme 'bf16' takes no weight scale, got one")
     group_sizes = _group_sizes(group_sizes, e, m)
-    _dispatch.check_impl(impl, ("auto", "xla"))
+    # the kernel takes e4m3fn (FP8), N a multiple of 16 and K of 32; auto never fails where XLA works
+    supported = n % 16 == 0 and k % 32 == 0 and (scheme != "fp8" or x.dtype == jnp.float8_e4m3fn)
+    which = _dispatch.resolve_impl(op_name(scheme), impl, m, k, n, supported=supported)
+    if which == "pallas":
+        _validate.multiple_of("w", n, 16, "N")
+        _validate.multiple_of("x", k, 32, "K")
+        from quark_jax.kernels.grouped_mm import pallas_triton
+
+        return pallas_triton.grouped_mm_pallas(x, w, group_sizes, w_scale=w_scale, x_scale=x_scale, scheme=scheme,
+                                               out_dtype=jnp.dtype(out_dtype))
     return grouped_mm_xla(x, w, group_sizes, w_scale=w_scale, x_scale=x_scale, scheme=scheme,
                           out_dtype=jnp.dtype(out_dtype))
 

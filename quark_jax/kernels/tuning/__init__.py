@@ -31,7 +31,10 @@ import jax
 
 from quark_jax.kernels import tiling
 
-OPS = ("fp8_scaled_mm", "int8_scaled_mm", "mxfp4_mm")
+OPS = ("fp8_scaled_mm", "int8_scaled_mm", "mxfp4_mm")  # the dense GEMMs (what the tuner measures)
+# the grouped (MoE expert) GEMM, one op per expert weight format (kernels.grouped_mm; not tuned yet: defaults)
+GROUPED_OPS = ("grouped_mm_bf16", "grouped_mm_fp8", "grouped_mm_mxfp4")
+ALL_OPS = OPS + GROUPED_OPS
 AUTO_IMPLS = ("pallas", "xla")  # what a table entry may name
 PACKAGE_DIR = Path(__file__).parent
 SOURCES = ("user cache", "card table", "family table", "default", "cpu")
@@ -92,8 +95,8 @@ def validate_table(table: dict, where: str) -> dict:
     if not isinstance(table, dict) or not isinstance(table.get("impl", {}), dict):
         raise ValueError(f"{where}: expected a JSON object with an 'impl' object")
     for op, entries in table.get("impl", {}).items():
-        if op not in OPS:
-            raise ValueError(f"{where}: unknown op {op!r}, expected one of {OPS}")
+        if op not in ALL_OPS:
+            raise ValueError(f"{where}: unknown op {op!r}, expected one of {ALL_OPS}")
         for key, impl in entries.items():
             tiling.check_key(key, f"{where} [{op}]")
             if impl not in AUTO_IMPLS:
@@ -122,7 +125,9 @@ def default_impl(op: str, m: int, compute_capability: str) -> str:
     - ``mxfp4_mm``: the Pallas kernel from sm80 (bf16 tensor cores) at every M, never the XLA emulation (it
       dequantizes the whole weight per call; 5-10x slower at decode on the H100 and H200);
     - ``fp8_scaled_mm``: Pallas for decode (M <= 16) from sm89 (FP8 tensor cores), else XLA (cuBLASLt);
-    - ``int8_scaled_mm``: Pallas for decode from sm80, else XLA.
+    - ``int8_scaled_mm``: Pallas for decode from sm80, else XLA;
+    - ``grouped_mm_<scheme>``: the Pallas kernel at every M (bf16 and MXFP4 from sm80, FP8 from sm89): it reads
+      only the routed experts' weights, where XLA's ragged dot may expand to a dense masked product.
 
     >>> default_impl("fp8_scaled_mm", 1, "8.0"), default_impl("fp8_scaled_mm", 1, "8.9")
     ('xla', 'pallas')
@@ -135,7 +140,9 @@ def default_impl(op: str, m: int, compute_capability: str) -> str:
         return "pallas" if decode and cc >= (8, 9) else "xla"
     if op == "int8_scaled_mm":
         return "pallas" if decode and cc >= (8, 0) else "xla"
-    raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    if op in GROUPED_OPS:
+        return "pallas" if cc >= ((8, 9) if op == "grouped_mm_fp8" else (8, 0)) else "xla"
+    raise ValueError(f"op: expected one of {ALL_OPS}, got {op!r}")
 
 
 def _tables(device_kind: str, compute_capability: str):
@@ -165,8 +172,8 @@ def explain_impl(op: str, m: int, k: int, n: int, *, device_kind: str,
     >>> explain_impl("mxfp4_mm", 1, 4096, 4096, device_kind="Some GPU", compute_capability="8.0")
     ('pallas', 'default')
     """
-    if op not in OPS:
-        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    if op not in ALL_OPS:
+        raise ValueError(f"op: expected one of {ALL_OPS}, got {op!r}")
     if compute_capability is None:
         return "xla", "cpu"
     capability(compute_capability)  # validates

@@ -1,0 +1,310 @@
+"""Pallas (Triton lowering) grouped GEMM over rows sorted by expert; bf16, FP8 (W8A8) and packed MXFP4 experts;
+its ``Config`` and defaults.
+
+``y[rows of e] = out(x_scale * (w_scale[e] * x_rows @ dequant(w[e]).T))`` (scales for FP8 only), f32
+accumulation, one rounding to ``out_dtype``. The expert weights are read as stored: [E, N, K] bf16 / fp8, or
+packed MXFP4 uint8 [E, N, K/2] with E8M0 bytes [E, N, K/32], decoded in registers
+(``kernels.mxfp4_mm.decode``); nothing is dequantized in HBM.
+
+Work list (computed by XLA from ``group_sizes``, :func:`work_items`): the sorted rows are cut into row tiles of
+``block_m``; a tile that straddles expert boundaries appears once per expert it holds, and the rows past
+``sum(group_sizes)`` form one more group whose tiles store zeros. At most ``T = cdiv(M, block_m) +
+min(E + 1, M) - 1`` items (each non-empty group adds at most one boundary tile); the unused slots are idle. A
+program is (item, N tile[, K split]): it reads the item's expert id, row range and tile from four int32 vectors,
+loads only the item's rows of x (masked), streams ``block_n`` rows of that expert's weight over its K range and
+stores only the item's rows (masked). Experts no row was routed to have no item, so their weights are never
+read: at decode (M = tokens x top-k rows) the kernel reads exactly the selected experts' weights.
+
+Program order: items fastest, then N tiles, so the items of one expert (consecutive row tiles) reuse the same
+weight tile from L2 at prefill. With ``split_k > 1`` the kernel writes raw f32 partial sums [S, M, N] and one
+XLA fusion sums them and applies the scales (the same operation order as the reference).
+
+MXFP4: x is split once (XLA) into its even and odd K columns and the kernel computes ``xe @ lo^T + xo @ hi^T``
+on the two decoded nibble planes (as ``mxfp4_mm``); bf16 x runs bf16 MMAs (exact weights), f16 x f16, f32 x an
+f32 (HIGHEST) dot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from quark_jax import formats
+from quark_jax.kernels import _dispatch, tiling, tuning
+from quark_jax.kernels.grouped_mm.xla import row_weight_scale
+from quark_jax.kernels.mxfp4_mm import decode
+
+DECODES = ("asm", "asm_scaled", "jnp")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """One tiling of the grouped GEMM; block sizes are powers of two.
+
+    >>> Config(block_m=16, block_n=64, block_k=256).w_major
+    True
+    """
+
+    block_m: int = 16  # sorted rows per tile (a tile holding several experts runs once per expert, masked)
+    block_n: int = 64  # weight rows (output columns) per program
+    block_k: int = 256  # K elements per loop step (MXFP4: a multiple of 32, one MX block)
+    split_k: int = 1  # programs sharing one tile's K range (> 1: f32 partial sums reduced by XLA)
+    w_major: bool = True  # acc[bn, bm] = w @ x^T (the weight is the tall MMA operand; decode) or acc[bm, bn]
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 3  # Triton software-pipelining depth
+    decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret)
+    pack: int = 2  # MXFP4: packed bytes per asm instance (2 or 4)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Config.{name}: expected a positive int, got {v!r}")
+        for name in ("block_m", "block_n", "block_k", "split_k"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        if self.block_m < 16 or self.block_n < 16 or self.block_k < 32:
+            raise ValueError(f"Config: tensor-core tiles need block_m, block_n >= 16 and block_k >= 32, got "
+                             f"{self.block_m}x{self.block_n}x{self.block_k}")
+        if self.decode not in DECODES:
+            raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
+        if self.pack not in (2, 4):
+            raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
+
+
+# Defaults per M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels' tilings
+# (fp8_scaled_mm and mxfp4_mm sweeps, benchmarks/NOTES.md) carried over. Decode streams narrow weight strips over
+# K with the weight as the tall MMA operand; prefill uses 128-row tiles (a tile straddling two experts runs twice).
+DEFAULTS = {
+    "16": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    "64": Config(block_m=32, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
+    "max": Config(block_m=128, block_n=128, block_k=64, w_major=False, num_warps=4, num_stages=4),
+}
+# Programs a decode launch should have (~1.7 per SM of an H100/H200): the K split doubles (up to 8) below it.
+MIN_PROGRAMS = 224
+
+
+def max_items(m: int, e: int, block_m: int) -> int:
+    """Static bound on the work items: row tiles plus one boundary tile per further non-empty group (the
+    experts and the group of rows past the sum, at most M of them non-empty).
+
+    >>> max_items(2, 8, 16), max_items(4096, 8, 128)
+    (2, 40)
+    """
+    return -(-m // block_m) + min(e + 1, m) - 1
+
+
+def fit(cfg: Config, m: int, k: int, n: int, *, scheme: str, e: int = 1, target_programs: int = 0) -> Config:
+    """``cfg`` with tiles that divide the problem (block_n | N, block_k * split_k | K; N a multiple of 16, K of
+    32), block_m no larger than M needs; with ``target_programs`` the K split grows (powers of two, up to 8) until
+    the work items times N tiles reach it.
+
+    >>> fit(Config(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="bf16").block_k
+    32
+    """
+    if n % 16 or k % 32:
+        raise ValueError(f"grouped_mm Pallas kernel: N = {n} must be a multiple of 16 and K = {k} of 32")
+    bm = max(16, min(cfg.block_m, tiling.pow2_ceil(max(m, 1))))
+    bn = cfg.block_n
+    while n % bn:
+        bn //= 2
+    bn = max(bn, 16)
+    splits = cfg.split_k
+    programs = max_items(max(m, 1), e, bm) * (n // bn)
+    while programs * splits < target_programs and splits < 8 and k // (2 * splits) >= cfg.block_k:
+        splits *= 2
+    while (k // 32) % splits:
+        splits //= 2
+    bk = min(cfg.block_k, tiling.pow2_floor(k // splits))
+    while (k // splits) % bk:
+        bk //= 2
+    return dataclasses.replace(cfg, block_m=bm, block_n=bn, block_k=bk, split_k=splits)
+
+
+def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
+    """``DEFAULTS`` for M's bucket, fitted, with the K split for decode and small M.
+
+    >>> default_config(2, 14336, 4096, scheme="fp8", e=8).split_k
+    2
+    """
+    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
+    return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
+
+
+def work_items(group_sizes, m: int, block_m: int):
+    """The work list for rows sorted by group: int32 vectors [T] (``T = max_items``) of each item's group (E =
+    the rows past the groups: store zeros; E + 1 = unused slot), row tile, and first / end row of its group.
+    Group ends are clamped to M.
+
+    >>> g, t, lo, hi = work_items(jnp.array([3, 0, 14], jnp.int32), 20, 16)  # 3 rows past the groups
+    >>> g.tolist(), t.tolist(), lo.tolist(), hi.tolist()
+    ([0, 2, 2, 3, 4], [0, 0, 1, 1, 0], [0, 3, 3, 17, 0], [3, 17, 17, 20, 0])
+    """
+    e = group_sizes.shape[0]
+    ends = jnp.minimum(jnp.cumsum(group_sizes.astype(jnp.int32)), m)
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    starts = jnp.concatenate([starts, ends[-1:]])  # group E: rows past the sum, up to M
+    ends = jnp.concatenate([ends, jnp.full((1,), m, jnp.int32)])
+    first = starts // block_m
+    last = (ends - 1) // block_m
+    count = jnp.where(ends > starts, last - first + 1, 0)
+    cum = jnp.cumsum(count)
+    t = jnp.arange(max_items(m, e, block_m), dtype=jnp.int32)
+    grp = jnp.searchsorted(cum, t, side="right").astype(jnp.int32)  # e + 1 past the last item
+    valid = grp <= e
+    gc = jnp.minimum(grp, e)
+    tile = first[gc] + t - (cum[gc] - count[gc])
+    return (grp, jnp.where(valid, tile, 0), jnp.where(valid, starts[gc], 0), jnp.where(valid, ends[gc], 0))
+
+
+def _ptx_decode_ok() -> bool:
+    _, cc = tuning.current_device()
+    return cc is not None and tuning.capability(cc) >= (9, 0)
+
+
+def _dot(a, b, precision):
+    """``a[p, k] @ b[q, k]^T`` -> f32 [p, q] (both K-major)."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
+
+
+def _kernel(grp_ref, tile_ref, lo_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, e: int, items: int,
+            k_len: int, per_channel: bool, partial: bool, w_dtype, precision):
+    from jax.experimental.pallas import triton as plgpu
+
+    o_ref = refs[-1]
+    if scheme == "mxfp4":
+        xe_ref, xo_ref, w_ref, s_ref = refs[:4]
+    else:
+        x_ref, w_ref = refs[:2]
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    pid = pl.program_id(0)
+    split = pl.program_id(1)
+    item = pid % items
+    c0 = pl.multiple_of((pid // items) * bn, bn)
+    g = grp_ref[item]
+    r0 = tile_ref[item] * bm
+    lo = lo_ref[item]
+    hi = hi_ref[item]
+    rows = r0 + jnp.arange(bm, dtype=jnp.int32)
+    row_ok = (rows >= lo) & (rows < hi)
+    out_mask = jnp.broadcast_to(row_ok[:, None], (bm, bn))
+    o_view = o_ref.at[split, pl.ds(r0, bm), pl.ds(c0, bn)] if partial else o_ref.at[pl.ds(r0, bm), pl.ds(c0, bn)]
+    k_first = split * k_len
+
+    @pl.when(g < e)
+    def _compute():
+        w0 = g * n + c0  # first weight row of this program: expert g's rows c0 .. c0 + bn of the [E * N, .] view
+
+        def load_x(ref, k0, width):
+            mask = jnp.broadcast_to(row_ok[:, None], (bm, width))
+            return plgpu.load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask=mask, other=0)
+
+        def mma(acc, w, x):
+            return acc + (_dot(w, x, precision) if cfg.w_major else _dot(x, w, precision))
+
+        if scheme == "mxfp4":
+            bkh = bk // 2  # packed bytes = x columns of one parity per step
+            bks = bk // formats.MX_BLOCK_SIZE
+
+            def body(i, acc):
+                kh = pl.multiple_of(k_first // 2 + i * bkh, bkh)
+                packed = w_ref[pl.ds(w0, bn), pl.ds(kh, bkh)]
+                sbytes = s_ref[pl.ds(w0, bn), pl.ds(k_first // formats.MX_BLOCK_SIZE + i * bks, bks)]
+                if cfg.decode == "jnp":
+                    wlo, whi = decode.decode_jnp(packed, sbytes, w_dtype)
+                else:
+                    wlo, whi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack,
+                                                 scale_in_asm=cfg.decode == "asm_scaled")
+                acc = mma(acc, wlo, load_x(xe_ref, kh, bkh))
+                return mma(acc, whi, load_x(xo_ref, kh, bkh))
+        else:
+            def body(i, acc):
+                k0 = pl.multiple_of(k_first + i * bk, bk)
+                return mma(acc, w_ref[pl.ds(w0, bn), pl.ds(k0, bk)], load_x(x_ref, k0, bk))
+
+        shape = (bn, bm) if cfg.w_major else (bm, bn)
+        acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros(shape, jnp.float32))
+        if cfg.w_major:
+            acc = acc.T
+        if scheme == "fp8" and not partial:
+            xs_ref, ws_ref = refs[2], refs[3]
+            xs = plgpu.load(xs_ref.at[pl.ds(r0, bm)], mask=row_ok, other=0.0)
+            ws = ws_ref[pl.ds(w0, bn)] if per_channel else jnp.broadcast_to(ws_ref[g], (bn,))
+            acc = xs[:, None] * (ws[None, :] * acc)
+        plgpu.store(o_view, acc.astype(o_view.dtype), mask=out_mask)
+
+    @pl.when(g == e)
+    def _zeros():  # rows past the groups
+        plgpu.store(o_view, jnp.zeros((bm, bn), o_view.dtype), mask=out_mask)
+
+
+def grouped_mm_pallas(x, w, group_sizes, *, w_scale=None, x_scale=None, scheme="bf16", out_dtype=jnp.bfloat16,
+                      config=None, interpret=None):
+    """Pallas grouped GEMM; same contract as ``quark_jax.kernels.grouped_mm`` (operands normalized by the entry:
+    fp8 w_scale f32 [E] or [E, N], x_scale f32 () or [M, 1]). ``config`` (a :class:`Config`) overrides the
+    defaults; ``interpret`` defaults to "unless on a CUDA GPU".
+
+    >>> x = jnp.ones((3, 32), jnp.bfloat16); w = jnp.stack([jnp.ones((16, 32)), 2 * jnp.ones((16, 32))])
+    >>> y = grouped_mm_pallas(x, w.astype(jnp.bfloat16), jnp.array([1, 1], jnp.int32))
+    >>> y[:, 0].tolist()
+    [32.0, 64.0, 0.0]
+    """
+    m, k = x.shape
+    e, n = w.shape[:2]
+    interpret = _dispatch.pallas_interpret() if interpret is None else bool(interpret)
+    cfg = (default_config(m, k, n, scheme=scheme, e=e) if config is None
+           else fit(config, m, k, n, scheme=scheme, e=e))
+    if scheme == "mxfp4" and cfg.decode != "jnp" and (interpret or not _ptx_decode_ok()
+                                                      or jnp.dtype(x.dtype) != jnp.bfloat16):
+        cfg = dataclasses.replace(cfg, decode="jnp")  # the inline PTX needs sm90 and makes bf16
+    if scheme == "fp8" and x.dtype != jnp.float8_e4m3fn:
+        raise TypeError(f"x: the Pallas grouped FP8 kernel takes float8_e4m3fn, got {x.dtype} (use impl='xla')")
+    if m == 0:
+        return jnp.zeros((0, n), out_dtype)
+    return _grouped_jit(x, w, group_sizes, w_scale, x_scale, scheme=scheme, out_dtype=jnp.dtype(out_dtype),
+                        cfg=cfg, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "out_dtype", "cfg", "interpret"))
+def _grouped_jit(x, w, group_sizes, w_scale, x_scale, *, scheme, out_dtype, cfg, interpret):
+    m, k = x.shape
+    e, n = w.shape[:2]
+    splits = cfg.split_k
+    partial = splits > 1
+    items = max_items(m, e, cfg.block_m)
+    meta = work_items(group_sizes, m, cfg.block_m)
+    if scheme == "mxfp4":
+        pairs = x.reshape(m, k // 2, 2)
+        operands = [pairs[:, :, 0], pairs[:, :, 1], w.reshape(e * n, k // 2),
+                    w_scale.reshape(e * n, k // formats.MX_BLOCK_SIZE)]
+    else:
+        operands = [x, w.reshape(e * n, k)]
+    per_channel = scheme == "fp8" and w_scale.ndim == 2
+    if scheme == "fp8" and not partial:
+        operands += [jnp.broadcast_to(x_scale.reshape(-1), (m,)),
+                     w_scale.reshape(e * n) if per_channel else w_scale.reshape(e)]
+    precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    kernel = functools.partial(_kernel, scheme=scheme, cfg=cfg, n=n, e=e, items=items, k_len=k // splits,
+                               per_channel=per_channel, partial=partial, w_dtype=x.dtype, precision=precision)
+    out_shape = (jax.ShapeDtypeStruct((splits, m, n), jnp.float32) if partial
+                 else jax.ShapeDtypeStruct((m, n), out_dtype))
+    name = f"grouped_mm_{scheme}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}"
+    y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape,
+                           grid=(items * (n // cfg.block_n), splits))(*meta, *operands)
+    if not partial:
+        return y
+    y = jnp.sum(y, axis=0)
+    if scheme == "fp8":
+        y = x_scale * (row_weight_scale(w_scale, group_sizes, m) * y)
+    return y.astype(out_dtype)
+
+
+__all__ = ["grouped_mm_pallas", "Config", "DEFAULTS", "default_config", "fit", "work_items", "max_items"]
