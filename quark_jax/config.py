@@ -413,5 +413,5 @@ def kernel_shape(plan: LayerPlan, reader: CheckpointReader) -> tuple[str, int, i
     op = plan.scheme.kernel_op if plan.status == "quantized" and plan.scheme is not None else None
     if not op:
         return None
-    n, k_stored = reader.weight_shape(plan.path)
-    return op, k_stored * plan.scheme.weight_pack_factor, n
+    n, k = plan.scheme.weight_geometry(reader.weight_shape(plan.path))  # packed K unpacked, transposed layouts
+    return op, k, n

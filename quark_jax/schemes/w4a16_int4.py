@@ -1,7 +1,8 @@
 """``QuarkW4A16Int4`` (vLLM's, SPEC section 3): INT4 (symmetric) or UINT4 (with zero points) weight-only, per
 group along K or per channel, in Quark's packed layout; the activation is not quantized.
 
-No Pallas kernel yet: ``impl`` is accepted and the XLA reference runs (``kernel_op`` is None).
+Per group, ``apply_weights`` calls ``quark_jax.kernels.int4_mm`` (``kernel_op``; ``impl`` picks the fused Pallas
+kernel or the XLA reference); per channel (amd-quark's untransposed layout) runs the XLA reference.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from quark_jax import formats, quant
+from quark_jax import formats, kernels, quant
 from quark_jax.errors import CheckpointError
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
 from quark_jax.schemes.ocp_mx import xla_linear
@@ -48,6 +49,10 @@ class QuarkW4A16Int4(QuarkScheme):
 
     min_capability = 70  # vLLM: compute capability 7.0
     choices = {"pack_method": tuple(formats.INT4_PACK_ORDERS)}
+
+    @property
+    def kernel_op(self):
+        return None if self.group_size == -1 else "int4_mm"
 
     def __post_init__(self):
         super().__post_init__()
@@ -123,4 +128,8 @@ class QuarkW4A16Int4(QuarkScheme):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         n, k = self.weight_geometry(params["weight"].shape)
         x2, lead = flatten_tokens(x, k, "QuarkW4A16Int4")
-        return xla_linear(x2, self._dequantize(params, x2.dtype), bias).reshape(*lead, n)
+        if self.group_size == -1:
+            return xla_linear(x2, self._dequantize(params, x2.dtype), bias).reshape(*lead, n)
+        y = kernels.int4_mm(x2, params["weight"], params["weight_scale"], params.get("weight_zero_point"), bias,
+                            group_size=self.group_size, order=self.pack_method, signed=self.signed, impl=self.impl)
+        return y.reshape(*lead, n)

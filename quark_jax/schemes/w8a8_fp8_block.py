@@ -1,7 +1,8 @@
 """``QuarkW8A8Fp8PerBlock`` (vLLM's ``QuarkW8A8Fp8Block``, SPEC section 3): FP8 weights with one scale per
 [128, 128] block (float32 or E8M0), activations quantized dynamically per token and group of 128 along K.
 
-No Pallas kernel yet: ``impl`` is accepted and the XLA reference runs (``kernel_op`` is None).
+``apply_weights`` calls ``quark_jax.kernels.fp8_block_mm`` (``kernel_op``; ``impl`` picks the fused Pallas kernel
+or the XLA reference).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from quark_jax import quant
+from quark_jax import formats, kernels, quant
 from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
-from quark_jax.schemes.ocp_mx import xla_linear
 
 __all__ = ["QuarkW8A8Fp8PerBlock"]
 
@@ -47,6 +47,7 @@ class QuarkW8A8Fp8PerBlock(QuarkScheme):
     scale_format: str = "float"  # "float" or "e8m0"
 
     min_capability = 70  # vLLM: compute capability 7.0
+    kernel_op = "fp8_block_mm"
     choices = {"scale_format": ("float", "e8m0")}
 
     def __post_init__(self):
@@ -91,6 +92,8 @@ class QuarkW8A8Fp8PerBlock(QuarkScheme):
         n, k = params["weight"].shape
         x2, lead = flatten_tokens(x, k, "QuarkW8A8Fp8PerBlock")
         q, s = quant.per_token_group_quant_fp8(x2, int(self.block[1]))
-        xd = q.astype(jnp.float32) * jnp.repeat(s, int(self.block[1]), axis=-1)
-        w = quant.dequantize_fp8_per_block(params["weight"], params["weight_scale"], self.block)
-        return xla_linear(xd, w, bias).astype(x2.dtype).reshape(*lead, n)
+        ws = params["weight_scale"]
+        ws = formats.e8m0_to_float32(ws) if self.scale_format == "e8m0" else ws
+        y = kernels.fp8_block_mm(q, params["weight"], s, ws, bias, block=tuple(int(b) for b in self.block),
+                                 out_dtype=x2.dtype, impl=self.impl)
+        return y.reshape(*lead, n)

@@ -1,0 +1,28 @@
+"""Block-scaled FP8 (weights [128, 128], activations per token and group of 128) extra rows for
+benchmarks/bench_gemm.py: ``xla_bf16`` (the baseline) and the per-tensor FP8 GEMM of the same shape
+(``fp8_per_tensor_auto``: ``fp8_scaled_mm`` with scalar scales as ``auto`` runs it; ``fp8_per_tensor_xla``:
+cuBLASLt), the time the block kernel is held to (within 0.9x at prefill).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from gemm_int4 import dense_bf16_case
+
+
+def cases(point, sets, Case):
+    import jax
+    import jax.numpy as jnp
+
+    from quark_jax import kernels
+
+    m, k, n = point.m, point.k, point.n
+    out = [dense_bf16_case(point, sets, Case)]
+    one = jnp.float32(1.0)
+    psets = [(s[0], s[1], one, one) for s in sets]
+    for impl in ("auto", "xla"):
+        fn = jax.jit(functools.partial(kernels.fp8_scaled_mm, out_dtype=jnp.bfloat16, impl=impl))
+        out.append(Case(name=f"fp8_per_tensor_{impl}", fn=fn, arg_sets=psets, flops=2.0 * m * n * k,
+                        bytes=m * k + n * k + 2 * m * n))
+    return out

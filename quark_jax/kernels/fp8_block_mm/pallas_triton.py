@@ -1,0 +1,209 @@
+"""Pallas (Triton lowering) block-scaled FP8 GEMM; its ``Config`` and tuned defaults.
+
+``y = out(sum_g (x_q[:, g] @ w_q[:, g]^T) * x_scale[:, g] * w_scale[n // rows, g] + bias)``: each K step is one
+scale group of ``cols`` elements (vLLM's ``w8a8_block_fp8_matmul`` structure): an fp8 x fp8 tensor-core dot into
+f32, scaled by the token's group scale (a column of ``x_scale``) and the weight block's scale, added to the f32
+accumulator. A column tile of ``block_n`` columns covers ``block_n / rows`` weight scale rows (or lies inside one),
+so the weight scale is one scalar per step (or a few, selected per column). Ragged M: masked loads and stores.
+``split_k`` > 1 splits the groups over programs (f32 partial sums reduced by XLA with the bias).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from quark_jax.kernels import _dispatch, tiling
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Tiles and launch parameters (powers of two); the K step is the scale group (``cols``).
+
+    >>> Config(block_m=128, block_n=128).num_warps
+    4
+    """
+
+    block_m: int = 128  # rows of x per program (M is masked to it)
+    block_n: int = 128  # weight rows (output columns) per program
+    split_k: int = 1  # programs sharing one tile's groups (> 1: f32 partial sums reduced by XLA)
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 4  # Triton software-pipelining depth
+    group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "split_k", "num_warps", "group_m"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        if self.block_m < 16 or self.block_n < 16:
+            raise ValueError(f"Config: block_m and block_n must be >= 16 (MMA tiles), got {self.block_m}, "
+                             f"{self.block_n}")
+
+
+# M bucket -> config (the fp8_scaled_mm kernel's shapes: skinny tiles with a K split at decode, 128x128 at prefill)
+DEFAULTS = {
+    "16": Config(block_m=16, block_n=64, num_warps=4, num_stages=3),
+    "64": Config(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    "512": Config(block_m=128, block_n=128, num_warps=4, num_stages=4),
+    "max": Config(block_m=128, block_n=128, num_warps=8, num_stages=4),
+}
+AUTO_SPLIT = {"decode": 264, "small": 264}
+
+
+def fit(cfg: Config, m: int, groups: int, n: int, *, target_programs: int = 0) -> Config:
+    """``cfg`` with ``block_n | N``, ``split_k | groups``, ``block_m`` capped at M's power of two (>= 16); with
+    ``target_programs`` the K split grows (up to 8) until there are that many programs.
+
+    >>> fit(Config(block_n=128), m=1, groups=8, n=64, target_programs=16).split_k
+    8
+    """
+    block_m = min(cfg.block_m, max(16, tiling.pow2_ceil(m)))
+    block_n = cfg.block_n
+    while n % block_n:
+        block_n //= 2
+    if block_n < 16:
+        raise ValueError(f"fp8_block_mm: cannot tile N = {n} (need N % 16 == 0)")
+    split_k = cfg.split_k
+    tiles = (n // block_n) * -(-m // block_m)
+    while tiles * split_k < target_programs and split_k < 8 and groups % (2 * split_k) == 0:
+        split_k *= 2
+    while groups % split_k:
+        split_k //= 2
+    return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, split_k=split_k)
+
+
+def default_config(m: int, k: int, n: int, cols: int) -> Config:
+    """The config for the M bucket of ``m`` fitted to the problem, with the class's K split.
+
+    >>> default_config(2048, 4096, 4096, 128).block_m
+    128
+    """
+    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    return fit(cfg, m, k // cols, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
+
+
+def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int, cols: int, groups: int,
+            n_tiles_n: int, n_tiles_m: int, has_bias: bool, out_dtype):
+    if has_bias:
+        b_ref, o_ref = rest
+    else:
+        (o_ref,) = rest
+    bm, bn = cfg.block_m, cfg.block_n
+    m_tile, n_tile = tiling.grouped_program(pl.program_id(0), n_tiles_m, n_tiles_n, cfg.group_m)
+    x_mask = s_mask = None
+    if m % bm:  # ragged last row tile: rows past M load as zeros
+        valid_rows = m - m_tile * bm
+        x_mask = lax.broadcasted_iota(jnp.int32, (bm, cols), 0) < valid_rows
+        s_mask = lax.broadcasted_iota(jnp.int32, (bm,), 0) < valid_rows
+    r = max(1, bn // rows)  # weight scale rows this column tile covers
+    row0 = n_tile * bn // rows
+    col_block = lax.broadcasted_iota(jnp.int32, (1, bn), 1) // rows if r > 1 else None
+    dims = (((1,), (1,)), ((), ()))
+
+    def body(g, acc):
+        k0 = pl.multiple_of(g * cols, cols)
+        xk = _load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
+        wk = w_ref[:, pl.ds(k0, cols)]
+        d = lax.dot_general(xk, wk, dims, preferred_element_type=jnp.float32)
+        sx = _load(xs_ref.at[:, g], s_mask)
+        if r == 1:
+            sw = ws_ref[row0, g]
+        else:
+            sw = jnp.zeros((1, bn), jnp.float32)
+            for j in range(r):
+                sw = jnp.where(col_block == j, ws_ref[row0 + j, g], sw)
+        return acc + d * (sx[:, None] * sw)
+
+    acc = lax.fori_loop(0, groups, body, jnp.zeros((bm, bn), jnp.float32))
+    if has_bias:
+        acc = acc + b_ref[...].astype(jnp.float32)[None, :]
+    out = acc.astype(out_dtype)
+    if m % bm:
+        valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < (m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32))
+        from jax.experimental.pallas import triton as plgpu
+
+        plgpu.store(o_ref, out, mask=valid)
+    else:
+        o_ref[...] = out
+
+
+def _load(ref, mask):
+    if mask is None:
+        return ref[...]
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.load(ref, mask=mask, other=0)
+
+
+def fp8_block_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, block=(128, 128), out_dtype=jnp.bfloat16,
+                        config=None, interpret=None):
+    """Pallas block-scaled FP8 GEMM; same contract as ``quark_jax.kernels.fp8_block_mm`` (``block`` rows a power of
+    two, cols a multiple of 32, N a multiple of 16). ``config`` (a :class:`Config`) overrides the tuned tiles.
+
+    >>> x = jnp.ones((1, 32), jnp.float8_e4m3fn); w = jnp.ones((16, 32), jnp.float8_e4m3fn)
+    >>> fp8_block_mm_pallas(x, w, jnp.ones((1, 1)), jnp.full((1, 1), 0.5), block=(16, 32),
+    ...                     out_dtype=jnp.float32)[0, :2].tolist()
+    [16.0, 16.0]
+    """
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    rows, cols = (int(b) for b in block)
+    interpret = _dispatch.pallas_interpret() if interpret is None else interpret
+    cfg = default_config(m, k, n, cols) if config is None else fit(config, m, k // cols, n)
+    return _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, rows=rows, cols=cols, out_dtype=jnp.dtype(out_dtype),
+                             cfg=cfg, interpret=bool(interpret))
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "cols", "out_dtype", "cfg", "interpret"))
+def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype, cfg, interpret):
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    bm, bn, splits = cfg.block_m, cfg.block_n, cfg.split_k
+    groups = k // cols
+    g_split = groups // splits
+    n_tiles_m = pl.cdiv(m, bm)
+    n_tiles_n = n // bn
+    fused_bias = bias is not None and splits == 1
+    grid = (n_tiles_n * n_tiles_m, splits)
+
+    def coords(pid):  # (m tile, n tile)
+        return tiling.grouped_program(pid, n_tiles_m, n_tiles_n, cfg.group_m)
+
+    in_specs = [
+        pl.BlockSpec((bm, g_split * cols), lambda pid, s: (coords(pid)[0], s)),
+        pl.BlockSpec((bn, g_split * cols), lambda pid, s: (coords(pid)[1], s)),
+        pl.BlockSpec((bm, g_split), lambda pid, s: (coords(pid)[0], s)),
+        pl.BlockSpec((w_scale.shape[0], g_split), lambda pid, s: (0, s)),
+    ]
+    args = [x_q, w_q, x_scale, w_scale]
+    if fused_bias:
+        in_specs.append(pl.BlockSpec((bn,), lambda pid, s: (coords(pid)[1],)))
+        args.append(bias)
+    if splits == 1:
+        out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
+        out_spec = pl.BlockSpec((bm, bn), lambda pid, s: coords(pid))
+        kernel_out = out_dtype
+    else:
+        out_shape = jax.ShapeDtypeStruct((splits, m, n), jnp.float32)
+        out_spec = pl.BlockSpec((getattr(pl, "squeezed", None), bm, bn), lambda pid, s: (s, *coords(pid)))
+        kernel_out = jnp.dtype(jnp.float32)
+    kernel = functools.partial(_kernel, cfg=cfg, m=m, rows=rows, cols=cols, groups=g_split, n_tiles_n=n_tiles_n,
+                               n_tiles_m=n_tiles_m, has_bias=fused_bias, out_dtype=kernel_out)
+    name = f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}"
+    out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
+                             in_specs=in_specs, out_specs=out_spec)(*args)
+    if splits > 1:
+        out = out.sum(axis=0)
+        if bias is not None:
+            out = out + bias.astype(jnp.float32)
+        out = out.astype(out_dtype)
+    return out
+
+
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "default_config", "fit"]

@@ -1,0 +1,137 @@
+"""W4A16 INT4 / UINT4 group GEMM backends (``KernelContract``) against the XLA reference and float64 numpy (an
+independent unpacking: nibble i of a word holds element ``order[i]`` of its group of 8 columns).
+
+"Exact" data: x on a 1/4 grid, power-of-two group scales, every code and zero point: every product and f32 partial
+sum is exact, so the kernel (scale applied per group to f32 partial sums) equals the reference (weight rounded to
+x's dtype, then one dot) bit for bit. Random data checks the documented difference: within x's precision.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.base import KernelContract, Variant
+from quark_jax import formats, kernels
+from quark_jax.kernels.int4_mm import pallas_triton
+from quark_jax.kernels.int4_mm.xla import int4_mm_xla
+
+C = pallas_triton.Config
+ORDERS = {"order": (0, 1, 2, 3, 4, 5, 6, 7), "reorder": (0, 2, 4, 6, 1, 3, 5, 7)}
+
+
+def unpack_np(words, order, signed):
+    """int32 [R, C] -> int64 [R, 8C], independently of quark_jax.formats."""
+    w = np.asarray(words).astype(np.int64) & 0xFFFFFFFF
+    out = np.zeros((w.shape[0], w.shape[1], 8), np.int64)
+    for i, e in enumerate(ORDERS[order]):
+        out[:, :, e] = (w >> (4 * i)) & 0xF
+    if signed:
+        out = np.where(out >= 8, out - 16, out)
+    return out.reshape(w.shape[0], -1)
+
+
+def f64_reference(d):
+    q = unpack_np(d["w"], d["order"], d["signed"]).astype(np.float64)  # [K, N]
+    gs = d["gs"]
+    z = unpack_np(d["z"], d["order"], False).astype(np.float64) if d["z"] is not None else np.zeros((1, q.shape[1]))
+    w = (q - np.repeat(z, gs, axis=0)[:q.shape[0]] if d["z"] is not None else q - z) * np.repeat(np.asarray(d["s"], np.float64), gs, axis=0)
+    y = np.asarray(d["x"].astype(jnp.float32), np.float64) @ w
+    return y + (np.asarray(d["bias"], np.float64) if d["bias"] is not None else 0.0)
+
+
+def make(rng, m, k, n, flavor, *, exact=True, gs=16, dtype=jnp.bfloat16):
+    signed = flavor.startswith("int4")
+    order = "order" if "order" in flavor.split("-") else "reorder"
+    q = rng.integers(-8, 8, (k, n)) if signed else rng.integers(0, 16, (k, n))
+    if exact:
+        x = rng.integers(-16, 17, (m, k)) / 4
+        s = 2.0 ** rng.integers(-4, 1, (k // gs, n))
+    else:
+        x = rng.standard_normal((m, k))
+        s = rng.uniform(0.01, 0.05, (k // gs, n))
+    z = None if signed else formats.pack_int4(jnp.asarray(rng.integers(0, 16, (k // gs, n))), order)
+    bias = jnp.asarray(rng.integers(-8, 9, n) / 4, jnp.float32) if flavor.endswith("bias") else None
+    return dict(x=jnp.asarray(x, jnp.float32).astype(dtype), w=formats.pack_int4(jnp.asarray(q), order),
+                s=jnp.asarray(s, jnp.float32), z=z, bias=bias, gs=gs, order=order, signed=signed)
+
+
+def run_xla(d, out_dtype=jnp.float32):
+    return int4_mm_xla(d["x"], d["w"], d["s"], d["z"], d["bias"], group_size=d["gs"], order=d["order"],
+                       signed=d["signed"], out_dtype=out_dtype)
+
+
+class TestInt4Mm(KernelContract):
+    OP = "int4_mm"
+    # ragged M, several column tiles and groups, a K split; the f32 "sub" decode on one
+    VARIANTS = [
+        Variant(backend="pallas_triton", name="decode_split_k_wmajor", shape=(3, 64, 256), config=C(block_w=16, split_k=2, w_major=True)),
+        Variant(backend="pallas_triton", name="ragged_rows_sub_decode", shape=(17, 32, 256),
+                config=C(block_m=16, block_w=32, decode="sub")),
+    ]
+    FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
+    ENTRY_SHAPE = (2, 32, 128)
+    PALLAS = (pallas_triton, "int4_mm_pallas")
+
+    def flavors_for(self, variant):
+        return [self.FLAVORS[self.VARIANTS.index(variant)]]
+
+    def data(self, rng, m, k, n, flavor):
+        return make(rng, m, k, n, flavor)
+
+    def run(self, variant, d, flavor):
+        return pallas_triton.int4_mm_pallas(d["x"], d["w"], d["s"], d["z"], d["bias"], group_size=d["gs"],
+                                            order=d["order"], signed=d["signed"], out_dtype=jnp.float32,
+                                            config=variant.config)
+
+    def check(self, got, d, flavor):
+        assert got.shape == (d["x"].shape[0], d["w"].shape[1] * 8) and got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(run_xla(d)))
+        np.testing.assert_array_equal(np.asarray(got, np.float64), f64_reference(d))
+
+    def entry(self, d, impl):
+        return kernels.int4_mm(d["x"], d["w"], d["s"], d["z"], d["bias"], group_size=d["gs"], order=d["order"],
+                               signed=d["signed"], impl=impl)
+
+    def entry_check(self, got, want, d):
+        assert got.dtype == d["x"].dtype
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 2**-7)])
+def test_random_data_within_x_precision(dtype, tol):
+    """Random x and scales: the kernel (never rounds the weight) and the reference (rounds it to x's dtype) are
+    both within x's precision of float64."""
+    d = make(np.random.default_rng(7), 5, 64, 128, "uint4-reorder-bias", exact=False, dtype=dtype)
+    want = f64_reference(d)
+    for got in (pallas_triton.int4_mm_pallas(d["x"], d["w"], d["s"], d["z"], d["bias"], group_size=16,
+                                             order="reorder", signed=False), run_xla(d, dtype)):
+        assert got.dtype == dtype
+        err = np.abs(np.asarray(got.astype(jnp.float32), np.float64) - want).max() / np.abs(want).max()
+        assert err < tol, err
+
+
+def test_decode_plane_and_configs():
+    words = formats.pack_int4(jnp.arange(8, dtype=jnp.int32)[None], "reorder")  # element e holds e
+    got = [float(pallas_triton.decode_plane(words, p, jnp.float32, subtract=True)[0, 0]) for p in range(8)]
+    assert got == [float(e) for e in ORDERS["reorder"]]
+    assert float(pallas_triton.decode_plane(words, 7, jnp.bfloat16, subtract=False)[0, 0]) == 135.0
+    assert float(pallas_triton.decode_plane(words, 7, jnp.float16, subtract=False)[0, 0]) == 1031.0
+    cfg = pallas_triton.default_config(1, 4096, 14336, 128)  # enough programs for the SMs through a K split
+    programs = 14336 // 8 // cfg.block_w * cfg.split_k
+    assert programs >= pallas_triton.AUTO_SPLIT["decode"] and 32 % cfg.split_k == 0
+    with pytest.raises(ValueError, match="block_w must be >= 16"):
+        C(block_w=8)
+    with pytest.raises(ValueError, match="decode"):
+        C(decode="asm")
+
+
+def test_entry_errors_name_the_argument():
+    d = make(np.random.default_rng(0), 1, 32, 128, "uint4-order-bias")
+    with pytest.raises(ValueError, match=r"w_scales: expected shape \(2, 128\)"):
+        kernels.int4_mm(d["x"], d["w"], d["s"][:1], group_size=16)
+    with pytest.raises(ValueError, match="group_size: expected a positive divisor of K = 32"):
+        kernels.int4_mm(d["x"], d["w"], d["s"], group_size=12)
+    with pytest.raises(ValueError, match=r"w_zeros: expected shape \(2, 16\)"):
+        kernels.int4_mm(d["x"], d["w"], d["s"], d["z"][:, :8], group_size=16)
+    with pytest.raises(ValueError, match="order: expected one of"):
+        kernels.int4_mm(d["x"], d["w"], d["s"], group_size=16, order="zigzag")
