@@ -291,7 +291,7 @@ def test_config_fit_and_errors():
     up = pallas_triton.default_config(2, 4096, 14336, scheme="mxfp4", e=8)
     assert (down.block_m, down.block_n, down.split_k) == (16, 64, 2) and up.split_k == 1
     pre = pallas_triton.default_config(4096, 4096, 14336, scheme="bf16", e=8)
-    assert (pre.block_m, pre.block_n, pre.split_k, pre.w_major) == (128, 128, 1, False)
+    assert (pre.block_m, pre.block_n, pre.block_k, pre.split_k, pre.w_major) == (128, 128, 64, 1, False)
     with pytest.raises(ValueError, match="N = 40 must be a multiple of 16"):
         pallas_triton.fit(C(), m=1, k=64, n=40, scheme="bf16")
     with pytest.raises(ValueError, match="block_k >= 32"):

@@ -78,14 +78,24 @@ class Config:
             raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
 
 
-# Defaults per M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels' tilings
-# (fp8_scaled_mm and mxfp4_mm sweeps, benchmarks/NOTES.md) carried over. Decode streams narrow weight strips over
-# K with the weight as the tall MMA operand; prefill uses 128-row tiles (a tile straddling two experts runs twice).
-DEFAULTS = {
+# Defaults per scheme and M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels'
+# tilings (fp8_scaled_mm and mxfp4_mm sweeps, benchmarks/NOTES.md) carried over. Decode streams narrow weight
+# strips over K with the weight as the tall MMA operand; prefill uses 128-row tiles (a tile straddling two experts
+# runs twice, so larger row tiles waste more).
+_DECODE = {
     "16": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
     "64": Config(block_m=32, block_n=64, block_k=256, num_warps=4, num_stages=3),
-    "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
-    "max": Config(block_m=128, block_n=128, block_k=64, w_major=False, num_warps=4, num_stages=4),
+}
+DEFAULTS = {
+    "bf16": {**_DECODE,
+             "512": Config(block_m=64, block_n=128, block_k=64, w_major=False, num_warps=4, num_stages=3),
+             "max": Config(block_m=128, block_n=128, block_k=64, w_major=False, num_warps=4, num_stages=4)},
+    "fp8": {**_DECODE,
+            "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
+            "max": Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=4)},
+    "mxfp4": {**_DECODE,
+              "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
+              "max": Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=8, num_stages=3)},
 }
 # Programs a decode launch should have (~1.7 per SM of an H100/H200): the K split doubles (up to 8) below it.
 MIN_PROGRAMS = 224
@@ -134,7 +144,7 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     >>> default_config(2, 14336, 4096, scheme="fp8", e=8).split_k
     2
     """
-    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    cfg, _ = tiling.lookup(DEFAULTS[scheme], m, k, n)
     target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
     return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
 
@@ -205,7 +215,7 @@ def _kernel(grp_ref, tile_ref, lo_ref, hi_ref, *refs, scheme: str, cfg: Config, 
 
         def load_x(ref, k0, width):
             mask = jnp.broadcast_to(row_ok[:, None], (bm, width))
-            return plgpu.load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask=mask, other=0)
+            return plgpu.load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask=mask, other=jnp.zeros((), ref.dtype))
 
         def mma(acc, w, x):
             return acc + (_dot(w, x, precision) if cfg.w_major else _dot(x, w, precision))

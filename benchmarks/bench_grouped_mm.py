@@ -1,0 +1,132 @@
+"""Grouped (MoE expert) GEMM timing: ``kernels.grouped_mm`` with bf16, FP8 and MXFP4 experts, Pallas vs the XLA
+reference (``jax.lax.ragged_dot_general``), at a Mixtral-8x7B expert shape (E = 8, top-2, K = 4096, N = 14336 by
+default) for decode (1 token -> 2 rows) and prefill (2048 tokens -> 4096 rows).
+
+For each (scheme, tokens, impl): GPU kernel time per call from a profiler trace (``tuner.profile_kernels``: the
+routing metadata and epilogue passes included, host gaps excluded) over ``--copies`` weight copies, the floor
+(bytes of the experts the routing selected at 4.3 TB/s, and flops at 790 / 1500 TFLOP/s for bf16 / FP8 MMAs; the
+MXFP4 kernel runs bf16 MMAs), and the Pallas result's relative Frobenius error against XLA's. Results go to
+``--out`` (JSON, rewritten after every row) and stdout.
+
+    python benchmarks/bench_grouped_mm.py --out /tmp/grouped.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quark_jax import kernels, quant
+from quark_jax.kernels.tuning import tuner
+
+HBM = 4.3e12
+PEAK = {"bf16": 790e12, "fp8": 1500e12, "mxfp4": 790e12}
+
+
+def routing(tokens: int, e: int, top_k: int, seed: int):
+    """group_sizes [E] of ``tokens`` tokens each routed to ``top_k`` distinct random experts."""
+    rng = np.random.default_rng(seed)
+    picks = np.stack([rng.permutation(e)[:top_k] for _ in range(tokens)])
+    return np.bincount(picks.reshape(-1), minlength=e).astype(np.int32)
+
+
+def operands(scheme: str, m: int, k: int, n: int, e: int, copies: int, sizes):
+    key = jax.random.key(m * 31 + len(scheme))
+    kx, kw = jax.random.split(key)
+    x = jax.random.normal(kx, (m, k), jnp.float32)
+    g = jnp.asarray(sizes, jnp.int32)
+    sets = []
+    for i in range(copies):
+        kk = jax.random.fold_in(kw, i)
+        if scheme == "bf16":
+            w = (jax.random.normal(kk, (e, n, k), jnp.bfloat16) * 0.02)
+            sets.append((x.astype(jnp.bfloat16), w, g))
+        elif scheme == "fp8":
+            xq, xs = quant.scaled_fp8_quant(x, per_token=True)
+            w = jnp.clip(jax.random.normal(kk, (e, n, k), jnp.bfloat16) * 100, -448, 448).astype(jnp.float8_e4m3fn)
+            ws = jax.random.uniform(kk, (e, n), jnp.float32, 1e-3, 1e-2)
+            sets.append((xq, w, g, ws, xs))
+        else:
+            wp, wsc = jax.jit(jax.vmap(quant.quantize_mxfp4))(jax.random.normal(kk, (e, n, k), jnp.bfloat16) * 0.02)
+            sets.append((quant.qdq_mxfp4(x.astype(jnp.bfloat16)), wp, g, wsc))
+    return sets
+
+
+def entry(scheme: str, impl: str):
+    if scheme == "bf16":
+        return jax.jit(lambda x, w, g: kernels.grouped_mm(x, w, g, scheme="bf16", impl=impl))
+    if scheme == "fp8":
+        return jax.jit(lambda x, w, g, ws, xs: kernels.grouped_mm(x, w, g, w_scale=ws, x_scale=xs, scheme="fp8",
+                                                                  impl=impl))
+    return jax.jit(lambda x, w, g, ws: kernels.grouped_mm(x, w, g, w_scale=ws, scheme="mxfp4", impl=impl))
+
+
+def floors(scheme: str, m: int, k: int, n: int, sizes):
+    active = int((np.asarray(sizes) > 0).sum())
+    per_w = {"bf16": 2.0, "fp8": 1.0, "mxfp4": 0.5 + 1 / 32}[scheme]
+    x_bytes = m * k * (1 if scheme == "fp8" else 2)
+    byts = active * n * k * per_w + x_bytes + m * n * 2
+    return byts / HBM, 2.0 * m * k * n / PEAK[scheme], active
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--schemes", default="bf16,fp8,mxfp4")
+    p.add_argument("--tokens", default="1,2048")
+    p.add_argument("--impls", default="pallas,xla")
+    p.add_argument("--e", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--k", type=int, default=4096)
+    p.add_argument("--n", type=int, default=14336)
+    p.add_argument("--copies", type=int, default=2)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    dev = jax.devices()[0]
+    result = {"device": dev.device_kind, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                        time.gmtime()),
+              "shape": {"E": a.e, "top_k": a.top_k, "K": a.k, "N": a.n}, "timing": "GPU kernel time, profiler",
+              "rows": []}
+    for tokens in (int(t) for t in a.tokens.split(",")):
+        m = tokens * a.top_k
+        sizes = routing(tokens, a.e, a.top_k, seed=tokens)
+        for scheme in a.schemes.split(","):
+            sets = operands(scheme, m, a.k, a.n, a.e, a.copies, sizes)
+            t_bytes, t_flops, active = floors(scheme, m, a.k, a.n, sizes)
+            outs = {}
+            for impl in a.impls.split(","):
+                row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": impl, "active_experts": active,
+                       "floor_us": round(max(t_bytes, t_flops) * 1e6, 2), "bytes_floor_us": round(t_bytes * 1e6, 2),
+                       "flops_floor_us": round(t_flops * 1e6, 2)}
+                try:
+                    fn = entry(scheme, impl)
+                    outs[impl] = np.asarray(fn(*sets[0]).astype(jnp.float32))
+                    many = jax.jit(lambda ss, fn=fn: [fn(*s) for s in ss])
+                    secs, top = tuner.profile_kernels(many, sets)
+                    row.update(us=round(secs * 1e6, 2), x_floor=round(secs / max(t_bytes, t_flops), 2), top=top)
+                except Exception as ex:  # noqa: BLE001 - record and go on (e.g. a lowering XLA does not have)
+                    row["error"] = f"{type(ex).__name__}: {str(ex)[:400]}"
+                result["rows"].append(row)
+                print(json.dumps({kk: v for kk, v in row.items() if kk != "top"}), flush=True)
+                if a.out:
+                    with open(a.out, "w") as f:
+                        json.dump(result, f, indent=1)
+            if "pallas" in outs and "xla" in outs:
+                d, r = outs["pallas"], outs["xla"]
+                err = float(np.linalg.norm(d - r) / max(np.linalg.norm(r), 1e-30))
+                result["rows"].append({"scheme": scheme, "tokens": tokens, "pallas_vs_xla_rel_frobenius": err})
+                print(f"{scheme} tokens={tokens}: pallas vs xla rel err {err:.2e}", flush=True)
+            del sets
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
