@@ -396,3 +396,30 @@ def test_fused_projections_on_a_float_checkpoint(float_dir):
     model = from_pretrained(float_dir, fuse_projections=True)
     assert model.model.layers[0].self_attn.qkv_proj.kernel[...].shape == (64, 128)
     assert np.abs(np.asarray(model(tokens)) - ref).max() <= 1e-5
+
+
+def test_layers_of_one_structure_are_traced_once(float_model, monkeypatch):
+    """Decoder layers of the same structure share one traced (and lowered) layer function: the jaxpr calls one
+    ``_layer_jit`` body once per layer; the logits equal tracing each layer inline bit for bit; with runtime
+    checks on (messages name each layer) every layer is traced inline."""
+    import jax
+    from flax import nnx
+
+    from quark_jax.models import llama
+    from quark_jax.runtime_checks import checking
+
+    layers = float_model.model.layers
+    graphdef, state = nnx.split(float_model)
+    ids = jnp.asarray([[1, 5, 9, 200, 17]], jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)._logits(ids))(state)
+    calls = [e for e in jaxpr.eqns if e.primitive.name in ("pjit", "jit") and e.params["name"] == "_layer_jit"]
+    assert len(calls) == len(layers) >= 2
+    assert len({id(e.params["jaxpr"]) for e in calls}) == 1  # one trace serves every layer
+    shared = np.asarray(float_model(ids))
+    monkeypatch.setattr(llama, "_shared_layer_graphs", lambda layers, mesh: None)
+    inline = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)._logits(ids))(state))
+    np.testing.assert_array_equal(shared, inline)
+    monkeypatch.undo()
+    with checking():
+        assert llama._shared_layer_graphs(layers, None) is None
+    assert llama._shared_layer_graphs(layers, object()) is None  # on a mesh: inline

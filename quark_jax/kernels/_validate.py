@@ -65,11 +65,15 @@ def mosaic_skinny_shape(dtype, m: int, k: int, n: int):
     multiple_of("w_q", k, 32, "K")
 
 
-def scaled_mm_operands(x_q, w_q, x_scale, w_scale, bias, x_dtypes, x_what: str):
-    """Validate the operands shared by the scaled GEMMs: x_q [M, K], w_q [N, K] of x_q's dtype, x_scale () or
-    [M, 1], w_scale () or [N], bias [N] or None. Returns them normalized, plus (m, k, n)."""
+def scaled_mm_operands(x_q, w_q, x_scale, w_scale, bias, x_dtypes, x_what: str, w_dtypes=None):
+    """Validate the operands shared by the scaled GEMMs: x_q [M, K], w_q [N, K] of x_q's dtype (or, with
+    ``w_dtypes``, of one of those when x_q is a float activation quantized in the kernel), x_scale () or [M, 1],
+    w_scale () or [N], bias [N] or None. Returns them normalized, plus (m, k, n)."""
     x_q = matrix("x_q", x_q, x_dtypes, x_what)
-    w_q = matrix("w_q", w_q, (x_q.dtype,), f"[N, K] (same dtype as x_q, {x_q.dtype})")
+    if w_dtypes is not None and x_q.dtype not in [jnp.dtype(d) for d in w_dtypes]:
+        w_q = matrix("w_q", w_q, w_dtypes, "[N, K] (quantized weight)")
+    else:
+        w_q = matrix("w_q", w_q, (x_q.dtype,), f"[N, K] (same dtype as x_q, {x_q.dtype})")
     m, k = x_q.shape
     n = w_q.shape[0]
     same_k("x_q", k, "w_q", w_q.shape[1])

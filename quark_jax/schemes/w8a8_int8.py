@@ -151,13 +151,10 @@ class QuarkW8A8Int8(QuarkScheme):
             y = kernels.int8_scaled_mm(q, weight, s, params["weight_scale"], bias, azp_adj=azp_adj, azp=z,
                                        out_dtype=x2.dtype, impl=self.impl)
             return y.reshape(*lead, n)
-        if self.input_symmetric:
-            q, s, _ = quant.scaled_int8_quant(x2, params["input_scale"])
-            azp_adj = None
-        else:
-            q, s, _ = quant.scaled_int8_quant(x2, params["input_scale"], params["input_zero_point"],
-                                              symmetric=False)
-            azp_adj = params["azp_adj"]
-        y = kernels.int8_scaled_mm(q, weight, s, params["weight_scale"], bias, azp_adj=azp_adj,
-                                   out_dtype=x2.dtype, impl=self.impl)
+        # static: the GEMM quantizes x itself (kernels.int8_scaled_mm: in the Pallas kernel's prologue, else
+        # quant.scaled_int8_quant first), the same codes in one kernel
+        zp = None if self.input_symmetric else params["input_zero_point"]
+        azp_adj = None if self.input_symmetric else params["azp_adj"]
+        y = kernels.int8_scaled_mm(x2, weight, params["input_scale"], params["weight_scale"], bias, azp_adj=azp_adj,
+                                   x_zero_point=zp, out_dtype=x2.dtype, impl=self.impl)
         return y.reshape(*lead, n)

@@ -86,7 +86,9 @@ def test_mxfp4_xla_reference(quantize_input, dtype):
 def test_entry_validation_errors():
     f8 = jnp.zeros((4, 32), jnp.float8_e4m3fn)
     with pytest.raises(TypeError, match="x_q: expected dtype float8_e4m3fn"):
-        kernels.fp8_scaled_mm(jnp.zeros((4, 32)), f8, 1.0, 1.0)
+        kernels.fp8_scaled_mm(jnp.zeros((4, 32), jnp.int32), f8, 1.0, 1.0)
+    with pytest.raises(TypeError, match="w_q: expected dtype float8_e4m3fn"):  # float x takes a quantized weight
+        kernels.fp8_scaled_mm(jnp.zeros((4, 32)), jnp.zeros((4, 32)), 1.0, 1.0)
     with pytest.raises(ValueError, match="w_q: contraction size 16 does not match x_q's K = 32"):
         kernels.fp8_scaled_mm(f8, jnp.zeros((16, 16), jnp.float8_e4m3fn), 1.0, 1.0)
     with pytest.raises(ValueError, match=r"x_scale: expected a scalar or shape \(4, 1\)"):

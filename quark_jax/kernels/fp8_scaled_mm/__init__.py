@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from quark_jax import quant
 from quark_jax.kernels import _dispatch, _validate
 from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
 
 FP8_DTYPES = (jnp.float8_e4m3fn, jnp.float8_e4m3fnuz)
+FLOAT_INPUTS = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+FUSE_PROLOGUE = False
+"""Whether float activations with a static scale are quantized in the Pallas kernel's prologue (one kernel, x read
+once) rather than by a separate XLA op first (the same codes either way; read when a function is traced). Off:
+measured on the H200 (2026-12-02, benchmarks/NOTES.md) the prologue made the decode GEMMs slower (FP8 8B: 2.04 ->
+3.21 ms per step for the 128 projection GEMMs) than the quantize kernels it removes cost."""
 
 
 def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto"):
     """Scaled FP8 GEMM ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])``.
 
     Args:
-      x_q: [M, K] float8_e4m3fn (or e4m3fnuz) quantized activations.
+      x_q: [M, K] float8_e4m3fn (or e4m3fnuz) quantized activations; or float activations (bf16, f16, f32) with a
+        static per-tensor ``x_scale``, quantized as ``quant.scaled_fp8_quant(x, x_scale)`` (to e4m3fn) does it:
+        with ``FUSE_PROLOGUE`` the Pallas kernel does it in its prologue (x read once), bit for bit the same codes.
       w_q: [N, K] same dtype, the weight in the checkpoint layout (K-major).
       x_scale: f32 scalar (per-tensor) or [M, 1] (per-token).
       w_scale: f32 scalar (per-tensor) or [N] (per-channel).
@@ -38,11 +47,21 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     [32.0, 32.0, 32.0]
     """
     x_q, w_q, x_scale, w_scale, bias, (m, k, n) = _validate.scaled_mm_operands(
-        x_q, w_q, x_scale, w_scale, bias, FP8_DTYPES, "[M, K] fp8")
+        x_q, w_q, x_scale, w_scale, bias, FP8_DTYPES + FLOAT_INPUTS, "[M, K] fp8 (or float with a static scale)",
+        w_dtypes=FP8_DTYPES)
+    if x_q.dtype in FLOAT_INPUTS:
+        if x_scale.shape != ():
+            raise ValueError(f"x_scale: float activations x_q ({x_q.dtype}) are quantized with a static per-tensor "
+                             f"scale (a scalar), got shape {tuple(x_scale.shape)}")
+        if w_q.dtype != jnp.float8_e4m3fn:
+            raise TypeError(f"w_q: float activations are quantized to float8_e4m3fn; the weight must be too, got "
+                            f"{w_q.dtype}")
     # the kernel takes e4m3fn with N, K multiples of 16; auto never fails where XLA works
-    supported = x_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
+    supported = w_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
     which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, supported=supported,
                                    allowed=_dispatch.IMPLS_WITH_MOSAIC)
+    if (which != "pallas" or not FUSE_PROLOGUE) and x_q.dtype in FLOAT_INPUTS:  # the others take quantized x
+        x_q = quant.scaled_fp8_quant(x_q, x_scale, dtype=jnp.float8_e4m3fn)[0]
     if which == "mosaic":
         _validate.mosaic_skinny_shape(x_q.dtype, m, k, n)
         from quark_jax.kernels.fp8_scaled_mm import pallas_mosaic_gpu

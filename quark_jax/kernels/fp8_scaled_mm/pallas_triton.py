@@ -27,9 +27,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from quark_jax.kernels import _dispatch, tiling
+from quark_jax.kernels import _dispatch, prologue, tiling
 
 SUPPORTED_DTYPES = (jnp.float8_e4m3fn,)
+FLOAT_INPUTS = (jnp.bfloat16, jnp.float16, jnp.float32)  # x quantized in the kernel prologue (static scale)
 OUT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 INNERS = ("xw", "wx", "fma")
 
@@ -187,7 +188,8 @@ def _dot_nt(a, b):
 
 
 def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Config,
-            per_token: bool, per_channel: bool, has_bias: bool, partial: bool, out_dtype):
+            per_token: bool, per_channel: bool, has_bias: bool, partial: bool, out_dtype, quantize: bool = False,
+            interpret: bool = False):
     b_ref = rest[0] if has_bias else None
     o_ref = rest[-1]
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -201,16 +203,22 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Co
     ragged = m % bm != 0
     row_mask = (r0 + jnp.arange(bm, dtype=jnp.int32)) < m if ragged else None
     zero_x = jnp.zeros((), x_ref.dtype)
+    # fused prologue: x arrives in its float dtype and is quantized here with the static per-tensor scale
+    # (1 / scale correctly rounded once per program; quark_jax.kernels.prologue), bit for bit vLLM's quantizer
+    inv = prologue.static_inverse(xs_ref[0], (1, bk), interpret=interpret) if quantize else None
+
+    def prep(x):
+        return prologue.fp8_static_tile(x, inv) if quantize else x
 
     def load_x(k0):
         ref = x_ref.at[pl.ds(r0, bm), pl.ds(k0, bk)]
-        return plgpu.load(ref, mask=row_mask[:, None], other=zero_x) if ragged else ref[...]
+        return prep(plgpu.load(ref, mask=row_mask[:, None], other=zero_x) if ragged else ref[...])
 
     if cfg.inner == "fma":
         def body(i, acc):
             k0 = pl.multiple_of(k_first + i * bk, bk)
             w = w_ref[pl.ds(c0, bn), pl.ds(k0, bk)].astype(jnp.float32)
-            x = x_ref[pl.ds(r0, 1), pl.ds(k0, bk)].astype(jnp.float32)
+            x = prep(x_ref[pl.ds(r0, 1), pl.ds(k0, bk)]).astype(jnp.float32)
             return acc + w * x
 
         acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros((bn, bk), jnp.float32))
@@ -246,10 +254,15 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Co
 
 
 def _check(x_q, w_q, x_scale, w_scale, bias, out_dtype):
-    if x_q.dtype not in [jnp.dtype(d) for d in SUPPORTED_DTYPES]:
-        raise TypeError(f"x_q: the Pallas FP8 kernel takes float8_e4m3fn, got {x_q.dtype} (use impl='xla')")
-    if w_q.dtype != x_q.dtype:
-        raise TypeError(f"w_q: expected {x_q.dtype} like x_q, got {w_q.dtype}")
+    quantize = jnp.dtype(x_q.dtype) in [jnp.dtype(d) for d in FLOAT_INPUTS]
+    if x_q.dtype not in [jnp.dtype(d) for d in SUPPORTED_DTYPES] and not quantize:
+        raise TypeError(f"x_q: the Pallas FP8 kernel takes float8_e4m3fn, or bf16/f16/f32 activations to quantize "
+                        f"with a static scale, got {x_q.dtype} (use impl='xla')")
+    if quantize and x_scale.shape != ():
+        raise ValueError(f"x_scale: float activations are quantized in the kernel with a static per-tensor scale "
+                         f"(shape ()), got shape {tuple(x_scale.shape)}; quantize per token first")
+    if w_q.dtype != jnp.float8_e4m3fn:
+        raise TypeError(f"w_q: expected float8_e4m3fn, got {w_q.dtype}")
     if jnp.dtype(out_dtype) not in [jnp.dtype(d) for d in OUT_DTYPES]:
         raise TypeError(f"out_dtype: expected bfloat16, float16 or float32, got {jnp.dtype(out_dtype)}")
     m, k = x_q.shape
@@ -270,7 +283,9 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     """The fused FP8 GEMM ``out(x_scale * (w_scale * (x_q @ w_q.T)) + bias)`` as one Pallas-Triton kernel.
 
     Args:
-      x_q: [M, K] float8_e4m3fn; any M (ragged M is masked).
+      x_q: [M, K] float8_e4m3fn; any M (ragged M is masked). Or float activations (bf16, f16, f32) with a static
+        per-tensor ``x_scale``: quantized inside the kernel as ``quant.scaled_fp8_quant(x, x_scale)`` does it
+        (bit for bit; ``quark_jax.kernels.prologue``), x read once, no separate quantize kernel.
       w_q: [N, K] float8_e4m3fn (checkpoint layout); N and K multiples of 16.
       x_scale: f32 () per-tensor or [M, 1] per-token.
       w_scale: f32 () per-tensor or [N] per-channel.
@@ -304,11 +319,13 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
                  else jax.ShapeDtypeStruct((m, n), out_dtype))
     kernel = functools.partial(
         _kernel, m=m, k=k, n=n, cfg=cfg, per_token=per_token, per_channel=per_channel,
-        has_bias=has_bias and not partial, partial=partial, out_dtype=jnp.dtype(out_dtype))
+        has_bias=has_bias and not partial, partial=partial, out_dtype=jnp.dtype(out_dtype),
+        quantize=x_q.dtype != jnp.float8_e4m3fn, interpret=bool(interpret))
     if partial:  # the bias joins in the XLA epilogue below
         operands = operands[:4]
     grid = (pl.cdiv(m, cfg.block_m) * (n // cfg.block_n), cfg.split_k)
-    name = f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}"
+    name = (f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}"
+            + ("_q" if x_q.dtype != jnp.float8_e4m3fn else ""))
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid)(*operands)
     if not partial:
         return y

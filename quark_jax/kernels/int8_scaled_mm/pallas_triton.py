@@ -22,7 +22,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from quark_jax.kernels import _dispatch, tiling
+from quark_jax.kernels import _dispatch, prologue, tiling
 from quark_jax.kernels.int8_scaled_mm.xla import apply_azp
 
 KINDS = ("mma", "gemv")
@@ -240,11 +240,21 @@ def _kernel(*args, cfg: Config, m: int, k: int, n: int, names: tuple, opt: dict)
     rows_x = (m0 + _iota((bm, 1), 0) < m) if m % bm else None
     rows_w = (n0 + _iota((bn, 1), 0) < n) if n % bn else None
     k_masked = cfg.split_k * iters * bk != k
+    # fused prologue (float x, static per-tensor scale): quantized here as quant.scaled_int8_quant does it
+    # (quark_jax.kernels.prologue: correctly rounded division, cvt.rni.sat), bit for bit the same codes
+    quantize, interpret = opt.get("quantize", False), opt.get("interpret", False)
+    if quantize:
+        x_scale = refs["x_scale"][()]
+        zp = refs["x_zp"][()] if "x_zp" in refs else None
+        inv = prologue.static_inverse(x_scale, (1, bk), interpret=interpret) if zp is not None else None
 
     def tiles(t):
         k0 = pl.multiple_of(k_start + t * bk, bk)
         cols = (k0 + _iota((1, bk), 1) < k) if k_masked else None
         x = _load(x_ref.at[pl.ds(m0, bm), pl.ds(k0, bk)], _and(rows_x, cols))
+        if quantize:  # masked (zero) elements quantize to 0 (symmetric) or to the zero point, which the
+            # padded weight columns (also 0) cancel
+            x = prologue.int8_static_tile(x, x_scale, inv, zp, interpret=interpret)
         w = _load(w_ref.at[pl.ds(n0, bn), pl.ds(k0, bk)], _and(rows_w, cols))
         return x, w
 
@@ -284,15 +294,21 @@ def _kernel(*args, cfg: Config, m: int, k: int, n: int, names: tuple, opt: dict)
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "int32_out", "config", "interpret"))
-def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_out, config, interpret):
+def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, x_zp=None, *, out_dtype, int32_out, config, interpret):
     m, k = x_q.shape
     n = w_q.shape[0]
     cfg = config
     if cfg.kind == "gemv" and m != 1:
         raise ValueError(f"config: the gemv kernel needs M == 1, got M = {m}")
+    quantize = x_q.dtype != jnp.int8
+    if quantize and x_scale.ndim:
+        raise ValueError(f"x_scale: float activations are quantized in the kernel with a static per-tensor scale "
+                         f"(shape ()), got shape {tuple(x_scale.shape)}")
     azp_mode = "none" if azp_adj is None else ("tensor" if azp is None else "token")
     operands = {"x_q": x_q, "w_q": w_q, "x_scale": x_scale.reshape(-1) if x_scale.ndim else x_scale,
                 "w_scale": w_scale}
+    if quantize and x_zp is not None:
+        operands["x_zp"] = jnp.asarray(x_zp, jnp.int32).reshape(())
     if bias is not None:
         operands["bias"] = bias
     if azp_adj is not None:
@@ -300,7 +316,8 @@ def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_ou
     if azp is not None:
         operands["azp"] = azp.reshape(-1)
     opt = dict(azp_mode=azp_mode, int32_out=int32_out, out_dtype=jnp.dtype(out_dtype), has_bias=bias is not None,
-               xs_scalar=x_scale.ndim == 0, ws_scalar=w_scale.ndim == 0)
+               xs_scalar=x_scale.ndim == 0, ws_scalar=w_scale.ndim == 0, quantize=quantize,
+               interpret=bool(interpret))
     names = tuple(operands)
     if cfg.kind == "gemv":
         grid = (pl.cdiv(n, cfg.block_n), cfg.split_k)
@@ -310,7 +327,8 @@ def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, *, out_dtype, int32_ou
     out_shape = jax.ShapeDtypeStruct((cfg.split_k * m, n) if split else (m, n),
                                      jnp.int32 if (split or int32_out) else out_dtype)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, k=k, n=n, names=names, opt=opt)
-    out = tiling.triton_call(kernel, cfg=cfg, name=f"int8_scaled_mm_{cfg.name}", interpret=interpret,
+    out = tiling.triton_call(kernel, cfg=cfg, name=f"int8_scaled_mm_{cfg.name}" + ("_q" if quantize else ""),
+                             interpret=interpret,
                              out_shape=out_shape, grid=grid)(*operands.values())
     if not split:
         return out
@@ -331,9 +349,13 @@ def _resolve(x_q, w_q, config, interpret):
 
 
 def int8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None, azp=None, out_dtype=jnp.bfloat16,
-                          config: Config | None = None, interpret: bool | None = None):
+                          config: Config | None = None, interpret: bool | None = None, x_zero_point=None):
     """The Pallas INT8 scaled GEMM (arguments as validated by ``int8_scaled_mm``: x_scale f32 () or [M, 1],
     w_scale f32 () or [N], bias [N] or None, azp_adj int32 [N] or None, azp int32 [M, 1] or None).
+
+    ``x_q`` may be float activations (bf16, f16, f32) with a static per-tensor ``x_scale`` (and, asymmetric, the
+    static ``x_zero_point``): the kernel quantizes them in its prologue exactly as
+    ``quant.scaled_int8_quant(x, x_scale, x_zero_point)`` does (x read once, no quantize kernel).
 
     ``config`` picks a variant (default: :func:`select`); ``interpret`` defaults to True off GPU.
 
@@ -345,7 +367,7 @@ def int8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, azp_adj=None
     """
     cfg, interpret = _resolve(x_q, w_q, config, interpret)
     return _call(x_q, w_q, jnp.asarray(x_scale, jnp.float32), jnp.asarray(w_scale, jnp.float32), bias, azp_adj,
-                 azp, out_dtype=jnp.dtype(out_dtype), int32_out=False, config=cfg, interpret=interpret)
+                 azp, x_zero_point, out_dtype=jnp.dtype(out_dtype), int32_out=False, config=cfg, interpret=interpret)
 
 
 def int8_accumulate_pallas(x_q, w_q, *, azp_adj=None, azp=None, config: Config | None = None,

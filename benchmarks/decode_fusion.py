@@ -1,0 +1,250 @@
+"""Decode-step fusion and first-call compile time of Llama-shaped models built in memory (random weights, no
+checkpoint on disk): per-token decode time, a decode-step profile (``profile_decode``), the first ``generate``
+call's compile time split into tracing/lowering and XLA compilation of the prefill and decode programs, and the
+Triton kernels the decode program holds (distinct vs call sites).
+
+    python benchmarks/decode_fusion.py --scheme fp8 --shape 8b --out r.json            # on the GPU
+    python benchmarks/decode_fusion.py --scheme fp8 --shape 8b --lower-only --platform cuda   # on CPU: HLO counts
+
+``--lower-only`` builds the model abstractly (no memory), lowers the prefill and decode programs for
+``--platform`` (cross-lowering for "cuda" works on a CPU host, the Pallas kernels lowered to Triton as on the
+GPU, with the H200's ``impl="auto"`` choices) and reports the Triton custom calls and lowering times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, rope_theta=10000.0),
+}
+QUARK_CONFIG_OF = {"fp8": "w_fp8_a_fp8_pertensor_static", "int8": "w_int8_perchannel_sym_a_int8_pertensor_static_sym"}
+FIXTURES = ROOT / "tests" / "fixtures" / "quark_tiny_llama"
+INPUT_SCALE = {"fp8": 8.0 / 448.0, "int8": 8.0 / 127.0}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def build(shape: str, scheme: str, *, abstract: bool, max_positions: int = 4096, seed: int = 0):
+    """The decoder of ``shape`` for ``scheme`` ("bf16", "fp8", "int8"), vLLM's fused layout, weights random
+    (N(0, 0.02)-like, quantized codes drawn directly) or abstract (ShapeDtypeStructs: lowering only)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from quark_jax.config import QuarkConfig
+    from quark_jax.models.config import ModelConfig
+    from quark_jax.models.llama import LlamaForCausalLM
+    from quark_jax.nn import QuarkLinear
+    from quark_jax.nn.substitute import quantize_model
+
+    c = dict(model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=max_positions, dtype="bfloat16",
+             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
+    c.update(SHAPES[shape])
+    cfg = ModelConfig.from_dict(c)
+    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
+                                                    fuse_projections=True))
+    if scheme != "bf16":
+        qc = json.loads((FIXTURES / QUARK_CONFIG_OF[scheme] / "config.json").read_text())["quantization_config"]
+        d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
+        quantize_model(model, QuarkConfig.from_dict(qc), logical_widths=widths)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, QuarkLinear):
+            m.mark_loaded()
+    model.mesh = None
+    model.checkpoint_dir = ""
+    if abstract:
+        return model
+    key = jax.random.PRNGKey(seed)
+    counter = [0]
+
+    def fill(path, v):
+        counter[0] += 1
+        k = jax.random.fold_in(key, counter[0])
+        name = ".".join(str(p) for p in path)
+        shp, dt = v.shape, jnp.dtype(v.dtype)
+        if dt == jnp.float8_e4m3fn:
+            return (jax.random.normal(k, shp, jnp.float32) * 64).clip(-448, 448).astype(dt)
+        if dt == jnp.int8:
+            return jax.random.randint(k, shp, -127, 128, jnp.int32).astype(dt)
+        if name.endswith("input_scale"):
+            return jnp.full(shp, INPUT_SCALE[scheme], dt)
+        if name.endswith("weight_scale"):
+            return jnp.full(shp, 0.02 / 64 if scheme == "fp8" else 0.02 / 64, dt)
+        if "norm" in name:
+            return (1.0 + 0.02 * jax.random.normal(k, shp, jnp.float32)).astype(dt)
+        if "embed" in name:
+            return jax.random.normal(k, shp, jnp.float32).astype(dt)
+        if jnp.issubdtype(dt, jnp.floating):
+            return (0.02 * jax.random.normal(k, shp, jnp.float32)).astype(dt)
+        return jnp.zeros(shp, dt)
+
+    graphdef, state = nnx.split(model)
+    flat = nnx.to_flat_state(state)
+    for path, var in flat:
+        val = var.get_value() if hasattr(var, "get_value") else var
+        var.set_value(fill(path, val))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
+
+
+def _args_for(model, *, batch: int, prompt: int, cache_len: int, chunk: int):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from quark_jax.models import generation as g
+
+    graphdef, state = nnx.split(model)
+    sds = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), t)
+    cache = jax.eval_shape(lambda: model.init_cache(batch, cache_len))
+    bucket = g.prefill_bucket(prompt, cache_len)
+    i32 = lambda shape=(): jax.ShapeDtypeStruct(shape, jnp.int32)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    samp = (jax.ShapeDtypeStruct((), jnp.float32), i32())
+    eos = i32((1,))
+    prefill = (sds(state), cache, i32((batch, bucket)), i32((batch,)), i32(), key, *samp, eos)
+    decode = (chunk, sds(state), cache, i32((batch,)), i32(), jax.ShapeDtypeStruct((batch,), bool), i32((batch,)),
+              key, *samp, eos, i32())
+    return graphdef, prefill, decode
+
+
+def triton_calls(hlo_text: str) -> dict:
+    """Triton custom calls in lowered StableHLO text: call sites and distinct kernels (backend configs)."""
+    sites = re.findall(r"custom_call @__gpu\$xla\.gpu\.triton\([^)]*\) \{backend_config = \"\", "
+                       r"mhlo\.backend_config = \{(.*?num_warps = \d+ : i32)\}", hlo_text)
+    names = re.findall(r'name = "([^"]+)"', "\n".join(sites))
+    # jitted kernels lower to private functions called from each use: sites here are per function, and XLA's
+    # kernel cache (keyed by the backend config) compiles each distinct config once per module
+    return {"call_sites": len(sites), "distinct": len(set(sites)), "names": sorted(set(names)),
+            "func_calls": hlo_text.count("call @")}
+
+
+def lower_only(args) -> dict:
+    import jax
+
+    from quark_jax.kernels import _dispatch, tuning
+    from quark_jax.models import generation as g
+
+    if args.platform == "cuda" and jax.default_backend() == "cpu":  # pretend the H200 for impl="auto"
+        tuning.current_device = lambda: ("NVIDIA H200", "9.0")
+        _dispatch.tuning.current_device = tuning.current_device
+        _dispatch.pallas_interpret = lambda: False
+    t0 = time.perf_counter()
+    model = build(args.shape, args.scheme, abstract=True)
+    out = {"build_s": time.perf_counter() - t0}
+    graphdef, pre, dec = _args_for(model, batch=1, prompt=args.prompt, cache_len=args.prompt + args.new_tokens,
+                                   chunk=args.chunk)
+    progs = g._Programs(graphdef)
+    for name, fn, a in (("prefill", progs.prefill, pre), ("decode", progs.decode, dec)):
+        t0 = time.perf_counter()
+        tr = fn.trace(*a)
+        t1 = time.perf_counter()
+        lo = tr.lower(lowering_platforms=(args.platform,))
+        t2 = time.perf_counter()
+        txt = lo.as_text()
+        out[name] = {"trace_s": t1 - t0, "lower_s": t2 - t1, "hlo_chars": len(txt), **triton_calls(txt)}
+        log(name, json.dumps(out[name]))
+    return out
+
+
+def measure(args) -> dict:
+    import jax
+    from flax import nnx
+
+    from quark_jax.models import generation as g
+    from quark_jax.models.compile_cache import enable_compilation_cache
+
+    if args.cache_dir:
+        enable_compilation_cache(args.cache_dir, force=True)
+    if args.unfused:  # quantize activations in a separate XLA op (the path before the fused prologue)
+        import quark_jax.kernels.fp8_scaled_mm as f8
+        import quark_jax.kernels.int8_scaled_mm as i8
+
+        f8.FUSE_PROLOGUE = i8.FUSE_PROLOGUE = False
+    out = {"scheme": args.scheme, "shape": args.shape, "device": str(jax.devices()[0].device_kind),
+           "jax": jax.__version__, "unfused": bool(args.unfused)}
+    t0 = time.perf_counter()
+    model = build(args.shape, args.scheme, abstract=False)
+    jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
+    out["build_s"] = time.perf_counter() - t0
+    log("built", out["build_s"])
+    vocab, plen, n_new = model.config.vocab_size, args.prompt, args.new_tokens
+    cache_len = plen + n_new
+    ids = np.random.default_rng(1).integers(3, vocab, size=(1, plen), dtype=np.int32)
+    if args.split_compile:  # tracing+lowering and XLA compile of each program, timed apart (no overlap)
+        graphdef, pre, dec = _args_for(model, batch=1, prompt=plen, cache_len=cache_len, chunk=args.chunk)
+        progs = g._programs(model)[0]
+        for name, fn, a in (("prefill", progs.prefill, pre), ("decode", progs.decode, dec)):
+            t0 = time.perf_counter()
+            lo = fn.trace(*a).lower()
+            t1 = time.perf_counter()
+            lo.compile()
+            t2 = time.perf_counter()
+            out[f"{name}_lower_s"], out[f"{name}_compile_s"] = t1 - t0, t2 - t1
+            out[f"{name}_triton"] = triton_calls(lo.as_text())
+            log(name, "lower", round(t1 - t0, 2), "compile", round(t2 - t1, 2), out[f"{name}_triton"]["distinct"],
+                "distinct Triton kernels at", out[f"{name}_triton"]["call_sites"], "sites")
+    t0 = time.perf_counter()
+    np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=args.chunk))
+    out["first_call_s"] = time.perf_counter() - t0
+    log("first call", out["first_call_s"])
+    if args.first_only:
+        return out
+    runs = []
+    for rep in range(3):
+        _, st = model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=args.chunk, return_stats=True)
+        runs.append(1e3 * float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+    out["decode_ms_runs"] = runs
+    out["decode_ms"] = float(np.median(runs))
+    log("decode ms/token", runs)
+    if args.profile:
+        from benchmarks.profile_decode import profile_decode
+
+        out["profile"] = profile_decode(model, batch=1, prompt_len=plen, max_cache_len=cache_len, steps=8,
+                                        chunk_size=8)
+        log("profile", json.dumps({k: v for k, v in out["profile"].items() if k != "top"}))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scheme", choices=("bf16", "fp8", "int8"), default="fp8")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--lower-only", action="store_true")
+    ap.add_argument("--platform", default="cuda")
+    ap.add_argument("--split-compile", action="store_true")
+    ap.add_argument("--first-only", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--unfused", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    res = lower_only(args) if args.lower_only else measure(args)
+    print("RESULT " + json.dumps({k: v for k, v in res.items() if k != "profile"}))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
