@@ -6,6 +6,10 @@ Triton kernels the decode program holds (distinct vs call sites).
     python benchmarks/decode_fusion.py --scheme fp8 --shape 8b --out r.json            # on the GPU
     python benchmarks/decode_fusion.py --scheme fp8 --shape 8b --lower-only --platform cuda   # on CPU: HLO counts
 
+``--log-compiles`` records each program's tracing, lowering and XLA compile seconds during the first call (from
+JAX's compile log); the decode chunk compiles in a background thread while the prefill compiles, so the phases
+overlap and their sum exceeds the wall time.
+
 ``--lower-only`` builds the model abstractly (no memory), lowers the prefill and decode programs for
 ``--platform`` (cross-lowering for "cuda" works on a CPU host, the Pallas kernels lowered to Triton as on the
 GPU, with the H200's ``impl="auto"`` choices) and reports the Triton custom calls and lowering times.
@@ -164,6 +168,41 @@ def lower_only(args) -> dict:
     return out
 
 
+class CompileLog:
+    """Per-program timings from JAX's compile log (``jax_log_compiles``): tracing, lowering to MLIR and XLA
+    compilation of each jitted program, summed per program name (e.g. ``jit(_prefill)``)."""
+
+    PATTERNS = (("trace_s", r"Finished tracing (?:\+ transforming )?(\S+) for \S+ in ([\d.e-]+) sec"),
+                ("lower_s", r"Finished jaxpr to MLIR module conversion (\S+) in ([\d.e-]+) sec"),
+                ("xla_compile_s", r"Finished XLA compilation of (\S+) in ([\d.e-]+) sec"))
+
+    def __init__(self):
+        import logging
+
+        import jax
+
+        self.times: dict = {}
+        outer = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                msg = record.getMessage()
+                for key, rx in CompileLog.PATTERNS:
+                    m = re.search(rx, msg)
+                    if m:
+                        name = m.group(1) if m.group(1).startswith("jit(") else f"jit({m.group(1)})"
+                        d = outer.times.setdefault(name, {})
+                        d[key] = d.get(key, 0.0) + float(m.group(2))
+
+        jax.config.update("jax_log_compiles", True)
+        logging.getLogger("jax").addHandler(_Handler())
+
+    def programs(self, min_s: float = 0.05) -> dict:
+        """Programs with any phase over ``min_s`` seconds."""
+        return {k: {p: round(t, 3) for p, t in v.items()} for k, v in self.times.items()
+                if max(v.values()) > min_s}
+
+
 def measure(args) -> dict:
     import jax
     from flax import nnx
@@ -173,6 +212,7 @@ def measure(args) -> dict:
 
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir, force=True)
+    clog = CompileLog() if args.log_compiles else None
     if args.unfused:  # quantize activations in a separate XLA op (the path before the fused prologue)
         import quark_jax.kernels.fp8_scaled_mm as f8
         import quark_jax.kernels.int8_scaled_mm as i8
@@ -201,10 +241,15 @@ def measure(args) -> dict:
             out[f"{name}_triton"] = triton_calls(lo.as_text())
             log(name, "lower", round(t1 - t0, 2), "compile", round(t2 - t1, 2), out[f"{name}_triton"]["distinct"],
                 "distinct Triton kernels at", out[f"{name}_triton"]["call_sites"], "sites")
+    if clog is not None:
+        clog.times.clear()  # only what the first call compiles
     t0 = time.perf_counter()
     np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=args.chunk))
     out["first_call_s"] = time.perf_counter() - t0
     log("first call", out["first_call_s"])
+    if clog is not None:
+        out["compile_log"] = clog.programs()
+        log("compile log", json.dumps(out["compile_log"]))
     if args.first_only:
         return out
     runs = []
@@ -237,6 +282,7 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--unfused", action="store_true")
+    ap.add_argument("--log-compiles", action="store_true", help="per-program trace / lower / XLA compile seconds")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     res = lower_only(args) if args.lower_only else measure(args)
