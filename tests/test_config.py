@@ -92,7 +92,7 @@ DISPATCH_TABLE = [
     (FP6, dict(FP6, is_dynamic=False), UnsupportedSchemeError, "fp6_e2m3"),  # static MX input scales
     (BLOCK_W, dict(BLOCK_IN, group_size=64), UnsupportedSchemeError, "per_block"),  # group != block cols
     (dict(MX, group_size=16, scale_format="fp8_e4m3"), dict(MX, group_size=16, scale_format="fp8_e4m3",
-     is_dynamic=True), UnsupportedSchemeError, "group_size: 16"),                  # NVFP4: no scheme yet
+     is_dynamic=True), UnsupportedSchemeError, "group_size: 16"),  # fp4/16 without Quark's fp8 scale spec
     (dict(BLOCK_W, block_size=None), BLOCK_IN, UnsupportedSchemeError, "per_block"),
     (spec("uint4", "per_group", group_size=128), spec("bfloat16"), UnsupportedSchemeError, "'uint4'"),
 ]

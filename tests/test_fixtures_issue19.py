@@ -1,5 +1,6 @@
 """The issue-19 amd-quark 0.13 exports (tests/fixtures/quark_tiny_llama/issue19/: MXFP6 e3m2 / e2m3, MXFP4 weights
-with MXFP6 input, INT4 / UINT4 weight-only per group and per channel, INT8 with a dynamic per-token input): every
+with MXFP6 input, INT4 / UINT4 weight-only per group and per channel, INT8 with a dynamic per-token input, NVFP4
+W4A4 from the "nvfp4" template): every
 layer's dequantized weight, input quantizer and output against Quark's reference tensors, and the logits, at the
 existing variants' tolerances."""
 
@@ -35,7 +36,7 @@ def variant(request):
 
 
 def test_the_issue19_fixtures_are_there():
-    assert len(VARIANTS) == 8
+    assert len(VARIANTS) == 9
 
 
 def _layers(model):
@@ -76,6 +77,11 @@ def test_layers_match_quarks_reference(variant):
         if f"{path}.x_qdq" in ref and "mx" in name:  # Quark's MX activation quantizer, bit for bit
             elem = name.rsplit("_a_mx", 1)[1]
             np.testing.assert_array_equal(np.asarray(quant.qdq_mx(x, elem)), ref[f"{path}.x_qdq"], err_msg=path)
+        if name == "w_nvfp4_a_nvfp4":
+            # vLLM's quantizer (q * (s / g), g = 1 / input_scale_2): the same E2M1 codes and block scales as Quark's,
+            # the dequantized value within two f32 ulps (Quark multiplies the scales in another order)
+            got, want = np.asarray(layer.scheme.quantize_input(x, layer.params())), ref[f"{path}.x_qdq"]
+            np.testing.assert_allclose(got, want, rtol=2**-22, atol=0, err_msg=path)
 
 
 def test_logits_match_quarks_reference(variant):

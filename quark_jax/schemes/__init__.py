@@ -7,6 +7,7 @@ Which scheme runs a layer is decided by the registry (:mod:`quark_jax.schemes.re
 from quark_jax.schemes.base import (SCALE_DTYPES, ParamSpec, QuarkScheme, apply_params, dequantize_params,
                                     logical_widths_of, process_params)
 from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
+from quark_jax.schemes.nvfp4 import QuarkNVFP4
 from quark_jax.schemes.ocp_mx import QuarkOCP_MX
 from quark_jax.schemes.unquantized import UnquantizedLinearMethod
 from quark_jax.schemes.w4a16_int4 import QuarkW4A16Int4
@@ -27,6 +28,7 @@ __all__ = [
     "QuarkOCP_MX",
     "QuarkW8A8Fp8PerBlock",
     "QuarkW4A16Int4",
+    "QuarkNVFP4",
     "UnquantizedLinearMethod",
     "process_params",
     "apply_params",

@@ -3,7 +3,8 @@
 Each :class:`SchemeEntry` holds a predicate on ``(weight, input_tensors)`` (:class:`TensorQuantSpec` or None) and a
 factory that builds the scheme from the specs and the :class:`SchemeOptions`; :func:`select_scheme` returns the
 scheme of the first entry whose predicate holds (vLLM's ``_get_scheme_from_config`` order: FP8 W8A8, static INT8
-W8A8, dynamic per-token INT8 W8A8, the MXFP4 weight schemes, then OCP MX, FP8 per-block and INT4 weight-only).
+W8A8, dynamic per-token INT8 W8A8, the MXFP4 weight schemes, then OCP MX, FP8 per-block, NVFP4 and INT4
+weight-only).
 A new scheme is one more entry (:func:`register_scheme`); nothing else changes.
 
 >>> w = TensorQuantSpec(dtype="fp8_e4m3", qscheme="per_tensor", is_dynamic=False, symmetric=True)
@@ -21,6 +22,7 @@ from typing import Callable, Optional
 from quark_jax.errors import UnsupportedSchemeError
 from quark_jax import formats
 from quark_jax.schemes.base import QuarkScheme
+from quark_jax.schemes.nvfp4 import QuarkNVFP4
 from quark_jax.schemes.ocp_mx import QuarkOCP_MX
 from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
 from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4
@@ -179,6 +181,17 @@ def _int4(w: TensorQuantSpec, i: Spec, o: SchemeOptions) -> QuarkScheme:
                           pack_method=o.int4_pack_method, impl=o.impl)
 
 
+def _is_nvfp4_spec(t: Spec) -> bool:
+    return (t is not None and t.dtype == "fp4" and t.qscheme == "per_group" and t.group_size == 16
+            and t.scale_quant_dtype == "fp8_e4m3")
+
+
+def _is_nvfp4(w: Spec, i: Spec) -> bool:
+    # Quark's NVFP4 (LLMTemplate "nvfp4"): [fp4 per_group 16, fp8_e4m3 per_tensor scale quantizer] for the static
+    # weight and the dynamic input (vLLM's QuarkNVFP4 is W4A4 only)
+    return (_is_nvfp4_spec(w) and w.is_dynamic is not True and _is_nvfp4_spec(i) and i.is_dynamic is True)
+
+
 _MX = "MXFP4 weights (fp4 per_group 32 e8m0)"
 _REGISTRY: list[SchemeEntry] = [
     SchemeEntry(name="fp8_w8a8", matches=_is_fp8_w8a8, build=_fp8_w8a8,
@@ -201,6 +214,9 @@ _REGISTRY: list[SchemeEntry] = [
     SchemeEntry(name="fp8_w8a8_per_block", matches=_is_fp8_per_block, build=_fp8_per_block,
                 supports="FP8 per-block W8A8 (fp8_e4m3 per_block weights with block_size [rows, cols] and float or "
                          "float8_e8m0fnu scales; dynamic fp8_e4m3 per_group input, group_size = cols)"),
+    SchemeEntry(name="nvfp4", matches=_is_nvfp4, build=lambda w, i, o: QuarkNVFP4(impl=o.impl),
+                supports="NVFP4 W4A4 (Quark's [fp4 per_group 16, fp8_e4m3 per_tensor is_scale_quant] weight and "
+                         "dynamic input specs)"),
     SchemeEntry(name="w4a16_int4", matches=_is_int4_weight_only, build=_int4,
                 supports="INT4 / UINT4 weight-only (int4 symmetric or uint4 asymmetric, per_group or per_channel; "
                          "no input quantization)"),

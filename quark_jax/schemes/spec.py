@@ -3,6 +3,7 @@ config creates gets. Both are frozen, keyword-only dataclasses."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,6 +30,7 @@ class TensorQuantSpec:
     group_size: int | None = None  # elements per scale for "per_group"
     scale_format: str | None = None  # "e8m0" for MX formats
     scale_calculation_mode: str | None = None  # Quark's rounding of MX scales ("even", ...)
+    scale_quant_dtype: str | None = None  # dtype of Quark's scale quantizer (a second, is_scale_quant spec: NVFP4)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)  # the dict as given
 
     KEYS = ("dtype", "qscheme", "is_dynamic", "symmetric", "group_size", "scale_format", "scale_calculation_mode")
@@ -37,9 +39,23 @@ class TensorQuantSpec:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec") -> "TensorQuantSpec | None":
-        """Parse one spec (None stays None); errors name ``where``."""
+        """Parse one spec (None stays None); errors name ``where``. A list of two specs whose second has
+        ``is_scale_quant: true`` (Quark's sequential quantizer: NVFP4's fp4 elements with fp8 block scales) is the
+        first spec with ``scale_quant_dtype`` set to the second's dtype.
+
+        >>> TensorQuantSpec.from_dict([{"dtype": "fp4", "qscheme": "per_group", "group_size": 16},
+        ...                            {"dtype": "fp8_e4m3", "qscheme": "per_tensor", "is_scale_quant": True}]).brief()
+        "{dtype: 'fp4', qscheme: 'per_group', group_size: 16, scale_quant_dtype: 'fp8_e4m3'}"
+        """
         if d is None:
             return None
+        if isinstance(d, (list, tuple)):
+            if len(d) != 2 or not isinstance(d[1], Mapping) or d[1].get("is_scale_quant") is not True:
+                raise QuarkConfigError(f"{where}: a list of tensor specs is supported only as [element spec, scale "
+                                       f"spec with is_scale_quant: true] (NVFP4), got {d!r}")
+            scale = cls.from_dict(d[1], f"{where}[1]")
+            first = cls.from_dict(d[0], f"{where}[0]")
+            return dataclasses.replace(first, scale_quant_dtype=scale.dtype, raw={"specs": list(d)})
         if not isinstance(d, Mapping):
             raise QuarkConfigError(f"{where}: expected a tensor spec (a JSON object) or null, got {d!r}")
         if not isinstance(d.get("dtype"), str):
@@ -54,7 +70,8 @@ class TensorQuantSpec:
 
     def brief(self) -> str:
         """The relevant fields as a short dict-like string (unset fields left out)."""
-        items = [f"{k}: {getattr(self, k)!r}" for k in self.KEYS if getattr(self, k) is not None]
+        keys = self.KEYS + ("scale_quant_dtype",)
+        items = [f"{k}: {getattr(self, k)!r}" for k in keys if getattr(self, k) is not None]
         return "{" + ", ".join(items) + "}"
 
 
