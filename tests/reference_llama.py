@@ -32,13 +32,14 @@ def rope_inv_freq(head_dim, theta, rope_type="default", factor=1.0, low=1.0, hig
 
 
 def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None, linear=None,
-                 rnd=None) -> np.ndarray:
+                 rnd=None, mlp=None) -> np.ndarray:
     """Logits [B, T, V] (float64) of the HF Llama/Qwen2 forward pass for ids [B, T].
 
     ``linear(name, x) -> y`` replaces the float projections (e.g. a quantized layer; it rounds its own output);
     ``rnd(x)`` rounds to the model dtype where a bf16 model rounds (after each norm step, RoPE product and sum,
     attention output, residual add, ``silu(g) * u`` (once, as vLLM's fused kernel), and the logits); default:
-    no rounding.
+    no rounding. ``mlp(i, h) -> y`` replaces layer i's MLP when it returns an array (a MoE layer); Qwen3's q/k
+    norms apply when the weights have them.
     """
     g = lambda n: np.asarray(w[n], np.float64)  # noqa: E731
     rnd = rnd or (lambda a: a)
@@ -72,8 +73,11 @@ def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms(x, g(p + "input_layernorm.weight"))
-        q = rope(lin(h, p + "self_attn.q_proj").reshape(B, T, H, D))
-        k = rope(lin(h, p + "self_attn.k_proj").reshape(B, T, Hkv, D))
+        q = lin(h, p + "self_attn.q_proj").reshape(B, T, H, D)
+        k = lin(h, p + "self_attn.k_proj").reshape(B, T, Hkv, D)
+        if p + "self_attn.q_norm.weight" in w:  # Qwen3: per-head RMSNorm before RoPE
+            q, k = rms(q, g(p + "self_attn.q_norm.weight")), rms(k, g(p + "self_attn.k_norm.weight"))
+        q, k = rope(q), rope(k)
         v = lin(h, p + "self_attn.v_proj").reshape(B, T, Hkv, D)
         if kv_qdq is not None:
             k, v = kv_qdq(i, "k", k), kv_qdq(i, "v", v)
@@ -87,6 +91,10 @@ def llama_logits(w: dict, cfg: dict, ids: np.ndarray, inv_freq=None, kv_qdq=None
             out[:, :, head] = np.einsum("bts,bsd->btd", pr, v[:, :, kh])
         x = rnd(x + lin(rnd(out).reshape(B, T, H * D), p + "self_attn.o_proj"))
         h = rms(x, g(p + "post_attention_layernorm.weight"))
+        sparse = None if mlp is None else mlp(i, h)
+        if sparse is not None:
+            x = rnd(x + sparse)
+            continue
         gate = lin(h, p + "mlp.gate_proj")
         x = rnd(x + lin(rnd(gate / (1 + np.exp(-gate)) * lin(h, p + "mlp.up_proj")), p + "mlp.down_proj"))
     x = rms(x, g("model.norm.weight"))

@@ -340,7 +340,7 @@ def test_token_id_out_of_range_is_a_clear_error(float_model):
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"config.json: model_type 'gpt2' is not supported "
-                                                    r"\(supported: llama, qwen2, mistral\)"):
+                                                    r"\(supported: llama, qwen2, mistral, qwen3, mixtral, qwen3_moe\)"):
         ModelConfig.from_dict({"model_type": "gpt2", "vocab_size": 5})
     d = write_checkpoint(tmp_path / "x", small_cfg(hidden_act="gelu"), {"a": np.zeros(1, np.float32)})
     with pytest.raises(UnsupportedModelError, match="hidden_act 'gelu'"):

@@ -1,7 +1,8 @@
 """The decoder's configuration, parsed from a Hugging Face ``config.json`` (Llama family).
 
-Supported ``model_type``: ``llama``, ``qwen2`` (q/k/v biases, no o_proj bias) and ``mistral`` (without a sliding
-window). RoPE comes from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (transformers
+Supported ``model_type``: ``llama``, ``qwen2`` (q/k/v biases, no o_proj bias), ``mistral`` (without a sliding
+window), ``qwen3`` (per-head q/k RMSNorm), and the mixtures of experts ``mixtral`` (every layer sparse) and
+``qwen3_moe`` (``decoder_sparse_step``, ``mlp_only_layers``, ``moe_intermediate_size``, ``norm_topk_prob``). RoPE comes from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (transformers
 4), with rope types ``default``, ``linear`` and ``llama3``. Anything else raises :class:`UnsupportedModelError`
 naming the field.
 """
@@ -18,7 +19,7 @@ from quark_jax.errors import UnsupportedModelError  # re-exported here (its hist
 
 __all__ = ["ModelConfig", "UnsupportedModelError", "SUPPORTED_MODEL_TYPES", "RopeConfig"]
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3", "mixtral", "qwen3_moe")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
            "fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16, "float": jnp.float32,
@@ -45,6 +46,11 @@ class ModelConfig:
     ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2})
     >>> cfg.head_dim, cfg.rope.theta, cfg.qkv_bias, cfg.dtype
     (16, 10000.0, False, 'float32')
+    >>> moe = ModelConfig.from_dict({"model_type": "qwen3_moe", "vocab_size": 256, "hidden_size": 64,
+    ...     "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_experts": 8,
+    ...     "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]})
+    >>> moe.moe_layers, moe.num_experts_per_tok, moe.qk_norm, moe.norm_topk_prob
+    ((0, 2), 2, True, False)
     """
 
     model_type: str
@@ -65,6 +71,13 @@ class ModelConfig:
     dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim of each q and k head (q_norm / k_norm), before RoPE
+    num_experts: int = 0  # experts of each sparse (MoE) layer; 0: a dense model
+    num_experts_per_tok: int = 0  # top-k experts per token
+    moe_intermediate_size: int = 0  # each expert's intermediate size (Mixtral: intermediate_size)
+    norm_topk_prob: bool = True  # renormalize the top-k routing weights to sum to 1 (Mixtral always)
+    moe_layers: tuple[int, ...] = ()  # indices of the sparse layers; the others have a dense MLP
+    round_routing_weights: bool = False  # Qwen3-MoE: routing weights rounded to the model dtype (HF), else f32
 
     @property
     def jnp_dtype(self):
@@ -127,8 +140,14 @@ class ModelConfig:
         sliding = d.get("sliding_window")
         if model_type == "mistral" and sliding is not None:
             raise UnsupportedModelError(f"{source}: sliding_window {sliding} is not supported (only null)")
-        if model_type == "qwen2" and d.get("use_sliding_window"):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe") and d.get("use_sliding_window"):
             raise UnsupportedModelError(f"{source}: use_sliding_window true is not supported")
+        if model_type == "mixtral" and sliding is not None:
+            raise UnsupportedModelError(f"{source}: sliding_window {sliding} is not supported (only null)")
+        layer_types = d.get("layer_types")
+        if layer_types and any(t != "full_attention" for t in layer_types):
+            raise UnsupportedModelError(f"{source}: layer_types {sorted(set(layer_types))} are not supported (only "
+                                        "full_attention)")
 
         dtype = d.get("dtype") or d.get("torch_dtype") or "float32"
         if dtype not in _DTYPES:
@@ -143,12 +162,14 @@ class ModelConfig:
         eos = d.get("eos_token_id")
         if isinstance(eos, list):
             eos = tuple(int(e) for e in eos)
+        layers = int(need("num_hidden_layers"))
+        moe = _parse_moe(d, model_type, layers, source)
         return cls(
             model_type=model_type,
             vocab_size=int(need("vocab_size")),
             hidden_size=hidden,
             intermediate_size=int(need("intermediate_size")),
-            num_hidden_layers=int(need("num_hidden_layers")),
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
@@ -162,7 +183,37 @@ class ModelConfig:
             dtype=dtype,
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=eos,
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
+            **moe,
         )
+
+
+def _parse_moe(d: dict[str, Any], model_type: str, layers: int, source: str) -> dict[str, Any]:
+    """The MoE fields of ModelConfig: which layers are sparse, experts, top-k and the routing options."""
+    if model_type == "mixtral":
+        experts, inter, norm = int(d.get("num_local_experts", 8)), int(d.get("intermediate_size", 0)), True
+        sparse = tuple(range(layers))
+    elif model_type == "qwen3_moe":
+        # transformers 4 writes num_experts, transformers 5 num_local_experts
+        experts = int(d.get("num_experts") or d.get("num_local_experts") or 0)
+        inter = int(d.get("moe_intermediate_size", 0))
+        norm = bool(d.get("norm_topk_prob", False))
+        step = int(d.get("decoder_sparse_step", 1))
+        if step < 1:
+            raise UnsupportedModelError(f"{source}: decoder_sparse_step {step} must be >= 1")
+        only = {int(i) for i in (d.get("mlp_only_layers") or ())}
+        sparse = tuple(i for i in range(layers) if i not in only and experts > 0 and (i + 1) % step == 0)
+    else:
+        return {}
+    top_k = int(d.get("num_experts_per_tok", 2))
+    if sparse and not (experts >= 1 and 1 <= top_k <= experts and inter >= 1):
+        raise UnsupportedModelError(f"{source}: expected num_experts >= 1, 1 <= num_experts_per_tok <= num_experts "
+                                    f"and a positive expert intermediate size, found {experts} experts, top-k "
+                                    f"{top_k}, intermediate size {inter}")
+    # router_jitter_noise (Mixtral) is training-time noise: inference ignores it, as HF and vLLM do
+    return dict(num_experts=experts if sparse else 0, num_experts_per_tok=top_k if sparse else 0,
+                moe_intermediate_size=inter if sparse else 0, norm_topk_prob=norm, moe_layers=sparse,
+                round_routing_weights=model_type == "qwen3_moe")
 
 
 def _parse_rope(d: dict[str, Any], source: str) -> RopeConfig:

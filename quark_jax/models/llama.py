@@ -1,4 +1,5 @@
-"""A Flax NNX decoder for the Llama family (Llama, Qwen2, Mistral), with HF module paths.
+"""A Flax NNX decoder for the Llama family (Llama, Qwen2, Mistral, Qwen3; the MoE Mixtral and Qwen3-MoE), with HF
+module paths.
 
 Every projection is a plain ``nnx.Linear`` at the path Hugging Face uses (``model.layers.0.self_attn.q_proj``,
 ``model.layers.0.mlp.gate_proj``, ``lm_head``, ...), so :func:`quark_jax.quantize_model` can swap them for Quark
@@ -8,7 +9,8 @@ layers and :func:`quark_jax.load_weights` can fill the model from a checkpoint b
 Numerics follow vLLM in the model dtype: RMSNorm statistics in float32, cast back to the model dtype before the
 weight product; RoPE angles in float32, cos/sin and their products in the model dtype; attention scores, softmax
 and the probability-value product in float32 (as a fused attention kernel does), rounded once; ``silu(g) * u`` in
-float32, rounded once (vLLM's ``SiluAndMul``); residual adds in the model dtype.
+float32, rounded once (vLLM's ``SiluAndMul``); residual adds in the model dtype. Qwen3's q/k RMSNorm runs per head
+before RoPE. Sparse layers (``cfg.moe_layers``) have a :class:`~quark_jax.models.moe.MoEBlock` instead of the MLP.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jax import lax
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
+from quark_jax.models.moe import MoEBlock
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 from quark_jax.nn import FP8KVCacheScales, KVScale
 from quark_jax.quant import dot_precision, round_to
@@ -164,6 +167,10 @@ class Attention(FP8KVCacheScales, nnx.Module):
             self.k_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
             self.v_proj = _linear(h, self.num_kv_heads * d, cfg.qkv_bias, dtype, rngs)
         self.o_proj = _linear(self.num_heads * d, h, cfg.o_bias, dtype, rngs)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's head_dim, before RoPE
+            self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype)
+            self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype)
         self.kv_fp8 = False
         if kv_fp8:
             self.enable_fp8_kv_cache()
@@ -194,6 +201,8 @@ class Attention(FP8KVCacheScales, nnx.Module):
         q = q.reshape(b, t, self.num_heads, self.head_dim)
         k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         ks, vs = self._store(k, "k_scale"), self._store(v, "v_scale")
         q_slots = start + jnp.arange(t, dtype=jnp.int32)
@@ -212,30 +221,40 @@ class Attention(FP8KVCacheScales, nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
+    """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``; a sparse layer's ``mlp`` is a
+    :class:`~quark_jax.models.moe.MoEBlock` at attribute ``moe_module`` ("mlp", or Mixtral's "block_sparse_moe")."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False,
+                 index: int = 0, moe_module: str = "mlp", expert_scales: str = "vllm"):
         eps = cfg.rms_norm_eps
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
         self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fused)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs, fused=fused)
+        if index in cfg.moe_layers:
+            self.ffn_name = moe_module
+            setattr(self, moe_module, MoEBlock(cfg, f"model.layers.{index}.{moe_module}", dtype=dtype,
+                                               expert_scales=expert_scales))
+        else:
+            self.ffn_name = "mlp"
+            self.mlp = MLP(cfg, dtype=dtype, rngs=rngs, fused=fused)
 
     def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
         """x [B, T, hidden] -> (y, new kv); the arguments after x as :meth:`Attention.__call__`."""
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, start, first_slot)
         h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
-        m = self.mlp(self.post_attention_layernorm(h))
+        m = getattr(self, self.ffn_name)(self.post_attention_layernorm(h))
         return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
 
 
 class LlamaModel(nnx.Module):
     """``embed_tokens``, ``layers`` and the final ``norm`` (HF ``model.*``)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, kv_fp8: bool = False, fused: bool = False,
+                 moe_module: str = "mlp", expert_scales: str = "vllm"):
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fused)
-                                for _ in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fused, index=i,
+                                             moe_module=moe_module, expert_scales=expert_scales)
+                                for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
 
@@ -246,6 +265,9 @@ class LlamaForCausalLM(nnx.Module):
     ``kv_fp8`` makes the KV cache FP8 with per-layer ``k_scale``/``v_scale`` (:class:`KVScale` variables).
     ``fuse_projections`` uses vLLM's layout: one ``self_attn.qkv_proj`` (rows q, k, v) and one ``mlp.gate_up_proj``
     (rows gate, up) instead of the HF projections; loading concatenates the checkpoint's shards.
+    A MoE config (``cfg.moe_layers``) gets :class:`~quark_jax.models.moe.MoEBlock` layers at ``moe_module``
+    ("mlp", or "block_sparse_moe" for Mixtral's original checkpoints), their expert scales per ``expert_scales``
+    (:class:`quark_jax.nn.QuarkExperts`: "vllm" or "checkpoint").
 
     >>> from quark_jax.models.config import ModelConfig
     >>> cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
@@ -256,12 +278,13 @@ class LlamaForCausalLM(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, dtype=None, rngs: nnx.Rngs, kv_fp8: bool = False,
-                 fuse_projections: bool = False):
+                 fuse_projections: bool = False, moe_module: str = "mlp", expert_scales: str = "vllm"):
         dtype = jnp.dtype(dtype) if dtype is not None else cfg.jnp_dtype
         self.config = cfg
         self.dtype = dtype
         self.fuse_projections = fuse_projections
-        self.model = LlamaModel(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fuse_projections)
+        self.model = LlamaModel(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fuse_projections,
+                                moe_module=moe_module, expert_scales=expert_scales)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))

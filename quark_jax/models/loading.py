@@ -25,7 +25,8 @@ __all__ = ["from_pretrained"]
 
 
 def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool | None = None,
-                    progress: bool | None = None, mesh=None, partition_rules=None, **options):
+                    progress: bool | None = None, mesh=None, partition_rules=None, expert_scales: str = "vllm",
+                    **options):
     """The Llama-family decoder of ``checkpoint_dir`` (``config.json`` + safetensors), weights loaded.
 
     ``checkpoint_dir`` is a directory, a bundled name or a Hugging Face Hub id (``"org/name"``, see
@@ -46,6 +47,11 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     256 MiB). The model's ``checkpoint_dir`` (a str) is the resolved directory, where ``generate_text`` finds the
     tokenizer.
 
+    Mixture-of-experts models (``mixtral``, ``qwen3_moe``; docs/SPEC.md section 13) stack each MoE layer's expert
+    weights into [E, N, K] per projection (:class:`quark_jax.nn.QuarkExperts`); ``expert_scales="vllm"`` (default)
+    shares scales as vLLM's Quark MoE methods do (gate/up requantized to their max per expert, static input scales
+    the max over experts), ``"checkpoint"`` keeps every expert's own scales (Quark's reference semantics).
+
     ``mesh`` (a ``jax.sharding.Mesh`` with axes "data" and/or "model"): tensor-parallel inference. Every
     parameter is placed with its NamedSharding (``partition_rules``, default
     :data:`quark_jax.nn.parallel.DEFAULT_RULES`: Megatron column / row splits over "model", docs/SPEC.md), each
@@ -65,11 +71,16 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
         raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: options {sorted(options)} apply to Quark checkpoints, and "
                          "this one has no quantization_config")
     reader = open_checkpoint(checkpoint_dir, config=raw)
+    if cfg.moe_layers and mesh is not None:
+        raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: tensor parallelism (mesh=) does not support "
+                                   f"mixture-of-experts models ({cfg.model_type}) yet; load without a mesh")
+    moe_module = _moe_module(reader, cfg)
     if fuse_projections is None:  # a float fused layer under a mesh would split [q | k | v] contiguously (XLA
         # partitions it, then moves activations between devices); a Quark layer splits per logical shard
         fuse_projections = quark or mesh is None
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
-                                                    fuse_projections=fuse_projections))
+                                                    fuse_projections=fuse_projections, moe_module=moe_module,
+                                                    expert_scales=expert_scales))
     rules = None
     if mesh is not None:
         rules = dataclasses.replace(partition_rules or DEFAULT_RULES, head_dim=cfg.head_dim)
@@ -89,6 +100,14 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     model.mesh = mesh  # static: generate shards the KV cache over it
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model
+
+
+def _moe_module(reader, cfg: ModelConfig) -> str:
+    """Where the checkpoint keeps a sparse layer's block: "mlp" (HF, Quark) or Mixtral's "block_sparse_moe"."""
+    if not cfg.moe_layers:
+        return "mlp"
+    first = cfg.moe_layers[0]
+    return "block_sparse_moe" if f"model.layers.{first}.block_sparse_moe.gate.weight" in reader else "mlp"
 
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")

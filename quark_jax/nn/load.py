@@ -6,6 +6,8 @@ Name mapping (module path ``p``, e.g. ``model.layers.0.self_attn.q_proj``, behin
   ``qkv_proj`` / ``gate_up_proj`` reads its shards), then ``process_weights_after_loading``;
 * ``nnx.Linear``: ``kernel`` [in, out] <- ``p.weight`` [out, in] transposed (a fused name: its shards
   concatenated); ``bias`` <- ``p.bias``;
+* ``QuarkExperts`` (``<moe>.experts.gate_up_proj`` / ``.down_proj``): every expert's tensors
+  (``<moe>.experts.{i}.{gate,up,down}_proj`` or Mixtral's ``w1 / w3 / w2``), stacked into [E, N, K];
 * ``nnx.Embed``: ``embedding`` <- ``p.weight``;
 * ``nnx.RMSNorm`` / ``nnx.LayerNorm``: ``scale`` <- ``p.weight``; ``bias`` <- ``p.bias``;
 * a module with an FP8 KV cache (:class:`~quark_jax.nn.FP8KVCacheScales`, ``kv_fp8`` on): ``k_scale`` <-
@@ -35,6 +37,7 @@ from flax import nnx
 from quark_jax.checkpoint import (CheckpointReader, layer_tensor_names, load_kv_scales, open_checkpoint,
                                   shard_paths)
 from quark_jax.errors import CheckpointError, InvalidArgumentError
+from quark_jax.nn.experts import QuarkExperts
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.parallel import DEFAULT_RULES, MODEL, axis_size, check_mesh, param_sharding
@@ -256,6 +259,7 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     tasks: list[_Task] = []
     kv_modules = []  # (attention module, checkpoint path)
     quark_layers = []  # (QuarkLinear, checkpoint path)
+    expert_layers = []  # QuarkExperts
     missing = []
     module_paths = set()
     for path, module in nnx.iter_modules(model):
@@ -267,6 +271,16 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
             if mesh is not None:
                 layouts[id(module)] = module.plan_sharding(mesh, rules, cp)
             missing += [(f"{s}.weight", f"QuarkLinear {cp}") for s in shard_paths(cp) if f"{s}.weight" not in ckpt]
+            continue
+        if isinstance(module, QuarkExperts):
+            if mesh is not None:
+                raise InvalidArgumentError(f"layer {cp}: tensor parallelism (mesh=) does not support MoE experts yet; "
+                                           "load without a mesh")
+            if cp != module.name:
+                raise InvalidArgumentError(f"layer {cp}: a QuarkExperts module reads the checkpoint at its own name "
+                                           f"{module.name!r}; build it with name={cp!r}")
+            expert_layers.append(module)
+            missing += [(n, f"QuarkExperts {cp}") for n in module.missing_tensors(ckpt)]
             continue
         if isinstance(module, FP8KVCacheScales) and module.kv_fp8:
             kv_modules.append((module, cp))
@@ -294,6 +308,9 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     quark_names = {id(m): layer_tensor_names(ckpt, cp) for m, cp in quark_layers}
     for names in quark_names.values():
         consumed.update(names)
+    expert_names = {id(m): m.tensor_names(ckpt) for m in expert_layers}
+    for names in expert_names.values():
+        consumed.update(names)
     kv_scales = {}
     for module, cp in kv_modules:
         kv_scales[id(module)] = s = load_kv_scales(ckpt, cp)
@@ -316,7 +333,7 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
 
     total = sum(ckpt.nbytes(n) for n in consumed)
     show = progress if progress is not None else total > PROGRESS_MIN_BYTES
-    bar = _Progress(total, len(tasks) + len(quark_layers), show, f"loading {ckpt.directory.name}")
+    bar = _Progress(total, len(tasks) + len(quark_layers) + len(expert_layers), show, f"loading {ckpt.directory.name}")
     for task in tasks:
         if mesh is None:
             task.load(ckpt)
@@ -326,6 +343,9 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     for module, cp in quark_layers:
         module.load_checkpoint(ckpt, cp, layout=layouts.get(id(module)))
         bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
+    for module in expert_layers:
+        module.load_checkpoint(ckpt)
+        bar.update(sum(ckpt.nbytes(n) for n in expert_names[id(module)]))
     for module, _ in kv_modules:
         s = kv_scales[id(module)]
         for var, value in ((module.k_scale, s.k_scale), (module.v_scale, s.v_scale)):

@@ -21,6 +21,8 @@ from flax import nnx
 
 from quark_jax.checkpoint import FUSED_MODULES, layer_geometry, open_checkpoint
 from quark_jax.config import QuarkConfig
+from quark_jax.errors import InvalidArgumentError
+from quark_jax.nn.experts import EXPERT_PROJECTIONS, QuarkExperts
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.load import module_path
@@ -82,6 +84,25 @@ def _fused_widths(path: str, ckpt_path: str, linear, config: QuarkConfig, logica
                      f"sizes: pass logical_widths={{{leaf!r}: (...)}} or a config read from a checkpoint")
 
 
+def _experts_scheme(config: QuarkConfig, module: QuarkExperts, ckpt_path: str):
+    """The one scheme of every expert's projections of a stacked experts module (per-expert paths resolved by the
+    config, HF spelling); experts that resolve differently are an InvalidArgumentError naming two of them."""
+    parent = ckpt_path.rpartition(".")[0]
+    first, seen = None, None
+    for i in range(module.num_experts):
+        for proj in EXPERT_PROJECTIONS[module.leaf]:
+            path = f"{parent}.{i}.{proj}"
+            scheme = config.scheme_for(path)
+            if seen is None:
+                first, seen = path, (scheme,)
+            elif scheme != seen[0]:
+                raise InvalidArgumentError(
+                    f"layer {ckpt_path}: the experts of one MoE projection must share one scheme (they are stacked "
+                    f"into one array); {first} has {seen[0].summary() if seen[0] else 'none (unquantized)'}, {path} "
+                    f"has {scheme.summary() if scheme else 'none (unquantized)'}")
+    return seen[0] if seen else None
+
+
 def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[str, Sequence[int]] | None = None,
                    dtype=None, mesh=None, partition_rules=None):
     """Replace ``model``'s ``nnx.Linear`` layers by :class:`QuarkLinear` per ``config``, in place; returns it.
@@ -117,6 +138,21 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
         ckpt_path = f"{prefix}.{p}" if prefix and p else (prefix or p)
         if isinstance(module, FP8KVCacheScales) and config.kv_cache is not None:
             module.enable_fp8_kv_cache()
+        if isinstance(module, QuarkExperts) and module.scheme is None and path:
+            scheme = _experts_scheme(config, module, ckpt_path)
+            if scheme is not None:
+                if mesh is not None:
+                    raise InvalidArgumentError(f"layer {ckpt_path}: tensor parallelism (mesh=) does not support MoE "
+                                               "experts yet; load without a mesh")
+
+                def build_experts(module=module, scheme=scheme, ckpt_path=ckpt_path):
+                    return QuarkExperts(module.num_experts, module.in_features, module.logical_widths,
+                                        scheme=scheme, dtype=dtype if dtype is not None else module.dtype,
+                                        name=ckpt_path, expert_scales=module.expert_scales)
+
+                new = nnx.eval_shape(build_experts) if _is_abstract(module.weight) else build_experts()
+                replacements.append((path, new))
+            continue
         if not isinstance(module, nnx.Linear) or not path:
             continue
         scheme = config.scheme_for(ckpt_path)

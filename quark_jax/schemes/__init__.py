@@ -12,7 +12,7 @@ from quark_jax.schemes.ocp_mx import QuarkOCP_MX
 from quark_jax.schemes.unquantized import UnquantizedLinearMethod
 from quark_jax.schemes.w4a16_int4 import QuarkW4A16Int4
 from quark_jax.schemes.w8a8_fp8_block import QuarkW8A8Fp8PerBlock
-from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4
+from quark_jax.schemes.w4_mxfp4 import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, QuarkW4A16MXFP4, qdq_fp8_static
 from quark_jax.schemes.w8a8_fp8 import QuarkW8A8Fp8
 from quark_jax.schemes.w8a8_int8 import QuarkW8A8Int8
 from quark_jax.schemes.registry import SchemeEntry, register_scheme, scheme_registry, select_scheme
@@ -25,6 +25,7 @@ __all__ = [
     "QuarkW4A4MXFP4",
     "QuarkW4A8MXFP4Fp8",
     "QuarkW4A16MXFP4",
+    "qdq_fp8_static",
     "QuarkOCP_MX",
     "QuarkW8A8Fp8PerBlock",
     "QuarkW4A16Int4",

@@ -1,0 +1,108 @@
+"""The sparse mixture-of-experts block of Mixtral and Qwen3-MoE (docs/SPEC.md section 13).
+
+``MoEBlock(x)``: route, sort the (token, expert) pairs by expert, one grouped GEMM for gate and up of every chosen
+expert, ``silu(g) * u`` (float32, rounded once), one grouped GEMM for down, unsort, and the routing-weighted sum
+over the k choices (float32, rounded once). Routing as HF and vLLM do it: router logits ``x @ W_r.T`` (float32
+accumulation, rounded to the model dtype), softmax in float32, top-k (ties: the lower expert index first, as
+``jax.lax.top_k``), renormalized over the k chosen when ``norm_topk_prob`` (Mixtral always). The router (``gate``)
+is never quantized. The expert weights are :class:`quark_jax.nn.QuarkExperts` ([E, N, K] per projection); which
+expert weights a step reads is the grouped GEMM's business (:func:`quark_jax.kernels.grouped_mm`): nothing here
+dequantizes or touches the experts no token chose.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from quark_jax.models.config import ModelConfig
+from quark_jax.nn import QuarkExperts
+from quark_jax.quant import dot_precision, round_to
+
+__all__ = ["Router", "Experts", "MoEBlock", "route"]
+
+
+class Router(nnx.Module):
+    """The router ``gate``: ``weight`` [E, hidden] (HF ``mlp.gate.weight`` / ``block_sparse_moe.gate.weight``)."""
+
+    def __init__(self, num_experts: int, hidden: int, *, dtype):
+        self.weight = nnx.Param(jnp.zeros((num_experts, hidden), dtype))
+
+    def __call__(self, x):
+        """x [T, hidden] -> router logits [T, E] in x's dtype (float32 accumulation, one rounding)."""
+        w = self.weight[...].astype(x.dtype)
+        return round_to(jnp.dot(x, w.T, precision=dot_precision(x, w), preferred_element_type=jnp.float32), x.dtype)
+
+
+def route(logits, top_k: int, *, normalize: bool, weights_dtype=jnp.float32):
+    """Top-k routing: ``(weights [T, k], experts int32 [T, k])`` from router logits [T, E].
+
+    Softmax over the experts in float32; the k largest probabilities (ties: lower expert index first); divided by
+    their sum when ``normalize``; cast to ``weights_dtype`` (Qwen3-MoE: the model dtype, as HF).
+
+    >>> w, e = route(jnp.array([[0.0, 1.0, 1.0, -1.0]]), 2, normalize=True)
+    >>> e.tolist(), [round(v, 4) for v in w[0].tolist()]
+    ([[1, 2]], [0.5, 0.5])
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = lax.top_k(probs, top_k)
+    if normalize:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return weights.astype(weights_dtype), experts.astype(jnp.int32)
+
+
+class Experts(nnx.Module):
+    """``gate_up_proj`` and ``down_proj``: :class:`~quark_jax.nn.QuarkExperts` at ``<moe>.experts.*``."""
+
+    def __init__(self, cfg: ModelConfig, path: str, *, dtype, expert_scales: str):
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_up_proj = QuarkExperts(e, h, (i, i), scheme=None, dtype=dtype, name=f"{path}.gate_up_proj",
+                                         expert_scales=expert_scales)
+        self.down_proj = QuarkExperts(e, i, (h,), scheme=None, dtype=dtype, name=f"{path}.down_proj",
+                                      expert_scales=expert_scales)
+
+
+class MoEBlock(nnx.Module):
+    """A sparse MLP: ``gate`` (:class:`Router`) and ``experts`` (:class:`Experts`); ``x [B, T, hidden]`` -> same.
+
+    ``path`` is the block's checkpoint module path (``model.layers.0.mlp`` or Mixtral's
+    ``model.layers.0.block_sparse_moe``); the experts read ``<path>.experts.{i}.*``.
+    """
+
+    def __init__(self, cfg: ModelConfig, path: str, *, dtype, expert_scales: str = "vllm"):
+        self.num_experts, self.top_k = cfg.num_experts, cfg.num_experts_per_tok
+        self.normalize = cfg.norm_topk_prob
+        self.round_weights = cfg.round_routing_weights
+        self.intermediate_size = cfg.moe_intermediate_size
+        self.gate = Router(cfg.num_experts, cfg.hidden_size, dtype=dtype)
+        self.experts = Experts(cfg, f"{path}.experts", dtype=dtype, expert_scales=expert_scales)
+
+    def __call__(self, x):
+        b, t, h = x.shape
+        tokens = x.reshape(b * t, h)
+        weights, chosen = route(self.gate(tokens), self.top_k, normalize=self.normalize,
+                                weights_dtype=x.dtype if self.round_weights else jnp.float32)
+        y = moe_experts(tokens, weights, chosen, self.experts.gate_up_proj, self.experts.down_proj,
+                        self.num_experts, self.intermediate_size)
+        return y.reshape(b, t, h)
+
+
+def moe_experts(tokens, weights, chosen, gate_up, down, num_experts: int, intermediate: int):
+    """The expert part of a MoE block: tokens [T, H], routing ``weights`` [T, k] and ``chosen`` experts [T, k] ->
+    [T, H] in tokens' dtype: ``sum_j weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e =
+    chosen[t, j]``, over rows sorted by expert (one grouped GEMM per projection)."""
+    n_tok, k = chosen.shape
+    flat = chosen.reshape(-1)  # [T * k]: row r is token r // k, choice r % k
+    order = jnp.argsort(flat, stable=True)  # rows sorted by expert (stable: token order within an expert)
+    row_expert = flat[order]
+    group_sizes = jnp.zeros((num_experts,), jnp.int32).at[flat].add(1)
+    xs = jnp.take(tokens, order // k, axis=0)  # [T * k, H]
+    gu = gate_up(xs, group_sizes, row_expert)
+    g, u = gu[:, :intermediate], gu[:, intermediate:]
+    act = round_to(jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32), tokens.dtype)
+    ys = down(act, group_sizes, row_expert)  # [T * k, H], sorted
+    y = jnp.zeros_like(ys).at[order].set(ys).reshape(n_tok, k, -1)  # back to (token, choice)
+    out = jnp.sum(y.astype(jnp.float32) * weights.astype(jnp.float32)[:, :, None], axis=1)
+    return round_to(out, tokens.dtype)
