@@ -416,7 +416,7 @@ def _quantize(args) -> int:
         path = Path(args.calibration)
         ids = np.asarray(json.loads(path.read_text())) if path.suffix == ".json" else np.load(path)
     out = quantize_checkpoint(float_dir, args.out_dir, qc, ids, dtype=args.dtype, batch_size=args.batch_size,
-                              progress=args.progress)
+                              progress=args.progress, numerics=args.numerics)
     files = sorted(p.name for p in out.iterdir())
     print(f"wrote {out}: {', '.join(files)}")
     return EXIT_OK
@@ -494,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration", help="token ids [N, T] (.npy, or .json list of lists); needed for static "
                                          "input or KV-cache scales")
     q.add_argument("--batch-size", type=int, default=8, help="calibration rows per forward pass (default 8)")
+    q.add_argument("--numerics", choices=("torch", "xla"), default="torch",
+                   help="calibration forward pass: torch = Quark's roundings, scales equal amd-quark's (default; "
+                        "slower), xla = the model's own forward (fast, scales a few ulps off)")
     q.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="model dtype (default: the checkpoint's); scales follow it as in Quark")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -20,10 +20,11 @@ from quark_jax.ptq import (PRESETS, complete_config, preset_config, quantize, qu
 
 FX = Path(__file__).parent / "fixtures" / "quark_tiny_llama"
 VARIANTS = sorted(p.name for p in FX.iterdir() if (p / "model.safetensors").is_file())
-# static activation ranges come from the float forward pass, which XLA and torch compute with different
-# summation orders / rsqrt / exp: those scales may differ by a few ulps (docs/SPEC.md section 8)
+# static activation ranges come from the calibration forward pass (numerics="torch": torch's CPU roundings op by
+# op); only RoPE's cos/sin (MKL's vector math in torch) are not mirrored, which moves one of the 88 calibrated
+# scales by 1 ulp (the asymmetric INT8 layer-1 down_proj input; docs/SPEC.md section 8)
 CALIBRATED = ("input_scale", "output_scale")
-MAX_ULPS = {np.dtype(np.float32): 8, np.dtype(ml_dtypes.bfloat16): 1}
+MAX_ULPS = 1
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def calib_ids():
 
 
 _DONE: dict[str, Path] = {}
+_OFF_BY_ULP: set = set()  # (variant, tensor) of calibrated scales 1 ulp from Quark's
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,8 @@ def test_reproduces_quark_export(quantized, variant):
         assert (b.dtype, b.shape) == (a.dtype, a.shape), name
         if name.rpartition(".")[2] in CALIBRATED:
             ulps = int(np.abs(_bits(a) - _bits(b)).max())
-            assert ulps <= MAX_ULPS[a.dtype], (name, a, b, ulps)
+            assert ulps <= MAX_ULPS, (name, a, b, ulps)
+            _OFF_BY_ULP.update({(variant, name)} if ulps else set())
             calibrated += 1
         else:  # weights, weight scales, zero points (asymmetric input ones included), float tensors: bit for bit
             assert np.array_equal(_bits(a), _bits(b)), name
@@ -85,6 +88,15 @@ def test_reproduces_quark_export(quantized, variant):
     assert (calibrated > 0) == bool(inp and not inp["is_dynamic"])
     assert json.loads((out / "config.json").read_text()) == json.loads((FX / variant / "config.json").read_text())
     assert (out / "generation_config.json").is_file()
+
+
+def test_calibrated_scales_bit_exact_but_the_cos_residue(quantized):
+    """Of all calibrated scales of all variants, only the one whose layer-1 down_proj input range moves with
+    RoPE's cos/sin rounding (SPEC section 8) is off, by 1 ulp; every other one equals Quark's bit for bit."""
+    for variant in VARIANTS:
+        test_reproduces_quark_export(quantized, variant)
+    assert _OFF_BY_ULP <= {("w_int8_perchannel_sym_a_int8_pertensor_static_asym",
+                            "model.layers.1.mlp.down_proj.input_scale")}, _OFF_BY_ULP
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -108,7 +120,7 @@ def test_presets_equal_quark_templates(name, variant, kv):
 
 
 def test_int8_preset_quantizes_per_tensor(float_dir, calib_ids, tmp_path):
-    out = quantize_checkpoint(float_dir, tmp_path / "int8", "int8", calib_ids)
+    out = quantize_checkpoint(float_dir, tmp_path / "int8", "int8", calib_ids, batch_size=2)
     f = SafetensorsFile(out / "model.safetensors")
     p = "model.layers.0.mlp.down_proj"
     w = SafetensorsFile(float_dir / "model.safetensors").get(p + ".weight").astype(np.float64)
@@ -162,6 +174,8 @@ def test_sharded_export_loads(float_dir, tmp_path):
 def test_errors(float_dir, tmp_path):
     with pytest.raises(ValueError, match="calibration.*model.layers.0.*static input"):
         quantize_checkpoint(float_dir, tmp_path / "x", "fp8")
+    with pytest.raises(ValueError, match="numerics: expected one of"):
+        quantize_checkpoint(float_dir, tmp_path / "x", "fp8", np.zeros((1, 4), np.int64), numerics="f64")
     with pytest.raises(QuarkConfigError, match="unknown preset 'fp9'"):
         quantize_checkpoint(float_dir, tmp_path / "x", "fp9")
     bad = preset_config("fp8")
@@ -186,7 +200,7 @@ def test_cli_quantize(float_dir, calib_ids, quantized, tmp_path, capsys):
     variant = "w_mxfp4_a_fp8_pertensor_static"
     out = tmp_path / "cli"
     argv = ["quantize", str(float_dir), str(out), "--config", str(FX / variant / "config.json"),
-            "--calibration", str(ids), "--batch-size", "2", "--no-progress"]
+            "--calibration", str(ids), "--batch-size", "2", "--no-progress", "--numerics", "torch"]
     assert cli.main(argv) == 0
     assert "model.safetensors" in capsys.readouterr().out
     a, b = SafetensorsFile(out / "model.safetensors"), SafetensorsFile(quantized(variant) / "model.safetensors")
@@ -203,7 +217,8 @@ def test_layer_configs_and_exclude(float_dir, calib_ids, tmp_path):
     qc = preset_config("fp8")
     qc["exclude"] = ["lm_head", "re:model\\.layers\\.1\\.mlp\\..*"]
     qc["layer_quant_config"] = {"*o_proj": preset_config("mxfp4_weight_only")["global_quant_config"]}
-    out = qj.ptq.quantize_checkpoint(float_dir, tmp_path / "mixed", qc, calib_ids)
+    out = qj.ptq.quantize_checkpoint(float_dir, tmp_path / "mixed", qc, calib_ids, batch_size=2,
+                                     numerics="xla")  # the model's own forward (any NNX model)
     f = SafetensorsFile(out / "model.safetensors")
     assert f.get("model.layers.0.self_attn.o_proj.weight").dtype == np.uint8  # MXFP4 weight-only
     assert "model.layers.0.self_attn.o_proj.input_scale" not in f

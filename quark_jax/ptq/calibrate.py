@@ -63,14 +63,26 @@ def _run(model, input_ids):
     model(input_ids)
 
 
+NUMERICS = ("torch", "xla")
+"""Calibration forward passes: ``torch`` rounds as amd-quark's torch CPU forward (HF Llama, eager attention;
+:mod:`quark_jax.ptq.torch_numerics`, Llama-family quark_jax models only, float64-emulated and slower); ``xla`` is
+the model's own forward (any NNX model, fast; activations a few ulps from torch's)."""
+
+
 def calibrate(model, observe: Mapping[str, tuple[bool, bool]], batches: Iterable, *,
-              output_slices: Mapping[str, list] | None = None) -> dict[str, dict[str, MinMax]]:
+              output_slices: Mapping[str, list] | None = None, numerics: str = "torch"
+              ) -> dict[str, dict[str, MinMax]]:
     """Observe the linears of ``model`` (paths as :func:`quark_jax.nn.load.module_path` gives them) over
-    ``batches`` of token ids [B, T] (each run through ``model(ids)``, jitted per batch shape).
+    ``batches`` of token ids [B, T] (each run through the forward pass ``numerics`` names, :data:`NUMERICS`,
+    jitted per batch shape).
 
     ``observe`` maps a layer path to (observe inputs, observe outputs). Returns ``{path: {"input": MinMax,
     "output": [MinMax per output slice]}}``. The model is left as it was (the observers are removed again).
     """
+    if numerics not in NUMERICS:
+        raise ValueError(f"numerics: expected one of {NUMERICS}, got {numerics!r}")
+    if numerics == "torch":
+        return _calibrate_torch(model, observe, batches, output_slices or {})
     wrapped = []
     for path, module in list(nnx.iter_modules(model)):
         p = module_path(path)
@@ -108,4 +120,30 @@ def calibrate(model, observe: Mapping[str, tuple[bool, bool]], batches: Iterable
                 m.merge(*np.asarray(jax.device_get(var[...])))
             outs.append(m)
         out[p] = {"input": rng, "output": outs}
+    return out
+
+
+def _calibrate_torch(model, observe, batches, output_slices):
+    from quark_jax.ptq.torch_numerics import TorchNumerics
+
+    tn = TorchNumerics(model)
+    missing = sorted(set(observe) - set(tn.linear_paths))
+    if missing:
+        raise ValueError(f"calibrate: the model has no layer at {missing[:4]} (paths to observe)")
+    out = {p: {"input": MinMax(), "output": [MinMax() for _ in (output_slices.get(p) or [None])]}
+           for p in observe}
+    n = 0
+    for ids in batches:
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        for p, (rin, routs) in tn.ranges(ids, observe, output_slices).items():
+            if observe[p][0]:
+                out[p]["input"].merge(*np.asarray(rin))
+            if observe[p][1]:
+                for m, r in zip(out[p]["output"], routs):
+                    m.merge(*np.asarray(r))
+        n += 1
+    if n == 0:
+        raise ValueError("calibration_batches: no batches (static input or KV-cache scales need calibration data)")
     return out

@@ -187,22 +187,24 @@ class _Progress:
 
 
 def quantize_tensors(model, quant_config, calibration_batches: Iterable | None = None, *,
-                     logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False
+                     logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False,
+                     numerics: str = "torch"
                      ) -> tuple[dict[str, dict[str, np.ndarray]], list[LayerTask], dict[str, Any]]:
     """Calibrate ``model`` (a float NNX model whose linears are ``nnx.Linear``) and compute the Quark tensors of
     every quantized layer. Returns ``(tensors, tasks, quantization_config)`` where ``tensors`` maps each
     checkpoint module path (shards of fused layers separately) to ``{"weight": ..., "weight_scale": ...,
     "input_scale": ..., "output_scale": ...}`` exactly as amd-quark exports them (k/v ``output_scale`` merged
-    to the max of the pair)."""
+    to the max of the pair). ``numerics``: the calibration forward pass (:data:`quark_jax.ptq.calibrate.NUMERICS`).
+    """
     qc = resolve_quant_config(quant_config)
-    tasks, layers = _quantized_layers(model, qc, calibration_batches, logical_widths, progress)
+    tasks, layers = _quantized_layers(model, qc, calibration_batches, logical_widths, progress, numerics)
     tensors: dict[str, dict[str, np.ndarray]] = {}
     for shard, ts in layers:
         tensors.setdefault(shard, {}).update(ts)
     return tensors, tasks, qc
 
 
-def _quantized_layers(model, qc, calibration_batches, logical_widths, progress):
+def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, numerics="torch"):
     """Plan and calibrate now; return (tasks, an iterator of (module path, tensors) per shard, one layer at a time,
     with the k/v ``output_scale`` tensors held back and yielded last, merged)."""
     cfg = QuarkConfig.from_dict(qc)
@@ -216,7 +218,7 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress):
             raise ValueError(f"calibration_batches: layer {need} needs calibration data (static input or KV-cache "
                              "scales); pass token ids")
         slices = {t.path: _slices(t.widths) for t in tasks if t.path in observe}
-        ranges = calibrate(model, observe, calibration_batches, output_slices=slices)
+        ranges = calibrate(model, observe, calibration_batches, output_slices=slices, numerics=numerics)
     modules = {module_path(p): m for p, m in nnx.iter_modules(model) if p}
 
     def layers():
@@ -288,7 +290,8 @@ def _batches(ids, batch_size: int):
 
 
 def quantize(model, quant_config, calibration_batches: Iterable | None = None, *,
-             logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False):
+             logical_widths: Mapping[str, Sequence[int]] | None = None, progress: bool = False,
+             numerics: str = "torch"):
     """Calibrate and quantize a float Flax NNX model in place; returns it with
     :class:`~quark_jax.nn.QuarkLinear` layers (and an FP8 KV cache with the calibrated k/v scales when the config
     has a KV-cache group), each layer's params processed for its scheme (jitted once per layer), exactly as
@@ -301,6 +304,9 @@ def quantize(model, quant_config, calibration_batches: Iterable | None = None, *
         :class:`~quark_jax.QuarkConfig`.
       calibration_batches: token-id batches [B, T] (each run as ``model(ids)``); needed for static input scales
         and KV-cache scales, unused otherwise.
+      numerics: the calibration forward pass: ``"torch"`` (default; rounds as amd-quark's torch CPU run, so the
+        scales equal Quark's; quark_jax Llama-family models) or ``"xla"`` (the model's own forward: any NNX
+        model, faster, scales a few ulps from Quark's); :data:`quark_jax.ptq.calibrate.NUMERICS`.
 
     >>> import jax.numpy as jnp
     >>> from quark_jax.models import from_pretrained
@@ -310,7 +316,7 @@ def quantize(model, quant_config, calibration_batches: Iterable | None = None, *
     ('QuarkW4A4MXFP4', (1, 3, 256))
     """
     tensors, tasks, qc = quantize_tensors(model, quant_config, calibration_batches, logical_widths=logical_widths,
-                                          progress=progress)
+                                          progress=progress, numerics=numerics)
     cfg = QuarkConfig.from_dict(qc)
     widths = {t.path: t.widths for t in tasks if len(t.shards) > 1}
     quantize_model(model, cfg, logical_widths=widths)
@@ -347,7 +353,8 @@ def _raw_params(layer: QuarkLinear, parts: list[dict[str, np.ndarray]]) -> dict[
 
 def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike, quant_config,
                         calibration_ids=None, *, dtype=None, batch_size: int = 8,
-                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool | None = None) -> Path:
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool | None = None,
+                        numerics: str = "torch") -> Path:
     """Quantize a float Hugging Face checkpoint (Llama family) into a Quark checkpoint in ``out_dir``: the
     tensors, names, dtypes and shapes amd-quark's ``export_safetensors`` writes, ``config.json`` with the
     ``quantization_config``, ``generation_config.json``; sharded with an index past ``max_shard_bytes``.
@@ -363,6 +370,8 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
       dtype: the model dtype ("float32", "bfloat16", "float16"; default the config's): float tensors are cast to
         it (round to nearest even) before quantization, and scales follow it as in Quark.
       progress: a progress bar over layers on stderr (default: when stderr is a terminal).
+      numerics: the calibration forward pass, as :func:`quantize` (default ``"torch"``: Quark's scales bit for
+        bit on the fixtures but cos/sin, SPEC section 8).
 
     Memory: the float model is held whole (calibration needs it); the quantized tensors are written shard by
     shard as the layers are quantized (:class:`~quark_jax.ptq.export.ShardWriter`). Returns ``Path(out_dir)``.
@@ -380,7 +389,7 @@ def quantize_checkpoint(float_dir: str | os.PathLike, out_dir: str | os.PathLike
     batches = None if calibration_ids is None else _batches(calibration_ids, batch_size)
     show = sys.stderr.isatty() if progress is None else progress
     qc = resolve_quant_config(quant_config)
-    _, layers = _quantized_layers(model, qc, batches, None, show)
+    _, layers = _quantized_layers(model, qc, batches, None, show, numerics)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
         old.unlink()

@@ -1,0 +1,409 @@
+"""A calibration forward pass that rounds as amd-quark's torch CPU forward does (SPEC section 8).
+
+Quark calibrates by running Hugging Face's ``LlamaForCausalLM`` (eager attention) in torch on the CPU; its
+static input scales are the min/max of what each linear sees there. quark_jax's decoder rounds as vLLM does, and
+XLA's kernels sum in other orders, so its activations differ from torch's by a few ulps. This module recomputes
+the forward pass of a quark_jax Llama-family model op by op with the roundings of torch 2.13's CPU kernels
+(measured against torch on an AVX-512 x86 CPU, the machine amd-quark 0.13 made the fixtures on):
+
+* GEMMs (``F.linear``, ``torch.matmul``; MKL's sgemm, oneDNN's bf16 GEMM): each output is a float32 fused
+  multiply-add chain over k = 0, 1, ..., K-1 from 0 (bf16: rounded once to bf16 at the end).
+* ``mean(x**2, -1)`` of RMSNorm: ATen's cascade sum (8-lane vectors, 4 interleaved accumulators, 16-row levels,
+  scalar tail first, then the lanes in order), divided by the width; ``rsqrt`` as ``1 / sqrt``.
+* ``exp`` inside softmax and SiLU: SLEEF's ``expf`` (u10) polynomial with FMAs; softmax sums with ATen's
+  ``reduce_all`` (16-lane accumulation, then halving), then multiplies by ``1 / sum``; SiLU is
+  ``x / (1 + exp(-x))``.
+* RoPE: ``inv_freq = 1 / f32(base ** f32(2i / d))``, angles ``f32(position * inv_freq)``; ``cos``/``sin`` are the
+  correctly rounded float32 values (torch uses MKL's vector math, which is not reproducible: the one known residue).
+* every other op (products, sums, casts) rounds once to the op's torch dtype.
+
+Every float32 op is evaluated in float64 and rounded to float32 (bit-exact for + - * / sqrt: 53 >= 2*24 + 2); an
+FMA likewise (a product of two float32 is exact in float64; the sum's float64 rounding can, with probability about
+2^-29, land on a float32 midpoint: a double rounding torch's FMA does not make). Runs jitted with 64-bit types
+enabled for its own scope only.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quark_jax.quant.rounding import round_to
+
+__all__ = ["TorchNumerics", "torch_inverse_frequencies", "sleef_expf", "aten_sum_lastdim", "linear_fma"]
+
+_F32, _F64 = jnp.float32, jnp.float64
+
+
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _f32(v):
+    """float64 ``v`` rounded (nearest even) to float32. Rounded on the float64 grid first (``reduce_precision``),
+    so that XLA's excess precision cannot skip the rounding when it drops a float64 -> float32 -> float64 convert
+    pair (quark_jax.quant.rounding). Results below float32's smallest normal (2^-126) flush to zero: only
+    ``exp`` produces those here (see :func:`_f32_subnormal`)."""
+    return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=23).astype(_F32)
+
+
+def _f32_subnormal(v):
+    """:func:`_f32` with float32 subnormals rounded as IEEE (torch does not flush them)."""
+    r = jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=23)
+    r = jnp.where(jnp.abs(v) < _TINY, jnp.round(v * 2.0 ** 149) * 2.0 ** -149, r)  # exact scaling by 2^149
+    return r.astype(_F32)
+
+
+def _r(v, dtype=_F32):
+    """float64 ``v`` rounded to float32, then to ``dtype`` (torch computes bf16 ops in float32 and rounds the
+    result, so this double rounding is torch's too)."""
+    v = _f32(v)
+    return v if dtype == _F32 else round_to(v, dtype)
+
+
+def _d(x):
+    return x.astype(_F64)
+
+
+def _fma(a, b, c):
+    """float32 ``fma(a, b, c)`` (float32 inputs)."""
+    return _f32(_d(a) * _d(b) + _d(c))
+
+
+def _add(a, b):
+    return _f32(_d(a) + _d(b))
+
+
+def _mul(a, b):
+    return _f32(_d(a) * _d(b))
+
+
+def torch_inverse_frequencies(theta: float, head_dim: int, *, factor: float = 1.0) -> np.ndarray:
+    """HF's default RoPE ``inv_freq`` as torch computes it in float32: ``1 / f32(theta ** f32(2i / d))`` (a
+    ``linear`` rope divides by ``factor`` in float32).
+
+    >>> torch_inverse_frequencies(10000.0, 16)[3].item()  # the float64 formula gives 0.031622775...
+    0.03162277862429619
+    """
+    e = (np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)).astype(np.float32)
+    p = np.power(np.float64(theta), e.astype(np.float64)).astype(np.float32)
+    inv = (np.float32(1.0) / p).astype(np.float32)
+    if factor != 1.0:
+        inv = (inv / np.float32(factor)).astype(np.float32)
+    return inv
+
+
+_R_LN2 = np.float32(1.442695040888963407359924681001892137426645954152985934135449406931)
+_L2U, _L2L = np.float32(0.693145751953125), np.float32(1.428606765330187045e-06)
+_EXP_POLY = tuple(np.float32(c) for c in (0.000198527617612853646278381, 0.00139304355252534151077271,
+                                          0.00833336077630519866943359, 0.0416664853692054748535156,
+                                          0.166666671633720397949219, 0.5))
+
+
+def _pow2(e):
+    """2.0 ** e (float64, exact: built from the exponent bits; XLA's exp2 is not exact) for int32 |e| < 1000."""
+    return jax.lax.bitcast_convert_type((e.astype(jnp.int64) + 1023) << 52, _F64)
+
+
+def sleef_expf(d):
+    """float32 ``exp`` as SLEEF's ``expf`` u10 computes it with FMAs (ATen's ``Vectorized<float>::exp``, used by
+    softmax and SiLU): ``q = rint(d / ln 2)``, a two-step Cody-Waite reduction, a degree-5 polynomial, and the
+    scaling by ``2^(q >> 1) * 2^(q - (q >> 1))``. Call under 64-bit types (:meth:`TorchNumerics.ranges` does).
+    """
+    d = d.astype(_F32)
+    q = jnp.rint(_mul(d, _R_LN2))
+    s = _fma(q, -_L2U, d)
+    s = _fma(q, -_L2L, s)
+    u = jnp.full_like(s, _EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        u = _fma(u, s, jnp.full_like(s, c))
+    u = _add(jnp.ones_like(s), _fma(_mul(s, s), u, s))
+    qi = jnp.clip(q, -300, 300).astype(jnp.int32)
+    h = qi >> 1
+    u = _f32(_d(u) * _pow2(h))
+    u = _f32_subnormal(_d(u) * _pow2(qi - h))
+    u = jnp.where(d < -104.0, jnp.float32(0), u)
+    return jnp.where(d > 100.0, jnp.float32(jnp.inf), u)
+
+
+def _multi_row_sum(rows):
+    """ATen's ``multi_row_sum``: a list of same-shape arrays (rows of the cascade) -> their float32 sum."""
+    size = len(rows)
+    level_power = max(4, (max(size - 1, 0).bit_length() if size > 1 else 0) // 4)
+    step, mask = 1 << level_power, (1 << level_power) - 1
+    zero = jnp.zeros_like(rows[0]) if rows else None
+    acc = [zero] * 4
+    i = 0
+    while i + step <= size:
+        for _ in range(step):
+            acc[0] = _add(acc[0], rows[i])
+            i += 1
+        for j in range(1, 4):
+            acc[j] = _add(acc[j], acc[j - 1])
+            acc[j - 1] = zero
+            if i & (mask << (j * level_power)):
+                break
+    while i < size:
+        acc[0] = _add(acc[0], rows[i])
+        i += 1
+    for j in range(1, 4):
+        acc[0] = _add(acc[0], acc[j])
+    return acc[0]
+
+
+def aten_sum_lastdim(x, *, lanes: int = 8):
+    """Sum over the last axis of float32 ``x`` in the order of ATen's CPU ``sum`` of a contiguous row (its AVX2
+    kernel, which torch also runs on AVX-512 CPUs): 8-lane vectors, 4 interleaved accumulators summed in a
+    cascade, the scalar tail, then the lanes one by one. Returns x.shape[:-1] float32.
+
+    >>> import jax
+    >>> with jax.enable_x64(True):
+    ...     float(aten_sum_lastdim(jnp.arange(20.0, dtype=jnp.float32)))
+    190.0
+    """
+    n = x.shape[-1]
+    if n < lanes:
+        lanes = 1  # ATen's scalar path: the same cascade over single elements
+    nvec = n // lanes
+    vecs = [x[..., i * lanes:(i + 1) * lanes] for i in range(nvec)]
+    ilp = 4
+    size_ilp = nvec // ilp
+    parts = [_multi_row_sum([vecs[i * ilp + k] for i in range(size_ilp)]) if size_ilp else
+             jnp.zeros(x.shape[:-1] + (lanes,), _F32) for k in range(ilp)]
+    for i in range(size_ilp * ilp, nvec):
+        parts[0] = _add(parts[0], vecs[i])
+    for k in range(1, ilp):
+        parts[0] = _add(parts[0], parts[k])
+    out = jnp.zeros(x.shape[:-1], _F32)
+    if lanes > 1:
+        for k in range(nvec * lanes, n):
+            out = _add(out, x[..., k])
+    for l in range(lanes):
+        out = _add(out, parts[0][..., l])
+    return out
+
+
+def _reduce_all_sum(x, lanes: int = 16):
+    """ATen's ``vec::reduce_all(+)`` over the last axis (softmax's sum, AVX-512: 16 lanes): lane-wise
+    accumulation of full vectors, the tail into the first lanes, then halving (lane i + lane i + w/2)."""
+    n = x.shape[-1]
+    if n < lanes:
+        out = x[..., 0]
+        for k in range(1, n):
+            out = _add(out, x[..., k])
+        return out
+    acc = x[..., :lanes]
+    d = lanes
+    while d + lanes <= n:
+        acc = _add(acc, x[..., d:d + lanes])
+        d += lanes
+    if n > d:
+        r = n - d
+        acc = jnp.concatenate([_add(acc[..., :r], x[..., d:]), acc[..., r:]], axis=-1)
+    while acc.shape[-1] > 1:
+        h = acc.shape[-1] // 2
+        acc = _add(acc[..., :h], acc[..., h:])
+    return acc[..., 0]
+
+
+def linear_fma(x, w, dtype):
+    """``x @ w`` as a float32 FMA chain over k from 0 (MKL's / oneDNN's small GEMMs), rounded to ``dtype``.
+    x [..., K], w [K, N] (values exact in float32) -> [..., N]."""
+    xs = jnp.moveaxis(_d(x), -1, 0)
+
+    def step(acc, xw):
+        xk, wk = xw
+        return _f32(_d(acc) + xk[..., None] * wk), None
+
+    acc0 = jnp.zeros(x.shape[:-1] + (w.shape[1],), _F32)
+    acc, _ = jax.lax.scan(step, acc0, (xs, _d(w)))
+    return _r(acc, dtype)
+
+
+def _rms_norm(x, weight, eps, dtype):
+    xf = x.astype(_F32)
+    var = _f32(_d(aten_sum_lastdim(_mul(xf, xf))) / x.shape[-1])
+    r = _f32(1.0 / _d(_f32(jnp.sqrt(_d(_add(var, jnp.float32(eps)))))))  # 1 / sqrt, each rounded
+    h = _r(_d(xf) * _d(r)[..., None], dtype)
+    return _r(_d(weight.astype(_F32)) * _d(h.astype(_F32)), dtype)
+
+
+def _softmax_f32(s):
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = sleef_expf(_f32(_d(s) - _d(m)))
+    inv = _f32(1.0 / _d(_reduce_all_sum(e)))
+    return _f32_subnormal(_d(e) * _d(inv[..., None]))
+
+
+def _silu(g, dtype):
+    gf = g.astype(_F32)
+    e = sleef_expf(-gf)
+    return _r(_d(gf) / _d(_add(jnp.ones_like(gf), e)), dtype)
+
+
+class TorchNumerics:
+    """Observed (min, max) ranges of a quark_jax Llama-family float model's linears, computed with torch's CPU
+    roundings (module docstring). ``model``: :class:`quark_jax.models.LlamaForCausalLM` with plain (unquantized)
+    ``nnx.Linear`` projections, fused or not; ``observe`` maps module paths to (inputs, outputs)."""
+
+    def __init__(self, model):
+        from flax import nnx
+
+        from quark_jax.models import LlamaForCausalLM
+
+        if not isinstance(model, LlamaForCausalLM):
+            raise ValueError(f"calibration numerics 'torch': needs a quark_jax LlamaForCausalLM, got "
+                             f"{type(model).__name__}; use numerics='xla'")
+        cfg = model.config
+        if cfg.rope.rope_type not in ("default", "linear"):
+            raise ValueError(f"calibration numerics 'torch': rope_type {cfg.rope.rope_type!r} is not mirrored "
+                             "(default and linear are); use numerics='xla'")
+        self.cfg, self.dtype = cfg, jnp.dtype(model.dtype)
+        self.inv_freq = torch_inverse_frequencies(cfg.rope.theta, cfg.head_dim,
+                                                  factor=cfg.rope.factor if cfg.rope.rope_type == "linear" else 1.0)
+        params = {}
+        for path, m in nnx.iter_modules(model):
+            if isinstance(m, nnx.Linear):
+                p = ".".join(str(k) for k in path)
+                params[p + ".kernel"] = m.kernel[...]
+                if m.bias is not None:
+                    params[p + ".bias"] = m.bias[...]
+            elif hasattr(m, "eps") and hasattr(m, "weight"):  # the decoder's RMSNorm
+                params[".".join(str(k) for k in path) + ".weight"] = m.weight[...]
+            elif isinstance(m, nnx.Embed):
+                params[".".join(str(k) for k in path) + ".embedding"] = m.embedding[...]
+            elif isinstance(m, nnx.Module) and hasattr(m, "kernel"):
+                raise ValueError(f"calibration numerics 'torch': {'.'.join(map(str, path))} is not a float "
+                                 "nnx.Linear")
+        self.params = params
+        self.linear_paths = [k[: -len(".kernel")] for k in params if k.endswith(".kernel")]
+        self.fused = bool(model.fuse_projections)
+
+    def ranges(self, input_ids, observe, slices):
+        """input_ids [B, T] -> {path: (input (lo, hi) float32 [2], [output (lo, hi) per slice])} for the paths
+        in ``observe`` (path -> (inputs, outputs)); ``slices``: path -> [(start, stop)] output column ranges."""
+        # every linear is observed (min/max are cheap), so that one compiled pass serves any ``observe``
+        def cuts(p):  # one slice over all columns is the default (None, None): one compile for any ``observe``
+            sl = [tuple(c) for c in (slices.get(p) or ())]
+            return tuple(sl) if len(sl) > 1 else ((None, None),)
+
+        key = tuple((p, cuts(p)) for p in self.linear_paths if p != "lm_head" or p in observe)
+        with jax.enable_x64(True):
+            out = _ranges(self.cfg, str(self.dtype), tuple(float(f) for f in self.inv_freq), self.fused, key,
+                          self.params, jnp.asarray(input_ids, jnp.int32))
+            out = jax.device_get(out)
+        return {p: out[p] for p in observe}
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _ranges(cfg, dtype_name, inv_freq, fused, key, params, ids):
+    dtype = jnp.dtype(dtype_name)
+    want = dict(key)
+    out = {}
+
+    def seen(path, x, y=None):
+        if path not in want:
+            return
+        sl = want[path]
+        xf = x.astype(_F32)
+        rin = jnp.stack([jnp.min(xf), jnp.max(xf)])
+        routs = []
+        for lo, hi in sl:
+            ys = y[..., lo:hi].astype(_F32)
+            routs.append(jnp.stack([jnp.min(ys), jnp.max(ys)]))
+        out[path] = (rin, routs)
+
+    def lin(path, x):
+        y = linear_fma(x, params[path + ".kernel"], _F32)
+        if path + ".bias" in params:
+            y = _add(y, params[path + ".bias"].astype(_F32))
+        y = _r(y, dtype)
+        seen(path, x, y)
+        return y
+
+    bsz, t = ids.shape
+    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    x = params["model.embed_tokens.embedding"][ids].astype(dtype)
+    pos = jnp.arange(t, dtype=_F32)
+    cos, sin = (jnp.asarray(c) for c in _rope_tables(t, inv_freq, dtype))
+    scaling = jnp.float32(hd ** -0.5)
+    causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+
+    def rope(v):  # v [B, H, T, D] in dtype
+        vf = v.astype(_F32)
+        rot = jnp.concatenate([-vf[..., hd // 2:], vf[..., :hd // 2]], axis=-1)
+        a = _r(_d(vf) * _d(cos), dtype).astype(_F32)
+        b = _r(_d(rot) * _d(sin), dtype).astype(_F32)
+        return _r(_d(a) + _d(b), dtype)
+
+    for i in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{i}"
+        h = _rms_norm(x, params[f"{pre}.input_layernorm.weight"], cfg.rms_norm_eps, dtype)
+        if fused:
+            qkv = lin(f"{pre}.self_attn.qkv_proj", h)
+            q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
+        else:
+            q, k, v = (lin(f"{pre}.self_attn.{n}_proj", h) for n in "qkv")
+        q = rope(q.reshape(bsz, t, nh, hd).transpose(0, 2, 1, 3))
+        k = rope(k.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3))
+        v = v.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
+        g = nh // nkv
+        k, v = jnp.repeat(k, g, axis=1), jnp.repeat(v, g, axis=1)
+        s = _bmm(q, jnp.swapaxes(k, -1, -2), dtype)
+        s = _r(_d(s.astype(_F32)) * _d(scaling), dtype)
+        p = _softmax_masked(s.astype(_F32), causal)
+        o = _bmm(_r(_d(p), dtype), v, dtype)
+        o = o.transpose(0, 2, 1, 3).reshape(bsz, t, nh * hd)
+        a = lin(f"{pre}.self_attn.o_proj", o)
+        x = _r(_d(x.astype(_F32)) + _d(a.astype(_F32)), dtype)
+        h = _rms_norm(x, params[f"{pre}.post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
+        if fused:
+            gu = lin(f"{pre}.mlp.gate_up_proj", h)
+            gt, up = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
+        else:
+            gt, up = lin(f"{pre}.mlp.gate_proj", h), lin(f"{pre}.mlp.up_proj", h)
+        m = _r(_d(_silu(gt, dtype).astype(_F32)) * _d(up.astype(_F32)), dtype)
+        d = lin(f"{pre}.mlp.down_proj", m)
+        x = _r(_d(x.astype(_F32)) + _d(d.astype(_F32)), dtype)
+    if "lm_head" in want:
+        lin("lm_head", _rms_norm(x, params["model.norm.weight"], cfg.rms_norm_eps, dtype))
+    return out
+
+
+def _rope_tables(t, inv_freq, dtype):
+    """cos, sin [T, D] float32 (values of ``dtype``) for positions 0..T-1, on the host: angles
+    ``f32(position * inv_freq)`` (HF's K=1 matmul), then the correctly rounded float32 cos/sin (numpy's float64
+    libm, rounded), rounded to the model dtype as HF's ``.to(x.dtype)``."""
+    inv = np.asarray(inv_freq, np.float32)
+    ang = (np.arange(t, dtype=np.float64)[:, None] * inv.astype(np.float64)[None]).astype(np.float32)
+    ang = np.concatenate([ang, ang], axis=-1).astype(np.float64)
+    out = []
+    for f in (np.cos, np.sin):
+        v = f(ang).astype(np.float32)
+        out.append(np.asarray(v.astype(dtype), np.float32))
+    return out
+
+
+def _bmm(a, b, dtype):
+    """Batched ``a @ b`` (a [..., M, K], b [..., K, N]) as FMA chains over k, rounded to ``dtype``."""
+    xs = jnp.moveaxis(_d(a), -1, 0)   # [K, ..., M]
+    ws = jnp.moveaxis(_d(b), -2, 0)   # [K, ..., N]
+
+    def step(acc, xw):
+        xk, wk = xw
+        return _f32(_d(acc) + xk[..., :, None] * wk[..., None, :]), None
+
+    acc0 = jnp.zeros(a.shape[:-1] + (b.shape[-1],), _F32)
+    acc, _ = jax.lax.scan(step, acc0, (xs, ws))
+    return _r(acc, dtype)
+
+
+def _softmax_masked(s, causal):
+    """Softmax (float32) of scores [B, H, T, S] with HF's additive causal mask: a masked score becomes the dtype's
+    lowest value, whose exp is 0 (SLEEF returns 0 below -104)."""
+    lowest = jnp.float32(np.finfo(np.float32).min)
+    s = jnp.where(causal, s, lowest)
+    return _softmax_f32(s)
+
