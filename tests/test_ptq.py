@@ -225,6 +225,10 @@ def test_layer_configs_and_exclude(float_dir, calib_ids, tmp_path):
     assert f.get("model.layers.1.mlp.down_proj.weight").dtype == np.float32  # excluded
     assert "model.layers.1.mlp.down_proj.weight_scale" not in f
     assert f.get("model.layers.1.self_attn.q_proj.weight").dtype == ml_dtypes.float8_e4m3fn
+    # the XLA forward's observers see what torch's forward sees up to a few ulps (SPEC section 8)
+    quark = SafetensorsFile(FX / "w_fp8_a_fp8_pertensor_static" / "model.safetensors")
+    for n in ("model.layers.1.self_attn.q_proj.input_scale", "model.layers.0.mlp.down_proj.input_scale"):
+        assert 0 <= abs(int(_bits(f.get(n))[0]) - int(_bits(quark.get(n))[0])) <= 8, n
     m = from_pretrained(out, fuse_projections=False)  # loads (and validates) the mixed checkpoint
     assert type(m.model.layers[0].self_attn.o_proj.scheme).__name__ == "QuarkW4A16MXFP4"
 

@@ -6,6 +6,8 @@ unquantized activations).
 
 from __future__ import annotations
 
+import itertools
+from functools import partial
 from typing import Iterable, Mapping
 
 import jax
@@ -18,43 +20,46 @@ from quark_jax.nn.substitute import set_attr_at
 from quark_jax.ptq.observers import MinMax
 from quark_jax.quant.rounding import exact_f32, round_to
 
-__all__ = ["ObservedRange", "Observer", "calibrate"]
+__all__ = ["NUMERICS", "ObserverSlot", "Observer", "calibrate"]
 
 
-class ObservedRange(nnx.Variable):
-    """A running (min, max) pair, float32 [2], of a calibration observer."""
+class ObserverSlot(nnx.Variable):
+    """The int32 index under which an :class:`Observer` reports its ranges to the running calibration (state,
+    not a static attribute: a decoder may trace one layer's graph for all layers of the same structure)."""
 
 
-def _empty():
-    return jnp.array([jnp.inf, -jnp.inf], jnp.float32)
+_SINKS: dict[int, list[MinMax]] = {}  # slot -> [input range, output range per slice], while calibrate() runs
+_NEXT_SLOT = itertools.count()
 
 
-def _fold(var, v):
-    lo, hi = jnp.min(v), jnp.max(v)
-    cur = var[...]
-    var.set_value(jnp.stack([jnp.minimum(cur[0], lo), jnp.maximum(cur[1], hi)]))
+def _record(slot, lo, hi, *, which: int):
+    """Host side of an observation: fold (lo, hi) into the slot's range ``which`` (0 = input, 1 + i = slice i)."""
+    _SINKS[int(slot)][which].merge(np.float32(lo), np.float32(hi))
+
+
+def _report(slot, v, which: int):
+    jax.debug.callback(partial(_record, which=which), slot, jnp.min(v), jnp.max(v))
 
 
 class Observer(nnx.Module):
-    """Wraps a linear layer: ``y = layer(x)``, folding min/max of x (``inputs``) and of y rounded to x's dtype
-    (``outputs``) into :class:`ObservedRange` variables. ``slices`` (for a fused layer) observe the output per
-    shard: a list of (start, stop) column ranges."""
+    """Wraps a linear layer: ``y = layer(x)``, reporting min/max of x (``inputs``) and of y rounded to x's dtype
+    (``outputs``) to the host (``jax.debug.callback``; min/max folding is order-free), under ``slot``.
+    ``slices`` (for a fused layer) observe the output per shard: a list of (start, stop) column ranges."""
 
-    def __init__(self, layer, *, inputs: bool, outputs: bool, slices=None):
+    def __init__(self, layer, *, slot: int, inputs: bool, outputs: bool, slices=None):
         self.layer = layer
+        self.slot = ObserverSlot(jnp.int32(slot))
         self.observe_inputs, self.observe_outputs = inputs, outputs
         self.slices = tuple(slices) if slices else ((None, None),)
-        self.input_range = ObservedRange(_empty())
-        self.output_range = nnx.List([ObservedRange(_empty()) for _ in self.slices])
 
     def __call__(self, x):
         if self.observe_inputs:
-            _fold(self.input_range, exact_f32(x))
+            _report(self.slot[...], exact_f32(x), 0)
         y = self.layer(x)
         if self.observe_outputs:
             yr = exact_f32(round_to(y, x.dtype))
-            for var, (a, b) in zip(self.output_range, self.slices):
-                _fold(var, yr[..., a:b])
+            for i, (a, b) in enumerate(self.slices):
+                _report(self.slot[...], yr[..., a:b], 1 + i)
         return y
 
 
@@ -88,39 +93,32 @@ def calibrate(model, observe: Mapping[str, tuple[bool, bool]], batches: Iterable
         p = module_path(path)
         if p in observe and path:
             inputs, outputs = observe[p]
-            obs = Observer(module, inputs=inputs, outputs=outputs, slices=(output_slices or {}).get(p))
+            slices = (output_slices or {}).get(p)
+            slot = next(_NEXT_SLOT)
+            _SINKS[slot] = [MinMax() for _ in range(1 + max(1, len(slices or ())))]
+            obs = Observer(module, slot=slot, inputs=inputs, outputs=outputs, slices=slices)
             set_attr_at(model, path, obs)
-            wrapped.append((path, p, obs))
-    missing = sorted(set(observe) - {p for _, p, _ in wrapped})
-    if missing:
-        raise ValueError(f"calibrate: the model has no layer at {missing[:4]} (paths to observe)")
+            wrapped.append((path, p, obs, slot))
     n = 0
     try:
+        missing = sorted(set(observe) - {p for _, p, _, _ in wrapped})
+        if missing:
+            raise ValueError(f"calibrate: the model has no layer at {missing[:4]} (paths to observe)")
         for ids in batches:
             ids = np.asarray(ids)
             if ids.ndim == 1:
                 ids = ids[None]
             _run(model, jnp.asarray(ids, jnp.int32))
             n += 1
+        jax.effects_barrier()  # every observation has reached the host
+        if n == 0:
+            raise ValueError("calibration_batches: no batches (static input or KV-cache scales need calibration "
+                             "data)")
+        return {p: {"input": _SINKS[slot][0], "output": _SINKS[slot][1:]} for _, p, _, slot in wrapped}
     finally:
-        for path, _, obs in wrapped:
+        for path, _, obs, slot in wrapped:
             set_attr_at(model, path, obs.layer)
-    if n == 0:
-        raise ValueError("calibration_batches: no batches (static input or KV-cache scales need calibration data)")
-    out = {}
-    for _, p, obs in wrapped:
-        rng = MinMax()
-        lo, hi = np.asarray(jax.device_get(obs.input_range[...]))
-        if obs.observe_inputs:
-            rng.merge(lo, hi)
-        outs = []
-        for var in obs.output_range:
-            m = MinMax()
-            if obs.observe_outputs:
-                m.merge(*np.asarray(jax.device_get(var[...])))
-            outs.append(m)
-        out[p] = {"input": rng, "output": outs}
-    return out
+            _SINKS.pop(slot, None)
 
 
 def _calibrate_torch(model, observe, batches, output_slices):
