@@ -1,0 +1,294 @@
+"""End-to-end MoE benchmark (issue 22 item 4): Mixtral-8x7B- and Qwen3-30B-A3B-shaped checkpoints with random
+weights (as many layers as ``--layers``, default 8), written per expert scheme through quark_jax's quantizers in
+the layout Quark exports (``mlp.experts.{i}.{gate,up,down}_proj``), loaded with ``from_pretrained`` and run with
+``generate``.
+
+Per scheme, one at a time (write, measure, delete: 8 Mixtral-shaped layers are 23 GB in bf16):
+
+* ``load_gbs``, ``first_call_s`` (the first ``generate``: compilation included);
+* ``prefill``: prompt tokens / prefill seconds at each ``--prefill`` length (median of 3 after a compile);
+* ``decode``: per batch, ms per step of the device-side decode loop (min of 2 runs of ``--new-tokens``), and
+  the **active floor**: the bytes one step must read -- attention, norms, router, lm_head, one embedding row per
+  token, the KV cache, and of each MoE layer only the experts the batch can select (``min(E, B * k)`` of E; at
+  batch 1 the top-k) -- at 4.3 TB/s (H200 HBM, ``floor_ms``) and at the measured copy bandwidth
+  (``floor_measured_ms``); ``all_experts_ms``: the same with every expert read (what a kernel that reads unselected
+  experts would approach).
+
+Schemes (the attention and dense layers use the same scheme as the experts; the router and lm_head stay bf16):
+``bf16``; ``fp8`` (FP8 per-tensor weights, static per-tensor input scale ``bench_e2e.INPUT_SCALE``); ``fp8_dyn`` (FP8
+per-channel weights, dynamic per-token inputs); ``mxfp4`` (MXFP4 W4A4). Targets (issue 22, H200, batch 1, the
+Mixtral shape): decode within 2x of the active floor for FP8 experts, 2.5x for MXFP4; prefill at 2048 tokens with
+FP8 experts >= 1.0x bf16 experts.
+
+    python benchmarks/bench_moe.py --shape mixtral --schemes bf16,fp8,mxfp4 --out results.json
+    python benchmarks/bench_moe.py --shape qwen3-moe --layers 8
+    python benchmarks/bench_moe.py --shape tiny-mixtral     # CPU, seconds (a test runs it)
+
+Results go to ``--out`` as JSON, rewritten after every step (a cut-off run keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_e2e import copy_bandwidth, prompt, quantized_linear, write_safetensors  # noqa: E402
+
+HBM_BYTES_PER_S = 4.3e12  # H200
+SHAPES = {  # full depth in comments; --layers picks how many are built
+    "mixtral": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_local_experts=8,
+                    num_experts_per_tok=2, num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                    rope_theta=1e6, num_hidden_layers=32),
+    "qwen3-moe": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                      num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, num_attention_heads=32,
+                      num_key_value_heads=4, head_dim=128, vocab_size=151936, rope_theta=1e6,
+                      num_hidden_layers=48),
+    "tiny-mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=64, num_local_experts=4,
+                         num_experts_per_tok=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                         rope_theta=1e4, num_hidden_layers=2),
+    "tiny-qwen3-moe": dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                           num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=32, vocab_size=256, rope_theta=1e4,
+                           num_hidden_layers=2),
+}
+MOE_FIXTURES = ROOT / "tests" / "fixtures" / "quark_tiny_moe" / "mixtral"
+QUARK_CONFIG_OF = {"fp8": "w_fp8_a_fp8_pertensor_static", "fp8_dyn": "w_fp8_perchannel_a_fp8_pertoken_dynamic",
+                   "mxfp4": "w_mxfp4_a_mxfp4"}
+SCHEMES = ("bf16",) + tuple(QUARK_CONFIG_OF)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def model_config(shape: str, layers: int | None, max_positions: int) -> dict:
+    c = dict(rms_norm_eps=1e-6, max_position_embeddings=max_positions, dtype="bfloat16", tie_word_embeddings=False,
+             bos_token_id=1, eos_token_id=2, hidden_act="silu")
+    c.update(SHAPES[shape])
+    if layers:
+        c["num_hidden_layers"] = int(layers)
+    return c
+
+
+def geometry(cfg: dict) -> dict:
+    """Sizes the writer and the floor need: hidden, heads x head_dim, experts, top-k, expert intermediate."""
+    h = cfg["hidden_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    e = cfg.get("num_local_experts") or cfg.get("num_experts")
+    i = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    return dict(h=h, hd=hd, nq=cfg["num_attention_heads"] * hd, nkv=cfg["num_key_value_heads"] * hd, e=e,
+                k=cfg["num_experts_per_tok"], i=i, v=cfg["vocab_size"], layers=cfg["num_hidden_layers"])
+
+
+def write_checkpoint(d: Path, shape: str, scheme: str, *, layers: int | None, max_positions: int,
+                     seed: int = 0) -> int:
+    """Random weights N(0, 0.02) (router N(0, 1): varied routing), one safetensors shard per layer; returns bytes."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = model_config(shape, layers, max_positions)
+    if scheme != "bf16":
+        cfg["quantization_config"] = json.loads(
+            (MOE_FIXTURES / QUARK_CONFIG_OF[scheme] / "config.json").read_text())["quantization_config"]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg, indent=1))
+    g = geometry(cfg)
+    h, i, e = g["h"], g["i"], g["e"]
+    key = jax.random.PRNGKey(seed)
+    counter = [0]
+
+    def rand(shape_, std=0.02):
+        counter[0] += 1
+        return jax.random.normal(jax.random.fold_in(key, counter[0]), shape_, jnp.float32) * std
+
+    def bf16(a):
+        return np.asarray(a.astype(jnp.bfloat16))
+
+    total, weight_map = 0, {}
+    n_files = g["layers"] + 1
+    for li in range(g["layers"]):
+        t = {}
+        p = f"model.layers.{li}."
+        linears = [("self_attn.q_proj", (g["nq"], h)), ("self_attn.k_proj", (g["nkv"], h)),
+                   ("self_attn.v_proj", (g["nkv"], h)), ("self_attn.o_proj", (h, g["nq"]))]
+        linears += [(f"mlp.experts.{x}.{proj}", shp) for x in range(e)
+                    for proj, shp in (("gate_proj", (i, h)), ("up_proj", (i, h)), ("down_proj", (h, i)))]
+        for name, shp in linears:
+            for suffix, a in quantized_linear(scheme, rand(shp)).items():
+                t[f"{p}{name}.{suffix}"] = a
+        t[p + "mlp.gate.weight"] = bf16(rand((e, h), 1.0))
+        t[p + "input_layernorm.weight"] = bf16(1.0 + rand((h,)))
+        t[p + "post_attention_layernorm.weight"] = bf16(1.0 + rand((h,)))
+        if cfg["model_type"] == "qwen3_moe":
+            t[p + "self_attn.q_norm.weight"] = bf16(1.0 + rand((g["hd"],)))
+            t[p + "self_attn.k_norm.weight"] = bf16(1.0 + rand((g["hd"],)))
+        fname = f"model-{li + 1:05d}-of-{n_files:05d}.safetensors"
+        total += write_safetensors(d / fname, t)
+        weight_map.update({n: fname for n in t})
+        del t
+    t = {"model.embed_tokens.weight": bf16(rand((g["v"], h)) * 50), "model.norm.weight": bf16(1.0 + rand((h,))),
+         "lm_head.weight": bf16(rand((g["v"], h)))}
+    fname = f"model-{n_files:05d}-of-{n_files:05d}.safetensors"
+    total += write_safetensors(d / fname, t)
+    weight_map.update({n: fname for n in t})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return total
+
+
+def step_bytes(model, batch: int, cache_len: int) -> tuple[int, int]:
+    """(active, all-experts) bytes one decode step reads: every parameter but the embedding table (B rows of it)
+    and the experts (``min(E, B * k) / E`` of each QuarkExperts module for the active floor), plus the KV cache."""
+    from flax import nnx
+
+    from quark_jax.nn import QuarkExperts
+
+    c = model.config
+    active_frac = min(c.num_experts, batch * c.num_experts_per_tok) / c.num_experts
+    expert_paths = {tuple(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, QuarkExperts)}
+    active = everything = 0
+    for path, v in nnx.to_flat_state(nnx.state(model)):
+        v = v.get_value() if hasattr(v, "get_value") else v
+        if not hasattr(v, "shape"):
+            continue
+        n = int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        path = tuple(map(str, path))
+        if "embed_tokens" in path:
+            n = batch * v.shape[-1] * np.dtype(v.dtype).itemsize
+        if path[:-1] in expert_paths:
+            active += int(n * active_frac)
+        else:
+            active += n
+        everything += n
+    kv = 2 * c.num_hidden_layers * batch * cache_len * c.num_key_value_heads * c.head_dim
+    kv *= np.dtype(model.kv_cache_dtype).itemsize
+    return active + kv, everything + kv
+
+
+def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: dict, save) -> None:
+    import jax
+    from flax import nnx
+
+    from quark_jax.models import from_pretrained
+
+    t0 = time.perf_counter()
+    model = from_pretrained(ckpt, progress=False)
+    jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
+    load_s = time.perf_counter() - t0
+    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
+    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s")
+    save()
+    vocab, n_new, plen = model.config.vocab_size, args.new_tokens, args.prompt
+    cache_len = plen + n_new
+    t0 = time.perf_counter()
+    np.asarray(model.generate(prompt(1, plen, vocab), n_new, max_cache_len=cache_len))
+    result["first_call_s"] = time.perf_counter() - t0
+    log(f"  first generate call {result['first_call_s']:.2f} s")
+    save()
+
+    result["decode"] = {}
+    for b in args.batches:
+        per = []
+        for rep in range(2):
+            _, st = model.generate(prompt(b, plen, vocab, seed=rep), n_new, max_cache_len=cache_len,
+                                   return_stats=True)
+            per.append(float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+        ms = 1e3 * min(per)
+        active, everything = step_bytes(model, b, cache_len)
+        floor_ms = 1e3 * active / HBM_BYTES_PER_S
+        result["decode"][str(b)] = dict(
+            ms_per_token=ms, tok_s=1e3 * b / ms, active_bytes=active, all_expert_bytes=everything,
+            floor_ms=floor_ms, x_floor=ms / floor_ms, all_experts_ms=1e3 * everything / HBM_BYTES_PER_S,
+            floor_measured_ms=(1e3 * active / bandwidth) if bandwidth else None, runs_ms=[1e3 * p for p in per])
+        log(f"  decode batch {b}: {ms:.3f} ms/step ({1e3 * b / ms:.1f} tok/s); active floor {floor_ms:.3f} ms "
+            f"({ms / floor_ms:.2f}x), all experts {1e3 * everything / HBM_BYTES_PER_S:.3f} ms")
+        save()
+
+    result["prefill"] = {}
+    for plen_p in args.prefill:
+        if plen_p + 1 > model.config.max_position_embeddings:
+            continue
+        ts = []
+        for rep in range(4):
+            _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
+                                   return_stats=True)
+            ts.append(st.prefill_s)
+        s = statistics.median(ts[1:])
+        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
+        log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s)")
+        save()
+    del model
+    gc.collect()
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="mixtral")
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers to build (default 8; tiny: 2)")
+    ap.add_argument("--schemes", default="bf16,fp8,mxfp4")
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prefill", default="128,2048")
+    ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    tiny = args.shape.startswith("tiny")
+    if args.layers is None:
+        args.layers = None if tiny else 8
+    if tiny:
+        args.prompt, args.new_tokens = min(args.prompt, 8), min(args.new_tokens, 8)
+        args.prefill = str(args.prompt)  # the decode run's cache length: no extra compile
+    args.batches = [int(b) for b in str(args.batches).split(",") if b]
+    args.prefill = [int(p) for p in str(args.prefill).split(",") if p]
+    schemes = [s for s in args.schemes.split(",") if s]
+    bad = [s for s in schemes if s not in SCHEMES]
+    if bad:
+        raise SystemExit(f"--schemes: unknown {bad} (known: {', '.join(SCHEMES)})")
+    import jax
+
+    max_pos = max([args.prompt + args.new_tokens] + [p + args.new_tokens for p in args.prefill]) + 64
+    res = {"shape": args.shape, "layers": args.layers or SHAPES[args.shape]["num_hidden_layers"],
+           "config": model_config(args.shape, args.layers, max_pos), "device": str(jax.devices()[0]),
+           "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"), "schemes": {}}
+
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
+    bandwidth = copy_bandwidth()
+    res["copy_bandwidth_gbs"] = bandwidth / 1e9
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_moe_"))
+    for scheme in schemes:
+        log(f"{args.shape} x {res['layers']} layers, {scheme}")
+        r = res["schemes"][scheme] = {"scheme": scheme}
+        ckpt = base / f"{args.shape}_{scheme}"
+        try:
+            t0 = time.perf_counter()
+            nbytes = write_checkpoint(ckpt, args.shape, scheme, layers=args.layers, max_positions=max_pos)
+            r["write_s"] = time.perf_counter() - t0
+            measure_scheme(ckpt, nbytes, args, bandwidth, r, save)
+        except Exception as e:  # noqa: BLE001  (a failed scheme is reported, the others still run)
+            r["error"] = f"{type(e).__name__}: {e}"[:2000]
+            log(f"  FAILED: {r['error']}")
+        finally:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            save()
+    if not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
