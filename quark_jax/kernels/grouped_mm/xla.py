@@ -22,22 +22,24 @@ _DIMS = lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((1,), (2,)), ((), 
 
 
 def row_groups(group_sizes, m: int):
-    """int32 [M]: the group (expert) of each sorted row; rows past ``sum(group_sizes)`` get E (no group).
+    """int32 [M]: the group (expert) of each sorted row; rows past ``sum(group_sizes)`` get E (no group). A
+    compare-and-count (no ``searchsorted`` loop, which costs a kernel per step on the GPU).
 
     >>> row_groups(jnp.array([2, 0, 1], jnp.int32), 5).tolist()
     [0, 0, 2, 3, 3]
     """
     ends = jnp.cumsum(group_sizes.astype(jnp.int32))
-    return jnp.searchsorted(ends, jnp.arange(m, dtype=jnp.int32), side="right").astype(jnp.int32)
+    rows = jnp.arange(m, dtype=jnp.int32)
+    return jnp.sum(ends[None, :] <= rows[:, None], axis=1, dtype=jnp.int32)
 
 
 def row_weight_scale(w_scale, group_sizes, m: int):
     """f32 [M, 1] (per-tensor ``w_scale`` [E]) or [M, N] (per-channel [E, N]): each row's expert's scale, 0 for
     rows past the groups."""
-    pad = jnp.zeros((1, *w_scale.shape[1:]), jnp.float32)
-    ext = jnp.concatenate([w_scale.astype(jnp.float32), pad], axis=0)
-    rows = jnp.take(ext, row_groups(group_sizes, m), axis=0)
-    return rows.reshape(m, -1)
+    e = w_scale.shape[0]
+    grp = row_groups(group_sizes, m)
+    rows = jnp.take(w_scale.astype(jnp.float32), jnp.minimum(grp, e - 1), axis=0).reshape(m, -1)
+    return jnp.where((grp < e)[:, None], rows, 0.0)
 
 
 def grouped_mm_xla(x, w, group_sizes, *, w_scale=None, x_scale=None, scheme="bf16", out_dtype=jnp.bfloat16):
