@@ -240,26 +240,27 @@ class TestGroupedMxfp4(_GroupedContract):
 
 @pytest.mark.parametrize("m,block_m", [(2, 16), (45, 16), (300, 128)])
 def test_work_items_cover_each_row_once_and_skip_empty_experts(m, block_m):
-    """Every row in [0, M) is covered by exactly one (item, row) pair; each item's rows lie in its tile and its
-    group; experts with no rows have no item; the list fits the static bound."""
+    """Every row in [0, M) is covered by exactly one item; each item's window starts inside its group and ends at
+    its group's end or block_m rows later; a group has cdiv(size, block_m) items; experts with no rows have
+    none; the list fits the static bound."""
     rng = np.random.default_rng(m)
     e = 6
     batch = np.stack([np.asarray(_sizes(rng, m, e, empty=trial % 2 == 0)) for trial in range(16)])
     lists = jax.jit(jax.vmap(lambda g: pallas_triton.work_items(g, m, block_m)))(jnp.asarray(batch))
-    for sizes, grp, tile, lo, hi in zip(batch, *(np.asarray(a) for a in lists)):
+    for sizes, grp, row0, hi in zip(batch, *(np.asarray(a) for a in lists)):
         assert len(grp) == pallas_triton.max_items(m, e, block_m)
         ends = np.cumsum(sizes)
+        bounds = [(ends[g] - sizes[g], ends[g]) for g in range(e)] + [(ends[-1], m)]
         covered = np.zeros(m, int)
-        for g, t, a, b in zip(grp, tile, lo, hi):
+        for g, r0, b in zip(grp, row0, hi):
             if g > e:
                 continue
-            want_lo, want_hi = ((ends[g] - sizes[g], ends[g]) if g < e else (ends[-1], m))
-            assert (a, b) == (want_lo, want_hi) and b > a
-            rows = np.arange(t * block_m, (t + 1) * block_m)
-            covered[rows[(rows >= a) & (rows < b)]] += 1
+            start, end = bounds[g]
+            assert b == end and start <= r0 < end and (r0 - start) % block_m == 0
+            covered[r0:min(r0 + block_m, end)] += 1
         np.testing.assert_array_equal(covered, 1)
-        active = set(grp[grp < e].tolist())
-        assert active == set(np.flatnonzero(sizes).tolist())
+        items = np.bincount(grp[grp <= e], minlength=e + 1)
+        np.testing.assert_array_equal(items, [-(-(b - a) // block_m) for a, b in bounds])
 
 
 def test_unselected_experts_are_never_read():

@@ -6,16 +6,16 @@ accumulation, one rounding to ``out_dtype``. The expert weights are read as stor
 packed MXFP4 uint8 [E, N, K/2] with E8M0 bytes [E, N, K/32], decoded in registers
 (``kernels.mxfp4_mm.decode``); nothing is dequantized in HBM.
 
-Work list (computed by XLA from ``group_sizes``, :func:`work_items`): the sorted rows are cut into row tiles of
-``block_m``; a tile that straddles expert boundaries appears once per expert it holds, and the rows past
-``sum(group_sizes)`` form one more group whose tiles store zeros. At most ``T = cdiv(M, block_m) +
-min(E + 1, M) - 1`` items (each non-empty group adds at most one boundary tile); the unused slots are idle. A
-program is (item, N tile[, K split]): it reads the item's expert id, row range and tile from four int32 vectors,
+Work list (computed by XLA from ``group_sizes``, :func:`work_items`): each group's rows are cut into windows of
+``block_m`` rows starting at the group's first row (only its last window is partial), and the rows past
+``sum(group_sizes)`` form one more group whose windows store zeros. At most ``T = cdiv(M, block_m) +
+min(E + 1, M) - 1`` items (each non-empty group adds at most one partial window); the unused slots are idle. A
+program is (item, N tile[, K split]): it reads the item's expert id, first row and end row from three int32 vectors,
 loads only the item's rows of x (masked), streams ``block_n`` rows of that expert's weight over its K range and
 stores only the item's rows (masked). Experts no row was routed to have no item, so their weights are never
 read: at decode (M = tokens x top-k rows) the kernel reads exactly the selected experts' weights.
 
-Program order: items fastest, then N tiles, so the items of one expert (consecutive row tiles) reuse the same
+Program order: items fastest, then N tiles, so the items of one expert (consecutive row windows) reuse the same
 weight tile from L2 at prefill. With ``split_k > 1`` the kernel writes raw f32 partial sums [S, M, N] and one
 XLA fusion sums them and applies the scales (the same operation order as the reference).
 
@@ -50,7 +50,7 @@ class Config:
     True
     """
 
-    block_m: int = 16  # sorted rows per tile (a tile holding several experts runs once per expert, masked)
+    block_m: int = 16  # sorted rows per window (windows start at each expert's first row; the last is masked)
     block_n: int = 64  # weight rows (output columns) per program
     block_k: int = 256  # K elements per loop step (MXFP4: a multiple of 32, one MX block)
     split_k: int = 1  # programs sharing one tile's K range (> 1: f32 partial sums reduced by XLA)
@@ -80,8 +80,8 @@ class Config:
 
 # Defaults per scheme and M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels'
 # tilings (fp8_scaled_mm and mxfp4_mm sweeps, benchmarks/NOTES.md) carried over. Decode streams narrow weight
-# strips over K with the weight as the tall MMA operand; prefill uses 128-row tiles (a tile straddling two experts
-# runs twice, so larger row tiles waste more).
+# strips over K with the weight as the tall MMA operand; prefill uses 128-row windows (each expert's last window is
+# partial, so larger windows waste more).
 _DECODE = {
     "16": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
     "64": Config(block_m=32, block_n=64, block_k=256, num_warps=4, num_stages=3),
@@ -103,8 +103,8 @@ MIN_PROGRAMS = 224
 
 
 def max_items(m: int, e: int, block_m: int) -> int:
-    """Static bound on the work items: row tiles plus one boundary tile per further non-empty group (the
-    experts and the group of rows past the sum, at most M of them non-empty).
+    """Static bound on the work items, ``sum_g cdiv(size_g, block_m)`` over the non-empty groups (the experts and
+    the rows past the sum, at most M of them): full windows plus at most one partial window per group.
 
     >>> max_items(2, 8, 16), max_items(4096, 8, 128)
     (2, 40)
@@ -159,33 +159,32 @@ def _inclusive_sum(v):
 
 def work_items(group_sizes, m: int, block_m: int):
     """The work list for rows sorted by group: int32 vectors [T] (``T = max_items``) of each item's group (E =
-    the rows past the groups: store zeros; E + 1 = unused slot), row tile, and first / end row of its group.
-    Group ends are clamped to M. Built from compares and masked sums only (a few small fusions on the GPU; the
-    first version's cumsum / searchsorted / concatenate cost ~22 us per call on the H200).
+    the rows past the groups: store zeros; E + 1 = unused slot), first row and the end row of its group. Item j of
+    group g covers rows ``[start_g + j * block_m, min(start_g + (j + 1) * block_m, end_g))``: windows start at each
+    group's first row, so only a group's last window is partial (sum of cdiv(size, block_m) items). Group ends are
+    clamped to M. Built from compares and masked sums only (a few small fusions on the GPU; cumsum / searchsorted /
+    concatenate cost ~22 us per call on the H200).
 
-    >>> g, t, lo, hi = work_items(jnp.array([3, 0, 14], jnp.int32), 20, 16)  # 3 rows past the groups
-    >>> g.tolist(), t.tolist(), lo.tolist(), hi.tolist()
-    ([0, 2, 2, 3, 4], [0, 0, 1, 1, 0], [0, 3, 3, 17, 0], [3, 17, 17, 20, 0])
+    >>> g, r0, hi = work_items(jnp.array([3, 0, 14], jnp.int32), 20, 16)  # 3 rows past the groups
+    >>> g.tolist(), r0.tolist(), hi.tolist()
+    ([0, 2, 3, 4, 4], [0, 3, 17, 0, 0], [3, 17, 20, 0, 0])
     """
     e = group_sizes.shape[0]
     g = jnp.arange(e + 1, dtype=jnp.int32)
     sizes = jnp.where(g < e, group_sizes.astype(jnp.int32)[jnp.minimum(g, e - 1)], 0)  # group e: no sized rows
-    ends = jnp.minimum(_inclusive_sum(sizes), m)
-    ends = jnp.where(g < e, ends, m)  # group e runs to M
+    ends = jnp.where(g < e, jnp.minimum(_inclusive_sum(sizes), m), m)  # group e runs to M
     starts = jnp.minimum(_inclusive_sum(sizes) - sizes, m)
-    first = starts // block_m
-    count = jnp.where(ends > starts, (ends - 1) // block_m - first + 1, 0)
+    count = jnp.where(ends > starts, (ends - starts + block_m - 1) // block_m, 0)
     cum = _inclusive_sum(count)
     t = jnp.arange(max_items(m, e, block_m), dtype=jnp.int32)
     grp = jnp.sum(cum[None, :] <= t[:, None], axis=1, dtype=jnp.int32)  # e + 1 past the last item
-    valid = grp <= e
     pick = (g[None, :] == grp[:, None])  # [T, e + 1] one-hot of each item's group (none for unused slots)
 
     def take(v):
         return jnp.sum(jnp.where(pick, v[None, :], 0), axis=1, dtype=jnp.int32)
 
-    tile = take(first) + t - (take(cum) - take(count))
-    return grp, jnp.where(valid, tile, 0), take(starts), take(ends)
+    row0 = take(starts) + (t - take(cum) + take(count)) * block_m
+    return grp, jnp.where(grp <= e, row0, 0), take(ends)
 
 
 def _ptx_decode_ok() -> bool:
@@ -198,7 +197,7 @@ def _dot(a, b, precision):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
 
 
-def _kernel(grp_ref, tile_ref, lo_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, e: int, items: int,
+def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, e: int, items: int,
             k_len: int, per_channel: bool, partial: bool, w_dtype, precision):
     from jax.experimental.pallas import triton as plgpu
 
@@ -213,11 +212,10 @@ def _kernel(grp_ref, tile_ref, lo_ref, hi_ref, *refs, scheme: str, cfg: Config, 
     item = pid % items
     c0 = pl.multiple_of((pid // items) * bn, bn)
     g = grp_ref[item]
-    r0 = tile_ref[item] * bm
-    lo = lo_ref[item]
+    r0 = row0_ref[item]  # the item's rows are r0 .. min(r0 + bm, hi), all in its group
     hi = hi_ref[item]
     rows = r0 + jnp.arange(bm, dtype=jnp.int32)
-    row_ok = (rows >= lo) & (rows < hi)
+    row_ok = rows < hi
     out_mask = jnp.broadcast_to(row_ok[:, None], (bm, bn))
     o_view = o_ref.at[split, pl.ds(r0, bm), pl.ds(c0, bn)] if partial else o_ref.at[pl.ds(r0, bm), pl.ds(c0, bn)]
     k_first = split * k_len
