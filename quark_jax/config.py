@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 NEVER_QUANTIZED = ("embed_tokens", "lm_head")
+MOE_ROUTER_PARENTS = ("mlp", "block_sparse_moe")  # <parent>.gate is a MoE router: never quantized (vLLM builds it
+# without a quant_config; transformers 5 makes it a plain parameter, so Quark's exports never quantize it)
 LINEAR_TYPE_NAMES = ("Linear", "nn.Linear", "torch.nn.Linear", "torch.nn.modules.linear.Linear")
 
 
@@ -339,6 +341,10 @@ class QuarkConfig:
                                                for p in self.layer_quant_config):
             return LayerPlan(path=layer_path, status="unquantized",
                              source="embeddings and lm_head stay unquantized")
+        parts = layer_path.split(".")
+        if leaf == "gate" and len(parts) > 1 and parts[-2] in MOE_ROUTER_PARENTS and \
+                not any(fnmatch.fnmatchcase(layer_path, p) for p in self.layer_quant_config):
+            return LayerPlan(path=layer_path, status="unquantized", source="MoE routers stay unquantized")
         cfg = self.layer_config(layer_path, layer_type)
         if cfg is None:
             return LayerPlan(path=layer_path, status="unquantized", source="no global_quant_config", kv_cache=kv)

@@ -75,7 +75,7 @@ def _model_problems(directory: Path, config: dict, reader) -> list[CheckpointPro
     from flax import nnx
 
     from quark_jax.io import CheckpointReader
-    from quark_jax.models import LlamaForCausalLM, ModelConfig
+    from quark_jax.models import LlamaForCausalLM, ModelConfig, moe_block_name
     from quark_jax.nn import load_weights, quantize_model
 
     class _HeadersOnly(CheckpointReader):
@@ -85,8 +85,10 @@ def _model_problems(directory: Path, config: dict, reader) -> list[CheckpointPro
     source = str(directory / "config.json")
     try:
         cfg = ModelConfig.from_dict(config, source=source)
-        model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0), fuse_projections=True))
         headers = _HeadersOnly(directory, config=config)
+        moe = moe_block_name(headers, cfg)  # Mixtral's block_sparse_moe or mlp
+        model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0), fuse_projections=True,
+                                                        moe_module=moe))
         if config.get("quantization_config") is not None:
             d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
             widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}

@@ -12,6 +12,7 @@ from quark_jax.models.kv_cache import KVCache
 from quark_jax.models.inputs import check_token_ids
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.models.loading import from_pretrained
+from quark_jax.models.moe import MoEBlock, moe_block_name
 from quark_jax.models.text import generate_text, prompt_ids, stream_text
 from quark_jax.models.tokenizer import StreamDecoder, Tokenizer, split_at_stop
 
@@ -20,4 +21,4 @@ load = from_pretrained  # the name docs/DESIGN.md uses
 __all__ = ["from_pretrained", "load", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "UnsupportedModelError", "KVCache",
            "generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "check_token_ids",
            "DeviceMemoryError", "Tokenizer", "StreamDecoder", "generate_text", "stream_text", "prompt_ids",
-           "split_at_stop"]
+           "split_at_stop", "MoEBlock", "moe_block_name"]

@@ -17,6 +17,7 @@ from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.generation import check_fits
 from quark_jax.models.llama import LlamaForCausalLM
+from quark_jax.models.moe import moe_block_name
 from quark_jax.nn.load import load_weights
 from quark_jax.nn import DEFAULT_RULES
 from quark_jax.nn.substitute import quantize_model
@@ -74,7 +75,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     if cfg.moe_layers and mesh is not None:
         raise InvalidArgumentError(f"checkpoint {checkpoint_dir}: tensor parallelism (mesh=) does not support "
                                    f"mixture-of-experts models ({cfg.model_type}) yet; load without a mesh")
-    moe_module = _moe_module(reader, cfg)
+    moe_module = moe_block_name(reader, cfg)
     if fuse_projections is None:  # a float fused layer under a mesh would split [q | k | v] contiguously (XLA
         # partitions it, then moves activations between devices); a Quark layer splits per logical shard
         fuse_projections = quark or mesh is None
@@ -100,14 +101,6 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     model.mesh = mesh  # static: generate shards the KV cache over it
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model
-
-
-def _moe_module(reader, cfg: ModelConfig) -> str:
-    """Where the checkpoint keeps a sparse layer's block: "mlp" (HF, Quark) or Mixtral's "block_sparse_moe"."""
-    if not cfg.moe_layers:
-        return "mlp"
-    first = cfg.moe_layers[0]
-    return "block_sparse_moe" if f"model.layers.{first}.block_sparse_moe.gate.weight" in reader else "mlp"
 
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")

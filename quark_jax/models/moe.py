@@ -21,7 +21,23 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.nn import QuarkExperts
 from quark_jax.quant import dot_precision, round_to
 
-__all__ = ["Router", "Experts", "MoEBlock", "route"]
+__all__ = ["Router", "Experts", "MoEBlock", "route", "moe_block_name"]
+
+
+def moe_block_name(names, cfg: ModelConfig) -> str:
+    """The attribute (and checkpoint module) of a sparse layer's block: Mixtral's original ``"block_sparse_moe"``
+    when the checkpoint (anything supporting ``in``: a reader, a set of tensor names) stores the router there,
+    else ``"mlp"`` (HF transformers 5, Quark's exports, Qwen3-MoE).
+
+    >>> cfg = ModelConfig.from_dict({"model_type": "mixtral", "vocab_size": 8, "hidden_size": 8,
+    ...     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1})
+    >>> moe_block_name({"model.layers.0.block_sparse_moe.gate.weight"}, cfg), moe_block_name(set(), cfg)
+    ('block_sparse_moe', 'mlp')
+    """
+    if not cfg.moe_layers:
+        return "mlp"
+    legacy = f"model.layers.{cfg.moe_layers[0]}.block_sparse_moe.gate.weight"
+    return "block_sparse_moe" if legacy in names else "mlp"
 
 
 class Router(nnx.Module):
