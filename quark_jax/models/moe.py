@@ -113,12 +113,13 @@ def moe_experts(tokens, weights, chosen, gate_up, down, num_experts: int, interm
     flat = chosen.reshape(-1)  # [T * k]: row r is token r // k, choice r % k
     order = jnp.argsort(flat, stable=True)  # rows sorted by expert (stable: token order within an expert)
     row_expert = flat[order]
-    group_sizes = jnp.zeros((num_experts,), jnp.int32).at[flat].add(1)
+    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     xs = jnp.take(tokens, order // k, axis=0)  # [T * k, H]
     gu = gate_up(xs, group_sizes, row_expert)
     g, u = gu[:, :intermediate], gu[:, intermediate:]
     act = round_to(jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32), tokens.dtype)
     ys = down(act, group_sizes, row_expert)  # [T * k, H], sorted
-    y = jnp.zeros_like(ys).at[order].set(ys).reshape(n_tok, k, -1)  # back to (token, choice)
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))  # inverse permutation
+    y = jnp.take(ys, rank, axis=0).reshape(n_tok, k, -1)  # back to (token, choice): a gather, not a scatter of rows
     out = jnp.sum(y.astype(jnp.float32) * weights.astype(jnp.float32)[:, :, None], axis=1)
     return round_to(out, tokens.dtype)
