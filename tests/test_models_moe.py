@@ -251,6 +251,29 @@ def _copy_without(tmp_path, variant, drop=(), change=None):
     return d
 
 
+def test_quantized_experts_in_mixtral_original_spelling(tmp_path):
+    """An FP8 export renamed to block_sparse_moe.experts.{i}.w1 / w3 / w2 (gate / up / down) and
+    block_sparse_moe.gate loads into the same stacked params (no forward pass: the params decide the logits)."""
+    v = "mixtral/w_fp8_a_fp8_pertensor_static"
+    w = SafetensorsFile(MOE / v / "model.safetensors").load_all()
+    names = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+    renamed = {}
+    for k, a in w.items():
+        k2 = k.replace(".mlp.", ".block_sparse_moe.")
+        for hf, old in names.items():
+            k2 = k2.replace(f".{hf}.", f".{old}.")
+        renamed[k2] = a
+    d = _copy_without(tmp_path, v, drop=list(w), change=renamed)
+    legacy = from_pretrained(d, expert_scales="checkpoint")
+    ref_model = model_of(v, expert_scales="checkpoint")
+    for i in range(2):
+        a, b = legacy.model.layers[i].block_sparse_moe, ref_model.model.layers[i].mlp
+        for x, y in ((a.gate.weight, b.gate.weight),) + tuple(
+                (getattr(getattr(a.experts, p), n), getattr(getattr(b.experts, p), n))
+                for p in ("gate_up_proj", "down_proj") for n in ("weight", "weight_scale", "input_scale")):
+            np.testing.assert_array_equal(np.asarray(x[...]).astype(np.float32), np.asarray(y[...]).astype(np.float32))
+
+
 def test_missing_expert_tensor_is_named(tmp_path):
     v = "mixtral/w_fp8_a_fp8_pertensor_static"
     p = "model.layers.1.mlp.experts.3.up_proj"
