@@ -19,10 +19,11 @@ import kernel_reference as kref
 import reference_numpy as ref
 from kernels.base import KernelContract, Variant
 from quark_jax import formats, kernels, quant
-from quark_jax.kernels.mxfp4_mm import decode, pallas_triton
+from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm, pallas_triton
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
 
 C = pallas_triton.Config
+D = dequant_gemm.Config
 
 
 def _pallas_triton(x, wp, ws, bias, quantize_input, out_dtype, config):
@@ -56,6 +57,9 @@ class TestMxfp4Mm(KernelContract):
                 config=C(block_m=16, block_n=16, block_k=64, w_major=False, group_m=2)),
         Variant(backend="pallas_triton", name="one_mx_block_k", shape=(17, 96, 32),
                 config=C(block_m=16, block_n=16, block_k=32, w_major=False)),
+        # dequantize-then-GEMM (large M): several row and K tiles of the dequant kernel, ragged M
+        Variant(backend="dequant_gemm", name="pallas_tiles", shape=(19, 128, 32), config=D(block_n=16, block_k=64)),
+        Variant(backend="dequant_gemm", name="xla", shape=(5, 128, 32), config=D(method="xla")),
     ]
     # quantize_input (W4A4) or not (W4A16), with or without bias: each variant runs both modes, the bias pairing
     # alternates between variants so that every (mode, bias) pair and the split-K bias path are covered
@@ -230,3 +234,38 @@ def test_ptx_decoder_only_from_sm90(monkeypatch):
         assert pallas_triton._ptx_decode_ok() is ok, cc
     monkeypatch.setattr(tuning, "current_device", lambda: ("cpu", None))
     assert pallas_triton._ptx_decode_ok() is False
+
+
+def test_dequant_kernel_layout_and_xla_dequant_all_codes_and_scale_bytes():
+    """Both dequantizers of the dequantize-then-GEMM path equal quant.dequantize_mxfp4 on every byte value x every
+    scale byte (0..254): the XLA one in checkpoint order, the Pallas one in the permuted order that
+    permute_activations gives the activations (so the GEMM sums the same products)."""
+    packed = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (255, 4))  # [4080, 64]: K = 128
+    sbytes = np.repeat(np.arange(255, dtype=np.uint8), 16)[:, None].repeat(4, axis=1)
+    sbytes[::3, 1] = 127  # a second scale within a row
+    wp, ws = jnp.asarray(packed), jnp.asarray(sbytes)
+    w = np.asarray(quant.dequantize_mxfp4(wp, ws, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(jax.jit(dequant_gemm.dequantize_xla, static_argnums=2)(wp, ws,
+                                                                                                  jnp.float32)), w)
+    cfg = D(block_n=16, block_k=64, decode="jnp")
+    got = np.asarray(dequant_gemm.dequantize_permuted(wp, ws, jnp.float32, cfg=cfg, interpret=True))
+    np.testing.assert_array_equal(got, np.asarray(dequant_gemm.permute_activations(jnp.asarray(w), 64)))
+    # the permutation is a per-tile even/odd split of K
+    perm = np.asarray(dequant_gemm.permute_activations(jnp.arange(128.0)[None], 64))[0].astype(int)
+    np.testing.assert_array_equal(perm[:64], np.r_[np.arange(0, 64, 2), np.arange(1, 64, 2)])
+    np.testing.assert_array_equal(np.sort(perm), np.arange(128))
+
+
+def test_tuned_table_selects_backend_and_config():
+    """A TUNED entry is used as given (its K split kept) and a dequant_gemm.Config selects that path; without an
+    entry the DEFAULTS bucket and the automatic K split apply."""
+    fused = C(block_m=16, block_n=128, block_k=256, split_k=8, num_warps=8)
+    table = {"16@4096x14336": fused, "max@4096x14336": D(block_n=64, block_k=1024), "max@96x48": D()}
+    assert pallas_triton.default_config(1, 4096, 14336, table=table) == fused
+    assert pallas_triton.default_config(8192, 4096, 14336, table=table) == D(block_n=64, block_k=1024)
+    assert pallas_triton.default_config(3000, 96, 48, table=table) == D(block_n=16, block_k=32)  # fitted
+    assert pallas_triton.default_config(1, 4096, 4096, table=table).split_k == 4  # DEFAULTS + auto split
+    with pytest.raises(ValueError, match="method: expected one of"):
+        D(method="cublas")
+    with pytest.raises(ValueError, match="block_n: expected a power of two"):
+        D(block_n=24)

@@ -40,7 +40,7 @@ from jax.experimental import pallas as pl
 
 from quark_jax import formats
 from quark_jax.kernels import _dispatch, tiling, tuning
-from quark_jax.kernels.mxfp4_mm import decode
+from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm
 from quark_jax.quant import qdq_mxfp4
 
 DECODES = ("asm", "asm_scaled", "jnp")
@@ -127,12 +127,25 @@ def fit(cfg: Config, m: int, k: int, n: int, *, target_programs: int = 0) -> Con
     return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
 
 
-def default_config(m: int, k: int, n: int) -> Config:
-    """The tuned config for the M bucket of ``m`` (``DEFAULTS``), fitted to (m, k, n) with the shape class's K split.
+# Per card (``tuning.device_key``) or family (``tuning.family_key``): "<bucket>" / "<bucket>@<K>x<N>" -> a fused
+# ``Config`` or a ``dequant_gemm.Config`` (large M: dequantize to a transient bf16 weight, then XLA's GEMM). Looked up
+# before ``DEFAULTS``; a fused entry is used as given (its K split included), only fitted to the shape.
+TUNED: dict[str, dict] = {}
 
-    >>> default_config(1, 4096, 4096).split_k
+
+def default_config(m: int, k: int, n: int, table: dict | None = None):
+    """The config for (m, k, n): this device's ``TUNED`` entry (or ``table``'s), else the ``DEFAULTS`` entry of M's
+    bucket with the shape class's K split; fitted to the shape. A ``dequant_gemm.Config`` selects the
+    dequantize-then-GEMM path.
+
+    >>> default_config(1, 4096, 4096, table={}).split_k
     4
     """
+    cfg, _ = tiling.lookup(_dispatch.device_table(TUNED) if table is None else table, m, k, n)
+    if isinstance(cfg, dequant_gemm.Config):
+        return dequant_gemm.fit(cfg, k, n)
+    if cfg is not None:
+        return fit(cfg, m, k, n)
     cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
     return fit(cfg, m, k, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
 
@@ -243,7 +256,8 @@ def _store(ref, value, mask):
 def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, config=None,
                     interpret=None):
     """Pallas MXFP4 GEMM; same contract as ``quark_jax.kernels.mxfp4_mm`` (x [M, K], w_packed [N, K/2] uint8,
-    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a :class:`Config`) overrides the tuned tiles.
+    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a :class:`Config`, or a ``dequant_gemm.Config`` for
+    the dequantize-then-GEMM path) overrides the tuned choice.
 
     >>> w = jnp.full((16, 16), 0x22, jnp.uint8); s = jnp.full((16, 1), 127, jnp.uint8)  # every weight 1.0
     >>> mxfp4_mm_pallas(jnp.ones((1, 32)), w, s)[0, :2].tolist()
@@ -253,9 +267,19 @@ def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     n = w_packed.shape[0]
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
-    cfg = default_config(m, k, n) if config is None else fit(config, m, k, n)
+    if config is None:
+        cfg = default_config(m, k, n)
+    elif isinstance(config, dequant_gemm.Config):
+        cfg = dequant_gemm.fit(config, k, n)
+    else:
+        cfg = fit(config, m, k, n)
     if cfg.decode != "jnp" and (interpret or not _ptx_decode_ok()):
         cfg = dataclasses.replace(cfg, decode="jnp")  # the inline PTX needs an sm90+ GPU
+    if isinstance(cfg, dequant_gemm.Config):
+        return dequant_gemm.mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input),
+                                                  out_dtype=out_dtype, cfg=cfg,
+                                                  mma_dtype=mma_dtype(x.dtype, quantize_input),
+                                                  interpret=bool(interpret))
     return _mxfp4_mm_jit(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
                          cfg=cfg, interpret=bool(interpret))
 

@@ -1,0 +1,153 @@
+"""Large-M MXFP4 GEMM: a Pallas (Triton) kernel dequantizes the packed weight into a transient bf16 copy, then the
+bf16 tensor cores run XLA's GEMM (cuBLAS) on it. Its ``Config``.
+
+At prefill sizes the fused kernel (``pallas_triton``) serializes its in-register decode with the MMA and reaches
+~0.6x of a bf16 GEMM on Hopper; here the decode is one memory-bound pass (reads 4.25 bits, writes 16 bits per
+weight: ~35-40 us for a 4096x14336 weight on an H200) and the GEMM runs at the bf16 GEMM's own speed, so the
+ratio to bf16 dense is ``t_gemm / (t_gemm + t_dequant + t_activation_prep)``. The persistent weight stays packed
+(4.25 bits per parameter); the bf16 copy lives only for the duration of the call (N * K * 2 bytes of transient
+device memory).
+
+Layout: each program decodes a [block_n, block_k / 2] byte tile and writes its two nibble planes side by side,
+``w_perm[n, t*bk + p*bk/2 + i] = plane_p[n, t*bk/2 + i]`` (p = 0: low nibbles, K element ``t*bk + 2i``; p = 1:
+high nibbles, ``t*bk + 2i + 1``), so the stores are plain row slices (no in-register interleave). The activation
+gets the same permutation of its K columns (:func:`permute_activations`, in the same XLA pass as its quant-dequant),
+which leaves every product and the set of summed terms unchanged: the result is the XLA reference's up to the
+order of the f32 sums.
+
+``method="xla"`` instead dequantizes with XLA integer/float ops into the checkpoint order (the same values; no
+activation permutation) and keeps it out of the GEMM's fusion with an optimization barrier: the fallback where the
+Pallas dequant kernel is slower or unavailable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from quark_jax import formats
+from quark_jax.kernels import tiling
+from quark_jax.kernels.mxfp4_mm import decode
+from quark_jax.quant import qdq_mxfp4
+
+METHODS = ("pallas", "xla")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Tiling of the dequant kernel (block sizes powers of two, ``block_k`` a multiple of 32).
+
+    >>> Config(block_n=32, block_k=512).block_k
+    512
+    """
+
+    block_n: int = 32  # weight rows per program
+    block_k: int = 512  # K elements per program (block_k / 2 packed bytes)
+    num_warps: int = 4  # Triton warps per program
+    num_stages: int = 1  # no loop in the kernel: nothing to pipeline
+    decode: str = "asm"  # "asm" (PTX, sm90+), "asm_scaled" or "jnp" (portable); as pallas_triton.Config.decode
+    pack: int = 4  # packed bytes per asm instance: 4 suits this kernel's blocked layout
+    method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
+
+    def __post_init__(self):
+        for name in ("block_n", "block_k", "num_warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        if self.block_k < 32:
+            raise ValueError(f"Config.block_k: expected a multiple of 32 (one MX block), got {self.block_k}")
+        if self.method not in METHODS:
+            raise ValueError(f"Config.method: expected one of {METHODS}, got {self.method!r}")
+        if self.pack not in (2, 4):
+            raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
+
+
+def fit(cfg: Config, k: int, n: int) -> Config:
+    """``cfg`` with tiles shrunk to divide N (a multiple of 16) and K (a multiple of 32).
+
+    >>> fit(Config(block_n=64, block_k=512), k=96, n=48)
+    Config(block_n=16, block_k=32, num_warps=4, num_stages=1, decode='asm', pack=4, method='pallas')
+    """
+    bn = cfg.block_n
+    while n % bn and bn > 1:
+        bn //= 2
+    bk = min(cfg.block_k, tiling.pow2_floor(k))
+    while k % bk:
+        bk //= 2
+    if bk < 32:
+        raise ValueError(f"mxfp4_mm: cannot tile K = {k} (need K % 32 == 0)")
+    return dataclasses.replace(cfg, block_n=bn, block_k=bk)
+
+
+def permute_activations(xq, block_k: int):
+    """x [M, K] with its K columns in the dequant kernel's order: per K tile of ``block_k``, the even columns, then
+    the odd ones.
+
+    >>> permute_activations(jnp.arange(8.0)[None], 4)[0].tolist()
+    [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+    """
+    m, k = xq.shape
+    return xq.reshape(m, k // block_k, block_k // 2, 2).swapaxes(-1, -2).reshape(m, k)
+
+
+def _kernel(w_ref, s_ref, o_ref, *, cfg: Config, dtype):
+    bkh = cfg.block_k // 2
+    packed = w_ref[...]
+    sbytes = s_ref[...]
+    if cfg.decode == "jnp":
+        lo, hi = decode.decode_jnp(packed, sbytes, dtype)
+    else:
+        lo, hi = decode.decode_asm(packed, sbytes, dtype, pack=cfg.pack, scale_in_asm=cfg.decode == "asm_scaled")
+    o_ref[:, pl.ds(0, bkh)] = lo
+    o_ref[:, pl.ds(bkh, bkh)] = hi
+
+
+def dequantize_permuted(w_packed, w_scales, dtype, *, cfg: Config, interpret: bool):
+    """The dequantized weight [N, K] in ``dtype``, K columns in :func:`permute_activations` order (Pallas)."""
+    n, kh = w_packed.shape
+    k = 2 * kh
+    bn, bk = cfg.block_n, cfg.block_k
+    bkh = bk // 2
+    kernel = functools.partial(_kernel, cfg=cfg, dtype=jnp.dtype(dtype))
+    return tiling.triton_call(
+        kernel, cfg=cfg, name=f"mxfp4_dequant_{bn}x{bk}", interpret=interpret,
+        out_shape=jax.ShapeDtypeStruct((n, k), dtype), grid=(n // bn, k // bk),
+        in_specs=[pl.BlockSpec((bn, bkh), lambda i, j: (i, j)),
+                  pl.BlockSpec((bn, bk // formats.MX_BLOCK_SIZE), lambda i, j: (i, j))],
+        out_specs=pl.BlockSpec((bn, bk), lambda i, j: (i, j)),
+    )(w_packed, w_scales)
+
+
+def dequantize_xla(w_packed, w_scales, dtype):
+    """The dequantized weight [N, K] in ``dtype``, checkpoint order, from XLA integer/float ops (no table gather).
+
+    >>> w = jnp.array([[0x21] * 16], jnp.uint8); s = jnp.array([[128]], jnp.uint8)
+    >>> dequantize_xla(w, s, jnp.float32)[0, :2].tolist()
+    [1.0, 2.0]
+    """
+    lo, hi = decode.decode_jnp(w_packed, w_scales, dtype)
+    n, kh = w_packed.shape
+    return jnp.stack([lo, hi], axis=-1).reshape(n, 2 * kh)
+
+
+@functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "mma_dtype", "interpret"))
+def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, mma_dtype, interpret):
+    """``out(linear(qdq_mxfp4(x) or x, dequantize(w)) + bias)`` through a transient dequantized weight (the
+    operands as ``quark_jax.kernels.mxfp4_mm`` validates them; ``mma_dtype`` from ``pallas_triton.mma_dtype``)."""
+    xq = qdq_mxfp4(x) if quantize_input else x
+    xq = xq.astype(mma_dtype)
+    if cfg.method == "xla":
+        w = lax.optimization_barrier(dequantize_xla(w_packed, w_scales, mma_dtype))
+    else:
+        w = dequantize_permuted(w_packed, w_scales, mma_dtype, cfg=cfg, interpret=interpret)
+        xq = permute_activations(xq, cfg.block_k)
+    precision = lax.Precision.HIGHEST if mma_dtype == jnp.float32 else None
+    acc = lax.dot_general(xq, w, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
+    if bias is not None:
+        acc = acc + bias.astype(jnp.float32)
+    return acc.astype(out_dtype)
