@@ -17,6 +17,8 @@ from gemm_int8 import bf16_case
 from quark_jax import quant
 from quark_jax.kernels import mxfp4_mm
 
+SCALED_MATMUL = True  # time jax.nn.scaled_matmul (benchmarks/tune_mxfp4.py turns it off to save device time)
+
 
 def to_scaled_matmul_operands(packed, scales):
     """(values float4_e2m1fn [1, R, K], scales float8_e8m0fnu [1, R, K/32]) from packed bytes and E8M0 bytes."""
@@ -33,6 +35,8 @@ def cases(point, sets, Case):
         for impl, name in (("pallas", "pallas_w4a16"), ("xla", "xla_emulation_w4a16")):
             fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=False, impl=impl))
             out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+    if not SCALED_MATMUL:
+        return out
     try:
         sm = [(*to_scaled_matmul_operands(*jax.jit(quant.quantize_mxfp4)(x)), *to_scaled_matmul_operands(p, s))
               for x, p, s in sets]

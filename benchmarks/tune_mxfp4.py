@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 from quark_jax.kernels import tiling, tuning  # noqa: E402
 from quark_jax.kernels.mxfp4_mm import dequant_gemm, pallas_triton  # noqa: E402
 from quark_jax.kernels.tuning import tuner  # noqa: E402
+from gemm_int8 import bf16_case  # noqa: E402
 
 F = pallas_triton.Config
 D = dequant_gemm.Config
@@ -37,8 +39,10 @@ SMS = 132
 
 
 def _split_for(tiles: int, k: int, block_k: int, target: int) -> int:
+    """The K split (a power of two <= 8) that brings ``tiles`` programs to ``target``, keeping ``block_k`` whole
+    and at least two K steps per program."""
     s = 1
-    while tiles * s < target and s < 16 and k // (2 * s) >= block_k:
+    while tiles * s < target and s < 8 and k % (2 * s * block_k) == 0 and k // (2 * s) >= 2 * block_k:
         s *= 2
     return s
 
@@ -48,10 +52,12 @@ def candidates(m: int, k: int, n: int) -> list:
     out = [pallas_triton.default_config(m, k, n, table={})]
     cls = tiling.shape_class(m)
     if cls == "decode":
-        for (bn, bk, nw, st, dec), targets in (((64, 512, 4, 3, "asm"), (SMS, 2 * SMS, 4 * SMS)),
-                                               ((64, 256, 4, 4, "asm"), (2 * SMS, 4 * SMS)),
-                                               ((128, 256, 8, 3, "asm"), (2 * SMS,)),
-                                               ((64, 512, 4, 3, "asm_scaled"), (2 * SMS,))):
+        # occupancy from the sm_90 compile (Triton 3.6, registers / shared memory): 64x512 st3 2 CTAs per SM
+        # (211 registers, 84 KB), 64x256 st2/st3 4 CTAs (116 registers, 25 / 42 KB), 128x256 w8 2 CTAs (16 warps)
+        for (bn, bk, nw, st, dec), targets in (((64, 512, 4, 3, "asm"), (2 * SMS,)),
+                                               ((64, 256, 4, 3, "asm"), (4 * SMS,)),
+                                               ((64, 256, 4, 2, "asm"), (4 * SMS,)),
+                                               ((128, 256, 8, 3, "asm"), (2 * SMS,))):
             tiles = n // bn
             for target in targets:
                 s = _split_for(tiles, k, bk, target)
@@ -60,10 +66,11 @@ def candidates(m: int, k: int, n: int) -> list:
         out.append(D(block_n=32, block_k=512))
         bm = 64 if m <= 64 else 128
         tiles = (n // 64) * -(-m // bm)
-        out.append(F(block_m=bm, block_n=64, block_k=256, split_k=_split_for(tiles, k, 256, SMS), num_warps=4,
-                     num_stages=3, group_m=4))
+        if cls == "medium":
+            out.append(F(block_m=bm, block_n=64, block_k=256, split_k=_split_for(tiles, k, 256, 2 * SMS), num_warps=4,
+                         num_stages=3, group_m=4))
     else:
-        out += [D(block_n=32, block_k=512), D(block_n=16, block_k=1024, num_warps=4), D(method="xla")]
+        out = (out if m <= 2048 else []) + [D(block_n=32, block_k=512), D(method="xla")]
     uniq = []
     for c in out:
         c = dequant_gemm.fit(c, k, n) if isinstance(c, D) else pallas_triton.fit(c, m, k, n)
@@ -118,17 +125,35 @@ def _sweep_points(shapes, ms, deadline, rows, ratios):
                       f"err={row.get('rel_err_vs_first', float('nan')):.1e} {row.get('error', '')[:120]}", flush=True)
                 if t == t:
                     timed.append((t, cfg))
+            if tiling.shape_class(m) == "decode":  # bench_gemm times the decode baseline
+                t_bf16 = math.nan
+            else:
+                t_bf16 = _time_bf16(m, k, n, sets)
+            rows.append(dict(m=m, k=k, n=n, name="xla_bf16_dense", seconds=t_bf16))
             if timed:
                 fastest = min(t for t, _ in timed)
+                print(f"M={m:5d} {k}x{n}: xla_bf16_dense {t_bf16 * 1e6:9.1f} us; best mxfp4 {fastest * 1e6:.1f} us = "
+                      f"{t_bf16 / fastest:.2f}x bf16", flush=True)
                 by = ratios.setdefault(tiling.table_key(tiling.m_bucket(m), k, n), {})
                 for t, cfg in timed:
                     by.setdefault(label(cfg), (cfg, []))[1].append(t / fastest)
 
 
+def _time_bf16(m, k, n, sets):
+    """GPU kernel time of the bf16 dense GEMM on the dequantized weights (benchmarks/gemm_int8.bf16_case)."""
+    base = bf16_case(tuner.Point(op="mxfp4_mm", m=m, k=k, n=n), sets,
+                             lambda **kw: types.SimpleNamespace(**kw), name="xla_bf16_dense")
+    try:
+        return tuner.kernel_time(base.fn, base.arg_sets)
+    except Exception as e:
+        print(f"bf16 dense failed: {e!r}"[:300], flush=True)
+        return math.nan
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in tuner.STANDARD_SHAPES))
-    p.add_argument("--m", default="16,64,256,2048,8192")
+    p.add_argument("--m", default="16,2048,8192,64,256", help="in this order (the deadline cuts the last)")
     p.add_argument("--json", default=None)
     p.add_argument("--deadline", type=float, default=None)
     p.add_argument("--bench", default=None, metavar="BENCH.json")
@@ -138,7 +163,15 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     deadline = time.monotonic() + a.deadline if a.deadline else None
     kind, cc = tuning.current_device()
-    rows, winners = sweep(shapes, [int(v) for v in a.m.split(",")], deadline)
+    ms = [int(v) for v in a.m.split(",")]
+    rows, winners = sweep(shapes, ms, deadline)
+    # a swept shape's "max@KxN" entry would also serve its smaller buckets (tiling.lookup walks upward): pin every
+    # bucket of the list that was not reached to the shipped default, so only measured choices change
+    for k, n in shapes:
+        if tiling.table_key("max", k, n) in winners:
+            for m in ms:
+                winners.setdefault(tiling.table_key(tiling.m_bucket(m), k, n),
+                                   pallas_triton.default_config(m, k, n, table={}))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print("TUNED = {")
     for key, cfg in winners.items():
@@ -149,8 +182,11 @@ def main(argv=None) -> int:
                                                 winners={kk: repr(v) for kk, v in winners.items()}), indent=1))
     if a.bench:
         import bench_gemm
+        import gemm_mxfp4
 
         pallas_triton.TUNED[tuning.device_key(kind)] = dict(winners)
+        tuner.CANDIDATES = ("pallas",)  # the emulation's times are on record (250-620 us); not re-timed
+        gemm_mxfp4.SCALED_MATMUL = False
         args = ["--ops", "mxfp4", "--m", a.bench_m, "--shapes", a.shapes, "--json", a.bench]
         if a.bench_deadline:
             args += ["--deadline", str(a.bench_deadline)]
