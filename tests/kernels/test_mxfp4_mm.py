@@ -17,7 +17,7 @@ import pytest
 
 import kernel_reference as kref
 import reference_numpy as ref
-from kernels.base import KernelContract, Variant
+from kernels.base import ON_GPU, KernelContract, Variant
 from quark_jax import formats, kernels, quant
 from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm, pallas_triton
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
@@ -269,3 +269,37 @@ def test_tuned_table_selects_backend_and_config():
         D(method="cublas")
     with pytest.raises(ValueError, match="block_n: expected a power of two"):
         D(block_n=24)
+
+
+def test_h200_table_dequantizes_only_at_prefill():
+    """The H200 entries: the fused kernel up to M = 512 at the four benchmark shapes (the shipped defaults except
+    the measured decode winners), the dequantize-then-GEMM path above; other cards get no entry."""
+    table = pallas_triton.TUNED["nvidia_h200"]
+    for k, n in ((4096, 14336), (14336, 4096), (4096, 4096), (8192, 8192)):
+        for m in (1, 16, 17, 64, 65, 128, 200, 256, 300, 512):
+            cfg = pallas_triton.default_config(m, k, n, table=table)
+            assert isinstance(cfg, C), (m, k, n)
+            if m > 16:
+                assert cfg == pallas_triton.default_config(m, k, n, table={}), (m, k, n)
+        for m in (513, 2048, 8192):
+            assert pallas_triton.default_config(m, k, n, table=table) == D(block_n=32, block_k=512)
+    assert pallas_triton.default_config(2048, 4096, 1024, table=table) == \
+        pallas_triton.default_config(2048, 4096, 1024, table={})  # other shapes: DEFAULTS
+    assert set(pallas_triton.TUNED) == {"nvidia_h200"}
+
+
+@pytest.mark.skipif(not ON_GPU, reason="a realistic prefill shape: minutes in interpret mode (checked there once)")
+@pytest.mark.parametrize("config", [C(block_m=256, block_n=128, block_k=128, num_warps=8, group_m=4),
+                                    D(block_n=32, block_k=512)], ids=["fused_prefill", "dequant_gemm"])
+def test_prefill_shape_on_gpu(config):
+    """M = 2048, K = 4096, N = 14336 (an 8B MLP up projection; 896 fused programs): on the H200 (2026-12-02)
+    the fused kernel's output there disagreed with both dequant paths (benchmarks/NOTES.md, session 5); both
+    backends must equal the XLA reference up to f32 summation order."""
+    from quark_jax.kernels.tuning import tuner
+
+    x, wp, ws = tuner.operands("mxfp4_mm", 2048, 4096, 14336, copies=1)[0]
+    want = np.asarray(mxfp4_mm_xla(x, wp, ws, quantize_input=True, out_dtype=jnp.float32), np.float64)
+    got = np.asarray(pallas_triton.mxfp4_mm_pallas(x, wp, ws, quantize_input=True, out_dtype=jnp.float32,
+                                                   config=config), np.float64)
+    assert np.isfinite(got).all()
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)

@@ -147,7 +147,10 @@ def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dt
         w = dequantize_permuted(w_packed, w_scales, mma_dtype, cfg=cfg, interpret=interpret)
         xq = permute_activations(xq, cfg.block_k)
     precision = lax.Precision.HIGHEST if mma_dtype == jnp.float32 else None
-    acc = lax.dot_general(xq, w, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
-    if bias is not None:
-        acc = acc + bias.astype(jnp.float32)
-    return acc.astype(out_dtype)
+    dims = (((1,), (1,)), ((), ()))
+    if bias is None:
+        # the GEMM accumulates in f32 and rounds once to out_dtype in its epilogue (cuBLAS's f32 compute type):
+        # the reference's rounding, without an f32 [M, N] round trip through HBM
+        return lax.dot_general(xq, w, dims, precision=precision, preferred_element_type=out_dtype)
+    acc = lax.dot_general(xq, w, dims, precision=precision, preferred_element_type=jnp.float32)
+    return (acc + bias.astype(jnp.float32)).astype(out_dtype)

@@ -130,7 +130,35 @@ def fit(cfg: Config, m: int, k: int, n: int, *, target_programs: int = 0) -> Con
 # Per card (``tuning.device_key``) or family (``tuning.family_key``): "<bucket>" / "<bucket>@<K>x<N>" -> a fused
 # ``Config`` or a ``dequant_gemm.Config`` (large M: dequantize to a transient bf16 weight, then XLA's GEMM). Looked up
 # before ``DEFAULTS``; a fused entry is used as given (its K split included), only fitted to the shape.
-TUNED: dict[str, dict] = {}
+# NVIDIA H200, 2026-12-02 (benchmarks/tune_mxfp4.py, GPU kernel time, W4A4 incl. the activation quantization;
+# benchmarks/NOTES.md session 5, results/mxfp4_tune_h200_2026-12-02_kernel.json). Decode: the fastest of 4-6
+# tilings / K splits per shape (the shipped defaults won on three shapes). Prefill ("max": M = 2048 and 8192): the
+# dequantize-then-GEMM path, 10-25% faster than the fused kernel. The "64" / "128" / "256" / "512" entries are the
+# defaults pinned (not re-swept), so that the exact-shape "max" and "256" entries do not serve the buckets below.
+_DQ = dequant_gemm.Config(block_n=32, block_k=512)
+
+
+def _pinned(m: int, k: int, n: int) -> Config:
+    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    return fit(cfg, m, k, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
+
+
+_H200 = {
+    "16@4096x14336": Config(block_m=16, block_n=64, block_k=512, split_k=1),  # 22.3 us (next best 25.1)
+    "16@14336x4096": Config(block_m=16, block_n=64, block_k=512, split_k=4),  # 24.6 us (24.8)
+    "16@4096x4096": Config(block_m=16, block_n=64, block_k=256, split_k=8, num_stages=2),  # 12.0 us (12.4)
+    "16@8192x8192": Config(block_m=16, block_n=64, block_k=512, split_k=2),  # 25.4 us (26.7)
+    **{f"{b}@{k}x{n}": _pinned(int(b), k, n) for b in ("64", "128", "256", "512")
+       for k, n in ((4096, 14336), (14336, 4096), (4096, 4096), (8192, 8192))},
+    # M = 2048 / 8192 (us): 14336x4096 387 / 1537 (fused 494 / -), 4096^2 121 / 470 (139), 8192^2 421 / 1555 (507);
+    # 4096x14336: 1358 at M = 8192 (fused 1725); at M = 2048 the fused output disagreed with both dequant paths
+    # (NOTES, session 5), so that point has no time
+    "max@4096x14336": _DQ,
+    "max@14336x4096": _DQ,
+    "max@4096x4096": _DQ,
+    "max@8192x8192": _DQ,
+}
+TUNED: dict[str, dict] = {"nvidia_h200": _H200}
 
 
 def default_config(m: int, k: int, n: int, table: dict | None = None):
