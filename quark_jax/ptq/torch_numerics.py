@@ -128,29 +128,34 @@ def sleef_expf(d):
     return jnp.where(d > 100.0, jnp.float32(jnp.inf), u)
 
 
+def _seq_sum(rows, shape):
+    """float32 sum of ``rows`` [n, ...] one after the other from 0 (``shape``: the result's)."""
+    if rows.shape[0] == 0:
+        return jnp.zeros(shape, _F32)
+    tot, _ = jax.lax.scan(lambda acc, r: (_add(acc, r), None), jnp.zeros(shape, _F32), rows)
+    return tot
+
+
+def _groups(vals, step, shape):
+    """Sums of the complete groups of ``step`` consecutive rows, and the sum of the rows left over."""
+    n = vals.shape[0] // step
+    full = vals[:n * step].reshape((n, step) + vals.shape[1:])
+    sums = jax.vmap(lambda g: _seq_sum(g, shape))(full) if n else jnp.zeros((0,) + shape, _F32)
+    return sums, _seq_sum(vals[n * step:], shape)
+
+
 def _multi_row_sum(rows):
-    """ATen's ``multi_row_sum``: a list of same-shape arrays (rows of the cascade) -> their float32 sum."""
-    size = len(rows)
-    level_power = max(4, (max(size - 1, 0).bit_length() if size > 1 else 0) // 4)
-    step, mask = 1 << level_power, (1 << level_power) - 1
-    zero = jnp.zeros_like(rows[0]) if rows else None
-    acc = [zero] * 4
-    i = 0
-    while i + step <= size:
-        for _ in range(step):
-            acc[0] = _add(acc[0], rows[i])
-            i += 1
-        for j in range(1, 4):
-            acc[j] = _add(acc[j], acc[j - 1])
-            acc[j - 1] = zero
-            if i & (mask << (j * level_power)):
-                break
-    while i < size:
-        acc[0] = _add(acc[0], rows[i])
-        i += 1
-    for j in range(1, 4):
-        acc[0] = _add(acc[0], acc[j])
-    return acc[0]
+    """ATen's ``multi_row_sum`` (4 levels): rows [size, ...] -> their float32 sum. Blocks of ``2^p`` rows
+    (p = max(4, ceil(log2 size) // 4)) are summed from 0 at level 0; each complete block moves up to level 1,
+    each complete group of 2^p blocks to level 2, and so on to level 3; the levels are added last, 0 to 3."""
+    size, shape = rows.shape[0], rows.shape[1:]
+    power = max(4, (size - 1).bit_length() // 4 if size > 1 else 0)
+    step = 1 << power
+    level1, tail0 = _groups(rows, step, shape)      # complete blocks; the rows after the last one (level 0)
+    level2, part1 = _groups(level1, step, shape)    # what level 1 holds at the end
+    level3, part2 = _groups(level2, step, shape)
+    top = _seq_sum(level3, shape)                   # level 3 keeps every complete group of level 2
+    return _add(_add(_add(tail0, part1), part2), top)
 
 
 def aten_sum_lastdim(x, *, lanes: int = 8):
@@ -167,13 +172,16 @@ def aten_sum_lastdim(x, *, lanes: int = 8):
     if n < lanes:
         lanes = 1  # ATen's scalar path: the same cascade over single elements
     nvec = n // lanes
-    vecs = [x[..., i * lanes:(i + 1) * lanes] for i in range(nvec)]
     ilp = 4
     size_ilp = nvec // ilp
-    parts = [_multi_row_sum([vecs[i * ilp + k] for i in range(size_ilp)]) if size_ilp else
-             jnp.zeros(x.shape[:-1] + (lanes,), _F32) for k in range(ilp)]
+    if size_ilp:  # row i of the cascade: vectors 4i .. 4i+3, one per accumulator
+        rows = x[..., :size_ilp * ilp * lanes].reshape(x.shape[:-1] + (size_ilp, ilp, lanes))
+        acc = _multi_row_sum(jnp.moveaxis(rows, -3, 0))  # [..., ilp, lanes]
+        parts = [acc[..., k, :] for k in range(ilp)]
+    else:
+        parts = [jnp.zeros(x.shape[:-1] + (lanes,), _F32) for _ in range(ilp)]
     for i in range(size_ilp * ilp, nvec):
-        parts[0] = _add(parts[0], vecs[i])
+        parts[0] = _add(parts[0], x[..., i * lanes:(i + 1) * lanes])
     for k in range(1, ilp):
         parts[0] = _add(parts[0], parts[k])
     out = jnp.zeros(x.shape[:-1], _F32)
@@ -208,17 +216,46 @@ def _reduce_all_sum(x, lanes: int = 16):
     return acc[..., 0]
 
 
+MKL_K_BLOCK = 192
+"""MKL's sgemm splits K into blocks of ``K`` (K <= 192), ``K // 2`` (192 < K <= 384) or 192, the remainder last;
+each block is an FMA chain from 0 and the block results are added in order (measured: torch 2.13, M >= 4 rows)."""
+
+
+def _k_block(k: int) -> int:
+    return k if k <= MKL_K_BLOCK else min(k // 2, MKL_K_BLOCK)
+
+
+def _fma_gemm(xs, ws, prod, shape):
+    """sum over k of ``prod(xs[k], ws[k])`` (float64 products of float32 values) in MKL's order: FMA chains
+    over K blocks (:data:`MKL_K_BLOCK`), the block sums added in order. xs [K, ...], ws [K, ...] -> float32
+    ``shape``."""
+    k = xs.shape[0]
+    kc = _k_block(k)
+    nfull = k // kc
+
+    def chain(x_blk, w_blk):
+        def step(acc, xw):
+            return _f32(_d(acc) + prod(*xw)), None
+        acc, _ = jax.lax.scan(step, jnp.zeros(shape, _F32), (x_blk, w_blk))
+        return acc
+
+    def block(tot, xw):
+        return _add(tot, chain(*xw)), None  # 0 + the first block is exact
+
+    xb = xs[:nfull * kc].reshape((nfull, kc) + xs.shape[1:])
+    wb = ws[:nfull * kc].reshape((nfull, kc) + ws.shape[1:])
+    tot, _ = jax.lax.scan(block, jnp.zeros(shape, _F32), (xb, wb))
+    if k > nfull * kc:
+        tot = _add(tot, chain(xs[nfull * kc:], ws[nfull * kc:]))
+    return tot
+
+
 def linear_fma(x, w, dtype):
-    """``x @ w`` as a float32 FMA chain over k from 0 (MKL's / oneDNN's small GEMMs), rounded to ``dtype``.
-    x [..., K], w [K, N] (values exact in float32) -> [..., N]."""
+    """``x @ w`` in MKL's order (FMA chains over K blocks, :data:`MKL_K_BLOCK`; oneDNN's bf16 GEMM rounds to the
+    same bf16 values on everything measured), rounded to ``dtype``. x [..., K], w [K, N] (values exact in
+    float32) -> [..., N]. Torch takes another path (GEMV) below 4 rows; not mirrored."""
     xs = jnp.moveaxis(_d(x), -1, 0)
-
-    def step(acc, xw):
-        xk, wk = xw
-        return _f32(_d(acc) + xk[..., None] * wk), None
-
-    acc0 = jnp.zeros(x.shape[:-1] + (w.shape[1],), _F32)
-    acc, _ = jax.lax.scan(step, acc0, (xs, _d(w)))
+    acc = _fma_gemm(xs, _d(w), lambda xk, wk: xk[..., None] * wk, x.shape[:-1] + (w.shape[1],))
     return _r(acc, dtype)
 
 
@@ -387,16 +424,11 @@ def _rope_tables(t, inv_freq, dtype):
 
 
 def _bmm(a, b, dtype):
-    """Batched ``a @ b`` (a [..., M, K], b [..., K, N]) as FMA chains over k, rounded to ``dtype``."""
+    """Batched ``a @ b`` (a [..., M, K], b [..., K, N]) in MKL's order (:func:`linear_fma`), rounded to
+    ``dtype``."""
     xs = jnp.moveaxis(_d(a), -1, 0)   # [K, ..., M]
     ws = jnp.moveaxis(_d(b), -2, 0)   # [K, ..., N]
-
-    def step(acc, xw):
-        xk, wk = xw
-        return _f32(_d(acc) + xk[..., :, None] * wk[..., None, :]), None
-
-    acc0 = jnp.zeros(a.shape[:-1] + (b.shape[-1],), _F32)
-    acc, _ = jax.lax.scan(step, acc0, (xs, ws))
+    acc = _fma_gemm(xs, ws, lambda xk, wk: xk[..., :, None] * wk[..., None, :], a.shape[:-1] + (b.shape[-1],))
     return _r(acc, dtype)
 
 
