@@ -291,6 +291,16 @@ def test_mismatched_expert_tensor_is_named(tmp_path):
         from_pretrained(d)
 
 
+def test_experts_of_one_layer_with_different_schemes_are_an_error(tmp_path):
+    v = "mixtral/w_fp8_a_fp8_pertensor_static"
+    d = _copy_without(tmp_path, v)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"]["exclude"].append("model.layers.1.mlp.experts.2.*")  # one expert left float
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidArgumentError, match=r"must share one scheme.*model.layers.1.mlp.experts.2.\w+_proj has none"):
+        from_pretrained(d)
+
+
 def test_moe_under_a_mesh_is_a_clear_error():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     with pytest.raises(InvalidArgumentError, match="mixture-of-experts"):
