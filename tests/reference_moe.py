@@ -73,3 +73,48 @@ def vllm_fp8_static_expert(w: dict, prefix: str, num_experts: int):
         act = (silu(gate) * up).astype(np.float32)
         return vllm_fp8_linear(act, f(e, "down_proj", "weight"), f(e, "down_proj", "weight_scale"), s2)
     return expert
+
+
+def quark_fp8_dynamic_qdq(x, axis):
+    """Quark's dynamic FP8 quantize-dequantize: ``s = amax / 448`` (float32) over ``axis``, ``x / s`` rounded to
+    e4m3fn (clamped), times s. Per token: axis -1; Quark's per-token spec on an expert's 2-D input: axis 0."""
+    xf = np.asarray(x, np.float32)
+    s = (np.abs(xf).max(axis=axis, keepdims=True) / np.float32(448.0)).astype(np.float32)
+    s = np.where(s == 0, np.float32(1.0), s)
+    q = np.clip(xf / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return (q * s).astype(np.float64)
+
+
+def quark_ptpc_moe_reference(w: dict, cfg: dict, tokens, moe_layers, top_k, normalize, num_experts, llama_logits):
+    """Quark's own forward of a ptpc_fp8 MoE export, one row at a time (numpy): per-token input quantization in
+    attention ([1, T, K]) but, as HF's expert loop hands each expert a 2-D [tokens, K] input, one scale per input
+    channel over the expert's tokens in the experts (Quark's per_channel ch_axis=1)."""
+    def deq(n):
+        return np.asarray(w[n + ".weight"]).astype(np.float64) * np.asarray(w[n + ".weight_scale"],
+                                                                            np.float64).reshape(-1, 1)
+
+    def linear(name, x):
+        return (quark_fp8_dynamic_qdq(x, -1) @ deq(name).T).astype(np.float32).astype(np.float64)
+
+    def mlp(i, h):
+        if i not in moe_layers:
+            return None
+        p = f"model.layers.{i}.mlp"
+        x = h.reshape(-1, h.shape[-1])
+        logits = (x.astype(np.float32) @ np.asarray(w[p + ".gate.weight"], np.float32).T).astype(np.float32)
+        rw, re = route_numpy(logits, top_k, normalize)
+        out = np.zeros_like(x)
+        for e in range(num_experts):
+            tok, pos = np.nonzero(re == e)
+            if len(tok) == 0:
+                continue
+            xq = quark_fp8_dynamic_qdq(x[tok], 0)
+            g = (xq @ deq(f"{p}.experts.{e}.gate_proj").T).astype(np.float32)
+            u = (xq @ deq(f"{p}.experts.{e}.up_proj").T).astype(np.float32)
+            a = (silu(g.astype(np.float64)) * u).astype(np.float32)
+            np.add.at(out, tok, (quark_fp8_dynamic_qdq(a, 0) @ deq(f"{p}.experts.{e}.down_proj").T)
+                      * rw[tok, pos][:, None])
+        return out.reshape(h.shape)
+
+    return np.concatenate([llama_logits(w, cfg, tokens[r:r + 1], linear=linear, mlp=mlp)
+                           for r in range(tokens.shape[0])])

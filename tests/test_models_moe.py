@@ -21,7 +21,8 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.moe import MoEBlock, route
 from quark_jax.nn import QuarkExperts
 from reference_llama import fp8_kv_qdq, llama_logits, vllm_fp8_linear, vllm_fused_fp8_linear
-from reference_moe import float_expert, moe_numpy, route_numpy, silu, vllm_fp8_static_expert
+from reference_moe import (float_expert, moe_numpy, quark_ptpc_moe_reference, route_numpy, silu,
+                           vllm_fp8_static_expert)
 
 MOE = Path(__file__).parent / "fixtures" / "quark_tiny_moe"
 MODELS = ("mixtral", "qwen3_moe", "qwen3")
@@ -98,8 +99,9 @@ def test_ptpc_variants_equal_vllm_per_token_reference(model):
     """FP8 per-channel weights, dynamic per-token input: vLLM's per-token quantization (numpy reference). Quark's
     reference is not per token in two places: its per-token quantizer (per_channel, ch_axis=1) on a [B, T, K]
     input takes one scale per position over the batch (hence logits_reload_rows, each row alone), and on an
-    expert's 2-D [tokens, K] input one scale per input channel over the expert's tokens. So the dense Qwen3 matches
-    Quark's rows at 1e-4, the MoE models only within 0.03 (measured 1.1e-2 Mixtral, 1.5e-2 Qwen3-MoE)."""
+    expert's 2-D [tokens, K] input one scale per input channel over the expert's tokens (shown by the next test).
+    So the dense Qwen3 matches Quark's rows at 1e-4, the MoE models only within 0.03 (measured 1.1e-2 Mixtral,
+    1.5e-2 Qwen3-MoE)."""
     variant = f"{model}/{PTPC}"
     out = np.asarray(model_of(variant)(TOKENS), np.float64)
     w = SafetensorsFile(MOE / variant / "model.safetensors").load_all()
@@ -118,6 +120,20 @@ def test_ptpc_variants_equal_vllm_per_token_reference(model):
     assert np.abs(out - _numpy_logits(variant, linear, expert_of)).max() <= 1e-4
     quark = np.abs(out - ref(variant, "logits_reload_rows")).max()
     assert quark <= (1e-4 if model == "qwen3" else 0.03)
+
+
+@pytest.mark.parametrize("model", ["mixtral", "qwen3_moe"])
+def test_quark_ptpc_moe_reference_is_per_channel_in_the_experts(model):
+    """What the 0.03 above is: a numpy model of Quark's forward with its per-channel expert input quantization
+    (and per-token attention inputs, rows alone) reproduces Quark's logits_reload_rows (measured 1.9e-7)."""
+    variant = f"{model}/{PTPC}"
+    w = SafetensorsFile(MOE / variant / "model.safetensors").load_all()
+    cfg = json.loads((MOE / variant / "config.json").read_text())
+    cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
+    c = ModelConfig.from_dict(cfg)
+    got = quark_ptpc_moe_reference(w, cfg, TOKENS, c.moe_layers, c.num_experts_per_tok, c.norm_topk_prob,
+                                   c.num_experts, llama_logits)
+    assert np.abs(got - ref(variant, "logits_reload_rows")).max() <= 1e-5
 
 
 @pytest.mark.parametrize("model", ["mixtral", "qwen3_moe", "qwen3"])
