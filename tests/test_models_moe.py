@@ -176,7 +176,8 @@ def test_vllm_scales_fp8_kv_cache_and_generation():
 
 def test_expert_weights_are_stacked_per_scheme():
     fp8 = model_of("mixtral/w_fp8_a_fp8_pertensor_static").model.layers[0].mlp.experts
-    assert fp8.gate_up_proj.weight[...].shape == (4, 128, 64) and fp8.gate_up_proj.weight[...].dtype == jnp.float8_e4m3fn
+    gu = fp8.gate_up_proj.weight[...]
+    assert gu.shape == (4, 128, 64) and gu.dtype == jnp.float8_e4m3fn
     assert fp8.gate_up_proj.weight_scale[...].shape == (4,) and fp8.gate_up_proj.input_scale[...].shape == ()
     exact = quark_exact("mixtral/w_fp8_a_fp8_pertensor_static").model.layers[0].mlp.experts
     assert exact.gate_up_proj.weight_scale[...].shape == (4, 128) and exact.down_proj.input_scale[...].shape == (4,)
@@ -313,7 +314,8 @@ def test_experts_of_one_layer_with_different_schemes_are_an_error(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["quantization_config"]["exclude"].append("model.layers.1.mlp.experts.2.*")  # one expert left float
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(InvalidArgumentError, match=r"must share one scheme.*model.layers.1.mlp.experts.2.\w+_proj has none"):
+    with pytest.raises(InvalidArgumentError,
+                       match=r"must share one scheme.*model.layers.1.mlp.experts.2.\w+_proj has none"):
         from_pretrained(d)
 
 
