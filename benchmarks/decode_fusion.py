@@ -268,6 +268,141 @@ def measure(args) -> dict:
     return out
 
 
+CMDBUF_ALL = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+VARIANTS = {  # name -> (split-K epilogue as elementwise adds, fusible static reciprocal, decode compiler options)
+    "base": (False, False, {}),
+    "fold_recip": (True, True, {}),
+    "fold_recip_cmdbuf_while": (True, True, {"xla_gpu_enable_command_buffer": CMDBUF_ALL,
+                                             "xla_gpu_graph_min_graph_size": 1}),
+    "fold": (True, False, {}),
+    "fold_recip_cmdbuf_off": (True, True, {"xla_gpu_enable_command_buffer": ""}),
+}
+AB_PLAN = ("fp8:base,fp8:fold_recip,fp8:fold_recip_cmdbuf_while,bf16:base,bf16:fold_recip_cmdbuf_while,"
+           "fp8:fold_recip_cmdbuf_off,fp8:fold,bf16:fold_recip_cmdbuf_off")
+
+
+def ab_decode(args) -> dict:
+    """A/B of decode-step variants (``--ab-plan``: scheme:variant, in priority order) on one in-memory model per
+    scheme: each variant's decode-chunk program traced afresh (jax.clear_caches), compiled with its options, run
+    from an empty cache at slot ``prompt`` (the decode step's work does not depend on the cache contents) as
+    ``generate`` runs it (chunks dispatched back to back), timed per token (median of 3 runs of ``new_tokens``)
+    and profiled (kernels per step); the generated tokens and the final cache are compared with the scheme's first
+    variant (bit for bit)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import quark_jax.quant.fp8 as qfp8
+    from quark_jax.kernels import tiling
+    from quark_jax.models import generation as g
+
+    t_start = time.perf_counter()
+    fold_fn = tiling.sum_splits
+    out = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "variants": {}}
+    budget = float(args.ab_budget_s)
+    models, refs = {}, {}
+    for item in args.ab_plan.split(","):
+        scheme, name = item.split(":")
+        if time.perf_counter() - t_start > budget:
+            log("budget spent, skipping", item)
+            continue
+        if scheme not in models:
+            t0 = time.perf_counter()
+            model = build(args.shape, scheme, abstract=False)
+            graphdef, state = nnx.split(model)
+            jax.block_until_ready(jax.tree_util.tree_leaves(state))
+            models[scheme] = (model, graphdef, state)
+            out[f"build_s_{scheme}"] = time.perf_counter() - t0
+        model, graphdef, state = models[scheme]
+        chunk, n_new = args.chunk, args.new_tokens
+        if True:  # one variant
+            fold, recip, opts = VARIANTS[name]
+            tiling.sum_splits = fold_fn if fold else (lambda p: jnp.sum(p, axis=0))
+            qfp8.FUSIBLE_RECIPROCAL = recip
+            jax.clear_caches()
+            res = {"scheme": scheme, "options": opts}
+            try:
+                fn = jax.jit(functools.partial(g._decode_chunk, graphdef), static_argnums=(0,), donate_argnums=(2,),
+                             compiler_options=opts or None)
+                b = 1
+                tok0 = jnp.full((b,), 5, jnp.int32)
+                first = jnp.zeros((b,), jnp.int32)
+                done0 = jnp.zeros((b,), bool)
+                key = jax.random.PRNGKey(0)
+                eos = jnp.array([-1], jnp.int32)  # never produced: every step runs
+                cache_len = args.prompt + n_new
+                mk = lambda: model.init_cache(b, cache_len)
+                t0 = time.perf_counter()
+                compiled = fn.lower(chunk, state, mk(), tok0, jnp.int32(args.prompt), done0, first, key,
+                                    jnp.float32(0.0), jnp.int32(1), eos, jnp.int32(chunk)).compile()
+                res["compile_s"] = time.perf_counter() - t0
+                hlo = compiled.as_text()
+                res["hlo_fusions"] = len(re.findall(r"^\s*\S+ = \S+ fusion\(", hlo, flags=re.M))
+                res["hlo_custom_calls"] = hlo.count(" custom-call(")
+                res["hlo_command_buffers"] = hlo.count("command_buffer")
+                if args.out_dir and name in ("base", "fold_recip"):
+                    import gzip
+                    with gzip.open(Path(args.out_dir) / f"decode_hlo_{scheme}_{name}.txt.gz", "wt") as f:
+                        f.write(hlo)
+
+                def gen(n, cache=None):
+                    cache = mk() if cache is None else cache
+                    tok, slot, done = tok0, jnp.int32(args.prompt), done0
+                    outs = []
+                    for _ in range(n // chunk):
+                        o, _, tok, slot, done, cache = compiled(state, cache, tok, slot, done, first, key,
+                                                                jnp.float32(0.0), jnp.int32(1), eos, jnp.int32(chunk))
+                        outs.append(o)
+                    return jnp.concatenate(outs, axis=1), cache
+
+                toks, cache = gen(n_new)
+                jax.block_until_ready(cache)
+                runs = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    toks, cache = gen(n_new)
+                    jax.block_until_ready((toks, cache))
+                    runs.append(1e3 * (time.perf_counter() - t0) / n_new)
+                res["decode_ms_runs"] = runs
+                res["decode_ms"] = float(np.median(runs))
+                toks_np = np.asarray(toks)
+                kv = np.concatenate([np.asarray(jnp.asarray(a).astype(jnp.float32)).ravel()[:: 97]
+                                     for a in jax.tree_util.tree_leaves(cache)])
+                ref = refs.setdefault(scheme, (toks_np, kv, name))
+                res["same_as"] = ref[2]
+                res["same_tokens_and_cache"] = bool(np.array_equal(toks_np, ref[0])
+                                                    and np.array_equal(kv.view(np.uint32), ref[1].view(np.uint32)))
+                if args.profile:
+                    from benchmarks.profile_decode import _gpu_events, summarize
+                    import shutil
+                    import tempfile
+                    d = tempfile.mkdtemp(prefix="ab_prof_")
+                    cache = jax.block_until_ready(mk())  # made outside the trace (its memsets are no step's)
+                    with jax.profiler.trace(d, create_perfetto_trace=True):
+                        toks, cache = gen(chunk, cache)
+                        jax.block_until_ready((toks, cache))
+                    ev = _gpu_events(d)
+                    shutil.rmtree(d, ignore_errors=True)
+                    prof = summarize(ev, chunk)
+                    step = ev[: max(1, len(ev) // chunk)]
+                    prof["one_step_kernels"] = [(n[:60], round(dur, 2)) for _, dur, n in step]
+                    res["profile"] = prof
+            except Exception as e:  # keep the other variants
+                res["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+            log(scheme, name, json.dumps({k: v for k, v in res.items() if k != "profile"}))
+            if "profile" in res:
+                log("  profile", json.dumps({k: v for k, v in res["profile"].items()
+                                             if k not in ("top", "one_step_kernels")}))
+            out["variants"][f"{scheme}/{name}"] = res
+            out["elapsed_s"] = time.perf_counter() - t_start
+            if args.out:
+                Path(args.out).write_text(json.dumps(out, indent=1))
+    tiling.sum_splits = fold_fn
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scheme", choices=("bf16", "fp8", "int8"), default="fp8")
@@ -283,10 +418,14 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--unfused", action="store_true")
     ap.add_argument("--log-compiles", action="store_true", help="per-program trace / lower / XLA compile seconds")
+    ap.add_argument("--ab", action="store_true", help="A/B the decode variants (VARIANTS) per scheme")
+    ap.add_argument("--ab-plan", default=AB_PLAN, help="scheme:variant,... in priority order")
+    ap.add_argument("--ab-budget-s", type=float, default=1e9, help="skip the remaining variants after this")
+    ap.add_argument("--out-dir", default=None, help="--ab: where the compiled decode HLO goes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    res = lower_only(args) if args.lower_only else measure(args)
-    print("RESULT " + json.dumps({k: v for k, v in res.items() if k != "profile"}))
+    res = ab_decode(args) if args.ab else lower_only(args) if args.lower_only else measure(args)
+    print("RESULT " + json.dumps({k: v for k, v in res.items() if k not in ("profile", "variants")}))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return res

@@ -47,3 +47,43 @@ def test_round_to_float16_keeps_subnormals():
     assert (got != 0).sum() > 400  # most of them are float16 subnormals, not flushed
     np.testing.assert_array_equal(np.asarray(quant.exact_f32(v.astype(jnp.float16))),
                                   np.asarray(v.astype(jnp.float16).astype(jnp.float32)))
+
+
+def _scales():
+    """float32 scales whose reciprocals are inexact (and a few exact ones): random, near powers of two, tiny, huge."""
+    r = np.random.default_rng(7)
+    s = np.concatenate([r.uniform(1e-4, 1.0, 3000), 3.0 / np.arange(1, 449), 2.0 ** np.arange(-60, 60),
+                        np.nextafter(np.float32(2.0) ** np.arange(-20, 20), np.float32(np.inf)),
+                        [1e-30, 3e-38, 1e30, 448.0, 1.0 / 448.0]]).astype(np.float32)
+    return s
+
+
+def test_reciprocal_is_correctly_rounded_traced_and_constant():
+    """quant.reciprocal (no broadcast, no barrier: fusible into a quantizer) equals IEEE float32 1/s bit for bit,
+    with s traced (a decode program's scale) and as a jit constant, and equals true_divide(1, s)."""
+    s = _scales()
+    want = (np.float32(1.0) / s).view(np.uint32)
+    traced = np.asarray(jax.jit(quant.reciprocal)(jnp.asarray(s)))
+    assert np.array_equal(traced.view(np.uint32), want)
+    assert np.array_equal(np.asarray(quant.true_divide(1.0, jnp.asarray(s))).view(np.uint32), want)
+    consts = np.asarray([jax.jit(lambda: quant.reciprocal(jnp.float32(v)))() for v in s[::601]], np.float32)
+    assert np.array_equal(consts.view(np.uint32), want[::601])
+
+
+def test_fp8_static_codes_same_with_fusible_reciprocal(monkeypatch):
+    """scaled_fp8_quant with a static scale gives the same codes with either reciprocal (quant.fp8.FUSIBLE_RECIPROCAL),
+    the scale traced inside a jitted producer -> quantizer chain (as in a decode step)."""
+    import quark_jax.quant.fp8 as qfp8
+
+    r = np.random.default_rng(3)
+    x = jnp.asarray(r.standard_normal((4, 512)) * 8, jnp.float32)
+    s = jnp.asarray(r.uniform(0.005, 0.05, 3), jnp.float32)
+    f = lambda x, s: jnp.stack([quant.scaled_fp8_quant(jax.nn.silu(x).astype(jnp.bfloat16), si)[0] for si in s])
+    monkeypatch.setattr(qfp8, "FUSIBLE_RECIPROCAL", False)
+    a = np.asarray(jax.jit(f)(x, s).astype(jnp.float32))
+    monkeypatch.setattr(qfp8, "FUSIBLE_RECIPROCAL", True)
+    b = np.asarray(jax.jit(f)(x, s).astype(jnp.float32))
+    assert np.array_equal(a, b)
+    xb = np.asarray(jax.nn.silu(x).astype(jnp.bfloat16).astype(jnp.float32))
+    ref = np.clip(xb[None] * (np.float32(1.0) / np.asarray(s))[:, None, None], -448, 448)  # vLLM: x * (1/s)
+    assert np.array_equal(b, np.asarray(jnp.asarray(ref).astype(jnp.float8_e4m3fn).astype(jnp.float32)))

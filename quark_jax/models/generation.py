@@ -179,6 +179,16 @@ def _mesh_sharding(x):
     return s if isinstance(s, jax.sharding.NamedSharding) else None
 
 
+DECODE_COMPILER_OPTIONS: dict = {}
+"""XLA options the decode-chunk program is compiled with on a GPU (only that program: no process-wide
+XLA_FLAGS), read when a model's programs are first built."""
+
+
+def decode_compiler_options() -> dict:
+    """:data:`DECODE_COMPILER_OPTIONS` on a GPU backend, else none (the options are GPU ones)."""
+    return dict(DECODE_COMPILER_OPTIONS) if jax.default_backend() == "gpu" else {}
+
+
 class _Programs:
     """The jitted prefill and decode-chunk programs of one model graph definition."""
 
@@ -186,7 +196,8 @@ class _Programs:
         donate = jax.default_backend() != "cpu"  # CPU buffers are not donatable (jax would warn on every call)
         self.prefill = jax.jit(partial(_prefill, graphdef), donate_argnums=(1,) if donate else ())
         self.decode = jax.jit(partial(_decode_chunk, graphdef), static_argnums=(0,),
-                              donate_argnums=(2,) if donate else ())
+                              donate_argnums=(2,) if donate else (),
+                              compiler_options=decode_compiler_options() or None)
         self._warm: dict = {}
 
     def warm_up_decode(self, args):

@@ -199,7 +199,7 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
-        out = out.sum(axis=0)
+        out = tiling.sum_splits(out)
         if bias is not None:
             out = out + bias.astype(jnp.float32)
         out = out.astype(out_dtype)

@@ -329,7 +329,7 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid)(*operands)
     if not partial:
         return y
-    y = x_scale * (w_scale * jnp.sum(y, axis=0))
+    y = x_scale * (w_scale * tiling.sum_splits(y))
     if has_bias:
         y = y + bias.astype(jnp.float32)
     return y.astype(out_dtype)

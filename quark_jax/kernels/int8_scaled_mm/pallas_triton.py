@@ -332,7 +332,7 @@ def _call(x_q, w_q, x_scale, w_scale, bias, azp_adj, azp, x_zp=None, *, out_dtyp
                              out_shape=out_shape, grid=grid)(*operands.values())
     if not split:
         return out
-    acc = apply_azp(out.reshape(cfg.split_k, m, n).sum(axis=0), azp_adj, azp)
+    acc = apply_azp(tiling.sum_splits(out.reshape(cfg.split_k, m, n)), azp_adj, azp)
     if int32_out:
         return acc
     y = x_scale * (w_scale * acc.astype(jnp.float32))
