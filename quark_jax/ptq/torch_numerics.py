@@ -320,51 +320,76 @@ class TorchNumerics:
 
     def ranges(self, input_ids, observe, slices):
         """input_ids [B, T] -> {path: (input (lo, hi) float32 [2], [output (lo, hi) per slice])} for the paths
-        in ``observe`` (path -> (inputs, outputs)); ``slices``: path -> [(start, stop)] output column ranges."""
-        # every linear is observed (min/max are cheap), so that one compiled pass serves any ``observe``
-        def cuts(p):  # one slice over all columns is the default (None, None): one compile for any ``observe``
+        in ``observe`` (path -> (inputs, outputs)); ``slices``: path -> [(start, stop)] output column ranges.
+
+        Every linear is observed (min/max are cheap) and each decoder layer runs as one jitted function compiled
+        once per layer structure, so one compilation serves every layer and any ``observe``."""
+        def cuts(p):  # one slice over all columns is the default (None, None)
             sl = [tuple(c) for c in (slices.get(p) or ())]
             return tuple(sl) if len(sl) > 1 else ((None, None),)
 
-        key = tuple((p, cuts(p)) for p in self.linear_paths if p != "lm_head" or p in observe)
+        ids = np.asarray(input_ids)
+        t = ids.shape[1]
+        dtype = str(self.dtype)
+        out = {}
         with jax.enable_x64(True):
-            out = _ranges(self.cfg, str(self.dtype), tuple(float(f) for f in self.inv_freq), self.fused, key,
-                          self.params, jnp.asarray(input_ids, jnp.int32))
+            cos, sin = _rope_tables(t, self.inv_freq, self.dtype)
+            x = _embed(self.params["model.embed_tokens.embedding"], jnp.asarray(ids, jnp.int32), dtype)
+            for i in range(self.cfg.num_hidden_layers):
+                pre = f"model.layers.{i}."
+                lp = {k[len(pre):]: v for k, v in self.params.items() if k.startswith(pre)}
+                key = tuple(sorted((k[: -len(".kernel")], cuts(pre + k[: -len(".kernel")])) for k in lp
+                                   if k.endswith(".kernel")))
+                x, r = _layer(self.cfg, dtype, self.fused, key, lp, x, cos, sin)
+                out.update({pre + k: v for k, v in r.items()})
+            if "lm_head" in observe:
+                out["lm_head"] = _head(self.cfg, dtype, cuts("lm_head"), self.params["model.norm.weight"],
+                                       self.params["lm_head.kernel"], x)
             out = jax.device_get(out)
         return {p: out[p] for p in observe}
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _ranges(cfg, dtype_name, inv_freq, fused, key, params, ids):
+@partial(jax.jit, static_argnums=2)
+def _embed(table, ids, dtype_name):
+    return table[ids].astype(jnp.dtype(dtype_name))
+
+
+def _observed(x, y, cuts):
+    xf = x.astype(_F32)
+    routs = [jnp.stack([jnp.min(y[..., lo:hi].astype(_F32)), jnp.max(y[..., lo:hi].astype(_F32))])
+             for lo, hi in cuts]
+    return jnp.stack([jnp.min(xf), jnp.max(xf)]), routs
+
+
+def _linear(lp, name, x, dtype):
+    y = linear_fma(x, lp[name + ".kernel"], _F32)
+    if name + ".bias" in lp:  # added to the float32 chains' result (measured: torch's addmm)
+        y = _add(y, lp[name + ".bias"].astype(_F32))
+    return _r(y, dtype)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _head(cfg, dtype_name, cuts, norm_weight, kernel, x):
     dtype = jnp.dtype(dtype_name)
-    want = dict(key)
+    h = _rms_norm(x, norm_weight, cfg.rms_norm_eps, dtype)
+    return _observed(h, _linear({"lm_head.kernel": kernel}, "lm_head", h, dtype), cuts)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _layer(cfg, dtype_name, fused, key, lp, x, cos, sin):
+    """One decoder layer (HF ``LlamaDecoderLayer``, eager attention) with torch's roundings: x [B, T, hidden]
+    -> (x, {linear name in the layer: observed ranges})."""
+    dtype = jnp.dtype(dtype_name)
+    cuts = dict(key)
     out = {}
 
-    def seen(path, x, y=None):
-        if path not in want:
-            return
-        sl = want[path]
-        xf = x.astype(_F32)
-        rin = jnp.stack([jnp.min(xf), jnp.max(xf)])
-        routs = []
-        for lo, hi in sl:
-            ys = y[..., lo:hi].astype(_F32)
-            routs.append(jnp.stack([jnp.min(ys), jnp.max(ys)]))
-        out[path] = (rin, routs)
-
-    def lin(path, x):
-        y = linear_fma(x, params[path + ".kernel"], _F32)
-        if path + ".bias" in params:
-            y = _add(y, params[path + ".bias"].astype(_F32))
-        y = _r(y, dtype)
-        seen(path, x, y)
+    def lin(name, v):
+        y = _linear(lp, name, v, dtype)
+        out[name] = _observed(v, y, cuts[name])
         return y
 
-    bsz, t = ids.shape
+    bsz, t = x.shape[:2]
     nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    x = params["model.embed_tokens.embedding"][ids].astype(dtype)
-    pos = jnp.arange(t, dtype=_F32)
-    cos, sin = (jnp.asarray(c) for c in _rope_tables(t, inv_freq, dtype))
     scaling = jnp.float32(hd ** -0.5)
     causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
 
@@ -375,38 +400,34 @@ def _ranges(cfg, dtype_name, inv_freq, fused, key, params, ids):
         b = _r(_d(rot) * _d(sin), dtype).astype(_F32)
         return _r(_d(a) + _d(b), dtype)
 
-    for i in range(cfg.num_hidden_layers):
-        pre = f"model.layers.{i}"
-        h = _rms_norm(x, params[f"{pre}.input_layernorm.weight"], cfg.rms_norm_eps, dtype)
-        if fused:
-            qkv = lin(f"{pre}.self_attn.qkv_proj", h)
-            q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
-        else:
-            q, k, v = (lin(f"{pre}.self_attn.{n}_proj", h) for n in "qkv")
-        q = rope(q.reshape(bsz, t, nh, hd).transpose(0, 2, 1, 3))
-        k = rope(k.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3))
-        v = v.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
-        g = nh // nkv
-        k, v = jnp.repeat(k, g, axis=1), jnp.repeat(v, g, axis=1)
-        s = _bmm(q, jnp.swapaxes(k, -1, -2), dtype)
-        s = _r(_d(s.astype(_F32)) * _d(scaling), dtype)
-        p = _softmax_masked(s.astype(_F32), causal)
-        o = _bmm(_r(_d(p), dtype), v, dtype)
-        o = o.transpose(0, 2, 1, 3).reshape(bsz, t, nh * hd)
-        a = lin(f"{pre}.self_attn.o_proj", o)
-        x = _r(_d(x.astype(_F32)) + _d(a.astype(_F32)), dtype)
-        h = _rms_norm(x, params[f"{pre}.post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
-        if fused:
-            gu = lin(f"{pre}.mlp.gate_up_proj", h)
-            gt, up = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
-        else:
-            gt, up = lin(f"{pre}.mlp.gate_proj", h), lin(f"{pre}.mlp.up_proj", h)
-        m = _r(_d(_silu(gt, dtype).astype(_F32)) * _d(up.astype(_F32)), dtype)
-        d = lin(f"{pre}.mlp.down_proj", m)
-        x = _r(_d(x.astype(_F32)) + _d(d.astype(_F32)), dtype)
-    if "lm_head" in want:
-        lin("lm_head", _rms_norm(x, params["model.norm.weight"], cfg.rms_norm_eps, dtype))
-    return out
+    h = _rms_norm(x, lp["input_layernorm.weight"], cfg.rms_norm_eps, dtype)
+    if fused:
+        qkv = lin("self_attn.qkv_proj", h)
+        q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
+    else:
+        q, k, v = (lin(f"self_attn.{n}_proj", h) for n in "qkv")
+    q = rope(q.reshape(bsz, t, nh, hd).transpose(0, 2, 1, 3))
+    k = rope(k.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3))
+    v = v.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
+    g = nh // nkv
+    k, v = jnp.repeat(k, g, axis=1), jnp.repeat(v, g, axis=1)
+    s = _bmm(q, jnp.swapaxes(k, -1, -2), dtype)
+    s = _r(_d(s.astype(_F32)) * _d(scaling), dtype)
+    p = _softmax_masked(s.astype(_F32), causal)
+    o = _bmm(_r(_d(p), dtype), v, dtype)
+    o = o.transpose(0, 2, 1, 3).reshape(bsz, t, nh * hd)
+    a = lin("self_attn.o_proj", o)
+    x = _r(_d(x.astype(_F32)) + _d(a.astype(_F32)), dtype)
+    h = _rms_norm(x, lp["post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
+    if fused:
+        gu = lin("mlp.gate_up_proj", h)
+        gt, up = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
+    else:
+        gt, up = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
+    m = _r(_d(_silu(gt, dtype).astype(_F32)) * _d(up.astype(_F32)), dtype)
+    d = lin("mlp.down_proj", m)
+    x = _r(_d(x.astype(_F32)) + _d(d.astype(_F32)), dtype)
+    return x, out
 
 
 def _rope_tables(t, inv_freq, dtype):
