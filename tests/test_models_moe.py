@@ -319,7 +319,9 @@ def test_experts_of_one_layer_with_different_schemes_are_an_error(tmp_path):
         from_pretrained(d)
 
 
-def test_moe_under_a_mesh_is_a_clear_error():
+def test_moe_under_a_mesh_and_unknown_options_are_clear_errors():
+    with pytest.raises(InvalidArgumentError, match="expert_scales: expected one of vllm, checkpoint"):
+        from_pretrained(MOE / "mixtral" / "float", expert_scales="max")
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     with pytest.raises(InvalidArgumentError, match="mixture-of-experts"):
         from_pretrained(MOE / "mixtral" / "float", mesh=mesh)

@@ -19,7 +19,7 @@ from quark_jax.models.generation import check_fits
 from quark_jax.models.llama import LlamaForCausalLM
 from quark_jax.models.moe import moe_block_name
 from quark_jax.nn.load import load_weights
-from quark_jax.nn import DEFAULT_RULES
+from quark_jax.nn import DEFAULT_RULES, EXPERT_SCALE_MODES
 from quark_jax.nn.substitute import quantize_model
 
 __all__ = ["from_pretrained"]
@@ -63,6 +63,9 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
     """
     dtype = check_model_dtype(dtype)
+    if expert_scales not in EXPERT_SCALE_MODES:
+        raise InvalidArgumentError(f"expert_scales: expected one of {', '.join(EXPERT_SCALE_MODES)}, got "
+                                   f"{expert_scales!r}")
     enable_compilation_cache()  # before anything compiles (models.compile_cache: where, and how to turn it off)
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     raw = read_config_json(checkpoint_dir)  # the one parse of config.json; the reader below reuses it

@@ -10,7 +10,7 @@
 * :class:`QuarkDense`: the Linen counterpart (a drop-in for ``nn.Dense`` that resolves its scheme by path).
 """
 
-from quark_jax.nn.experts import QuarkExperts
+from quark_jax.nn.experts import EXPERT_SCALE_MODES, QuarkExperts
 from quark_jax.nn.kv_scales import FP8KVCacheScales, KVScale
 from quark_jax.nn.linear import QuarkLinear, QuarkParam, checkpoint_dtype
 from quark_jax.nn.load import load_weights, module_path
@@ -20,4 +20,4 @@ from quark_jax.nn.substitute import as_quark_config, quantize_model, set_attr_at
 
 __all__ = ["QuarkLinear", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
            "QuarkDense", "linen_module_path", "FP8KVCacheScales", "KVScale",
-           "set_attr_at", "as_quark_config", "QuarkExperts", "PartitionRules", "DEFAULT_RULES", "ShardLayout", "kv_cache_sharding"]
+           "set_attr_at", "as_quark_config", "QuarkExperts", "EXPERT_SCALE_MODES", "PartitionRules", "DEFAULT_RULES", "ShardLayout", "kv_cache_sharding"]
