@@ -26,6 +26,7 @@ Results go to ``--out`` as JSON, rewritten after every scheme (a cut-off run kee
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 from functools import partial
 import json
@@ -47,6 +48,8 @@ SHAPES = {
                num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
+    "mid": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16,
+                num_key_value_heads=4, vocab_size=32000, rope_theta=10000.0),  # ~180M params: CPU load profiles
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, rope_theta=10000.0),
 }
@@ -86,33 +89,44 @@ def write_safetensors(path: Path, tensors: dict) -> int:
     return 8 + len(head) + offset
 
 
-def quantized_linear(scheme: str, w):
-    """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
-    array), through quark_jax's quantizers (jitted: one compile per weight shape)."""
+@functools.lru_cache(maxsize=None)
+def _quantizer(scheme: str):
+    """The jitted quantizer of a scheme (one jit object per scheme: compiled once per weight shape)."""
     import jax
-    import jax.numpy as jnp
 
     from quark_jax.quant import quantize_mxfp4, scaled_fp8_quant, scaled_int8_quant
 
+    return {"fp8": jax.jit(scaled_fp8_quant),  # per-tensor scale amax / 448
+            "fp8_dyn": jax.jit(partial(scaled_fp8_quant, per_token=True)),  # one scale per output channel
+            "int8": jax.jit(scaled_int8_quant),  # per output channel, symmetric
+            "mxfp4": jax.jit(quantize_mxfp4), "w4a16": jax.jit(quantize_mxfp4)}[scheme]
+
+
+def quantized_linear(scheme: str, w):
+    """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
+    array), through quark_jax's quantizers (jitted: one compile per weight shape)."""
+    import jax.numpy as jnp
+
     if scheme == "bf16":
         return {"weight": np.asarray(w.astype(jnp.bfloat16))}
+    if scheme not in QUARK_CONFIG_OF:
+        raise ValueError(f"unknown scheme {scheme!r}")
+    out = _quantizer(scheme)(w)
     if scheme == "fp8":
-        q, s = jax.jit(scaled_fp8_quant)(w)  # per-tensor scale amax / 448
+        q, s = out
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(()),
                 "input_scale": np.float32(INPUT_SCALE).reshape(())}
     if scheme == "fp8_dyn":
-        q, s = jax.jit(partial(scaled_fp8_quant, per_token=True))(w)  # one scale per output channel
+        q, s = out
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1)}
     if scheme == "int8":
-        q, s, _ = jax.jit(scaled_int8_quant)(w)  # per output channel, symmetric
+        q, s, _ = out
         n = w.shape[0]
         return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1),
                 "weight_zero_point": np.zeros((n,), np.int8),
                 "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
-    if scheme in ("mxfp4", "w4a16"):
-        packed, scales = jax.jit(quantize_mxfp4)(w)
-        return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
-    raise ValueError(f"unknown scheme {scheme!r}")
+    packed, scales = out  # mxfp4, w4a16
+    return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
 
 
 def model_config(shape: str, max_positions: int) -> dict:
@@ -147,10 +161,14 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
     def bf16(a):
         return np.asarray(a.astype(jnp.bfloat16))
 
+    from concurrent.futures import ThreadPoolExecutor
+
     total, weight_map = 0, {}
     per_shard = 4
     shards = [list(range(s, min(s + per_shard, L))) for s in range(0, L, per_shard)]
     n_files = len(shards) + 1
+    writer = ThreadPoolExecutor(max_workers=1)  # a shard's file is written while the next one is generated
+    written = []
     for si, layers in enumerate(shards):
         t = {}
         for li in layers:
@@ -163,14 +181,18 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
             t[p + "input_layernorm.weight"] = bf16(1.0 + rand((h,)))
             t[p + "post_attention_layernorm.weight"] = bf16(1.0 + rand((h,)))
         fname = f"model-{si + 1:05d}-of-{n_files:05d}.safetensors"
-        total += write_safetensors(d / fname, t)
+        for w in written[:-1]:  # at most one shard waits for the disk (bounded host memory)
+            total += w.result()
+        written = written[-1:] + [writer.submit(write_safetensors, d / fname, t)]
         weight_map.update({n: fname for n in t})
         del t
     t = {"model.embed_tokens.weight": bf16(rand((v, h)) * 50), "model.norm.weight": bf16(1.0 + rand((h,)))}
     if not cfg.get("tie_word_embeddings"):
         t["lm_head.weight"] = bf16(rand((v, h)))
     fname = f"model-{n_files:05d}-of-{n_files:05d}.safetensors"
-    total += write_safetensors(d / fname, t)
+    written.append(writer.submit(write_safetensors, d / fname, t))
+    total += sum(w.result() for w in written)
+    writer.shutdown()
     weight_map.update({n: fname for n in t})
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return total
@@ -241,19 +263,36 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
 
     scheme = result["scheme"]
     options = {"impl": args.impl[scheme]} if scheme in args.impl and scheme != "bf16" else {}
+    from quark_jax.models.loading import LOAD_PHASES
+    from quark_jax.nn.load import PIPELINE_STATS
+
     t0 = time.perf_counter()
     model = from_pretrained(ckpt, progress=False, mesh=make_mesh(args.mesh), **options)
+    t1 = time.perf_counter()
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     load_s = time.perf_counter() - t0
-    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
-    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s ({result['load_gbs']:.2f} GB/s)")
+    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s,
+                  load_phases=dict(LOAD_PHASES, device_tail=time.perf_counter() - t1, **{
+                      f"pipeline_{k}": v for k, v in PIPELINE_STATS.items()}))
+    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s ({result['load_gbs']:.2f} GB/s); phases "
+        + json.dumps({k: round(v, 3) for k, v in result["load_phases"].items()}))
     save()
+    if args.load_only:
+        del model
+        gc.collect()
+        return
     vocab, n_new, plen = model.config.vocab_size, args.new_tokens, args.prompt
     cache_len = plen + n_new
 
     t0 = time.perf_counter()
-    ids = model.generate(prompt(1, plen, vocab), n_new, max_cache_len=cache_len)
-    np.asarray(ids)
+    try:
+        np.asarray(model.generate(prompt(1, plen, vocab), n_new, max_cache_len=cache_len))
+    except Exception as e:  # the fused prefill attention failed here: record it, measure the float32 path
+        result["attention_error"] = f"{type(e).__name__}: {e}"[:1500]
+        log(f"  first call failed ({type(e).__name__}); retrying with the float32 attention path")
+        _set_attention(model, "float32")
+        t0 = time.perf_counter()
+        np.asarray(model.generate(prompt(1, plen, vocab), n_new, max_cache_len=cache_len))
     result["first_call_s"] = time.perf_counter() - t0
     log(f"  first generate call {result['first_call_s']:.2f} s")
     save()
@@ -296,6 +335,19 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
         result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
         log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s); first {ts[0]:.2f} s")
         save()
+        if args.compare_attention and scheme == "bf16" and plen_p == max(args.prefill):
+            _set_attention(model, "float32")
+            ts = []
+            for rep in range(4):
+                _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
+                                       return_stats=True)
+                ts.append(st.prefill_s)
+            _set_attention(model, "float32" if "attention_error" in result else "auto")
+            s32 = statistics.median(ts[1:])
+            result["prefill"][str(plen_p)]["float32_path"] = dict(ms=1e3 * s32, tok_s=plen_p / s32,
+                                                                  compile_and_first_s=ts[0])
+            log(f"  prefill {plen_p}, float32 attention path: {1e3 * s32:.2f} ms; first {ts[0]:.2f} s")
+            save()
         if args.profile and plen_p == max(args.prefill):
             from benchmarks.profile_decode import profile_prefill
 
@@ -303,8 +355,28 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
             log("  prefill profile: " + json.dumps({k: v for k, v in result["profile_prefill"].items()
                                                     if k != "top"}))
             save()
+    if args.long_prefill and scheme in args.long_prefill_schemes:
+        n = args.long_prefill
+        try:
+            ts = []
+            for rep in range(2):
+                _, st = model.generate(prompt(1, n, vocab, seed=20 + rep), 1, max_cache_len=n + 64,
+                                       return_stats=True)
+                ts.append(st.prefill_s)
+            result["prefill"][str(n)] = dict(ms=1e3 * ts[1], tok_s=n / ts[1], compile_and_first_s=ts[0])
+            log(f"  prefill {n}: {1e3 * ts[1]:.1f} ms ({n / ts[1]:.0f} tok/s); first {ts[0]:.2f} s")
+        except Exception as e:  # e.g. out of memory: recorded, the other numbers kept
+            result["prefill"][str(n)] = {"error": f"{type(e).__name__}: {e}"[:1500]}
+            log(f"  prefill {n}: ERROR {type(e).__name__}")
+        save()
     del model
     gc.collect()
+
+
+def _set_attention(model, impl: str) -> None:
+    """The prefill attention path of every layer ("auto": fused where it applies; "float32": the float32 path)."""
+    for layer in model.model.layers:
+        layer.self_attn.attention_impl = impl
 
 
 def second_process(ckpt: Path, args, result: dict) -> dict:
@@ -334,57 +406,114 @@ def second_process(ckpt: Path, args, result: dict) -> dict:
 
 
 def torch_peer(shape: str, args, result: dict, save) -> None:
-    """HF LlamaForCausalLM bf16, static KV cache, a one-token step under torch.compile(mode="reduce-overhead")."""
+    """HF LlamaForCausalLM bf16 (random init), static KV cache, the one-token decode step under
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), greedy; batch 1. On a machine without CUDA it runs
+    eagerly on the CPU (the tiny configuration's check of this code)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
     c = model_config(shape, args.prompt + args.new_tokens + 64)
     cfg = LlamaConfig(**{k: v for k, v in c.items() if k not in ("model_type", "dtype")})
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    result["init_s"] = time.perf_counter() - t0
-    from transformers import StaticCache
-
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    result.update(init_s=time.perf_counter() - t0, device=torch.cuda.get_device_name() if cuda else "cpu",
+                  torch=torch.__version__, compiled=cuda)
     max_len = args.prompt + args.new_tokens
-    try:
-        cache = StaticCache(config=cfg, max_batch_size=1, max_cache_len=max_len, device="cuda", dtype=torch.bfloat16)
-    except TypeError:
+    try:  # transformers >= 5: the layers allocate on their first update
         cache = StaticCache(config=cfg, max_cache_len=max_len)
-    ids = torch.tensor(prompt(1, args.prompt, cfg.vocab_size), device="cuda", dtype=torch.long)
+    except TypeError:
+        cache = StaticCache(config=cfg, max_batch_size=1, max_cache_len=max_len, device=dev, dtype=torch.bfloat16)
+    ids = torch.tensor(prompt(1, args.prompt, cfg.vocab_size), device=dev, dtype=torch.long)
 
     def step(tok, pos):
         return model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
 
-    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
-    with torch.no_grad():
-        logits = model(ids, past_key_values=cache, cache_position=torch.arange(args.prompt, device="cuda"),
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def prefill():
+        logits = model(ids, past_key_values=cache, cache_position=torch.arange(args.prompt, device=dev),
                        use_cache=True).logits
-        tok = logits[:, -1:].argmax(-1)
-        t0 = time.perf_counter()
-        for j in range(3):  # compile + CUDA-graph capture
-            pos = torch.tensor([args.prompt + j], device="cuda")
-            tok = compiled(tok, pos)[:, -1:].argmax(-1)
-        torch.cuda.synchronize()
-        result["compile_s"] = time.perf_counter() - t0
+        return logits[:, -1:].argmax(-1)
+
+    with torch.no_grad():
+        # the peer as issue 14 measured it: fullgraph reduce-overhead; if this transformers version breaks the
+        # graph, without fullgraph (recorded in "compile_mode")
+        modes = (("reduce-overhead", True), ("reduce-overhead", False)) if cuda else ((None, None),)
+        for mode, fullgraph in modes:
+            run = step if mode is None else torch.compile(step, mode=mode, fullgraph=fullgraph)
+            try:
+                cache.reset()
+                tok = prefill()
+                t0 = time.perf_counter()
+                for j in range(3):  # compile + CUDA-graph capture
+                    tok = run(tok, torch.tensor([args.prompt + j], device=dev))[:, -1:].argmax(-1)
+                sync()
+                result["compile_s"] = time.perf_counter() - t0
+                result["compile_mode"] = f"{mode}, fullgraph={fullgraph}" if mode else "eager"
+                break
+            except Exception as e:  # noqa: BLE001 - recorded, next mode
+                result.setdefault("compile_errors", []).append(f"{mode}/{fullgraph}: {type(e).__name__}: {e}"[:800])
+                torch._dynamo.reset()
+        else:
+            raise RuntimeError("torch.compile failed in every mode: " + "; ".join(result["compile_errors"]))
         save()
-        n = args.new_tokens - 8
-        best = None
+        n = args.new_tokens - 1  # slots prompt .. prompt+n-1 (the cache holds prompt + new_tokens)
+        best, toks = None, None
         for rep in range(2):
             cache.reset()
-            model(ids, past_key_values=cache, cache_position=torch.arange(args.prompt, device="cuda"), use_cache=True)
-            torch.cuda.synchronize()
+            tok = prefill()
+            sync()
             t0 = time.perf_counter()
+            out = []
             for j in range(n):
-                pos = torch.tensor([args.prompt + j], device="cuda")
-                tok = compiled(tok, pos)[:, -1:].argmax(-1)
-            torch.cuda.synchronize()
+                tok = run(tok, torch.tensor([args.prompt + j], device=dev))[:, -1:].argmax(-1)
+                out.append(tok)
+            sync()
             ms = 1e3 * (time.perf_counter() - t0) / n
             best = ms if best is None else min(best, ms)
-    result.update(ms_per_token=best, tok_s=1e3 / best)
+            toks = torch.cat(out, 1)[0].tolist()
+        if cuda:  # the prefill, timed like bench_e2e's (prompt in, first token out)
+            for plen in args.prefill:
+                if plen + 1 > cfg.max_position_embeddings:
+                    continue
+                p_ids = torch.tensor(prompt(1, plen, cfg.vocab_size), device=dev, dtype=torch.long)
+                ts = []
+                for _ in range(4):
+                    sync()
+                    t0 = time.perf_counter()
+                    model(p_ids, use_cache=False, logits_to_keep=1).logits.argmax(-1).tolist()
+                    ts.append(time.perf_counter() - t0)
+                result.setdefault("prefill", {})[str(plen)] = dict(ms=1e3 * statistics.median(ts[1:]))
+    result.update(ms_per_token=best, tok_s=1e3 / best, tokens=toks[:16])
     log(f"  torch peer: {best:.3f} ms/token ({1e3 / best:.1f} tok/s), compile {result['compile_s']:.1f} s")
     save()
+
+
+def torch_peer_process(args, timeout_s: float) -> dict:
+    """:func:`torch_peer` in a fresh process (run before this process initializes JAX's GPU backend, so that the
+    two do not share the device's memory); its JSON or the error."""
+    import subprocess
+
+    out = Path(tempfile.mkdtemp(prefix="torch_peer_")) / "peer.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--torch", "--shape", args.shape, "--prompt",
+           str(args.prompt), "--new-tokens", str(args.new_tokens), "--prefill", ",".join(map(str, args.prefill)),
+           "--out", str(out)]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        err = p.stderr[-1500:] if p.returncode else None
+    except subprocess.TimeoutExpired:
+        err = f"timed out after {timeout_s} s"
+    res = json.loads(out.read_text()).get("torch_peer", {}) if out.exists() else {}
+    res["process_s"] = time.perf_counter() - t0
+    if err:
+        res["error"] = err
+    return res
 
 
 def main(argv=None) -> dict:
@@ -403,18 +532,39 @@ def main(argv=None) -> dict:
                     "batches must be multiples of DATA); default one device")
     ap.add_argument("--profile", action="store_true", help="also profile one decode step (batch 1)")
     ap.add_argument("--profile-steps", type=int, default=8)
-    ap.add_argument("--torch", action="store_true", help="measure the torch.compile peer (bf16) instead")
+    ap.add_argument("--torch", action="store_true", help="measure only the torch.compile peer (bf16), in this process")
+    ap.add_argument("--torch-peer", action="store_true",
+                    help="also measure the torch.compile peer, first, in a subprocess (before JAX takes the GPU)")
+    ap.add_argument("--torch-timeout", type=float, default=240.0)
     ap.add_argument("--bandwidth", type=float, default=4300.0,
                     help="HBM bandwidth (GB/s) for the floor; default: the H200 copy bandwidth of shared/BASELINES.md")
+    ap.add_argument("--load-only", action="store_true", help="write, load (GB/s) and delete; nothing else")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="bf16: also time the longest prefill with the float32 attention path (attention_impl)")
+    ap.add_argument("--long-prefill", type=int, default=0,
+                    help="also time the prefill of one prompt this long (e.g. 32768: must fit in memory)")
+    ap.add_argument("--long-prefill-schemes", default="bf16", help="schemes the --long-prefill runs for")
     ap.add_argument("--second-process", action="store_true",
                     help="also time the first generate call of a fresh process (warm persistent compilation cache)")
     args = ap.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.prefill = [int(p) for p in args.prefill.split(",") if p]
     args.impl = dict(kv.split("=") for kv in args.impl.split(",") if kv)
+    args.long_prefill_schemes = args.long_prefill_schemes.split(",")
     if args.shape == "tiny":
         args.prefill = [p for p in args.prefill if p <= 64] or [16]
         args.prompt, args.new_tokens = min(args.prompt, 16), min(args.new_tokens, 8)
+
+    if args.torch:  # no JAX in this process
+        results = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "torch_peer": {}}
+
+        def save_peer():
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1))
+
+        torch_peer(args.shape, args, results["torch_peer"], save_peer)
+        return results
+    peer = torch_peer_process(args, args.torch_timeout) if args.torch_peer else None
 
     import jax
 
@@ -426,16 +576,16 @@ def main(argv=None) -> dict:
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))
 
-    if args.torch:
-        results["torch_peer"] = {}
-        torch_peer(args.shape, args, results["torch_peer"], save)
-        return results
+    if peer is not None:
+        results["torch_peer"] = peer
+        save()
     results["copy_bandwidth_gbs"] = copy_bandwidth() / 1e9  # a+1 over 1 GiB f32, read + write
     results["floor_bandwidth_gbs"] = args.bandwidth if results["copy_bandwidth_gbs"] else 0.0
     log(f"{results['device']}, measured a+1 bandwidth {results['copy_bandwidth_gbs']:.0f} GB/s, floor uses "
         f"{results['floor_bandwidth_gbs']:.0f} GB/s")
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_e2e_"))
-    max_positions = max([args.prompt + args.new_tokens] + [p + args.new_tokens for p in args.prefill])
+    max_positions = max([args.prompt + args.new_tokens] + [p + args.new_tokens for p in args.prefill]
+                        + [args.long_prefill + 64])
     for scheme in args.schemes.split(","):
         log(f"{args.shape} {scheme}")
         r = results["schemes"][scheme] = {"scheme": scheme}

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLASSES = (  # (class, regex over the kernel name), first match wins
+    ("attention_fused", r"(?i)sdpa|flash|fmha|fprop|cudnn"),
     ("gemm_pallas", r"(?i)mxfp4|scaled_mm|pallas|triton_.*(dot|mm)|_matmul_kernel|mosaic"),
     ("gemm_cublas", r"(?i)gemm|gemv|cutlass|sm90_xmma|cublas|nvjet|splitk|dot"),
     ("sort_sample", r"(?i)sort|topk|radix|argmax|threefry|random"),

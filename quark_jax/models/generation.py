@@ -142,7 +142,8 @@ def _sample(logits, key, temperature, top_k):
 def _prefill(graphdef, state, cache, input_ids, first_slot, prompt_len, key, temperature, top_k, eos):
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
-    logits, cache = model._cached(input_ids, cache, jnp.int32(0), first_slot, last=prompt_len - 1)
+    logits, cache = model._cached(input_ids, cache, 0, first_slot, last=prompt_len - 1)  # a static 0: the
+    # fused prefill attention applies (the new tokens attend only to each other)
     token = _sample(logits[:, 0], jax.random.fold_in(key, prompt_len - 1), temperature, top_k)
     return token, _is_eos(token, eos), cache
 

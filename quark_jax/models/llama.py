@@ -15,6 +15,7 @@ before RoPE. Sparse layers (``cfg.moe_layers``) have a :class:`~quark_jax.models
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from quark_jax.kernels import fused_prefill_impl, prefill_attention
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
@@ -172,6 +174,11 @@ class Attention(FP8KVCacheScales, nnx.Module):
             self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype)
             self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype)
         self.kv_fp8 = False
+        # prefill attention (T > 1 tokens from slot 0): "auto" = cuDNN's fused flash attention on a CUDA GPU for
+        # bf16/f16 q/k/v (probabilities rounded to bf16 before the PV product, as vLLM's FlashAttention; SPEC
+        # 11.2), else the float32 path of ``attend``; "cudnn" / "xla" (the fused numerics in XLA) force one;
+        # "float32" always takes ``attend``
+        self.attention_impl = "auto"
         if kv_fp8:
             self.enable_fp8_kv_cache()
 
@@ -216,8 +223,24 @@ class Attention(FP8KVCacheScales, nnx.Module):
             vc = jax.lax.dynamic_update_slice(vc, vs.astype(vc.dtype), idx)
             k_all, v_all = self._load(kc, "k_scale"), self._load(vc, "v_scale")
             new_kv = (kc, vc)
-        out = round_to(attend(q, k_all, v_all, q_slots, first_slot), x.dtype)
+        fused = self._fused_prefill(q, ks, t, start)
+        if fused is not None:  # the T new tokens attend only to each other: their own k/v, not the cache
+            out = prefill_attention(q, self._load(ks, "k_scale"), self._load(vs, "v_scale"), first_slot=first_slot,
+                                    impl=fused)
+        else:
+            out = round_to(attend(q, k_all, v_all, q_slots, first_slot), x.dtype)
         return _proj(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim)), new_kv
+
+
+    def _fused_prefill(self, q, ks, t, start):
+        """The fused prefill backend for this call, or None (the float32 ``attend``): only for T > 1 tokens
+        starting at slot 0 (a static 0: the prefill and the full pass) with k/v in q's dtype (no FP8 cache)."""
+        impl = getattr(self, "attention_impl", "auto")
+        if impl == "float32" or t == 1 or not (isinstance(start, int) and start == 0):
+            return None
+        if self.kv_fp8 or ks.dtype != q.dtype:
+            return None
+        return fused_prefill_impl(impl, q.dtype, self.head_dim)
 
 
 class DecoderLayer(nnx.Module):
@@ -289,6 +312,39 @@ class LlamaForCausalLM(nnx.Module):
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))
 
+    @classmethod
+    def abstract(cls, cfg: ModelConfig, *, dtype=None, kv_fp8: bool = False, fuse_projections: bool = False,
+                 moe_module: str = "mlp", expert_scales: str = "vllm"):
+        """The model with every variable a ``jax.ShapeDtypeStruct`` (no memory, no random init), as
+        ``nnx.eval_shape(lambda: cls(cfg, ...))`` gives it, built in time linear in the layers: one dense decoder
+        layer is traced and cloned, each sparse (MoE) layer traced on its own (a trace of the whole model costs
+        time quadratic in its variables: seconds for 32 layers). What ``from_pretrained`` fills.
+
+        >>> from quark_jax.models.config import ModelConfig
+        >>> cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...     "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2})
+        >>> m = LlamaForCausalLM.abstract(cfg)
+        >>> len(m.model.layers), type(m.model.layers[2].mlp.down_proj.kernel.get_value()).__name__
+        (3, 'ShapeDtypeStruct')
+        """
+        kw = dict(kv_fp8=kv_fp8, moe_module=moe_module, expert_scales=expert_scales)
+        empty = dataclasses.replace(cfg, num_hidden_layers=0)
+        model = nnx.eval_shape(lambda: cls(empty, dtype=dtype, rngs=nnx.Rngs(0), fuse_projections=fuse_projections,
+                                           **kw))
+        layers, dense = [], None
+        for i in range(cfg.num_hidden_layers):
+            def build(i=i):
+                return DecoderLayer(cfg, dtype=model.dtype, rngs=nnx.Rngs(0), fused=fuse_projections, index=i, **kw)
+
+            if i in cfg.moe_layers:  # its MoE block's names hold the layer index
+                layers.append(nnx.eval_shape(build))
+            else:
+                dense = nnx.eval_shape(build) if dense is None else dense
+                layers.append(dense if not any(x is dense for x in layers) else nnx.clone(dense))
+        model.model.layers = nnx.List(layers)
+        model.config = cfg
+        return model
+
     @property
     def kv_fp8(self) -> bool:
         """Whether the KV cache is FP8 (set at construction, or by ``quantize_model`` for a KV-cache config)."""
@@ -324,7 +380,9 @@ class LlamaForCausalLM(nnx.Module):
             if shared is None:
                 x, kv = layer(x, cos, sin, kv, start, first_slot)
             else:  # one trace (and one lowered function) serves every layer of the same structure
-                x, kv = _layer_jit(shared[i], nnx.state(layer), x, cos, sin, kv, start, first_slot)
+                # a Python-int start (the prefill's 0) stays static: the fused prefill attention needs it
+                run = _layer_jit_static_start if isinstance(start, int) else _layer_jit
+                x, kv = run(shared[i], nnx.state(layer), x, cos, sin, kv, start, first_slot)
             x = check_finite(x, f"model.layers.{i}")
             if kv is not None:
                 ks.append(kv[0])
@@ -435,6 +493,11 @@ def _shared_layer_graphs(layers, mesh):
 
 @partial(jax.jit, static_argnums=0)
 def _layer_jit(graphdef, state, x, cos, sin, kv, start, first_slot):
+    return nnx.merge(graphdef, state)(x, cos, sin, kv, start, first_slot)
+
+
+@partial(jax.jit, static_argnums=(0, 6))
+def _layer_jit_static_start(graphdef, state, x, cos, sin, kv, start, first_slot):
     return nnx.merge(graphdef, state)(x, cos, sin, kv, start, first_slot)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,11 @@ from quark_jax.nn.load import load_weights
 from quark_jax.nn import DEFAULT_RULES, EXPERT_SCALE_MODES
 from quark_jax.nn.substitute import quantize_model
 
-__all__ = ["from_pretrained"]
+__all__ = ["from_pretrained", "LOAD_PHASES"]
+
+LOAD_PHASES: dict = {}
+"""Host seconds of the phases of the last :func:`from_pretrained` in this process (``open``, ``build``,
+``quantize``, ``weights``: device work may still run after it returns), for benchmarks."""
 
 
 def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_projections: bool | None = None,
@@ -62,6 +67,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     >>> from quark_jax.data import bundled_checkpoint                   # doctest: +SKIP
     >>> model = from_pretrained(bundled_checkpoint())                   # doctest: +SKIP
     """
+    t0 = time.perf_counter()
     dtype = check_model_dtype(dtype)
     if expert_scales not in EXPERT_SCALE_MODES:
         raise InvalidArgumentError(f"expert_scales: expected one of {', '.join(EXPERT_SCALE_MODES)}, got "
@@ -82,9 +88,10 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     if fuse_projections is None:  # a float fused layer under a mesh would split [q | k | v] contiguously (XLA
         # partitions it, then moves activations between devices); a Quark layer splits per logical shard
         fuse_projections = quark or mesh is None
-    model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0),
-                                                    fuse_projections=fuse_projections, moe_module=moe_module,
-                                                    expert_scales=expert_scales))
+    t1 = time.perf_counter()
+    model = LlamaForCausalLM.abstract(cfg, dtype=dtype, fuse_projections=fuse_projections, moe_module=moe_module,
+                                      expert_scales=expert_scales)
+    t2 = time.perf_counter()
     rules = None
     if mesh is not None:
         rules = dataclasses.replace(partition_rules or DEFAULT_RULES, head_dim=cfg.head_dim)
@@ -93,6 +100,7 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
         widths = {"qkv_proj": (q * d, kv * d, kv * d), "gate_up_proj": (cfg.intermediate_size,) * 2}
         quantize_model(model, QuarkConfig.from_pretrained(reader, **options), logical_widths=widths, mesh=mesh,
                        partition_rules=rules)
+    t3 = time.perf_counter()
     weight_bytes = sum(_nbytes(v) for _, v in nnx.to_flat_state(nnx.state(model)))
     if mesh is not None:  # each device holds about 1/model of the weights (replicated norms are small)
         weight_bytes //= dict(mesh.shape).get("model", 1)
@@ -101,6 +109,9 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     ignore = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_weights(model, reader, ignore=ignore, progress=progress, mesh=mesh, partition_rules=rules)
     _require_concrete(model, checkpoint_dir)
+    t4 = time.perf_counter()
+    LOAD_PHASES.clear()
+    LOAD_PHASES.update(open=t1 - t0, build=t2 - t1, quantize=t3 - t2, weights=t4 - t3)
     model.mesh = mesh  # static: generate shards the KV cache over it
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model

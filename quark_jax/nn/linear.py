@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +32,15 @@ class QuarkParam(nnx.Variable):
     points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
 
 
+@functools.lru_cache(maxsize=512)
+def _processed_shapes(scheme: QuarkScheme, widths: tuple, raw: tuple) -> tuple:
+    """``((name, shape, dtype name), ...)`` of ``process_params`` on raw params ``((name, shape, dtype name),
+    ...)``: traced once per scheme and geometry (a model's layers share a handful)."""
+    out = jax.eval_shape(lambda p: process_params(scheme, p, widths),
+                         {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt)) for k, shape, dt in raw})
+    return tuple((k, tuple(v.shape), np.dtype(v.dtype).name) for k, v in out.items())
+
+
 class QuarkLinear(nnx.Module):
     """A linear layer ``y = scheme(x) [..., N]`` holding a Quark scheme (static) and its processed params
     (:class:`QuarkParam` variables, so ``nnx.jit``, ``nnx.split`` / ``nnx.merge`` and ``nnx.state`` work).
@@ -43,8 +53,8 @@ class QuarkLinear(nnx.Module):
       dtype: the model dtype: x is cast to it and y comes back in it; None keeps x's dtype.
       name: the module path, used in error messages and as the default checkpoint path.
 
-    Params start as zeros of the processed shapes (build under ``nnx.eval_shape`` to skip that allocation for a
-    big model); :meth:`load_params` or :meth:`load_checkpoint` fill them. Calling the layer before that raises
+    Params start as zeros of the processed shapes (``abstract=True``: as ``jax.ShapeDtypeStruct``, no memory, as
+    under ``nnx.eval_shape`` but without a trace per layer); :meth:`load_params` or :meth:`load_checkpoint` fill them. Calling the layer before that raises
     :class:`~quark_jax.errors.CheckpointError` (also while tracing under ``jax.jit``: ``weights_loaded`` is a
     static attribute); params restored another way (``nnx.update``) are declared with :meth:`mark_loaded`.
 
@@ -56,7 +66,7 @@ class QuarkLinear(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *, scheme: QuarkScheme | None,
                  logical_widths: Sequence[int] | None = None, use_bias: bool = False, dtype: Any = None,
-                 name: str | None = None):
+                 name: str | None = None, abstract: bool = False):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.name = name or "QuarkLinear"
@@ -67,12 +77,14 @@ class QuarkLinear(nnx.Module):
         self.use_bias = bool(use_bias)
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         raw = self.raw_param_specs()
-        abstract = jax.eval_shape(lambda p: process_params(self.scheme, p, self.logical_widths),
-                                  {k: v.shape_dtype() for k, v in raw.items() if k != "bias" and v.required})
-        self.param_names = tuple(abstract)
-        for k, v in abstract.items():
-            setattr(self, k, QuarkParam(jnp.zeros(v.shape, v.dtype)))
-        self.bias = QuarkParam(jnp.zeros((self.out_features,), self._float_dtype)) if self.use_bias else None
+        processed = _processed_shapes(self.scheme, self.logical_widths, tuple(
+            (k, tuple(v.shape_dtype().shape), np.dtype(v.shape_dtype().dtype).name) for k, v in raw.items()
+            if k != "bias" and v.required))
+        self.param_names = tuple(k for k, _, _ in processed)
+        empty = jax.ShapeDtypeStruct if abstract else jnp.zeros
+        for k, shape, dt in processed:
+            setattr(self, k, QuarkParam(empty(shape, jnp.dtype(dt))))
+        self.bias = QuarkParam(empty((self.out_features,), self._float_dtype)) if self.use_bias else None
         self.weights_loaded = False  # static: set by load_params / mark_loaded, checked in __call__
         self.shard_layout = None  # static: a ShardLayout when loaded onto a mesh (load_checkpoint(mesh=...))
 
@@ -150,9 +162,19 @@ class QuarkLinear(nnx.Module):
         path = layer_path or self.name
         if layout is not None:
             return self._load_sharded(open_checkpoint(checkpoint), path, layout)
-        raw = load_layer_params(checkpoint, path, self.scheme, input_size=self.in_features,
-                                logical_widths=self.logical_widths, use_bias=self.use_bias,
-                                params_dtype=self._float_dtype)
+        return self._store(self.read_checkpoint(checkpoint, path))
+
+    def read_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None) -> dict:
+        """This layer's raw params as :func:`quark_jax.checkpoint.load_layer_params` reads and validates them
+        (host arrays; fused paths concatenated), without processing or storing them: :meth:`load_raw` does that.
+        Thread-safe (``load_weights`` reads the next layers while the device processes this one)."""
+        return load_layer_params(checkpoint, layer_path or self.name, self.scheme, input_size=self.in_features,
+                                 logical_widths=self.logical_widths, use_bias=self.use_bias,
+                                 params_dtype=self._float_dtype)
+
+    def load_raw(self, raw: Mapping[str, Any]) -> "QuarkLinear":
+        """Process and store raw params returned by :meth:`read_checkpoint` (already validated; host or device
+        arrays). Returns self."""
         return self._store(raw)
 
     @classmethod

@@ -144,13 +144,77 @@ class _Task:
         self.var.set_value(jax.make_array_from_callback(shape, sharding, read))
         return sum(ckpt.nbytes(n) for n in self.names)
 
+    def read(self, ckpt: CheckpointReader) -> list:
+        """The shards read once from the file into their own arrays and sent to the device as stored."""
+        return [jax.device_put(ckpt.get(n)) for n in self.names]
+
+    def place(self, parts) -> None:
+        """Set the variable from :meth:`read`'s device arrays: the dtype cast, the concatenation of fused shards
+        and the transpose run on the device (no host copies of the model)."""
+        self.var.set_value(_place(parts, self.var.get_value().dtype, self.transpose))
+
     def load(self, ckpt: CheckpointReader) -> int:
-        dtype = self.var.get_value().dtype
-        # each shard read once into its own array and moved to the device as stored; the dtype cast, the
-        # concatenation of fused shards and the transpose run on the device (no host copies of the model)
-        parts = [jax.device_put(ckpt.get(n)) for n in self.names]
-        self.var.set_value(_place(parts, dtype, self.transpose))
+        parts = self.read(ckpt)
+        self.place(parts)
         return sum(p.nbytes for p in parts)
+
+
+PIPELINE_STATS: dict = {}
+"""The last :func:`load_weights` without a mesh: ``wait_s`` (host seconds the main thread waited for the reader
+threads), ``jobs``, ``peak_in_flight_bytes`` (checkpoint bytes being loaded at once, at most
+:data:`READ_AHEAD_BYTES` or one job's), ``largest_job_bytes`` (for benchmarks and tests)."""
+
+READ_THREADS = 4
+"""Threads loading variables / layers in :func:`load_weights` (file reads, host-to-device copies and compiles
+release the GIL, so they overlap with each other and with the device's processing)."""
+
+READ_AHEAD_BYTES = 1 << 30
+"""At most this many checkpoint bytes are read ahead of the layer being placed (plus one tensor): the host holds
+about this much of the model at a time, never a second copy of it."""
+
+
+def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar) -> None:
+    """Fill the float variables and the Quark layers, each job (a variable, or a Quark layer) entirely in a reader
+    thread: its tensors read from the file, sent to the device, cast / stacked / transposed (float) or processed
+    by the scheme (Quark), and set. Reads, host-to-device copies, the first compile of each shape and the device
+    work of several jobs overlap; the main thread takes the results in order (errors surface in checkpoint
+    order) and bounds the bytes in flight by :data:`READ_AHEAD_BYTES`."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(t, sum(ckpt.nbytes(n) for n in t.names)) for t in tasks]
+    jobs += [((m, cp), sum(ckpt.nbytes(n) for n in quark_names[id(m)])) for m, cp in quark_layers]
+
+    def run(job):
+        if isinstance(job, _Task):
+            job.place(job.read(ckpt))
+        else:
+            module, cp = job
+            module.load_raw(jax.device_put(module.read_checkpoint(ckpt, cp)))
+
+    pending = collections.deque()
+    in_flight, nxt, peak = 0, 0, 0
+    wait = 0.0
+    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="quark_jax_load") as pool:
+        try:
+            while nxt < len(jobs) or pending:
+                while nxt < len(jobs) and (not pending or in_flight + jobs[nxt][1] <= READ_AHEAD_BYTES):
+                    pending.append((pool.submit(run, jobs[nxt][0]), jobs[nxt][1]))
+                    in_flight += jobs[nxt][1]
+                    nxt += 1
+                peak = max(peak, in_flight)
+                future, nbytes = pending.popleft()
+                t0 = time.perf_counter()
+                future.result()
+                wait += time.perf_counter() - t0
+                in_flight -= nbytes
+                bar.update(nbytes)
+        finally:
+            for future, _ in pending:
+                future.cancel()
+    PIPELINE_STATS.clear()
+    PIPELINE_STATS.update(wait_s=wait, jobs=len(jobs), peak_in_flight_bytes=peak,
+                          largest_job_bytes=max((b for _, b in jobs), default=0))
 
 
 @partial(jax.jit, static_argnums=(1, 2))
@@ -334,15 +398,15 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     total = sum(ckpt.nbytes(n) for n in consumed)
     show = progress if progress is not None else total > PROGRESS_MIN_BYTES
     bar = _Progress(total, len(tasks) + len(quark_layers) + len(expert_layers), show, f"loading {ckpt.directory.name}")
-    for task in tasks:
-        if mesh is None:
-            task.load(ckpt)
-        else:
+    if mesh is None:
+        _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar)
+    else:
+        for task in tasks:
             task.load_sharded(ckpt, shardings[id(task)])
-        bar.update(sum(ckpt.nbytes(n) for n in task.names))
-    for module, cp in quark_layers:
-        module.load_checkpoint(ckpt, cp, layout=layouts.get(id(module)))
-        bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
+            bar.update(sum(ckpt.nbytes(n) for n in task.names))
+        for module, cp in quark_layers:
+            module.load_checkpoint(ckpt, cp, layout=layouts.get(id(module)))
+            bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
     for module in expert_layers:
         module.load_checkpoint(ckpt)
         bar.update(sum(ckpt.nbytes(n) for n in expert_names[id(module)]))

@@ -161,11 +161,10 @@ def quantize_model(model, config, *, prefix: str = "", logical_widths: Mapping[s
         widths = _fused_widths(p, ckpt_path, module, config, logical_widths, scheme)
         layer_dtype = dtype if dtype is not None else (module.dtype or module.param_dtype)
 
-        def build(module=module, scheme=scheme, widths=widths, layer_dtype=layer_dtype, ckpt_path=ckpt_path):
-            return QuarkLinear(module.in_features, module.out_features, scheme=scheme, logical_widths=widths,
-                               use_bias=module.use_bias, dtype=layer_dtype, name=ckpt_path)
-
-        new = nnx.eval_shape(build) if _is_abstract(module.kernel) else build()
+        # an abstract model gets an abstract layer (no memory, no trace per layer)
+        new = QuarkLinear(module.in_features, module.out_features, scheme=scheme, logical_widths=widths,
+                          use_bias=module.use_bias, dtype=layer_dtype, name=ckpt_path,
+                          abstract=_is_abstract(module.kernel))
         if mesh is not None:
             new.plan_sharding(check_mesh(mesh), partition_rules or DEFAULT_RULES, ckpt_path)
         replacements.append((path, new))

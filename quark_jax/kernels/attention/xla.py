@@ -1,0 +1,56 @@
+"""The reference of the fused prefill attention's numerics, in plain XLA (query blocks, no float32 [B, H, T, T])."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SCORE_BLOCK_BYTES = 1 << 28
+"""Budget for one block of float32 scores [B, H, T_block, T]: longer prompts run in query blocks."""
+
+_NEG = float(np.finfo(np.float32).min)
+
+
+def _block(q, k, v, q_slots, first_slot):
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, t, hkv, h // hkv, d)
+    # products of two bf16/f16 values are exact in float32; float32 accumulation (tensor cores on a GPU)
+    prec = None if q.dtype in (jnp.bfloat16, jnp.float16) else lax.Precision.HIGHEST  # float32: no TF32
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32, precision=prec)
+    s = s * np.float32(d ** -0.5)
+    slots = jnp.arange(k.shape[1], dtype=jnp.int32)
+    mask = (slots[None, None, :] <= q_slots[None, :, None]) & (slots[None, None, :] >= first_slot[:, None, None])
+    s = jnp.where(mask[:, None, None], s, _NEG)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    denom = jnp.sum(p, axis=-1)  # float32, from the unrounded probabilities
+    # the probabilities rounded to the model dtype before the PV product (FlashAttention's P tile in bf16)
+    o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=prec)
+    o = o / denom.transpose(0, 3, 1, 2)[..., None]
+    return o.reshape(b, t, h, d).astype(q.dtype)
+
+
+def prefill_attention_xla(q, k, v, *, first_slot=None):
+    """Causal GQA attention of T tokens at slots 0..T-1 with the fused kernels' rounding (see the package doc):
+    q [B, T, H, D], k/v [B, T, H_kv, D] -> [B, T, H, D] in q's dtype. Float32 scores exist one query block
+    (<= :data:`SCORE_BLOCK_BYTES`) at a time.
+
+    >>> q = k = v = jnp.ones((1, 3, 2, 8), jnp.bfloat16)
+    >>> prefill_attention_xla(q, k, v).shape
+    (1, 3, 2, 8)
+    """
+    b, t, h, d = q.shape
+    first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
+    q_slots = jnp.arange(t, dtype=jnp.int32)
+    block = max(1, SCORE_BLOCK_BYTES // max(1, 4 * b * h * t))
+    if t <= block:
+        return _block(q, k, v, q_slots, first_slot)
+    block = 1 << (block.bit_length() - 1)
+    nb = -(-t // block)
+    pad = nb * block - t
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, block, h, d).transpose(1, 0, 2, 3, 4)
+    sp = jnp.pad(q_slots, (0, pad), constant_values=t - 1).reshape(nb, block)
+    out = lax.map(lambda a: _block(a[0], k, v, a[1], first_slot), (qp, sp))
+    return out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block, h, d)[:, :t]
