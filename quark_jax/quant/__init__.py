@@ -2,7 +2,7 @@
 
 from quark_jax.quant.fp8 import fp8_saturating_cast, scaled_fp8_quant
 from quark_jax.quant.int8 import scaled_int8_quant
-from quark_jax.quant.division import reciprocal, true_divide
+from quark_jax.quant.division import true_divide
 from quark_jax.quant.mxfp4 import (apply_e8m0_scale, dequantize_mxfp4, mxfp4_block_scale_bytes, qdq_mxfp4,
                                    quantize_mxfp4, round_to_e2m1)
 from quark_jax.quant.mx import (dequantize_mx, mx_block_scale_bytes, mx_packed_width, qdq_mx, quantize_mx,
@@ -39,7 +39,6 @@ __all__ = [
     "exact_f32",
     "dot_precision",
     "true_divide",
-    "reciprocal",
     "apply_e8m0_scale",
     "quantize_mx",
     "dequantize_mx",

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["true_divide", "reciprocal"]
+__all__ = ["true_divide"]
 
 
 def true_divide(a, b):
@@ -35,22 +35,6 @@ def _true_divide(a, b):
     a = jnp.broadcast_to(a, shape)
     b = lax.optimization_barrier(jnp.broadcast_to(b, shape))
     return _correctly_rounded(a, b, a / b)
-
-
-def reciprocal(b):
-    """``1 / b`` correctly rounded (float32), elementwise over ``b``: the value of ``true_divide(1.0, b)``.
-
-    Unlike :func:`true_divide` nothing is broadcast or put behind an optimization barrier: with a numerator of
-    one and the divisor's own shape there is no ``a / broadcast(b)`` for XLA to rewrite (a constant ``b`` is folded
-    on the host, exactly), so the reciprocal of a static scale is an ordinary elementwise computation XLA may fuse
-    into its consumer (or hoist out of a decode loop) instead of a kernel of its own.
-
-    >>> float(reciprocal(448.0)) == float(np.float32(1.0) / np.float32(448.0))
-    True
-    """
-    b = jnp.asarray(b, jnp.float32)
-    one = jnp.ones_like(b)
-    return _correctly_rounded(one, b, one / b)
 
 
 def _split(x):

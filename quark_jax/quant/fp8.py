@@ -8,14 +8,9 @@ from jax import lax
 from quark_jax import formats
 from quark_jax.quant.rounding import exact_f32
 from quark_jax.quant._checks import nan_max_abs, require_float, require_rank, scalar_f32, static_scale
-from quark_jax.quant.division import reciprocal, true_divide
+from quark_jax.quant.division import true_divide
 
 __all__ = ["scaled_fp8_quant", "fp8_saturating_cast"]
-
-FUSIBLE_RECIPROCAL = False
-"""How a static scale's reciprocal ``1/s`` is computed (read when a function is traced; the same value either
-way): True: :func:`quant.division.reciprocal` (no barrier: XLA may fuse it into the quantizer or hoist it out of
-a decode loop); False: ``true_divide(1.0, s)`` (a scalar kernel of its own on GPU, per layer of a decode step)."""
 
 
 def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
@@ -35,10 +30,6 @@ def _vllm_clamp_cast(v, dtype):
     """vLLM's activation conversion ``fp8(fmaxf(-M, fminf(v, M)))``: fminf returns its non-NaN operand, so a NaN
     becomes +M (then the saturating cast)."""
     return fp8_saturating_cast(jnp.where(jnp.isnan(v), formats.fp8_max(dtype), v), dtype)
-
-
-def _static_reciprocal(s):
-    return reciprocal(s) if FUSIBLE_RECIPROCAL else true_divide(1.0, s)
 
 
 def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn, axis_name=None):
@@ -80,7 +71,7 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
         if per_token:
             raise ValueError("per_token: a static scale is per-tensor; pass scale=None for dynamic per-token")
         s = static_scale("scale", scale)
-        return _vllm_clamp_cast(xf * _static_reciprocal(s), dtype), s
+        return _vllm_clamp_cast(xf * true_divide(1.0, s), dtype), s
 
     if per_token:
         amax = nan_max_abs(xf, axis=-1, keepdims=True)
