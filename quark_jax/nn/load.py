@@ -164,8 +164,8 @@ PIPELINE_STATS: dict = {}
 threads), ``jobs``, ``peak_in_flight_bytes`` (checkpoint bytes being loaded at once, at most
 :data:`READ_AHEAD_BYTES` or one job's), ``largest_job_bytes`` (for benchmarks and tests)."""
 
-READ_THREADS = 4
-"""Threads loading variables / layers in :func:`load_weights` (file reads, host-to-device copies and compiles
+READ_THREADS = min(8, max(2, os.cpu_count() or 2))
+"""Threads loading variables / layers in :func:`load_weights` (2 to 8, by the host's cores) (file reads, host-to-device copies and compiles
 release the GIL, so they overlap with each other and with the device's processing)."""
 
 READ_AHEAD_BYTES = 1 << 30
