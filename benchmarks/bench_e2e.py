@@ -102,31 +102,32 @@ def _quantizer(scheme: str):
             "mxfp4": jax.jit(quantize_mxfp4), "w4a16": jax.jit(quantize_mxfp4)}[scheme]
 
 
-def quantized_linear(scheme: str, w):
+def quantized_linear(scheme: str, w, *, on_device: bool = False):
     """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
-    array), through quark_jax's quantizers (jitted: one compile per weight shape)."""
+    array), through quark_jax's quantizers (jitted: one compile per weight shape). ``on_device``: jax arrays left
+    on the device (the writer fetches a whole shard at once)."""
+    import jax
     import jax.numpy as jnp
 
     if scheme == "bf16":
-        return {"weight": np.asarray(w.astype(jnp.bfloat16))}
-    if scheme not in QUARK_CONFIG_OF:
+        out = {"weight": w.astype(jnp.bfloat16)}
+    elif scheme not in QUARK_CONFIG_OF:
         raise ValueError(f"unknown scheme {scheme!r}")
-    out = _quantizer(scheme)(w)
-    if scheme == "fp8":
-        q, s = out
-        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(()),
-                "input_scale": np.float32(INPUT_SCALE).reshape(())}
-    if scheme == "fp8_dyn":
-        q, s = out
-        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1)}
-    if scheme == "int8":
-        q, s, _ = out
-        n = w.shape[0]
-        return {"weight": np.asarray(q), "weight_scale": np.asarray(s, np.float32).reshape(-1),
-                "weight_zero_point": np.zeros((n,), np.int8),
-                "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
-    packed, scales = out  # mxfp4, w4a16
-    return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
+    else:
+        q = _quantizer(scheme)(w)
+        if scheme == "fp8":
+            out = {"weight": q[0], "weight_scale": q[1].astype(jnp.float32).reshape(()),
+                   "input_scale": np.float32(INPUT_SCALE).reshape(())}
+        elif scheme == "fp8_dyn":
+            out = {"weight": q[0], "weight_scale": q[1].astype(jnp.float32).reshape(-1)}
+        elif scheme == "int8":
+            n = w.shape[0]
+            out = {"weight": q[0], "weight_scale": q[1].astype(jnp.float32).reshape(-1),
+                   "weight_zero_point": np.zeros((n,), np.int8),
+                   "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
+        else:  # mxfp4, w4a16
+            out = {"weight": q[0], "weight_scale": q[1]}
+    return out if on_device else {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
 def model_config(shape: str, max_positions: int) -> dict:
@@ -134,6 +135,13 @@ def model_config(shape: str, max_positions: int) -> dict:
              tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
     c.update(SHAPES[shape])
     return c
+
+
+def _fetch_and_write(path: Path, tensors: dict) -> int:
+    """One shard: its device arrays fetched together (the copies overlap), then written."""
+    import jax
+
+    return write_safetensors(path, {k: np.asarray(v) for k, v in jax.device_get(tensors).items()})
 
 
 def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, seed: int = 0) -> int:
@@ -159,7 +167,7 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
         return jax.random.normal(jax.random.fold_in(key, counter[0]), shape_, jnp.float32) * 0.02
 
     def bf16(a):
-        return np.asarray(a.astype(jnp.bfloat16))
+        return a.astype(jnp.bfloat16)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -176,21 +184,21 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
             for name, shp in (("self_attn.q_proj", (nq, h)), ("self_attn.k_proj", (nkv, h)),
                               ("self_attn.v_proj", (nkv, h)), ("self_attn.o_proj", (h, nq)),
                               ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))):
-                for suffix, a in quantized_linear(scheme, rand(shp)).items():
+                for suffix, a in quantized_linear(scheme, rand(shp), on_device=True).items():
                     t[f"{p}{name}.{suffix}"] = a
             t[p + "input_layernorm.weight"] = bf16(1.0 + rand((h,)))
             t[p + "post_attention_layernorm.weight"] = bf16(1.0 + rand((h,)))
         fname = f"model-{si + 1:05d}-of-{n_files:05d}.safetensors"
         for w in written[:-1]:  # at most one shard waits for the disk (bounded host memory)
             total += w.result()
-        written = written[-1:] + [writer.submit(write_safetensors, d / fname, t)]
+        written = written[-1:] + [writer.submit(_fetch_and_write, d / fname, t)]
         weight_map.update({n: fname for n in t})
         del t
     t = {"model.embed_tokens.weight": bf16(rand((v, h)) * 50), "model.norm.weight": bf16(1.0 + rand((h,)))}
     if not cfg.get("tie_word_embeddings"):
         t["lm_head.weight"] = bf16(rand((v, h)))
     fname = f"model-{n_files:05d}-of-{n_files:05d}.safetensors"
-    written.append(writer.submit(write_safetensors, d / fname, t))
+    written.append(writer.submit(_fetch_and_write, d / fname, t))
     total += sum(w.result() for w in written)
     writer.shutdown()
     weight_map.update({n: fname for n in t})
