@@ -404,14 +404,19 @@ def second_process(ckpt: Path, args, result: dict) -> dict:
     scheme = result["scheme"]
     options = {"impl": args.impl[scheme]} if scheme in args.impl and scheme != "bf16" else {}
     code = (
-        "import json, time, numpy as np, jax\n"
+        "import json, resource, time, numpy as np, jax\n"
         "from quark_jax.models import from_pretrained\n"
+        "jax.devices()\n"
+        "rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "t0 = time.perf_counter()\n"
         f"m = from_pretrained({str(ckpt)!r}, progress=False, **{options!r})\n"
         "jax.block_until_ready(jax.tree_util.tree_leaves(__import__('flax').nnx.state(m)))\n"
+        "load = {'load_s': time.perf_counter() - t0, 'peak_rss_gb_before_load': rss0 / 1e9,\n"
+        "        'peak_rss_gb_after_load': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}\n"
         f"ids = np.random.default_rng(1).integers(3, m.config.vocab_size, size=(1, {args.prompt}), dtype=np.int32)\n"
         "t0 = time.perf_counter()\n"
         f"np.asarray(m.generate(ids, {args.new_tokens}, max_cache_len={args.prompt + args.new_tokens}))\n"
-        "print('RESULT', json.dumps({'first_call_s': time.perf_counter() - t0}))\n")
+        "print('RESULT', json.dumps(dict(load, first_call_s=time.perf_counter() - t0)))\n")
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     out = {"process_s": time.perf_counter() - t0}
