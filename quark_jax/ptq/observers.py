@@ -9,6 +9,8 @@ values rounded to the model dtype where Quark computes in the model dtype (a bf1
 * INT8 symmetric scale: ``s = dtype(amax / 127.5)`` (``(qmax - qmin) / 2``, not 127), at least eps.
 * INT8 asymmetric: ``s = dtype((max(max, 0) - min(min, 0)) / 255)`` (at least eps),
   ``z = clamp(-128 - rne(dtype(min(min, 0) / s)), -128, 127)``.
+* INT4 (symmetric) / UINT4 (asymmetric) weights per group or channel: as INT8 with ``(qmax - qmin) / 2 = 7.5``
+  and ``255 -> 15``, the UINT4 zero point ``clamp(-rne(min(lo, 0) / s), 0, 15)``.
 * Exported FP8 weight: ``fp8(clamp(dtype(W / s), ±448))``; INT8 weight: ``sat8(rne(W * f32(1 / s)) + z)``;
   MXFP4 weight: :func:`quark_jax.quant.quantize_mxfp4` (the bytes Quark exports).
 """
@@ -23,7 +25,8 @@ import numpy as np
 from quark_jax import formats
 
 __all__ = ["EPS", "MinMax", "scale_dtype", "fp8_scale", "int8_symmetric_scale", "int8_asymmetric_qparams",
-           "quantize_fp8_weight", "quantize_int8_weight", "weight_range"]
+           "int4_qparams", "quantize_fp8_weight", "quantize_int8_weight", "quantize_int4_weight", "weight_range",
+           "group_range"]
 
 EPS = np.float32(np.finfo(np.float32).eps)
 """Quark's floor for a zero scale (``torch.finfo(torch.float32).eps``)."""
@@ -130,6 +133,51 @@ def int8_asymmetric_qparams(lo, hi, *, model_dtype) -> tuple[np.ndarray, np.ndar
     q = _round(lo_n / s, out).astype(np.float32)
     z = np.clip(-128 - np.round(q), formats.INT8_MIN, formats.INT8_MAX).astype(np.int8)
     return _round(s, out), z
+
+
+def int4_qparams(lo, hi, *, signed: bool, model_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """INT4 / UINT4 ``(scale, zero point int32)`` per group or channel (``lo``/``hi`` arrays): symmetric INT4
+    ``s = max(dtype(amax / 7.5), eps)``, ``z = 0``; asymmetric UINT4 ``s = max(dtype((max(hi, 0) - min(lo, 0)) /
+    15), eps)``, ``z = clamp(-rne(min(lo, 0) / s), 0, 15)``. The scale is in the model dtype.
+
+    >>> s, z = int4_qparams(np.array([-1.0, -0.5], np.float32), np.array([2.0, 1.0], np.float32), signed=False,
+    ...                     model_dtype=np.float32)
+    >>> s.tolist() == [np.float32(3) / np.float32(15), np.float32(1.5) / np.float32(15)], z.tolist()
+    (True, [5, 5])
+    """
+    lo_n = _round(np.minimum(lo, 0), model_dtype).astype(np.float32)
+    hi_p = _round(np.maximum(hi, 0), model_dtype).astype(np.float32)
+    if signed:
+        s = _round(np.maximum(np.abs(lo_n), hi_p) / np.float32(7.5), model_dtype).astype(np.float32)
+        s = np.maximum(s, EPS)
+        return _round(s, model_dtype), np.zeros(np.shape(s), np.int32)
+    span = _round(hi_p - lo_n, model_dtype).astype(np.float32)
+    s = np.maximum(_round(span / np.float32(15.0), model_dtype).astype(np.float32), EPS)
+    s = _round(s, model_dtype).astype(np.float32)
+    q = _round(lo_n / s, model_dtype).astype(np.float32)
+    return _round(s, model_dtype), np.clip(-np.round(q), 0, 15).astype(np.int32)
+
+
+def quantize_int4_weight(w, scale, zero_point, *, signed: bool) -> np.ndarray:
+    """INT4 / UINT4 codes (int32, unpacked, W's shape) ``clamp(rne(W * f32(1 / s)) + z)``; ``scale`` and
+    ``zero_point`` broadcast against W (e.g. [N, G, 1] for W [N, G, g]).
+
+    >>> quantize_int4_weight(np.array([0.25, -2.0, 0.95]), np.float32(0.1), 0, signed=True).tolist()
+    [2, -8, 7]
+    """
+    inv = (np.float32(1.0) / np.asarray(scale, np.float32)).astype(np.float32)
+    q = np.round((np.asarray(w, np.float32) * inv).astype(np.float32)) + np.asarray(zero_point, np.float32)
+    return np.clip(q, -8 if signed else 0, 7 if signed else 15).astype(np.int32)
+
+
+def group_range(w, group_size: int):
+    """(min, max) per group of ``group_size`` along the rows of W [N, K]: two [N, K / group_size] arrays."""
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the input width {k}")
+    g = w.reshape(n, k // group_size, group_size)
+    return g.min(-1), g.max(-1)
 
 
 def weight_range(w, qscheme: str):

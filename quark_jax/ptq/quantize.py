@@ -4,9 +4,9 @@ amd-quark's ``export_safetensors`` would have written).
 Steps: resolve each linear's Quark layer config (``layer_quant_config`` > ``layer_type_quant_config`` >
 ``global_quant_config``, ``exclude``; :class:`~quark_jax.QuarkConfig`); calibrate static input ranges and KV
 output ranges through the float NNX model (:mod:`quark_jax.ptq.calibrate`); compute scales and quantized weights
-with Quark's formulas (:mod:`quark_jax.ptq.observers`, numpy float32; MXFP4 with
-:func:`quark_jax.quant.quantize_mxfp4`, jitted per layer); merge the k/v output scales of each attention to their
-max (Quark's exporter); then either substitute :class:`~quark_jax.nn.QuarkLinear` layers (``quantize``) or write
+with Quark's formulas (:mod:`quark_jax.ptq.observers`, numpy float32; MXFP4 / MXFP6 with
+:func:`quark_jax.quant.quantize_mx`, jitted; INT4 / UINT4 packed as Quark exports them); merge the k/v output
+scales of each attention to their max (Quark's exporter); then either substitute :class:`~quark_jax.nn.QuarkLinear` layers (``quantize``) or write
 the checkpoint (``quantize_checkpoint``).
 """
 
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,6 +25,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from quark_jax import formats
 from quark_jax.checkpoint import FUSED_MODULES, open_checkpoint, shard_paths
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import QuarkConfigError
@@ -34,7 +36,7 @@ from quark_jax.ptq import observers as obs
 from quark_jax.ptq.calibrate import calibrate
 from quark_jax.ptq.export import DEFAULT_MAX_SHARD_BYTES, ShardWriter, write_config
 from quark_jax.ptq.presets import PRESETS, complete_config, preset_config
-from quark_jax.quant import quantize_mxfp4
+from quark_jax.quant import quantize_mx
 
 __all__ = ["resolve_quant_config", "LayerTask", "plan_layers", "quantize_tensors", "quantize", "quantize_checkpoint"]
 
@@ -132,16 +134,30 @@ def _fused_widths(model, leaf: str, out_features: int) -> tuple[int, ...]:
     raise ValueError(f"a fused {leaf} ({' + '.join(FUSED_MODULES[leaf])}) needs logical_widths={{{leaf!r}: (...)}}")
 
 
-@jax.jit
-def _mxfp4(w):
-    return quantize_mxfp4(w)
+@partial(jax.jit, static_argnums=1)
+def _mx(w, element):
+    return quantize_mx(w, element)
 
 
-def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype) -> dict[str, np.ndarray]:
+_MX_ELEMENTS = {"fp4": "fp4", "fp6_e2m3": "fp6_e2m3", "fp6_e3m2": "fp6_e3m2"}
+
+
+def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype, *, pack_method: str = "reorder"
+                    ) -> dict[str, np.ndarray]:
+    if "specs" in spec:  # a list of specs: an element format with a quantized scale (NVFP4)
+        dts = [x.get("dtype") for x in spec["specs"]]
+        raise QuarkConfigError(f"layer {name}: weight specs {dts} (NVFP4 and other two-level scales): NVFP4 weights "
+                               "are not implemented by quark_jax.ptq")
     dt, qs = spec.get("dtype"), spec.get("qscheme")
-    if dt == "fp4":
-        packed, scales = _mxfp4(w.astype(np.float32))
+    if dt in _MX_ELEMENTS:
+        if qs != "per_group" or spec.get("group_size") != 32 or (spec.get("scale_format") or "e8m0") != "e8m0":
+            raise QuarkConfigError(f"layer {name}: weight {dt} with group_size {spec.get('group_size')} and scale "
+                                   f"format {spec.get('scale_format')!r} is not supported for quantization (OCP MX: "
+                                   "group 32, e8m0 scales; NVFP4 weights are not implemented by quark_jax.ptq)")
+        packed, scales = _mx(w.astype(np.float32), _MX_ELEMENTS[dt])
         return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
+    if dt in ("int4", "uint4"):
+        return _int4_tensors(name, w, spec, model_dtype, pack_method)
     if qs not in ("per_tensor", "per_channel") or spec.get("is_dynamic") or spec.get("symmetric") is False:
         raise QuarkConfigError(f"layer {name}: weight spec {spec} is not supported for quantization")
     lo, hi = obs.weight_range(w, qs)
@@ -153,6 +169,35 @@ def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype) -> dict[s
         return {"weight": obs.quantize_int8_weight(w.astype(np.float32), s), "weight_scale": s,
                 "weight_zero_point": np.zeros(np.shape(s), np.int8)}
     raise QuarkConfigError(f"layer {name}: weight dtype {dt!r} is not supported for quantization")
+
+
+def _int4_tensors(name, w, spec, model_dtype, pack_method):
+    """INT4 (symmetric) / UINT4 (asymmetric) weights in amd-quark 0.13's export layout (SPEC section 2): per group
+    (ch_axis -1) ``weight`` int32 [K, N/8] (transposed, packed along N), ``weight_scale`` [K/g, N],
+    ``weight_zero_point`` int32 [K/g, N/8]; per channel ``weight`` int32 [N, K/8], ``weight_scale`` [N],
+    ``weight_zero_point`` int32 [N/8]."""
+    dt, qs = spec.get("dtype"), spec.get("qscheme")
+    signed = dt == "int4"
+    if spec.get("is_dynamic") or bool(spec.get("symmetric")) != signed:
+        raise QuarkConfigError(f"layer {name}: weight {dt} symmetric={spec.get('symmetric')} is not supported for "
+                               "quantization (int4 symmetric or uint4 asymmetric, static)")
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    if qs == "per_group" and spec.get("ch_axis", -1) in (-1, 1):
+        g = int(spec["group_size"])
+        lo, hi = obs.group_range(w, g)                                     # [N, K/g]
+        s, z = obs.int4_qparams(lo, hi, signed=signed, model_dtype=model_dtype)
+        q = obs.quantize_int4_weight(w.reshape(n, k // g, g), np.asarray(s, np.float32)[..., None],
+                                     z[..., None], signed=signed).reshape(n, k)
+        return {"weight": np.asarray(formats.pack_int4(q.T, pack_method)), "weight_scale": np.ascontiguousarray(s.T),
+                "weight_zero_point": np.asarray(formats.pack_int4(z.T, pack_method))}
+    if qs == "per_channel" and spec.get("ch_axis") == 0:
+        s, z = obs.int4_qparams(w.min(1), w.max(1), signed=signed, model_dtype=model_dtype)
+        q = obs.quantize_int4_weight(w, np.asarray(s, np.float32)[:, None], z[:, None], signed=signed)
+        return {"weight": np.asarray(formats.pack_int4(q, pack_method)), "weight_scale": s,
+                "weight_zero_point": np.asarray(formats.pack_int4(z[None], pack_method)).reshape(-1)}
+    raise QuarkConfigError(f"layer {name}: weight {dt} qscheme {qs!r} ch_axis {spec.get('ch_axis')} is not supported "
+                           "for quantization (per_group along the input, or per_channel ch_axis 0)")
 
 
 def _input_tensors(name: str, spec: dict, rng: obs.MinMax, model_dtype) -> dict[str, np.ndarray]:
@@ -220,6 +265,7 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, 
         slices = {t.path: _slices(t.widths) for t in tasks if t.path in observe}
         ranges = calibrate(model, observe, calibration_batches, output_slices=slices, numerics=numerics)
     modules = {module_path(p): m for p, m in nnx.iter_modules(model) if p}
+    pack_method = (qc.get("export") or {}).get("pack_method") or "reorder"
 
     def layers():
         kv: dict[str, dict[str, np.ndarray]] = {}
@@ -229,7 +275,8 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, 
             rows = np.cumsum((0,) + t.widths)
             for i, shard in enumerate(t.shards):
                 w = np.ascontiguousarray(w_all[rows[i]:rows[i + 1]])
-                out = _weight_tensors(shard, w, t.weight, model_dtype) if t.weight is not None else {}
+                out = ({} if t.weight is None else
+                       _weight_tensors(shard, w, t.weight, model_dtype, pack_method=pack_method))
                 if t.static_input:
                     out.update(_input_tensors(shard, t.inputs, ranges[t.path]["input"], model_dtype))
                 if t.kv_shards[i]:
