@@ -1,6 +1,6 @@
 """INT4 W4A16 (group 128) extra rows for benchmarks/bench_gemm.py (the entry's pallas / xla / auto rows come from
-the tuner): ``xla_bf16`` (a bf16 weight of the same shape; the baseline) and, at decode, two other Pallas tilings
-(``pallas_wmajor``: the decoded weight as the left MMA operand; ``pallas_w32``: 256-column tiles) to pick defaults.
+the tuner): ``xla_bf16`` (a bf16 weight of the same shape; the baseline) and, at decode, other Pallas configs to pick
+defaults (``pallas_wmajor``: the decoded weight as the left MMA operand; ``pallas_asm``: the PTX nibble decode).
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def cases(point, sets, Case):
     out = [dense_bf16_case(point, sets, Case)]
     if m <= 16:
         base = pallas_triton.default_config(m, k, n, 128)
-        for name, cfg in (("pallas_wmajor", pallas_triton.Config(**{**base.__dict__, "w_major": True})),
-                          ("pallas_w32", pallas_triton.Config(**{**base.__dict__, "block_w": 32, "split_k": 1}))):
+        target = pallas_triton.AUTO_SPLIT["decode"]
+
+        def variant(**kw):
+            return pallas_triton.fit(pallas_triton.Config(**{**base.__dict__, "split_k": 1, **kw}), m, k // 128, n,
+                                     target_programs=target)
+
+        for name, cfg in (("pallas_wmajor", variant(w_major=True)), ("pallas_asm", variant(decode="asm"))):
             fn = jax.jit(functools.partial(pallas_triton.int4_mm_pallas, group_size=128, order="reorder", signed=True,
                                            config=cfg))
             out.append(Case(name=name, fn=lambda x, w, s, _f=fn: _f(x, w, s), arg_sets=sets, flops=flops,

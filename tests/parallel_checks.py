@@ -4,7 +4,8 @@ set before jax initializes). Prints one JSON object of measurements; the asserti
 Variants x meshes (a representative subset, to keep the suite's time small):
   full matrix (8,1), (4,2), (2,4): fp8 per-tensor static + FP8 KV cache; int8 asymmetric;
   (4,2): fp8 per-channel / dynamic per-token (bf16), fp8 per-tensor (bf16 model, bf16 KV cache, generation), mxfp4
-  W4A4 (its (2,4) is the clear error: o_proj K = 64 over 4 devices is not whole 32-blocks), the float checkpoint.
+  W4A4 (its (2,4) is the clear error: o_proj K = 64 over 4 devices is not whole 32-blocks), the float checkpoint,
+  issue 19's INT4 per group 32 and NVFP4 (UINT4 group 64 at (4,2) is the clear error: o_proj's K slices of 32).
   QUARK_JAX_TP_ALL=1 adds every other fixture variant at (4,2) (all pass: 2e-7 max logit difference, 2026-12-02).
 """
 
@@ -37,6 +38,8 @@ ALL = ("w_fp8_a_fp8_pertensor_static", "w_fp8_perchannel_a_fp8_pertoken_dynamic"
        "w_int8_perchannel_sym_a_int8_pertensor_static_sym", "w_mxfp4_a_fp8_pertensor_static", "w_mxfp4_weight_only",
        )
 DYN_INT8 = "issue19/w_int8_perchannel_sym_a_int8_pertoken_dynamic_asym"  # per-token stats reduced on a row split
+# issue 19 schemes at (4, 2): INT4 per group (the transposed [K, N/8] layout), NVFP4 (per-shard global scales)
+ISSUE19 = ("issue19/w_int4_pergroup32_weight_only", "issue19/w_nvfp4_a_nvfp4")
 GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_a_fp8_pertensor_static", (4, 2))}
 HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2)),
        ("float", (4, 2))}
@@ -74,7 +77,8 @@ def main():
     devs = np.array(jax.devices())
     meshes = {s: Mesh(devs.reshape(s), ("data", "model")) for s in ((8, 1), (4, 2), (2, 4))}
     every = os.environ.get("QUARK_JAX_TP_ALL") == "1"
-    plan = ([(v, s) for v in FULL for s in meshes] + [(DYN_INT8, (2, 4))] + [(v, (4, 2)) for v in ONE + (ALL if every else ())]
+    plan = ([(v, s) for v in FULL for s in meshes] + [(DYN_INT8, (2, 4))]
+            + [(v, (4, 2)) for v in ONE + ISSUE19 + (ALL if every else ())]
             + [("float", (4, 2))])
     refs = {}
     for variant, shape in plan:
@@ -126,7 +130,8 @@ def main():
         res["errors"]["batch"] = str(e)
     # a "model" axis the model cannot split: a clear error naming the layer
     for name, variant, shape in (("mxfp4_row_blocks", "w_mxfp4_a_mxfp4", (2, 4)),
-                                 ("heads", "w_fp8_a_fp8_pertensor_static", (1, 8))):
+                                 ("heads", "w_fp8_a_fp8_pertensor_static", (1, 8)),
+                                 ("int4_groups", "issue19/w_uint4_pergroup64_weight_only", (4, 2))):
         try:
             from_pretrained(os.path.join(FIX, variant), mesh=Mesh(devs.reshape(shape), ("data", "model")))
             res["errors"][name] = None

@@ -37,7 +37,8 @@ def test_mesh_matrix_covers_variants_and_shapes(measured):
     cases = _cases(measured)
     assert {m for v, m in cases if v == "w_fp8_a_fp8_pertensor_static_kv_fp8"} == {(8, 1), (4, 2), (2, 4)}
     assert {v for v, _ in cases} >= {"w_int8_perchannel_sym_a_int8_pertensor_static_asym", "w_mxfp4_a_mxfp4",
-                                     "bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "float"}
+                                     "bf16_w_fp8_perchannel_a_fp8_pertoken_dynamic", "float",
+                                     "issue19/w_int4_pergroup32_weight_only", "issue19/w_nvfp4_a_nvfp4"}
 
 
 def test_logits_equal_unsharded_within_f32_reordering(measured):
@@ -113,6 +114,21 @@ def test_a_mesh_the_model_cannot_split_is_a_clear_error(measured):
     assert err["mxfp4_row_blocks"] and "o_proj" in err["mxfp4_row_blocks"] and "32" in err["mxfp4_row_blocks"]
     assert err["heads"] and "4 heads" in err["heads"] and "q_proj" in err["heads"]
     assert err["batch"] and "batch 3" in err["batch"] and "'data' axis of 4" in err["batch"]
+    assert err["int4_groups"] and "o_proj" in err["int4_groups"] and "whole groups of 64" in err["int4_groups"]
+
+
+def test_issue19_layouts_split_with_their_blocks(measured):
+    """INT4 per group is stored [K, N/8]: its column split takes N from axis 1 (words, scales, zero points), its
+    row split K from axis 0; NVFP4's per-shard global scales stay whole."""
+    cases = _cases(measured)
+    int4 = {name: (shape, spec) for name, shape, _, spec in
+            cases[("issue19/w_int4_pergroup32_weight_only", (4, 2))]["shards"]}
+    assert int4["model.layers.0.mlp.gate_up_proj.weight"] == ([64, 32], "P(None, 'model')")
+    assert int4["model.layers.0.mlp.gate_up_proj.weight_scale"] == ([2, 256], "P(None, 'model')")
+    assert int4["model.layers.0.mlp.down_proj.weight"] == ([128, 8], "P('model', None)")
+    nv = {name for name, _, _, _ in cases[("issue19/w_nvfp4_a_nvfp4", (4, 2))]["shards"]}
+    assert "model.layers.0.self_attn.o_proj.weight_scale" in nv and not any("scale_2" in n or "global" in n
+                                                                            for n in nv)
 
 
 # ---------------------------------------------------------------------------------- rules (in process)
@@ -142,6 +158,30 @@ def test_plan_layer_splits_per_logical_shard_and_checks_blocks():
         plan_layer("l.q_proj", ("l.q_proj",), (48,), 64, mesh=mesh, rules=rules)
     np.testing.assert_equal(plan_layer("l.qkv_proj", QKV, (64, 32, 32), 64, mesh=AbstractMesh((8, 1), ("data", "model")),
                                        rules=rules).local_widths, (64, 32, 32))
+
+
+def test_plan_layer_scale_blocks_and_transposed_layouts():
+    """FP8 per-block: column slices of whole 128-row blocks, block scales [N/128, G] split with them; INT4 per
+    group ([K, N/8] words, [G, N] scales): N from axis 1 on a column split, K from axis 0 on a row split."""
+    mesh = AbstractMesh((1, 4), ("data", "model"))
+    lay = plan_layer("l.gate_up_proj", ("l.gate_proj", "l.up_proj"), (512, 512), 256, mesh=mesh, rules=DEFAULT_RULES,
+                     n_block=128)
+    assert lay.local_index(1, 512, 1, (4, 2)) == (slice(1, 2), slice(None))
+    assert lay.local_index(1, 512, 1, (512, 256)) == (slice(128, 256), slice(None))
+    with pytest.raises(InvalidArgumentError, match="not whole blocks of 128 rows"):
+        plan_layer("l.up_proj", ("l.up_proj",), (256,), 256, mesh=mesh, rules=DEFAULT_RULES, n_block=128)
+    col = plan_layer("l.up_proj", ("l.up_proj",), (256,), 256, mesh=mesh, rules=DEFAULT_RULES, n_block=8,
+                     transposed=True)
+    assert col.local_index(0, 256, 2, (256, 32)) == (slice(None), slice(16, 24))  # packed words
+    assert col.local_index(0, 256, 2, (2, 256)) == (slice(None), slice(128, 192))  # group scales
+    assert col.spec("weight", 2) == P(None, "model") and col.spec("bias", 1) == P("model")
+    row = plan_layer("l.down_proj", ("l.down_proj",), (256,), 512, mesh=mesh, rules=DEFAULT_RULES, k_block=128,
+                     transposed=True)
+    assert row.local_index(0, 256, 1, (512, 32)) == (slice(128, 256), slice(None))
+    assert row.local_index(0, 256, 1, (4, 256)) == (slice(1, 2), slice(None))
+    assert row.spec("weight", 2) == P("model", None)
+    with pytest.raises(InvalidArgumentError, match="not whole groups of 128"):
+        plan_layer("l.down_proj", ("l.down_proj",), (256,), 256, mesh=mesh, rules=DEFAULT_RULES, k_block=128)
 
 
 def test_quantize_model_with_a_mesh_checks_the_splits_before_loading():

@@ -145,10 +145,12 @@ class QuarkLinear(nnx.Module):
         path = layer_path or self.name
         if not self.scheme.shardable:
             raise InvalidArgumentError(f"layer {path} ({self.scheme.summary()}): tensor parallelism (mesh=) supports "
-                                       "the FP8, INT8, MXFP4 and unquantized layers; exclude this layer or load "
+                                       "the FP8, INT8, MXFP4, OCP MX (not with a per-tensor FP8 input), FP8 "
+                                       "per-block, INT4, NVFP4 and unquantized layers; exclude this layer or load "
                                        "without a mesh")
         return plan_layer(path, shard_paths(path), self.logical_widths, self.in_features, mesh=mesh, rules=rules,
-                          pack_factor=self.scheme.weight_pack_factor)
+                          pack_factor=self.scheme.weight_pack_factor, k_block=self.scheme.shard_k_block,
+                          n_block=self.scheme.shard_n_block, transposed=self.scheme.shard_transposed)
 
     def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None, *,
                         layout: ShardLayout | None = None) -> "QuarkLinear":

@@ -159,27 +159,45 @@ class ShardLayout:
     local_widths: tuple[int, ...]  # per logical shard, the rows one device holds
     local_k: int  # the input size one device holds (row: K / model)
     rules: PartitionRules  # the parameter specs
+    transposed: bool = False  # the scheme stores weights [K, N...] (per-group INT4): 2-D tensors split on the other axis
 
     @property
     def model(self) -> int:
         return axis_size(self.mesh, MODEL)
 
     def spec(self, name: str, ndim: int) -> PartitionSpec:
-        """The PartitionSpec of processed parameter ``name`` of rank ``ndim`` (the rules on this mesh)."""
-        return _fit(self.mesh, self.rules.spec(self.role, name, ndim))
+        """The PartitionSpec of processed parameter ``name`` of rank ``ndim`` (the rules on this mesh; a
+        transposed layout swaps the two axes of a rank-2 spec)."""
+        spec = self.rules.spec(self.role, name, ndim)
+        if self.transposed and ndim == 2:
+            spec = PartitionSpec(*reversed(tuple(spec) + (None,) * (2 - len(spec))))
+        return _fit(self.mesh, spec)
 
     def local_index(self, shard: int, width: int, m: int, shape: tuple) -> tuple | None:
         """The slice "model" index ``m`` reads of a raw tensor of logical shard ``shard`` (``width`` rows) with
-        stored ``shape``: column -> its rows (when the shard is split and the tensor has one row per output);
-        row -> its K columns of a 2-D tensor (weight, E8M0 scales); None (the whole tensor) otherwise."""
+        stored ``shape``: column -> its rows (when the shard is split and the tensor's N axis holds the outputs,
+        or a whole number of them per entry: block scales [N/rows, ...], packed zero points [N/8]); row -> its K
+        slice of a 2-D tensor (weight, block scales); None (the whole tensor) otherwise. Transposed layouts
+        ([K, N...]) take N from axis 1 and K from axis 0."""
         if self.model == 1 or not shape:
             return None
-        if self.role == "column" and self.split[shard] and shape[0] == width:
-            lw = self.local_widths[shard]
-            return (slice(m * lw, (m + 1) * lw),) + (slice(None),) * (len(shape) - 1)
-        if self.role == "row" and len(shape) == 2 and shape[1] > 1:
-            c = shape[1] // self.model
-            return (slice(None), slice(m * c, (m + 1) * c))
+        n_axis = 1 if self.transposed and len(shape) == 2 else 0
+        if self.role == "column" and self.split[shard]:
+            lw, entries = self.local_widths[shard], shape[n_axis]
+            per = width // entries if entries and width % entries == 0 else 0  # outputs per entry
+            if per and lw % per == 0:
+                c = lw // per
+                idx = [slice(None)] * len(shape)
+                idx[n_axis] = slice(m * c, (m + 1) * c)
+                return tuple(idx)
+            return None
+        if self.role == "row" and len(shape) == 2:
+            k_axis = 0 if self.transposed else 1
+            if shape[k_axis] > 1:
+                c = shape[k_axis] // self.model
+                idx = [slice(None), slice(None)]
+                idx[k_axis] = slice(m * c, (m + 1) * c)
+                return tuple(idx)
         return None
 
 
@@ -188,10 +206,13 @@ def _split_units(role: str, width: int, head_dim: int | None) -> int:
 
 
 def plan_layer(path: str, shard_paths: Sequence[str], widths: Sequence[int], input_size: int, *, mesh: Mesh,
-               rules: PartitionRules, pack_factor: int = 1) -> ShardLayout:
+               rules: PartitionRules, pack_factor: int = 1, k_block: int = 1, n_block: int = 1,
+               transposed: bool = False) -> ShardLayout:
     """The layout of layer ``path`` (logical shards ``shard_paths`` of ``widths`` rows, K = ``input_size``) on
     ``mesh``; an InvalidArgumentError when the "model" axis cannot split it (more devices than heads, a K slice
-    that is not whole MXFP4 32-blocks, a size not divisible).
+    that is not whole MXFP4 32-blocks or whole ``k_block`` scale groups, a column slice that is not whole
+    ``n_block`` rows, a size not divisible). ``transposed``: the scheme's 2-D tensors are [K, N...] (the
+    QuarkScheme attributes ``shard_k_block``, ``shard_n_block``, ``shard_transposed`` give these three).
 
     >>> import numpy as np, jax
     >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
@@ -219,22 +240,30 @@ def plan_layer(path: str, shard_paths: Sequence[str], widths: Sequence[int], inp
                 what = f"{units} heads" if r in ("heads", "kv_heads") and rules.head_dim else f"{w} rows"
                 raise InvalidArgumentError(f"layer {path}: the 'model' axis of {n} devices does not split the "
                                            f"{what} of {s} evenly (use a smaller 'model' axis)")
+            if (w // n) % n_block:
+                raise InvalidArgumentError(f"layer {path}: the 'model' axis of {n} splits the {w} rows of {s} into "
+                                           f"slices of {w // n}, not whole blocks of {n_block} rows (the scheme's "
+                                           f"scale / packing unit; use a smaller 'model' axis)")
             split.append(True)
             local.append(w // n)
         return ShardLayout(mesh=mesh, role="column", split=tuple(split), local_widths=tuple(local),
-                           local_k=int(input_size), rules=rules)
+                           local_k=int(input_size), rules=rules, transposed=transposed)
     if role == "row":
         k = int(input_size)
         if k % n:
             raise InvalidArgumentError(f"layer {path}: K = {k} does not split over the 'model' axis of {n}")
-        if pack_factor > 1 and (k // n) % formats.MX_BLOCK_SIZE:
+        if pack_factor > 1 and k_block == 1 and (k // n) % formats.MX_BLOCK_SIZE:  # MXFP4 (no k_block given)
             raise InvalidArgumentError(f"layer {path}: the 'model' axis of {n} splits K = {k} into slices of "
                                        f"{k // n}, not whole MXFP4 blocks of {formats.MX_BLOCK_SIZE} (use a "
                                        f"'model' axis of at most {k // formats.MX_BLOCK_SIZE})")
+        if k_block > 1 and (k // n) % k_block:
+            raise InvalidArgumentError(f"layer {path}: the 'model' axis of {n} splits K = {k} into slices of "
+                                       f"{k // n}, not whole groups of {k_block} (the scheme's scale group along "
+                                       f"K; use a 'model' axis of at most {max(k // k_block, 1)})")
         return ShardLayout(mesh=mesh, role="row", split=(False,) * len(widths), local_widths=tuple(widths),
-                           local_k=k // n, rules=rules)
+                           local_k=k // n, rules=rules, transposed=transposed)
     return ShardLayout(mesh=mesh, role="replicated", split=(False,) * len(widths), local_widths=tuple(widths),
-                       local_k=int(input_size), rules=rules)
+                       local_k=int(input_size), rules=rules, transposed=transposed)
 
 
 def _token_spec(layout: ShardLayout, x, last):

@@ -162,6 +162,12 @@ class QuarkScheme(abc.ABC):
     #: whether the tensor-parallel layouts of quark_jax.nn.parallel apply (raw params [N, ...] rows, K along
     #: axis 1, activation statistics per token, per 32-block or reduced through for_shard)
     shardable = False
+    #: K elements a row (K) split must keep together on one device (a scale group / MX block), N rows a column
+    #: split must (a weight scale block, 8 INT4 columns packed in a word), and whether the raw 2-D tensors are
+    #: stored [K, N...] (per-group INT4) instead of [N, K...]
+    shard_k_block = 1
+    shard_n_block = 1
+    shard_transposed = False
     #: option name -> its allowed values, checked at construction
     choices: ClassVar[Mapping[str, tuple]] = {}
 

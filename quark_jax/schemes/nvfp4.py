@@ -59,6 +59,8 @@ class QuarkNVFP4(QuarkScheme):
 
     min_capability = 75  # vLLM: compute capability 7.5
     weight_pack_factor = 2  # two E2M1 codes a byte
+    shardable = True  # weight and block scales [N, K...] split like MXFP4's; the global scales are per tensor
+    shard_k_block = quant.NVFP4_BLOCK_SIZE
 
     def summary(self) -> str:
         return "QuarkNVFP4(weight fp4 per_group 16 fp8_e4m3 scales + global scale, input nvfp4 dynamic)"

@@ -66,6 +66,13 @@ class QuarkOCP_MX(QuarkScheme):
 
     min_capability = 70  # vLLM: compute capability 7.0
     choices = {"weight_dtype": tuple(formats.MX_ELEMENTS), "input_dtype": MX_INPUTS}
+    shard_k_block = formats.MX_BLOCK_SIZE  # a row split keeps whole 32-blocks (weight bytes and E8M0 scales)
+
+    @property
+    def shardable(self) -> bool:
+        """Weights [N, K...] and E8M0 scales split like MXFP4's; an MX input is quantized per 32-block (local to a
+        shard); a dynamic per-tensor FP8 input would need its amax reduced across shards: not shardable."""
+        return self.input_dtype != "fp8_per_tensor"
 
     def summary(self) -> str:
         inp = {None: "not quantized", "fp8_per_tensor": "fp8 dynamic per_tensor"}.get(

@@ -50,9 +50,20 @@ class QuarkW4A16Int4(QuarkScheme):
     min_capability = 70  # vLLM: compute capability 7.0
     choices = {"pack_method": tuple(formats.INT4_PACK_ORDERS)}
 
+    shardable = True  # column: 8-column words with their scales / zero points; row: whole groups of K
+    shard_n_block = 8
+
     @property
     def kernel_op(self):
         return None if self.group_size == -1 else "int4_mm"
+
+    @property
+    def shard_k_block(self) -> int:
+        return 8 if self.group_size == -1 else self.group_size  # per channel: 8 K values a word
+
+    @property
+    def shard_transposed(self) -> bool:
+        return self.group_size != -1  # per group: [K, N/8], [G, N], [G, N/8]
 
     def __post_init__(self):
         super().__post_init__()

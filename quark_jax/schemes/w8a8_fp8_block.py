@@ -48,6 +48,15 @@ class QuarkW8A8Fp8PerBlock(QuarkScheme):
 
     min_capability = 70  # vLLM: compute capability 7.0
     kernel_op = "fp8_block_mm"
+    shardable = True  # weight rows / K with their scale blocks; the input's per-token groups are local to a shard
+
+    @property
+    def shard_k_block(self) -> int:
+        return int(self.block[1])
+
+    @property
+    def shard_n_block(self) -> int:
+        return int(self.block[0])
     choices = {"scale_format": ("float", "e8m0")}
 
     def __post_init__(self):

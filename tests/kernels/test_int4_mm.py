@@ -67,13 +67,15 @@ class TestInt4Mm(KernelContract):
         Variant(backend="pallas_triton", name="decode_split_k_wmajor", shape=(3, 64, 256), config=C(block_w=16, split_k=2, w_major=True)),
         Variant(backend="pallas_triton", name="ragged_rows_sub_decode", shape=(17, 32, 256),
                 config=C(block_m=16, block_w=32, decode="sub")),
+        # the PTX decode on a GPU (interpret mode runs "bits")
+        Variant(backend="pallas_triton", name="asm_decode", shape=(5, 64, 256), config=C(block_w=32, decode="asm")),
     ]
     FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
     ENTRY_SHAPE = (2, 32, 128)
     PALLAS = (pallas_triton, "int4_mm_pallas")
 
     def flavors_for(self, variant):
-        return [self.FLAVORS[self.VARIANTS.index(variant)]]
+        return [self.FLAVORS[self.VARIANTS.index(variant) % len(self.FLAVORS)]]
 
     def data(self, rng, m, k, n, flavor):
         return make(rng, m, k, n, flavor)
@@ -110,6 +112,16 @@ def test_random_data_within_x_precision(dtype, tol):
         assert err < tol, err
 
 
+def test_ptx_plane_model_equals_the_jnp_decode():
+    """The numpy model of the PTX decode (prmt, shift, mask, OR on word pairs) gives decode_plane's bits."""
+    words = np.asarray(formats.pack_int4(jnp.asarray(np.random.default_rng(1).integers(0, 16, (4, 128))),
+                                         "reorder"))
+    for dtype, magic in ((jnp.bfloat16, 0x4300), (jnp.float16, 0x6400)):
+        for p in range(8):
+            want = np.asarray(pallas_triton.decode_plane(jnp.asarray(words), p, dtype, subtract=False)).view(np.uint16)
+            np.testing.assert_array_equal(pallas_triton.ptx_plane_emulated(words, p, magic), want)
+
+
 def test_decode_plane_and_configs():
     words = formats.pack_int4(jnp.arange(8, dtype=jnp.int32)[None], "reorder")  # element e holds e
     got = [float(pallas_triton.decode_plane(words, p, jnp.float32, subtract=True)[0, 0]) for p in range(8)]
@@ -122,7 +134,7 @@ def test_decode_plane_and_configs():
     with pytest.raises(ValueError, match="block_w must be >= 16"):
         C(block_w=8)
     with pytest.raises(ValueError, match="decode"):
-        C(decode="asm")
+        C(decode="ptx")
 
 
 def test_entry_errors_name_the_argument():

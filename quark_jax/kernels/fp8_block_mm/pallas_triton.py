@@ -138,7 +138,7 @@ def _load(ref, mask):
         return ref[...]
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.load(ref, mask=mask, other=0)
+    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))  # an int 0 cannot become fp8 in Triton
 
 
 def fp8_block_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, block=(128, 128), out_dtype=jnp.bfloat16,

@@ -41,7 +41,7 @@ from jax.experimental import pallas as pl
 from quark_jax import formats
 from quark_jax.kernels import _dispatch, tiling
 
-DECODES = ("bits", "sub")
+DECODES = ("bits", "sub", "asm")
 _MAGIC = {"bfloat16": (0x4300, 128.0), "float16": (0x6400, 1024.0), "float32": (0x4B000000, 8388608.0)}
 _SIGN_FLIP = int(np.uint32(0x88888888).view(np.int32))
 
@@ -59,7 +59,9 @@ class Config:
     split_k: int = 1  # programs sharing one tile's groups (> 1: f32 partial sums reduced by XLA)
     num_warps: int = 4  # Triton warps per program
     num_stages: int = 3  # Triton software-pipelining depth
-    decode: str = "bits"  # "bits": offset folded into the zero-point term; "sub": subtracted per element
+    decode: str = "asm"  # "asm": the "bits" values built by inline PTX on pairs of words (bf16 / f16 x on a CUDA
+    # GPU; else "bits"; H200: 1.4-1.5x faster than "bits"); "bits": offset folded into the zero-point term;
+    # "sub": subtracted per element
     w_major: bool = False  # acc[bw, bm] = plane^T @ x^T (the decoded weight is the left MMA operand)
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
 
@@ -76,7 +78,9 @@ class Config:
 
 
 # M bucket (quark_jax.kernels.tiling) -> config. Decode: 16-word (128-column) tiles with a K split aiming at
-# AUTO_SPLIT programs (the 8B shapes have 32..112 column tiles); larger M: wider row tiles.
+# AUTO_SPLIT programs (the 8B shapes have 32..112 column tiles); larger M: wider row tiles (not measured).
+# H200, 2026-12-02 (benchmarks/NOTES.md, issue 19): the decode config ran 55-65 us at the large 8B shapes (0.5-0.6x
+# XLA bf16; 1.7-2.1x faster than the XLA reference), w_major within 4%.
 DEFAULTS = {
     "16": Config(block_m=16, block_w=16, num_warps=4, num_stages=3),
     "64": Config(block_m=64, block_w=16, num_warps=4, num_stages=3),
@@ -91,7 +95,7 @@ def fit(cfg: Config, m: int, groups: int, n: int, *, target_programs: int = 0) -
     that many programs.
 
     >>> fit(Config(block_w=64), m=1, groups=32, n=256, target_programs=64)
-    Config(block_m=16, block_w=32, split_k=8, num_warps=4, num_stages=3, decode='bits', w_major=False, group_m=8)
+    Config(block_m=16, block_w=32, split_k=8, num_warps=4, num_stages=3, decode='asm', w_major=False, group_m=8)
     """
     words = n // 8
     block_m = min(cfg.block_m, max(16, tiling.pow2_ceil(m)))
@@ -142,6 +146,43 @@ def decode_plane(words, p: int, dtype, *, subtract: bool):
     return v - jnp.asarray(offset, dtype) if subtract else v
 
 
+def _ptx_plane(p: int, magic: int) -> str:
+    """PTX for nibble plane ``p`` of two int32 words ($1, $2) -> one register of two 16-bit floats ($0): ``prmt``
+    gathers byte ``p // 2`` of each word into bytes 0 and 2, a shift brings the high nibble down for odd ``p``, and
+    the mask plus OR writes ``magic | u`` into each half (``offset + u`` as bf16 / f16, see ``decode_plane``)."""
+    b = p // 2
+    sel = b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12)
+    lines = ["{", ".reg .b32 t;", f"prmt.b32 t, $1, $2, {sel:#06x};"]
+    if p % 2:
+        lines.append("shr.u32 t, t, 4;")
+    lines += ["and.b32 t, t, 0x000F000F;", f"or.b32 $0, t, {magic | (magic << 16):#010x};", "}"]
+    return "\n".join(lines)
+
+
+def ptx_plane_emulated(words: np.ndarray, p: int, magic: int) -> np.ndarray:
+    """numpy model of ``_ptx_plane`` on int32 words (the last axis even): the 16-bit pattern each element gets."""
+    w = np.asarray(words).astype(np.int64).reshape(-1, 2) & 0xFFFFFFFF
+    b = p // 2
+    a_byte = (w[:, 0] >> (8 * b)) & 0xFF
+    b_byte = (w[:, 1] >> (8 * b)) & 0xFF
+    t = a_byte | (a_byte << 8) | (b_byte << 16) | (b_byte << 24)
+    if p % 2:
+        t = t >> 4
+    t = (t & 0x000F000F) | (magic | (magic << 16))
+    return np.stack([t & 0xFFFF, t >> 16], axis=-1).reshape(np.shape(words)).astype(np.uint16)
+
+
+def decode_plane_asm(words, p: int, dtype):
+    """GPU ``decode_plane(words, p, dtype, subtract=False)`` for bf16 / f16 with inline PTX (two words per asm)."""
+    from jax.experimental.pallas import triton as plgpu
+
+    dtype = jnp.dtype(dtype)
+    magic, _ = _MAGIC[dtype.name]
+    [v] = plgpu.elementwise_inline_asm(_ptx_plane(p, magic), args=[words], constraints="=r,r,r", pack=2,
+                                       result_shape_dtypes=[jax.ShapeDtypeStruct(words.shape, dtype)])
+    return v
+
+
 def _offset(dtype, subtract: bool) -> float:
     return 0.0 if subtract else _MAGIC[jnp.dtype(dtype).name][1]
 
@@ -179,7 +220,10 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, groups: in
         out = []
         for p in range(8):
             col = nib_cols[p]
-            plane = decode_plane(words, p, dtype, subtract=subtract)
+            if cfg.decode == "asm":
+                plane = decode_plane_asm(words, p, dtype)
+            else:
+                plane = decode_plane(words, p, dtype, subtract=subtract)
             if wm:
                 d = lax.dot_general(plane, xk, dims, precision=precision, preferred_element_type=jnp.float32)
             else:
@@ -214,7 +258,7 @@ def _load(ref, mask):
         return ref[...]
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.load(ref, mask=mask, other=0)
+    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))  # an int 0 cannot become fp8 in Triton
 
 
 def _store(ref, value, mask):
@@ -242,6 +286,8 @@ def int4_mm_pallas(x, w_packed, w_scales, w_zeros=None, bias=None, *, group_size
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
     groups = k // group_size
     cfg = default_config(m, k, n, group_size) if config is None else fit(config, m, groups, n)
+    if cfg.decode == "asm" and (interpret or jnp.dtype(x.dtype) == jnp.float32):
+        cfg = dataclasses.replace(cfg, decode="bits")  # the PTX runs on a CUDA GPU, for 16-bit x
     nib_cols = tuple(formats.INT4_PACK_ORDERS[order])
     return _int4_mm_jit(x, w_packed, w_scales, w_zeros, bias, group_size=int(group_size), nib_cols=nib_cols,
                         signed=bool(signed), out_dtype=out_dtype, cfg=cfg, interpret=bool(interpret))
@@ -300,4 +346,5 @@ def _int4_mm_jit(x, w_packed, w_scales, w_zeros, bias, *, group_size, nib_cols, 
     return out.reshape(m, n)
 
 
-__all__ = ["int4_mm_pallas", "Config", "DEFAULTS", "default_config", "fit", "decode_plane"]
+__all__ = ["int4_mm_pallas", "Config", "DEFAULTS", "default_config", "fit", "decode_plane", "decode_plane_asm",
+           "ptx_plane_emulated"]
