@@ -424,3 +424,34 @@ def test_layers_of_one_structure_are_traced_once(float_model, monkeypatch):
     with checking():
         assert llama._shared_layer_graphs(layers, None) is None
     assert llama._shared_layer_graphs(layers, object()) is None  # on a mesh: inline
+    with jax.disable_jit():  # eager: a wrapper that records layer values must see concrete arrays
+        assert llama._shared_layer_graphs(layers, None) is None
+
+
+def test_a_layer_wrapped_by_a_recording_module_runs_eagerly(float_dir):
+    """The notebook's pattern: a user module holding a dict (unhashable static attribute) wraps a projection and
+    records its input under ``jax.disable_jit()``; the model runs (no layer-graph sharing) and the recorded input
+    is the concrete array the projection saw, equal to the layer's output it produced."""
+    import jax
+    from flax import nnx
+
+    from quark_jax.models import llama
+
+    class Tap(nnx.Module):
+        def __init__(self, inner, store):
+            self.inner, self.store = inner, store
+
+        def __call__(self, x):
+            self.store["x"] = x
+            return self.inner(x)
+
+    model = from_pretrained(float_dir, fuse_projections=False)
+    store = {}
+    for layer in model.model.layers:
+        layer.mlp.down_proj = Tap(layer.mlp.down_proj, store)
+    assert llama._shared_layer_graphs(model.model.layers, None) is None  # unhashable: every layer inline
+    _, _, tokens, ref = fixture_float()
+    with jax.disable_jit():
+        logits = model(tokens)
+    assert isinstance(store["x"], jax.Array) and store["x"].shape[-1] == model.config.intermediate_size
+    assert np.abs(np.asarray(logits) - ref).max() <= 1e-5

@@ -480,15 +480,19 @@ def _shared_layer_graphs(layers, mesh):
     """For each decoder layer, the graph definition to trace it with: the first layer's where the structure is
     the same (so the layer function is traced and lowered once, not once per layer: the first call of a
     32-layer model traces and lowers ~32x less Python, and a warm compilation cache is hit sooner), else its own.
-    None (trace each layer inline, as written) with runtime checks on (their messages name each layer) or on a
-    mesh. XLA inlines the calls: the compiled program is the same as with the layers traced inline."""
+    None (trace each layer inline, as written) with runtime checks on (their messages name each layer), on a
+    mesh, under ``jax.disable_jit()`` (eager: wrappers that record values see concrete arrays) or where a layer
+    holds an unhashable static attribute (a user's module wrapping a layer with a dict, say). XLA inlines the calls: the compiled program is the same as with the layers traced inline."""
     from quark_jax.runtime_checks import enabled
 
-    if enabled() or mesh is not None or len(layers) < 2:
+    if enabled() or mesh is not None or len(layers) < 2 or jax.config.jax_disable_jit:
         return None
     graphs = [nnx.graphdef(layer) for layer in layers]
     seen: dict = {}
-    return [seen.setdefault(_structure_key(g), g) for g in graphs]
+    try:
+        return [seen.setdefault(_structure_key(g), g) for g in graphs]
+    except TypeError:  # a layer holds an unhashable static attribute (e.g. a user's wrapper with a dict): inline
+        return None
 
 
 @partial(jax.jit, static_argnums=0)
