@@ -94,6 +94,9 @@ def build(shape: str, scheme: str, *, abstract: bool, max_positions: int = 4096,
             return jax.random.randint(k, shp, -127, 128, jnp.int32).astype(dt)
         if name.endswith("input_scale"):
             return jnp.full(shp, INPUT_SCALE[scheme], dt)
+        if name.endswith("input_scale_reciprocal"):  # what processing stores: true_divide(1, input_scale)
+            from quark_jax.quant import true_divide
+            return jnp.full(shp, true_divide(1.0, INPUT_SCALE[scheme]), dt)
         if name.endswith("weight_scale"):
             return jnp.full(shp, 0.02 / 64 if scheme == "fp8" else 0.02 / 64, dt)
         if "norm" in name:

@@ -40,7 +40,7 @@ def test_nnx_jit_split_merge_and_state():
     np.testing.assert_array_equal(np.asarray(f(state, x)), y)
     # the params are QuarkParam variables, not trainable nnx.Param
     qstate = nnx.state(layer, QuarkParam)
-    assert set(qstate.keys()) == {"weight", "weight_scale", "input_scale"}
+    assert set(qstate.keys()) == {"weight", "weight_scale", "input_scale", "input_scale_reciprocal"}
     assert len(jax.tree.leaves(nnx.state(layer, nnx.Param))) == 0
     opt = nnx.Optimizer(layer, optax.sgd(0.1), wrt=nnx.Param)
     assert jax.tree.leaves(opt.opt_state) == []  # nothing to train: only the step counter

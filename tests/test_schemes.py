@@ -212,3 +212,32 @@ def test_unquantized_method_and_jit_of_the_lifecycle():
     p = sat.process_weights_after_loading({"weight": jnp.ones((2, K), jnp.float8_e4m3fn),
                                            "weight_scale": np.ones(1, F32), "input_scale": np.full(1, 0.5, F32)})
     assert np.asarray(sat.apply_weights(p, jnp.full((1, K), 1e4, jnp.float32))).tolist() == [[0.5 * 448 * K] * 2]
+
+
+@pytest.mark.parametrize("fp8_dtype", ["float8_e4m3fn", "float8_e4m3fnuz"])
+def test_fp8_static_stores_the_correctly_rounded_input_reciprocal(fp8_dtype):
+    """A static FP8 layer stores true_divide(1, input_scale) at load (IEEE 1/s, bit for bit, for scales whose
+    reciprocal is inexact) and quantizes with it: the outputs equal those computed without the stored value."""
+    s = QuarkW8A8Fp8(weight_qscheme="per_tensor", activation="static", fp8_dtype=fp8_dtype, impl="xla")
+    r = np.random.default_rng(5)
+    w = jnp.asarray(np.clip(r.standard_normal((128, K)) * 64, -448, 448), jnp.float32).astype(jnp.float8_e4m3fn)
+    x = jnp.asarray(r.standard_normal((3, K)) * 4, jnp.bfloat16)
+    for s_in in (3.0 / 448.0, 0.0123, 0.7):  # the first: 1 / s is inexact in float32
+        raw = {"weight": w, "weight_scale": np.full(3, 0.01, F32), "input_scale": np.full(3, s_in, F32)}
+        p = process_params(s, raw, WIDTHS)
+        want = F32(1.0) / F32(p["input_scale"])
+        assert np.asarray(p["input_scale_reciprocal"], F32).view(np.uint32) == want.view(np.uint32)
+        without = {k: v for k, v in p.items() if k != "input_scale_reciprocal"}
+        got = jax.jit(lambda p, x: apply_params(s, p, x))(p, x)
+        ref_ = jax.jit(lambda p, x: apply_params(s, p, x))(without, x)
+        assert np.array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(ref_.astype(jnp.float32)))
+
+
+def test_scale_reciprocal_only_with_a_static_scale():
+    from quark_jax import kernels, quant
+
+    with pytest.raises(ValueError, match="scale_reciprocal: only used with a static scale"):
+        quant.scaled_fp8_quant(jnp.ones((2, 4)), per_token=True, scale_reciprocal=jnp.float32(2.0))
+    with pytest.raises(ValueError, match="x_scale_reciprocal: only used with float activations"):
+        kernels.fp8_scaled_mm(jnp.ones((2, 32), jnp.float8_e4m3fn), jnp.ones((16, 32), jnp.float8_e4m3fn),
+                              jnp.float32(1.0), jnp.float32(1.0), impl="xla", x_scale_reciprocal=jnp.float32(1.0))

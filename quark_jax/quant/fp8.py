@@ -32,7 +32,8 @@ def _vllm_clamp_cast(v, dtype):
     return fp8_saturating_cast(jnp.where(jnp.isnan(v), formats.fp8_max(dtype), v), dtype)
 
 
-def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn, axis_name=None):
+def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn, axis_name=None,
+                     scale_reciprocal=None):
     """Quantize ``x`` [..., K] to FP8; returns ``(q, scale)`` with ``x ≈ f32(q) * scale``.
 
     * ``scale`` given (static per-tensor, vLLM-exact): ``q = fp8(clamp(f32(x) * (1/scale)))``; ``scale`` must be a
@@ -41,6 +42,10 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
       shape [..., 1]; ``q = fp8(clamp(f32(x) / s))`` (true division).
     * ``scale`` None, ``per_token=False`` (dynamic per-tensor): ``s = max(amax / M, 1/(M*512))`` over all of x
       (0-d float32); ``q = fp8(clamp(f32(x) * (1/s)))``.
+
+    ``scale_reciprocal`` (static ``scale`` only): ``true_divide(1.0, scale)`` computed beforehand (e.g. when the
+    weights are loaded), used instead of computing it here: the same codes, and a decode step computes no
+    reciprocal (on a GPU, a kernel per layer).
 
     ``axis_name`` (inside ``shard_map``; dynamic scales only): the mesh axis name(s) over which x is split along the
     axes the amax spans (K for per-token; every axis for per-tensor); the amax is their ``pmax``, so every shard
@@ -71,8 +76,11 @@ def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp
         if per_token:
             raise ValueError("per_token: a static scale is per-tensor; pass scale=None for dynamic per-token")
         s = static_scale("scale", scale)
-        return _vllm_clamp_cast(xf * true_divide(1.0, s), dtype), s
+        inv = true_divide(1.0, s) if scale_reciprocal is None else scalar_f32("scale_reciprocal", scale_reciprocal)
+        return _vllm_clamp_cast(xf * inv, dtype), s
 
+    if scale_reciprocal is not None:
+        raise ValueError("scale_reciprocal: only used with a static scale (pass scale too)")
     if per_token:
         amax = nan_max_abs(xf, axis=-1, keepdims=True)
         if axis_name:

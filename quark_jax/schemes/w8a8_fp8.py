@@ -30,7 +30,9 @@ class QuarkW8A8Fp8(QuarkScheme):
       x2, activations clamped to 224, vLLM-exact).
 
     Raw params: ``weight`` [N, K] float8_e4m3fn, ``weight_scale`` [n_shards] or [N] f32, ``input_scale``
-    [n_shards] f32 (static only). Processed: ``weight``, ``weight_scale`` () or [N], ``input_scale`` ().
+    [n_shards] f32 (static only). Processed: ``weight``, ``weight_scale`` () or [N], ``input_scale`` () and
+    ``input_scale_reciprocal`` () (``true_divide(1, input_scale)``, the quantizer's multiplier, computed once at
+    load rather than in every forward pass).
     Apply: ``y = x.dtype(s_x * (s_w * sum_k q_x q_w) + bias)`` through :func:`quark_jax.kernels.fp8_scaled_mm`.
 
     >>> import jax.numpy as jnp
@@ -94,6 +96,7 @@ class QuarkW8A8Fp8(QuarkScheme):
         out = {"weight": weight, "weight_scale": weight_scale}
         if input_scale is not None:
             out["input_scale"] = jnp.max(input_scale)
+            out["input_scale_reciprocal"] = quant.true_divide(1.0, out["input_scale"])
         return out
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
@@ -105,10 +108,12 @@ class QuarkW8A8Fp8(QuarkScheme):
             # the GEMM quantizes x itself (kernels.fp8_scaled_mm: in the Pallas kernel's prologue, else
             # quant.scaled_fp8_quant first): the same codes, one kernel
             y = kernels.fp8_scaled_mm(x2, weight, params["input_scale"], params["weight_scale"], bias,
-                                      out_dtype=x2.dtype, impl=self.impl)
+                                      out_dtype=x2.dtype, impl=self.impl,
+                                      x_scale_reciprocal=params.get("input_scale_reciprocal"))
             return y.reshape(*lead, n)
         if self.activation == "static":
-            q, s = quant.scaled_fp8_quant(x2, params["input_scale"], dtype=dtype)
+            q, s = quant.scaled_fp8_quant(x2, params["input_scale"], dtype=dtype,
+                                          scale_reciprocal=params.get("input_scale_reciprocal"))
         else:
             q, s = quant.scaled_fp8_quant(x2, per_token=self.activation == "dynamic_per_token", dtype=dtype,
                                           axis_name=self.amax_axes or None)

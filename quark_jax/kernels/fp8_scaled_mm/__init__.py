@@ -23,7 +23,8 @@ measured on the H200 (2026-12-02, benchmarks/NOTES.md) the prologue made the dec
 3.21 ms per step for the 128 projection GEMMs) than the quantize kernels it removes cost."""
 
 
-def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto"):
+def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto",
+                  x_scale_reciprocal=None):
     """Scaled FP8 GEMM ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])``.
 
     Args:
@@ -38,6 +39,8 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
       impl: "auto" (``quark_jax.kernels.choose_impl`` for this device and shape), "pallas", "xla", or "mosaic"
         (the Mosaic GPU kernel: M <= 128, N a multiple of 64; on the H100 no faster than "pallas" and its FP8
         wgmma accumulates with ~1e-4 relative error, see benchmarks/NOTES.md).
+      x_scale_reciprocal: float x only: ``quant.true_divide(1.0, x_scale)`` computed beforehand (a scheme stores
+        it at load), so quantizing x computes no reciprocal; the same codes.
 
     Returns [M, N] ``out_dtype``. The f32 accumulation is exact-order-independent only up to f32 rounding.
 
@@ -56,12 +59,15 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
         if w_q.dtype != jnp.float8_e4m3fn:
             raise TypeError(f"w_q: float activations are quantized to float8_e4m3fn; the weight must be too, got "
                             f"{w_q.dtype}")
+    elif x_scale_reciprocal is not None:
+        raise ValueError(f"x_scale_reciprocal: only used with float activations (quantized here), got x_q of "
+                         f"{x_q.dtype}")
     # the kernel takes e4m3fn with N, K multiples of 16; auto never fails where XLA works
     supported = w_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
     which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, supported=supported,
                                    allowed=_dispatch.IMPLS_WITH_MOSAIC)
     if (which != "pallas" or not FUSE_PROLOGUE) and x_q.dtype in FLOAT_INPUTS:  # the others take quantized x
-        x_q = quant.scaled_fp8_quant(x_q, x_scale, dtype=jnp.float8_e4m3fn)[0]
+        x_q = quant.scaled_fp8_quant(x_q, x_scale, dtype=jnp.float8_e4m3fn, scale_reciprocal=x_scale_reciprocal)[0]
     if which == "mosaic":
         _validate.mosaic_skinny_shape(x_q.dtype, m, k, n)
         from quark_jax.kernels.fp8_scaled_mm import pallas_mosaic_gpu
