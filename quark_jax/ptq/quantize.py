@@ -36,7 +36,7 @@ from quark_jax.ptq import observers as obs
 from quark_jax.ptq.calibrate import calibrate
 from quark_jax.ptq.export import DEFAULT_MAX_SHARD_BYTES, ShardWriter, write_config
 from quark_jax.ptq.presets import PRESETS, complete_config, preset_config
-from quark_jax.quant import quantize_mx
+from quark_jax.quant import quantize_mx, quantize_nvfp4
 
 __all__ = ["resolve_quant_config", "LayerTask", "plan_layers", "quantize_tensors", "quantize", "quantize_checkpoint"]
 
@@ -75,7 +75,10 @@ class LayerTask:
 
     @property
     def static_input(self) -> bool:
-        return self.inputs is not None and not self.inputs.get("is_dynamic")
+        if self.inputs is None:
+            return False
+        specs = self.inputs.get("specs") or [self.inputs]  # NVFP4: a dynamic element spec + a static scale spec
+        return any(not sp.get("is_dynamic") for sp in specs)
 
     @property
     def observes_output(self) -> bool:
@@ -142,18 +145,43 @@ def _mx(w, element):
 _MX_ELEMENTS = {"fp4": "fp4", "fp6_e2m3": "fp6_e2m3", "fp6_e3m2": "fp6_e3m2"}
 
 
-def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype, *, pack_method: str = "reorder"
-                    ) -> dict[str, np.ndarray]:
-    if "specs" in spec:  # a list of specs: an element format with a quantized scale (NVFP4)
+NVFP4_GLOBAL = np.float32(448.0 * 6.0)
+"""NVFP4's per-tensor scales: ``amax / (448 * 6)`` (FP8 E4M3 max times E2M1 max), float32."""
+
+
+def _is_nvfp4(spec) -> bool:
+    """A Quark NVFP4 spec list: fp4 per_group 16 (float32 scales) + fp8_e4m3 per_tensor ``is_scale_quant``."""
+    specs = (spec or {}).get("specs") or ()
+    return (len(specs) == 2 and specs[0].get("dtype") == "fp4" and specs[0].get("group_size") == 16
+            and specs[1].get("dtype") == "fp8_e4m3" and bool(specs[1].get("is_scale_quant")))
+
+
+@jax.jit
+def _nvfp4(w, global_scale):
+    return quantize_nvfp4(w, global_scale)
+
+
+def _nvfp4_scale_2(amax) -> np.ndarray:
+    s = np.float32(np.float32(amax) / NVFP4_GLOBAL)
+    return np.asarray(s if s > 0 else obs.EPS, np.float32)
+
+
+def _weight_tensors(name: str, w: np.ndarray, spec: dict, model_dtype, *, pack_method: str = "reorder",
+                    group_amax=None) -> dict[str, np.ndarray]:
+    if _is_nvfp4(spec):  # weight_scale_2 from the merge group's amax (q/k/v, gate/up share it, as Quark)
+        s2 = _nvfp4_scale_2(np.abs(w).max() if group_amax is None else group_amax)
+        packed, scales = _nvfp4(w.astype(np.float32), np.float32(1.0) / s2)
+        return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales), "weight_scale_2": s2}
+    if "specs" in spec:
         dts = [x.get("dtype") for x in spec["specs"]]
-        raise QuarkConfigError(f"layer {name}: weight specs {dts} (NVFP4 and other two-level scales): NVFP4 weights "
-                               "are not implemented by quark_jax.ptq")
+        raise QuarkConfigError(f"layer {name}: weight specs {dts} are not supported for quantization (two-level "
+                               "scales: NVFP4 only)")
     dt, qs = spec.get("dtype"), spec.get("qscheme")
     if dt in _MX_ELEMENTS:
         if qs != "per_group" or spec.get("group_size") != 32 or (spec.get("scale_format") or "e8m0") != "e8m0":
             raise QuarkConfigError(f"layer {name}: weight {dt} with group_size {spec.get('group_size')} and scale "
                                    f"format {spec.get('scale_format')!r} is not supported for quantization (OCP MX: "
-                                   "group 32, e8m0 scales; NVFP4 weights are not implemented by quark_jax.ptq)")
+                                   "group 32, e8m0 scales)")
         packed, scales = _mx(w.astype(np.float32), _MX_ELEMENTS[dt])
         return {"weight": np.asarray(packed), "weight_scale": np.asarray(scales)}
     if dt in ("int4", "uint4"):
@@ -203,6 +231,8 @@ def _int4_tensors(name, w, spec, model_dtype, pack_method):
 def _input_tensors(name: str, spec: dict, rng: obs.MinMax, model_dtype) -> dict[str, np.ndarray]:
     if not rng.seen or not np.isfinite(rng.min) or not np.isfinite(rng.max):
         raise ValueError(f"layer {name}: no calibration data reached this layer's input")
+    if _is_nvfp4(spec):  # dynamic NVFP4 blocks under a static global scale
+        return {"input_scale_2": _nvfp4_scale_2(max(abs(float(rng.min)), abs(float(rng.max))))}
     dt = spec.get("dtype")
     if dt == "fp8_e4m3":
         return {"input_scale": obs.fp8_scale(rng.min, rng.max, model_dtype=model_dtype, spec=spec)}
@@ -267,6 +297,8 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, 
     modules = {module_path(p): m for p, m in nnx.iter_modules(model) if p}
     pack_method = (qc.get("export") or {}).get("pack_method") or "reorder"
 
+    group_amax = _nvfp4_group_amax(tasks, modules)
+
     def layers():
         kv: dict[str, dict[str, np.ndarray]] = {}
         bar = _Progress(len(tasks), progress, "quantizing")
@@ -276,7 +308,8 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, 
             for i, shard in enumerate(t.shards):
                 w = np.ascontiguousarray(w_all[rows[i]:rows[i + 1]])
                 out = ({} if t.weight is None else
-                       _weight_tensors(shard, w, t.weight, model_dtype, pack_method=pack_method))
+                       _weight_tensors(shard, w, t.weight, model_dtype, pack_method=pack_method,
+                                       group_amax=group_amax.get(_merge_group(shard))))
                 if t.static_input:
                     out.update(_input_tensors(shard, t.inputs, ranges[t.path]["input"], model_dtype))
                 if t.kv_shards[i]:
@@ -291,6 +324,31 @@ def _quantized_layers(model, qc, calibration_batches, logical_widths, progress, 
         yield from kv.items()
 
     return tasks, layers()
+
+
+def _merge_group(shard: str) -> str:
+    """The group whose NVFP4 weights share one ``weight_scale_2``: q/k/v, gate/up (vLLM's fused modules), else the
+    layer itself."""
+    parent, _, leaf = shard.rpartition(".")
+    for fused, members in FUSED_MODULES.items():
+        if leaf in members:
+            return f"{parent}.{fused}"
+    return shard
+
+
+def _nvfp4_group_amax(tasks, modules) -> dict[str, np.float32]:
+    """max |W| per merge group over the NVFP4-quantized shards (amd-quark 0.13 gives q/k/v and gate/up one global
+    weight scale, the group's)."""
+    out: dict[str, np.float32] = {}
+    for t in tasks:
+        if not _is_nvfp4(t.weight):
+            continue
+        w_all = np.abs(np.asarray(jax.device_get(modules[t.path].kernel[...])).T)
+        rows = np.cumsum((0,) + t.widths)
+        for i, shard in enumerate(t.shards):
+            g = _merge_group(shard)
+            out[g] = max(out.get(g, np.float32(0)), np.float32(w_all[rows[i]:rows[i + 1]].max()))
+    return out
 
 
 def _slices(widths):
