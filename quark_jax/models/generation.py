@@ -120,18 +120,20 @@ def _is_eos(tokens, eos):
     return jnp.any(tokens[:, None] == eos[None, :], axis=-1)
 
 
-def _sample(logits, key, temperature, top_k):
+def _sample(logits, key, position, temperature, top_k):
     """Next token [B] from logits [B, V]: argmax when temperature == 0, else categorical over logits / T
-    restricted to the ``top_k`` largest (ties at the k-th value included). temperature and top_k are traced, so
-    changing them does not recompile; the sampling branch (a sort of the logits) only runs when T > 0."""
+    restricted to the ``top_k`` largest (ties at the k-th value included), with the key ``fold_in(key, position)``.
+    temperature and top_k are traced, so changing them does not recompile; the sampling branch (the key, a sort
+    of the logits) only runs when T > 0."""
     logits = logits.astype(jnp.float32)
 
     def sample(logits):
+        key_p = jax.random.fold_in(key, position)
         v = logits.shape[-1]
         k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, v)
         kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), v - k, axis=-1, keepdims=True)
         masked = jnp.where(logits >= kth, logits / temperature, -jnp.inf)
-        return jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(key_p, masked, axis=-1).astype(jnp.int32)
 
     def greedy(logits):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -144,7 +146,7 @@ def _prefill(graphdef, state, cache, input_ids, first_slot, prompt_len, key, tem
     model = nnx.merge(graphdef, state)
     logits, cache = model._cached(input_ids, cache, 0, first_slot, last=prompt_len - 1)  # a static 0: the
     # fused prefill attention applies (the new tokens attend only to each other)
-    token = _sample(logits[:, 0], jax.random.fold_in(key, prompt_len - 1), temperature, top_k)
+    token = _sample(logits[:, 0], key, prompt_len - 1, temperature, top_k)
     return token, _is_eos(token, eos), cache
 
 
@@ -164,7 +166,7 @@ def _decode_chunk(graphdef, chunk, state, cache, token, slot, done, first_slot, 
     def body(carry):
         i, token, slot, done, cache, out = carry
         logits, cache = model._cached(token[:, None], cache, slot, first_slot)
-        nxt = _sample(logits[:, 0], jax.random.fold_in(key, slot), temperature, top_k)
+        nxt = _sample(logits[:, 0], key, slot, temperature, top_k)
         nxt = jnp.where(done, pad, nxt)
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i, axis=1)
         return i + 1, nxt, slot + 1, done | _is_eos(nxt, eos), cache, out
