@@ -5,8 +5,8 @@ runs its own activation quantizer: FP8, INT8 or MXFP4, static or dynamic):
 
 * ``x``: ``rows`` activation rows drawn N(0, sigma^2) with numpy (``seed``), sigma chosen so the rows lie in the
   range the layer was calibrated for: for a static input scale s, ``sigma = s * qmax / 4`` (qmax 448 for FP8, 127
-  for INT8), so the rows' amax is about the calibrated amax ``s * qmax``; sigma = 1 for dynamic and weight-only
-  inputs. (Drawing N(0, 1) for every layer, as the first version did, clips the inputs of layers calibrated on
+  for INT8), so the rows' amax is about the calibrated amax ``s * qmax``; for NVFP4's static global input scale
+  (``input_scale_2`` = 1/g) ``sigma = 448 * 6 / (4 g)``; sigma = 1 for dynamic and weight-only inputs. (Drawing N(0, 1) for every layer, as the first version did, clips the inputs of layers calibrated on
   small activations: o_proj / down_proj of the bundled FP8 checkpoint have calibrated amax 0.43 / 0.13, hence
   errors of 0.68 / 0.90 instead of about 0.04.)
 * ``weight_error``: ``|W_deq - W_float| / |W_float|`` (Frobenius) when a float reference checkpoint is known;
@@ -66,6 +66,8 @@ def demo_inputs(layer, rows: int, seed: int) -> np.ndarray:
         s = float(np.max(np.asarray(layer.input_scale[...], np.float32)))
         qmax = 127.0 if "Int8" in type(scheme).__name__ else 448.0
         x *= np.float32(s * qmax / 4)
+    if "input_global_scale" in layer.param_names:  # NVFP4: its static global scale g spans amax = 448 * 6 / g
+        x *= np.float32(448.0 * 6.0 / 4.0 / float(np.asarray(layer.input_global_scale[...], np.float32)))
     return x
 
 
