@@ -3,7 +3,7 @@ package tuner (``quark_jax.kernels.tuning.tuner``), beside each op's extra rows 
 (XLA bf16 baseline, torch, ...).
 
 Usage (from the repo root, on the device):
-    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4,int4,fp8block] [--m 1,16,64,256,2048]
+    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4,int4,fp8block,mxfp6] [--m 1,16,64,256,2048]
         [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table DIR]
         [--check-auto] [--no-extras] [--deadline SECONDS]
 
@@ -33,7 +33,7 @@ from quark_jax.kernels import tuning  # noqa: E402
 from quark_jax.kernels.tuning import tuner  # noqa: E402
 
 OPS = {"fp8": "fp8_scaled_mm", "int8": "int8_scaled_mm", "mxfp4": "mxfp4_mm", "int4": "int4_mm",
-       "fp8block": "fp8_block_mm"}
+       "fp8block": "fp8_block_mm", "mxfp6": "mxfp6_mm"}
 SHORT = {v: k for k, v in OPS.items()}
 
 
@@ -49,8 +49,9 @@ class Case(tuner.Case):
 
 def work(op: str, m: int, k: int, n: int) -> tuple[float, float]:
     """(flops, minimum bytes) of one call of ``op``'s entry (bf16 output)."""
-    w = {"mxfp4_mm": n * k // 2 + n * k // 32, "int4_mm": n * k // 2 + 4 * n * (k // 128)}.get(op, n * k)
-    x = 2 * m * k if op in ("mxfp4_mm", "int4_mm") else m * k
+    w = {"mxfp4_mm": n * k // 2 + n * k // 32, "int4_mm": n * k // 2 + 4 * n * (k // 128),
+         "mxfp6_mm": 3 * n * k // 4 + n * k // 32}.get(op, n * k)
+    x = 2 * m * k if op in ("mxfp4_mm", "int4_mm", "mxfp6_mm") else m * k
     return 2.0 * m * n * k, float(w + x + 2 * m * n)
 
 

@@ -3,7 +3,8 @@
 dynamically to FP8 per tensor. Emulation semantics (vLLM's on every GPU but MI355's fp4 x fp4): dequantize the
 weight, quantize-dequantize the input, one GEMM with float32 accumulation.
 
-No Pallas kernel yet: ``impl`` is accepted and the XLA reference runs (``kernel_op`` is None).
+FP6 weights call ``quark_jax.kernels.mxfp6_mm`` (``kernel_op``; its Pallas kernel runs with ``impl="pallas"``,
+``auto`` picks the XLA reference until it is measured); fp4 / fp8 weights run the XLA reference.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quark_jax import formats, quant
+from quark_jax import formats, kernels, quant
 from quark_jax.quant import dot_precision
 from quark_jax.schemes.base import ParamSpec, QuarkScheme, flatten_tokens
 
@@ -79,6 +80,10 @@ class QuarkOCP_MX(QuarkScheme):
             self.input_dtype, f"mx {self.input_dtype} dynamic")
         return f"QuarkOCP_MX(weight mx {self.weight_dtype} per_group 32, input {inp})"
 
+    @property
+    def kernel_op(self):
+        return "mxfp6_mm" if self.weight_dtype.startswith("fp6") else None
+
     def weight_geometry(self, stored_shape):
         return int(stored_shape[0]), int(stored_shape[1]) * 8 // formats.mx_element(self.weight_dtype).bits
 
@@ -116,5 +121,9 @@ class QuarkOCP_MX(QuarkScheme):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         n = params["weight"].shape[0]
         x2, lead = flatten_tokens(x, self._k(params), "QuarkOCP_MX")
+        if self.kernel_op == "mxfp6_mm":
+            y = kernels.mxfp6_mm(self.quantize_input(x2), params["weight"], params["weight_scale"], bias,
+                                 element=self.weight_dtype, impl=self.impl)
+            return y.reshape(*lead, n)
         w = quant.dequantize_mx(params["weight"], params["weight_scale"], self.weight_dtype, x2.dtype)
         return xla_linear(self.quantize_input(x2), w, bias).reshape(*lead, n)

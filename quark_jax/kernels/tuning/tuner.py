@@ -92,7 +92,8 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
     - int8_scaled_mm: (x_q int8, w_q int8, x_scale (), w_scale [N], bias bf16, azp_adj int32 [N]);
     - mxfp4_mm: (x bf16 [M, K], w_packed uint8 [N, K/2], w_scales uint8 [N, K/32]);
     - int4_mm: (x bf16 [M, K], w_packed int32 [K, N/8], w_scales f32 [K/128, N]) (int4, group 128, "reorder");
-    - fp8_block_mm: (x_q e4m3fn [M, K], w_q [N, K], x_scale f32 [M, K/128], w_scale f32 [N/128, K/128]).
+    - fp8_block_mm: (x_q e4m3fn [M, K], w_q [N, K], x_scale f32 [M, K/128], w_scale f32 [N/128, K/128]);
+    - mxfp6_mm: (x bf16 [M, K], w_packed uint8 [N, 3K/4], w_scales uint8 [N, K/32]) (fp6_e2m3).
     """
     import jax
     import jax.numpy as jnp
@@ -102,7 +103,8 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
     key = jax.random.key(seed * 1_000_003 + m * 7 + k * 3 + n)
     kx, kw, ks, kb = jax.random.split(key, 4)
     w_bytes = {"fp8_scaled_mm": n * k, "int8_scaled_mm": n * k, "mxfp4_mm": n * k // 2 + n * k // 32,
-               "int4_mm": n * k // 2 + n * k // 32, "fp8_block_mm": n * k}[op]
+               "int4_mm": n * k // 2 + n * k // 32, "fp8_block_mm": n * k,
+               "mxfp6_mm": 3 * n * k // 4 + n * k // 32}[op]
     copies = copies or copies_for(w_bytes)
     wkeys = [jax.random.fold_in(kw, i) for i in range(copies)]
     if op == "fp8_scaled_mm":
@@ -134,6 +136,10 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
         make = jax.jit(lambda kk: (formats.pack_int4(jax.random.randint(kk, (k, n), -8, 8), "reorder"),
                                    jax.random.uniform(jax.random.fold_in(kk, 1), (g, n), jnp.float32, 1e-3, 1e-2)))
         return [(x, *make(kk)) for kk in wkeys]
+    if op == "mxfp6_mm":
+        x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+        make = jax.jit(lambda kk: quant.quantize_mx(jax.random.normal(kk, (n, k), jnp.float32) * 0.02, "fp6_e2m3"))
+        return [(x, *make(kk)) for kk in wkeys]
     if op == "fp8_block_mm":
         xq, xs = quant.per_token_group_quant_fp8(jax.random.normal(kx, (m, k), jnp.float32) * 2.0, 128)
         make = jax.jit(lambda kk: quant.quantize_fp8_per_block(jax.random.normal(kk, (n, k), jnp.float32) * 0.02,
@@ -163,6 +169,8 @@ def entry(op: str, impl: str) -> Callable:
     elif op == "int4_mm":
         def fn(x, w, s):
             return kernels.int4_mm(x, w, s, group_size=128, order="reorder", signed=True, impl=impl)
+    elif op == "mxfp6_mm":
+        fn = functools.partial(kernels.mxfp6_mm, element="fp6_e2m3", impl=impl)
     elif op == "fp8_block_mm":
         fn = functools.partial(kernels.fp8_block_mm, block=(128, 128), out_dtype=jnp.bfloat16, impl=impl)
     else:
