@@ -6,10 +6,11 @@ XLA's kernels sum in other orders, so its activations differ from torch's by a f
 the forward pass of a quark_jax Llama-family model op by op with the roundings of torch 2.13's CPU kernels
 (measured against torch on an AVX-512 x86 CPU, the machine amd-quark 0.13 made the fixtures on):
 
-* GEMMs (``F.linear``, ``torch.matmul``; MKL's sgemm, oneDNN's bf16 GEMM): each output is a float32 fused
-  multiply-add chain over k = 0, 1, ..., K-1 from 0 (bf16: rounded once to bf16 at the end).
-* ``mean(x**2, -1)`` of RMSNorm: ATen's cascade sum (8-lane vectors, 4 interleaved accumulators, 16-row levels,
-  scalar tail first, then the lanes in order), divided by the width; ``rsqrt`` as ``1 / sqrt``.
+* GEMMs (``F.linear``, ``torch.matmul``; MKL's sgemm, oneDNN's bf16 GEMM): each output is a sum of float32 fused
+  multiply-add chains from 0 over K blocks (:data:`MKL_K_BLOCK`), added in order (bf16: rounded once to bf16 at
+  the end); a bias is added after. Torch takes other paths below 4 rows or 9 columns: not mirrored.
+* ``mean(x**2, -1)`` of RMSNorm: ATen's cascade sum (8-lane vectors, 4 interleaved accumulators, 4 levels of
+  16-row blocks, the scalar tail, then the lanes in order), divided by the width; ``rsqrt`` as ``1 / sqrt``.
 * ``exp`` inside softmax and SiLU: SLEEF's ``expf`` (u10) polynomial with FMAs; softmax sums with ATen's
   ``reduce_all`` (16-lane accumulation, then halving), then multiplies by ``1 / sum``; SiLU is
   ``x / (1 + exp(-x))``.
@@ -36,8 +37,6 @@ from quark_jax.quant.rounding import round_to
 __all__ = ["TorchNumerics", "torch_inverse_frequencies", "sleef_expf", "aten_sum_lastdim", "linear_fma"]
 
 _F32, _F64 = jnp.float32, jnp.float64
-
-
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -294,6 +293,9 @@ class TorchNumerics:
             raise ValueError(f"calibration numerics 'torch': needs a quark_jax LlamaForCausalLM, got "
                              f"{type(model).__name__}; use numerics='xla'")
         cfg = model.config
+        if cfg.num_experts:
+            raise ValueError(f"calibration numerics 'torch': {cfg.model_type} has MoE layers, which are not "
+                             "mirrored (dense Llama, Mistral, Qwen2, Qwen3 are); use numerics='xla'")
         if cfg.rope.rope_type not in ("default", "linear"):
             raise ValueError(f"calibration numerics 'torch': rope_type {cfg.rope.rope_type!r} is not mirrored "
                              "(default and linear are); use numerics='xla'")
@@ -406,8 +408,11 @@ def _layer(cfg, dtype_name, fused, key, lp, x, cos, sin):
         q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
     else:
         q, k, v = (lin(f"self_attn.{n}_proj", h) for n in "qkv")
-    q = rope(q.reshape(bsz, t, nh, hd).transpose(0, 2, 1, 3))
-    k = rope(k.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3))
+    q, k = q.reshape(bsz, t, nh, hd), k.reshape(bsz, t, nkv, hd)
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D before RoPE
+        q = _rms_norm(q, lp["self_attn.q_norm.weight"], cfg.rms_norm_eps, dtype)
+        k = _rms_norm(k, lp["self_attn.k_norm.weight"], cfg.rms_norm_eps, dtype)
+    q, k = rope(q.transpose(0, 2, 1, 3)), rope(k.transpose(0, 2, 1, 3))
     v = v.reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
     g = nh // nkv
     k, v = jnp.repeat(k, g, axis=1), jnp.repeat(v, g, axis=1)
