@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -114,6 +115,21 @@ def pow2_ceil(v: int) -> int:
     return 1 << max(int(v) - 1, 0).bit_length()
 
 
+def grow_split_k(split_k: int, *, tiles: int, groups: int, target_programs: int) -> int:
+    """The K split of a split-K kernel with ``tiles`` output tiles over ``groups`` K steps (scale groups): doubled
+    from ``split_k`` (up to 8, while twice it divides ``groups``) until ``tiles * split_k >= target_programs``,
+    then halved until it divides ``groups``.
+
+    >>> grow_split_k(1, tiles=4, groups=32, target_programs=64), grow_split_k(4, tiles=4, groups=6, target_programs=0)
+    (8, 2)
+    """
+    while tiles * split_k < target_programs and split_k < 8 and groups % (2 * split_k) == 0:
+        split_k *= 2
+    while groups % split_k:
+        split_k //= 2
+    return split_k
+
+
 def triton_call(kernel, *, cfg, name: str, interpret: bool, **kwargs):
     """``pl.pallas_call`` for a Pallas-Triton backend, launched with ``cfg.num_warps`` / ``cfg.num_stages``
     (every backend's Config has them); ``kwargs`` are pallas_call's (out_shape, grid, in_specs, ...)."""
@@ -122,6 +138,36 @@ def triton_call(kernel, *, cfg, name: str, interpret: bool, **kwargs):
 
     params = plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return pl.pallas_call(kernel, compiler_params=params, interpret=interpret, name=name, **kwargs)
+
+
+def masked_load(ref, mask):
+    """Load a Pallas-Triton (sub)ref, reading zeros of the ref's dtype where ``mask`` (broadcastable to the ref's
+    block) is False; ``mask=None``: a plain load. The zero is typed: Triton cannot convert an int 0 to fp8.
+
+    >>> from jax.experimental import pallas as pl
+    >>> def k(x_ref, o_ref):
+    ...     o_ref[...] = masked_load(x_ref, lax.broadcasted_iota(jnp.int32, (4,), 0) < 2)
+    >>> pl.pallas_call(k, out_shape=jax.ShapeDtypeStruct((4,), jnp.float32), interpret=True)(jnp.ones(4)).tolist()
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    if mask is None:
+        return ref[...]
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))
+
+
+def finish_splits(parts, bias, out_dtype):
+    """The epilogue of a split-K kernel's float32 partial sums ``parts`` [S, ...]: :func:`sum_splits`, plus
+    ``bias`` (broadcast to the output, added in float32; None: none), cast to ``out_dtype``.
+
+    >>> finish_splits(jnp.ones((2, 1, 3)), jnp.arange(3.0), jnp.bfloat16).tolist()
+    [[2.0, 3.0, 4.0]]
+    """
+    out = sum_splits(parts)
+    if bias is not None:
+        out = out + bias.astype(jnp.float32)
+    return out.astype(out_dtype)
 
 
 def sum_splits(parts):

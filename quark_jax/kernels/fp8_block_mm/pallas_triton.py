@@ -69,12 +69,8 @@ def fit(cfg: Config, m: int, groups: int, n: int, *, target_programs: int = 0) -
         block_n //= 2
     if block_n < 16:
         raise ValueError(f"fp8_block_mm: cannot tile N = {n} (need N % 16 == 0)")
-    split_k = cfg.split_k
     tiles = (n // block_n) * -(-m // block_m)
-    while tiles * split_k < target_programs and split_k < 8 and groups % (2 * split_k) == 0:
-        split_k *= 2
-    while groups % split_k:
-        split_k //= 2
+    split_k = tiling.grow_split_k(cfg.split_k, tiles=tiles, groups=groups, target_programs=target_programs)
     return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, split_k=split_k)
 
 
@@ -108,10 +104,10 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
 
     def body(g, acc):
         k0 = pl.multiple_of(g * cols, cols)
-        xk = _load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
+        xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
         wk = w_ref[:, pl.ds(k0, cols)]
         d = lax.dot_general(xk, wk, dims, preferred_element_type=jnp.float32)
-        sx = _load(xs_ref.at[:, g], s_mask)
+        sx = tiling.masked_load(xs_ref.at[:, g], s_mask)
         if r == 1:
             sw = ws_ref[row0, g]
         else:
@@ -131,14 +127,6 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
         plgpu.store(o_ref, out, mask=valid)
     else:
         o_ref[...] = out
-
-
-def _load(ref, mask):
-    if mask is None:
-        return ref[...]
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))  # an int 0 cannot become fp8 in Triton
 
 
 def fp8_block_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, block=(128, 128), out_dtype=jnp.bfloat16,
@@ -199,10 +187,7 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
-        out = tiling.sum_splits(out)
-        if bias is not None:
-            out = out + bias.astype(jnp.float32)
-        out = out.astype(out_dtype)
+        out = tiling.finish_splits(out, bias, out_dtype)
     return out
 
 

@@ -226,7 +226,7 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
 
         def load_x(ref, k0, width):
             mask = jnp.broadcast_to(row_ok[:, None], (bm, width))
-            return plgpu.load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask=mask, other=jnp.zeros((), ref.dtype))
+            return tiling.masked_load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask)
 
         def mma(acc, w, x):
             return acc + (_dot(w, x, precision) if cfg.w_major else _dot(x, w, precision))

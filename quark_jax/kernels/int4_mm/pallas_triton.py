@@ -104,12 +104,8 @@ def fit(cfg: Config, m: int, groups: int, n: int, *, target_programs: int = 0) -
         block_w //= 2
     if block_w < 16:
         raise ValueError(f"int4_mm: cannot tile N = {n} (need N % 128 == 0)")
-    split_k = cfg.split_k
     tiles = (words // block_w) * -(-m // block_m)
-    while tiles * split_k < target_programs and split_k < 8 and groups % (2 * split_k) == 0:
-        split_k *= 2
-    while groups % split_k:
-        split_k //= 2
+    split_k = tiling.grow_split_k(cfg.split_k, tiles=tiles, groups=groups, target_programs=target_programs)
     return dataclasses.replace(cfg, block_m=block_m, block_w=block_w, split_k=split_k)
 
 
@@ -210,7 +206,7 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, groups: in
 
     def body(g, accs):
         k0 = pl.multiple_of(g * gs, gs)
-        xk = _load(x_ref.at[:, pl.ds(k0, gs)], x_rows)
+        xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, gs)], x_rows)
         words = w_ref[pl.ds(k0, gs), :]
         if signed:
             words = words ^ _SIGN_FLIP
@@ -251,14 +247,6 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, groups: in
         if has_bias:
             acc = acc + b_ref[:, jnp.int32(c)].astype(jnp.float32)[None, :]
         _store(o_ref.at[:, :, jnp.int32(c)], acc.astype(out_dtype), valid)
-
-
-def _load(ref, mask):
-    if mask is None:
-        return ref[...]
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))  # an int 0 cannot become fp8 in Triton
 
 
 def _store(ref, value, mask):
@@ -339,10 +327,7 @@ def _int4_mm_jit(x, w_packed, w_scales, w_zeros, bias, *, group_size, nib_cols, 
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
-        out = tiling.sum_splits(out)
-        if bias is not None:
-            out = out + bias.astype(jnp.float32).reshape(words, 8)
-        out = out.astype(out_dtype)
+        out = tiling.finish_splits(out, None if bias is None else bias.reshape(words, 8), out_dtype)
     return out.reshape(m, n)
 
 

@@ -361,8 +361,5 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
-        out = tiling.sum_splits(out)
-        if bias is not None:
-            out = out + bias.astype(jnp.float32)
-        out = out.astype(out_dtype)
+        out = tiling.finish_splits(out, bias, out_dtype)
     return out
