@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from quark_jax.kernels import fused_prefill_impl, prefill_attention
+from quark_jax.kernels import fused_prefill_impl, in_query_blocks, prefill_attention
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
@@ -143,15 +143,9 @@ def attend(q, k, v, q_slots, first_slot=None):
     first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
     q_slots = jnp.asarray(q_slots, jnp.int32)
     block = max(1, ATTENTION_SCORE_BYTES // max(1, 4 * b * h * s))
-    if t <= block:
-        return _attend_block(q, k, v, q_slots, first_slot)
-    block = 1 << (block.bit_length() - 1)  # a power of two: divides the (power-of-two) prefill buckets
-    nb = -(-t // block)
-    pad = nb * block - t
-    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, block, h, d).transpose(1, 0, 2, 3, 4)
-    sp = jnp.pad(q_slots, (0, pad), constant_values=s - 1).reshape(nb, block)
-    out = lax.map(lambda a: _attend_block(a[0], k, v, a[1], first_slot), (qp, sp))
-    return out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block, h, d)[:, :t]
+    # blocks of a power of two: they divide the (power-of-two) prefill buckets
+    return in_query_blocks(lambda qb, sb: _attend_block(qb, k, v, sb, first_slot), q, q_slots, block=block,
+                           pad_slot=s - 1)
 
 
 class Attention(FP8KVCacheScales, nnx.Module):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax.kernels import tuning
-from quark_jax.kernels.attention.xla import prefill_attention_xla
+from quark_jax.kernels.attention.xla import in_query_blocks, prefill_attention_xla
 
-__all__ = ["prefill_attention", "prefill_attention_xla", "fused_prefill_impl", "ATTENTION_IMPLS"]
+__all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS"]
 
 ATTENTION_IMPLS = ("auto", "cudnn", "xla")
 

@@ -45,12 +45,26 @@ def prefill_attention_xla(q, k, v, *, first_slot=None):
     first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
     q_slots = jnp.arange(t, dtype=jnp.int32)
     block = max(1, SCORE_BLOCK_BYTES // max(1, 4 * b * h * t))
+    return in_query_blocks(lambda qb, sb: _block(qb, k, v, sb, first_slot), q, q_slots, block=block, pad_slot=t - 1)
+
+
+def in_query_blocks(block_fn, q, q_slots, *, block: int, pad_slot: int):
+    """``block_fn(q_block, slots_block)`` (queries [B, T_b, H, D] and their slots [T_b] -> [B, T_b, H, D]) over the
+    queries q [B, T, H, D] at ``q_slots`` [T] int32: one call if T <= ``block``, else ``lax.map`` over blocks of
+    the largest power of two <= ``block`` queries (the last padded with zero queries at slot ``pad_slot``, their
+    rows dropped). Returns [B, T, H, D].
+
+    >>> q = jnp.arange(5.0).reshape(1, 5, 1, 1)
+    >>> in_query_blocks(lambda qb, sb: qb + sb[None, :, None, None], q, jnp.arange(5), block=3, pad_slot=4).ravel()
+    Array([0., 2., 4., 6., 8.], dtype=float32)
+    """
+    b, t, h, d = q.shape
     if t <= block:
-        return _block(q, k, v, q_slots, first_slot)
+        return block_fn(q, q_slots)
     block = 1 << (block.bit_length() - 1)
     nb = -(-t // block)
     pad = nb * block - t
     qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, block, h, d).transpose(1, 0, 2, 3, 4)
-    sp = jnp.pad(q_slots, (0, pad), constant_values=t - 1).reshape(nb, block)
-    out = lax.map(lambda a: _block(a[0], k, v, a[1], first_slot), (qp, sp))
+    sp = jnp.pad(q_slots, (0, pad), constant_values=pad_slot).reshape(nb, block)
+    out = lax.map(lambda a: block_fn(a[0], a[1]), (qp, sp))
     return out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block, h, d)[:, :t]
