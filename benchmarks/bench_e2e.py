@@ -249,6 +249,18 @@ def prompt(batch: int, length: int, vocab: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int32)
 
 
+def prefill_runs(model, plen: int, n_new: int, vocab: int, *, reps: int = 4) -> tuple[float, float]:
+    """``(median_s, first_s)`` of ``reps`` one-token generations from batch-1 prompts of ``plen`` tokens (cache
+    ``plen + n_new``, a fresh prompt each run): the median prefill time of the runs after the first, and the first
+    run's (compile included)."""
+    ts = []
+    for rep in range(reps):
+        _, st = model.generate(prompt(1, plen, vocab, seed=10 + rep), 1, max_cache_len=plen + n_new,
+                               return_stats=True)
+        ts.append(st.prefill_s)
+    return statistics.median(ts[1:]), ts[0]
+
+
 def make_mesh(spec: str):
     """``"DATAxMODEL"`` (e.g. ``"1x8"``) -> a ``jax.sharding.Mesh`` over the first DATA*MODEL devices with axes
     ("data", "model"); ``""`` -> None (one device)."""
@@ -344,27 +356,17 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     for plen_p in args.prefill:
         if plen_p + 1 > model.config.max_position_embeddings:
             continue
-        ts = []
-        for rep in range(4):
-            _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
-                                   return_stats=True)
-            ts.append(st.prefill_s)
-        s = statistics.median(ts[1:])
-        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
-        log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s); first {ts[0]:.2f} s")
+        s, first = prefill_runs(model, plen_p, n_new, vocab)
+        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=first)
+        log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s); first {first:.2f} s")
         save()
         if args.compare_attention and scheme == "bf16" and plen_p == max(args.prefill):
             _set_attention(model, "float32")
-            ts = []
-            for rep in range(4):
-                _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
-                                       return_stats=True)
-                ts.append(st.prefill_s)
+            s32, first32 = prefill_runs(model, plen_p, n_new, vocab)
             _set_attention(model, "float32" if "attention_error" in result else "auto")
-            s32 = statistics.median(ts[1:])
             result["prefill"][str(plen_p)]["float32_path"] = dict(ms=1e3 * s32, tok_s=plen_p / s32,
-                                                                  compile_and_first_s=ts[0])
-            log(f"  prefill {plen_p}, float32 attention path: {1e3 * s32:.2f} ms; first {ts[0]:.2f} s")
+                                                                  compile_and_first_s=first32)
+            log(f"  prefill {plen_p}, float32 attention path: {1e3 * s32:.2f} ms; first {first32:.2f} s")
             save()
         if args.profile and plen_p == max(args.prefill):
             from benchmarks.profile_decode import profile_prefill

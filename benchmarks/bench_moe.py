@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_e2e import copy_bandwidth, prompt, quantized_linear, write_safetensors  # noqa: E402
+from benchmarks.bench_e2e import copy_bandwidth, prefill_runs, prompt, quantized_linear, write_safetensors  # noqa: E402
 
 HBM_BYTES_PER_S = 4.3e12  # H200
 SHAPES = {  # full depth in comments; --layers picks how many are built
@@ -219,13 +218,8 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     for plen_p in args.prefill:
         if plen_p + 1 > model.config.max_position_embeddings:
             continue
-        ts = []
-        for rep in range(4):
-            _, st = model.generate(prompt(1, plen_p, vocab, seed=10 + rep), 1, max_cache_len=plen_p + n_new,
-                                   return_stats=True)
-            ts.append(st.prefill_s)
-        s = statistics.median(ts[1:])
-        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=ts[0])
+        s, first = prefill_runs(model, plen_p, n_new, vocab)
+        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=first)
         log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s)")
         save()
     del model
