@@ -29,7 +29,7 @@ def test_tiny_configuration_runs_and_reports(tmp_path):
     h, i, L, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     kv = 2 * L * 1 * 24 * c["num_key_value_heads"] * (h // c["num_attention_heads"]) * 2
     linear = L * (h * (h + 2 * h // 2) + h * h + 3 * h * i)  # q + k + v (2 of 4 heads), o, gate/up/down
-    scales = L * 4 * 8  # per fused linear: weight scale + input scale, float32
+    scales = L * 4 * 12  # per fused linear: weight scale, input scale and its stored reciprocal, float32
     assert r["decode"]["1"]["bytes_per_step"] == linear + scales + 2 * (L * 2 * h + h + v * h + h) + kv
 
 

@@ -24,9 +24,10 @@ def test_tiny_mixtral_fp8_runs_and_counts_active_bytes(tmp_path):
     assert not (tmp_path / "tiny-mixtral_fp8").exists()  # deleted after measuring
     g = bench_moe.geometry(res["config"])
     h, i, e, k, L, v = g["h"], g["i"], g["e"], g["k"], g["layers"], g["v"]
-    # per layer: fused qkv + o (fp8 bytes, scalar weight and input scales f32), the experts [E, N, K] fp8 with
-    # per-expert weight scales [E] and one input scale, the bf16 router [E, h] and two bf16 norms
-    attn = (g["nq"] + 2 * g["nkv"]) * h + h * g["nq"] + 2 * 8
+    # per layer: fused qkv + o (fp8 bytes; scalar weight scale, input scale and its stored reciprocal, f32), the
+    # experts [E, N, K] fp8 with per-expert weight scales [E] and one input scale, the bf16 router [E, h] and two
+    # bf16 norms
+    attn = (g["nq"] + 2 * g["nkv"]) * h + h * g["nq"] + 2 * 12
     experts = e * (2 * i * h + h * i) + 2 * (4 * e + 4)
     dense = attn + 2 * e * h + 2 * 2 * h
     kv = 2 * L * 1 * 16 * g["nkv"] * 2  # cache of prompt 8 + 8 new tokens, bf16
