@@ -62,7 +62,11 @@ def rni_sat_s32(v, *, interpret: bool):
 
 def static_inverse(scale, shape, *, interpret: bool):
     """``1 / scale`` correctly rounded, broadcast to ``shape`` (float32): the factor vLLM's static quantizers
-    multiply by (computed once per program, outside the K loop)."""
+    multiply by (computed once per program, outside the K loop).
+
+    >>> static_inverse(0.5, (1, 2), interpret=True).tolist()
+    [[2.0, 2.0]]
+    """
     s = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), shape)
     return div_rn(jnp.ones(shape, jnp.float32), s, interpret=interpret)
 

@@ -188,7 +188,11 @@ XLA_FLAGS), read when a model's programs are first built."""
 
 
 def decode_compiler_options() -> dict:
-    """:data:`DECODE_COMPILER_OPTIONS` on a GPU backend, else none (the options are GPU ones)."""
+    """:data:`DECODE_COMPILER_OPTIONS` on a GPU backend, else none (the options are GPU ones).
+
+    >>> decode_compiler_options()  # none shipped (docs/DESIGN.md: no option measured to help)
+    {}
+    """
     return dict(DECODE_COMPILER_OPTIONS) if jax.default_backend() == "gpu" else {}
 
 

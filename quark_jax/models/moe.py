@@ -41,7 +41,11 @@ def moe_block_name(names, cfg: ModelConfig) -> str:
 
 
 class Router(nnx.Module):
-    """The router ``gate``: ``weight`` [E, hidden] (HF ``mlp.gate.weight`` / ``block_sparse_moe.gate.weight``)."""
+    """The router ``gate``: ``weight`` [E, hidden] (HF ``mlp.gate.weight`` / ``block_sparse_moe.gate.weight``).
+
+    >>> Router(4, 8, dtype=jnp.bfloat16)(jnp.ones((2, 8), jnp.bfloat16)).shape
+    (2, 4)
+    """
 
     def __init__(self, num_experts: int, hidden: int, *, dtype):
         self.weight = nnx.Param(jnp.zeros((num_experts, hidden), dtype))
@@ -70,7 +74,16 @@ def route(logits, top_k: int, *, normalize: bool, weights_dtype=jnp.float32):
 
 
 class Experts(nnx.Module):
-    """``gate_up_proj`` and ``down_proj``: :class:`~quark_jax.nn.QuarkExperts` at ``<moe>.experts.*``."""
+    """``gate_up_proj`` and ``down_proj``: :class:`~quark_jax.nn.QuarkExperts` at ``<moe>.experts.*`` (``path``),
+    weights [E, 2 * moe_intermediate, hidden] and [E, hidden, moe_intermediate].
+
+    >>> cfg = ModelConfig.from_dict({"model_type": "qwen3_moe", "vocab_size": 8, "hidden_size": 8,
+    ...     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "num_experts": 4,
+    ...     "num_experts_per_tok": 2, "moe_intermediate_size": 4})
+    >>> ex = Experts(cfg, "model.layers.0.mlp.experts", dtype=jnp.float32, expert_scales="vllm")
+    >>> ex.gate_up_proj.weight[...].shape, ex.down_proj.weight[...].shape
+    ((4, 8, 8), (4, 8, 4))
+    """
 
     def __init__(self, cfg: ModelConfig, path: str, *, dtype, expert_scales: str):
         e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
@@ -85,6 +98,14 @@ class MoEBlock(nnx.Module):
 
     ``path`` is the block's checkpoint module path (``model.layers.0.mlp`` or Mixtral's
     ``model.layers.0.block_sparse_moe``); the experts read ``<path>.experts.{i}.*``.
+
+    >>> cfg = ModelConfig.from_dict({"model_type": "qwen3_moe", "vocab_size": 8, "hidden_size": 8,
+    ...     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "num_experts": 4,
+    ...     "num_experts_per_tok": 2, "moe_intermediate_size": 4})
+    >>> block = MoEBlock(cfg, "model.layers.0.mlp", dtype=jnp.float32)
+    >>> _ = block.experts.gate_up_proj.mark_loaded(), block.experts.down_proj.mark_loaded()  # (zero weights)
+    >>> block(jnp.ones((1, 2, 8))).shape
+    (1, 2, 8)
     """
 
     def __init__(self, cfg: ModelConfig, path: str, *, dtype, expert_scales: str = "vllm"):
@@ -108,7 +129,16 @@ class MoEBlock(nnx.Module):
 def moe_experts(tokens, weights, chosen, gate_up, down, num_experts: int, intermediate: int):
     """The expert part of a MoE block: tokens [T, H], routing ``weights`` [T, k] and ``chosen`` experts [T, k] ->
     [T, H] in tokens' dtype: ``sum_j weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e =
-    chosen[t, j]``, over rows sorted by expert (one grouped GEMM per projection)."""
+    chosen[t, j]``, over rows sorted by expert (one grouped GEMM per projection). ``gate_up(rows [R, H],
+    group_sizes [E], row_expert [R]) -> [R, 2 * intermediate]`` and ``down(rows, group_sizes, row_expert) -> [R, H]``
+    take rows sorted by expert.
+
+    >>> gate_up = lambda x, sizes, e: jnp.concatenate([x, x], axis=1)  # gate = up = x
+    >>> down = lambda a, sizes, e: a * (e[:, None] + 1.0)  # expert e multiplies by e + 1
+    >>> y = moe_experts(jnp.ones((1, 2)), jnp.array([[0.5, 0.5]]), jnp.array([[2, 0]]), gate_up, down, 3, 2)
+    >>> [round(v, 4) for v in y[0].tolist()]  # silu(1) * 1 * (0.5 * 3 + 0.5 * 1)
+    [1.4621, 1.4621]
+    """
     n_tok, k = chosen.shape
     flat = chosen.reshape(-1)  # [T * k]: row r is token r // k, choice r % k
     order = jnp.argsort(flat, stable=True)  # rows sorted by expert (stable: token order within an expert)

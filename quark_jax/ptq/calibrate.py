@@ -25,7 +25,11 @@ __all__ = ["NUMERICS", "ObserverSlot", "Observer", "calibrate"]
 
 class ObserverSlot(nnx.Variable):
     """The int32 index under which an :class:`Observer` reports its ranges to the running calibration (state,
-    not a static attribute: a decoder may trace one layer's graph for all layers of the same structure)."""
+    not a static attribute: a decoder may trace one layer's graph for all layers of the same structure).
+
+    >>> int(ObserverSlot(jnp.int32(3))[...])
+    3
+    """
 
 
 _SINKS: dict[int, list[MinMax]] = {}  # slot -> [input range, output range per slice], while calibrate() runs

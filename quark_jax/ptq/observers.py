@@ -171,7 +171,12 @@ def quantize_int4_weight(w, scale, zero_point, *, signed: bool) -> np.ndarray:
 
 
 def group_range(w, group_size: int):
-    """(min, max) per group of ``group_size`` along the rows of W [N, K]: two [N, K / group_size] arrays."""
+    """(min, max) per group of ``group_size`` along the rows of W [N, K]: two [N, K / group_size] arrays.
+
+    >>> lo, hi = group_range(np.arange(8.0).reshape(2, 4), 2)
+    >>> lo.tolist(), hi.tolist()
+    ([[0.0, 2.0], [4.0, 6.0]], [[1.0, 3.0], [5.0, 7.0]])
+    """
     w = np.asarray(w, np.float32)
     n, k = w.shape
     if k % group_size:

@@ -110,6 +110,11 @@ def sleef_expf(d):
     """float32 ``exp`` as SLEEF's ``expf`` u10 computes it with FMAs (ATen's ``Vectorized<float>::exp``, used by
     softmax and SiLU): ``q = rint(d / ln 2)``, a two-step Cody-Waite reduction, a degree-5 polynomial, and the
     scaling by ``2^(q >> 1) * 2^(q - (q >> 1))``. Call under 64-bit types (:meth:`TorchNumerics.ranges` does).
+    d: float32 array -> float32 array of its shape.
+
+    >>> with jax.enable_x64(True):
+    ...     sleef_expf(jnp.array([0.0, 1.0], jnp.float32)).tolist()
+    [1.0, 2.7182817459106445]
     """
     d = d.astype(_F32)
     q = jnp.rint(_mul(d, _R_LN2))
@@ -252,7 +257,12 @@ def _fma_gemm(xs, ws, prod, shape):
 def linear_fma(x, w, dtype):
     """``x @ w`` in MKL's order (FMA chains over K blocks, :data:`MKL_K_BLOCK`; oneDNN's bf16 GEMM rounds to the
     same bf16 values on everything measured), rounded to ``dtype``. x [..., K], w [K, N] (values exact in
-    float32) -> [..., N]. Torch takes another path (GEMV) below 4 rows; not mirrored."""
+    float32) -> [..., N]. Torch takes another path (GEMV) below 4 rows; not mirrored. Call under 64-bit types.
+
+    >>> with jax.enable_x64(True):
+    ...     linear_fma(jnp.ones((4, 3), jnp.float32), jnp.full((3, 2), 0.5, jnp.float32), jnp.bfloat16)[0].tolist()
+    [1.5, 1.5]
+    """
     xs = jnp.moveaxis(_d(x), -1, 0)
     acc = _fma_gemm(xs, _d(w), lambda xk, wk: xk[..., None] * wk, x.shape[:-1] + (w.shape[1],))
     return _r(acc, dtype)

@@ -35,7 +35,11 @@ def row_groups(group_sizes, m: int):
 
 def row_weight_scale(w_scale, group_sizes, m: int):
     """f32 [M, 1] (per-tensor ``w_scale`` [E]) or [M, N] (per-channel [E, N]): each row's expert's scale, 0 for
-    rows past the groups."""
+    rows past the groups.
+
+    >>> row_weight_scale(jnp.array([2.0, 3.0]), jnp.array([1, 2], jnp.int32), 4).ravel().tolist()
+    [2.0, 3.0, 3.0, 0.0]
+    """
     e = w_scale.shape[0]
     grp = row_groups(group_sizes, m)
     rows = jnp.take(w_scale.astype(jnp.float32), jnp.minimum(grp, e - 1), axis=0).reshape(m, -1)
@@ -45,7 +49,12 @@ def row_weight_scale(w_scale, group_sizes, m: int):
 def grouped_mm_xla(x, w, group_sizes, *, w_scale=None, x_scale=None, scheme="bf16", out_dtype=jnp.bfloat16):
     """``y[rows of e] = out(x_scale * w_scale[e] * (x[rows of e] @ dequant(w[e]).T))`` with f32 accumulation;
     operands already validated and normalized by the entry (w_scale: fp8 f32 [E] or [E, N], mxfp4 uint8
-    [E, N, K/32]; x_scale: f32 () or [M, 1])."""
+    [E, N, K/32]; x_scale: f32 () or [M, 1]). x [M, K], w [E, N, K], group_sizes int32 [E] -> [M, N].
+
+    >>> x = jnp.ones((3, 4)); w = jnp.stack([jnp.ones((2, 4)), 2 * jnp.ones((2, 4))])  # expert 1 weighs 2x
+    >>> grouped_mm_xla(x, w, jnp.array([1, 2], jnp.int32), out_dtype=jnp.float32).tolist()
+    [[4.0, 4.0], [8.0, 8.0], [8.0, 8.0]]
+    """
     m = x.shape[0]
     if scheme == "mxfp4":
         w = dequantize_mxfp4(w, w_scale, x.dtype)

@@ -120,7 +120,11 @@ def default_config(m: int, k: int, n: int, group_size: int) -> Config:
 
 
 def mma_dtype(x_dtype):
-    """bf16 / f16 tensor cores for bf16 / f16 x; an f32 (IEEE) dot for f32 x (correct, not fast)."""
+    """bf16 / f16 tensor cores for bf16 / f16 x; an f32 (IEEE) dot for f32 x (correct, not fast).
+
+    >>> [mma_dtype(d).name for d in (jnp.bfloat16, jnp.float32)]
+    ['bfloat16', 'float32']
+    """
     return jnp.dtype(x_dtype)
 
 
@@ -156,7 +160,11 @@ def _ptx_plane(p: int, magic: int) -> str:
 
 
 def ptx_plane_emulated(words: np.ndarray, p: int, magic: int) -> np.ndarray:
-    """numpy model of ``_ptx_plane`` on int32 words (the last axis even): the 16-bit pattern each element gets."""
+    """numpy model of ``_ptx_plane`` on int32 words (the last axis even): the 16-bit pattern each element gets.
+
+    >>> hex(int(ptx_plane_emulated(np.array([0x76543210, 0x76543210], np.int32), 3, 0x4300)[0]))  # bf16 128 + 3
+    '0x4303'
+    """
     w = np.asarray(words).astype(np.int64).reshape(-1, 2) & 0xFFFFFFFF
     b = p // 2
     a_byte = (w[:, 0] >> (8 * b)) & 0xFF

@@ -108,7 +108,14 @@ def _kernel(w_ref, s_ref, o_ref, *, cfg: Config, dtype):
 
 
 def dequantize_permuted(w_packed, w_scales, dtype, *, cfg: Config, interpret: bool):
-    """The dequantized weight [N, K] in ``dtype``, K columns in :func:`permute_activations` order (Pallas)."""
+    """The dequantized weight [N, K] in ``dtype``, K columns in :func:`permute_activations` order (Pallas); w_packed
+    uint8 [N, K/2], w_scales uint8 E8M0 [N, K/32]; ``cfg`` fitted (:func:`fit`).
+
+    >>> w = jnp.full((16, 16), 0x21, jnp.uint8); s = jnp.full((16, 1), 128, jnp.uint8)  # K pairs (1.0, 2.0)
+    >>> cfg = Config(block_n=16, block_k=32, decode="jnp")
+    >>> dequantize_permuted(w, s, jnp.float32, cfg=cfg, interpret=True)[0, 14:18].tolist()  # evens, then odds
+    [1.0, 1.0, 2.0, 2.0]
+    """
     n, kh = w_packed.shape
     k = 2 * kh
     bn, bk = cfg.block_n, cfg.block_k
@@ -138,7 +145,13 @@ def dequantize_xla(w_packed, w_scales, dtype):
 @functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "mma_dtype", "interpret"))
 def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, mma_dtype, interpret):
     """``out(linear(qdq_mxfp4(x) or x, dequantize(w)) + bias)`` through a transient dequantized weight (the
-    operands as ``quark_jax.kernels.mxfp4_mm`` validates them; ``mma_dtype`` from ``pallas_triton.mma_dtype``)."""
+    operands as ``quark_jax.kernels.mxfp4_mm`` validates them; ``mma_dtype`` from ``pallas_triton.mma_dtype``).
+
+    >>> w = jnp.full((16, 16), 0x22, jnp.uint8); s = jnp.full((16, 1), 127, jnp.uint8)  # every weight 1.0
+    >>> mxfp4_mm_dequant_gemm(jnp.ones((1, 32)), w, s, None, quantize_input=False, out_dtype=jnp.float32,
+    ...                       cfg=Config(method="xla"), mma_dtype=jnp.float32, interpret=True)[0, :2].tolist()
+    [32.0, 32.0]
+    """
     xq = qdq_mxfp4(x) if quantize_input else x
     xq = xq.astype(mma_dtype)
     if cfg.method == "xla":
