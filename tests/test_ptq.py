@@ -187,6 +187,11 @@ def test_errors(float_dir, tmp_path):
     bad["global_quant_config"]["weight"][0]["group_size"] = 32  # not NVFP4's two-level spec any more
     with pytest.raises(QuarkConfigError, match="layer model.layers.0.*no quark_jax scheme"):
         quantize_checkpoint(float_dir, tmp_path / "x", bad, np.zeros((1, 4), np.int64))
+    bad = json.loads((FX / "issue19" / "w_int4_pergroup32_weight_only" / "config.json").read_text())
+    bad = bad["quantization_config"]
+    bad["global_quant_config"]["weight"]["group_size"] = 48  # divides no input width of the tiny model
+    with pytest.raises(QuarkConfigError, match=r"layer model\.layers\.0\..*group_size dividing .* found 48"):
+        quantize_checkpoint(float_dir, tmp_path / "x", bad, np.zeros((1, 4), np.int64))
     with pytest.raises(QuarkConfigError, match="algo_config is not implemented"):
         quantize_checkpoint(float_dir, tmp_path / "x", dict(preset_config("fp8"), algo_config=[{"name": "awq"}]))
     with pytest.raises(ValueError, match="already has a quantization_config"):

@@ -213,6 +213,9 @@ def _int4_tensors(name, w, spec, model_dtype, pack_method):
     n, k = w.shape
     if qs == "per_group" and spec.get("ch_axis", -1) in (-1, 1):
         g = int(spec["group_size"])
+        if g <= 0 or k % g:
+            raise QuarkConfigError(f"layer {name}: weight {dt} per_group: expected a group_size dividing the input "
+                                   f"width K = {k}, found {g}")
         lo, hi = obs.group_range(w, g)                                     # [N, K/g]
         s, z = obs.int4_qparams(lo, hi, signed=signed, model_dtype=model_dtype)
         q = obs.quantize_int4_weight(w.reshape(n, k // g, g), np.asarray(s, np.float32)[..., None],
