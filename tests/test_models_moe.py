@@ -223,6 +223,7 @@ def test_routing_ties_unchosen_experts_and_batch():
     np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-6)
     ref_w, ref_e = route_numpy(x.reshape(-1, 32) @ r.T, 2, True)
     np.testing.assert_array_equal(np.asarray(chosen), ref_e)
+    np.testing.assert_allclose(np.asarray(weights), ref_w, rtol=1e-6)  # the routing weights, not only their sum
     run = nnx.jit(lambda b, a: b(a))  # one compile for both calls
     out = np.asarray(run(block, jnp.asarray(x)), np.float64)
     want = moe_numpy(x, r, 2, True, float_expert(w, "x"))
