@@ -147,7 +147,7 @@ def _kernel(x0, x1, x2, x3, w_ref, s_ref, *rest, cfg: Config, m: int, element: s
         for p in range(4):
             vals = decode_codes((word >> (6 * p)) & 63, element)
             scaled = apply_e8m0_scale(vals.reshape(bn, nb, 8), sbytes.reshape(bn, nb, 1)).reshape(bn, bkq)
-            xp = _load(xs[p].at[:, pl.ds(j0, bkq)], x_rows)
+            xp = tiling.masked_load(xs[p].at[:, pl.ds(j0, bkq)], x_rows)
             acc += lax.dot_general(scaled.astype(dtype), xp, dims, precision=precision,
                                    preferred_element_type=jnp.float32)
         return acc
@@ -163,14 +163,6 @@ def _kernel(x0, x1, x2, x3, w_ref, s_ref, *rest, cfg: Config, m: int, element: s
         plgpu.store(o_ref, out, mask=valid)
     else:
         o_ref[...] = out
-
-
-def _load(ref, mask):
-    if mask is None:
-        return ref[...]
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))
 
 
 def mxfp6_mm_pallas(x, w_packed, w_scales, bias=None, *, element: str = "fp6_e2m3", out_dtype=None, config=None,
