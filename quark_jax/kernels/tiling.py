@@ -140,6 +140,25 @@ def triton_call(kernel, *, cfg, name: str, interpret: bool, **kwargs):
     return pl.pallas_call(kernel, compiler_params=params, interpret=interpret, name=name, **kwargs)
 
 
+def split_k_output(m: int, n: int, *, splits: int, block_m: int, block_n: int, out_dtype, tile):
+    """``(out_shape, out_spec, kernel_out_dtype)`` of a split-K GEMM's ``pallas_call`` over the grid
+    (programs, splits): the [M, N] output in ``out_dtype`` for one split, else float32 partial sums [S, M, N] (split
+    ``s`` writes slice s; :func:`finish_splits` adds them). ``tile(pid) -> (m tile, n tile)`` of a program.
+
+    >>> shape, spec, dtype = split_k_output(4, 32, splits=2, block_m=16, block_n=16, out_dtype=jnp.bfloat16,
+    ...                                     tile=lambda pid: (0, pid))
+    >>> shape.shape, dtype.name
+    ((2, 4, 32), 'float32')
+    """
+    from jax.experimental import pallas as pl
+
+    if splits == 1:
+        return (jax.ShapeDtypeStruct((m, n), out_dtype), pl.BlockSpec((block_m, block_n), lambda pid, s: tile(pid)),
+                out_dtype)
+    spec = pl.BlockSpec((getattr(pl, "squeezed", None), block_m, block_n), lambda pid, s: (s, *tile(pid)))
+    return jax.ShapeDtypeStruct((splits, m, n), jnp.float32), spec, jnp.dtype(jnp.float32)
+
+
 def masked_load(ref, mask):
     """Load a Pallas-Triton (sub)ref, reading zeros of the ref's dtype where ``mask`` (broadcastable to the ref's
     block) is False; ``mask=None``: a plain load. The zero is typed: Triton cannot convert an int 0 to fp8.

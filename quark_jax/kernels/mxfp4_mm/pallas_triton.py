@@ -347,14 +347,8 @@ def _mxfp4_mm_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg
     if fused_bias:
         in_specs.append(pl.BlockSpec((bn,), lambda pid, s: (coords(pid)[0],)))
         args.append(bias)
-    if splits == 1:
-        out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
-        out_spec = pl.BlockSpec((bm, bn), lambda pid, s: (coords(pid)[1], coords(pid)[0]))
-        kernel_out = out_dtype
-    else:
-        out_shape = jax.ShapeDtypeStruct((splits, m, n), jnp.float32)
-        out_spec = pl.BlockSpec((getattr(pl, "squeezed", None), bm, bn), lambda pid, s: (s, coords(pid)[1], coords(pid)[0]))
-        kernel_out = jnp.dtype(jnp.float32)
+    out_shape, out_spec, kernel_out = tiling.split_k_output(m, n, splits=splits, block_m=bm, block_n=bn,
+                                                            out_dtype=out_dtype, tile=lambda pid: coords(pid)[::-1])
     kernel = functools.partial(_kernel, cfg=cfg, m=m, n_tiles_n=n_tiles_n, n_tiles_m=n_tiles_m, k_steps=k_steps,
                                w_dtype=w_dtype, precision=precision, has_bias=fused_bias, out_dtype=kernel_out)
     name = f"mxfp4_mm_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}"
