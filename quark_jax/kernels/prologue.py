@@ -71,7 +71,7 @@ def static_inverse(scale, shape, *, interpret: bool):
     return div_rn(jnp.ones(shape, jnp.float32), s, interpret=interpret)
 
 
-def fp8_static_tile(x, inv, dtype=jnp.float8_e4m3fn):
+def fp8_static_tile(x, inv, *, dtype=jnp.float8_e4m3fn):
     """A float tile quantized to FP8 with the static inverse scale ``inv`` (broadcastable): vLLM's
     ``fp8(clamp(f32(x) * inv))`` with NaN -> +max (as :func:`quark_jax.quant.scaled_fp8_quant`).
 

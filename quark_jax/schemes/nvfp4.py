@@ -20,7 +20,7 @@ from quark_jax.schemes.ocp_mx import xla_linear
 __all__ = ["QuarkNVFP4", "dequantize_nvfp4_weight"]
 
 
-def dequantize_nvfp4_weight(packed, block_scales, weight_scale_2, dtype=jnp.float32):
+def dequantize_nvfp4_weight(packed, block_scales, weight_scale_2, *, dtype=jnp.float32):
     """vLLM's NVFP4 weight dequantization with Quark's global scale (a dequant multiplier):
     ``w[n, k] = e2m1(code) * (f32(block_scales[n, k // 16]) * weight_scale_2)`` in float32, rounded once to
     ``dtype`` [N, K]. ``packed`` uint8 [N, K/2] (element 2j in the low nibble), ``block_scales`` float8_e4m3fn
@@ -96,5 +96,5 @@ class QuarkNVFP4(QuarkScheme):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         n, kh = params["weight"].shape
         x2, lead = flatten_tokens(x, 2 * kh, "QuarkNVFP4")
-        w = dequantize_nvfp4_weight(params["weight"], params["weight_scale"], params["weight_scale_2"], x2.dtype)
+        w = dequantize_nvfp4_weight(params["weight"], params["weight_scale"], params["weight_scale_2"], dtype=x2.dtype)
         return xla_linear(self.quantize_input(x2, params), w, bias).reshape(*lead, n)

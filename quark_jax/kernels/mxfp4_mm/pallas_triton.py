@@ -161,7 +161,7 @@ _H200 = {
 TUNED: dict[str, dict] = {"nvidia_h200": _H200}
 
 
-def default_config(m: int, k: int, n: int, table: dict | None = None):
+def default_config(m: int, k: int, n: int, *, table: dict | None = None):
     """The config for (m, k, n): this device's ``TUNED`` entry (or ``table``'s), else the ``DEFAULTS`` entry of M's
     bucket with the shape class's K split; fitted to the shape. A ``dequant_gemm.Config`` selects the
     dequantize-then-GEMM path.
