@@ -292,7 +292,15 @@ def _silu(g, dtype):
 class TorchNumerics:
     """Observed (min, max) ranges of a quark_jax Llama-family float model's linears, computed with torch's CPU
     roundings (module docstring). ``model``: :class:`quark_jax.models.LlamaForCausalLM` with plain (unquantized)
-    ``nnx.Linear`` projections, fused or not; ``observe`` maps module paths to (inputs, outputs)."""
+    ``nnx.Linear`` projections, fused or not; ``observe`` maps module paths to (inputs, outputs).
+
+    >>> from flax import nnx
+    >>> from quark_jax.models import LlamaForCausalLM, ModelConfig
+    >>> cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 16, "hidden_size": 8,
+    ...     "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2})
+    >>> TorchNumerics(LlamaForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))).linear_paths[:2]
+    ['lm_head', 'model.layers.0.mlp.down_proj']
+    """
 
     def __init__(self, model):
         from flax import nnx
