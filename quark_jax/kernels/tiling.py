@@ -115,6 +115,24 @@ def pow2_ceil(v: int) -> int:
     return 1 << max(int(v) - 1, 0).bit_length()
 
 
+def check_powers_of_two(cfg, names) -> None:
+    """Raise a ValueError naming ``Config.<field>`` if a field of ``names`` of the backend config ``cfg`` is not a
+    power of two (>= 1): every backend's ``Config.__post_init__`` checks its tile sizes so.
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...     block_m: int = 48
+    >>> check_powers_of_two(Config(), ("block_m",))
+    Traceback (most recent call last):
+    ValueError: Config.block_m: expected a power of two, got 48
+    """
+    for name in names:
+        v = getattr(cfg, name)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+
+
 def grow_split_k(split_k: int, *, tiles: int, groups: int, target_programs: int) -> int:
     """The K split of a split-K kernel with ``tiles`` output tiles over ``groups`` K steps (scale groups): doubled
     from ``split_k`` (up to 8, while twice it divides ``groups``) until ``tiles * split_k >= target_programs``,

@@ -37,10 +37,7 @@ class Config:
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "split_k", "num_warps", "group_m"):
-            v = getattr(self, name)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        tiling.check_powers_of_two(self, ("block_m", "block_n", "split_k", "num_warps", "group_m"))
         if self.block_m < 16 or self.block_n < 16:
             raise ValueError(f"Config: block_m and block_n must be >= 16 (MMA tiles), got {self.block_m}, "
                              f"{self.block_n}")

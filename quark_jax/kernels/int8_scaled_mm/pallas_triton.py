@@ -57,10 +57,7 @@ class Config:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Config.kind: expected one of {KINDS}, got {self.kind!r}")
-        for f in ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"):
-            v = getattr(self, f)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"Config.{f}: expected a power of two, got {v}")
+        tiling.check_powers_of_two(self, ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"))
         if self.kind == "mma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 32):
             raise ValueError(f"Config: int8 MMA tiles need block_m, block_n >= 16 and block_k >= 32, got {self}")
         if self.num_stages < 1:

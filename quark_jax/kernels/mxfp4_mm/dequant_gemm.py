@@ -55,10 +55,7 @@ class Config:
     method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
 
     def __post_init__(self):
-        for name in ("block_n", "block_k", "num_warps"):
-            v = getattr(self, name)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        tiling.check_powers_of_two(self, ("block_n", "block_k", "num_warps"))
         if self.block_k < 32:
             raise ValueError(f"Config.block_k: expected a multiple of 32 (one MX block), got {self.block_k}")
         if self.method not in METHODS:

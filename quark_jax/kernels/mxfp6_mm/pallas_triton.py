@@ -43,10 +43,7 @@ class Config:
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"):
-            v = getattr(self, name)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"Config.{name}: expected a power of two, got {v}")
+        tiling.check_powers_of_two(self, ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"))
         if self.block_m < 16 or self.block_n < 16 or self.block_k < 64:
             raise ValueError(f"Config: block_m, block_n >= 16 and block_k >= 64, got {self.block_m}, "
                              f"{self.block_n}, {self.block_k}")
