@@ -249,6 +249,17 @@ def prompt(batch: int, length: int, vocab: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int32)
 
 
+def decode_runs(model, batch: int, plen: int, n_new: int, vocab: int, *, reps: int = 2) -> list[float]:
+    """Seconds per decode step of ``reps`` generations of ``n_new`` tokens from ``batch`` prompts of ``plen`` tokens
+    (cache ``plen + n_new``, prompt seed = the run's index): each run's mean step time."""
+    per = []
+    for rep in range(reps):
+        _, st = model.generate(prompt(batch, plen, vocab, seed=rep), n_new, max_cache_len=plen + n_new,
+                               return_stats=True)
+        per.append(float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+    return per
+
+
 def prefill_runs(model, plen: int, n_new: int, vocab: int, *, reps: int = 4) -> tuple[float, float]:
     """``(median_s, first_s)`` of ``reps`` one-token generations from batch-1 prompts of ``plen`` tokens (cache
     ``plen + n_new``, a fresh prompt each run): the median prefill time of the runs after the first, and the first
@@ -337,11 +348,7 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
 
     result["decode"] = {}
     for b in args.batches:
-        per = []
-        for rep in range(2):
-            _, st = model.generate(prompt(b, plen, vocab, seed=rep), n_new, max_cache_len=cache_len,
-                                   return_stats=True)
-            per.append(float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+        per = decode_runs(model, b, plen, n_new, vocab)
         ms = 1e3 * min(per)
         floor_bytes = decode_bytes(model, b, cache_len)
         floor_ms = 1e3 * floor_bytes / bandwidth if bandwidth else None

@@ -43,7 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_e2e import copy_bandwidth, prefill_runs, prompt, quantized_linear, write_safetensors  # noqa: E402
+from benchmarks.bench_e2e import (copy_bandwidth, decode_runs, prefill_runs, prompt,  # noqa: E402
+                                  quantized_linear, write_safetensors)
 
 HBM_BYTES_PER_S = 4.3e12  # H200
 SHAPES = {  # full depth in comments; --layers picks how many are built
@@ -198,11 +199,7 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
 
     result["decode"] = {}
     for b in args.batches:
-        per = []
-        for rep in range(2):
-            _, st = model.generate(prompt(b, plen, vocab, seed=rep), n_new, max_cache_len=cache_len,
-                                   return_stats=True)
-            per.append(float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+        per = decode_runs(model, b, plen, n_new, vocab)
         ms = 1e3 * min(per)
         active, everything = step_bytes(model, b, cache_len)
         floor_ms = 1e3 * active / HBM_BYTES_PER_S
