@@ -74,8 +74,9 @@ def test_load_params_validation():
         layer.load_params({**raw, "zero": raw["weight_scale"]})
     with pytest.raises(ValueError, match=r"logical_widths: expected positive shard sizes summing to 128 rows"):
         QuarkLinear(64, 128, scheme=scheme, logical_widths=(64, 32), name="x")
-    with pytest.raises(ValueError, match=r"input_size: MXFP4 needs K to be a multiple of 32, got 48"):
-        QuarkLinear(48, 16, scheme=QuarkW4A4MXFP4())
+    with pytest.raises(ValueError, match=r"layer l\.down_proj \(.*MXFP4.*\): input_size: MXFP4 needs K to be a "
+                                         r"multiple of 32, got 48"):
+        QuarkLinear(48, 16, scheme=QuarkW4A4MXFP4(), name="l.down_proj")
     with pytest.raises(TypeError, match=r"scheme: expected a QuarkScheme or None, got dict"):
         QuarkLinear(48, 16, scheme={})
 

@@ -76,7 +76,12 @@ class QuarkLinear(nnx.Module):
             raise TypeError(f"{self.name}: scheme: expected a QuarkScheme or None, got {type(scheme).__name__}")
         self.use_bias = bool(use_bias)
         self.dtype = None if dtype is None else jnp.dtype(dtype)
-        raw = self.raw_param_specs()
+        try:
+            raw = self.raw_param_specs()
+        except ValueError as e:
+            if type(e) is not ValueError:  # the library's own errors carry their fields
+                raise
+            raise ValueError(f"layer {self.name} ({self.scheme.summary()}): {e}") from e  # name the layer
         processed = _processed_shapes(self.scheme, self.logical_widths, tuple(
             (k, tuple(v.shape_dtype().shape), np.dtype(v.shape_dtype().dtype).name) for k, v in raw.items()
             if k != "bias" and v.required))
