@@ -194,6 +194,26 @@ def masked_load(ref, mask):
     return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))
 
 
+def store_rows(o_ref, value, valid_rows=None) -> None:
+    """Store the tile ``value`` [rows, cols] into a Pallas-Triton output ref: only its first ``valid_rows`` rows (a
+    traced int32, for a ragged last row tile: the output has exactly M rows), or all of it (``None``).
+
+    >>> from jax.experimental import pallas as pl
+    >>> def k(o_ref):
+    ...     store_rows(o_ref, jnp.ones((4, 2)), jnp.int32(3))
+    >>> pl.pallas_call(k, out_shape=jax.ShapeDtypeStruct((4, 2), jnp.float32), interpret=True)()[:, 0].tolist()[:3]
+    [1.0, 1.0, 1.0]
+    """
+    if valid_rows is None:
+        o_ref[...] = value
+        return
+    from jax.experimental.pallas import triton as plgpu
+
+    shape = value.shape
+    valid = lax.broadcasted_iota(jnp.int32, shape, 0) < (valid_rows + jnp.zeros(shape, jnp.int32))
+    plgpu.store(o_ref, value, mask=valid)
+
+
 def finish_splits(parts, bias, out_dtype):
     """The epilogue of a split-K kernel's float32 partial sums ``parts`` [S, ...]: :func:`sum_splits`, plus
     ``bias`` (broadcast to the output, added in float32; None: none), cast to ``out_dtype``.

@@ -116,14 +116,7 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
     acc = lax.fori_loop(0, groups, body, jnp.zeros((bm, bn), jnp.float32))
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
-    out = acc.astype(out_dtype)
-    if m % bm:
-        valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < (m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32))
-        from jax.experimental.pallas import triton as plgpu
-
-        plgpu.store(o_ref, out, mask=valid)
-    else:
-        o_ref[...] = out
+    tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm if m % bm else None)
 
 
 def fp8_block_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, block=(128, 128), out_dtype=jnp.bfloat16,

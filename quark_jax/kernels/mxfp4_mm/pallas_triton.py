@@ -257,9 +257,7 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: Config, m: int, n_tiles_n:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     if m % bm:  # ragged last row tile: the output has exactly M rows, store only the valid ones
         _, m_tile = _coords(pl.program_id(0), n_tiles_n, n_tiles_m, cfg.group_m)
-        rows = m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32)
-        valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < rows
-        _store(o_ref, acc.astype(out_dtype), valid)
+        tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm)
     else:
         o_ref[...] = acc.astype(out_dtype)
 
@@ -270,12 +268,6 @@ def _load_rows(ref, mask):
     from jax.experimental.pallas import triton as plgpu
 
     return plgpu.load(ref, mask=mask, other=0)
-
-
-def _store(ref, value, mask):
-    from jax.experimental.pallas import triton as plgpu
-
-    plgpu.store(ref, value, mask=mask)
 
 
 def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, config=None,

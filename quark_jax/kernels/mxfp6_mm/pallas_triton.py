@@ -152,14 +152,7 @@ def _kernel(x0, x1, x2, x3, w_ref, s_ref, *rest, cfg: Config, m: int, element: s
     acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, bm), jnp.float32)).T
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
-    out = acc.astype(out_dtype)
-    if m % bm:
-        from jax.experimental.pallas import triton as plgpu
-
-        valid = lax.broadcasted_iota(jnp.int32, (bm, bn), 0) < (m - m_tile * bm + jnp.zeros((bm, bn), jnp.int32))
-        plgpu.store(o_ref, out, mask=valid)
-    else:
-        o_ref[...] = out
+    tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm if m % bm else None)
 
 
 def mxfp6_mm_pallas(x, w_packed, w_scales, bias=None, *, element: str = "fp6_e2m3", out_dtype=None, config=None,
