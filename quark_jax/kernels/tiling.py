@@ -1,4 +1,5 @@
-"""What every kernel op shares: the one M-bucketing, the one tuning-table key format, the program ordering.
+"""What every kernel op shares: the one M-bucketing, the one tuning-table key format, the program ordering, and the
+Pallas-Triton GEMM pieces (tile-size checks, the split-K choice, output and epilogue, masked loads and stores).
 
 **M buckets.** A GEMM's row count M falls in the bucket of the smallest bound in ``M_BUCKETS`` that is >= M, or
 in ``"max"`` above the last: ``"1"``, ``"16"``, ``"64"``, ``"128"``, ``"256"``, ``"512"``, ``"max"``. Shape classes
