@@ -44,3 +44,32 @@ def test_inspect_reports_unsupported_layers_and_broken_checkpoints(tmp_path, cap
                      config_edit=lambda c: c["quantization_config"].update(quant_method="awq"))
     assert cli.main(["inspect", str(d3)]) == 1
     assert "quant_method: expected 'quark', got 'awq'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant, scheme", [("mixtral/w_fp8_a_fp8_pertensor_static", "QuarkW8A8Fp8"),
+                                             ("qwen3_moe/w_mxfp4_a_mxfp4", "QuarkW4A4MXFP4")])
+def test_inspect_and_check_moe_checkpoints(variant, scheme, capsys):
+    """MoE exports (amd-quark 0.13, tests/fixtures/quark_tiny_moe): every expert projection of every sparse layer
+    is listed with its scheme, routers stay unquantized, dense (mlp_only) layers keep their MLP, check finds no
+    problem. Expected counts come from config.json, not from the command."""
+    import json
+
+    from conftest import FIXTURES
+
+    d = FIXTURES.parent / "quark_tiny_moe" / variant
+    cfg = json.loads((d / "config.json").read_text())
+    experts, layers = cfg["num_local_experts"], cfg["num_hidden_layers"]
+    dense = set(cfg.get("mlp_only_layers", []))
+    assert cli.main(["inspect", str(d)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("model.", "lm_head"))}
+    for layer in range(layers):
+        gate = rows[f"model.layers.{layer}.mlp.gate"] if layer not in dense else None
+        assert layer in dense or "Quark" not in gate, gate  # the router is never quantized
+        names = ([f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")] if layer in dense else
+                 [f"mlp.experts.{e}.{p}" for e in range(experts) for p in ("gate_proj", "up_proj", "down_proj")])
+        for name in names:
+            assert scheme in rows[f"model.layers.{layer}.{name}"], name
+    assert not any(f"experts.{experts}." in r for r in rows)
+    assert cli.main(["check", str(d)]) == 0
+    assert "no problems found" in capsys.readouterr().out
