@@ -1,0 +1,134 @@
+"""``add_rmsnorm`` as one Pallas-Triton kernel: one program per row reads x (and the residual addend) and the
+weight once, writes h and the normalized row (or its FP8 codes).
+
+The numerics are the reference's (``xla.py``) except the order of the float32 sum of squares (Triton's reduction
+tree instead of XLA's): the mean divides by H as a multiply by the exact power of two ``1 / H`` (H a power of
+two), ``rsqrt`` is libdevice's ``__nv_rsqrtf`` (as XLA's), the casts round to nearest even, the FP8 codes come
+from ``kernels.prologue.fp8_static_tile`` (vLLM's clamp / NaN -> max / RNE cast, bit for bit
+``quant.scaled_fp8_quant``). In interpret mode (CPU) the roundings use ``quant.round_to``, which XLA cannot skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from quark_jax.kernels import _dispatch, prologue, tiling
+from quark_jax.quant import round_to
+
+FLOAT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+MAX_H = 32768
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Launch parameters (one program per row, the whole row in one block).
+
+    >>> Config().num_warps
+    4
+    """
+
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def select(h: int) -> Config:
+    """4 warps up to H = 4096 (32 elements a thread), 8 above.
+
+    >>> select(8192).num_warps
+    8
+    """
+    return Config(num_warps=4 if h <= 4096 else 8)
+
+
+def supported(h: int, dtype) -> bool:
+    """Whether the kernel takes rows of H elements of ``dtype``: H a power of two, 16 .. 32768, a float dtype.
+
+    >>> supported(4096, jnp.bfloat16), supported(3072, jnp.bfloat16)
+    (True, False)
+    """
+    return jnp.dtype(dtype) in FLOAT_DTYPES and 16 <= h <= MAX_H and h & (h - 1) == 0
+
+
+def _round(v, dtype, interpret):
+    return round_to(v, dtype) if interpret else v.astype(dtype)
+
+
+def _kernel(*refs, h, eps, has_residual, quantize, dtype, interpret):
+    refs = list(refs)
+    x_ref = refs.pop(0)
+    r_ref = refs.pop(0) if has_residual else None
+    w_ref = refs.pop(0)
+    inv_ref = refs.pop(0) if quantize else None
+    h_ref = refs.pop(0) if has_residual else None
+    o_ref = refs.pop(0)
+    x = x_ref[...]
+    if has_residual:
+        x = _round(x.astype(jnp.float32) + r_ref[...].astype(jnp.float32), dtype, interpret)
+        h_ref[...] = x
+    xf = x.astype(jnp.float32)
+    ss = jnp.sum(xf * xf, axis=-1, keepdims=True)
+    r = jax.lax.rsqrt(ss * (1.0 / h) + eps)  # 1 / H exact: H is a power of two
+    y = _round(xf * r, dtype, interpret).astype(jnp.float32)
+    out = _round(w_ref[...].astype(jnp.float32)[None, :] * y, dtype, interpret)
+    if quantize:
+        o_ref[...] = prologue.fp8_static_tile(out.astype(jnp.float32), inv_ref[0])
+    else:
+        o_ref[...] = out
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "config", "interpret"))
+def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: float, config=None,
+                       interpret=None):
+    """``(h, y)`` of :func:`quark_jax.kernels.add_rmsnorm.add_rmsnorm_xla` as one kernel, for x [M, H] (H a
+    power of two, :func:`supported`); ``scale_reciprocal`` (f32 scalar, ``true_divide(1, scale)``) makes y
+    float8_e4m3fn codes. Without ``residual``, h is x itself (no copy).
+
+    >>> h, y = add_rmsnorm_pallas(jnp.full((2, 16), 2.0), jnp.ones(16), jnp.ones((2, 16)), eps=0.0)
+    >>> float(h[0, 0]), float(y[1, 3])
+    (3.0, 1.0)
+    """
+    m, h = x.shape
+    dtype = jnp.dtype(x.dtype)
+    if not supported(h, dtype):
+        raise ValueError(f"x: the Pallas add_rmsnorm takes [M, H] rows with H a power of two in 16..{MAX_H} of "
+                         f"bf16/f16/f32, got {tuple(x.shape)} {dtype} (use impl='xla')")
+    if weight.shape != (h,):
+        raise ValueError(f"weight: expected shape ({h},), got {tuple(weight.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual: expected shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if interpret is None:
+        interpret = _dispatch.pallas_interpret()
+    from jax.experimental import pallas as pl
+
+    cfg = select(h) if config is None else config
+    quantize = scale_reciprocal is not None
+    row = pl.BlockSpec((1, h), lambda i: (i, 0))
+    operands, in_specs = [x], [row]
+    if residual is not None:
+        operands.append(residual.astype(dtype))
+        in_specs.append(row)
+    operands.append(weight)
+    in_specs.append(pl.BlockSpec((h,), lambda i: (0,)))
+    if quantize:
+        operands.append(jnp.asarray(scale_reciprocal, jnp.float32).reshape(1))
+        in_specs.append(pl.BlockSpec((1,), lambda i: (0,)))
+    out_dtype = jnp.dtype(jnp.float8_e4m3fn) if quantize else dtype
+    out_shape = [jax.ShapeDtypeStruct((m, h), out_dtype)]
+    out_specs = [row]
+    if residual is not None:
+        out_shape.insert(0, jax.ShapeDtypeStruct((m, h), dtype))
+        out_specs.insert(0, row)
+    kernel = functools.partial(_kernel, h=h, eps=float(eps), has_residual=residual is not None, quantize=quantize,
+                               dtype=dtype, interpret=bool(interpret))
+    name = "add_rmsnorm" + ("_q" if quantize else "") if residual is not None else "rmsnorm" + ("_q" if quantize
+                                                                                                  else "")
+    outs = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=(m,),
+                              in_specs=in_specs, out_specs=out_specs)(*operands)
+    return (outs[0], outs[1]) if residual is not None else (x, outs[0])
+
+
+__all__ = ["add_rmsnorm_pallas", "Config", "select", "supported"]

@@ -1,0 +1,82 @@
+"""``quark_jax.kernels.add_rmsnorm``: residual add + RMSNorm (+ static FP8 codes) as one Pallas-Triton kernel
+against its XLA reference (the decoder's RMSNorm as written) and float64 numpy.
+
+One parameterized test over the flavors (dtype, with / without the residual addend, with / without the FP8
+output) checks h bit for bit and y bit for bit on CPU (interpret mode: the same summation as XLA), or, compiled on
+a CUDA GPU (another float32 summation order), within one unit in the last place on a few elements; and y within
+the bound of SPEC 11.3 from the float64 value. On a CUDA GPU these same tests run the compiled kernel.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.base import ON_GPU, rng
+from quark_jax import quant
+from quark_jax.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_xla, pallas_triton
+
+F8 = jnp.float8_e4m3fn
+FLAVORS = [  # (name, dtype, M, H, residual, fp8 output)
+    ("bf16_add", jnp.bfloat16, 3, 64, True, False),
+    ("bf16_add_fp8", jnp.bfloat16, 2, 4096, True, True),
+    ("f16_norm_fp8", jnp.float16, 3, 128, False, True),
+    ("f32_add", jnp.float32, 2, 32, True, False),
+]
+
+
+def data(name, dtype, m, h, residual):
+    r = rng("add_rmsnorm", name)
+    x = jnp.asarray(r.standard_normal((m, h)) * 3.0, jnp.float32).astype(dtype)
+    a = jnp.asarray(r.standard_normal((m, h)), jnp.float32).astype(dtype) if residual else None
+    w = jnp.asarray(1.0 + 0.2 * r.standard_normal(h), jnp.float32).astype(dtype)
+    return x, a, w
+
+
+def ulps(a, b):
+    """Distance in units in the last place of two arrays of one float dtype (bit patterns, same sign)."""
+    a, b = np.asarray(a), np.asarray(b)
+    ints = {1: np.int8, 2: np.int16, 4: np.int32}[a.dtype.itemsize]
+    return np.abs(a.view(ints).astype(np.int64) - b.view(ints).astype(np.int64))
+
+
+@pytest.mark.parametrize("name,dtype,m,h,residual,fp8", FLAVORS, ids=[f[0] for f in FLAVORS])
+def test_kernel_matches_reference(name, dtype, m, h, residual, fp8):
+    x, a, w = data(name, dtype, m, h, residual)
+    eps = 1e-5
+    scale = jnp.float32(0.02) if fp8 else None
+    inv = quant.true_divide(1.0, scale) if fp8 else None
+    h_ref, y_ref = add_rmsnorm_xla(x, w, a, eps=eps, scale=scale, scale_reciprocal=inv)
+    h_got, y_got = pallas_triton.add_rmsnorm_pallas(x, w, a, inv, eps=eps)
+    assert h_got.dtype == x.dtype and y_got.dtype == (F8 if fp8 else x.dtype)
+    np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
+    d = ulps(y_got, y_ref)
+    if ON_GPU:  # another float32 summation order: rare one-ulp differences after the roundings
+        assert d.max() <= 1 and d.mean() < 0.02, (d.max(), d.mean())
+    else:
+        assert d.max() == 0
+    # float64: h from the rounded sum, y = w * h / sqrt(mean(h^2) + eps); two roundings to the dtype (and, for
+    # FP8, the code's own rounding) away
+    h64 = np.asarray(h_ref.astype(jnp.float32), np.float64)
+    y64 = np.asarray(w.astype(jnp.float32), np.float64) * h64 / np.sqrt((h64 ** 2).mean(-1, keepdims=True) + eps)
+    u = {jnp.dtype(jnp.bfloat16): 2.0 ** -8, jnp.dtype(jnp.float16): 2.0 ** -11, jnp.dtype(jnp.float32): 2.0 ** -24}
+    bound = 2.01 * u[jnp.dtype(dtype)] + (h - 1) * 2.0 ** -24  # the two roundings + the sum of squares' error
+    got = np.asarray(y_got.astype(jnp.float32), np.float64)
+    if fp8:  # codes: |y / scale| <= 448 here, relative step 2**-3 of e4m3 (subnormals: absolute 2**-10)
+        got = got * 0.02
+        assert np.all(np.abs(got - y64) <= (bound + 2.0 ** -4) * np.abs(y64) + 2.0 ** -10 * 0.02)
+    else:
+        assert np.all(np.abs(got - y64) <= bound * np.abs(y64) + 1e-30)
+
+
+def test_entry_dispatch_and_errors():
+    x, a, w = data("entry", jnp.bfloat16, 2, 48, True)  # H = 48: not a power of two
+    h, y = add_rmsnorm(x, w, a, eps=1e-6)  # auto: XLA for this H (and off a GPU)
+    h2, y2 = add_rmsnorm_xla(x, w, a, eps=1e-6)
+    assert np.array_equal(np.asarray(y, np.float32), np.asarray(y2, np.float32))
+    with pytest.raises(ValueError, match="power of two"):
+        add_rmsnorm(x, w, a, eps=1e-6, impl="pallas")
+    with pytest.raises(ValueError, match="both"):
+        add_rmsnorm(x, w, a, eps=1e-6, scale=jnp.float32(1.0))
+    x3 = jnp.ones((1, 1, 16), jnp.bfloat16)  # [B, T, H] keeps its shape; no residual: h is x
+    h3, y3 = add_rmsnorm(x3, jnp.ones(16, jnp.bfloat16), eps=0.0, impl="pallas")
+    assert h3 is x3 and y3.shape == (1, 1, 16) and float(y3[0, 0, 0]) == 1.0
