@@ -1,6 +1,9 @@
 """INT4 W4A16 (group 128) extra rows for benchmarks/bench_gemm.py (the entry's pallas / xla / auto rows come from
-the tuner): ``xla_bf16`` (a bf16 weight of the same shape; the baseline) and, at decode, other Pallas configs to pick
-defaults (``pallas_wmajor``: the decoded weight as the left MMA operand; ``pallas_asm``: the PTX nibble decode).
+the tuner): ``xla_bf16`` (a bf16 weight of the same shape; the baseline) and, at decode, the repacked-layout decode
+kernel (``int4_mm.pallas_nk``; the weight repacked once, outside the timing, as a scheme would at load time):
+``pallas_nk`` (its defaults) and ``pallas_nk_n128_w8`` (128-row weight tiles, 8 warps). The old kernel's variants
+(``w_major``, the "bits" decode) were measured on the H200 on 2026-12-02 (NOTES.md, issue 19): its default (the PTX
+decode) is the entry's ``pallas`` row.
 """
 
 from __future__ import annotations
@@ -25,22 +28,20 @@ def dense_bf16_case(point, sets, Case, name="xla_bf16"):
 def cases(point, sets, Case):
     import jax
 
-    from quark_jax.kernels.int4_mm import pallas_triton
-
     m, k, n = point.m, point.k, point.n
     flops, nbytes = 2.0 * m * n * k, n * k // 2 + 4 * n * (k // 128) + 2 * m * k + 2 * m * n
     out = [dense_bf16_case(point, sets, Case)]
     if m <= 16:
-        base = pallas_triton.default_config(m, k, n, 128)
-        target = pallas_triton.AUTO_SPLIT["decode"]
+        from quark_jax.kernels.int4_mm import pallas_nk
+
+        rep = jax.jit(functools.partial(pallas_nk.repack, group_size=128, order="reorder", signed=True))
+        nk_sets = [(x, rep(w)[0], s) for x, w, s in sets]
 
         def variant(**kw):
-            return pallas_triton.fit(pallas_triton.Config(**{**base.__dict__, "split_k": 1, **kw}), m, k // 128, n,
-                                     target_programs=target)
+            return pallas_nk.fit(pallas_nk.Config(**kw), m, k, n, 128, target_programs=pallas_nk.AUTO_SPLIT["decode"])
 
-        for name, cfg in (("pallas_wmajor", variant(w_major=True)), ("pallas_asm", variant(decode="asm"))):
-            fn = jax.jit(functools.partial(pallas_triton.int4_mm_pallas, group_size=128, order="reorder", signed=True,
-                                           config=cfg))
-            out.append(Case(name=name, fn=lambda x, w, s, _f=fn: _f(x, w, s), arg_sets=sets, flops=flops,
+        for name, cfg in (("pallas_nk", variant()), ("pallas_nk_n128_w8", variant(block_n=128, num_warps=8))):
+            fn = jax.jit(functools.partial(pallas_nk.int4_mm_nk_pallas, group_size=128, signed=True, config=cfg))
+            out.append(Case(name=name, fn=lambda x, w, s, _f=fn: _f(x, w, s), arg_sets=nk_sets, flops=flops,
                             bytes=nbytes))
     return out

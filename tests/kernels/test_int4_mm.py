@@ -12,10 +12,11 @@ import pytest
 
 from kernels.base import KernelContract, Variant
 from quark_jax import formats, kernels
-from quark_jax.kernels.int4_mm import pallas_triton
+from quark_jax.kernels.int4_mm import pallas_nk, pallas_triton
 from quark_jax.kernels.int4_mm.xla import int4_mm_xla
 
 C = pallas_triton.Config
+NK = pallas_nk.Config
 ORDERS = {"order": (0, 1, 2, 3, 4, 5, 6, 7), "reorder": (0, 2, 4, 6, 1, 3, 5, 7)}
 
 
@@ -42,6 +43,7 @@ def f64_reference(d):
 def make(rng, m, k, n, flavor, *, exact=True, gs=16, dtype=jnp.bfloat16):
     signed = flavor.startswith("int4")
     order = "order" if "order" in flavor.split("-") else "reorder"
+    gs = 32 if "g32" in flavor.split("-") else gs
     q = rng.integers(-8, 8, (k, n)) if signed else rng.integers(0, 16, (k, n))
     if exact:
         x = rng.integers(-16, 17, (m, k)) / 4
@@ -53,6 +55,17 @@ def make(rng, m, k, n, flavor, *, exact=True, gs=16, dtype=jnp.bfloat16):
     bias = jnp.asarray(rng.integers(-8, 9, n) / 4, jnp.float32) if flavor.endswith("bias") else None
     return dict(x=jnp.asarray(x, jnp.float32).astype(dtype), w=formats.pack_int4(jnp.asarray(q), order),
                 s=jnp.asarray(s, jnp.float32), z=z, bias=bias, gs=gs, order=order, signed=signed)
+
+
+def run_nk(d, config=None, out_dtype=jnp.float32):
+    opts = dict(group_size=d["gs"], order=d["order"], signed=d["signed"])
+    w, z = pallas_nk.repack(d["w"], d["z"], **opts)
+    w2, z2 = pallas_nk.unrepack(w, z, **opts)  # the load-time repack round-trips to the checkpoint layout
+    np.testing.assert_array_equal(np.asarray(w2), np.asarray(d["w"]))
+    if d["z"] is not None:
+        np.testing.assert_array_equal(np.asarray(z2), np.asarray(d["z"]))
+    return pallas_nk.int4_mm_nk_pallas(d["x"], w, d["s"], z, d["bias"], group_size=d["gs"], signed=d["signed"],
+                                       out_dtype=out_dtype, config=config)
 
 
 def run_xla(d, out_dtype=jnp.float32):
@@ -69,18 +82,27 @@ class TestInt4Mm(KernelContract):
                 config=C(block_m=16, block_w=32, decode="sub")),
         # the PTX decode on a GPU (interpret mode runs "bits")
         Variant(backend="pallas_triton", name="asm_decode", shape=(5, 64, 256), config=C(block_w=32, decode="asm")),
+        # the repacked-layout decode kernel (group 32): two groups a step, two steps; ragged M with a K split,
+        # three column tiles, uint4 zero points and the bias added after the split
+        Variant(backend="pallas_nk", name="two_groups_a_step", shape=(3, 128, 64), config=NK(block_k=64)),
+        Variant(backend="pallas_nk", name="ragged_split_k", shape=(17, 128, 96), config=NK(block_n=32, split_k=2)),
     ]
+    NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k": "uint4-reorder-g32-bias"}
     FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
     ENTRY_SHAPE = (2, 32, 128)
     PALLAS = (pallas_triton, "int4_mm_pallas")
 
     def flavors_for(self, variant):
+        if variant.backend == "pallas_nk":
+            return [self.NK_FLAVORS[variant.name]]
         return [self.FLAVORS[self.VARIANTS.index(variant) % len(self.FLAVORS)]]
 
     def data(self, rng, m, k, n, flavor):
         return make(rng, m, k, n, flavor)
 
     def run(self, variant, d, flavor):
+        if variant.backend == "pallas_nk":
+            return run_nk(d, variant.config)
         return pallas_triton.int4_mm_pallas(d["x"], d["w"], d["s"], d["z"], d["bias"], group_size=d["gs"],
                                             order=d["order"], signed=d["signed"], out_dtype=jnp.float32,
                                             config=variant.config)
@@ -147,3 +169,17 @@ def test_entry_errors_name_the_argument():
         kernels.int4_mm(d["x"], d["w"], d["s"], d["z"][:, :8], group_size=16)
     with pytest.raises(ValueError, match="order: expected one of"):
         kernels.int4_mm(d["x"], d["w"], d["s"], group_size=16, order="zigzag")
+
+
+def test_nk_f32_x_and_the_ptx_model():
+    """The repacked-layout kernel with f32 x (subtracting decode, f32 dot; Quark's "order" packing) equals the
+    reference on exact data; the numpy model of its PTX byte-pair decode gives ``decode_nibbles``' bits (bf16 and
+    f16 offsets)."""
+    d = make(np.random.default_rng(3), 2, 64, 32, "uint4-order-g32-nobias", dtype=jnp.float32)
+    np.testing.assert_array_equal(np.asarray(run_nk(d)), np.asarray(run_xla(d)))
+    b = np.random.default_rng(2).integers(0, 256, (4, 16)).astype(np.uint8)
+    for dtype, magic in ((jnp.bfloat16, 0x4300), (jnp.float16, 0x6400)):
+        planes = pallas_nk.decode_nibbles(jnp.asarray(b), dtype, asm=False, subtract=False)
+        for high, plane in zip((False, True), planes):
+            np.testing.assert_array_equal(pallas_nk.ptx_nibbles_emulated(b, high, magic),
+                                          np.asarray(plane).view(np.uint16))

@@ -209,10 +209,7 @@ def _mxfp6_mm_jit(x, w_packed, w_scales, bias, *, element, out_dtype, cfg, inter
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
-        out = out.sum(axis=0)
-        if bias is not None:
-            out = out + bias.astype(jnp.float32)
-        out = out.astype(out_dtype)
+        out = tiling.finish_splits(out, bias, out_dtype)
     return out
 
 
