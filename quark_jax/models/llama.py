@@ -24,20 +24,31 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from quark_jax.kernels import fused_prefill_impl, in_query_blocks, prefill_attention
+from quark_jax.kernels import add_rmsnorm, fused_prefill_impl, in_query_blocks, prefill_attention
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.moe import MoEBlock
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.nn import FP8KVCacheScales, KVScale
+from quark_jax.nn import FP8Codes, FP8KVCacheScales, KVScale
 from quark_jax.quant import dot_precision, round_to
 from quark_jax.runtime_checks import check_finite, check_token_ids_in_range
+from quark_jax.runtime_checks import enabled as _checks_enabled
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm", "KVScale",
            "check_token_ids"]
 
 _NEG_INF = float(np.finfo(np.float32).min)
+
+
+DECODE_ADD_NORM: str | None = None
+"""The decode step's (T == 1) residual adds and RMSNorms: None (off, the default: as written; XLA runs each norm
+as three kernels: the add, the sum of squares, the normalize), "pallas" (``kernels.add_rmsnorm``: each residual add
+and the RMSNorm after it, plus the static FP8 quantization of the GEMM that follows where its scheme has one
+(:meth:`quark_jax.nn.QuarkLinear.static_fp8_input`), in one kernel; on CPU in interpret mode) or "xla" (the same
+restructure through the XLA reference). Read when the decode step is traced. Numerics: SPEC 11.3 (the sum of
+squares in another float32 order with "pallas" on a GPU; else bit for bit). Off until measured on the GPU
+(benchmarks/NOTES.md, "RMSNorm fused with the residual add")."""
 
 
 class RMSNorm(nnx.Module):
@@ -237,6 +248,17 @@ class Attention(FP8KVCacheScales, nnx.Module):
         return fused_prefill_impl(impl, q.dtype, self.head_dim)
 
 
+def _add_norm(norm: RMSNorm, x, residual, consumer):
+    """``(h, y)``: ``h = dtype(x + residual)`` (x when ``residual`` is None) and ``norm(h)`` in one
+    ``kernels.add_rmsnorm`` call (``DECODE_ADD_NORM``); y as :class:`~quark_jax.nn.FP8Codes` when ``consumer``
+    (the layer that reads y) quantizes its input with a static FP8 scale, else in x's dtype."""
+    quant = consumer.static_fp8_input() if hasattr(consumer, "static_fp8_input") else None
+    scale, inv = quant if quant is not None else (None, None)
+    h, y = add_rmsnorm(x, norm.weight[...], residual, eps=norm.eps, scale=scale, scale_reciprocal=inv,
+                       impl=DECODE_ADD_NORM)
+    return h, (y if quant is None else FP8Codes(y, x.dtype))
+
+
 class DecoderLayer(nnx.Module):
     """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``; a sparse layer's ``mlp`` is a
     :class:`~quark_jax.models.moe.MoEBlock` at attribute ``moe_module`` ("mlp", or Mixtral's "block_sparse_moe")."""
@@ -256,11 +278,25 @@ class DecoderLayer(nnx.Module):
             self.mlp = MLP(cfg, dtype=dtype, rngs=rngs, fused=fused)
 
     def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
-        """x [B, T, hidden] -> (y, new kv); the arguments after x as :meth:`Attention.__call__`."""
+        """x [B, T, hidden] -> (y, new kv); the arguments after x as :meth:`Attention.__call__`.
+
+        With ``DECODE_ADD_NORM`` the decode step passes x as ``(x, pending)``, the residual stream and the
+        previous layer's MLP output not yet added to it (None before the first layer), and gets back
+        ``((h, m), new kv)``: each residual add runs inside the RMSNorm kernel that follows it."""
+        if isinstance(x, tuple):
+            return self._call_fused_norms(*x, cos, sin, kv, start, first_slot)
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, start, first_slot)
         h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
         m = getattr(self, self.ffn_name)(self.post_attention_layernorm(h))
         return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
+
+    def _call_fused_norms(self, x, pending, cos, sin, kv, start, first_slot):
+        attn, ffn = self.self_attn, getattr(self, self.ffn_name)
+        h, xn = _add_norm(self.input_layernorm, x, pending, attn.qkv_proj if attn.fused else None)
+        a, kv = attn(xn, cos, sin, kv, start, first_slot)
+        fused_mlp = isinstance(ffn, MLP) and ffn.fused
+        h, xn = _add_norm(self.post_attention_layernorm, h, a, ffn.gate_up_proj if fused_mlp else None)
+        return (h, ffn(xn)), kv
 
 
 class LlamaModel(nnx.Module):
@@ -368,7 +404,12 @@ class LlamaForCausalLM(nnx.Module):
         positions = jnp.broadcast_to(positions, (b, t))
         cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.dtype)
         ks, vs = [], []
-        shared = _shared_layer_graphs(self.model.layers, getattr(self, "mesh", None))
+        mesh = getattr(self, "mesh", None)
+        shared = _shared_layer_graphs(self.model.layers, mesh)
+        fused_norms = (DECODE_ADD_NORM is not None and t == 1 and mesh is None and not _checks_enabled()
+                       and len(self.model.layers) > 0)
+        if fused_norms:  # each layer gets (residual stream, the MLP output still to add): see DecoderLayer
+            x = (x, None)
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             if shared is None:
@@ -377,18 +418,23 @@ class LlamaForCausalLM(nnx.Module):
                 # a Python-int start (the prefill's 0) stays static: the fused prefill attention needs it
                 run = _layer_jit_static_start if isinstance(start, int) else _layer_jit
                 x, kv = run(shared[i], nnx.state(layer), x, cos, sin, kv, start, first_slot)
-            x = check_finite(x, f"model.layers.{i}")
+            if not fused_norms:
+                x = check_finite(x, f"model.layers.{i}")
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
+        if fused_norms:  # the last residual add inside the final norm's kernel
+            x = _add_norm(self.model.norm, x[0], x[1], None)[1]
         if last is not None:
             x = jax.lax.dynamic_slice_in_dim(x, last, 1, axis=1)
-        logits = check_finite(self._head(x), "lm_head")
+        logits = check_finite(self._head(x, normed=fused_norms), "lm_head")
         return logits, (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
-    def _head(self, x):
-        """The final norm and the LM head: hidden [B, T, hidden] -> logits [B, T, vocab] (model dtype)."""
-        x = self.model.norm(x)
+    def _head(self, x, normed: bool = False):
+        """The final norm (unless ``normed``) and the LM head: hidden [B, T, hidden] -> logits [B, T, vocab]
+        (model dtype)."""
+        if not normed:
+            x = self.model.norm(x)
         if self.config.tie_word_embeddings:
             table = self.model.embed_tokens.embedding[...]
             return round_to(jnp.dot(x, table.T, precision=dot_precision(x, table),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,12 +25,31 @@ from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_param
 from quark_jax.runtime_checks import check_finite
 from quark_jax.value_checks import check_scale, is_scale_name
 
-__all__ = ["QuarkParam", "QuarkLinear", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
+__all__ = ["QuarkParam", "QuarkLinear", "FP8Codes", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
 
 class QuarkParam(nnx.Variable):
     """A parameter loaded from a Quark checkpoint and processed for inference (quantized weights, scales, zero
     points, bias). Not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` leave it alone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FP8Codes:
+    """An activation x [..., K] handed to a :class:`QuarkLinear` already quantized: ``codes`` are the
+    float8_e4m3fn codes of x (``dtype``, the float dtype x had) with the layer's static input scale
+    (:meth:`QuarkLinear.static_fp8_input`), as its scheme would compute them; the layer runs its GEMM on them
+    without quantizing again (a fused RMSNorm + quantize kernel produces them).
+
+    >>> FP8Codes(jnp.zeros((1, 2, 32), jnp.float8_e4m3fn), jnp.bfloat16).shape
+    (1, 2, 32)
+    """
+
+    codes: Any
+    dtype: Any
+
+    @property
+    def shape(self):
+        return self.codes.shape
 
 
 @functools.lru_cache(maxsize=512)
@@ -252,6 +272,14 @@ class QuarkLinear(nnx.Module):
         """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
         return dequantize_params(self.scheme, self.params())
 
+    def static_fp8_input(self):
+        """``(scale, scale_reciprocal)`` when this layer takes x as :class:`FP8Codes` (its scheme quantizes x to
+        float8_e4m3fn with a static per-tensor scale and stores the reciprocal; weights loaded, not sharded), else
+        None."""
+        if not self.weights_loaded or self.shard_layout is not None:
+            return None
+        return self.scheme.static_fp8_input(self.params())
+
     def __call__(self, x):
         if not self.weights_loaded:
             raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): called before its weights were "
@@ -259,6 +287,14 @@ class QuarkLinear(nnx.Module):
                                   "quark_jax.load_weights(model, checkpoint), layer.load_checkpoint(checkpoint) or "
                                   "layer.load_params(raw), or call layer.mark_loaded() after restoring them",
                                   layer=self.name, expected="loaded weights", found="placeholder zeros")
+        if isinstance(x, FP8Codes):  # already quantized with this layer's static scale: the GEMM only
+            if x.shape[-1] != self.in_features or self.static_fp8_input() is None:
+                raise ValueError(f"{self.name}: FP8Codes input: expected [..., {self.in_features}] codes for a "
+                                 f"static FP8 scheme, got {tuple(x.shape)} for {self.scheme.summary()}")
+            bias = self.bias[...] if self.use_bias else None
+            out_dtype = self.dtype if self.dtype is not None else jnp.dtype(x.dtype)
+            return check_finite(self.scheme.apply_fp8_codes(self.params(), x.codes, bias, out_dtype=out_dtype),
+                                self.name)
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")

@@ -195,6 +195,18 @@ class QuarkScheme(abc.ABC):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         """``x [..., K]`` -> ``y [..., N]`` in x's dtype. Jittable."""
 
+    def static_fp8_input(self, params: Mapping[str, Any]):
+        """``(scale, scale_reciprocal)`` where this scheme quantizes x to float8_e4m3fn with a static per-tensor
+        scale whose reciprocal is stored (a producer may then hand it the codes: :meth:`apply_fp8_codes`), else
+        None (the default: every other scheme)."""
+        return None
+
+    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype):
+        """``apply_weights`` on x already quantized: ``codes`` [..., K] are the float8_e4m3fn codes that
+        quantizing x with :meth:`static_fp8_input`'s scale gives; the same result, no quantization here.
+        Only for schemes whose :meth:`static_fp8_input` is not None."""
+        raise NotImplementedError(f"{type(self).__name__}: takes no pre-quantized FP8 input")
+
     def dequantize_weight(self, params: Mapping[str, Any]):
         """The weight that ``apply_weights`` effectively multiplies by, as float32 [N, K], from processed params
         (for inspection and error analysis; the GEMMs never materialize it)."""

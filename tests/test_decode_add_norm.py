@@ -1,0 +1,73 @@
+"""``llama.DECODE_ADD_NORM``: the decode step with each residual add + RMSNorm (+ the static FP8 quantization of
+the GEMM after it) in one ``kernels.add_rmsnorm`` call gives the same logits and KV cache as the step as written
+(bit for bit here: interpret mode sums as XLA does; on a GPU the compiled kernel may differ in the sum of squares'
+float32 order, SPEC 11.3), on a tiny bf16 FP8 (static per-tensor, vLLM's fused layout) checkpoint and a tiny bf16
+float checkpoint; and the FP8 step hands the GEMMs the codes (one fused kernel per norm, no separate quantizer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import variant_dir
+import quark_jax.data
+from quark_jax.models import from_pretrained, llama
+
+def decode_step(model, impl):
+    """(logits, cache leaves, add_rmsnorm calls traced) of one decode token at slot 2 of an 4-slot cache holding
+    two earlier tokens, the step traced with DECODE_ADD_NORM=impl; each call recorded as (residual given,
+    FP8 output)."""
+    old, entry = llama.DECODE_ADD_NORM, llama.add_rmsnorm
+    calls = []
+
+    def recorder(x, weight, residual=None, **kw):
+        calls.append((residual is not None, kw.get("scale") is not None))
+        return entry(x, weight, residual, **kw)
+
+    try:
+        llama.DECODE_ADD_NORM, llama.add_rmsnorm = impl, recorder
+        graphdef, state = nnx.split(model)
+        cache = model.init_cache(1, 4)
+        r = np.random.default_rng(0)
+        cache = jax.tree_util.tree_map(lambda a: jnp.asarray(r.standard_normal(a.shape) * 0.5).astype(a.dtype),
+                                       cache)  # slots 0, 1 hold earlier tokens' k/v (values only matter here)
+        step = jax.jit(lambda st, ids, c, s: nnx.merge(graphdef, st).forward_cached(ids, c, s))
+        logits, cache = step(state, jnp.asarray([[7]], jnp.int32), cache, jnp.int32(2))
+        return np.asarray(logits.astype(jnp.float32)), jax.tree_util.tree_leaves(cache), calls
+    finally:
+        llama.DECODE_ADD_NORM, llama.add_rmsnorm = old, entry
+
+
+def same_cache(a, b):
+    return all(np.array_equal(np.asarray(x.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
+               for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def fp8_model():
+    return from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
+
+
+def test_fp8_decode_step_equals_unfused(fp8_model):
+    impl = "pallas"  # (the layer functions' traces are cached per input structure: one fused impl per process)
+    ref, ref_cache, ref_calls = decode_step(fp8_model, None)
+    got, cache, calls = decode_step(fp8_model, impl)
+    np.testing.assert_array_equal(got, ref)
+    assert same_cache(cache, ref_cache)
+    # 2 layers (the second traced once for both): the first input norm, 3 add + norms, all with FP8 codes for
+    # qkv_proj / gate_up_proj, then the final add + norm in bf16 for the float lm_head
+    assert ref_calls == [] and calls == [(False, True), (True, True), (True, True), (True, True), (True, False)]
+
+
+def test_bf16_decode_step_equals_unfused():
+    model = from_pretrained(Path(quark_jax.data.__file__).parent / "tiny_llama_float", jnp.bfloat16, fuse_projections=True)
+    ref, ref_cache, _ = decode_step(model, None)
+    got, cache, calls = decode_step(model, "pallas")
+    np.testing.assert_array_equal(got, ref)
+    assert same_cache(cache, ref_cache)
+    assert calls == [(False, False)] + [(True, False)] * 4  # no FP8 codes for float layers
