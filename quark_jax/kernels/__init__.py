@@ -1,5 +1,6 @@
 """Fused scaled GEMMs, one public entry per scheme, each with ``impl="auto" | "pallas" | "xla"``; and the fused
-prefill attention (``attention/``: cuDNN flash attention on CUDA, an XLA reference of its numerics); the
+prefill attention (``attention/``: cuDNN flash attention on CUDA, an XLA reference of its numerics) and the decode
+attention over the KV cache (``attention/pallas_triton.py``, a flash-decoding Pallas-Triton kernel); the
 decoder's residual add + RMSNorm (+ static FP8 codes) as one kernel (``add_rmsnorm/``).
 
 Layout (the same for every op): ``kernels/<op>/__init__.py`` is the entry and its dispatch, ``xla.py`` the
@@ -12,7 +13,8 @@ so XLA takes cuBLASLt's fast path and kernels read them without a transpose.
 
 from quark_jax.kernels._dispatch import IMPLS, check_impl
 from quark_jax.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_xla
-from quark_jax.kernels.attention import fused_prefill_impl, in_query_blocks, prefill_attention, prefill_attention_xla
+from quark_jax.kernels.attention import (decode_attention, decode_attention_xla, fused_prefill_impl, in_query_blocks,
+                                        prefill_attention, prefill_attention_xla)
 from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
 from quark_jax.kernels.int8_scaled_mm import int8_scaled_mm, int8_scaled_mm_xla
@@ -27,4 +29,5 @@ __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "int8_scaled_mm", "int8_scaled_
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",
            "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "fused_prefill_impl", "in_query_blocks",
+           "decode_attention", "decode_attention_xla",
            "choose_impl", "explain_impl", "describe_auto", "check_impl", "IMPLS", "tuning"]

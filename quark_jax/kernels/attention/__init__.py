@@ -1,4 +1,5 @@
-"""Fused causal self-attention for a prefill: the scores never exist as a float32 [B, H, T, S] array.
+"""Fused causal self-attention for a prefill (the scores never exist as a float32 [B, H, T, S] array), and decode
+attention over the KV cache.
 
 ``prefill_attention(q, k, v, first_slot=, impl=)`` attends T new tokens at slots 0..T-1 to each other (causal,
 grouped-query heads, rows left-padded by ``first_slot``). Backends: ``"cudnn"`` (cuDNN's flash attention through
@@ -7,6 +8,11 @@ reference of the fused numerics, in query blocks: scores from a low-precision do
 softmax in float32, the probabilities rounded to the model dtype before the probability-value product, as
 vLLM's FlashAttention does; docs/SPEC.md bounds the difference to the float32 path). :func:`fused_prefill_impl`
 is what ``impl="auto"`` picks (None: no fused backend applies, the caller keeps its float32 path).
+
+``decode_attention(q, k_cache, v_cache, pos=, first_slot=, scales=, impl=)`` attends one query per row to the
+cache slots ``first_slot[b] .. pos[b]``: ``"xla"`` (``xla.decode_attention_xla``, float32 elementwise reductions,
+today's decode path) or ``"pallas"`` (``pallas_triton``: a flash-decoding Pallas-Triton kernel reading the bf16
+or FP8 cache once, split over slot blocks, an online softmax in float32; docs/SPEC.md 11.2 bounds its rounding).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax.kernels import tuning
-from quark_jax.kernels.attention.xla import in_query_blocks, prefill_attention_xla
+from quark_jax.kernels.attention.xla import decode_attention_xla, in_query_blocks, prefill_attention_xla
 
-__all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS"]
+__all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS",
+           "decode_attention", "decode_attention_xla", "DECODE_ATTENTION_IMPLS"]
 
 ATTENTION_IMPLS = ("auto", "cudnn", "xla")
+DECODE_ATTENTION_IMPLS = ("xla", "pallas")
 
 
 def _cudnn_applies(dtype, head_dim: int) -> bool:
@@ -72,3 +80,42 @@ def prefill_attention(q, k, v, *, first_slot=None, impl: str = "auto"):
 
         return cudnn.prefill_attention_cudnn(q, k, v, first_slot=first_slot)
     return prefill_attention_xla(q, k, v, first_slot=first_slot)
+
+
+def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, impl: str = "xla", config=None):
+    """Attention of one query per row (a decode step) over the KV cache, float32.
+
+    Args:
+      q: [B, H, D] (the new tokens' queries after RoPE); k_cache, v_cache: [B, S, H_kv, D], H % H_kv == 0 (query
+        head h reads KV head ``h // (H / H_kv)``): values, or FP8 codes read as ``f32(code) * scale``.
+      pos: int or [B] int32, the query's slot (its own k/v already written there); first_slot: optional [B] int32
+        (default 0): row b attends to the slots ``first_slot[b] <= s <= pos[b]``.
+      scales: None, or the FP8 cache's (k_scale, v_scale) (float32 scalars).
+      impl: "xla" (the reference: today's float32 decode path) or "pallas" (the flash-decoding kernel; on the
+        CPU in Pallas interpret mode); config: the Pallas backend's ``pallas_triton.Config`` (None: its default).
+
+    Returns [B, H, D] float32.
+
+    >>> q = jnp.ones((1, 2, 8)); kv = jnp.arange(16.0).reshape(1, 2, 1, 8)
+    >>> out = decode_attention(q, kv, kv, pos=1, impl="pallas")   # mostly slot 1 (its k.q is larger)
+    >>> round(float(out[0, 0, 0]), 3), bool(jnp.allclose(out, decode_attention(q, kv, kv, pos=1), atol=1e-6))
+    (8.0, True)
+    """
+    if impl not in DECODE_ATTENTION_IMPLS:
+        raise ValueError(f"decode attention impl: expected one of {DECODE_ATTENTION_IMPLS}, got {impl!r}")
+    b, h, d = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.shape[0] != b or k_cache.shape[3] != d or h % k_cache.shape[2]:
+        raise ValueError(f"decode_attention: expected q [B, H, D] and caches [B, S, H_kv, D] with H % H_kv == 0, "
+                         f"got q {list(q.shape)}, k {list(k_cache.shape)}, v {list(v_cache.shape)}")
+    pos = jnp.broadcast_to(jnp.asarray(pos, jnp.int32), (b,))
+    first_slot = jnp.zeros((b,), jnp.int32) if first_slot is None else jnp.asarray(first_slot, jnp.int32)
+    if scales is not None:
+        scales = jnp.stack([jnp.asarray(s, jnp.float32).reshape(()) for s in scales])
+    if impl == "pallas":
+        from quark_jax.kernels.attention import pallas_triton
+
+        if d & (d - 1) or jnp.dtype(k_cache.dtype) not in [jnp.dtype(t) for t in pallas_triton.CACHE_DTYPES]:
+            raise ValueError(f"decode_attention impl='pallas': head_dim must be a power of two and the cache one of "
+                             f"bf16/f16/f32/float8_e4m3fn, got head_dim {d}, cache {k_cache.dtype}")
+        return pallas_triton.decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales, config=config)
+    return decode_attention_xla(q, k_cache, v_cache, pos, first_slot, scales)

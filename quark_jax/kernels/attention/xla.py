@@ -1,7 +1,9 @@
-"""The reference of the fused prefill attention's numerics, in plain XLA (query blocks, no float32 [B, H, T, T])."""
+"""The references in plain XLA: the fused prefill attention's numerics (query blocks, no float32 [B, H, T, T]) and
+the decode attention (one query per row over the KV cache, the float32 path of ``models.llama.attend``)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -68,3 +70,30 @@ def in_query_blocks(block_fn, q, q_slots, *, block: int, pad_slot: int):
     sp = jnp.pad(q_slots, (0, pad), constant_values=pad_slot).reshape(nb, block)
     out = lax.map(lambda a: block_fn(a[0], a[1]), (qp, sp))
     return out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block, h, d)[:, :t]
+
+
+def decode_attention_xla(q, k_cache, v_cache, pos, first_slot, scales=None):
+    """Decode attention of one query per row, the float32 path of ``models.llama.attend`` for T = 1: the cache read
+    as float32 (FP8 codes times ``scales`` = (k_scale, v_scale)), scores ``sum_d q * k`` times ``D^-0.5`` and the
+    probability-value product as elementwise reductions (XLA fuses them with the cache read), ``jax.nn.softmax``
+    over the slots ``first_slot[b] .. pos[b]``. q [B, H, D], caches [B, S, H_kv, D], pos / first_slot [B] int32 ->
+    [B, H, D] float32.
+
+    >>> q = jnp.ones((1, 2, 4)); kv = jnp.arange(8.0).reshape(1, 2, 1, 4)
+    >>> decode_attention_xla(q, kv, kv, jnp.array([0]), jnp.array([0]))[0, :, 0].tolist()  # slot 0 only
+    [0.0, 0.0]
+    """
+    b, h, d = q.shape
+    hkv = k_cache.shape[2]
+    kf, vf = k_cache.astype(jnp.float32), v_cache.astype(jnp.float32)
+    if scales is not None:
+        scales = jnp.asarray(scales, jnp.float32)
+        kf, vf = kf * scales[0], vf * scales[1]
+    qg = q.astype(jnp.float32).reshape(b, hkv, h // hkv, d)
+    scores = jnp.sum(qg[:, :, :, None, :] * kf.transpose(0, 2, 1, 3)[:, :, None], axis=-1) * (d ** -0.5)
+    slots = jnp.arange(k_cache.shape[1], dtype=jnp.int32)
+    pos, first_slot = (jnp.asarray(a, jnp.int32).reshape(b, 1) for a in (pos, first_slot))
+    mask = (slots[None, :] <= pos) & (slots[None, :] >= first_slot)  # [B, S]
+    probs = jax.nn.softmax(jnp.where(mask[:, None, None, :], scores, _NEG), axis=-1)
+    out = jnp.sum(probs[..., None] * vf.transpose(0, 2, 1, 3)[:, :, None], axis=-2)
+    return out.reshape(b, h, d)
