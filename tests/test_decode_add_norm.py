@@ -1,7 +1,7 @@
 """``llama.DECODE_ADD_NORM``: the decode step with each residual add + RMSNorm (+ the static FP8 quantization of
 the GEMM after it) in one ``kernels.add_rmsnorm`` call gives the same logits and KV cache as the step as written
 (bit for bit here: interpret mode sums as XLA does; on a GPU the compiled kernel may differ in the sum of squares'
-float32 order, SPEC 11.3), on a tiny bf16 FP8 (static per-tensor, vLLM's fused layout) checkpoint and a tiny bf16
+float32 order, SPEC 11.6), on a tiny bf16 FP8 (static per-tensor, vLLM's fused layout) checkpoint and a tiny bf16
 float checkpoint; and the FP8 step hands the GEMMs the codes (one fused kernel per norm, no separate quantizer)."""
 
 from __future__ import annotations
@@ -43,9 +43,19 @@ def decode_step(model, impl):
         llama.DECODE_ADD_NORM, llama.add_rmsnorm = old, entry
 
 
-def same_cache(a, b):
-    return all(np.array_equal(np.asarray(x.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
-               for x, y in zip(a, b))
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def check_same(got, ref, cache, ref_cache):
+    """Bit for bit in interpret mode; compiled on a GPU the sum of squares' order may move a norm output by an
+    ulp (SPEC 11.6): then the same greedy token and logits within 2^-5 of their largest magnitude."""
+    if ON_GPU:
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2.0 ** -5 * np.abs(ref).max())
+        return
+    np.testing.assert_array_equal(got, ref)
+    assert all(np.array_equal(np.asarray(x.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
+               for x, y in zip(cache, ref_cache))
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +67,7 @@ def test_fp8_decode_step_equals_unfused(fp8_model):
     impl = "pallas"  # (the layer functions' traces are cached per input structure: one fused impl per process)
     ref, ref_cache, ref_calls = decode_step(fp8_model, None)
     got, cache, calls = decode_step(fp8_model, impl)
-    np.testing.assert_array_equal(got, ref)
-    assert same_cache(cache, ref_cache)
+    check_same(got, ref, cache, ref_cache)
     # 2 layers (the second traced once for both): the first input norm, 3 add + norms, all with FP8 codes for
     # qkv_proj / gate_up_proj, then the final add + norm in bf16 for the float lm_head
     assert ref_calls == [] and calls == [(False, True), (True, True), (True, True), (True, True), (True, False)]
@@ -68,6 +77,5 @@ def test_bf16_decode_step_equals_unfused():
     model = from_pretrained(Path(quark_jax.data.__file__).parent / "tiny_llama_float", jnp.bfloat16, fuse_projections=True)
     ref, ref_cache, _ = decode_step(model, None)
     got, cache, calls = decode_step(model, "pallas")
-    np.testing.assert_array_equal(got, ref)
-    assert same_cache(cache, ref_cache)
+    check_same(got, ref, cache, ref_cache)
     assert calls == [(False, False)] + [(True, False)] * 4  # no FP8 codes for float layers

@@ -4,7 +4,7 @@ against its XLA reference (the decoder's RMSNorm as written) and float64 numpy.
 One parameterized test over the flavors (dtype, with / without the residual addend, with / without the FP8
 output) checks h bit for bit and y bit for bit on CPU (interpret mode: the same summation as XLA), or, compiled on
 a CUDA GPU (another float32 summation order), within one unit in the last place on a few elements; and y within
-the bound of SPEC 11.3 from the float64 value. On a CUDA GPU these same tests run the compiled kernel.
+the bound of SPEC 11.6 from the float64 value. On a CUDA GPU these same tests run the compiled kernel.
 """
 
 import jax.numpy as jnp

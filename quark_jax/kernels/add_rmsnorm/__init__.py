@@ -28,7 +28,7 @@ def add_rmsnorm(x, weight, residual=None, *, eps: float, scale=None, scale_recip
       impl: "auto" (the kernel on a CUDA GPU where it takes the shape, else XLA), "pallas" or "xla".
 
     Numerics: the Pallas kernel sums the squares in another order than XLA (float32, relative error of the sum
-    <= (H - 1) * 2**-24 for any order, SPEC 11.3); everything else is bit for bit the reference.
+    <= (H - 1) * 2**-24 for any order, SPEC 11.6); everything else is bit for bit the reference.
 
     >>> h, y = add_rmsnorm(jnp.ones((1, 16), jnp.bfloat16), jnp.full(16, 2.0, jnp.bfloat16), eps=1e-6, impl="xla")
     >>> y.dtype.name, float(y[0, 0])
