@@ -82,12 +82,14 @@ class TestInt4Mm(KernelContract):
                 config=C(block_m=16, block_w=32, decode="sub")),
         # the PTX decode on a GPU (interpret mode runs "bits")
         Variant(backend="pallas_triton", name="asm_decode", shape=(5, 64, 256), config=C(block_w=32, decode="asm")),
-        # the repacked-layout decode kernel (group 32): two groups a step, two steps; ragged M with a K split,
-        # three column tiles, uint4 zero points and the bias added after the split
+        # the repacked-layout decode kernel (group 32): two groups a step, two steps (row-sum zero term); ragged M
+        # with a K split, three column tiles, uint4 zero points subtracted from the decoded weight, the bias added
+        # after the split
         Variant(backend="pallas_nk", name="two_groups_a_step", shape=(3, 128, 64), config=NK(block_k=64)),
-        Variant(backend="pallas_nk", name="ragged_split_k", shape=(17, 128, 96), config=NK(block_n=32, split_k=2)),
+        Variant(backend="pallas_nk", name="ragged_split_k_zero_in_weight", shape=(17, 128, 96),
+                config=NK(block_n=32, split_k=2, zero_in_weight=True)),
     ]
-    NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k": "uint4-reorder-g32-bias"}
+    NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k_zero_in_weight": "uint4-reorder-g32-bias"}
     FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
     ENTRY_SHAPE = (2, 32, 128)
     PALLAS = (pallas_triton, "int4_mm_pallas")

@@ -15,8 +15,9 @@ Each program owns ``block_n`` weight rows and ``block_m`` rows of x and steps th
 ``offset + u`` (the nibble OR'd into the mantissa of ``2**7`` bf16 / ``2**10`` f16: exact, no subtraction; PTX
 ``prmt`` + mask + OR on byte pairs on a GPU), multiplies them as the left (register) MMA operand with the x
 columns of the same half-group, and adds ``(d - (offset + z) * rs) * s`` to the f32 accumulator: the zero point,
-the offset and the scale cost a few f32 ops per group and output element, nothing per weight. f32 x: the decode
-subtracts the offset (exact) and the dot runs in f32.
+the offset and the scale cost a few f32 ops per group and output element, nothing per weight. With
+``zero_in_weight`` the planes become ``q - z`` by one packed subtract per two weights instead (exact small
+integers; no row sums). f32 x: the decode subtracts the offset (exact) and the dot runs in f32.
 
 Numerics as ``pallas_triton``'s folded-offset decode: every product ``x * (offset + u)`` is exact in f32, the scale
 multiplies the group's f32 partial sum (the weight is never rounded), so the result equals the XLA reference bit
@@ -57,6 +58,8 @@ class Config:
     num_warps: int = 4  # Triton warps per program
     num_stages: int = 3  # Triton software-pipelining depth
     asm: bool = True  # PTX nibble decode (CUDA GPU, 16-bit x); else jnp integer ops
+    zero_in_weight: bool = False  # subtract offset + zero point from the decoded planes (exact small integers,
+    # one packed subtract per two weights) instead of the row-sum term: no row-sum pass over x
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
 
     def __post_init__(self):
@@ -200,10 +203,11 @@ def decode_nibbles(packed, dtype, *, asm: bool, subtract: bool):
 
 # ---------------------------------------------------------------------------------------------- the kernel
 
-def _kernel(x_ref, rs_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: int,
+def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: int,
             n_tiles_n: int, n_tiles_m: int, zero_shift: float, has_zeros: bool, has_bias: bool, dtype, asm: bool,
             precision, out_dtype):
     rest = list(rest)
+    rs_ref = None if cfg.zero_in_weight else rest.pop(0)
     z_ref = rest.pop(0) if has_zeros else None
     b_ref = rest.pop(0) if has_bias else None
     (o_ref,) = rest
@@ -216,20 +220,25 @@ def _kernel(x_ref, rs_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_
     if m % bm:  # ragged last row tile: rows past M load as zeros
         x_rows = lax.broadcasted_iota(jnp.int32, (bm, gh), 0) < (m - m_tile * bm)
 
+    def zero_plus_offset(g, dt):  # offset + z of group g as [bn, 1] (or a scalar without zero points), in dt
+        zc = jnp.asarray(offset + zero_shift, dt)
+        return (z_ref[g, :].astype(dt) + zc)[:, None] if has_zeros else zc
+
     def body(i, acc):
         for j in range(per_step):
             g = i * per_step + j
             kk = pl.multiple_of(g * gh, gh)
             lo, hi = decode_nibbles(w_ref[:, pl.ds(kk, gh)], dtype, asm=asm, subtract=subtract)
+            if rs_ref is None:  # (offset + u) - (offset + z) = q - z, exact in x's dtype
+                zw = zero_plus_offset(g, dtype)
+                lo, hi = lo - zw, hi - zw
             xe = tiling.masked_load(x_ref.at[:, pl.ds(2 * kk, gh)], x_rows)  # the group's first half
             xo = tiling.masked_load(x_ref.at[:, pl.ds(2 * kk + gh, gh)], x_rows)
             d = lax.dot_general(lo, xe, dims, precision=precision, preferred_element_type=jnp.float32)
             d += lax.dot_general(hi, xo, dims, precision=precision, preferred_element_type=jnp.float32)
-            zc = offset + zero_shift
-            if has_zeros:
-                zc = z_ref[g, :].astype(jnp.float32) + zc
-            zc = zc[:, None] if has_zeros else zc
-            acc += (d - zc * rs_ref[g, :][None, :]) * s_ref[g, :][:, None]  # [bn, bm]
+            if rs_ref is not None:  # x @ (offset + u) - rowsum(x) * (offset + z)
+                d = d - zero_plus_offset(g, jnp.float32) * rs_ref[g, :][None, :]
+            acc += d * s_ref[g, :][:, None]  # [bn, bm]
         return acc
 
     acc = lax.fori_loop(0, k_steps, body, jnp.zeros((cfg.block_n, bm), jnp.float32)).T
@@ -266,7 +275,7 @@ def _nk_jit(x, w_nk, w_scales, z, bias, *, group_size, signed, out_dtype, cfg, a
     bm, bn, splits = cfg.block_m, cfg.block_n, cfg.split_k
     groups = k // group_size
     n_tiles_m, n_tiles_n = pl.cdiv(m, bm), n // bn
-    rs = jnp.pad(x.astype(jnp.float32).reshape(m, groups, group_size).sum(-1).T, ((0, 0), (0, n_tiles_m * bm - m)))
+    rs = None if cfg.zero_in_weight else jnp.pad(x.astype(jnp.float32).reshape(m, groups, group_size).sum(-1).T, ((0, 0), (0, n_tiles_m * bm - m)))
     dtype = jnp.dtype(x.dtype)
     precision = lax.Precision.HIGHEST if dtype == jnp.float32 else None
     kh, g_split = k // 2 // splits, groups // splits
@@ -278,11 +287,13 @@ def _nk_jit(x, w_nk, w_scales, z, bias, *, group_size, signed, out_dtype, cfg, a
 
     in_specs = [
         pl.BlockSpec((bm, 2 * kh), lambda pid, s: (tile(pid)[0], s)),
-        pl.BlockSpec((g_split, bm), lambda pid, s: (s, tile(pid)[0])),
         pl.BlockSpec((bn, kh), lambda pid, s: (tile(pid)[1], s)),
         pl.BlockSpec((g_split, bn), lambda pid, s: (s, tile(pid)[1])),
     ]
-    args = [x, rs, w_nk, w_scales]
+    args = [x, w_nk, w_scales]
+    if rs is not None:
+        in_specs.append(pl.BlockSpec((g_split, bm), lambda pid, s: (s, tile(pid)[0])))
+        args.append(rs)
     if z is not None:
         in_specs.append(pl.BlockSpec((g_split, bn), lambda pid, s: (s, tile(pid)[1])))
         args.append(z)
