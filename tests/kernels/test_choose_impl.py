@@ -84,6 +84,15 @@ def test_mxfp4_is_never_the_emulation_on_a_gpu_without_a_table():
     assert choose_impl("mxfp4_mm", 1, 4096, 4096, device_kind="Old GPU", compute_capability="7.5") == "xla"
 
 
+def test_mxfp6_runs_the_kernel_at_decode_and_the_reference_at_prefill():
+    # H200, 2026-12-02 (BENCHMARKS.md): decode Pallas 34-120 us vs the XLA reference 53-204 us; prefill M = 2048
+    # the reference 134-512 us vs the kernel 403-1590 us
+    for cc in ("8.0", "9.0"):
+        for m, want in ((1, "pallas"), (16, "pallas"), (64, "xla"), (2048, "xla")):
+            assert choose_impl("mxfp6_mm", m, 4096, 14336, device_kind="NVIDIA H200", compute_capability=cc) == want
+    assert choose_impl("mxfp6_mm", 1, 4096, 4096, device_kind="Old GPU", compute_capability="7.5") == "xla"
+
+
 def test_user_table_comes_first_and_is_reread_when_it_changes(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
