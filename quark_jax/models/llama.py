@@ -236,8 +236,8 @@ class Attention(FP8KVCacheScales, nnx.Module):
         decode_impl = getattr(self, "decode_attention_impl", "xla")
         if t == 1 and kv is not None and decode_impl != "xla":
             scales = (self.k_scale[...], self.v_scale[...]) if self.kv_fp8 else None
-            out = decode_attention(q[:, 0], kc, vc, pos=start, first_slot=first_slot, scales=scales, impl=decode_impl)
-            out = round_to(out[:, None], x.dtype)
+            out = decode_attention(q[:, 0], kc, vc, pos=start, first_slot=first_slot, scales=scales, impl=decode_impl,
+                                   out_dtype=x.dtype)[:, None]  # rounded once, as round_to
         elif fused is not None:  # the T new tokens attend only to each other: their own k/v, not the cache
             out = prefill_attention(q, self._load(ks, "k_scale"), self._load(vs, "v_scale"), first_slot=first_slot,
                                     impl=fused)

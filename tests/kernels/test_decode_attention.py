@@ -71,6 +71,10 @@ def test_kernel_empty_splits_ragged_last_block_and_default_config():
     for cfg in (pallas_triton.Config(block_s=16, splits=4), None):
         got = decode_attention(q, k, v, pos=pos, first_slot=first, impl="pallas", config=cfg)
         assert np.abs(np.asarray(got, np.float64) - want).max() <= BOUND * vmax
+        # out_dtype: the float32 result rounded once (one split: in the kernel; more: in the XLA combine)
+        bf = decode_attention(q, k, v, pos=pos, first_slot=first, impl="pallas", config=cfg, out_dtype=jnp.bfloat16)
+        assert bf.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(bf, np.float32), np.asarray(got.astype(jnp.bfloat16), np.float32))
     assert pallas_triton.fit(pallas_triton.DEFAULT, B, HKV, S).splits == 1  # 40 slots: one split
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax.kernels import tuning
+from quark_jax.quant import round_to
 from quark_jax.kernels.attention.xla import decode_attention_xla, in_query_blocks, prefill_attention_xla
 
 __all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS",
@@ -82,8 +83,9 @@ def prefill_attention(q, k, v, *, first_slot=None, impl: str = "auto"):
     return prefill_attention_xla(q, k, v, first_slot=first_slot)
 
 
-def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, impl: str = "xla", config=None):
-    """Attention of one query per row (a decode step) over the KV cache, float32.
+def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, impl: str = "xla", config=None,
+                     out_dtype=jnp.float32):
+    """Attention of one query per row (a decode step) over the KV cache, in float32, rounded once to ``out_dtype``.
 
     Args:
       q: [B, H, D] (the new tokens' queries after RoPE); k_cache, v_cache: [B, S, H_kv, D], H % H_kv == 0 (query
@@ -93,8 +95,9 @@ def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, 
       scales: None, or the FP8 cache's (k_scale, v_scale) (float32 scalars).
       impl: "xla" (the reference: today's float32 decode path) or "pallas" (the flash-decoding kernel; on the
         CPU in Pallas interpret mode); config: the Pallas backend's ``pallas_triton.Config`` (None: its default).
+      out_dtype: the result's dtype (default float32).
 
-    Returns [B, H, D] float32.
+    Returns [B, H, D] in ``out_dtype``.
 
     >>> q = jnp.ones((1, 2, 8)); kv = jnp.arange(16.0).reshape(1, 2, 1, 8)
     >>> out = decode_attention(q, kv, kv, pos=1, impl="pallas")   # mostly slot 1 (its k.q is larger)
@@ -117,5 +120,6 @@ def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, 
         if d & (d - 1) or jnp.dtype(k_cache.dtype) not in [jnp.dtype(t) for t in pallas_triton.CACHE_DTYPES]:
             raise ValueError(f"decode_attention impl='pallas': head_dim must be a power of two and the cache one of "
                              f"bf16/f16/f32/float8_e4m3fn, got head_dim {d}, cache {k_cache.dtype}")
-        return pallas_triton.decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales, config=config)
-    return decode_attention_xla(q, k_cache, v_cache, pos, first_slot, scales)
+        return pallas_triton.decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales, config=config,
+                                                     out_dtype=jnp.dtype(out_dtype))
+    return round_to(decode_attention_xla(q, k_cache, v_cache, pos, first_slot, scales), out_dtype)

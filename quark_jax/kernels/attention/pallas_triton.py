@@ -9,7 +9,9 @@ probability-weighted sum of v, all float32 (scores ``sum_d f32(q) * f32(k)`` tim
 path). The valid range is split among the ``splits`` programs of a (row, KV head) at run time (equal shares of
 whole blocks), so every split works whatever the position; slots outside the range are never summed (masked) and
 blocks wholly outside are not read. Each program writes its partial (m, l, acc); :func:`combine` (plain XLA,
-fused into what follows) rescales them to the global max and divides once.
+fused into what follows) rescales them to the global max and divides once. With one split the kernel divides
+itself (``acc / l`` correctly rounded, the value :func:`combine` gives for one split) and writes the output in
+``out_dtype``: one kernel, no combine.
 
 Only the query heads' loop is unrolled (G static): every tile is 1-D or 2-D ([block_s, D]), which Triton lowers
 without 3-D layouts.
@@ -26,7 +28,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from quark_jax.kernels import _dispatch, tiling
+from quark_jax.kernels import _dispatch, prologue, tiling
+from quark_jax.quant import round_to
 
 CACHE_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float8_e4m3fn)
 _NEG = float(np.finfo(np.float32).min)  # a finite "minus infinity": exp(_NEG - m) == 0, never NaN
@@ -91,9 +94,9 @@ def fit(cfg: Config, batch: int, kv_heads: int, slots: int) -> Config:
 
 
 def _kernel(q_ref, k_ref, v_ref, first_ref, pos_ref, *rest, groups: int, kv_heads: int, slots: int, cfg: Config,
-            fp8: bool, scale: float):
+            fp8: bool, scale: float, out_dtype, interpret: bool):
     sc_ref = rest[0] if fp8 else None
-    acc_ref, m_ref, l_ref = rest[-3:]
+    outs = rest[1:] if fp8 else rest
     bs, ns = cfg.block_s, cfg.splits
     row_head = pl.program_id(0)
     split = pl.program_id(1)
@@ -143,6 +146,12 @@ def _kernel(q_ref, k_ref, v_ref, first_ref, pos_ref, *rest, groups: int, kv_head
     res = lax.fori_loop(b0, b1, body, tuple(init))
     for g, h in enumerate(heads):
         m, l, acc = res[3 * g:3 * g + 3]
+        if ns == 1:  # the whole range in this program: normalize here, round once
+            [o_ref] = outs
+            o_ref[b, h, :] = prologue.div_rn(acc, jnp.full((d,), l, jnp.float32), interpret=interpret).astype(
+                o_ref.dtype)
+            continue
+        acc_ref, m_ref, l_ref = outs
         acc_ref[b, h, split, :] = acc
         m_ref[b, h, pl.ds(split, 1)] = jnp.full((1,), m, jnp.float32)
         l_ref[b, h, pl.ds(split, 1)] = jnp.full((1,), l, jnp.float32)
@@ -162,9 +171,9 @@ def combine(acc, m, l):
     return jnp.sum(w[..., None] * acc, axis=2) / denom[..., None]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret"))
 def decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales=None, *, config: Config | None = None,
-                            interpret=None):
+                            out_dtype=jnp.float32, interpret=None):
     """Decode attention of one query per row over the cache with the Pallas-Triton kernel (see the module doc).
 
     Args:
@@ -173,10 +182,10 @@ def decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales=None, *
       pos, first_slot: [B] int32: row b attends to the slots ``first_slot[b] .. pos[b]`` (pos[b] < S,
         first_slot[b] <= pos[b]).
       scales: None, or [2] float32 (k_scale, v_scale) of an FP8 cache.
-      config: a :class:`Config` (default :data:`DEFAULT`, fit to the shape); interpret: Pallas interpret mode
-        (None: unless on a CUDA GPU).
+      config: a :class:`Config` (default :data:`DEFAULT`, fit to the shape); out_dtype: of the result (the
+        float32 value rounded once); interpret: Pallas interpret mode (None: unless on a CUDA GPU).
 
-    Returns [B, H, D] float32.
+    Returns [B, H, D] in ``out_dtype``.
 
     >>> q = jnp.ones((1, 2, 16)); kv = jnp.ones((1, 8, 1, 16))
     >>> decode_attention_pallas(q, kv, kv, jnp.array([3]), jnp.array([0]))[0, :, 0].tolist()
@@ -189,13 +198,16 @@ def decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales=None, *
     cfg = fit(config or DEFAULT, b, hkv, s)
     fp8 = scales is not None
     kernel = functools.partial(_kernel, groups=h // hkv, kv_heads=hkv, slots=s, cfg=cfg, fp8=fp8,
-                               scale=float(d) ** -0.5)
+                               scale=float(d) ** -0.5, out_dtype=out_dtype, interpret=bool(interpret))
     ns = cfg.splits
-    out_shape = (jax.ShapeDtypeStruct((b, h, ns, d), jnp.float32), jax.ShapeDtypeStruct((b, h, ns), jnp.float32),
-                 jax.ShapeDtypeStruct((b, h, ns), jnp.float32))
+    if ns == 1:
+        out_shape = (jax.ShapeDtypeStruct((b, h, d), out_dtype),)
+    else:
+        out_shape = (jax.ShapeDtypeStruct((b, h, ns, d), jnp.float32),
+                     jax.ShapeDtypeStruct((b, h, ns), jnp.float32), jax.ShapeDtypeStruct((b, h, ns), jnp.float32))
     operands = [q, k_cache, v_cache, jnp.asarray(first_slot, jnp.int32), jnp.asarray(pos, jnp.int32)]
     if fp8:
         operands.append(jnp.asarray(scales, jnp.float32).reshape(2))
-    acc, m, l = tiling.triton_call(kernel, cfg=cfg, name=f"decode_attention_g{h // hkv}", interpret=bool(interpret),
-                                   out_shape=out_shape, grid=(b * hkv, ns))(*operands)
-    return combine(acc, m, l)
+    res = tiling.triton_call(kernel, cfg=cfg, name=f"decode_attention_g{h // hkv}", interpret=bool(interpret),
+                             out_shape=out_shape, grid=(b * hkv, ns))(*operands)
+    return res[0] if ns == 1 else round_to(combine(*res), out_dtype)
