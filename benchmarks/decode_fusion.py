@@ -11,7 +11,8 @@ JAX's compile log); the decode chunk compiles in a background thread while the p
 overlap and their sum exceeds the wall time.
 
 ``--ab`` compiles variants of the decode-chunk program (``VARIANTS``: the split-K epilogue as a reduce or as
-elementwise adds, XLA command-buffer options, the fused residual add + RMSNorm ``addnorm``) on in-memory models in one process and reports per variant the
+elementwise adds, XLA command-buffer options, the fused residual add + RMSNorm ``addnorm``, the decode-attention
+kernel ``decattn``) on in-memory models in one process and reports per variant the
 compile time, ms/token, kernels per step and GPU busy time (``--profile``), whether the tokens and cache equal the
 scheme's first variant bit for bit, and (``--out-dir``) the compiled HLO of the base, fold and addnorm variants.
 
@@ -78,6 +79,8 @@ def build(shape: str, scheme: str, *, abstract: bool, max_positions: int = 4096,
             m.mark_loaded()
     model.mesh = None
     model.checkpoint_dir = ""
+    if DECODE_ATTENTION_IMPL:
+        set_decode_attention(model, DECODE_ATTENTION_IMPL)
     if abstract:
         return model
     key = jax.random.PRNGKey(seed)
@@ -293,6 +296,29 @@ AB_PLAN = "fp8:base,fp8:fold,fp8:fold_cmdbuf_while,bf16:base,bf16:fold_cmdbuf_wh
 # run with it off. An A/B of it: --ab-plan fp8:fold,fp8:addnorm,bf16:fold,bf16:addnorm
 VARIANTS.update({"addnorm": (True, {}), "addnorm_xla": (True, {})})
 ADD_NORM = {"addnorm": "pallas", "addnorm_xla": "xla"}
+# variants that set every Attention's decode_attention_impl = "pallas" (kernels.decode_attention, the
+# flash-decoding kernel; others run "xla"), with the kernel's default config (``decattn``: automatic splits and
+# an XLA combine) or one split per (row, KV head) (``decattn_s1``: the kernel divides and rounds, no combine).
+# An A/B: --ab-plan fp8:fold,fp8:decattn,fp8:decattn_s1,bf16:fold,bf16:decattn,bf16:decattn_s1
+VARIANTS.update({"decattn": (True, {}), "decattn_s1": (True, {})})
+DECODE_ATTN_SPLITS = {"decattn": 0, "decattn_s1": 1}
+DECODE_ATTENTION_IMPL = None  # not --ab: the decode attention impl build() sets (--decode-attention)
+
+
+def set_decode_attention(model, impl: str, splits: int = 0):
+    """Every Attention of ``model`` decodes with ``impl``; the Pallas kernel's default config gets ``splits``
+    (0: automatic)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from quark_jax.kernels.attention import pallas_triton
+    from quark_jax.models import llama
+
+    pallas_triton.DEFAULT = dataclasses.replace(pallas_triton.DEFAULT, splits=splits)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, llama.Attention):
+            m.decode_attention_impl = impl
 
 
 def ab_decode(args) -> dict:
@@ -335,6 +361,9 @@ def ab_decode(args) -> dict:
             fold, opts = VARIANTS[name]
             tiling.sum_splits = fold_fn if fold else (lambda p: jnp.sum(p, axis=0))
             llama.DECODE_ADD_NORM = ADD_NORM.get(name)
+            set_decode_attention(model, "pallas" if name in DECODE_ATTN_SPLITS else "xla",
+                                 DECODE_ATTN_SPLITS.get(name, 0))
+            graphdef = nnx.split(model)[0]  # the impl is static: part of the graph definition
             jax.clear_caches()
             res = {"scheme": scheme, "options": opts}
             try:
@@ -357,7 +386,7 @@ def ab_decode(args) -> dict:
                 res["hlo_fusions"] = len(re.findall(r"^\s*\S+ = \S+ fusion\(", hlo, flags=re.M))
                 res["hlo_custom_calls"] = hlo.count(" custom-call(")
                 res["hlo_command_buffers"] = hlo.count("command_buffer")
-                if args.out_dir and name in ("base", "fold", "addnorm"):
+                if args.out_dir and name in ("base", "fold", "addnorm", "decattn"):
                     import gzip
                     with gzip.open(Path(args.out_dir) / f"decode_hlo_{scheme}_{name}.txt.gz", "wt") as f:
                         f.write(hlo)
@@ -391,6 +420,11 @@ def ab_decode(args) -> dict:
                 res["same_as"] = ref[2]
                 res["same_tokens_and_cache"] = bool(np.array_equal(toks_np, ref[0])
                                                     and np.array_equal(kv.view(np.uint32), ref[1].view(np.uint32)))
+                res["same_tokens"] = bool(np.array_equal(toks_np, ref[0]))
+                res["tokens_equal_frac"] = float(np.mean(toks_np == ref[0])) if toks_np.shape == ref[0].shape else 0.0
+                res["first_token_diff"] = int(np.argmax(toks_np.ravel() != ref[0].ravel())) if (
+                    toks_np.shape == ref[0].shape and not res["same_tokens"]) else -1
+                res["cache_max_abs_diff"] = float(np.max(np.abs(kv - ref[1]))) if kv.shape == ref[1].shape else -1.0
                 if args.profile:
                     from benchmarks.profile_decode import _gpu_events, summarize
                     import shutil
@@ -418,6 +452,8 @@ def ab_decode(args) -> dict:
                 Path(args.out).write_text(json.dumps(out, indent=1))
     tiling.sum_splits = fold_fn
     llama.DECODE_ADD_NORM = None
+    for model, _, _ in models.values():
+        set_decode_attention(model, "xla")
     return out
 
 
@@ -442,8 +478,12 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=None, help="--ab: where the compiled decode HLO goes")
     ap.add_argument("--add-norm", choices=("pallas", "xla"), default=None,
                     help="not --ab: set quark_jax.models.llama.DECODE_ADD_NORM (the fused residual add + RMSNorm)")
+    ap.add_argument("--decode-attention", choices=("pallas", "xla"), default=None,
+                    help="not --ab: every Attention's decode_attention_impl (kernels.decode_attention)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    global DECODE_ATTENTION_IMPL
+    DECODE_ATTENTION_IMPL = args.decode_attention
     if args.add_norm:
         from quark_jax.models import llama
 
