@@ -52,11 +52,11 @@ def run(args) -> dict:
            "bandwidth": BANDWIDTH, "rows": []}
     t_start = time.perf_counter()
     key = jax.random.PRNGKey(0)
-    for dt_name in args.dtypes.split(","):
-        fp8 = dt_name == "fp8"
-        cache_dtype = jnp.float8_e4m3fn if fp8 else jnp.bfloat16
-        for b in (int(x) for x in args.batches.split(",")):
-            for s in (int(x) for x in args.slots.split(",")):
+    for b in (int(x) for x in args.batches.split(",")):  # in priority order: --budget-s cuts the last rows
+        for s in (int(x) for x in args.slots.split(",")):
+            for dt_name in args.dtypes.split(","):
+                fp8 = dt_name == "fp8"
+                cache_dtype = jnp.float8_e4m3fn if fp8 else jnp.bfloat16
                 nbytes = 2 * b * s * HKV * D * jnp.dtype(cache_dtype).itemsize
                 n_sets = int(min(16, max(1, -(-L2_BYTES // nbytes)))) if on_gpu else 1
                 sets = []
