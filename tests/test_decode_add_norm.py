@@ -16,17 +16,21 @@ from flax import nnx
 
 from conftest import variant_dir
 import quark_jax.data
+from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
+from quark_jax.kernels.tiling import SplitSums
 from quark_jax.models import from_pretrained, llama
+from quark_jax.nn import QuarkLinear
 
 def decode_step(model, impl):
     """(logits, cache leaves, add_rmsnorm calls traced) of one decode token at slot 2 of an 4-slot cache holding
-    two earlier tokens, the step traced with DECODE_ADD_NORM=impl; each call recorded as (residual given,
-    FP8 output)."""
+    two earlier tokens, the step traced with DECODE_ADD_NORM=impl; each call recorded as (the residual addend:
+    None, "array" or "sums" (a split-K GEMM's unfinished sums), FP8 output)."""
     old, entry = llama.DECODE_ADD_NORM, llama.add_rmsnorm
     calls = []
 
     def recorder(x, weight, residual=None, **kw):
-        calls.append((residual is not None, kw.get("scale") is not None))
+        kind = None if residual is None else "sums" if isinstance(residual, SplitSums) else "array"
+        calls.append((kind, kw.get("scale") is not None))
         return entry(x, weight, residual, **kw)
 
     try:
@@ -58,19 +62,22 @@ def check_same(got, ref, cache, ref_cache):
                for x, y in zip(cache, ref_cache))
 
 
-@pytest.fixture(scope="module")
-def fp8_model():
-    return from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
-
-
-def test_fp8_decode_step_equals_unfused(fp8_model):
-    impl = "pallas"  # (the layer functions' traces are cached per input structure: one fused impl per process)
-    ref, ref_cache, ref_calls = decode_step(fp8_model, None)
-    got, cache, calls = decode_step(fp8_model, impl)
+def test_fp8_decode_step_equals_unfused(monkeypatch):
+    """The FP8 GEMMs on the Pallas kernel with K split in two (as o_proj / down run at decode on the H200): o_proj
+    and down_proj hand their unfinished sums to the next norm kernel, which runs their epilogue."""
+    model = from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
+    for _, layer in nnx.iter_graph(model):
+        if isinstance(layer, QuarkLinear):
+            layer.scheme = layer.scheme.replace(impl="pallas")
+    split = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=2, inner="wx")
+    monkeypatch.setattr(fp8_pallas, "select", lambda m, k, n: fp8_pallas.fit(split, m, k, n))
+    ref, ref_cache, ref_calls = decode_step(model, None)
+    got, cache, calls = decode_step(model, "pallas")
     check_same(got, ref, cache, ref_cache)
     # 2 layers (the second traced once for both): the first input norm, 3 add + norms, all with FP8 codes for
     # qkv_proj / gate_up_proj, then the final add + norm in bf16 for the float lm_head
-    assert ref_calls == [] and calls == [(False, True), (True, True), (True, True), (True, True), (True, False)]
+    assert ref_calls == [] and calls == [(None, True), ("sums", True), ("sums", True), ("sums", True),
+                                         ("sums", False)]
 
 
 def test_bf16_decode_step_equals_unfused():
@@ -78,4 +85,4 @@ def test_bf16_decode_step_equals_unfused():
     ref, ref_cache, _ = decode_step(model, None)
     got, cache, calls = decode_step(model, "pallas")
     check_same(got, ref, cache, ref_cache)
-    assert calls == [(False, False)] + [(True, False)] * 4  # no FP8 codes for float layers
+    assert calls == [(None, False)] + [("array", False)] * 4  # float layers: no FP8 codes, finished outputs

@@ -13,6 +13,8 @@ entry serves its bucket and the buckets below it that have none.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 
 import jax
@@ -243,3 +245,40 @@ def sum_splits(parts):
     for i in range(1, parts.shape[0]):
         out = out + parts[i]
     return out
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["parts", "x_scale", "w_scale"],
+                   meta_fields=["out_dtype"])
+@dataclasses.dataclass(frozen=True)
+class SplitSums:
+    """A split-K scaled GEMM's output left unfinished: the float32 partial sums ``parts`` [S, ..., N] and the
+    epilogue :meth:`finish` would apply, ``out_dtype(x_scale * (w_scale * sum_splits(parts)))`` (``x_scale`` a
+    per-tensor scalar, ``w_scale`` () or [N]; no bias). A consumer kernel can run the epilogue itself (one launch
+    fewer: ``kernels.add_rmsnorm``); anything else calls :meth:`finish`. A pytree (crosses ``jit``).
+
+    >>> s = SplitSums(jnp.ones((2, 1, 3)), jnp.float32(0.5), jnp.float32(3.0), jnp.dtype(jnp.bfloat16))
+    >>> s.shape, s.finish().tolist()
+    ((1, 3), [[3.0, 3.0, 3.0]])
+    """
+
+    parts: jax.Array
+    x_scale: jax.Array
+    w_scale: jax.Array
+    out_dtype: object
+
+    @property
+    def shape(self):
+        return tuple(self.parts.shape[1:])
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.out_dtype)
+
+    def finish(self):
+        """The GEMM's output, as the kernel entry would have returned it."""
+        return (self.x_scale * (self.w_scale * sum_splits(self.parts))).astype(self.out_dtype)
+
+    def reshape(self, *shape):
+        """The same sums with the output's leading (token) axes reshaped (N stays last)."""
+        return SplitSums(self.parts.reshape(self.parts.shape[0], *shape), self.x_scale, self.w_scale,
+                         self.out_dtype)

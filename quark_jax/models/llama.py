@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from quark_jax.kernels import (add_rmsnorm, decode_attention, fused_prefill_impl, in_query_blocks,
+from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, fused_prefill_impl, in_query_blocks,
                                prefill_attention)
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
@@ -79,6 +79,14 @@ def _proj(layer, x):
     return round_to(layer(x), x.dtype)
 
 
+def _proj_unfinished(layer, x):
+    """:func:`_proj`, except that a Quark layer whose split-K GEMM a consumer kernel can finish
+    (``QuarkLinear.unfinished``) returns its ``kernels.tiling.SplitSums`` (their ``finish()`` is x's dtype: the
+    rounding of :func:`_proj` is the cast)."""
+    y = layer.unfinished(x) if hasattr(layer, "unfinished") else layer(x)
+    return y if isinstance(y, SplitSums) else round_to(y, x.dtype)
+
+
 class MLP(nnx.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
     dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
@@ -93,14 +101,16 @@ class MLP(nnx.Module):
             self.up_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
         self.down_proj = _linear(i, h, cfg.mlp_bias, dtype, rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, *, finish: bool = True):
+        """``finish=False``: the result may be down_proj's unfinished split-K sums (see ``Attention``)."""
         if self.fused:
             gu = _proj(self.gate_up_proj, x)
             g, u = gu[..., : self.intermediate_size], gu[..., self.intermediate_size:]
         else:
             g, u = _proj(self.gate_proj, x), _proj(self.up_proj, x)
         h = jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32)
-        return _proj(self.down_proj, round_to(h, x.dtype))
+        h = round_to(h, x.dtype)
+        return _proj(self.down_proj, h) if finish else _proj_unfinished(self.down_proj, h)
 
 
 ATTENTION_SCORE_BYTES = 1 << 28
@@ -198,14 +208,15 @@ class Attention(FP8KVCacheScales, nnx.Module):
     def _load(self, x, which):
         return dequantize_kv(x, getattr(self, which)[...]) if self.kv_fp8 else x
 
-    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
+    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None, *, finish: bool = True):
         """x [B, T, hidden]; cos/sin [B, T, D] (the tokens' RoPE angles).
 
         Without ``kv``: causal attention over the T tokens (k/v pass through the FP8 cache's quant-dequant when
         ``kv_fp8``, so the result equals a cached run). With ``kv = (k_cache, v_cache)`` [B, S, H_kv, D]: the T
         new k/v are written at slots ``start .. start+T-1`` (``start`` may be traced) and the query at slot p
         attends to the slots ``first_slot[b] .. p`` (``first_slot`` [B], default 0: rows left-padded by that
-        many slots). Returns (y [B, T, hidden], new kv or None).
+        many slots). Returns (y [B, T, hidden], new kv or None). ``finish=False``: y may be o_proj's unfinished
+        split-K sums (:func:`_proj_unfinished`; the fused add + norm of ``DECODE_ADD_NORM`` finishes them).
         """
         b, t, _ = x.shape
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -243,7 +254,8 @@ class Attention(FP8KVCacheScales, nnx.Module):
                                     impl=fused)
         else:
             out = round_to(attend(q, k_all, v_all, q_slots, first_slot), x.dtype)
-        return _proj(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim)), new_kv
+        out = out.reshape(b, t, self.num_heads * self.head_dim)
+        return (_proj(self.o_proj, out) if finish else _proj_unfinished(self.o_proj, out)), new_kv
 
 
     def _fused_prefill(self, q, ks, t, start):
@@ -302,10 +314,10 @@ class DecoderLayer(nnx.Module):
     def _call_fused_norms(self, x, pending, cos, sin, kv, start, first_slot):
         attn, ffn = self.self_attn, getattr(self, self.ffn_name)
         h, xn = _add_norm(self.input_layernorm, x, pending, attn.qkv_proj if attn.fused else None)
-        a, kv = attn(xn, cos, sin, kv, start, first_slot)
-        fused_mlp = isinstance(ffn, MLP) and ffn.fused
-        h, xn = _add_norm(self.post_attention_layernorm, h, a, ffn.gate_up_proj if fused_mlp else None)
-        return (h, ffn(xn)), kv
+        a, kv = attn(xn, cos, sin, kv, start, first_slot, finish=False)  # o_proj's epilogue: in the next kernel
+        mlp = isinstance(ffn, MLP)
+        h, xn = _add_norm(self.post_attention_layernorm, h, a, ffn.gate_up_proj if mlp and ffn.fused else None)
+        return (h, ffn(xn, finish=False) if mlp else ffn(xn)), kv
 
 
 class LlamaModel(nnx.Module):

@@ -280,6 +280,19 @@ class QuarkLinear(nnx.Module):
             return None
         return self.scheme.static_fp8_input(self.params())
 
+    def unfinished(self, x):
+        """``self(x)``, except that a split-K GEMM may hand back its unfinished partial sums
+        (``kernels.tiling.SplitSums``, e.g. the static FP8 scheme on the Pallas kernel at decode) for a consumer
+        kernel that runs the epilogue itself (``kernels.add_rmsnorm``); their ``finish()`` is ``self(x)``."""
+        if not self.weights_loaded or self.shard_layout is not None or isinstance(x, FP8Codes):
+            return self(x)
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.name}: x: expected shape [..., {self.in_features}], got {tuple(x.shape)}")
+        x = round_to(x, self.dtype if self.dtype is not None else x.dtype)
+        bias = self.bias[...] if self.use_bias else None
+        return self.scheme.apply_unfinished(self.params(), x, bias)
+
     def __call__(self, x):
         if not self.weights_loaded:
             raise CheckpointError(f"layer {self.name} ({self.scheme.summary()}): called before its weights were "

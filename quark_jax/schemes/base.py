@@ -201,11 +201,18 @@ class QuarkScheme(abc.ABC):
         None (the default: every other scheme)."""
         return None
 
-    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype):
+    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
         """``apply_weights`` on x already quantized: ``codes`` [..., K] are the float8_e4m3fn codes that
-        quantizing x with :meth:`static_fp8_input`'s scale gives; the same result, no quantization here.
-        Only for schemes whose :meth:`static_fp8_input` is not None."""
+        quantizing x with :meth:`static_fp8_input`'s scale gives; the same result, no quantization here
+        (``finish`` as in :meth:`apply_unfinished`). Only for schemes whose :meth:`static_fp8_input` is not
+        None."""
         raise NotImplementedError(f"{type(self).__name__}: takes no pre-quantized FP8 input")
+
+    def apply_unfinished(self, params: Mapping[str, Any], x, bias=None):
+        """``apply_weights``, except that a GEMM whose epilogue a consumer kernel can run itself may return its
+        unfinished partial sums (``kernels.tiling.SplitSums``; its ``finish()`` is ``apply_weights``' result).
+        Default: ``apply_weights``."""
+        return self.apply_weights(params, x, bias)
 
     def dequantize_weight(self, params: Mapping[str, Any]):
         """The weight that ``apply_weights`` effectively multiplies by, as float32 [N, K], from processed params

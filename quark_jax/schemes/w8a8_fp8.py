@@ -114,7 +114,7 @@ class QuarkW8A8Fp8(QuarkScheme):
             return None
         return params["input_scale"], params["input_scale_reciprocal"]
 
-    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype):
+    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
         """The static path of :meth:`apply_weights` on x's codes (``quant.scaled_fp8_quant(x, input_scale)``):
         the same GEMM on the same codes, so the same output.
 
@@ -131,7 +131,27 @@ class QuarkW8A8Fp8(QuarkScheme):
         n, k = weight.shape
         q2, lead = flatten_tokens(codes, k, "QuarkW8A8Fp8")
         y = kernels.fp8_scaled_mm(q2, weight, params["input_scale"], params["weight_scale"], bias,
-                                  out_dtype=out_dtype, impl=self.impl)
+                                  out_dtype=out_dtype, impl=self.impl, finish=finish)
+        return y.reshape(*lead, n)
+
+    def apply_unfinished(self, params: Mapping[str, Any], x, bias=None):
+        """:meth:`apply_weights`; static e4m3fn activations on the Pallas split-K path (no bias) come back as the
+        GEMM's unfinished ``kernels.tiling.SplitSums`` (the same values once finished).
+
+        >>> s = QuarkW8A8Fp8(activation="static", impl="xla")
+        >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.float8_e4m3fn),
+        ...                                      "weight_scale": jnp.array([0.5]), "input_scale": jnp.array([0.25])})
+        >>> s.apply_unfinished(p, jnp.ones((2, 32)))[0, :2].tolist()   # XLA: finished
+        [16.0, 16.0]
+        """
+        if self.static_fp8_input(params) is None:
+            return self.apply_weights(params, x, bias)
+        weight = params["weight"]
+        n, k = weight.shape
+        x2, lead = flatten_tokens(x, k, "QuarkW8A8Fp8")
+        y = kernels.fp8_scaled_mm(x2, weight, params["input_scale"], params["weight_scale"], bias,
+                                  out_dtype=x2.dtype, impl=self.impl,
+                                  x_scale_reciprocal=params["input_scale_reciprocal"], finish=False)
         return y.reshape(*lead, n)
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):

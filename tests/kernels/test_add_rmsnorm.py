@@ -7,13 +7,17 @@ a CUDA GPU (another float32 summation order), within one unit in the last place 
 the bound of SPEC 11.6 from the float64 value. On a CUDA GPU these same tests run the compiled kernel.
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kernels.base import ON_GPU, rng
 from quark_jax import quant
+from quark_jax.kernels import tiling
 from quark_jax.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_xla, pallas_triton
+from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
 
 F8 = jnp.float8_e4m3fn
 FLAVORS = [  # (name, dtype, M, H, residual, fp8 output)
@@ -80,3 +84,39 @@ def test_entry_dispatch_and_errors():
     x3 = jnp.ones((1, 1, 16), jnp.bfloat16)  # [B, T, H] keeps its shape; no residual: h is x
     h3, y3 = add_rmsnorm(x3, jnp.ones(16, jnp.bfloat16), eps=0.0, impl="pallas")
     assert h3 is x3 and y3.shape == (1, 1, 16) and float(y3[0, 0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["w_per_tensor", "w_per_channel"])
+def test_split_k_epilogue_in_the_kernel(per_channel):
+    """A split-K GEMM's unfinished sums as the residual addend: the kernel's epilogue gives the values
+    ``SplitSums.finish()`` gives (h bit for bit; elementwise products, no reordering), with FP8 codes out."""
+    r = rng("add_rmsnorm", "split", per_channel)
+    m, h = 2, 64
+    x = jnp.asarray(r.standard_normal((m, h)) * 3.0, jnp.float32).astype(jnp.bfloat16)
+    w = jnp.asarray(1.0 + 0.2 * r.standard_normal(h), jnp.float32).astype(jnp.bfloat16)
+    parts = jnp.asarray(r.standard_normal((2, m, h)) * 40.0, jnp.float32)
+    ws = jnp.asarray(0.01 + 0.01 * r.random(h), jnp.float32) if per_channel else jnp.float32(0.013)
+    sums = tiling.SplitSums(parts, jnp.float32(0.07), ws, jnp.dtype(jnp.bfloat16))
+    scale = jnp.float32(0.02)
+    inv = quant.true_divide(1.0, scale)
+    assert pallas_triton.takes_split_sums(sums, h, jnp.bfloat16)
+    h_ref, y_ref = add_rmsnorm_xla(x, w, sums.finish(), eps=1e-5, scale=scale, scale_reciprocal=inv)
+    h_got, y_got = add_rmsnorm(x, w, sums, eps=1e-5, scale=scale, scale_reciprocal=inv, impl="pallas")
+    np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
+    assert ulps(y_got, y_ref).max() <= (1 if ON_GPU else 0)
+
+
+def test_fp8_gemm_unfinished_equals_finished():
+    """``fp8_scaled_mm_pallas(finish=False)`` on a split-K config: ``SplitSums`` whose ``finish()`` is the
+    finished call bit for bit; a single-split config returns the array itself."""
+    r = rng("add_rmsnorm", "gemm")
+    x = jnp.asarray(r.standard_normal((1, 64)) * 4, jnp.float32).astype(F8)
+    wq = jnp.asarray(r.standard_normal((32, 64)) * 4, jnp.float32).astype(F8)
+    cfg = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=2, inner="wx")
+    args = (x, wq, jnp.float32(0.5), jnp.float32(0.25))
+    done = fp8_pallas.fp8_scaled_mm_pallas(*args, config=cfg)
+    sums = fp8_pallas.fp8_scaled_mm_pallas(*args, config=cfg, finish=False)
+    assert isinstance(sums, tiling.SplitSums) and sums.parts.shape == (2, 1, 32)
+    np.testing.assert_array_equal(np.asarray(sums.finish(), np.float32), np.asarray(done, np.float32))
+    one = fp8_pallas.fp8_scaled_mm_pallas(*args, config=dataclasses.replace(cfg, split_k=1), finish=False)
+    assert not isinstance(one, tiling.SplitSums)

@@ -21,7 +21,9 @@ def add_rmsnorm(x, weight, residual=None, *, eps: float, scale=None, scale_recip
     ``true_divide(1, scale)``), y is the float8_e4m3fn codes ``quant.scaled_fp8_quant(y, scale)`` gives.
 
     Args:
-      x: [..., H] bf16, f16 or f32 (the residual stream). residual: None or x's shape (added, then rounded).
+      x: [..., H] bf16, f16 or f32 (the residual stream). residual: None or x's shape (added, then rounded);
+        or a split-K GEMM's unfinished ``kernels.tiling.SplitSums`` (``fp8_scaled_mm(..., finish=False)``),
+        whose epilogue the Pallas kernel runs itself (the same values; the XLA path finishes it first).
       weight: [H]. eps: the norm's epsilon.
       scale, scale_reciprocal: both or neither (the Pallas kernel multiplies by the reciprocal; it must be
         ``quant.true_divide(1, scale)``, as the FP8 scheme stores it).
@@ -47,7 +49,7 @@ def add_rmsnorm(x, weight, residual=None, *, eps: float, scale=None, scale_recip
     from quark_jax.kernels.add_rmsnorm import pallas_triton
 
     x2 = x.reshape(-1, hdim)
-    r2 = None if residual is None else residual.reshape(-1, hdim)
+    r2 = None if residual is None else residual.reshape(-1, hdim)  # (SplitSums.reshape: the token axes)
     h, y = pallas_triton.add_rmsnorm_pallas(x2, weight, r2, scale_reciprocal, eps=float(eps))
     return (x if residual is None else h.reshape(x.shape)), y.reshape(*lead, hdim)
 

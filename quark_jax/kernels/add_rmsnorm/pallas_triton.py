@@ -53,21 +53,43 @@ def supported(h: int, dtype) -> bool:
     return jnp.dtype(dtype) in FLOAT_DTYPES and 16 <= h <= MAX_H and h & (h - 1) == 0
 
 
+def takes_split_sums(sums, h: int, dtype) -> bool:
+    """Whether the kernel runs the epilogue of ``sums`` (a ``tiling.SplitSums`` [S, M, H]) itself: S a power of
+    two up to 8, a per-tensor x scale, w scale per tensor or [H], output in the kernel's dtype.
+
+    >>> takes_split_sums(tiling.SplitSums(jnp.ones((2, 1, 16)), jnp.float32(1), jnp.ones(16), jnp.bfloat16),
+    ...                  16, jnp.bfloat16)
+    True
+    """
+    s = sums.parts.shape[0]
+    return (s & (s - 1) == 0 and s <= 8 and jnp.ndim(sums.x_scale) == 0 and jnp.shape(sums.w_scale) in ((), (h,))
+            and jnp.dtype(sums.out_dtype) == jnp.dtype(dtype))
+
+
 def _round(v, dtype, interpret):
     return round_to(v, dtype) if interpret else v.astype(dtype)
 
 
-def _kernel(*refs, h, eps, has_residual, quantize, dtype, interpret):
+def _kernel(*refs, h, eps, has_residual, splits, per_channel, quantize, dtype, interpret):
     refs = list(refs)
     x_ref = refs.pop(0)
     r_ref = refs.pop(0) if has_residual else None
+    xs_ref, ws_ref = (refs.pop(0), refs.pop(0)) if splits else (None, None)
     w_ref = refs.pop(0)
     inv_ref = refs.pop(0) if quantize else None
     h_ref = refs.pop(0) if has_residual else None
     o_ref = refs.pop(0)
     x = x_ref[...]
     if has_residual:
-        x = _round(x.astype(jnp.float32) + r_ref[...].astype(jnp.float32), dtype, interpret)
+        if splits:  # a split-K GEMM's epilogue: dtype(x_scale * (w_scale * ((p0 + p1) + ...)))
+            acc = r_ref[0]
+            for i in range(1, splits):
+                acc = acc + r_ref[i]
+            ws = ws_ref[...][None, :] if per_channel else ws_ref[0]
+            a = _round(xs_ref[0] * (ws * acc), dtype, interpret)
+        else:
+            a = r_ref[...]
+        x = _round(x.astype(jnp.float32) + a.astype(jnp.float32), dtype, interpret)
         h_ref[...] = x
     xf = x.astype(jnp.float32)
     ss = jnp.sum(xf * xf, axis=-1, keepdims=True)
@@ -85,7 +107,9 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
                        interpret=None):
     """``(h, y)`` of :func:`quark_jax.kernels.add_rmsnorm.add_rmsnorm_xla` as one kernel, for x [M, H] (H a
     power of two, :func:`supported`); ``scale_reciprocal`` (f32 scalar, ``true_divide(1, scale)``) makes y
-    float8_e4m3fn codes. Without ``residual``, h is x itself (no copy).
+    float8_e4m3fn codes. Without ``residual``, h is x itself (no copy). ``residual`` may be a split-K GEMM's
+    unfinished ``tiling.SplitSums``: the kernel runs its epilogue (:func:`takes_split_sums`; else XLA finishes it
+    first), the same values.
 
     >>> h, y = add_rmsnorm_pallas(jnp.full((2, 16), 2.0), jnp.ones(16), jnp.ones((2, 16)), eps=0.0)
     >>> float(h[0, 0]), float(y[1, 3])
@@ -98,8 +122,11 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
                          f"bf16/f16/f32, got {tuple(x.shape)} {dtype} (use impl='xla')")
     if weight.shape != (h,):
         raise ValueError(f"weight: expected shape ({h},), got {tuple(weight.shape)}")
-    if residual is not None and residual.shape != x.shape:
+    if residual is not None and tuple(residual.shape) != tuple(x.shape):
         raise ValueError(f"residual: expected shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    sums = isinstance(residual, tiling.SplitSums)
+    if sums and not takes_split_sums(residual, h, dtype):
+        residual, sums = residual.finish(), False
     if interpret is None:
         interpret = _dispatch.pallas_interpret()
     from jax.experimental import pallas as pl
@@ -108,7 +135,13 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
     quantize = scale_reciprocal is not None
     row = pl.BlockSpec((1, h), lambda i: (i, 0))
     operands, in_specs = [x], [row]
-    if residual is not None:
+    if sums:
+        splits, per_channel = residual.parts.shape[0], residual.w_scale.ndim == 1
+        operands += [residual.parts, jnp.asarray(residual.x_scale, jnp.float32).reshape(1),
+                     jnp.asarray(residual.w_scale, jnp.float32).reshape(h if per_channel else 1)]
+        in_specs += [pl.BlockSpec((splits, 1, h), lambda i: (0, i, 0)), pl.BlockSpec((1,), lambda i: (0,)),
+                     pl.BlockSpec((h,) if per_channel else (1,), lambda i: (0,))]
+    elif residual is not None:
         operands.append(residual.astype(dtype))
         in_specs.append(row)
     operands.append(weight)
@@ -122,8 +155,10 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
     if residual is not None:
         out_shape.insert(0, jax.ShapeDtypeStruct((m, h), dtype))
         out_specs.insert(0, row)
-    kernel = functools.partial(_kernel, h=h, eps=float(eps), has_residual=residual is not None, quantize=quantize,
-                               dtype=dtype, interpret=bool(interpret))
+    kernel = functools.partial(_kernel, h=h, eps=float(eps), has_residual=residual is not None,
+                               splits=residual.parts.shape[0] if sums else 0,
+                               per_channel=sums and residual.w_scale.ndim == 1, quantize=quantize, dtype=dtype,
+                               interpret=bool(interpret))
     name = "add_rmsnorm" + ("_q" if quantize else "") if residual is not None else "rmsnorm" + ("_q" if quantize
                                                                                                   else "")
     outs = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=(m,),
@@ -131,4 +166,4 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
     return (outs[0], outs[1]) if residual is not None else (x, outs[0])
 
 
-__all__ = ["add_rmsnorm_pallas", "Config", "select", "supported"]
+__all__ = ["add_rmsnorm_pallas", "Config", "select", "supported", "takes_split_sums"]

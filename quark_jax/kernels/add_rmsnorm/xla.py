@@ -8,17 +8,21 @@ import jax
 import jax.numpy as jnp
 
 from quark_jax import quant
+from quark_jax.kernels.tiling import SplitSums
 from quark_jax.quant import round_to
 
 
 def add_rmsnorm_xla(x, weight, residual=None, *, eps: float, scale=None, scale_reciprocal=None):
     """``(h, y)``: ``h = dtype(x + residual)`` (x itself without ``residual``), ``y = RMSNorm(h)`` in x's dtype,
     or its float8_e4m3fn codes with the static per-tensor ``scale`` (and its stored ``scale_reciprocal``).
+    ``residual`` may be a split-K GEMM's unfinished ``kernels.tiling.SplitSums`` (finished first).
 
     >>> h, y = add_rmsnorm_xla(jnp.array([[1.0, 3.0]], jnp.bfloat16), jnp.ones(2), jnp.array([[1.0, -1.0]]), eps=0.0)
     >>> h.tolist(), y.tolist()   # h = [2, 2]: rms 2
     ([[2.0, 2.0]], [[1.0, 1.0]])
     """
+    if isinstance(residual, SplitSums):  # a split-K GEMM's unfinished output: its epilogue first
+        residual = residual.finish()
     if residual is not None:
         x = round_to(x.astype(jnp.float32) + residual.astype(jnp.float32), x.dtype)
     xf = x.astype(jnp.float32)

@@ -24,7 +24,7 @@ measured on the H200 (2026-12-02, benchmarks/NOTES.md) the prologue made the dec
 
 
 def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto",
-                  x_scale_reciprocal=None):
+                  x_scale_reciprocal=None, finish=True):
     """Scaled FP8 GEMM ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])``.
 
     Args:
@@ -41,8 +41,11 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
         wgmma accumulates with ~1e-4 relative error, see benchmarks/NOTES.md).
       x_scale_reciprocal: float x only: ``quant.true_divide(1.0, x_scale)`` computed beforehand (a scheme stores
         it at load), so quantizing x computes no reciprocal; the same codes.
+      finish: False: where the Pallas kernel splits K (no bias, per-tensor x_scale), return its float32 partial
+        sums and scales as ``kernels.tiling.SplitSums`` for a consumer that applies the epilogue itself
+        (``kernels.add_rmsnorm``); every other case returns the finished array.
 
-    Returns [M, N] ``out_dtype``. The f32 accumulation is exact-order-independent only up to f32 rounding.
+    Returns [M, N] ``out_dtype`` (or ``SplitSums``, see ``finish``). The f32 accumulation is exact-order-independent only up to f32 rounding.
 
     >>> import jax.numpy as jnp
     >>> x = jnp.ones((2, 32), jnp.float8_e4m3fn); w = jnp.ones((16, 32), jnp.float8_e4m3fn)
@@ -78,7 +81,8 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
         _validate.multiple_of("w_q", k, 16, "K")
         from quark_jax.kernels.fp8_scaled_mm import pallas_triton
 
-        return pallas_triton.fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype)
+        return pallas_triton.fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype,
+                                                  finish=bool(finish))
     return fp8_scaled_mm_xla(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype)
 
 

@@ -277,9 +277,9 @@ def _check(x_q, w_q, x_scale, w_scale, bias, out_dtype):
         raise ValueError(f"bias: expected shape ({n},), got {tuple(bias.shape)}")
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret", "finish"))
 def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, config=None,
-                         interpret=None):
+                         interpret=None, finish=True):
     """The fused FP8 GEMM ``out(x_scale * (w_scale * (x_q @ w_q.T)) + bias)`` as one Pallas-Triton kernel.
 
     Args:
@@ -293,8 +293,10 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
       out_dtype: bfloat16, float16 or float32.
       config: a :class:`Config` (fit to the shape); None picks one for this device and shape (:func:`select`).
       interpret: run the kernel in Pallas interpret mode; None means "unless on a CUDA GPU".
+      finish: False: a split-K run without bias and with a per-tensor x_scale returns its partial sums and
+        scales unfinished (``tiling.SplitSums``, for a consumer kernel that applies the epilogue itself).
 
-    Returns [M, N] ``out_dtype``.
+    Returns [M, N] ``out_dtype`` (or a ``tiling.SplitSums``, see ``finish``).
 
     >>> import jax.numpy as jnp
     >>> x = jnp.ones((3, 64), jnp.float8_e4m3fn); w = jnp.ones((32, 64), jnp.float8_e4m3fn)
@@ -329,6 +331,8 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid)(*operands)
     if not partial:
         return y
+    if not finish and not has_bias and not per_token:
+        return tiling.SplitSums(y, x_scale, w_scale, jnp.dtype(out_dtype))
     y = x_scale * (w_scale * tiling.sum_splits(y))
     if has_bias:
         y = y + bias.astype(jnp.float32)
