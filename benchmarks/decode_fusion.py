@@ -302,6 +302,10 @@ ADD_NORM = {"addnorm": "pallas", "addnorm_xla": "xla"}
 # An A/B: --ab-plan fp8:fold,fp8:decattn,fp8:decattn_s1,bf16:fold,bf16:decattn,bf16:decattn_s1
 VARIANTS.update({"decattn": (True, {}), "decattn_s1": (True, {})})
 DECODE_ATTN_SPLITS = {"decattn": 0, "decattn_s1": 1}
+# both: the fused add + RMSNorm and the decode attention kernel (automatic splits)
+VARIANTS["addnorm_decattn"] = (True, {})
+ADD_NORM["addnorm_decattn"] = "pallas"
+DECODE_ATTN_SPLITS["addnorm_decattn"] = 0
 DECODE_ATTENTION_IMPL = None  # not --ab: the decode attention impl build() sets (--decode-attention)
 
 
