@@ -47,7 +47,8 @@ DECODE_ADD_NORM: str | None = None
 as three kernels: the add, the sum of squares, the normalize), "pallas" (``kernels.add_rmsnorm``: each residual add
 and the RMSNorm after it, plus the static FP8 quantization of the GEMM that follows where its scheme has one
 (:meth:`quark_jax.nn.QuarkLinear.static_fp8_input`), in one kernel; on CPU in interpret mode) or "xla" (the same
-restructure through the XLA reference). Read when the decode step is traced. Numerics: SPEC 11.6 (the sum of
+restructure through the XLA reference). Read when the decode step is traced (set it before the first
+``generate``, or call ``jax.clear_caches()`` after changing it). Numerics: SPEC 11.6 (the sum of
 squares in another float32 order with "pallas" on a GPU; else bit for bit). Off until measured on the GPU
 (benchmarks/NOTES.md, "RMSNorm fused with the residual add")."""
 
