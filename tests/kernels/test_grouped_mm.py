@@ -169,7 +169,7 @@ class _GroupedContract(KernelContract):
     """The Pallas backend against the XLA reference (bit for bit) and float64 numpy, per scheme; 4 experts with
     ragged, empty and trailing (past the sum) groups. Variants: decode (weight-major, ragged M), decode with a K
     split and M a multiple of the tile, prefill (x-major, tiles straddling experts, M not a multiple of the
-    tile)."""
+    tile), decode with a K split over wide (256-column) steps."""
 
     SCHEME: str
     VARIANTS = [
@@ -179,6 +179,10 @@ class _GroupedContract(KernelContract):
                 config=C(block_m=16, block_n=16, block_k=64, split_k=2)),
         Variant(backend="pallas_triton", name="prefill_xmajor_ragged", shape=(45, 128, 32),
                 config=C(block_m=16, block_n=16, block_k=32, w_major=False)),
+        # the Mixtral down projection's decode structure (K split, 256-column steps, two per split): the MXFP4
+        # packed-weight copy failed to compile on the H200 when the split offset was a floor division
+        Variant(backend="pallas_triton", name="decode_split_k_wide_steps", shape=(2, 1024, 64),
+                config=C(block_m=16, block_n=64, block_k=256, split_k=2)),
     ]
     ENTRY_SHAPE = (5, 64, 32)
     PALLAS = (pallas_triton, "grouped_mm_pallas")
@@ -317,3 +321,36 @@ def test_auto_falls_back_to_xla_where_the_kernel_cannot_run(monkeypatch):
     np.testing.assert_array_equal(np.asarray(call(d, "auto")), np.asarray(call(d, "xla")))
     with pytest.raises(ValueError, match="w: N = 40 must be a multiple of 16"):
         call(d, "pallas")
+
+
+# (K, N, E, top-k) of the expert projections of the model shapes benchmarks/bench_moe.py runs
+MODEL_SHAPES = {"mixtral_gate_up": (4096, 28672, 8, 2), "mixtral_down": (14336, 4096, 8, 2),
+                "qwen3_30b_a3b_gate_up": (2048, 1536, 128, 8), "qwen3_30b_a3b_down": (768, 2048, 128, 8)}
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Pallas-Triton kernels for a CUDA GPU")
+@pytest.mark.parametrize("scheme", ["bf16", "fp8", "mxfp4"])
+def test_default_configs_compile_at_the_model_shapes(scheme):
+    """The configs ``default_config`` picks at decode (1 token) and prefill (2048 tokens) for the Mixtral-8x7B and
+    Qwen3-30B-A3B expert projections compile (lowered and compiled, not run: no weights are allocated). Decode
+    includes the K-split MXFP4 configs that failed to compile on the H200 (1-byte aligned packed-weight copy)."""
+    from functools import partial
+
+    seen = set()
+    for k, n, e, top in MODEL_SHAPES.values():
+        for tokens in (1, 2048):
+            m = tokens * top
+            cfg = pallas_triton.default_config(m, k, n, scheme=scheme, e=e)
+            if (k, n, e, cfg) in seen:
+                continue
+            seen.add((k, n, e, cfg))
+            x_dtype = E8 if scheme == "fp8" else jnp.bfloat16
+            w = ((e, n, k // 2), jnp.uint8) if scheme == "mxfp4" else ((e, n, k), x_dtype)
+            ws = {"fp8": ((e,), jnp.float32), "mxfp4": ((e, n, k // 32), jnp.uint8)}.get(scheme)
+            args = [jax.ShapeDtypeStruct((m, k), x_dtype), jax.ShapeDtypeStruct(*w),
+                    jax.ShapeDtypeStruct((e,), jnp.int32), ws and jax.ShapeDtypeStruct(*ws),
+                    jax.ShapeDtypeStruct((), jnp.float32) if scheme == "fp8" else None]
+            f = partial(pallas_triton._grouped_jit, scheme=scheme, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
+                        interpret=False)
+            jax.jit(f).lower(*args).compile()
+    assert len(seen) >= 4

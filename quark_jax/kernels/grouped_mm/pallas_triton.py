@@ -218,6 +218,11 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
     row_ok = rows < hi
     out_mask = jnp.broadcast_to(row_ok[:, None], (bm, bn))
     o_view = o_ref.at[split, pl.ds(r0, bm), pl.ds(c0, bn)] if partial else o_ref.at[pl.ds(r0, bm), pl.ds(c0, bn)]
+    # Column offsets are products of the split index and static strides (no division): Triton's alignment
+    # analysis then proves them multiples of the step without the ``multiple_of`` hint, which the pipeliner's
+    # peeled first iteration loses (``kh + 0 * bkh`` folds away with its hint). A ``(split * k_len) // 2`` here
+    # (a floor division: a select Triton cannot see through) made the MXFP4 packed-weight copy 1-byte aligned
+    # and Triton 3.x failed to compile it ("cp.async does not support transfers smaller than 4 bytes").
     k_first = split * k_len
 
     @pl.when(g < e)
@@ -235,10 +240,13 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
             bkh = bk // 2  # packed bytes = x columns of one parity per step
             bks = bk // formats.MX_BLOCK_SIZE
 
+            kh_first = split * (k_len // 2)  # static strides (k_len is a multiple of 32): no floor division
+            ks_first = split * (k_len // formats.MX_BLOCK_SIZE)
+
             def body(i, acc):
-                kh = pl.multiple_of(k_first // 2 + i * bkh, bkh)
+                kh = pl.multiple_of(kh_first + i * bkh, bkh)
                 packed = w_ref[pl.ds(w0, bn), pl.ds(kh, bkh)]
-                sbytes = s_ref[pl.ds(w0, bn), pl.ds(k_first // formats.MX_BLOCK_SIZE + i * bks, bks)]
+                sbytes = s_ref[pl.ds(w0, bn), pl.ds(ks_first + i * bks, bks)]
                 if cfg.decode == "jnp":
                     wlo, whi = decode.decode_jnp(packed, sbytes, w_dtype)
                 else:
