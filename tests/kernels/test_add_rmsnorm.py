@@ -54,7 +54,9 @@ def test_kernel_matches_reference(name, dtype, m, h, residual, fp8):
     assert h_got.dtype == x.dtype and y_got.dtype == (F8 if fp8 else x.dtype)
     np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
     d = ulps(y_got, y_ref)
-    if ON_GPU:  # another float32 summation order: rare one-ulp differences after the roundings
+    if ON_GPU and jnp.dtype(dtype) == jnp.float32:  # another sum order moves rsqrt by an ulp: every element may
+        assert d.max() <= 3, d.max()  # move by the two float32 products' ulps
+    elif ON_GPU:  # another float32 summation order: rare one-ulp differences after the roundings to the dtype
         assert d.max() <= 1 and d.mean() < 0.02, (d.max(), d.mean())
     else:
         assert d.max() == 0
