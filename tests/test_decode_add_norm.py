@@ -1,8 +1,9 @@
-"""``llama.DECODE_ADD_NORM``: the decode step with each residual add + RMSNorm (+ the static FP8 quantization of
-the GEMM after it) in one ``kernels.add_rmsnorm`` call gives the same logits and KV cache as the step as written
-(bit for bit here: interpret mode sums as XLA does; on a GPU the compiled kernel may differ in the sum of squares'
-float32 order, SPEC 11.6), on a tiny bf16 FP8 (static per-tensor, vLLM's fused layout) checkpoint and a tiny bf16
-float checkpoint; and the FP8 step hands the GEMMs the codes (one fused kernel per norm, no separate quantizer)."""
+"""``llama.DECODE_ADD_NORM``: the decode step with each residual add + RMSNorm (+ the static FP8 / INT8
+quantization of the GEMM after it) in one ``kernels.add_rmsnorm`` call gives the same logits and KV cache as the
+step as written (bit for bit here: interpret mode sums as XLA does; on a GPU the compiled kernel may differ in the
+sum of squares' float32 order, SPEC 11.6), on tiny bf16 checkpoints (vLLM's fused layout): FP8 static per-tensor,
+float, INT8 static asymmetric; the quantized steps hand the GEMMs the codes (one kernel per norm, no separate
+quantizer), the FP8 one also its split-K sums."""
 
 from __future__ import annotations
 
@@ -91,3 +92,13 @@ def test_bf16_decode_step_equals_unfused():
     got, cache, calls = decode_step(model, "pallas")
     check_same(got, ref, cache, ref_cache)
     assert calls == [(None, False)] + [("array", False)] * 4  # float layers: no FP8 codes, finished outputs
+
+
+def test_int8_asymmetric_decode_step_equals_unfused():
+    """Static asymmetric INT8 (scale and zero point): the norm kernels write the int8 codes for qkv / gate_up."""
+    model = from_pretrained(variant_dir("w_int8_perchannel_sym_a_int8_pertensor_static_asym"), jnp.bfloat16,
+                            fuse_projections=True)
+    ref, ref_cache, _ = decode_step(model, None)
+    got, cache, calls = decode_step(model, "pallas")
+    check_same(got, ref, cache, ref_cache)
+    assert calls == [(None, True)] + [("array", True)] * 3 + [("array", False)]

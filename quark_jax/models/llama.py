@@ -31,7 +31,7 @@ from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.moe import MoEBlock
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.nn import FP8Codes, FP8KVCacheScales, KVScale
+from quark_jax.nn import InputCodes, FP8KVCacheScales, KVScale
 from quark_jax.quant import dot_precision, round_to
 from quark_jax.runtime_checks import check_finite, check_token_ids_in_range
 from quark_jax.runtime_checks import enabled as _checks_enabled
@@ -45,8 +45,8 @@ _NEG_INF = float(np.finfo(np.float32).min)
 DECODE_ADD_NORM: str | None = None
 """The decode step's (T == 1) residual adds and RMSNorms: None (off, the default: as written; XLA runs each norm
 as three kernels: the add, the sum of squares, the normalize), "pallas" (``kernels.add_rmsnorm``: each residual add
-and the RMSNorm after it, plus the static FP8 quantization of the GEMM that follows where its scheme has one
-(:meth:`quark_jax.nn.QuarkLinear.static_fp8_input`), in one kernel; on CPU in interpret mode) or "xla" (the same
+and the RMSNorm after it, plus the static FP8 / INT8 quantization of the GEMM that follows where its scheme has one
+(:meth:`quark_jax.nn.QuarkLinear.static_input_quant`), in one kernel; on CPU in interpret mode) or "xla" (the same
 restructure through the XLA reference). Read when the decode step is traced (set it before the first
 ``generate``, or call ``jax.clear_caches()`` after changing it). Numerics: SPEC 11.6 (the sum of
 squares in another float32 order with "pallas" on a GPU; else bit for bit). Off until measured on the GPU
@@ -272,13 +272,13 @@ class Attention(FP8KVCacheScales, nnx.Module):
 
 def _add_norm(norm: RMSNorm, x, residual, consumer):
     """``(h, y)``: ``h = dtype(x + residual)`` (x when ``residual`` is None) and ``norm(h)`` in one
-    ``kernels.add_rmsnorm`` call (``DECODE_ADD_NORM``); y as :class:`~quark_jax.nn.FP8Codes` when ``consumer``
-    (the layer that reads y) quantizes its input with a static FP8 scale, else in x's dtype."""
-    quant = consumer.static_fp8_input() if hasattr(consumer, "static_fp8_input") else None
-    scale, inv = quant if quant is not None else (None, None)
-    h, y = add_rmsnorm(x, norm.weight[...], residual, eps=norm.eps, scale=scale, scale_reciprocal=inv,
-                       impl=DECODE_ADD_NORM)
-    return h, (y if quant is None else FP8Codes(y, x.dtype))
+    ``kernels.add_rmsnorm`` call (``DECODE_ADD_NORM``); y as :class:`~quark_jax.nn.InputCodes` when ``consumer``
+    (the layer that reads y) quantizes its input with a static FP8 or INT8 scale, else in x's dtype."""
+    quant = consumer.static_input_quant() if hasattr(consumer, "static_input_quant") else None
+    kw = {} if quant is None else dict(codes=quant.codes, scale=quant.scale, scale_reciprocal=quant.scale_reciprocal,
+                                       zero_point=quant.zero_point)
+    h, y = add_rmsnorm(x, norm.weight[...], residual, eps=norm.eps, impl=DECODE_ADD_NORM, **kw)
+    return h, (y if quant is None else InputCodes(y, x.dtype))
 
 
 class DecoderLayer(nnx.Module):

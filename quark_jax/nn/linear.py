@@ -25,7 +25,7 @@ from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_param
 from quark_jax.runtime_checks import check_finite
 from quark_jax.value_checks import check_scale, is_scale_name
 
-__all__ = ["QuarkParam", "QuarkLinear", "FP8Codes", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
+__all__ = ["QuarkParam", "QuarkLinear", "InputCodes", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
 
 class QuarkParam(nnx.Variable):
@@ -34,13 +34,13 @@ class QuarkParam(nnx.Variable):
 
 
 @dataclasses.dataclass(frozen=True)
-class FP8Codes:
+class InputCodes:
     """An activation x [..., K] handed to a :class:`QuarkLinear` already quantized: ``codes`` are the
-    float8_e4m3fn codes of x (``dtype``, the float dtype x had) with the layer's static input scale
-    (:meth:`QuarkLinear.static_fp8_input`), as its scheme would compute them; the layer runs its GEMM on them
-    without quantizing again (a fused RMSNorm + quantize kernel produces them).
+    float8_e4m3fn or int8 codes of x (``dtype``, the float dtype x had) with the layer's static input
+    quantization (:meth:`QuarkLinear.static_input_quant`), as its scheme would compute them; the layer runs its
+    GEMM on them without quantizing again (a fused RMSNorm + quantize kernel produces them).
 
-    >>> FP8Codes(jnp.zeros((1, 2, 32), jnp.float8_e4m3fn), jnp.bfloat16).shape
+    >>> InputCodes(jnp.zeros((1, 2, 32), jnp.float8_e4m3fn), jnp.bfloat16).shape
     (1, 2, 32)
     """
 
@@ -272,19 +272,18 @@ class QuarkLinear(nnx.Module):
         """The effective weight [N, K] float32 (``scheme.dequantize_weight``), e.g. to measure quantization error."""
         return dequantize_params(self.scheme, self.params())
 
-    def static_fp8_input(self):
-        """``(scale, scale_reciprocal)`` when this layer takes x as :class:`FP8Codes` (its scheme quantizes x to
-        float8_e4m3fn with a static per-tensor scale and stores the reciprocal; weights loaded, not sharded), else
-        None."""
+    def static_input_quant(self):
+        """The scheme's ``schemes.StaticInputQuant`` when this layer takes x as :class:`InputCodes` (static FP8
+        with the stored reciprocal, or static INT8; weights loaded, not sharded), else None."""
         if not self.weights_loaded or self.shard_layout is not None:
             return None
-        return self.scheme.static_fp8_input(self.params())
+        return self.scheme.static_input_quant(self.params())
 
     def unfinished(self, x):
         """``self(x)``, except that a split-K GEMM may hand back its unfinished partial sums
         (``kernels.tiling.SplitSums``, e.g. the static FP8 scheme on the Pallas kernel at decode) for a consumer
         kernel that runs the epilogue itself (``kernels.add_rmsnorm``); their ``finish()`` is ``self(x)``."""
-        if not self.weights_loaded or self.shard_layout is not None or isinstance(x, FP8Codes):
+        if not self.weights_loaded or self.shard_layout is not None or isinstance(x, InputCodes):
             return self(x)
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -300,13 +299,13 @@ class QuarkLinear(nnx.Module):
                                   "quark_jax.load_weights(model, checkpoint), layer.load_checkpoint(checkpoint) or "
                                   "layer.load_params(raw), or call layer.mark_loaded() after restoring them",
                                   layer=self.name, expected="loaded weights", found="placeholder zeros")
-        if isinstance(x, FP8Codes):  # already quantized with this layer's static scale: the GEMM only
-            if x.shape[-1] != self.in_features or self.static_fp8_input() is None:
-                raise ValueError(f"{self.name}: FP8Codes input: expected [..., {self.in_features}] codes for a "
-                                 f"static FP8 scheme, got {tuple(x.shape)} for {self.scheme.summary()}")
+        if isinstance(x, InputCodes):  # already quantized with this layer's static scale: the GEMM only
+            if x.shape[-1] != self.in_features or self.static_input_quant() is None:
+                raise ValueError(f"{self.name}: InputCodes input: expected [..., {self.in_features}] codes for a "
+                                 f"static FP8 / INT8 scheme, got {tuple(x.shape)} for {self.scheme.summary()}")
             bias = self.bias[...] if self.use_bias else None
             out_dtype = self.dtype if self.dtype is not None else jnp.dtype(x.dtype)
-            return check_finite(self.scheme.apply_fp8_codes(self.params(), x.codes, bias, out_dtype=out_dtype),
+            return check_finite(self.scheme.apply_codes(self.params(), x.codes, bias, out_dtype=out_dtype),
                                 self.name)
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:

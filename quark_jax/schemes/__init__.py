@@ -4,8 +4,8 @@ load -> ``process_weights_after_loading`` -> ``apply_weights``; see :mod:`quark_
 Which scheme runs a layer is decided by the registry (:mod:`quark_jax.schemes.registry`): an ordered table of
 (predicate on the layer's weight / input :class:`TensorQuantSpec`, factory); a new scheme adds an entry."""
 
-from quark_jax.schemes.base import (SCALE_DTYPES, ParamSpec, QuarkScheme, apply_params, dequantize_params,
-                                    logical_widths_of, process_params)
+from quark_jax.schemes.base import (SCALE_DTYPES, ParamSpec, QuarkScheme, StaticInputQuant, apply_params,
+                                    dequantize_params, logical_widths_of, process_params)
 from quark_jax.schemes.spec import SchemeOptions, TensorQuantSpec, spec_brief
 from quark_jax.schemes.nvfp4 import QuarkNVFP4
 from quark_jax.schemes.ocp_mx import QuarkOCP_MX
@@ -20,6 +20,7 @@ from quark_jax.schemes.registry import SchemeEntry, register_scheme, scheme_regi
 __all__ = [
     "ParamSpec",
     "QuarkScheme",
+    "StaticInputQuant",
     "QuarkW8A8Fp8",
     "QuarkW8A8Int8",
     "QuarkW4A4MXFP4",

@@ -144,6 +144,24 @@ def flatten_tokens(x, k: int, what: str):
     return x.reshape(-1, k), x.shape[:-1]
 
 
+@dataclass(frozen=True)
+class StaticInputQuant:
+    """How a scheme quantizes its input with static per-tensor parameters, for a producer kernel that writes the
+    codes itself (:meth:`QuarkScheme.static_input_quant`, then :meth:`QuarkScheme.apply_codes`): ``codes`` "fp8"
+    (float8_e4m3fn: ``x * scale_reciprocal``, vLLM's clamp / NaN -> max / RNE cast, as
+    ``quant.scaled_fp8_quant``) or "int8" (``quant.scaled_int8_quant``: symmetric ``sat8(rne(x / scale))``, with
+    a ``zero_point`` ``sat8(rne(x * (1 / scale)) + zero_point)``).
+
+    >>> StaticInputQuant("int8", 0.5).zero_point is None
+    True
+    """
+
+    codes: str
+    scale: Any
+    scale_reciprocal: Any = None
+    zero_point: Any = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuarkScheme(abc.ABC):
     """Abstract scheme (vLLM's ``QuarkScheme``): config only, hashable; methods are pure functions of arrays.
@@ -195,18 +213,16 @@ class QuarkScheme(abc.ABC):
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         """``x [..., K]`` -> ``y [..., N]`` in x's dtype. Jittable."""
 
-    def static_fp8_input(self, params: Mapping[str, Any]):
-        """``(scale, scale_reciprocal)`` where this scheme quantizes x to float8_e4m3fn with a static per-tensor
-        scale whose reciprocal is stored (a producer may then hand it the codes: :meth:`apply_fp8_codes`), else
-        None (the default: every other scheme)."""
+    def static_input_quant(self, params: Mapping[str, Any]) -> StaticInputQuant | None:
+        """A :class:`StaticInputQuant` where this scheme quantizes x with static per-tensor parameters that a
+        producer kernel can apply (it then hands the codes to :meth:`apply_codes`), else None (the default)."""
         return None
 
-    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
-        """``apply_weights`` on x already quantized: ``codes`` [..., K] are the float8_e4m3fn codes that
-        quantizing x with :meth:`static_fp8_input`'s scale gives; the same result, no quantization here
-        (``finish`` as in :meth:`apply_unfinished`). Only for schemes whose :meth:`static_fp8_input` is not
-        None."""
-        raise NotImplementedError(f"{type(self).__name__}: takes no pre-quantized FP8 input")
+    def apply_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
+        """``apply_weights`` on x already quantized: ``codes`` [..., K] are the codes that quantizing x as
+        :meth:`static_input_quant` says gives; the same result, no quantization here (``finish`` as in
+        :meth:`apply_unfinished`). Only for schemes whose :meth:`static_input_quant` is not None."""
+        raise NotImplementedError(f"{type(self).__name__}: takes no pre-quantized input")
 
     def apply_unfinished(self, params: Mapping[str, Any], x, bias=None):
         """``apply_weights``, except that a GEMM whose epilogue a consumer kernel can run itself may return its

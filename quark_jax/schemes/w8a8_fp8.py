@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quark_jax import kernels, quant
-from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
+from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, StaticInputQuant, flatten_tokens
 
 __all__ = ["QuarkW8A8Fp8"]
 
@@ -99,22 +99,23 @@ class QuarkW8A8Fp8(QuarkScheme):
             out["input_scale_reciprocal"] = quant.true_divide(1.0, out["input_scale"])
         return out
 
-    def static_fp8_input(self, params: Mapping[str, Any]):
-        """``(input_scale, input_scale_reciprocal)`` for static e4m3fn activations with the stored reciprocal,
-        else None.
+    def static_input_quant(self, params: Mapping[str, Any]):
+        """``StaticInputQuant("fp8", input_scale, input_scale_reciprocal)`` for static e4m3fn activations with
+        the stored reciprocal, else None.
 
         >>> s = QuarkW8A8Fp8(activation="static")
         >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.float8_e4m3fn),
         ...                                      "weight_scale": jnp.array([1.0]), "input_scale": jnp.array([0.5])})
-        >>> [float(v) for v in s.static_fp8_input(p)], QuarkW8A8Fp8(activation="dynamic_per_token").static_fp8_input(p)
-        ([0.5, 2.0], None)
+        >>> q = s.static_input_quant(p)
+        >>> q.codes, float(q.scale), float(q.scale_reciprocal), QuarkW8A8Fp8(activation="dynamic_per_token").static_input_quant(p)
+        ('fp8', 0.5, 2.0, None)
         """
         if (self.activation != "static" or jnp.dtype(self.fp8_dtype) != jnp.float8_e4m3fn
                 or "input_scale_reciprocal" not in params):
             return None
-        return params["input_scale"], params["input_scale_reciprocal"]
+        return StaticInputQuant("fp8", params["input_scale"], params["input_scale_reciprocal"])
 
-    def apply_fp8_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
+    def apply_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
         """The static path of :meth:`apply_weights` on x's codes (``quant.scaled_fp8_quant(x, input_scale)``):
         the same GEMM on the same codes, so the same output.
 
@@ -122,11 +123,11 @@ class QuarkW8A8Fp8(QuarkScheme):
         >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.float8_e4m3fn),
         ...                                      "weight_scale": jnp.array([0.5]), "input_scale": jnp.array([0.25])})
         >>> codes = jnp.full((2, 32), 4.0).astype(jnp.float8_e4m3fn)   # x = 1 quantized with scale 0.25
-        >>> s.apply_fp8_codes(p, codes, out_dtype=jnp.float32)[0, :2].tolist()
+        >>> s.apply_codes(p, codes, out_dtype=jnp.float32)[0, :2].tolist()
         [16.0, 16.0]
         """
-        if self.static_fp8_input(params) is None:
-            raise NotImplementedError(f"{self.summary()}: takes no pre-quantized FP8 input")
+        if self.static_input_quant(params) is None:
+            raise NotImplementedError(f"{self.summary()}: takes no pre-quantized input")
         weight = params["weight"]
         n, k = weight.shape
         q2, lead = flatten_tokens(codes, k, "QuarkW8A8Fp8")
@@ -144,7 +145,7 @@ class QuarkW8A8Fp8(QuarkScheme):
         >>> s.apply_unfinished(p, jnp.ones((2, 32)))[0, :2].tolist()   # XLA: finished
         [16.0, 16.0]
         """
-        if self.static_fp8_input(params) is None:
+        if self.static_input_quant(params) is None:
             return self.apply_weights(params, x, bias)
         weight = params["weight"]
         n, k = weight.shape

@@ -11,7 +11,7 @@ import numpy as np
 
 from quark_jax import kernels, quant
 from quark_jax.errors import CheckpointError
-from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, flatten_tokens
+from quark_jax.schemes.base import SCALE_DTYPES, ParamSpec, QuarkScheme, StaticInputQuant, flatten_tokens
 
 __all__ = ["QuarkW8A8Int8"]
 
@@ -140,6 +140,44 @@ class QuarkW8A8Int8(QuarkScheme):
             s, z = input_scale[0], zero_point[0].astype(jnp.int32)
         out.update(input_scale=s, input_zero_point=z, azp_adj=quant.compute_azp_adj(weight, z))
         return out
+
+    def static_input_quant(self, params: Mapping[str, Any]):
+        """``StaticInputQuant("int8", input_scale, zero_point=input_zero_point or None)`` for a static input
+        quantizer, else None.
+
+        >>> s = QuarkW8A8Int8(qscheme="per_tensor", input_symmetric=True)
+        >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.int8),
+        ...                                      "weight_scale": jnp.array([1.0]), "input_scale": jnp.array([0.5])})
+        >>> q = s.static_input_quant(p)
+        >>> q.codes, float(q.scale), q.zero_point
+        ('int8', 0.5, None)
+        """
+        if not self.is_static_input_scheme:
+            return None
+        return StaticInputQuant("int8", params["input_scale"],
+                                zero_point=None if self.input_symmetric else params["input_zero_point"])
+
+    def apply_codes(self, params: Mapping[str, Any], codes, bias=None, *, out_dtype, finish: bool = True):
+        """The static path of :meth:`apply_weights` on x's int8 codes (``quant.scaled_int8_quant(x, input_scale,
+        input_zero_point)``): the same GEMM on the same codes (the zero point folded in ``azp_adj``).
+
+        >>> s = QuarkW8A8Int8(qscheme="per_tensor", input_symmetric=True, impl="xla")
+        >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.int8),
+        ...                                      "weight_scale": jnp.array([0.5]), "input_scale": jnp.array([0.25])})
+        >>> s.apply_codes(p, jnp.full((2, 32), 4, jnp.int8), out_dtype=jnp.float32)[0, :2].tolist()
+        [16.0, 16.0]
+        """
+        if self.static_input_quant(params) is None:
+            raise NotImplementedError(f"{self.summary()}: takes no pre-quantized input")
+        weight = params["weight"]
+        n, k = weight.shape
+        if codes.ndim < 1 or codes.shape[-1] != k:
+            raise ValueError(f"codes: expected shape [..., {k}] for QuarkW8A8Int8, got {tuple(codes.shape)}")
+        lead = codes.shape[:-1]
+        azp_adj = None if self.input_symmetric else params["azp_adj"]
+        y = kernels.int8_scaled_mm(codes.reshape(-1, k), weight, params["input_scale"], params["weight_scale"],
+                                   bias, azp_adj=azp_adj, out_dtype=out_dtype, impl=self.impl)
+        return y.reshape(*lead, n)
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
         weight = params["weight"]

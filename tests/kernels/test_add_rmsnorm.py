@@ -49,8 +49,9 @@ def test_kernel_matches_reference(name, dtype, m, h, residual, fp8):
     eps = 1e-5
     scale = jnp.float32(0.02) if fp8 else None
     inv = quant.true_divide(1.0, scale) if fp8 else None
-    h_ref, y_ref = add_rmsnorm_xla(x, w, a, eps=eps, scale=scale, scale_reciprocal=inv)
-    h_got, y_got = pallas_triton.add_rmsnorm_pallas(x, w, a, inv, eps=eps)
+    codes = "fp8" if fp8 else None
+    h_ref, y_ref = add_rmsnorm_xla(x, w, a, eps=eps, codes=codes, scale=scale, scale_reciprocal=inv)
+    h_got, y_got = pallas_triton.add_rmsnorm_pallas(x, w, a, scale, inv, eps=eps, codes=codes)
     assert h_got.dtype == x.dtype and y_got.dtype == (F8 if fp8 else x.dtype)
     np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
     d = ulps(y_got, y_ref)
@@ -82,6 +83,8 @@ def test_entry_dispatch_and_errors():
     with pytest.raises(ValueError, match="power of two"):
         add_rmsnorm(x, w, a, eps=1e-6, impl="pallas")
     with pytest.raises(ValueError, match="both"):
+        add_rmsnorm(x, w, a, eps=1e-6, codes="fp8", scale=jnp.float32(1.0))
+    with pytest.raises(ValueError, match="only with codes"):
         add_rmsnorm(x, w, a, eps=1e-6, scale=jnp.float32(1.0))
     x3 = jnp.ones((1, 1, 16), jnp.bfloat16)  # [B, T, H] keeps its shape; no residual: h is x
     h3, y3 = add_rmsnorm(x3, jnp.ones(16, jnp.bfloat16), eps=0.0, impl="pallas")
@@ -102,8 +105,9 @@ def test_split_k_epilogue_in_the_kernel(per_channel):
     scale = jnp.float32(0.02)
     inv = quant.true_divide(1.0, scale)
     assert pallas_triton.takes_split_sums(sums, h, jnp.bfloat16)
-    h_ref, y_ref = add_rmsnorm_xla(x, w, sums.finish(), eps=1e-5, scale=scale, scale_reciprocal=inv)
-    h_got, y_got = add_rmsnorm(x, w, sums, eps=1e-5, scale=scale, scale_reciprocal=inv, impl="pallas")
+    h_ref, y_ref = add_rmsnorm_xla(x, w, sums.finish(), eps=1e-5, codes="fp8", scale=scale, scale_reciprocal=inv)
+    h_got, y_got = add_rmsnorm(x, w, sums, eps=1e-5, codes="fp8", scale=scale, scale_reciprocal=inv,
+                               impl="pallas")
     np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
     assert ulps(y_got, y_ref).max() <= (1 if ON_GPU else 0)
 
@@ -122,3 +126,18 @@ def test_fp8_gemm_unfinished_equals_finished():
     np.testing.assert_array_equal(np.asarray(sums.finish(), np.float32), np.asarray(done, np.float32))
     one = fp8_pallas.fp8_scaled_mm_pallas(*args, config=dataclasses.replace(cfg, split_k=1), finish=False)
     assert not isinstance(one, tiling.SplitSums)
+
+
+@pytest.mark.parametrize("zero_point", [None, 3], ids=["symmetric", "asymmetric"])
+def test_int8_codes(zero_point):
+    """Static INT8 codes from the kernel equal ``quant.scaled_int8_quant`` of the normalized row (true division
+    for symmetric; ``x * (1 / s)`` and the zero point for asymmetric; saturation at both ends)."""
+    x, a, w = data(f"int8{zero_point}", jnp.bfloat16, 2, 128, True)
+    scale = jnp.float32(0.011)
+    zp = None if zero_point is None else jnp.int32(zero_point)
+    h_ref, y_ref = add_rmsnorm_xla(x, w, a, eps=1e-5, codes="int8", scale=scale, zero_point=zp)
+    h_got, y_got = add_rmsnorm(x, w, a, eps=1e-5, codes="int8", scale=scale, zero_point=zp, impl="pallas")
+    assert y_got.dtype == jnp.int8 and int(jnp.max(y_got)) == 127 and int(jnp.min(y_got)) == -128
+    np.testing.assert_array_equal(np.asarray(h_got.astype(jnp.float32)), np.asarray(h_ref.astype(jnp.float32)))
+    d = np.abs(np.asarray(y_got, np.int32) - np.asarray(y_ref, np.int32))
+    assert d.max() <= (1 if ON_GPU else 0)

@@ -70,13 +70,14 @@ def _round(v, dtype, interpret):
     return round_to(v, dtype) if interpret else v.astype(dtype)
 
 
-def _kernel(*refs, h, eps, has_residual, splits, per_channel, quantize, dtype, interpret):
+def _kernel(*refs, h, eps, has_residual, splits, per_channel, codes, has_zero_point, dtype, interpret):
     refs = list(refs)
     x_ref = refs.pop(0)
     r_ref = refs.pop(0) if has_residual else None
     xs_ref, ws_ref = (refs.pop(0), refs.pop(0)) if splits else (None, None)
     w_ref = refs.pop(0)
-    inv_ref = refs.pop(0) if quantize else None
+    q_ref = refs.pop(0) if codes else None  # fp8: 1 / scale; int8: scale
+    zp_ref = refs.pop(0) if has_zero_point else None
     h_ref = refs.pop(0) if has_residual else None
     o_ref = refs.pop(0)
     x = x_ref[...]
@@ -96,18 +97,24 @@ def _kernel(*refs, h, eps, has_residual, splits, per_channel, quantize, dtype, i
     r = jax.lax.rsqrt(ss * (1.0 / h) + eps)  # 1 / H exact: H is a power of two
     y = _round(xf * r, dtype, interpret).astype(jnp.float32)
     out = _round(w_ref[...].astype(jnp.float32)[None, :] * y, dtype, interpret)
-    if quantize:
-        o_ref[...] = prologue.fp8_static_tile(out.astype(jnp.float32), inv_ref[0])
+    if codes == "fp8":
+        o_ref[...] = prologue.fp8_static_tile(out.astype(jnp.float32), q_ref[0])
+    elif codes == "int8":  # quant.scaled_int8_quant: x / scale (symmetric) or x * (1 / scale) + zero point
+        scale = q_ref[0]
+        inv = prologue.static_inverse(scale, (1, h), interpret=interpret) if has_zero_point else None
+        o_ref[...] = prologue.int8_static_tile(out, scale, inv, zp_ref[0] if has_zero_point else None,
+                                               interpret=interpret)
     else:
         o_ref[...] = out
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "config", "interpret"))
-def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: float, config=None,
-                       interpret=None):
+@functools.partial(jax.jit, static_argnames=("eps", "codes", "config", "interpret"))
+def add_rmsnorm_pallas(x, weight, residual=None, scale=None, scale_reciprocal=None, zero_point=None, *, eps: float,
+                       codes=None, config=None, interpret=None):
     """``(h, y)`` of :func:`quark_jax.kernels.add_rmsnorm.add_rmsnorm_xla` as one kernel, for x [M, H] (H a
-    power of two, :func:`supported`); ``scale_reciprocal`` (f32 scalar, ``true_divide(1, scale)``) makes y
-    float8_e4m3fn codes. Without ``residual``, h is x itself (no copy). ``residual`` may be a split-K GEMM's
+    power of two, :func:`supported`); ``codes="fp8"`` with ``scale_reciprocal`` (f32 scalar,
+    ``true_divide(1, scale)``) makes y float8_e4m3fn codes, ``codes="int8"`` with ``scale`` (and an int32
+    ``zero_point``) int8 codes (``kernels.prologue``: bit for bit the quantizers'). Without ``residual``, h is x itself (no copy). ``residual`` may be a split-K GEMM's
     unfinished ``tiling.SplitSums``: the kernel runs its epilogue (:func:`takes_split_sums`; else XLA finishes it
     first), the same values.
 
@@ -132,7 +139,10 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
     from jax.experimental import pallas as pl
 
     cfg = select(h) if config is None else config
-    quantize = scale_reciprocal is not None
+    if codes not in (None, "fp8", "int8"):
+        raise ValueError(f"codes: expected None, 'fp8' or 'int8', got {codes!r}")
+    quantize = codes is not None
+    has_zp = codes == "int8" and zero_point is not None
     row = pl.BlockSpec((1, h), lambda i: (i, 0))
     operands, in_specs = [x], [row]
     if sums:
@@ -147,9 +157,12 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
     operands.append(weight)
     in_specs.append(pl.BlockSpec((h,), lambda i: (0,)))
     if quantize:
-        operands.append(jnp.asarray(scale_reciprocal, jnp.float32).reshape(1))
+        operands.append(jnp.asarray(scale_reciprocal if codes == "fp8" else scale, jnp.float32).reshape(1))
         in_specs.append(pl.BlockSpec((1,), lambda i: (0,)))
-    out_dtype = jnp.dtype(jnp.float8_e4m3fn) if quantize else dtype
+    if has_zp:
+        operands.append(jnp.asarray(zero_point, jnp.int32).reshape(1))
+        in_specs.append(pl.BlockSpec((1,), lambda i: (0,)))
+    out_dtype = jnp.dtype({None: dtype, "fp8": jnp.float8_e4m3fn, "int8": jnp.int8}[codes])
     out_shape = [jax.ShapeDtypeStruct((m, h), out_dtype)]
     out_specs = [row]
     if residual is not None:
@@ -157,8 +170,8 @@ def add_rmsnorm_pallas(x, weight, residual=None, scale_reciprocal=None, *, eps: 
         out_specs.insert(0, row)
     kernel = functools.partial(_kernel, h=h, eps=float(eps), has_residual=residual is not None,
                                splits=residual.parts.shape[0] if sums else 0,
-                               per_channel=sums and residual.w_scale.ndim == 1, quantize=quantize, dtype=dtype,
-                               interpret=bool(interpret))
+                               per_channel=sums and residual.w_scale.ndim == 1, codes=codes,
+                               has_zero_point=has_zp, dtype=dtype, interpret=bool(interpret))
     name = "add_rmsnorm" + ("_q" if quantize else "") if residual is not None else "rmsnorm" + ("_q" if quantize
                                                                                                   else "")
     outs = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=(m,),

@@ -12,9 +12,11 @@ from quark_jax.kernels.tiling import SplitSums
 from quark_jax.quant import round_to
 
 
-def add_rmsnorm_xla(x, weight, residual=None, *, eps: float, scale=None, scale_reciprocal=None):
+def add_rmsnorm_xla(x, weight, residual=None, *, eps: float, codes=None, scale=None, scale_reciprocal=None,
+                    zero_point=None):
     """``(h, y)``: ``h = dtype(x + residual)`` (x itself without ``residual``), ``y = RMSNorm(h)`` in x's dtype,
-    or its float8_e4m3fn codes with the static per-tensor ``scale`` (and its stored ``scale_reciprocal``).
+    or its codes: ``codes="fp8"`` float8_e4m3fn with the static per-tensor ``scale`` (and its stored
+    ``scale_reciprocal``), ``codes="int8"`` int8 with ``scale`` (and ``zero_point``), as the quantizers give them.
     ``residual`` may be a split-K GEMM's unfinished ``kernels.tiling.SplitSums`` (finished first).
 
     >>> h, y = add_rmsnorm_xla(jnp.array([[1.0, 3.0]], jnp.bfloat16), jnp.ones(2), jnp.array([[1.0, -1.0]]), eps=0.0)
@@ -28,6 +30,10 @@ def add_rmsnorm_xla(x, weight, residual=None, *, eps: float, scale=None, scale_r
     xf = x.astype(jnp.float32)
     y = round_to(xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps), x.dtype)
     y = round_to(weight.astype(jnp.float32) * y.astype(jnp.float32), x.dtype)
-    if scale is not None:
+    if codes == "fp8":
         y = quant.scaled_fp8_quant(y, scale, dtype=jnp.float8_e4m3fn, scale_reciprocal=scale_reciprocal)[0]
+    elif codes == "int8":
+        y = quant.scaled_int8_quant(y, scale, zero_point, symmetric=zero_point is None)[0]
+    elif codes is not None:
+        raise ValueError(f"codes: expected None, 'fp8' or 'int8', got {codes!r}")
     return x, y
