@@ -23,8 +23,9 @@ def add_rmsnorm_xla(x, weight, residual=None, *, eps: float, codes=None, scale=N
     >>> h.tolist(), y.tolist()   # h = [2, 2]: rms 2
     ([[2.0, 2.0]], [[1.0, 1.0]])
     """
-    if isinstance(residual, SplitSums):  # a split-K GEMM's unfinished output: its epilogue first
-        residual = residual.finish()
+    if isinstance(residual, SplitSums):
+        # a split-K GEMM's unfinished output: its epilogue first, rounded so that XLA cannot skip the cast
+        residual = round_to(residual.finish(), residual.dtype)
     if residual is not None:
         x = round_to(x.astype(jnp.float32) + residual.astype(jnp.float32), x.dtype)
     xf = x.astype(jnp.float32)
