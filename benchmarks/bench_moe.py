@@ -5,7 +5,9 @@ the layout Quark exports (``mlp.experts.{i}.{gate,up,down}_proj``), loaded with 
 
 Per scheme, one at a time (write, measure, delete: 8 Mixtral-shaped layers are 23 GB in bf16):
 
-* ``load_gbs``, ``first_call_s`` (the first ``generate``: compilation included);
+* ``load_gbs``, ``load_phases`` (host seconds of ``from_pretrained``'s phases, the device tail after it, and
+  the loading pipeline's jobs, wait and peak bytes in flight), ``first_call_s`` (the first ``generate``:
+  compilation included);
 * ``prefill``: prompt tokens / prefill seconds at each ``--prefill`` length (median of 3 after a compile);
 * ``decode``: per batch, ms per step of the device-side decode loop (min of 2 runs of ``--new-tokens``), and
   the **active floor**: the bytes one step must read -- attention, norms, router, lm_head, one embedding row per
@@ -181,13 +183,19 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     from flax import nnx
 
     from quark_jax.models import from_pretrained
+    from quark_jax.models.loading import LOAD_PHASES
+    from quark_jax.nn.load import PIPELINE_STATS
 
     t0 = time.perf_counter()
     model = from_pretrained(ckpt, progress=False)
+    t1 = time.perf_counter()
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     load_s = time.perf_counter() - t0
-    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s)
-    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s")
+    result.update(checkpoint_gb=ckpt_bytes / 1e9, load_s=load_s, load_gbs=ckpt_bytes / 1e9 / load_s,
+                  load_phases=dict(LOAD_PHASES, device_tail=time.perf_counter() - t1,
+                                   **{f"pipeline_{k}": v for k, v in PIPELINE_STATS.items()}))
+    log(f"  loaded {ckpt_bytes / 1e9:.2f} GB in {load_s:.2f} s ({result['load_gbs']:.2f} GB/s); phases "
+        + json.dumps({k: round(v, 3) for k, v in result["load_phases"].items()}))
     save()
     vocab, n_new, plen = model.config.vocab_size, args.new_tokens, args.prompt
     cache_len = plen + n_new

@@ -150,18 +150,20 @@ class QuarkExperts(nnx.Module):
         name = f"{self.experts_path}.{self.leaf}"
         return name if self.kind == "float" and name in reader else None
 
+    def _expert_tensor_names(self, reader: CheckpointReader, i: int) -> list[str]:
+        out = []
+        for proj in EXPERT_PROJECTIONS[self.leaf]:
+            path = expert_tensor_paths(reader, self.experts_path, i, proj)
+            if path is not None:
+                out += [n for n in reader.tensors_of(path) if n.rpartition(".")[2] != "output_scale"]
+        return out
+
     def tensor_names(self, reader: CheckpointReader) -> list[str]:
         """Every checkpoint tensor this module reads (for the loader's unexpected-tensor check)."""
         fused = self._fused_float_tensor(reader)
         if fused is not None:
             return [fused]
-        out = []
-        for i in range(self.num_experts):
-            for proj in EXPERT_PROJECTIONS[self.leaf]:
-                path = expert_tensor_paths(reader, self.experts_path, i, proj)
-                if path is not None:
-                    out += [n for n in reader.tensors_of(path) if n.rpartition(".")[2] != "output_scale"]
-        return out
+        return [n for i in range(self.num_experts) for n in self._expert_tensor_names(reader, i)]
 
     def missing_tensors(self, reader: CheckpointReader) -> list[str]:
         """The per-expert weights the checkpoint lacks, named in the HF spelling (empty when complete)."""
@@ -171,9 +173,7 @@ class QuarkExperts(nnx.Module):
                 for proj in EXPERT_PROJECTIONS[self.leaf]
                 if expert_tensor_paths(reader, self.experts_path, i, proj) is None]
 
-    def load_checkpoint(self, checkpoint: CheckpointReader | str) -> "QuarkExperts":
-        """Read every expert's tensors (validated per expert), stack, process and store them. Returns self."""
-        reader = open_checkpoint(checkpoint)
+    def _check_complete(self, reader: CheckpointReader) -> None:
         missing = self.missing_tensors(reader)
         if missing:
             more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
@@ -181,47 +181,89 @@ class QuarkExperts(nnx.Module):
                                   f"({self.num_experts} experts, {self.summary()}): missing expert tensors "
                                   f"{', '.join(missing[:4])}{more} (also looked for Mixtral's w1 / w3 / w2 names)",
                                   layer=self.experts_path, tensor=missing[0])
+
+    def expert_chunks(self, reader: CheckpointReader, max_bytes: int) -> list[tuple[int, int, int]]:
+        """The experts cut into consecutive ranges ``(first, stop, checkpoint bytes)`` of at most ``max_bytes``
+        each (at least one expert): the units :meth:`read_experts` reads (``load_weights`` runs one per job).
+
+        >>> from quark_jax.data import bundled_checkpoint
+        >>> e = QuarkExperts(4, 32, (16,), scheme=None, dtype=jnp.float32, name="m.experts.down_proj")
+        >>> e.expert_chunks(open_checkpoint(bundled_checkpoint()), 1 << 20)  # no such tensors: 0 bytes each
+        [(0, 4, 0)]
+        """
         fused = self._fused_float_tensor(reader)
         if fused is not None:
-            raw = {"weight": self._read_fused_float(reader, fused)}
+            sizes = [reader.nbytes(fused) // self.num_experts] * self.num_experts
         else:
-            per_expert = [self._read_expert(reader, i) for i in range(self.num_experts)]
-            raw = {k: np.stack([p[k] for p in per_expert]) for k in per_expert[0]}
-        processed = _process(self.kind, self.scheme, self.expert_scales, self.logical_widths, self.dtype, raw)
+            sizes = [sum(reader.nbytes(n) for n in self._expert_tensor_names(reader, i))
+                     for i in range(self.num_experts)]
+        chunks, first, total = [], 0, 0
+        for i, b in enumerate(sizes):
+            if i > first and total + b > max_bytes:
+                chunks.append((first, i, total))
+                first, total = i, 0
+            total += b
+        chunks.append((first, self.num_experts, total))
+        return chunks
+
+    def read_experts(self, reader: CheckpointReader, first: int, stop: int) -> list[dict[str, np.ndarray]]:
+        """Experts ``first .. stop - 1``'s raw params, validated per expert, as host arrays with a leading expert
+        axis: one dict per projection (gate, up / down), ``{name: [stop - first, ...]}`` (a single expert's
+        arrays are views of what was read: no copy). Thread-safe; :meth:`load_experts` stacks and processes the
+        chunks. A transformers-5 fused float tensor is read as those rows only."""
+        fused = self._fused_float_tensor(reader)
+        if fused is not None:
+            return [{"weight": self._read_fused_float(reader, fused, first, stop)}]
+        per_expert = [self._read_expert(reader, i) for i in range(first, stop)]
+        return [{k: parts[0][k][None] if len(parts) == 1 else np.stack([d[k] for d in parts]) for k in parts[0]}
+                for parts in zip(*per_expert)]  # per projection: its dicts over the experts
+
+    def load_experts(self, chunks) -> "QuarkExperts":
+        """Stack, process and store the experts from :meth:`read_experts`' chunks (in expert order, covering all
+        experts; host or device arrays). The projections' rows are concatenated and the chunks stacked on the
+        device. Returns self."""
+        processed = _assemble(self.kind, self.scheme, self.expert_scales, self.logical_widths, self.dtype,
+                              list(chunks))
         for k in self.param_names:
             getattr(self, k).set_value(processed[k])
         self.weights_loaded = True
         return self
 
-    def _read_fused_float(self, reader, name) -> np.ndarray:
+    def load_checkpoint(self, checkpoint: CheckpointReader | str) -> "QuarkExperts":
+        """Read every expert's tensors (validated per expert), stack, process and store them. Returns self."""
+        reader = open_checkpoint(checkpoint)
+        self._check_complete(reader)
+        return self.load_experts([self.read_experts(reader, a, b)
+                                  for a, b, _ in self.expert_chunks(reader, 1 << 62)])
+
+    def _read_fused_float(self, reader, name, first: int, stop: int) -> np.ndarray:
         info = reader.info(name)
         want = (self.num_experts, self.out_features, self.in_features)
         if tuple(info.shape) != want:
             raise CheckpointError(f"checkpoint {reader.directory}: tensor {name}: expected shape {list(want)} "
                                   f"([experts, N, K]), found {list(info.shape)}", tensor=name, layer=self.name,
                                   expected=str(list(want)), found=str(list(info.shape)))
-        a = reader.get(name)
-        if not (a.dtype.kind == "f" or a.dtype.name == "bfloat16") or a.dtype.itemsize < 2:
-            raise CheckpointError(f"checkpoint {reader.directory}: tensor {name}: dtype {a.dtype} is quantized, "
+        if not (info.dtype.kind == "f" or info.dtype.name == "bfloat16") or info.dtype.itemsize < 2:
+            raise CheckpointError(f"checkpoint {reader.directory}: tensor {name}: dtype {info.dtype} is quantized, "
                                   "but this MoE layer is float", tensor=name, layer=self.name)
-        return a
+        if (first, stop) == (0, self.num_experts):
+            return reader.get(name)
+        return reader.get_slice(name, (slice(first, stop),))
 
-    def _read_expert(self, reader, i: int) -> dict[str, np.ndarray]:
-        """Expert i's raw params, its projections combined (rows concatenated, per-tensor scales side by side)."""
+    def _read_expert(self, reader, i: int) -> list[dict[str, np.ndarray]]:
+        """Expert i's raw params, one dict per projection (as read and validated; no concatenation)."""
         parts = []
         for proj, width in zip(EXPERT_PROJECTIONS[self.leaf], self.logical_widths):
             path = expert_tensor_paths(reader, self.experts_path, i, proj)
+            if path is None:
+                self._check_complete(reader)
             if self.kind == "float":
                 parts.append(self._read_float_expert(reader, path, width))
             else:
                 raw = load_layer_params(reader, path, self.scheme, input_size=self.in_features,
                                         logical_widths=(width,), use_bias=False, params_dtype=self.dtype)
                 parts.append({k: np.asarray(v) for k, v in raw.items()})
-        out = {}
-        for k in parts[0]:
-            vals = [p[k] for p in parts]
-            out[k] = np.concatenate([v.reshape(-1) if v.ndim <= 1 else v for v in vals], axis=0)
-        return out
+        return parts
 
     def _read_float_expert(self, reader, path, width) -> dict[str, np.ndarray]:
         name = f"{path}.weight"
@@ -292,6 +334,18 @@ def _kind_of(scheme, name) -> str:
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _assemble(kind, scheme, expert_scales, widths, dtype, chunks):
+    """:meth:`QuarkExperts.read_experts` chunks -> the module's params: per chunk, each param's projections
+    concatenated along rows (scalars / vectors per expert side by side), the chunks stacked along experts, then
+    :func:`_process`."""
+    def rows(a):  # [c, ...] -> [c, rows...]: a per-projection scalar or vector becomes a row of its expert
+        return a.reshape(a.shape[0], -1) if a.ndim <= 2 else a
+
+    raw = {k: jnp.concatenate([jnp.concatenate([rows(p[k]) for p in chunk], axis=1) for chunk in chunks], axis=0)
+           for k in chunks[0][0]}
+    return _process(kind, scheme, expert_scales, widths, dtype, raw)
+
+
 def _process(kind, scheme, expert_scales, widths, dtype, raw):
     """Stacked raw params (per expert: rows concatenated; per-tensor scales [E, n_proj]) -> the module's params."""
     if kind == "float":

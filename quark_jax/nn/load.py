@@ -67,8 +67,8 @@ class _Progress:
         self.last = -1
         self.tty = sys.stderr.isatty()
 
-    def update(self, nbytes: int):
-        self.done += 1
+    def update(self, nbytes: int, done: int = 1):
+        self.done += done
         self.done_bytes += nbytes
         if not self.enabled:
             return
@@ -173,24 +173,60 @@ READ_AHEAD_BYTES = 1 << 30
 about this much of the model at a time, never a second copy of it."""
 
 
-def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar) -> None:
-    """Fill the float variables and the Quark layers, each job (a variable, or a Quark layer) entirely in a reader
-    thread: its tensors read from the file, sent to the device, cast / stacked / transposed (float) or processed
-    by the scheme (Quark), and set. Reads, host-to-device copies, the first compile of each shape and the device
+EXPERT_CHUNK_BYTES = 64 << 20
+"""A MoE experts module loads as jobs of consecutive experts of at most this many checkpoint bytes (at least one
+expert each: one job per expert at Mixtral's size), read in parallel and stacked on the device."""
+
+
+class _ExpertsLoad:
+    """One :class:`QuarkExperts` module loading as chunk jobs: each reads its experts (validated) and sends them to
+    the device; whichever job finishes last stacks and processes them all (:meth:`QuarkExperts.load_experts`, on
+    the device) in its thread."""
+
+    def __init__(self, ckpt, module, chunks):
+        import threading
+
+        self.ckpt, self.module, self.chunks = ckpt, module, chunks
+        self.parts = [None] * len(chunks)
+        self.left = len(chunks)
+        self.lock = threading.Lock()
+
+    def run(self, j: int) -> None:
+        first, stop, _ = self.chunks[j]
+        parts = jax.device_put(self.module.read_experts(self.ckpt, first, stop))
+        with self.lock:
+            self.parts[j] = parts
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            parts, self.parts = self.parts, None
+            self.module.load_experts(parts)
+
+
+def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=()) -> None:
+    """Fill the float variables, the Quark layers and the MoE experts, each job (a variable, a Quark layer, or a
+    chunk of one experts module's experts) entirely in a reader thread: its tensors read from the file, sent to the
+    device, cast / stacked / transposed (float) or processed by the scheme (Quark; an experts module when its
+    last chunk is in), and set. Reads, host-to-device copies, the first compile of each shape and the device
     work of several jobs overlap; the main thread takes the results in order (errors surface in checkpoint
     order) and bounds the bytes in flight by :data:`READ_AHEAD_BYTES`."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(t, sum(ckpt.nbytes(n) for n in t.names)) for t in tasks]
-    jobs += [((m, cp), sum(ckpt.nbytes(n) for n in quark_names[id(m)])) for m, cp in quark_layers]
+    def task_job(t):
+        t.place(t.read(ckpt))
 
-    def run(job):
-        if isinstance(job, _Task):
-            job.place(job.read(ckpt))
-        else:
-            module, cp = job
-            module.load_raw(jax.device_put(module.read_checkpoint(ckpt, cp)))
+    def quark_job(module, cp):
+        module.load_raw(jax.device_put(module.read_checkpoint(ckpt, cp)))
+
+    jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
+    jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]
+    jobs += [(partial(quark_job, m, cp), sum(ckpt.nbytes(n) for n in quark_names[id(m)]), 1)
+             for m, cp in quark_layers]
+    for module in expert_layers:
+        load = _ExpertsLoad(ckpt, module, module.expert_chunks(ckpt, EXPERT_CHUNK_BYTES))
+        jobs += [(partial(load.run, j), nbytes, int(j == len(load.chunks) - 1))
+                 for j, (_, _, nbytes) in enumerate(load.chunks)]
 
     pending = collections.deque()
     in_flight, nxt, peak = 0, 0, 0
@@ -199,22 +235,23 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar) -> None:
         try:
             while nxt < len(jobs) or pending:
                 while nxt < len(jobs) and (not pending or in_flight + jobs[nxt][1] <= READ_AHEAD_BYTES):
-                    pending.append((pool.submit(run, jobs[nxt][0]), jobs[nxt][1]))
-                    in_flight += jobs[nxt][1]
+                    fn, nbytes, units = jobs[nxt]
+                    pending.append((pool.submit(fn), nbytes, units))
+                    in_flight += nbytes
                     nxt += 1
                 peak = max(peak, in_flight)
-                future, nbytes = pending.popleft()
+                future, nbytes, units = pending.popleft()
                 t0 = time.perf_counter()
                 future.result()
                 wait += time.perf_counter() - t0
                 in_flight -= nbytes
-                bar.update(nbytes)
+                bar.update(nbytes, units)
         finally:
-            for future, _ in pending:
+            for future, _, _ in pending:
                 future.cancel()
     PIPELINE_STATS.clear()
     PIPELINE_STATS.update(wait_s=wait, jobs=len(jobs), peak_in_flight_bytes=peak,
-                          largest_job_bytes=max((b for _, b in jobs), default=0))
+                          largest_job_bytes=max((b for _, b, _ in jobs), default=0))
 
 
 @partial(jax.jit, static_argnums=(1, 2))
@@ -399,17 +436,14 @@ def load_weights(model, checkpoint_dir: str | os.PathLike | CheckpointReader, *,
     show = progress if progress is not None else total > PROGRESS_MIN_BYTES
     bar = _Progress(total, len(tasks) + len(quark_layers) + len(expert_layers), show, f"loading {ckpt.directory.name}")
     if mesh is None:
-        _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar)
-    else:
+        _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers)
+    else:  # (MoE experts were refused under a mesh above)
         for task in tasks:
             task.load_sharded(ckpt, shardings[id(task)])
             bar.update(sum(ckpt.nbytes(n) for n in task.names))
         for module, cp in quark_layers:
             module.load_checkpoint(ckpt, cp, layout=layouts.get(id(module)))
             bar.update(sum(ckpt.nbytes(n) for n in quark_names[id(module)]))
-    for module in expert_layers:
-        module.load_checkpoint(ckpt)
-        bar.update(sum(ckpt.nbytes(n) for n in expert_names[id(module)]))
     for module, _ in kv_modules:
         s = kv_scales[id(module)]
         for var, value in ((module.k_scale, s.k_scale), (module.v_scale, s.v_scale)):
