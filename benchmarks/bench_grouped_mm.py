@@ -9,6 +9,7 @@ MXFP4 kernel runs bf16 MMAs), and the Pallas result's relative Frobenius error a
 ``--out`` (JSON, rewritten after every row) and stdout.
 
     python benchmarks/bench_grouped_mm.py --out /tmp/grouped.json
+    python benchmarks/bench_grouped_mm.py --schemes bf16,fp8 --tokens 2048 --impls pallas --fp8-prefill native,bf16
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=4096)
     p.add_argument("--n", type=int, default=14336)
     p.add_argument("--copies", type=int, default=2)
+    p.add_argument("--fp8-prefill", default="native",
+                   help="FP8 Pallas prefill variants to time (grouped_mm.pallas_triton.FP8_PREFILL_MMA): native "
+                        "(FP8 MMAs) and/or bf16 (bf16 MMAs on upcast tiles), e.g. native,bf16; rows above 32 tokens")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    from quark_jax.kernels.grouped_mm import pallas_triton
     dev = jax.devices()[0]
     result = {"device": dev.device_kind, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                         time.gmtime()),
@@ -99,13 +104,18 @@ def main(argv=None) -> int:
             sets = operands(scheme, m, a.k, a.n, a.e, a.copies, sizes)
             t_bytes, t_flops, active = floors(scheme, m, a.k, a.n, sizes)
             outs = {}
-            for impl in a.impls.split(","):
-                row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": impl, "active_experts": active,
+            runs = [(impl, "native") for impl in a.impls.split(",")]
+            if scheme == "fp8" and m > 64 and "pallas" in a.impls.split(","):  # the prefill variants
+                runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in a.fp8_prefill.split(",")]
+            for impl, variant in runs:
+                pallas_triton.FP8_PREFILL_MMA = variant  # read when the call is traced (entry: a new jit)
+                label = impl if variant == "native" else f"{impl}_{variant}mma"
+                row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": label, "active_experts": active,
                        "floor_us": round(max(t_bytes, t_flops) * 1e6, 2), "bytes_floor_us": round(t_bytes * 1e6, 2),
                        "flops_floor_us": round(t_flops * 1e6, 2)}
                 try:
                     fn = entry(scheme, impl)
-                    outs[impl] = np.asarray(fn(*sets[0]).astype(jnp.float32))
+                    outs[label] = np.asarray(fn(*sets[0]).astype(jnp.float32))
                     many = jax.jit(lambda ss, fn=fn: [fn(*s) for s in ss])
                     secs, top = tuner.profile_kernels(many, sets)
                     row.update(us=round(secs * 1e6, 2), x_floor=round(secs / max(t_bytes, t_flops), 2), top=top)
@@ -116,11 +126,12 @@ def main(argv=None) -> int:
                 if a.out:
                     with open(a.out, "w") as f:
                         json.dump(result, f, indent=1)
-            if "pallas" in outs and "xla" in outs:
-                d, r = outs["pallas"], outs["xla"]
+            pallas_triton.FP8_PREFILL_MMA = "native"
+            for label in [lb for lb in outs if lb.startswith("pallas")] if "xla" in outs else []:
+                d, r = outs[label], outs["xla"]
                 err = float(np.linalg.norm(d - r) / max(np.linalg.norm(r), 1e-30))
-                result["rows"].append({"scheme": scheme, "tokens": tokens, "pallas_vs_xla_rel_frobenius": err})
-                print(f"{scheme} tokens={tokens}: pallas vs xla rel err {err:.2e}", flush=True)
+                result["rows"].append({"scheme": scheme, "tokens": tokens, f"{label}_vs_xla_rel_frobenius": err})
+                print(f"{scheme} tokens={tokens}: {label} vs xla rel err {err:.2e}", flush=True)
             del sets
     if a.out:
         with open(a.out, "w") as f:

@@ -178,6 +178,16 @@ def step_bytes(model, batch: int, cache_len: int) -> tuple[int, int]:
     return active + kv, everything + kv
 
 
+def _drop_programs() -> None:
+    """Forget every traced and compiled program (generate's and the kernels'): the next call retraces."""
+    import jax
+
+    from quark_jax.models import generation
+
+    generation._PROGRAMS.clear()
+    jax.clear_caches()
+
+
 def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: dict, save) -> None:
     import jax
     from flax import nnx
@@ -219,14 +229,25 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
             f"({ms / floor_ms:.2f}x), all experts {1e3 * everything / HBM_BYTES_PER_S:.3f} ms")
         save()
 
+    from quark_jax.kernels.grouped_mm import pallas_triton
+
     result["prefill"] = {}
-    for plen_p in args.prefill:
-        if plen_p + 1 > model.config.max_position_embeddings:
-            continue
-        s, first = prefill_runs(model, plen_p, n_new, vocab)
-        result["prefill"][str(plen_p)] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=first)
-        log(f"  prefill {plen_p}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s)")
-        save()
+    variants = args.fp8_prefill if result["scheme"].startswith("fp8") else ["native"]
+    for variant in variants:
+        if variant != pallas_triton.FP8_PREFILL_MMA:  # read at trace time: drop the compiled programs
+            pallas_triton.FP8_PREFILL_MMA = variant
+            _drop_programs()
+        for plen_p in args.prefill:
+            if plen_p + 1 > model.config.max_position_embeddings:
+                continue
+            s, first = prefill_runs(model, plen_p, n_new, vocab)
+            key = str(plen_p) if variant == "native" else f"{plen_p}@fp8_mma={variant}"
+            result["prefill"][key] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=first)
+            log(f"  prefill {key}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s)")
+            save()
+    if pallas_triton.FP8_PREFILL_MMA != "native":
+        pallas_triton.FP8_PREFILL_MMA = "native"
+        _drop_programs()
     del model
     gc.collect()
 
@@ -240,6 +261,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill", default="128,2048")
+    ap.add_argument("--fp8-prefill", default="native",
+                    help="FP8 expert prefill variants to time, in order (kernels.grouped_mm.pallas_triton."
+                         "FP8_PREFILL_MMA): native (FP8 MMAs, the default) and/or bf16 (bf16 MMAs on upcast tiles); "
+                         "rows of a variant other than native are keyed '<len>@fp8_mma=<variant>'")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -251,6 +276,11 @@ def main(argv=None) -> dict:
         args.prefill = str(args.prompt)  # the decode run's cache length: no extra compile
     args.batches = [int(b) for b in str(args.batches).split(",") if b]
     args.prefill = [int(p) for p in str(args.prefill).split(",") if p]
+    args.fp8_prefill = [v for v in str(args.fp8_prefill).split(",") if v]
+    from quark_jax.kernels.grouped_mm.pallas_triton import MMAS
+
+    if not args.fp8_prefill or any(v not in MMAS for v in args.fp8_prefill):
+        raise SystemExit(f"--fp8-prefill: expected a list of {', '.join(MMAS)}, got {args.fp8_prefill}")
     schemes = [s for s in args.schemes.split(",") if s]
     bad = [s for s in schemes if s not in SCHEMES]
     if bad:

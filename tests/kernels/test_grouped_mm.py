@@ -288,6 +288,28 @@ def test_unselected_experts_are_never_read():
     check_f64(got, d)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fp8_on_bf16_mmas_equals_the_reference(monkeypatch, per_channel):
+    """``Config(mma="bf16")`` (x as bf16, FP8 weight tiles upcast, bf16 MMAs; weight-major, and x-major with a K
+    split): exact data give the XLA reference and float64 bit for bit before the scales. ``FP8_PREFILL_MMA``
+    picks it above the small buckets only."""
+    rng = np.random.default_rng(11)
+    d = make_data(rng, "fp8", 45, 128, 32, 4, per_channel=per_channel, per_token=per_channel)
+    for cfg in (C(block_m=16, block_n=16, block_k=32, mma="bf16"),
+                C(block_m=16, block_n=16, block_k=32, w_major=False, split_k=2, mma="bf16")):
+        got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                                              x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32, config=cfg)
+        check_f64(got, d)
+    assert pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8).mma == "native"
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "bf16")
+    pre = pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8)
+    assert (pre.mma, pre.w_major, pre.block_m, pre.block_n, pre.block_k) == ("bf16", True, 128, 128, 64)
+    assert pallas_triton.default_config(64, 4096, 28672, scheme="fp8", e=8).mma == "native"  # decode / small
+    assert pallas_triton.default_config(4096, 4096, 28672, scheme="bf16", e=8).mma == "native"
+    with pytest.raises(ValueError, match="Config.mma: expected one of"):
+        C(mma="fp16")
+
+
 def test_config_fit_and_errors():
     cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="fp8")
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
@@ -329,13 +351,16 @@ MODEL_SHAPES = {"mixtral_gate_up": (4096, 28672, 8, 2), "mixtral_down": (14336, 
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Pallas-Triton kernels for a CUDA GPU")
-@pytest.mark.parametrize("scheme", ["bf16", "fp8", "mxfp4"])
-def test_default_configs_compile_at_the_model_shapes(scheme):
+@pytest.mark.parametrize("scheme,fp8_mma", [("bf16", "native"), ("fp8", "native"), ("fp8", "bf16"),
+                                             ("mxfp4", "native")])
+def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mma):
     """The configs ``default_config`` picks at decode (1 token) and prefill (2048 tokens) for the Mixtral-8x7B and
     Qwen3-30B-A3B expert projections compile (lowered and compiled, not run: no weights are allocated). Decode
-    includes the K-split MXFP4 configs that failed to compile on the H200 (1-byte aligned packed-weight copy)."""
+    includes the K-split MXFP4 configs that failed to compile on the H200 (1-byte aligned packed-weight copy);
+    FP8 also with ``FP8_PREFILL_MMA = "bf16"``."""
     from functools import partial
 
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", fp8_mma)
     seen = set()
     for k, n, e, top in MODEL_SHAPES.values():
         for tokens in (1, 2048):

@@ -40,6 +40,7 @@ from quark_jax.kernels.grouped_mm.xla import row_weight_scale
 from quark_jax.kernels.mxfp4_mm import decode
 
 DECODES = ("asm", "asm_scaled", "jnp")
+MMAS = ("native", "bf16")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,6 +60,7 @@ class Config:
     num_stages: int = 3  # Triton software-pipelining depth
     decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret)
     pack: int = 2  # MXFP4: packed bytes per asm instance (2 or 4)
+    mma: str = "native"  # FP8: "native" (FP8 MMAs) or "bf16" (x given as bf16, weight tiles upcast: bf16 MMAs)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
@@ -76,6 +78,8 @@ class Config:
             raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
         if self.pack not in (2, 4):
             raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
+        if self.mma not in MMAS:
+            raise ValueError(f"Config.mma: expected one of {MMAS}, got {self.mma!r}")
 
 
 # Defaults per scheme and M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels'
@@ -100,6 +104,15 @@ DEFAULTS = {
 }
 # Programs a decode launch should have (~1.7 per SM of an H100/H200): the K split doubles (up to 8) below it.
 MIN_PROGRAMS = 224
+
+FP8_PREFILL_MMA = "native"
+"""FP8 experts above the decode / small buckets (M > 64 routed rows): "native" (``DEFAULTS``: FP8 MMAs, the
+128x128x128 tile measured at ~393 TFLOP/s on the H200, below the bf16 tile's ~471) or "bf16" (``FP8_BF16_PREFILL``:
+x handed over as bf16 and each FP8 weight tile upcast in registers, bf16 MMAs with the weight as the register
+operand; e4m3 values and their products are exact there, so only the f32 summation order changes). Read when a
+call is traced (set it before the first ``generate``); an A/B knob, "native" until measured
+(``benchmarks/bench_grouped_mm.py --fp8-prefill``, ``bench_moe.py --fp8-prefill``)."""
+FP8_BF16_PREFILL = Config(block_m=128, block_n=128, block_k=64, w_major=True, num_warps=8, num_stages=4, mma="bf16")
 
 
 def max_items(m: int, e: int, block_m: int) -> int:
@@ -147,6 +160,8 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     """
     cfg, _ = tiling.lookup(DEFAULTS[scheme], m, k, n)
     target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
+    if scheme == "fp8" and FP8_PREFILL_MMA == "bf16" and m > 64:
+        cfg = FP8_BF16_PREFILL
     return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
 
 
@@ -257,7 +272,10 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
         else:
             def body(i, acc):
                 k0 = pl.multiple_of(k_first + i * bk, bk)
-                return mma(acc, w_ref[pl.ds(w0, bn), pl.ds(k0, bk)], load_x(x_ref, k0, bk))
+                w = w_ref[pl.ds(w0, bn), pl.ds(k0, bk)]
+                if cfg.mma == "bf16" and scheme == "fp8":  # x came as bf16: exact e4m3 values, bf16 MMAs
+                    w = w.astype(jnp.bfloat16)
+                return mma(acc, w, load_x(x_ref, k0, bk))
 
         shape = (bn, bm) if cfg.w_major else (bm, bn)
         acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros(shape, jnp.float32))
@@ -314,6 +332,8 @@ def _grouped_jit(x, w, group_sizes, w_scale, x_scale, *, scheme, out_dtype, cfg,
         pairs = x.reshape(m, k // 2, 2)
         operands = [pairs[:, :, 0], pairs[:, :, 1], w.reshape(e * n, k // 2),
                     w_scale.reshape(e * n, k // formats.MX_BLOCK_SIZE)]
+    elif scheme == "fp8" and cfg.mma == "bf16":
+        operands = [x.astype(jnp.bfloat16), w.reshape(e * n, k)]  # e4m3 -> bf16 is exact (XLA fuses it upstream)
     else:
         operands = [x, w.reshape(e * n, k)]
     per_channel = scheme == "fp8" and w_scale.ndim == 2
