@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=2)
     p.add_argument("--fp8-prefill", default="native",
                    help="FP8 Pallas prefill variants to time (grouped_mm.pallas_triton.FP8_PREFILL_MMA): native "
-                        "(FP8 MMAs) and/or bf16 (bf16 MMAs on upcast tiles), e.g. native,bf16; rows above 32 tokens")
+                        "(Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), "
+                        "e.g. native,bf16,wgmma; rows pallas_<variant>, above 32 tokens")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from quark_jax.kernels.grouped_mm import pallas_triton
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
                 runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in a.fp8_prefill.split(",")]
             for impl, variant in runs:
                 pallas_triton.FP8_PREFILL_MMA = variant  # read when the call is traced (entry: a new jit)
-                label = impl if variant == "native" else f"{impl}_{variant}mma"
+                label = impl if variant == "native" else f"{impl}_{variant}"
                 row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": label, "active_experts": active,
                        "floor_us": round(max(t_bytes, t_flops) * 1e6, 2), "bytes_floor_us": round(t_bytes * 1e6, 2),
                        "flops_floor_us": round(t_flops * 1e6, 2)}

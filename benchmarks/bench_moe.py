@@ -263,7 +263,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--prefill", default="128,2048")
     ap.add_argument("--fp8-prefill", default="native",
                     help="FP8 expert prefill variants to time, in order (kernels.grouped_mm.pallas_triton."
-                         "FP8_PREFILL_MMA): native (FP8 MMAs, the default) and/or bf16 (bf16 MMAs on upcast tiles); "
+                         "FP8_PREFILL_MMA): native (the default), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 "
+                         "wgmma, experimental); "
                          "rows of a variant other than native are keyed '<len>@fp8_mma=<variant>'")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)

@@ -310,6 +310,27 @@ def test_fp8_on_bf16_mmas_equals_the_reference(monkeypatch, per_channel):
         C(mma="fp16")
 
 
+def test_fp8_wgmma_variant_matches_the_reference():
+    """``Config(mma="wgmma")`` (``kernels.triton_fp8_dot``: FP8 wgmma with an f32 promotion every 32 K elements):
+    bit for bit off the GPU (the primitive is ``dot_general`` there); on the GPU within the FP8 wgmma's own
+    accumulation of 32 exact products (exact for these grids in practice; the bound allows 2**-12)."""
+    rng = np.random.default_rng(12)
+    d = make_data(rng, "fp8", 45, 128, 32, 4, per_channel=True, per_token=True)
+    for cfg in (C(block_m=16, block_n=16, block_k=32, w_major=False, mma="wgmma"),
+                C(block_m=16, block_n=16, block_k=32, split_k=2, mma="wgmma")):
+        got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                                              x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32, config=cfg)
+        if jax.default_backend() == "gpu":
+            want = want64(d)
+            np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=2.0 ** -12 * np.abs(want).max())
+        else:
+            check_f64(got, d)
+    from quark_jax.kernels.triton_fp8_dot import fp8_dot
+
+    with pytest.raises(ValueError, match="at least 32 K elements"):
+        fp8_dot(d["x"][:, :32], d["x"][:, :32], promote=16)
+
+
 def test_config_fit_and_errors():
     cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="fp8")
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
@@ -352,21 +373,21 @@ MODEL_SHAPES = {"mixtral_gate_up": (4096, 28672, 8, 2), "mixtral_down": (14336, 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Pallas-Triton kernels for a CUDA GPU")
 @pytest.mark.parametrize("scheme,fp8_mma", [("bf16", "native"), ("fp8", "native"), ("fp8", "bf16"),
-                                             ("mxfp4", "native")])
+                                             ("fp8", "wgmma"), ("mxfp4", "native")])
 def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mma):
-    """The configs ``default_config`` picks at decode (1 token) and prefill (2048 tokens) for the Mixtral-8x7B and
-    Qwen3-30B-A3B expert projections compile (lowered and compiled, not run: no weights are allocated). Decode
+    """The configs ``default_config`` picks at decode (1 token) for the Mixtral-8x7B and Qwen3-30B-A3B expert
+    projections and at prefill (2048 tokens) for Mixtral's compile (lowered and compiled, not run: no weights are allocated). Decode
     includes the K-split MXFP4 configs that failed to compile on the H200 (1-byte aligned packed-weight copy);
-    FP8 also with ``FP8_PREFILL_MMA = "bf16"``."""
+    FP8 also with ``FP8_PREFILL_MMA = "bf16"`` and ``"wgmma"``."""
     from functools import partial
 
     monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", fp8_mma)
     seen = set()
-    for k, n, e, top in MODEL_SHAPES.values():
-        for tokens in (1, 2048):
+    for name, (k, n, e, top) in MODEL_SHAPES.items():
+        for tokens in (1, 2048) if name.startswith("mixtral") else (1,):  # Qwen3's prefill: Mixtral's tiles
             m = tokens * top
             cfg = pallas_triton.default_config(m, k, n, scheme=scheme, e=e)
-            if (k, n, e, cfg) in seen:
+            if (k, n, e, cfg) in seen or cfg.mma != fp8_mma:  # the FP8 variants: their prefill configs only
                 continue
             seen.add((k, n, e, cfg))
             x_dtype = E8 if scheme == "fp8" else jnp.bfloat16
@@ -378,4 +399,4 @@ def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mm
             f = partial(pallas_triton._grouped_jit, scheme=scheme, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
                         interpret=False)
             jax.jit(f).lower(*args).compile()
-    assert len(seen) >= 4
+    assert len(seen) >= (2 if fp8_mma != "native" else 4)

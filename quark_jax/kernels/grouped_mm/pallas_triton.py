@@ -40,7 +40,7 @@ from quark_jax.kernels.grouped_mm.xla import row_weight_scale
 from quark_jax.kernels.mxfp4_mm import decode
 
 DECODES = ("asm", "asm_scaled", "jnp")
-MMAS = ("native", "bf16")
+MMAS = ("native", "bf16", "wgmma")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,7 +60,8 @@ class Config:
     num_stages: int = 3  # Triton software-pipelining depth
     decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret)
     pack: int = 2  # MXFP4: packed bytes per asm instance (2 or 4)
-    mma: str = "native"  # FP8: "native" (FP8 MMAs) or "bf16" (x given as bf16, weight tiles upcast: bf16 MMAs)
+    mma: str = "native"  # FP8: "native" (Pallas' FP8 dot: f16 mma.sync), "bf16" (x as bf16, weight tiles upcast:
+    # bf16 wgmma) or "wgmma" (kernels.triton_fp8_dot: FP8 wgmma, f32 promotion every 32 K elements; experimental)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
@@ -109,10 +110,12 @@ FP8_PREFILL_MMA = "native"
 """FP8 experts above the decode / small buckets (M > 64 routed rows): "native" (``DEFAULTS``: FP8 MMAs, the
 128x128x128 tile measured at ~393 TFLOP/s on the H200, below the bf16 tile's ~471) or "bf16" (``FP8_BF16_PREFILL``:
 x handed over as bf16 and each FP8 weight tile upcast in registers, bf16 MMAs with the weight as the register
-operand; e4m3 values and their products are exact there, so only the f32 summation order changes). Read when a
-call is traced (set it before the first ``generate``); an A/B knob, "native" until measured
+operand; e4m3 values and their products are exact there, so only the f32 summation order changes) or "wgmma"
+(``FP8_WGMMA_PREFILL``: FP8 wgmma through ``kernels.triton_fp8_dot``, experimental). Read when a call is traced (set it before the first ``generate``); an A/B knob, "native" until measured
 (``benchmarks/bench_grouped_mm.py --fp8-prefill``, ``bench_moe.py --fp8-prefill``)."""
 FP8_BF16_PREFILL = Config(block_m=128, block_n=128, block_k=64, w_major=True, num_warps=8, num_stages=4, mma="bf16")
+FP8_WGMMA_PREFILL = Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=8, num_stages=3,
+                           mma="wgmma")
 
 
 def max_items(m: int, e: int, block_m: int) -> int:
@@ -160,8 +163,8 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     """
     cfg, _ = tiling.lookup(DEFAULTS[scheme], m, k, n)
     target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
-    if scheme == "fp8" and FP8_PREFILL_MMA == "bf16" and m > 64:
-        cfg = FP8_BF16_PREFILL
+    if scheme == "fp8" and FP8_PREFILL_MMA != "native" and m > 64:
+        cfg = FP8_BF16_PREFILL if FP8_PREFILL_MMA == "bf16" else FP8_WGMMA_PREFILL
     return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
 
 
@@ -212,6 +215,14 @@ def _dot(a, b, precision):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
 
 
+def _fp8_wgmma_dot(a, b, precision):
+    """``_dot`` for FP8 tiles as Hopper FP8 wgmma (``kernels.triton_fp8_dot``)."""
+    del precision
+    from quark_jax.kernels.triton_fp8_dot import fp8_dot
+
+    return fp8_dot(a, b, promote=32)
+
+
 def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, e: int, items: int,
             k_len: int, per_channel: bool, partial: bool, w_dtype, precision):
     from jax.experimental.pallas import triton as plgpu
@@ -248,8 +259,10 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
             mask = jnp.broadcast_to(row_ok[:, None], (bm, width))
             return tiling.masked_load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask)
 
+        dot = _dot if not (scheme == "fp8" and cfg.mma == "wgmma") else _fp8_wgmma_dot
+
         def mma(acc, w, x):
-            return acc + (_dot(w, x, precision) if cfg.w_major else _dot(x, w, precision))
+            return acc + (dot(w, x, precision) if cfg.w_major else dot(x, w, precision))
 
         if scheme == "mxfp4":
             bkh = bk // 2  # packed bytes = x columns of one parity per step
