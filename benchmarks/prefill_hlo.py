@@ -72,8 +72,10 @@ def main(argv=None):
     compiled = g._Programs(graphdef).prefill.lower(*pre).compile()
     print(f"prefill compiled in {time.perf_counter() - t0:.1f} s", flush=True)
     hlo = compiled.as_text()
-    if a.hlo:
-        Path(a.hlo).write_text(hlo)
+    if a.hlo:  # gzip: the 8B prefill's optimized HLO is tens of MB
+        import gzip
+        with gzip.open(a.hlo if a.hlo.endswith(".gz") else a.hlo + ".gz", "wt") as f:
+            f.write(hlo)
     bodies = fusion_bodies(hlo)
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, size=(1, a.prompt), dtype=np.int32)
     kw = dict(max_cache_len=a.prompt + 128)
@@ -96,8 +98,9 @@ def main(argv=None):
     top = sorted(per.items(), key=lambda kv: -kv[1][0])[: a.top]
     rows = []
     for name, (us, n) in top:
-        key = re.sub(r"^(.*?)(\.\d+)?$", r"\1", name)
-        body = bodies.get(name) or bodies.get(key) or ""
+        # the profiler names a kernel after its HLO instruction with "." turned into "_" (fusion.31 -> fusion_31)
+        dotted = re.sub(r"_(\d+)$", r".\1", name)
+        body = bodies.get(name) or bodies.get(dotted) or bodies.get(re.sub(r"__\d+$", "", name)) or ""
         rows.append({"kernel": name, "us": round(us, 1), "launches": n, "hlo": body[: a.chars]})
         print(f"{us:10.1f} us {n:4d}x {name}", flush=True)
     out = {"scheme": a.scheme, "prompt": a.prompt, "device": jax.devices()[0].device_kind, "wall_ms": wall * 1e3,
