@@ -14,7 +14,8 @@ so XLA takes cuBLASLt's fast path and kernels read them without a transpose.
 from quark_jax.kernels._dispatch import IMPLS, check_impl
 from quark_jax.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_xla
 from quark_jax.kernels.tiling import SplitSums
-from quark_jax.kernels.attention import (decode_attention, decode_attention_xla, fused_prefill_impl, in_query_blocks,
+from quark_jax.kernels.attention import (decode_attention, decode_attention_impl, decode_attention_xla,
+                                        fused_prefill_impl, in_query_blocks,
                                         prefill_attention, prefill_attention_xla)
 from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
@@ -30,5 +31,5 @@ __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "int8_scaled_mm", "int8_scaled_
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",
            "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "fused_prefill_impl", "in_query_blocks",
-           "decode_attention", "decode_attention_xla",
+           "decode_attention", "decode_attention_impl", "decode_attention_xla",
            "choose_impl", "explain_impl", "describe_auto", "check_impl", "IMPLS", "tuning"]

@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, fused_prefill_impl, in_query_blocks,
-                               prefill_attention)
+from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, decode_attention_impl, fused_prefill_impl,
+                               in_query_blocks, prefill_attention)
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
@@ -196,9 +196,11 @@ class Attention(FP8KVCacheScales, nnx.Module):
         # 11.2), else the float32 path of ``attend``; "cudnn" / "xla" (the fused numerics in XLA) force one;
         # "float32" always takes ``attend``
         self.attention_impl = "auto"
-        # decode (one new token attending to the cache): "xla" the float32 elementwise path of ``attend``;
-        # "pallas" the flash-decoding kernel (kernels.decode_attention: an online softmax in float32, SPEC 11.2)
-        self.decode_attention_impl = "xla"
+        # decode (one new token attending to the cache): "auto" = the flash-decoding Pallas kernel for caches of
+        # >= kernels.attention.DECODE_PALLAS_MIN_SLOTS slots on a CUDA GPU (an online softmax in float32, SPEC
+        # 11.2; 1.5-1.9x XLA at 4096 slots on the H200), else "xla", the float32 elementwise path of ``attend``;
+        # "xla" / "pallas" force one
+        self.decode_attention_impl = "auto"
         if kv_fp8:
             self.enable_fp8_kv_cache()
 
@@ -245,8 +247,9 @@ class Attention(FP8KVCacheScales, nnx.Module):
             k_all, v_all = self._load(kc, "k_scale"), self._load(vc, "v_scale")
             new_kv = (kc, vc)
         fused = self._fused_prefill(q, ks, t, start)
-        decode_impl = getattr(self, "decode_attention_impl", "xla")
-        if t == 1 and kv is not None and decode_impl != "xla":
+        decode_impl = getattr(self, "decode_attention_impl", "auto")
+        if t == 1 and kv is not None and decode_attention_impl(decode_impl, kc.shape[1], self.head_dim,
+                                                               kc.dtype) == "pallas":
             scales = (self.k_scale[...], self.v_scale[...]) if self.kv_fp8 else None
             out = decode_attention(q[:, 0], kc, vc, pos=start, first_slot=first_slot, scales=scales, impl=decode_impl,
                                    out_dtype=x.dtype)[:, None]  # rounded once, as round_to

@@ -138,3 +138,20 @@ def test_model_decode_with_the_kernel_equals_xla_within_the_bound():
         np.testing.assert_array_equal(logits["pallas"].argmax(-1), logits["xla"].argmax(-1))
         diff = np.abs(logits["pallas"] - logits["xla"]).max()
         assert diff <= 2 ** -6 * np.abs(logits["xla"]).max(), (kv_fp8, diff)
+
+
+def test_auto_runs_the_kernel_for_long_caches_on_a_gpu_only(monkeypatch):
+    from quark_jax.kernels import _dispatch, tuning
+    from quark_jax.kernels.attention import DECODE_PALLAS_MIN_SLOTS, decode_attention_impl
+
+    bf16, fp8 = jnp.bfloat16, jnp.float8_e4m3fn
+    assert decode_attention_impl("auto", 1 << 15, 128, bf16) == "xla"  # this CPU: the reference
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(_dispatch, "pallas_interpret", lambda: False)
+    assert decode_attention_impl("auto", DECODE_PALLAS_MIN_SLOTS, 128, bf16) == "pallas"
+    assert decode_attention_impl("auto", 4096, 128, fp8) == "pallas"
+    assert decode_attention_impl("auto", DECODE_PALLAS_MIN_SLOTS - 64, 128, bf16) == "xla"  # short: XLA measured faster
+    assert decode_attention_impl("auto", 4096, 96, bf16) == "xla"  # head_dim not a power of two
+    assert decode_attention_impl("xla", 4096, 128, bf16) == "xla"
+    with pytest.raises(ValueError, match="decode attention impl"):
+        decode_attention_impl("cuda", 4096, 128, bf16)

@@ -24,10 +24,41 @@ from quark_jax.quant import round_to
 from quark_jax.kernels.attention.xla import decode_attention_xla, in_query_blocks, prefill_attention_xla
 
 __all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS",
-           "decode_attention", "decode_attention_xla", "DECODE_ATTENTION_IMPLS"]
+           "decode_attention", "decode_attention_xla", "DECODE_ATTENTION_IMPLS", "decode_attention_impl",
+           "DECODE_PALLAS_MIN_SLOTS"]
 
 ATTENTION_IMPLS = ("auto", "cudnn", "xla")
-DECODE_ATTENTION_IMPLS = ("xla", "pallas")
+DECODE_ATTENTION_IMPLS = ("auto", "xla", "pallas")
+
+DECODE_PALLAS_MIN_SLOTS = 2048
+"""``impl="auto"`` runs the Pallas decode kernel from this many cache slots on a CUDA GPU. NVIDIA H200, 2026-12-02
+(benchmarks/decode_attention_bench.py, GPU kernel time, batch 1, 32 query / 8 KV heads, head_dim 128): 4096 slots
+XLA 31.0 us (bf16 cache) / 29.9 us (FP8), Pallas with 64-slot blocks 16.0 / 21.0 us; 256 slots XLA 5.5 / 4.7 us,
+Pallas 6.5-7.0 / 8.1 us (XLA wins); between them not measured."""
+
+
+def decode_attention_impl(impl: str, slots: int, head_dim: int, cache_dtype) -> str:
+    """The backend ``impl`` resolves to for a cache of ``slots`` slots: ``"auto"`` -> ``"pallas"`` on a CUDA GPU
+    (compiled Pallas) with at least :data:`DECODE_PALLAS_MIN_SLOTS` slots, a power-of-two head_dim and a bf16 /
+    f16 / f32 / FP8 e4m3fn cache, else ``"xla"``; ``"xla"`` / ``"pallas"`` are returned as given.
+
+    >>> decode_attention_impl("auto", 4096, 128, jnp.bfloat16)   # on the CPU: the XLA path
+    'xla'
+    >>> decode_attention_impl("pallas", 256, 128, jnp.bfloat16)
+    'pallas'
+    """
+    if impl not in DECODE_ATTENTION_IMPLS:
+        raise ValueError(f"decode attention impl: expected one of {DECODE_ATTENTION_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    from quark_jax.kernels import _dispatch
+    from quark_jax.kernels.attention import pallas_triton
+
+    kind, cc = tuning.current_device()
+    gpu = cc is not None and not _dispatch.pallas_interpret()
+    ok = (slots >= DECODE_PALLAS_MIN_SLOTS and head_dim & (head_dim - 1) == 0
+          and jnp.dtype(cache_dtype) in [jnp.dtype(t) for t in pallas_triton.CACHE_DTYPES])
+    return "pallas" if gpu and ok else "xla"
 
 
 def _cudnn_applies(dtype, head_dim: int) -> bool:
@@ -83,7 +114,7 @@ def prefill_attention(q, k, v, *, first_slot=None, impl: str = "auto"):
     return prefill_attention_xla(q, k, v, first_slot=first_slot)
 
 
-def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, impl: str = "xla", config=None,
+def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, impl: str = "auto", config=None,
                      out_dtype=jnp.float32):
     """Attention of one query per row (a decode step) over the KV cache, in float32, rounded once to ``out_dtype``.
 
@@ -93,8 +124,10 @@ def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, 
       pos: int or [B] int32, the query's slot (its own k/v already written there); first_slot: optional [B] int32
         (default 0): row b attends to the slots ``first_slot[b] <= s <= pos[b]``.
       scales: None, or the FP8 cache's (k_scale, v_scale) (float32 scalars).
-      impl: "xla" (the reference: today's float32 decode path) or "pallas" (the flash-decoding kernel; on the
-        CPU in Pallas interpret mode); config: the Pallas backend's ``pallas_triton.Config`` (None: its default).
+      impl: "auto" (:func:`decode_attention_impl`: the kernel for long caches on a CUDA GPU, else the reference),
+        "xla" (the reference: the float32 decode path) or "pallas" (the flash-decoding kernel; on the CPU in
+        Pallas interpret mode); config: the Pallas backend's ``pallas_triton.Config`` (None: its default, with
+        64-slot blocks under ``"auto"``).
       out_dtype: the result's dtype (default float32).
 
     Returns [B, H, D] in ``out_dtype``.
@@ -104,8 +137,8 @@ def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, 
     >>> round(float(out[0, 0, 0]), 3), bool(jnp.allclose(out, decode_attention(q, kv, kv, pos=1), atol=1e-6))
     (8.0, True)
     """
-    if impl not in DECODE_ATTENTION_IMPLS:
-        raise ValueError(f"decode attention impl: expected one of {DECODE_ATTENTION_IMPLS}, got {impl!r}")
+    auto = impl == "auto"
+    impl = decode_attention_impl(impl, k_cache.shape[1], q.shape[-1], k_cache.dtype)
     b, h, d = q.shape
     if k_cache.shape != v_cache.shape or k_cache.shape[0] != b or k_cache.shape[3] != d or h % k_cache.shape[2]:
         raise ValueError(f"decode_attention: expected q [B, H, D] and caches [B, S, H_kv, D] with H % H_kv == 0, "
@@ -120,6 +153,8 @@ def decode_attention(q, k_cache, v_cache, *, pos, first_slot=None, scales=None, 
         if d & (d - 1) or jnp.dtype(k_cache.dtype) not in [jnp.dtype(t) for t in pallas_triton.CACHE_DTYPES]:
             raise ValueError(f"decode_attention impl='pallas': head_dim must be a power of two and the cache one of "
                              f"bf16/f16/f32/float8_e4m3fn, got head_dim {d}, cache {k_cache.dtype}")
+        if config is None and auto:  # measured on the H200: 64-slot blocks at 4096 slots (bf16 16.0 vs 19.2 us)
+            config = pallas_triton.Config(block_s=64)
         return pallas_triton.decode_attention_pallas(q, k_cache, v_cache, pos, first_slot, scales, config=config,
                                                      out_dtype=jnp.dtype(out_dtype))
     return round_to(decode_attention_xla(q, k_cache, v_cache, pos, first_slot, scales), out_dtype)
