@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers on one GPU: allocate as needed, not 75% each
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 (each holds its own compiled programs: ~1-2 GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
 FIXTURES = Path(__file__).parent / "fixtures" / "quark_tiny_llama"
 VARIANTS = sorted(p.name for p in FIXTURES.iterdir() if (p / "model.safetensors").exists())
 

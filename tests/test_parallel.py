@@ -41,6 +41,11 @@ def test_mesh_matrix_covers_variants_and_shapes(measured):
                                      "issue19/w_int4_pergroup32_weight_only", "issue19/w_nvfp4_a_nvfp4"}
 
 
+def test_a_sharded_model_keeps_the_partitionable_decode_attention(measured):
+    # the Pallas decode attention is one pallas_call (XLA cannot split it over the heads' mesh axis)
+    assert {tuple(c["decode_attention"]) for c in measured["cases"]} == {("xla",)}
+
+
 def test_logits_equal_unsharded_within_f32_reordering(measured):
     for (variant, mesh), c in _cases(measured).items():
         # float32 models: only the row-parallel partial sums' order changes; bf16 models round the same sums

@@ -113,6 +113,10 @@ def from_pretrained(checkpoint_dir: str | os.PathLike, dtype=None, *, fuse_proje
     LOAD_PHASES.clear()
     LOAD_PHASES.update(open=t1 - t0, build=t2 - t1, quantize=t3 - t2, weights=t4 - t3)
     model.mesh = mesh  # static: generate shards the KV cache over it
+    if mesh is not None:  # the decode attention kernel is one pallas_call, which XLA cannot partition over heads
+        for _, m in nnx.iter_modules(model):
+            if getattr(m, "decode_attention_impl", None) == "auto":
+                m.decode_attention_impl = "xla"
     model.checkpoint_dir = str(checkpoint_dir)  # where generate_text finds the tokenizer (a str: graphdefs compare)
     return model
 
