@@ -392,6 +392,7 @@ def ab_decode(args) -> dict:
                 res["hlo_command_buffers"] = hlo.count("command_buffer")
                 if args.out_dir and name in ("base", "fold", "addnorm", "decattn"):
                     import gzip
+                    Path(args.out_dir).mkdir(parents=True, exist_ok=True)  # (a missing one cost session 6 its baseline)
                     with gzip.open(Path(args.out_dir) / f"decode_hlo_{scheme}_{name}.txt.gz", "wt") as f:
                         f.write(hlo)
 
