@@ -38,7 +38,7 @@ ALL = ("w_fp8_a_fp8_pertensor_static", "w_fp8_perchannel_a_fp8_pertoken_dynamic"
        "w_int8_perchannel_sym_a_int8_pertensor_static_sym", "w_mxfp4_a_fp8_pertensor_static", "w_mxfp4_weight_only",
        )
 DYN_INT8 = "issue19/w_int8_perchannel_sym_a_int8_pertoken_dynamic_asym"  # per-token stats reduced on a row split
-# issue 19 schemes at (4, 2): INT4 per group (the transposed [K, N/8] layout), NVFP4 (per-shard global scales)
+# issue 19 schemes at (4, 2): INT4 per group (read [K, N/8], stored repacked [N, K/2]), NVFP4 (per-shard global scales)
 ISSUE19 = ("issue19/w_int4_pergroup32_weight_only", "issue19/w_nvfp4_a_nvfp4")
 GENERATE = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("bf16_w_fp8_a_fp8_pertensor_static", (4, 2))}
 HLO = {("w_fp8_a_fp8_pertensor_static_kv_fp8", (2, 4)), ("w_fp8_a_fp8_pertensor_static_kv_fp8", (4, 2)),

@@ -123,14 +123,16 @@ def test_a_mesh_the_model_cannot_split_is_a_clear_error(measured):
 
 
 def test_issue19_layouts_split_with_their_blocks(measured):
-    """INT4 per group is stored [K, N/8]: its column split takes N from axis 1 (words, scales, zero points), its
-    row split K from axis 0; NVFP4's per-shard global scales stay whole."""
+    """INT4 per group is read [K, N/8] (each device its words, scales, zero points) and stored repacked: the weight
+    [N, K/2] (column split over axis 0, row split over axis 1 by whole groups), the scales [G, N] (N on axis 1);
+    NVFP4's per-shard global scales stay whole."""
     cases = _cases(measured)
     int4 = {name: (shape, spec) for name, shape, _, spec in
             cases[("issue19/w_int4_pergroup32_weight_only", (4, 2))]["shards"]}
-    assert int4["model.layers.0.mlp.gate_up_proj.weight"] == ([64, 32], "P(None, 'model')")
+    assert int4["model.layers.0.mlp.gate_up_proj.weight"] == ([256, 32], "P('model', None)")
     assert int4["model.layers.0.mlp.gate_up_proj.weight_scale"] == ([2, 256], "P(None, 'model')")
-    assert int4["model.layers.0.mlp.down_proj.weight"] == ([128, 8], "P('model', None)")
+    assert int4["model.layers.0.mlp.down_proj.weight"] == ([64, 64], "P(None, 'model')")
+    assert int4["model.layers.0.mlp.down_proj.weight_scale"] == ([4, 64], "P('model', None)")
     nv = {name for name, _, _, _ in cases[("issue19/w_nvfp4_a_nvfp4", (4, 2))]["shards"]}
     assert "model.layers.0.self_attn.o_proj.weight_scale" in nv and not any("scale_2" in n or "global" in n
                                                                             for n in nv)
@@ -185,6 +187,14 @@ def test_plan_layer_scale_blocks_and_transposed_layouts():
     assert row.local_index(0, 256, 1, (512, 32)) == (slice(128, 256), slice(None))
     assert row.local_index(0, 256, 1, (4, 256)) == (slice(1, 2), slice(None))
     assert row.spec("weight", 2) == P("model", None)
+    # the scheme's processed params: the weight repacked [N, K/2], scales / zero points still [G, N]
+    tp = ("weight_scale", "weight_zero_point")
+    col = plan_layer("l.up_proj", ("l.up_proj",), (256,), 256, mesh=mesh, rules=DEFAULT_RULES, n_block=8,
+                     transposed=True, transposed_params=tp)
+    row = plan_layer("l.down_proj", ("l.down_proj",), (256,), 512, mesh=mesh, rules=DEFAULT_RULES, k_block=128,
+                     transposed=True, transposed_params=tp)
+    assert [col.spec(k, 2) for k in ("weight",) + tp] == [P("model", None), P(None, "model"), P(None, "model")]
+    assert [row.spec(k, 2) for k in ("weight",) + tp] == [P(None, "model"), P("model", None), P("model", None)]
     with pytest.raises(InvalidArgumentError, match="not whole groups of 128"):
         plan_layer("l.down_proj", ("l.down_proj",), (256,), 256, mesh=mesh, rules=DEFAULT_RULES, k_block=128)
 

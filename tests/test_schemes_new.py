@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference_mx as rmx
-from quark_jax import CheckpointError
+from quark_jax import CheckpointError, kernels
 from quark_jax.schemes import (QuarkOCP_MX, QuarkW4A16Int4, QuarkW8A8Fp8PerBlock, apply_params, dequantize_params,
                                process_params)
 
@@ -124,9 +124,22 @@ def test_int4_scheme(signed, group, order):
         w_eff = w_ref if dtype == jnp.float32 else np.asarray(
             jnp.asarray(w_ref, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
         check(y, x_in(x, dtype), w_eff, bias, dtype)
+        if group != -1 and dtype == jnp.float32 and group < 128:  # the decode kernel on the processed params
+            y = apply_params(scheme.replace(impl="pallas"), params, jnp.asarray(x, dtype), jnp.asarray(bias))
+            check(np.asarray(y, np.float64).reshape(-1, sum(WIDTHS)), x_in(x, dtype), w_eff, bias, dtype)
+    if group != -1:  # processed: the repacked layout only, which round-trips to the checkpoint's
+        want = {"weight": ((sum(WIDTHS), K // 2), jnp.uint8), "weight_scale": ((K // g, sum(WIDTHS)), jnp.float32)}
+        if not signed:
+            want["weight_zero_point"] = ((K // g, sum(WIDTHS)), jnp.int8)
+        assert {k: (v.shape, v.dtype) for k, v in params.items()} == want
+        w_back, z_back = kernels.int4_unrepack(params["weight"], params.get("weight_zero_point"), group_size=g,
+                                               order=order, signed=signed)
+        np.testing.assert_array_equal(np.asarray(w_back), raw["weight"])
+        if not signed:
+            np.testing.assert_array_equal(np.asarray(z_back), raw["weight_zero_point"])
     # the wrong pack order gives a different weight (the option matters)
     other = scheme.replace(pack_method="order" if order == "reorder" else "reorder")
-    assert not np.array_equal(np.asarray(dequantize_params(other, params)), w_ref)
+    assert not np.array_equal(np.asarray(dequantize_params(other, process_params(other, raw, WIDTHS))), w_ref)
 
 
 def test_new_scheme_shape_errors_name_the_field():

@@ -175,7 +175,8 @@ class QuarkLinear(nnx.Module):
                                        "without a mesh")
         return plan_layer(path, shard_paths(path), self.logical_widths, self.in_features, mesh=mesh, rules=rules,
                           pack_factor=self.scheme.weight_pack_factor, k_block=self.scheme.shard_k_block,
-                          n_block=self.scheme.shard_n_block, transposed=self.scheme.shard_transposed)
+                          n_block=self.scheme.shard_n_block, transposed=self.scheme.shard_transposed,
+                          transposed_params=self.scheme.shard_transposed_params)
 
     def load_checkpoint(self, checkpoint: CheckpointReader | str | Path, layer_path: str | None = None, *,
                         layout: ShardLayout | None = None) -> "QuarkLinear":

@@ -160,6 +160,7 @@ class ShardLayout:
     local_k: int  # the input size one device holds (row: K / model)
     rules: PartitionRules  # the parameter specs
     transposed: bool = False  # the scheme stores weights [K, N...] (per-group INT4): 2-D tensors split on the other axis
+    transposed_params: tuple[str, ...] | None = None  # processed rank-2 params stored [K, N...] (None: all when transposed)
 
     @property
     def model(self) -> int:
@@ -167,9 +168,9 @@ class ShardLayout:
 
     def spec(self, name: str, ndim: int) -> PartitionSpec:
         """The PartitionSpec of processed parameter ``name`` of rank ``ndim`` (the rules on this mesh; a
-        transposed layout swaps the two axes of a rank-2 spec)."""
+        transposed layout swaps the two axes of a rank-2 spec of the ``transposed_params``, all by default)."""
         spec = self.rules.spec(self.role, name, ndim)
-        if self.transposed and ndim == 2:
+        if self.transposed and ndim == 2 and (self.transposed_params is None or name in self.transposed_params):
             spec = PartitionSpec(*reversed(tuple(spec) + (None,) * (2 - len(spec))))
         return _fit(self.mesh, spec)
 
@@ -207,12 +208,13 @@ def _split_units(role: str, width: int, head_dim: int | None) -> int:
 
 def plan_layer(path: str, shard_paths: Sequence[str], widths: Sequence[int], input_size: int, *, mesh: Mesh,
                rules: PartitionRules, pack_factor: int = 1, k_block: int = 1, n_block: int = 1,
-               transposed: bool = False) -> ShardLayout:
+               transposed: bool = False, transposed_params: tuple[str, ...] | None = None) -> ShardLayout:
     """The layout of layer ``path`` (logical shards ``shard_paths`` of ``widths`` rows, K = ``input_size``) on
     ``mesh``; an InvalidArgumentError when the "model" axis cannot split it (more devices than heads, a K slice
     that is not whole MXFP4 32-blocks or whole ``k_block`` scale groups, a column slice that is not whole
-    ``n_block`` rows, a size not divisible). ``transposed``: the scheme's 2-D tensors are [K, N...] (the
-    QuarkScheme attributes ``shard_k_block``, ``shard_n_block``, ``shard_transposed`` give these three).
+    ``n_block`` rows, a size not divisible). ``transposed``: the scheme's raw 2-D tensors are [K, N...], and of its
+    processed ones ``transposed_params`` (None: all) (the QuarkScheme attributes ``shard_k_block``,
+    ``shard_n_block``, ``shard_transposed``, ``shard_transposed_params`` give these).
 
     >>> import numpy as np, jax
     >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
@@ -247,7 +249,8 @@ def plan_layer(path: str, shard_paths: Sequence[str], widths: Sequence[int], inp
             split.append(True)
             local.append(w // n)
         return ShardLayout(mesh=mesh, role="column", split=tuple(split), local_widths=tuple(local),
-                           local_k=int(input_size), rules=rules, transposed=transposed)
+                           local_k=int(input_size), rules=rules, transposed=transposed,
+                           transposed_params=transposed_params)
     if role == "row":
         k = int(input_size)
         if k % n:
@@ -261,9 +264,11 @@ def plan_layer(path: str, shard_paths: Sequence[str], widths: Sequence[int], inp
                                        f"{k // n}, not whole groups of {k_block} (the scheme's scale group along "
                                        f"K; use a 'model' axis of at most {max(k // k_block, 1)})")
         return ShardLayout(mesh=mesh, role="row", split=(False,) * len(widths), local_widths=tuple(widths),
-                           local_k=k // n, rules=rules, transposed=transposed)
+                           local_k=k // n, rules=rules, transposed=transposed,
+                           transposed_params=transposed_params)
     return ShardLayout(mesh=mesh, role="replicated", split=(False,) * len(widths), local_widths=tuple(widths),
-                       local_k=int(input_size), rules=rules, transposed=transposed)
+                       local_k=int(input_size), rules=rules, transposed=transposed,
+                           transposed_params=transposed_params)
 
 
 def _token_spec(layout: ShardLayout, x, last):

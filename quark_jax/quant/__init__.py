@@ -9,7 +9,7 @@ from quark_jax.quant.mx import (dequantize_mx, mx_block_scale_bytes, mx_packed_w
                                 round_to_mx_element)
 from quark_jax.quant.fp8_block import (dequantize_fp8_per_block, e8m0_ceil_bytes, expand_block_scales,
                                       per_token_group_quant_fp8, quantize_fp8_per_block)
-from quark_jax.quant.int4 import dequantize_int4, dequantize_int4_per_channel
+from quark_jax.quant.int4 import dequantize_int4, dequantize_int4_nk, dequantize_int4_per_channel
 from quark_jax.quant.nvfp4 import NVFP4_BLOCK_SIZE, dequantize_nvfp4, qdq_nvfp4, quantize_nvfp4
 from quark_jax.quant import rounding
 from quark_jax.quant.rounding import dot_precision, exact_f32, round_to
@@ -53,6 +53,7 @@ __all__ = [
     "e8m0_ceil_bytes",
     "dequantize_int4",
     "dequantize_int4_per_channel",
+    "dequantize_int4_nk",
     "NVFP4_BLOCK_SIZE",
     "quantize_nvfp4",
     "dequantize_nvfp4",

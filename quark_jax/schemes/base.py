@@ -186,6 +186,9 @@ class QuarkScheme(abc.ABC):
     shard_k_block = 1
     shard_n_block = 1
     shard_transposed = False
+    #: with ``shard_transposed``: the processed rank-2 params still stored [K..., N...] (None: all of them; per-group
+    #: INT4 repacks its weight to [N, K/2] and keeps its scales / zero points [G, N])
+    shard_transposed_params = None
     #: option name -> its allowed values, checked at construction
     choices: ClassVar[Mapping[str, tuple]] = {}
 

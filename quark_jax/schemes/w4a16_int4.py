@@ -1,8 +1,11 @@
 """``QuarkW4A16Int4`` (vLLM's, SPEC section 3): INT4 (symmetric) or UINT4 (with zero points) weight-only, per
 group along K or per channel, in Quark's packed layout; the activation is not quantized.
 
-Per group, ``apply_weights`` calls ``quark_jax.kernels.int4_mm`` (``kernel_op``; ``impl`` picks the fused Pallas
-kernel or the XLA reference); per channel (amd-quark's untransposed layout) runs the XLA reference.
+Per group, ``process_weights_after_loading`` repacks Quark's layout once (``kernels.int4_repack``: uint8 [N, K/2],
+int8 zero points [G, N]; the checkpoint layout is not kept) and ``apply_weights`` calls ``kernels.int4_mm_nk`` on
+it (``kernel_op`` "int4_mm"; ``impl`` picks the Pallas decode kernel or the XLA reference, which dequantizes the
+repacked layout); per channel (amd-quark's untransposed layout) keeps the checkpoint layout and runs the XLA
+reference.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ class QuarkW4A16Int4(QuarkScheme):
     Params, as amd-quark 0.13 exports them. Per group (vLLM's layout too; fused shards side by side along N):
     ``weight`` int32 [K, N/8]; ``weight_scale`` float [G, N]; ``weight_zero_point`` int32 [G, N/8]. Per channel
     (not transposed; shards stacked along N): ``weight`` int32 [N, K/8]; ``weight_scale`` [N];
-    ``weight_zero_point`` int32 [N/8]. Zero points: uint4 needs them; int4 may store them, all zero.
+    ``weight_zero_point`` int32 [N/8]. Zero points: uint4 needs them; int4 may store them, all zero (dropped).
+    Processed per group: ``weight`` uint8 [N, K/2] (``kernels.int4_repack``), ``weight_scale`` f32 [G, N],
+    ``weight_zero_point`` int8 [G, N] (uint4); per channel: the checkpoint layout, f32 scales.
     Apply: ``y = linear(x, (q - z) * s, bias)`` with the weight dequantized in f32 and rounded once to x's dtype.
 
     >>> s = QuarkW4A16Int4(signed=True, group_size=8, pack_method="order")
@@ -63,12 +68,19 @@ class QuarkW4A16Int4(QuarkScheme):
 
     @property
     def shard_transposed(self) -> bool:
-        return self.group_size != -1  # per group: [K, N/8], [G, N], [G, N/8]
+        return self.group_size != -1  # per group, raw: [K, N/8], [G, N], [G, N/8]
+
+    @property
+    def shard_transposed_params(self):
+        # per group, processed: weight [N, K/2] (N on axis 0; whole groups of K are whole runs of group / 2 bytes
+        # along axis 1), scales and zero points [G, N]
+        return None if self.group_size == -1 else ("weight_scale", "weight_zero_point")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.group_size != -1 and self.group_size <= 0:
-            raise ValueError(f"group_size: expected a positive group size or -1 (per channel), got {self.group_size}")
+        if self.group_size != -1 and (self.group_size <= 0 or self.group_size % 2):
+            raise ValueError(f"group_size: expected a positive even group size (the repacked layout holds two "
+                             f"half-groups a byte) or -1 (per channel), got {self.group_size}")
 
     def summary(self) -> str:
         grouping = "per_channel" if self.group_size == -1 else f"per_group {self.group_size}"
@@ -118,9 +130,14 @@ class QuarkW4A16Int4(QuarkScheme):
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
         weight = jnp.asarray(params["weight"])
         self._widths(self.weight_geometry(weight.shape)[0], logical_widths)
-        out = {"weight": weight, "weight_scale": jnp.asarray(params["weight_scale"]).astype(jnp.float32)}
-        if not self.signed:
-            out["weight_zero_point"] = jnp.asarray(params["weight_zero_point"])
+        scale = jnp.asarray(params["weight_scale"]).astype(jnp.float32)
+        zeros = None if self.signed else jnp.asarray(params["weight_zero_point"])
+        if self.group_size != -1:  # the repacked layout replaces the checkpoint's (no second copy is returned)
+            weight, zeros = kernels.int4_repack(weight, zeros, group_size=self.group_size, order=self.pack_method,
+                                                signed=self.signed)
+        out = {"weight": weight, "weight_scale": scale}
+        if zeros is not None:
+            out["weight_zero_point"] = zeros
         return out
 
     def _dequantize(self, params, dtype):
@@ -128,19 +145,18 @@ class QuarkW4A16Int4(QuarkScheme):
             return quant.dequantize_int4_per_channel(params["weight"], params["weight_scale"],
                                                      params.get("weight_zero_point"), order=self.pack_method,
                                                      signed=self.signed, dtype=dtype)
-        k = params["weight"].shape[0]
-        return quant.dequantize_int4(params["weight"], params["weight_scale"], params.get("weight_zero_point"),
-                                     group_size=self._group(k), order=self.pack_method, signed=self.signed,
-                                     dtype=dtype)
+        return quant.dequantize_int4_nk(params["weight"], params["weight_scale"], params.get("weight_zero_point"),
+                                        group_size=self.group_size, signed=self.signed, dtype=dtype)
 
     def dequantize_weight(self, params: Mapping[str, Any]):
         return self._dequantize(params, jnp.float32)
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
-        n, k = self.weight_geometry(params["weight"].shape)
+        w = params["weight"]
+        n, k = self.weight_geometry(w.shape) if self.group_size == -1 else (w.shape[0], 2 * w.shape[1])
         x2, lead = flatten_tokens(x, k, "QuarkW4A16Int4")
         if self.group_size == -1:
             return xla_linear(x2, self._dequantize(params, x2.dtype), bias).reshape(*lead, n)
-        y = kernels.int4_mm(x2, params["weight"], params["weight_scale"], params.get("weight_zero_point"), bias,
-                            group_size=self.group_size, order=self.pack_method, signed=self.signed, impl=self.impl)
+        y = kernels.int4_mm_nk(x2, w, params["weight_scale"], params.get("weight_zero_point"), bias,
+                               group_size=self.group_size, signed=self.signed, impl=self.impl)
         return y.reshape(*lead, n)

@@ -227,3 +227,36 @@ def test_cli_tune_times_the_checkpoints_layer_shapes_and_inspect_shows_auto(monk
 
 def timed_layers(inspect_out: str) -> list[str]:
     return [line for line in inspect_out.splitlines() if "QuarkW4A4MXFP4" in line]
+
+
+def test_int4_scheme_runs_the_repacked_kernel_at_decode_on_an_h200(monkeypatch):
+    """``QuarkW4A16Int4`` with ``impl="auto"`` on a pretend H200: the repacked-layout kernel (``pallas_nk``, its
+    defaults: zero point in the weight) at decode (M <= 16; M = 1 here), the XLA reference of the same layout above; both
+    give the checkpoint's dequantized GEMM (exact data: bit for bit)."""
+    from quark_jax import formats, quant
+    from quark_jax.kernels.int4_mm import pallas_nk
+    from quark_jax.schemes import QuarkW4A16Int4
+
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    ran = []
+    real = pallas_nk.int4_mm_nk_pallas
+
+    def spy(x, *args, **kw):
+        ran.append((x.shape[0], pallas_nk.default_config(x.shape[0], x.shape[1], args[0].shape[0],
+                                                         kw["group_size"]).zero_in_weight))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(pallas_nk, "int4_mm_nk_pallas", spy)
+    rng = np.random.default_rng(0)
+    k, n, g = 64, 32, 32
+    raw = {"weight": formats.pack_int4(rng.integers(0, 16, (k, n)), "reorder"),
+           "weight_scale": 2.0 ** rng.integers(-3, 1, (k // g, n)).astype(np.float32),
+           "weight_zero_point": formats.pack_int4(rng.integers(0, 16, (k // g, n)), "reorder")}
+    scheme = QuarkW4A16Int4(signed=False, group_size=g)
+    params = scheme.process_weights_after_loading(raw)
+    w = np.asarray(quant.dequantize_int4(raw["weight"], raw["weight_scale"], raw["weight_zero_point"], group_size=g,
+                                         signed=False), np.float64)
+    for m in (1, 40):
+        x = rng.integers(-8, 9, (m, k)).astype(np.float32) / 4
+        np.testing.assert_array_equal(np.asarray(scheme.apply_weights(params, x), np.float64), x @ w.T)
+    assert ran == [(1, True)]

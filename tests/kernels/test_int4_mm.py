@@ -173,6 +173,21 @@ def test_entry_errors_name_the_argument():
         kernels.int4_mm(d["x"], d["w"], d["s"], group_size=16, order="zigzag")
 
 
+def test_nk_entry_xla_equals_the_checkpoint_layouts_and_checks_its_arguments():
+    """``kernels.int4_mm_nk`` (impl="xla": the reference dequantizing the repacked layout) equals ``int4_mm`` on
+    the checkpoint layout bit for bit on random data (the same f32 weight); bad shapes name the argument."""
+    d = make(np.random.default_rng(4), 3, 64, 32, "uint4-reorder-g32-bias", exact=False)
+    w, z = kernels.int4_repack(d["w"], d["z"], group_size=32, order="reorder", signed=False)
+    got = kernels.int4_mm_nk(d["x"], w, d["s"], z, d["bias"], group_size=32, signed=False, impl="xla")
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(run_xla(d, out_dtype=jnp.bfloat16)))
+    with pytest.raises(ValueError, match=r"w_zeros: expected shape \(2, 32\)"):
+        kernels.int4_mm_nk(d["x"], w, d["s"], z[:1], group_size=32, signed=False)
+    with pytest.raises(ValueError, match="group_size: expected an even positive divisor of K = 64"):
+        kernels.int4_mm_nk(d["x"], w, d["s"], group_size=24)
+    with pytest.raises(ValueError, match=r"w_nk: expected shape \(N, 32\)"):
+        kernels.int4_mm_nk(d["x"], w[:, :16], d["s"], group_size=32)
+
+
 def test_nk_f32_x_and_the_ptx_model():
     """The repacked-layout kernel with f32 x (subtracting decode, f32 dot; Quark's "order" packing) equals the
     reference on exact data; the numpy model of its PTX byte-pair decode gives ``decode_nibbles``' bits (bf16 and

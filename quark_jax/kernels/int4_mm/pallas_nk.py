@@ -69,8 +69,10 @@ class Config:
                              f"{self.block_n}")
 
 
-# The MXFP4 decode kernel's H200 decode tiling (16x64x512, 4 warps, 3 stages, ~1.7 programs per SM). Not measured.
-DEFAULTS = {"16": Config(), "max": Config()}
+# The MXFP4 decode kernel's H200 decode tiling (16x64x512, 4 warps, 3 stages, ~1.7 programs per SM) with the zero
+# point in the weight: on the H200 (2026-12-02, BENCHMARKS.md) the best of the three variants or within 5% at M = 1
+# and 16 on the 8B shapes (11.5-30.6 us; the row-sum variant 13.2-31.0, 256-K steps 13.1-35.0).
+DEFAULTS = {"16": Config(zero_in_weight=True), "max": Config(zero_in_weight=True)}
 AUTO_SPLIT = {"decode": 224}
 
 

@@ -127,8 +127,9 @@ def default_impl(op: str, m: int, compute_capability: str) -> str:
       dequantizes the whole weight per call; 5-10x slower at decode on the H100 and H200);
     - ``fp8_scaled_mm``: Pallas for decode (M <= 16) from sm89 (FP8 tensor cores), else XLA (cuBLASLt);
     - ``int8_scaled_mm``: Pallas for decode from sm80, else XLA;
-    - ``int4_mm`` (W4A16 INT4/UINT4 per group): Pallas for decode from sm80 (H200: 1.7-2.1x faster than the XLA
-      reference, which dequantizes the whole weight per call), else XLA (prefill not measured);
+    - ``int4_mm`` (W4A16 INT4/UINT4 per group; ``int4_mm_nk`` on the repacked layout the scheme stores, and
+      ``int4_mm`` on the checkpoint's): Pallas for decode from sm80 (H200: the repacked-layout kernel 1.0-1.4x XLA
+      bf16 and ~4x the XLA reference, which dequantizes the whole weight per call), else XLA (prefill not measured);
     - ``fp8_block_mm`` (block-scaled FP8): Pallas from sm89 at every M (H200, M = 2048: 6.3x faster than the XLA
       reference, which dequantizes both operands to f32; decode not measured);
     - ``mxfp6_mm`` (MXFP6 weights): Pallas for decode from sm80 (H200: 1.5-2.0x faster than the XLA reference,

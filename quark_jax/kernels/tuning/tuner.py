@@ -91,7 +91,8 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
     - fp8_scaled_mm: (x_q [M, K] e4m3fn per-token quantized, w_q [N, K], x_scale [M, 1], w_scale [N], bias bf16);
     - int8_scaled_mm: (x_q int8, w_q int8, x_scale (), w_scale [N], bias bf16, azp_adj int32 [N]);
     - mxfp4_mm: (x bf16 [M, K], w_packed uint8 [N, K/2], w_scales uint8 [N, K/32]);
-    - int4_mm: (x bf16 [M, K], w_packed int32 [K, N/8], w_scales f32 [K/128, N]) (int4, group 128, "reorder");
+    - int4_mm: (x bf16 [M, K], w_nk uint8 [N, K/2], w_scales f32 [K/128, N]) (int4, group 128: the repacked
+      layout ``QuarkW4A16Int4`` stores and ``kernels.int4_mm_nk`` takes);
     - fp8_block_mm: (x_q e4m3fn [M, K], w_q [N, K], x_scale f32 [M, K/128], w_scale f32 [N/128, K/128]);
     - mxfp6_mm: (x bf16 [M, K], w_packed uint8 [N, 3K/4], w_scales uint8 [N, K/32]) (fp6_e2m3).
     """
@@ -129,11 +130,12 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
         make = jax.jit(lambda kk: quant.quantize_mxfp4(jax.random.normal(kk, (n, k), jnp.float32) * 0.02))
         return [(x, *make(kk)) for kk in wkeys]
     if op == "int4_mm":
-        from quark_jax import formats
+        from quark_jax import formats, kernels
 
         x = jax.random.normal(kx, (m, k), jnp.bfloat16)
         g = k // 128
-        make = jax.jit(lambda kk: (formats.pack_int4(jax.random.randint(kk, (k, n), -8, 8), "reorder"),
+        make = jax.jit(lambda kk: (kernels.int4_repack(formats.pack_int4(jax.random.randint(kk, (k, n), -8, 8),
+                                                                         "reorder"), group_size=128)[0],
                                    jax.random.uniform(jax.random.fold_in(kk, 1), (g, n), jnp.float32, 1e-3, 1e-2)))
         return [(x, *make(kk)) for kk in wkeys]
     if op == "mxfp6_mm":
@@ -168,7 +170,7 @@ def entry(op: str, impl: str) -> Callable:
         fn = functools.partial(kernels.mxfp4_mm, quantize_input=True, impl=impl)
     elif op == "int4_mm":
         def fn(x, w, s):
-            return kernels.int4_mm(x, w, s, group_size=128, order="reorder", signed=True, impl=impl)
+            return kernels.int4_mm_nk(x, w, s, group_size=128, signed=True, impl=impl)
     elif op == "mxfp6_mm":
         fn = functools.partial(kernels.mxfp6_mm, element="fp6_e2m3", impl=impl)
     elif op == "fp8_block_mm":
