@@ -1,7 +1,8 @@
 """MXFP4 extra rows for benchmarks/bench_gemm.py (the entry's W4A4 pallas / xla-emulation / auto rows come from the
 tuner): ``xla_bf16_dense`` (the dequantized weight in bf16; the baseline), the weight-only W4A16 rows
-(``pallas_w4a16``, ``xla_emulation_w4a16``) at decode, and ``jax.nn.scaled_matmul`` on pre-quantized
-float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
+(``pallas_w4a16``, ``xla_emulation_w4a16``) at decode, the experimental Mosaic GPU decode kernel at M <= 16
+(``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``), and ``jax.nn.scaled_matmul``
+on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def cases(point, sets, Case):
     if m <= 16:
         for impl, name in (("pallas", "pallas_w4a16"), ("xla", "xla_emulation_w4a16")):
             fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=False, impl=impl))
+            out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+        for q, name in ((True, "pallas_mosaic"), (False, "pallas_mosaic_w4a16")):
+            fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=q, impl="mosaic"))
             out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
     if not SCALED_MATMUL:
         return out

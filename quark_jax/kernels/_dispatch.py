@@ -12,8 +12,9 @@ import jax
 from quark_jax.kernels import tuning
 
 IMPLS = ("auto", "pallas", "xla")
-# The FP8 / INT8 GEMMs also take impl="mosaic": the Pallas Mosaic GPU (Hopper TMA + wgmma) skinny kernel for
-# M <= 128, an experimental second backend that ``auto`` does not pick (benchmarks/NOTES.md).
+# The FP8 / INT8 / MXFP4 GEMMs also take impl="mosaic": a Pallas Mosaic GPU (Hopper TMA + wgmma) decode kernel
+# (FP8 / INT8: M <= 128; MXFP4: M <= 16), an experimental second backend that ``auto`` does not pick
+# (benchmarks/NOTES.md).
 IMPLS_WITH_MOSAIC = IMPLS + ("mosaic",)
 
 

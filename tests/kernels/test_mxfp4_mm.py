@@ -19,11 +19,12 @@ import kernel_reference as kref
 import reference_numpy as ref
 from kernels.base import ON_GPU, KernelContract, Variant
 from quark_jax import formats, kernels, quant
-from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm, pallas_triton
+from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm, pallas_mosaic_gpu, pallas_triton
 from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
 
 C = pallas_triton.Config
 D = dequant_gemm.Config
+MC = pallas_mosaic_gpu.Config
 
 
 def _pallas_triton(x, wp, ws, bias, quantize_input, out_dtype, config):
@@ -60,6 +61,11 @@ class TestMxfp4Mm(KernelContract):
         # dequantize-then-GEMM (large M): several row and K tiles of the dequant kernel, ragged M
         Variant(backend="dequant_gemm", name="pallas_tiles", shape=(19, 128, 32), config=D(block_n=16, block_k=64)),
         Variant(backend="dequant_gemm", name="xla", shape=(5, 128, 32), config=D(method="xla")),
+        # Mosaic GPU decode kernel (Mosaic GPU interpreter on CPU, slow: one variant; M = 13 with bias and W4A16
+        # in test_mosaic_entry_config_and_errors): ragged M, two N tiles, a K split of two programs with two
+        # pipeline steps of two MX blocks each
+        Variant(backend="pallas_mosaic_gpu", name="decode_split_k", shape=(3, 256, 128),
+                config=MC(block_n=64, block_k=64, stages=2, split_k=2)),
     ]
     # quantize_input (W4A4) or not (W4A16), with or without bias: each variant runs both modes, the bias pairing
     # alternates between variants so that every (mode, bias) pair and the split-K bias path are covered
@@ -75,6 +81,9 @@ class TestMxfp4Mm(KernelContract):
         return dict(x=x, wp=wp, ws=ws, bias=bias if flavor.endswith("-bias") else None, q=flavor.startswith("w4a4"))
 
     def run(self, variant, d, flavor):
+        if variant.backend == "pallas_mosaic_gpu":
+            return pallas_mosaic_gpu.mxfp4_mm_mosaic(d["x"], d["wp"], d["ws"], d["bias"], quantize_input=d["q"],
+                                                     out_dtype=jnp.float32, config=variant.config)
         return _pallas_triton(d["x"], d["wp"], d["ws"], d["bias"], d["q"], jnp.float32, variant.config)
 
     def check(self, got, d, flavor):
@@ -304,3 +313,48 @@ def test_prefill_shape_on_gpu(config):
                                                    config=config), np.float64)
     assert np.isfinite(got).all()
     assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def test_mosaic_decode_all_codes_and_scale_bytes():
+    """The Mosaic kernel's in-register decode (``decode_block``) equals ``quant.dequantize_mxfp4`` on every code
+    and every scale byte 0..254 (float32, before the bf16 rounding; the kernel rounds once to bf16)."""
+    codes = np.tile(np.arange(16), 2)[None, :].repeat(255, axis=0)  # [255, 32]: each code twice per row
+    sbytes = np.arange(255, dtype=np.uint8)
+    got = jax.jit(pallas_mosaic_gpu.decode_block)(jnp.asarray(codes, jnp.int32),
+                                         jnp.asarray(np.repeat(sbytes[:, None], 32, axis=1), jnp.int32))
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)  # [255, 16]: codes in K order
+    want = quant.dequantize_mxfp4(jnp.asarray(packed), jnp.asarray(sbytes[:, None]))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_mosaic_entry_config_and_errors():
+    """impl="mosaic" through the entry equals impl="xla" (M = 13: 16 padded rows, W4A16 with bias, bf16 out, the
+    default config fitted); Config validation; the operand checks name the reason (dtype, M, N)."""
+    rng = np.random.default_rng(3)
+    x, wp, ws, bias = _exact_data(rng, 13, 64, 64, jnp.bfloat16)
+    got = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="mosaic")
+    want = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="xla")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+    assert MC(block_n=128, block_k=1024, split_k=8).fit(k=4096, n=192) == MC(block_n=64, block_k=512, split_k=8)
+    assert pallas_mosaic_gpu.default_config(14336, 4096).split_k == 4
+    for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=2)):
+        with pytest.raises(ValueError, match="Config"):
+            MC(**bad)
+    with pytest.raises(TypeError, match="bf16 x"):
+        kernels.mxfp4_mm(x.astype(jnp.float16), wp, ws, impl="mosaic")
+    with pytest.raises(ValueError, match="M <= 16"):
+        kernels.mxfp4_mm(jnp.ones((17, 64), jnp.bfloat16), wp, ws, impl="mosaic")
+    with pytest.raises(ValueError, match="multiples of 64"):
+        kernels.mxfp4_mm(x, wp[:48], ws[:48], impl="mosaic")
+
+
+def test_mosaic_lowers_for_cuda():
+    """The compiled kernel's Pallas -> Mosaic GPU lowering (register layouts, swizzled loads, register-A wgmma)
+    succeeds for CUDA at a decode shape of the 8B model, without a GPU: it catches Mosaic lowering errors that the
+    interpreter cannot see (benchmarks/NOTES.md, "Mosaic GPU MXFP4"; not the PTX / ptxas stage)."""
+    args = (jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16), jax.ShapeDtypeStruct((4096, 2048), jnp.uint8),
+            jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
+    fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False))
+    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text

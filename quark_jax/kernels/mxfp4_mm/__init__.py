@@ -1,4 +1,8 @@
-"""MXFP4 GEMM from packed weights (W4A4 and W4 weight-only): XLA reference and Pallas (Triton) kernel."""
+"""MXFP4 GEMM from packed weights (W4A4 and W4 weight-only): XLA reference and Pallas kernels.
+
+``pallas_triton.py`` is the fused kernel ``auto`` picks; ``pallas_mosaic_gpu.py`` the experimental Hopper (TMA +
+wgmma) decode kernel for M <= 16 (``impl="mosaic"``; not picked by ``auto``, benchmarks/NOTES.md).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
       w_scales: [N, K/32] uint8 E8M0 scale bytes.
       bias: optional [N], added in f32.
       quantize_input: W4A4 (True, MXFP4 quant-dequant of x) or weight-only (False).
-      out_dtype: default x.dtype. impl: "auto", "pallas" or "xla".
+      out_dtype: default x.dtype. impl: "auto", "pallas", "xla" or "mosaic" (the experimental Mosaic GPU
+        decode kernel: bf16 x, or f32 x with quantize_input; M <= 16; N and K multiples of 64).
 
     Accumulates in f32 and rounds once to ``out_dtype`` (SPEC section 3, MXFP4).
 
@@ -40,7 +45,13 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
     if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
         raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
     bias = _validate.bias_vector(bias, n)
-    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, supported=n % 16 == 0)
+    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, supported=n % 16 == 0,
+                                   allowed=_dispatch.IMPLS_WITH_MOSAIC)
+    if which == "mosaic":
+        from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
+
+        return pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w_packed, w_scales, bias, quantize_input=quantize_input,
+                                                 out_dtype=out_dtype)
     if which == "pallas":
         _validate.multiple_of("w_packed", n, 16, "N")
         from quark_jax.kernels.mxfp4_mm import pallas_triton

@@ -1,0 +1,286 @@
+"""Pallas Mosaic GPU (Hopper: TMA + wgmma) MXFP4 GEMM for decode (M <= 16): W4A16, and W4A4 with the activation
+quantized first by the XLA path (``qdq_mxfp4``), as the Triton kernel's entry does.
+
+Design (v1, one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, never picked by ``auto``):
+
+* grid (N / block_n, split_k); each program owns ``block_n`` weight rows and a K range;
+* ``plgpu.emit_pipeline`` streams, per K step, the packed weight tile [block_n, block_k/2] (uint8, tiled
+  (8, 16): one 16-byte column tile is exactly one MX block), its E8M0 scales [block_k/32, block_n] (the scales
+  are transposed once by XLA, so that one MX block's scales are a contiguous row) and the even / odd columns of the
+  activation [m_pad, block_k/2] (bf16, 32-byte swizzle) by TMA through a ``stages``-deep shared-memory ring;
+* per MX block (16 packed bytes = 16 even + 16 odd K elements) the warpgroup loads the [block_n, 16] bytes into
+  registers in the wgmma operand layout, decodes both nibble planes to bf16 (integer bit work into the float32
+  pattern, one multiply by the block's power-of-two scale, broadcast from a [block_n] row vector), and feeds them
+  as the *register* A operand of two K = 16 wgmmas against the transposed activation tiles: the decoded weight
+  never touches shared memory;
+* the f32 accumulator [block_n, m_pad] leaves by TMA as out^T (per K split); XLA sums the splits, transposes,
+  adds the bias and rounds once (one fused op).
+
+While the warpgroup decodes step i, the TMA engine already fetches steps i+1 .. i+stages-1 (the ring), so the
+stream overlaps the decode; the wgmmas are asynchronous (``wgmma_wait(1)``). What v1 does NOT do yet is the
+warp-specialized split (a producer warpgroup issuing the copies, two consumer warpgroups decoding): see
+benchmarks/NOTES.md ("Mosaic GPU MXFP4").
+
+Exactness: decoded weights (E2M1 times a power of two) are exact in bf16 up to the same overflow / subnormal
+rounding ``quant.dequantize_mxfp4`` makes (the scale is applied in float32 as ``quant.apply_e8m0_scale`` does,
+then rounded to bf16 once), and bf16 wgmma accumulates in f32, so the result equals the XLA reference up to the
+order of the f32 sums.
+
+Testing on CPU: JAX's Mosaic GPU interpreter runs the kernel (TMA ring, barriers) but reads neither register-A
+nor transposed wgmma operands; in interpret mode the same decode feeds an explicit dot carried by the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from quark_jax import formats
+from quark_jax.kernels import _dispatch
+from quark_jax.kernels.mosaic_skinny import gpu_interpret_params
+from quark_jax.quant import qdq_mxfp4
+
+MX_BYTES = formats.MX_BLOCK_SIZE // 2  # packed bytes per MX block (16)
+MAX_M = 16
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Tiling of the Mosaic MXFP4 decode kernel.
+
+    >>> Config(block_n=128, block_k=512, stages=4, split_k=2).fit(k=256, n=64)
+    Config(block_n=64, block_k=128, stages=4, split_k=2, consumer_warpgroups=1)
+    """
+
+    block_n: int = 64  # weight rows per program: a power of two >= 64 (wgmma's M)
+    block_k: int = 256  # K elements per pipeline step: a power of two >= 64 (two MX blocks: 32 packed bytes)
+    stages: int = 4  # TMA copies in flight (the ring depth)
+    split_k: int = 1  # programs along K (> 1: f32 partial sums added by XLA)
+    consumer_warpgroups: int = 1  # decode + wgmma warpgroups; v1 runs one (warp specialization: NOTES)
+
+    def __post_init__(self):
+        for name in ("block_n", "block_k", "stages", "split_k", "consumer_warpgroups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Config.{name}: expected a positive int, got {v!r}")
+        if self.block_n % 64 or self.block_n & (self.block_n - 1):
+            raise ValueError(f"Config.block_n: expected a power of two >= 64 (wgmma rows), got {self.block_n}")
+        if self.block_k < 64 or self.block_k & (self.block_k - 1):
+            # the packed tile's rows are >= 32 bytes: TMA swizzles of 32, 64 or 128 bytes
+            raise ValueError(f"Config.block_k: expected a power of two >= 64, got {self.block_k}")
+        if self.consumer_warpgroups != 1:
+            raise ValueError("Config.consumer_warpgroups: this version runs one warpgroup (got "
+                             f"{self.consumer_warpgroups}); the warp-specialized kernel is the next step")
+
+    def fit(self, *, k: int, n: int) -> "Config":
+        """Shrink the blocks (and the K split) so that they divide (n, k); n and k multiples of 64."""
+        bn = self.block_n
+        while n % bn and bn > 64:
+            bn //= 2
+        splits = self.split_k
+        while splits > 1 and k % (splits * 64):
+            splits //= 2
+        bk = self.block_k
+        while (k // splits) % bk and bk > 64:
+            bk //= 2
+        return dataclasses.replace(self, block_n=bn, block_k=bk, split_k=splits)
+
+
+DEFAULT = Config()
+# K split per weight shape (K, N) at decode so that the grid fills the H200's 132 SMs (not measured yet)
+SPLITS = {(4096, 14336): 1, (14336, 4096): 4, (4096, 4096): 4, (8192, 8192): 2}
+
+
+def default_config(k: int, n: int) -> Config:
+    """``DEFAULT`` with the shape's K split (``SPLITS``, else enough splits for ~128 programs), fitted.
+
+    >>> default_config(4096, 4096).split_k
+    4
+    """
+    splits = SPLITS.get((k, n))
+    if splits is None:
+        programs = max(n // DEFAULT.block_n, 1)
+        splits = 1
+        while programs * splits < 128 and splits < 8 and k // (2 * splits) >= DEFAULT.block_k:
+            splits *= 2
+    return dataclasses.replace(DEFAULT, split_k=splits).fit(k=k, n=n)
+
+
+def _f32_bits(bits):
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def decode_block(codes, scale_rows):
+    """One MX block's nibble codes (int32 [bn, 16], 0..15) times ``2**(s - 127)`` as float32, from the scale
+    bytes as int32 [bn] already broadcast to [bn, 16] (``scale_rows``). Integer bit work on normal float32
+    patterns only (no subnormal operand, so a flushing backend gives the same), then the scale applied as
+    ``quant.apply_e8m0_scale`` does (byte 0 as 2**-126 then a halving).
+
+    E2M1 magnitude m = 2..7 is the float32 pattern ``(m << 22) + bits(0.5)``, m = 1 is 0.5, 0 is 0; bit 3 the sign.
+
+    >>> c = jnp.arange(16, dtype=jnp.int32)[None]
+    >>> decode_block(c, jnp.full((1, 16), 128, jnp.int32))[0].tolist()[:8]
+    [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0]
+    """
+    mag = codes & 7
+    bits = jnp.where(mag >= 2, (mag << 22) + 0x3F000000, jnp.where(mag == 1, 0x3F000000, 0))
+    v = _f32_bits(bits | ((codes & 8) << 28))
+    s1 = _f32_bits(jnp.maximum(scale_rows, 1) << 23)  # 2**(max(s, 1) - 127), a normal float32
+    half = jnp.where(scale_rows == 0, jnp.float32(0.5), jnp.float32(1.0))
+    return (v * s1) * half
+
+
+def _decode_planes(packed_i32, scale_rows):
+    """(lo, hi) bf16 planes of int32 packed bytes [bn, 16] (even K elements in the low nibble)."""
+    lo = decode_block(packed_i32 & 0xF, scale_rows).astype(jnp.bfloat16)
+    hi = decode_block(packed_i32 >> 4, scale_rows).astype(jnp.bfloat16)
+    return lo, hi
+
+
+def _dot_nt(a, b):
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
+    """out [split_k, N, m_pad] f32: the K split's partial sums of ``w @ x^T`` (see the module docstring)."""
+    m_pad, kh = xe.shape
+    n = w_packed.shape[0]
+    bn, splits = cfg.block_n, cfg.split_k
+    bkh = cfg.block_k // 2  # packed bytes (= even / odd x columns) per step
+    nb = bkh // MX_BYTES  # MX blocks per step
+    steps = kh // (bkh * splits)
+    w_swizzle = plgpu.find_swizzle(bkh * 8)
+    w_transforms = (plgpu.TilingTransform((8, w_swizzle)), plgpu.SwizzleTransform(w_swizzle))
+    # the packed tile is swizzled as wide as it allows; the bf16 x tiles are tiled 16 columns wide (32-byte swizzle): one
+    # column tile per MX block, so that each block's x columns are a whole wgmma operand
+    x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
+
+    def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
+        pid_n = lax.axis_index("n")
+        split = lax.axis_index("k")
+        k0 = split * steps
+        in_specs = [
+            plgpu.BlockSpec((bn, bkh), lambda kk: (pid_n, k0 + kk), transforms=w_transforms, delay_release=1),
+            plgpu.BlockSpec((nb, bn), lambda kk: (k0 + kk, pid_n), delay_release=1),
+            plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms, delay_release=1),
+            plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms, delay_release=1),
+        ]
+
+        def tile_planes(w_smem, s_smem):
+            """The step's decoded (lo, hi) bf16 planes, per MX block: [(lo_b, hi_b)] of [bn, 16] each."""
+            if interpret:
+                packed = w_smem[...]
+            else:  # one swizzled load of the whole tile in the wgmma register layout, sliced per block
+                packed = plgpu.load(w_smem, (), layout=plgpu.Layout.WGMMA)
+            planes = []
+            for b in range(nb):
+                if interpret:
+                    srow = s_smem[b]
+                else:
+                    srow = plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))
+                srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (bn, MX_BYTES), [0])
+                block = lax.slice(packed, (0, b * MX_BYTES), (bn, (b + 1) * MX_BYTES))  # registers only
+                planes.append(_decode_planes(block.astype(jnp.int32), srows))
+            return planes
+
+        if interpret:
+            # jax 0.10's GPU interpreter reads neither register-A nor transposed wgmma operands: the same decode
+            # feeds an explicit dot carried by the pipeline
+            def step_carry(_, w_smem, s_smem, xe_smem, xo_smem, carry):
+                for b, (lo, hi) in enumerate(tile_planes(w_smem, s_smem)):
+                    cols = pl.ds(b * MX_BYTES, MX_BYTES)
+                    carry = carry + _dot_nt(lo, xe_smem[:, cols]) + _dot_nt(hi, xo_smem[:, cols])
+                return carry
+
+            a = plgpu.emit_pipeline(step_carry, grid=(steps,), in_specs=in_specs, max_concurrent_steps=cfg.stages,
+                                    init_carry=jnp.zeros((bn, m_pad), jnp.float32))(w_gmem, s_gmem, xe_gmem,
+                                                                                      xo_gmem)
+        else:
+            def accumulate(acc):
+                def step(_, w_smem, s_smem, xe_smem, xo_smem):
+                    for b, (lo, hi) in enumerate(tile_planes(w_smem, s_smem)):
+                        cols = pl.ds(b * MX_BYTES, MX_BYTES)
+                        plgpu.wgmma(acc, lo, plgpu.transpose_ref(xe_smem.at[:, cols], (1, 0)))
+                        plgpu.wgmma(acc, hi, plgpu.transpose_ref(xo_smem.at[:, cols], (1, 0)))
+                        plgpu.wgmma_wait(2)
+
+                plgpu.emit_pipeline(step, grid=(steps,), in_specs=in_specs, max_concurrent_steps=cfg.stages)(
+                    w_gmem, s_gmem, xe_gmem, xo_gmem)
+                plgpu.wgmma_wait(0)
+                return acc[...]
+
+            # the register accumulator gets its own scope (REGS and SMEM allocations do not mix in one scope)
+            a = pl.run_scoped(accumulate, plgpu.ACC((bn, m_pad), jnp.float32))
+        o_smem[...] = a
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, out_gmem.at[split, pl.ds(pid_n * bn, bn)])
+        plgpu.wait_smem_to_gmem(0)
+
+    kwargs = {"interpret": gpu_interpret_params()} if interpret else {}
+    call = plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct((splits, n, m_pad), jnp.float32),
+        scratch_types=[plgpu.SMEM((bn, m_pad), jnp.float32)],
+        grid=(n // bn, splits),
+        grid_names=("n", "k"),
+        **kwargs,
+    )
+    return call(xe, xo, w_packed, s_t)
+
+
+def check_operands(x_dtype, quantize_input: bool, m: int, k: int, n: int):
+    """What this kernel takes: bf16 x (or f32 x quantized first: its values are bf16-exact), M <= 16, N a multiple
+    of 64, K a multiple of 64."""
+    x_dtype = jnp.dtype(x_dtype)
+    if x_dtype != jnp.bfloat16 and not (x_dtype == jnp.float32 and quantize_input):
+        raise TypeError(f"x: the Mosaic GPU MXFP4 kernel runs bf16 wgmma; it takes bf16 x (or f32 x with "
+                        f"quantize_input), got {x_dtype}; use impl='pallas'")
+    if m > MAX_M:
+        raise ValueError(f"x: the Mosaic GPU MXFP4 kernel is for M <= {MAX_M} (decode), got M = {m}; "
+                         f"use impl='pallas'")
+    if n % 64 or k % 64:
+        raise ValueError(f"w_packed: the Mosaic GPU MXFP4 kernel needs N and K multiples of 64, got N = {n}, "
+                         f"K = {k}")
+
+
+def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None,
+                    config: Config | None = None, interpret=None):
+    """``out(linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias))`` with
+    the weight decoded inside one Mosaic GPU kernel; same contract as ``quark_jax.kernels.mxfp4_mm`` plus
+    ``check_operands``. ``config``: a ``Config`` (fit to the shape); None: ``default_config``. ``interpret``:
+    None means "unless on a CUDA GPU".
+
+    >>> w = jnp.full((64, 32), 0x22, jnp.uint8); s = jnp.full((64, 2), 127, jnp.uint8)  # every weight 1.0
+    >>> mxfp4_mm_mosaic(jnp.ones((1, 64), jnp.bfloat16), w, s, out_dtype=jnp.float32)[0, :2].tolist()
+    [64.0, 64.0]
+    """
+    m, k = x.shape
+    n = w_packed.shape[0]
+    check_operands(x.dtype, quantize_input, m, k, n)
+    cfg = (config or default_config(k, n)).fit(k=k, n=n)
+    interpret = _dispatch.pallas_interpret() if interpret is None else interpret
+    out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
+    return _mosaic_jit(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
+                       cfg=cfg, interpret=bool(interpret))
+
+
+@functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "interpret"))
+def _mosaic_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, interpret):
+    m, k = x.shape
+    m_pad = -(-m // 8) * 8  # wgmma's N: a multiple of 8
+    xq = (qdq_mxfp4(x) if quantize_input else x).astype(jnp.bfloat16)
+    pairs = jnp.pad(xq, ((0, m_pad - m), (0, 0))).reshape(m_pad, k // 2, 2)
+    parts = _mosaic_call(pairs[:, :, 0], pairs[:, :, 1], w_packed, w_scales.T, cfg=cfg, interpret=interpret)
+    acc = jnp.sum(parts, axis=0)[:, :m].T  # [M, N]
+    if bias is not None:
+        acc = acc + bias.astype(jnp.float32)[None, :]
+    return acc.astype(out_dtype)
+
+
+__all__ = ["mxfp4_mm_mosaic", "Config", "DEFAULT", "default_config", "check_operands", "decode_block"]
