@@ -1,12 +1,14 @@
 """MXFP4 extra rows for benchmarks/bench_gemm.py (the entry's W4A4 pallas / xla-emulation / auto rows come from the
 tuner): ``xla_bf16_dense`` (the dequantized weight in bf16; the baseline), the weight-only W4A16 rows
 (``pallas_w4a16``, ``xla_emulation_w4a16``) at decode, the experimental Mosaic GPU decode kernel at M <= 16
-(``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``), and ``jax.nn.scaled_matmul``
+(``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``, both with the PTX decode, and
+``pallas_mosaic_jnp_decode`` W4A4 with the portable decode), and ``jax.nn.scaled_matmul``
 on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -17,6 +19,7 @@ from gemm_int8 import bf16_case
 
 from quark_jax import quant
 from quark_jax.kernels import mxfp4_mm
+from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
 
 SCALED_MATMUL = True  # time jax.nn.scaled_matmul (benchmarks/tune_mxfp4.py turns it off to save device time)
 
@@ -39,6 +42,9 @@ def cases(point, sets, Case):
         for q, name in ((True, "pallas_mosaic"), (False, "pallas_mosaic_w4a16")):
             fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=q, impl="mosaic"))
             out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+        cfg = dataclasses.replace(pallas_mosaic_gpu.default_config(k, n), decode="jnp")
+        fn = jax.jit(functools.partial(pallas_mosaic_gpu.mxfp4_mm_mosaic, quantize_input=True, config=cfg))
+        out.append(Case(name="pallas_mosaic_jnp_decode", fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
     if not SCALED_MATMUL:
         return out
     try:

@@ -63,9 +63,9 @@ class TestMxfp4Mm(KernelContract):
         Variant(backend="dequant_gemm", name="xla", shape=(5, 128, 32), config=D(method="xla")),
         # Mosaic GPU decode kernel (Mosaic GPU interpreter on CPU, slow: one variant; M = 13 with bias and W4A16
         # in test_mosaic_entry_config_and_errors): ragged M, two N tiles, a K split of two programs with two
-        # pipeline steps of two MX blocks each
+        # pipeline steps of two MX blocks each (PTX decode compiled on a GPU, the portable one in the interpreter)
         Variant(backend="pallas_mosaic_gpu", name="decode_split_k", shape=(3, 256, 128),
-                config=MC(block_n=64, block_k=64, stages=2, split_k=2)),
+                config=MC(block_n=64, block_k=64, stages=2, split_k=2, decode="ptx")),
     ]
     # quantize_input (W4A4) or not (W4A16), with or without bias: each variant runs both modes, the bias pairing
     # alternates between variants so that every (mode, bias) pair and the split-K bias path are covered
@@ -329,16 +329,19 @@ def test_mosaic_decode_all_codes_and_scale_bytes():
 
 def test_mosaic_entry_config_and_errors():
     """impl="mosaic" through the entry equals impl="xla" (M = 13: 16 padded rows, W4A16 with bias, bf16 out, the
-    default config fitted); Config validation; the operand checks name the reason (dtype, M, N)."""
+    default config fitted), and so does the portable decode; Config validation; the operand checks name the
+    reason (dtype, M, N)."""
     rng = np.random.default_rng(3)
     x, wp, ws, bias = _exact_data(rng, 13, 64, 64, jnp.bfloat16)
     got = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="mosaic")
     want = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="xla")
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+    got_jnp = pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, bias, quantize_input=False, config=MC(decode="jnp"))
+    np.testing.assert_array_equal(np.asarray(got_jnp.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
     assert MC(block_n=128, block_k=1024, split_k=8).fit(k=4096, n=192) == MC(block_n=64, block_k=512, split_k=8)
     assert pallas_mosaic_gpu.default_config(14336, 4096).split_k == 4
-    for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=2)):
+    for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=2), dict(decode="asm")):
         with pytest.raises(ValueError, match="Config"):
             MC(**bad)
     with pytest.raises(TypeError, match="bf16 x"):
@@ -355,6 +358,8 @@ def test_mosaic_lowers_for_cuda():
     interpreter cannot see (benchmarks/NOTES.md, "Mosaic GPU MXFP4"; not the PTX / ptxas stage)."""
     args = (jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16), jax.ShapeDtypeStruct((4096, 2048), jnp.uint8),
             jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
-    fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False))
-    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert "mosaic_gpu" in text
+    for decode_ in ("ptx", "jnp"):
+        cfg = MC(decode=decode_, split_k=4)
+        fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
+        text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text

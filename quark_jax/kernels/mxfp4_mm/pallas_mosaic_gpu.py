@@ -9,8 +9,10 @@ Design (v1, one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, 
   are transposed once by XLA, so that one MX block's scales are a contiguous row) and the even / odd columns of the
   activation [m_pad, block_k/2] (bf16, 32-byte swizzle) by TMA through a ``stages``-deep shared-memory ring;
 * per MX block (16 packed bytes = 16 even + 16 odd K elements) the warpgroup loads the [block_n, 16] bytes into
-  registers in the wgmma operand layout, decodes both nibble planes to bf16 (integer bit work into the float32
-  pattern, one multiply by the block's power-of-two scale, broadcast from a [block_n] row vector), and feeds them
+  registers in the wgmma operand layout, decodes both nibble planes to bf16 (``decode="ptx"``, the default:
+  decode.py's PTX per register, prmt + shl + and + two mul.bf16x2 per 2 bytes; ``"jnp"``: integer bit work into
+  the float32 pattern, one multiply by the block's power-of-two scale broadcast from a [block_n] row vector; the
+  interpreter always runs "jnp"), and feeds them
   as the *register* A operand of two K = 16 wgmmas against the transposed activation tiles: the decoded weight
   never touches shared memory;
 * the f32 accumulator [block_n, m_pad] leaves by TMA as out^T (per K split); XLA sums the splits, transposes,
@@ -44,10 +46,12 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from quark_jax import formats
 from quark_jax.kernels import _dispatch
 from quark_jax.kernels.mosaic_skinny import gpu_interpret_params
+from quark_jax.kernels.mxfp4_mm import decode
 from quark_jax.quant import qdq_mxfp4
 
 MX_BYTES = formats.MX_BLOCK_SIZE // 2  # packed bytes per MX block (16)
 MAX_M = 16
+DECODES = ("jnp", "ptx")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,7 +59,7 @@ class Config:
     """Tiling of the Mosaic MXFP4 decode kernel.
 
     >>> Config(block_n=128, block_k=512, stages=4, split_k=2).fit(k=256, n=64)
-    Config(block_n=64, block_k=128, stages=4, split_k=2, consumer_warpgroups=1)
+    Config(block_n=64, block_k=128, stages=4, split_k=2, consumer_warpgroups=1, decode='jnp')
     """
 
     block_n: int = 64  # weight rows per program: a power of two >= 64 (wgmma's M)
@@ -63,6 +67,7 @@ class Config:
     stages: int = 4  # TMA copies in flight (the ring depth)
     split_k: int = 1  # programs along K (> 1: f32 partial sums added by XLA)
     consumer_warpgroups: int = 1  # decode + wgmma warpgroups; v1 runs one (warp specialization: NOTES)
+    decode: str = "jnp"  # "jnp" (portable ops) or "ptx" (decode.py's PTX per register; compiled only)
 
     def __post_init__(self):
         for name in ("block_n", "block_k", "stages", "split_k", "consumer_warpgroups"):
@@ -74,6 +79,8 @@ class Config:
         if self.block_k < 64 or self.block_k & (self.block_k - 1):
             # the packed tile's rows are >= 32 bytes: TMA swizzles of 32, 64 or 128 bytes
             raise ValueError(f"Config.block_k: expected a power of two >= 64, got {self.block_k}")
+        if self.decode not in DECODES:
+            raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
         if self.consumer_warpgroups != 1:
             raise ValueError("Config.consumer_warpgroups: this version runs one warpgroup (got "
                              f"{self.consumer_warpgroups}); the warp-specialized kernel is the next step")
@@ -92,7 +99,7 @@ class Config:
         return dataclasses.replace(self, block_n=bn, block_k=bk, split_k=splits)
 
 
-DEFAULT = Config()
+DEFAULT = Config(decode="ptx")  # on CPU (interpret mode) the PTX decode runs as the portable one
 # K split per weight shape (K, N) at decode so that the grid fills the H200's 132 SMs (not measured yet)
 SPLITS = {(4096, 14336): 1, (14336, 4096): 4, (4096, 4096): 4, (8192, 8192): 2}
 
@@ -143,6 +150,46 @@ def _decode_planes(packed_i32, scale_rows):
     return lo, hi
 
 
+def _ptx_planes(packed_u8, scale_bf16):
+    """(lo, hi) bf16 [bn, 16] of one MX block's packed bytes (uint8 [bn, 16]) and its bf16 scales broadcast to
+    [bn, 16] (``decode.scale_bf16``), both in the wgmma register layout, by decode.py's PTX (``_ptx(..., scaled=
+    True, pack=2)``: prmt + shl + and + two mul.bf16x2, validated on the H200 in the Triton kernel) applied to
+    each register: a uint8 register holds two consecutive bytes, which decode to the two consecutive columns that
+    the matching bf16 register holds in each plane. Compiled only (inline PTX: the interpreter cannot run it)."""
+    import numpy as np
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import llvm
+    from jax.experimental import mosaic as _  # noqa: F401  (registers the Mosaic GPU dialects)
+    from jax.experimental.mosaic import gpu as mgpu
+
+    bn = packed_u8.shape[0]
+    out_ty = plgpu.ShapeDtypeStruct((bn, MX_BYTES), jnp.bfloat16, layout=plgpu.Layout.WGMMA)
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WGMMA), return_type=(out_ty, out_ty))
+    def planes(ctx, packed, scale):
+        del ctx
+        i16, i32 = ir.IntegerType.get_signless(16), ir.IntegerType.get_signless(32)
+        if packed.registers.shape != scale.registers.shape:
+            raise NotImplementedError(f"register arrays differ: {packed.registers.shape} vs "
+                                      f"{scale.registers.shape}")
+        kinds = {(str(r.type), str(t.type)) for r, t in zip(packed.registers.flat, scale.registers.flat)}
+        if kinds != {("vector<2xi8>", "vector<2xbf16>")}:
+            raise NotImplementedError(f"expected 2-element registers (uint8, bf16), got {kinds}")
+        out = []
+        for low_nibble in (True, False):
+            code = decode._ptx(low_nibble, True, 2)
+            regs = np.empty(packed.registers.shape, dtype=object)
+            for idx, reg in np.ndenumerate(packed.registers):
+                pair = llvm.bitcast(i16, reg)  # vector<2xi8> -> the two bytes
+                sc = llvm.bitcast(i32, scale.registers[idx])  # vector<2xbf16> -> bf16x2
+                res = llvm.inline_asm(i32, [pair, sc], code, "=r,h,r")
+                regs[idx] = llvm.bitcast(scale.registers[idx].type, res)
+            out.append(mgpu.FragmentedArray(_registers=regs, _layout=scale.layout, _is_signed=None))
+        return tuple(out)
+
+    return planes(packed_u8, scale_bf16)
+
+
 def _dot_nt(a, b):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -160,6 +207,7 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
     # the packed tile is swizzled as wide as it allows; the bf16 x tiles are tiled 16 columns wide (32-byte swizzle): one
     # column tile per MX block, so that each block's x columns are a whole wgmma operand
     x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
+    ptx = cfg.decode == "ptx" and not interpret  # the interpreter runs the portable decode (same values)
 
     def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
         pid_n = lax.axis_index("n")
@@ -184,9 +232,13 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
                     srow = s_smem[b]
                 else:
                     srow = plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))
-                srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (bn, MX_BYTES), [0])
                 block = lax.slice(packed, (0, b * MX_BYTES), (bn, (b + 1) * MX_BYTES))  # registers only
-                planes.append(_decode_planes(block.astype(jnp.int32), srows))
+                if ptx:
+                    sc = lax.broadcast_in_dim(decode.scale_bf16(srow), (bn, MX_BYTES), [0])
+                    planes.append(_ptx_planes(block, sc))
+                else:
+                    srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (bn, MX_BYTES), [0])
+                    planes.append(_decode_planes(block.astype(jnp.int32), srows))
             return planes
 
         if interpret:
