@@ -2,7 +2,7 @@
 tuner): ``xla_bf16_dense`` (the dequantized weight in bf16; the baseline), the weight-only W4A16 rows
 (``pallas_w4a16``, ``xla_emulation_w4a16``) at decode, the experimental Mosaic GPU decode kernel at M <= 16
 (``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``, both with the PTX decode, and
-``pallas_mosaic_jnp_decode`` W4A4 with the portable decode), and ``jax.nn.scaled_matmul``
+``pallas_mosaic_jnp_decode`` W4A4 with the portable decode, ``pallas_mosaic_ws`` W4A4 warp-specialized), and ``jax.nn.scaled_matmul``
 on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
 """
 
@@ -45,6 +45,9 @@ def cases(point, sets, Case):
         cfg = dataclasses.replace(pallas_mosaic_gpu.default_config(k, n), decode="jnp")
         fn = jax.jit(functools.partial(pallas_mosaic_gpu.mxfp4_mm_mosaic, quantize_input=True, config=cfg))
         out.append(Case(name="pallas_mosaic_jnp_decode", fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+        cfg = pallas_mosaic_gpu.default_config(k, n, warp_specialized=True)
+        fn = jax.jit(functools.partial(pallas_mosaic_gpu.mxfp4_mm_mosaic, quantize_input=True, config=cfg))
+        out.append(Case(name="pallas_mosaic_ws", fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
     if not SCALED_MATMUL:
         return out
     try:

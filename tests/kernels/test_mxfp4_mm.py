@@ -66,6 +66,10 @@ class TestMxfp4Mm(KernelContract):
         # pipeline steps of two MX blocks each (PTX decode compiled on a GPU, the portable one in the interpreter)
         Variant(backend="pallas_mosaic_gpu", name="decode_split_k", shape=(3, 256, 128),
                 config=MC(block_n=64, block_k=64, stages=2, split_k=2, decode="ptx")),
+        # the warp-specialized form (a TMA producer warpgroup, two consumers taking 64 rows each): two steps, W4A4
+        # with bias only (three warpgroups make the interpreter slow)
+        Variant(backend="pallas_mosaic_gpu", name="warp_specialized", shape=(3, 128, 128),
+                config=MC(block_n=128, block_k=64, stages=2, consumer_warpgroups=2, decode="ptx")),
     ]
     # quantize_input (W4A4) or not (W4A16), with or without bias: each variant runs both modes, the bias pairing
     # alternates between variants so that every (mode, bias) pair and the split-K bias path are covered
@@ -74,6 +78,8 @@ class TestMxfp4Mm(KernelContract):
     PALLAS = (pallas_triton, "mxfp4_mm_pallas")
 
     def flavors_for(self, variant):
+        if variant.name == "warp_specialized":
+            return ["w4a4-bias"]
         return self.FLAVORS[2:] if self.VARIANTS.index(variant) % 2 == 0 else self.FLAVORS[:2]
 
     def data(self, rng, m, k, n, flavor):
@@ -341,7 +347,10 @@ def test_mosaic_entry_config_and_errors():
     np.testing.assert_array_equal(np.asarray(got_jnp.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
     assert MC(block_n=128, block_k=1024, split_k=8).fit(k=4096, n=192) == MC(block_n=64, block_k=512, split_k=8)
     assert pallas_mosaic_gpu.default_config(14336, 4096).split_k == 4
-    for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=2), dict(decode="asm")):
+    assert pallas_mosaic_gpu.default_config(4096, 4096, warp_specialized=True) == MC(
+        block_n=128, consumer_warpgroups=2, decode="ptx", split_k=8)
+    for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=3),
+                dict(consumer_warpgroups=2, block_n=64), dict(decode="asm")):
         with pytest.raises(ValueError, match="Config"):
             MC(**bad)
     with pytest.raises(TypeError, match="bf16 x"):
@@ -350,6 +359,8 @@ def test_mosaic_entry_config_and_errors():
         kernels.mxfp4_mm(jnp.ones((17, 64), jnp.bfloat16), wp, ws, impl="mosaic")
     with pytest.raises(ValueError, match="multiples of 64"):
         kernels.mxfp4_mm(x, wp[:48], ws[:48], impl="mosaic")
+    with pytest.raises(ValueError, match="128-row blocks"):
+        pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, config=pallas_mosaic_gpu.WARP_SPECIALIZED)
 
 
 def test_mosaic_lowers_for_cuda():
@@ -358,8 +369,7 @@ def test_mosaic_lowers_for_cuda():
     interpreter cannot see (benchmarks/NOTES.md, "Mosaic GPU MXFP4"; not the PTX / ptxas stage)."""
     args = (jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16), jax.ShapeDtypeStruct((4096, 2048), jnp.uint8),
             jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
-    for decode_ in ("ptx", "jnp"):
-        cfg = MC(decode=decode_, split_k=4)
+    for cfg in (MC(decode="ptx", split_k=4), MC(decode="jnp", split_k=4), pallas_mosaic_gpu.WARP_SPECIALIZED):
         fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text

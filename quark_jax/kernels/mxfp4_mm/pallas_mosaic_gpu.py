@@ -1,7 +1,7 @@
 """Pallas Mosaic GPU (Hopper: TMA + wgmma) MXFP4 GEMM for decode (M <= 16): W4A16, and W4A4 with the activation
 quantized first by the XLA path (``qdq_mxfp4``), as the Triton kernel's entry does.
 
-Design (v1, one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, never picked by ``auto``):
+Design (one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, never picked by ``auto``):
 
 * grid (N / block_n, split_k); each program owns ``block_n`` weight rows and a K range;
 * ``plgpu.emit_pipeline`` streams, per K step, the packed weight tile [block_n, block_k/2] (uint8, tiled
@@ -19,9 +19,10 @@ Design (v1, one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, 
   adds the bias and rounds once (one fused op).
 
 While the warpgroup decodes step i, the TMA engine already fetches steps i+1 .. i+stages-1 (the ring), so the
-stream overlaps the decode; the wgmmas are asynchronous (``wgmma_wait(1)``). What v1 does NOT do yet is the
-warp-specialized split (a producer warpgroup issuing the copies, two consumer warpgroups decoding): see
-benchmarks/NOTES.md ("Mosaic GPU MXFP4").
+stream overlaps the decode; the wgmmas are asynchronous. ``consumer_warpgroups=2`` (``WARP_SPECIALIZED``) runs the
+warp-specialized form instead: a producer warpgroup issues the ring's copies and two consumer warpgroups decode and
+multiply one half of the block's rows each (``_mosaic_call_ws``). Neither is picked by ``auto`` before it is
+measured (benchmarks/NOTES.md, "Mosaic GPU MXFP4").
 
 Exactness: decoded weights (E2M1 times a power of two) are exact in bf16 up to the same overflow / subnormal
 rounding ``quant.dequantize_mxfp4`` makes (the scale is applied in float32 as ``quant.apply_e8m0_scale`` does,
@@ -81,14 +82,17 @@ class Config:
             raise ValueError(f"Config.block_k: expected a power of two >= 64, got {self.block_k}")
         if self.decode not in DECODES:
             raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
-        if self.consumer_warpgroups != 1:
-            raise ValueError("Config.consumer_warpgroups: this version runs one warpgroup (got "
-                             f"{self.consumer_warpgroups}); the warp-specialized kernel is the next step")
+        if self.consumer_warpgroups not in (1, 2):
+            raise ValueError(f"Config.consumer_warpgroups: expected 1 (one warpgroup) or 2 (warp-specialized: two "
+                             f"consumers and a TMA producer), got {self.consumer_warpgroups}")
+        if self.consumer_warpgroups == 2 and self.block_n < 128:
+            raise ValueError(f"Config.block_n: two consumer warpgroups take 64 rows each, need >= 128, got "
+                             f"{self.block_n}")
 
     def fit(self, *, k: int, n: int) -> "Config":
         """Shrink the blocks (and the K split) so that they divide (n, k); n and k multiples of 64."""
         bn = self.block_n
-        while n % bn and bn > 64:
+        while n % bn and bn > 64 * self.consumer_warpgroups:
             bn //= 2
         splits = self.split_k
         while splits > 1 and k % (splits * 64):
@@ -104,11 +108,15 @@ DEFAULT = Config(decode="ptx")  # on CPU (interpret mode) the PTX decode runs as
 SPLITS = {(4096, 14336): 1, (14336, 4096): 4, (4096, 4096): 4, (8192, 8192): 2}
 
 
-def default_config(k: int, n: int) -> Config:
-    """``DEFAULT`` with the shape's K split (``SPLITS``, else enough splits for ~128 programs), fitted.
+WARP_SPECIALIZED = Config(block_n=128, consumer_warpgroups=2, decode="ptx")
 
-    >>> default_config(4096, 4096).split_k
-    4
+
+def default_config(k: int, n: int, *, warp_specialized: bool = False) -> Config:
+    """``DEFAULT`` (or ``WARP_SPECIALIZED``, whose CTA takes twice the rows, so twice the K split) with the shape's
+    K split (``SPLITS``, else enough splits for ~128 programs of 64 rows), fitted.
+
+    >>> default_config(4096, 4096).split_k, default_config(4096, 4096, warp_specialized=True).split_k
+    (4, 8)
     """
     splits = SPLITS.get((k, n))
     if splits is None:
@@ -116,7 +124,10 @@ def default_config(k: int, n: int) -> Config:
         splits = 1
         while programs * splits < 128 and splits < 8 and k // (2 * splits) >= DEFAULT.block_k:
             splits *= 2
-    return dataclasses.replace(DEFAULT, split_k=splits).fit(k=k, n=n)
+    base = DEFAULT
+    if warp_specialized:
+        base, splits = WARP_SPECIALIZED, splits * 2
+    return dataclasses.replace(base, split_k=splits).fit(k=k, n=n)
 
 
 def _f32_bits(bits):
@@ -190,6 +201,29 @@ def _ptx_planes(packed_u8, scale_bf16):
     return planes(packed_u8, scale_bf16)
 
 
+def _tile_planes(w_smem, s_smem, *, rows: int, nb: int, ptx: bool, interpret: bool):
+    """A step's decoded (lo, hi) bf16 planes, per MX block: [(lo_b, hi_b)] of [rows, 16] each, from the packed
+    tile ref [rows, 16 nb] (swizzled) and its scale ref [nb, rows]."""
+    if interpret:
+        packed = w_smem[...]
+    else:  # one swizzled load of the whole tile in the wgmma register layout, sliced per block
+        packed = plgpu.load(w_smem, (), layout=plgpu.Layout.WGMMA)
+    planes = []
+    for b in range(nb):
+        if interpret:
+            srow = s_smem[b]
+        else:
+            srow = plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))
+        block = lax.slice(packed, (0, b * MX_BYTES), (rows, (b + 1) * MX_BYTES))  # registers only
+        if ptx:
+            sc = lax.broadcast_in_dim(decode.scale_bf16(srow), (rows, MX_BYTES), [0])
+            planes.append(_ptx_planes(block, sc))
+        else:
+            srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (rows, MX_BYTES), [0])
+            planes.append(_decode_planes(block.astype(jnp.int32), srows))
+    return planes
+
+
 def _dot_nt(a, b):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -208,6 +242,7 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
     # column tile per MX block, so that each block's x columns are a whole wgmma operand
     x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
     ptx = cfg.decode == "ptx" and not interpret  # the interpreter runs the portable decode (same values)
+    tile_planes = functools.partial(_tile_planes, rows=bn, nb=nb, ptx=ptx, interpret=interpret)
 
     def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
         pid_n = lax.axis_index("n")
@@ -219,27 +254,6 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
             plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms, delay_release=1),
             plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms, delay_release=1),
         ]
-
-        def tile_planes(w_smem, s_smem):
-            """The step's decoded (lo, hi) bf16 planes, per MX block: [(lo_b, hi_b)] of [bn, 16] each."""
-            if interpret:
-                packed = w_smem[...]
-            else:  # one swizzled load of the whole tile in the wgmma register layout, sliced per block
-                packed = plgpu.load(w_smem, (), layout=plgpu.Layout.WGMMA)
-            planes = []
-            for b in range(nb):
-                if interpret:
-                    srow = s_smem[b]
-                else:
-                    srow = plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))
-                block = lax.slice(packed, (0, b * MX_BYTES), (bn, (b + 1) * MX_BYTES))  # registers only
-                if ptx:
-                    sc = lax.broadcast_in_dim(decode.scale_bf16(srow), (bn, MX_BYTES), [0])
-                    planes.append(_ptx_planes(block, sc))
-                else:
-                    srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (bn, MX_BYTES), [0])
-                    planes.append(_decode_planes(block.astype(jnp.int32), srows))
-            return planes
 
         if interpret:
             # jax 0.10's GPU interpreter reads neither register-A nor transposed wgmma operands: the same decode
@@ -286,6 +300,87 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
     return call(xe, xo, w_packed, s_t)
 
 
+def _mosaic_call_ws(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
+    """The warp-specialized kernel (``cfg.consumer_warpgroups == 2``): same output as ``_mosaic_call``.
+
+    Three warpgroups per CTA: the last one only issues the TMA copies of the ring
+    (``plgpu.emit_pipeline_warp_specialized``, few registers); the two consumers each decode and multiply one half
+    of the block_n weight rows of every step (rows ``wg * block_n/2 ...``) against the same activation tiles, with
+    their own accumulator, so one consumer's decode overlaps the other's wgmma and the copies never wait for a
+    consumer's issue slot."""
+    m_pad, kh = xe.shape
+    n = w_packed.shape[0]
+    bn, splits = cfg.block_n, cfg.split_k
+    half = bn // 2
+    bkh = cfg.block_k // 2
+    nb = bkh // MX_BYTES
+    steps = kh // (bkh * splits)
+    w_swizzle = plgpu.find_swizzle(bkh * 8)
+    w_transforms = (plgpu.TilingTransform((8, w_swizzle)), plgpu.SwizzleTransform(w_swizzle))
+    x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
+    ptx = cfg.decode == "ptx" and not interpret
+    tile_planes = functools.partial(_tile_planes, rows=half, nb=nb, ptx=ptx, interpret=interpret)
+
+    def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
+        pid_n = lax.axis_index("n")
+        split = lax.axis_index("k")
+        wg = lax.axis_index("wg")
+        k0 = split * steps
+        rows = pl.ds(pl.multiple_of(wg * half, half), half)
+        in_specs = [
+            plgpu.BlockSpec((bn, bkh), lambda kk: (pid_n, k0 + kk), transforms=w_transforms),
+            plgpu.BlockSpec((nb, bn), lambda kk: (k0 + kk, pid_n)),
+            plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms),
+            plgpu.BlockSpec((m_pad, bkh), lambda kk: (0, k0 + kk), transforms=x_transforms),
+        ]
+
+        def compute_context(eval_pipeline):
+            if interpret:
+                a = eval_pipeline(jnp.zeros((half, m_pad), jnp.float32))
+            else:
+                def acc_scope(acc):
+                    eval_pipeline(acc)
+                    return acc[...]
+
+                a = pl.run_scoped(acc_scope, plgpu.ACC((half, m_pad), jnp.float32))
+            o_smem.at[wg][...] = a
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem.at[wg], out_gmem.at[split, pl.ds(pid_n * bn + wg * half, half)])
+            plgpu.wait_smem_to_gmem(0)
+
+        def step(_, w_smem, s_smem, xe_smem, xo_smem, carry):
+            planes = tile_planes(w_smem.at[rows], s_smem.at[:, rows])
+            for b, (lo, hi) in enumerate(planes):
+                cols = pl.ds(b * MX_BYTES, MX_BYTES)
+                if interpret:  # the interpreter reads no register-A / transposed wgmma operands
+                    carry = carry + _dot_nt(lo, xe_smem[:, cols]) + _dot_nt(hi, xo_smem[:, cols])
+                else:
+                    plgpu.wgmma(carry, lo, plgpu.transpose_ref(xe_smem.at[:, cols], (1, 0)))
+                    plgpu.wgmma(carry, hi, plgpu.transpose_ref(xo_smem.at[:, cols], (1, 0)))
+                    plgpu.wgmma_wait(2)
+            if not interpret:
+                plgpu.wgmma_wait(0)  # the slot is released when the step returns
+            return carry
+
+        pipeline = plgpu.emit_pipeline_warp_specialized(
+            step, grid=(steps,), memory_registers=40, in_specs=in_specs, max_concurrent_steps=cfg.stages,
+            wg_axis="wg", num_compute_wgs=2, compute_context=compute_context)
+        pipeline(w_gmem, s_gmem, xe_gmem, xo_gmem)
+
+    kwargs = {"interpret": gpu_interpret_params()} if interpret else {}
+    call = plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct((splits, n, m_pad), jnp.float32),
+        scratch_types=[plgpu.SMEM((2, half, m_pad), jnp.float32)],
+        grid=(n // bn, splits),
+        grid_names=("n", "k"),
+        num_threads=3,
+        thread_name="wg",
+        **kwargs,
+    )
+    return call(xe, xo, w_packed, s_t)
+
+
 def check_operands(x_dtype, quantize_input: bool, m: int, k: int, n: int):
     """What this kernel takes: bf16 x (or f32 x quantized first: its values are bf16-exact), M <= 16, N a multiple
     of 64, K a multiple of 64."""
@@ -316,6 +411,9 @@ def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     n = w_packed.shape[0]
     check_operands(x.dtype, quantize_input, m, k, n)
     cfg = (config or default_config(k, n)).fit(k=k, n=n)
+    if n % cfg.block_n:
+        raise ValueError(f"w_packed: N = {n} is not a multiple of block_n = {cfg.block_n} (the warp-specialized "
+                         f"kernel takes 128-row blocks)")
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
     return _mosaic_jit(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
@@ -328,11 +426,13 @@ def _mosaic_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, 
     m_pad = -(-m // 8) * 8  # wgmma's N: a multiple of 8
     xq = (qdq_mxfp4(x) if quantize_input else x).astype(jnp.bfloat16)
     pairs = jnp.pad(xq, ((0, m_pad - m), (0, 0))).reshape(m_pad, k // 2, 2)
-    parts = _mosaic_call(pairs[:, :, 0], pairs[:, :, 1], w_packed, w_scales.T, cfg=cfg, interpret=interpret)
+    call = _mosaic_call_ws if cfg.consumer_warpgroups == 2 else _mosaic_call
+    parts = call(pairs[:, :, 0], pairs[:, :, 1], w_packed, w_scales.T, cfg=cfg, interpret=interpret)
     acc = jnp.sum(parts, axis=0)[:, :m].T  # [M, N]
     if bias is not None:
         acc = acc + bias.astype(jnp.float32)[None, :]
     return acc.astype(out_dtype)
 
 
-__all__ = ["mxfp4_mm_mosaic", "Config", "DEFAULT", "default_config", "check_operands", "decode_block"]
+__all__ = ["mxfp4_mm_mosaic", "Config", "DEFAULT", "WARP_SPECIALIZED", "default_config", "check_operands",
+           "decode_block"]
