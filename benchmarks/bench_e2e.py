@@ -60,10 +60,18 @@ QUARK_CONFIG_OF = {  # the Quark fixture whose quantization_config each scheme r
     "int8": "w_int8_perchannel_sym_a_int8_pertensor_static_sym",
     "mxfp4": "w_mxfp4_a_mxfp4",
     "w4a16": "w_mxfp4_weight_only",
+    "int4": "issue19/w_int4_pergroup32_weight_only",  # its group_size replaced by int4_group(shape)
 }
+INT4_GROUP = 128  # vLLM's usual W4A16 group (QuarkW4A16Int4); 32 where a width is no multiple of it (tiny)
+
+
+def int4_group(cfg: dict) -> int:
+    """The INT4 group size written for a model config: 128 where the hidden and intermediate widths allow it."""
+    return INT4_GROUP if cfg["hidden_size"] % INT4_GROUP == 0 and cfg["intermediate_size"] % INT4_GROUP == 0 else 32
 SCHEMES = ("bf16",) + tuple(QUARK_CONFIG_OF)
 INPUT_SCALE = 8.0 / 448.0  # static FP8 input scale (INT8: 8 / 127)
-ST_DTYPE = {"bfloat16": "BF16", "float32": "F32", "float8_e4m3fn": "F8_E4M3", "uint8": "U8", "int8": "I8"}
+ST_DTYPE = {"bfloat16": "BF16", "float32": "F32", "float8_e4m3fn": "F8_E4M3", "uint8": "U8", "int8": "I8",
+            "int32": "I32"}
 
 
 def log(*a):
@@ -89,8 +97,23 @@ def write_safetensors(path: Path, tensors: dict) -> int:
     return 8 + len(head) + offset
 
 
+def quantize_int4_group(w, group_size: int = INT4_GROUP):
+    """Symmetric INT4 per group along K in Quark's export layout: W [N, K] float32 -> (packed int32 [K, N/8]
+    ("reorder"), scales float32 [K / group_size, N], zero points int32 [K / group_size, N/8] (zeros)); scale =
+    amax / 7.5 per group (Quark's symmetric observer), codes rne(w / s) clamped to -8..7."""
+    import jax.numpy as jnp
+
+    from quark_jax import formats
+
+    n, k = w.shape
+    g = w.astype(jnp.float32).reshape(n, k // group_size, group_size)
+    s = jnp.maximum(jnp.max(jnp.abs(g), axis=-1) / 7.5, 1e-8)  # [N, G]
+    q = jnp.clip(jnp.round(g / s[..., None]), -8, 7).astype(jnp.int32).reshape(n, k)
+    return (formats.pack_int4(q.T, "reorder"), s.T, jnp.zeros((k // group_size, n // 8), jnp.int32))
+
+
 @functools.lru_cache(maxsize=None)
-def _quantizer(scheme: str):
+def _quantizer(scheme: str, group_size: int = INT4_GROUP):
     """The jitted quantizer of a scheme (one jit object per scheme: compiled once per weight shape)."""
     import jax
 
@@ -99,10 +122,11 @@ def _quantizer(scheme: str):
     return {"fp8": jax.jit(scaled_fp8_quant),  # per-tensor scale amax / 448
             "fp8_dyn": jax.jit(partial(scaled_fp8_quant, per_token=True)),  # one scale per output channel
             "int8": jax.jit(scaled_int8_quant),  # per output channel, symmetric
-            "mxfp4": jax.jit(quantize_mxfp4), "w4a16": jax.jit(quantize_mxfp4)}[scheme]
+            "mxfp4": jax.jit(quantize_mxfp4), "w4a16": jax.jit(quantize_mxfp4),
+            "int4": jax.jit(partial(quantize_int4_group, group_size=group_size))}[scheme]
 
 
-def quantized_linear(scheme: str, w, *, on_device: bool = False):
+def quantized_linear(scheme: str, w, *, on_device: bool = False, group_size: int = INT4_GROUP):
     """The checkpoint tensors of one linear layer (suffix -> numpy array) from its float32 weight [out, in] (a jax
     array), through quark_jax's quantizers (jitted: one compile per weight shape). ``on_device``: jax arrays left
     on the device (the writer fetches a whole shard at once)."""
@@ -114,7 +138,7 @@ def quantized_linear(scheme: str, w, *, on_device: bool = False):
     elif scheme not in QUARK_CONFIG_OF:
         raise ValueError(f"unknown scheme {scheme!r}")
     else:
-        q = _quantizer(scheme)(w)
+        q = _quantizer(scheme, group_size)(w)
         if scheme == "fp8":
             out = {"weight": q[0], "weight_scale": q[1].astype(jnp.float32).reshape(()),
                    "input_scale": np.float32(INPUT_SCALE).reshape(())}
@@ -125,6 +149,8 @@ def quantized_linear(scheme: str, w, *, on_device: bool = False):
             out = {"weight": q[0], "weight_scale": q[1].astype(jnp.float32).reshape(-1),
                    "weight_zero_point": np.zeros((n,), np.int8),
                    "input_scale": np.float32(8.0 / 127.0).reshape(()), "input_zero_point": np.zeros((), np.int8)}
+        elif scheme == "int4":
+            out = {"weight": q[0], "weight_scale": q[1], "weight_zero_point": q[2]}
         else:  # mxfp4, w4a16
             out = {"weight": q[0], "weight_scale": q[1]}
     return out if on_device else {k: np.asarray(v) for k, v in jax.device_get(out).items()}
@@ -153,6 +179,8 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
     cfg = model_config(shape, max_positions)
     if scheme != "bf16":
         qc = json.loads((FIXTURES / QUARK_CONFIG_OF[scheme] / "config.json").read_text())["quantization_config"]
+        if scheme == "int4":
+            qc["global_quant_config"]["weight"]["group_size"] = int4_group(cfg)
         cfg["quantization_config"] = qc
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -184,7 +212,8 @@ def write_checkpoint(d: Path, shape: str, scheme: str, *, max_positions: int, se
             for name, shp in (("self_attn.q_proj", (nq, h)), ("self_attn.k_proj", (nkv, h)),
                               ("self_attn.v_proj", (nkv, h)), ("self_attn.o_proj", (h, nq)),
                               ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))):
-                for suffix, a in quantized_linear(scheme, rand(shp), on_device=True).items():
+                for suffix, a in quantized_linear(scheme, rand(shp), on_device=True,
+                                                  group_size=int4_group(cfg)).items():
                     t[f"{p}{name}.{suffix}"] = a
             t[p + "input_layernorm.weight"] = bf16(1.0 + rand((h,)))
             t[p + "post_attention_layernorm.weight"] = bf16(1.0 + rand((h,)))

@@ -44,6 +44,15 @@ def test_quantized_linear_goes_through_the_library_quantizers():
     np.testing.assert_allclose(deq, np.asarray(w), atol=float(t["weight_scale"]) * 16)
     m = bench_e2e.quantized_linear("mxfp4", w)
     assert m["weight"].shape == (4, 32) and m["weight_scale"].shape == (4, 2)
+    from quark_jax.quant import dequantize_int4
+
+    w8 = jnp.concatenate([w, -w], axis=0)  # N = 8: one packed word per row of K
+    q = bench_e2e.quantized_linear("int4", w8, group_size=32)
+    assert q["weight"].shape == (64, 1) and q["weight_scale"].shape == (2, 8) and not q["weight_zero_point"].any()
+    s = np.abs(np.asarray(w8)).reshape(8, 2, 32).max(-1).T / 7.5  # Quark's symmetric scale amax / 7.5
+    np.testing.assert_allclose(q["weight_scale"], s, rtol=1e-6)
+    deq = np.asarray(dequantize_int4(q["weight"], q["weight_scale"], group_size=32))
+    assert np.all(np.abs(deq - np.asarray(w8)) <= np.repeat(s.T, 32, axis=1) * 0.5 + 1e-9)
 
 
 def test_profile_summary_counts_kernels_gaps_and_classes():
