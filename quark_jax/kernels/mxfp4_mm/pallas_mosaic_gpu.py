@@ -4,17 +4,18 @@ quantized first by the XLA path (``qdq_mxfp4``), as the Triton kernel's entry do
 Design (one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, never picked by ``auto``):
 
 * grid (N / block_n, split_k); each program owns ``block_n`` weight rows and a K range;
-* ``plgpu.emit_pipeline`` streams, per K step, the packed weight tile [block_n, block_k/2] (uint8, tiled
-  (8, 16): one 16-byte column tile is exactly one MX block), its E8M0 scales [block_k/32, block_n] (the scales
-  are transposed once by XLA, so that one MX block's scales are a contiguous row) and the even / odd columns of the
-  activation [m_pad, block_k/2] (bf16, 32-byte swizzle) by TMA through a ``stages``-deep shared-memory ring;
-* per MX block (16 packed bytes = 16 even + 16 odd K elements) the warpgroup loads the [block_n, 16] bytes into
-  registers in the wgmma operand layout, decodes both nibble planes to bf16 (``decode="ptx"``, the default:
-  decode.py's PTX per register, prmt + shl + and + two mul.bf16x2 per 2 bytes; ``"jnp"``: integer bit work into
-  the float32 pattern, one multiply by the block's power-of-two scale broadcast from a [block_n] row vector; the
-  interpreter always runs "jnp"), and feeds them
-  as the *register* A operand of two K = 16 wgmmas against the transposed activation tiles: the decoded weight
-  never touches shared memory;
+* ``plgpu.emit_pipeline`` streams, per K step, the packed weight tile [block_n, block_k/2] (uint8, swizzled as
+  wide as its rows allow: 128 bytes at block_k = 256), its E8M0 scales [block_k/32, block_n] (transposed by XLA,
+  so that one MX block's scales are a contiguous row) and the even / odd columns of the activation
+  [m_pad, block_k/2] (bf16, tiled 16 columns = one MX block per tile, 32-byte swizzle) by TMA through a
+  ``stages``-deep shared-memory ring;
+* the warpgroup loads the whole packed tile once into registers in the wgmma operand layout (a conflict-free
+  swizzled load) and, per MX block (16 packed bytes = 16 even + 16 odd K elements), slices its [block_n, 16]
+  bytes in registers and decodes both nibble planes to bf16: ``decode="ptx"`` (the default) runs decode.py's PTX
+  on each register (prmt + shl + and + two mul.bf16x2 per 2 bytes and plane, the block scale as a bf16 row
+  broadcast); ``"jnp"`` integer bit work into the float32 pattern and one multiply by the block's power-of-two
+  scale (the interpreter always runs "jnp"). The planes are the *register* A operand of two K = 16 wgmmas
+  against the transposed activation tiles: the decoded weight never touches shared memory;
 * the f32 accumulator [block_n, m_pad] leaves by TMA as out^T (per K split); XLA sums the splits, transposes,
   adds the bias and rounds once (one fused op).
 
@@ -170,7 +171,6 @@ def _ptx_planes(packed_u8, scale_bf16):
     import numpy as np
     from jax._src.lib.mlir import ir
     from jax._src.lib.mlir.dialects import llvm
-    from jax.experimental import mosaic as _  # noqa: F401  (registers the Mosaic GPU dialects)
     from jax.experimental.mosaic import gpu as mgpu
 
     bn = packed_u8.shape[0]
