@@ -39,20 +39,28 @@ def make(rng, m, k, n, flavor, block):
 class TestFp8BlockMm(KernelContract):
     OP = "fp8_block_mm"
     # (config, block): two weight scale rows per column tile with a K split; column tiles inside one scale row
-    # with ragged M
+    # with ragged M; FP8 wgmma dots (kernels.triton_fp8_dot) on 128-element groups (ragged M, two scale rows), f32
+    # promotion every 32 K elements or once per group (exact data: exact on the GPU too, sums of 32 or 128 products
+    # of integers <= 8 stay integers <= 8192)
     VARIANTS = [
         Variant(backend="pallas_triton", name="two_scale_rows_split_k", shape=(3, 128, 64),
                 config=C(block_m=16, block_n=32, split_k=2)),
         Variant(backend="pallas_triton", name="ragged_rows_inside_scale_row", shape=(37, 64, 64),
                 config=C(block_m=32, block_n=16)),
+        Variant(backend="pallas_triton", name="wgmma_groups_of_128", shape=(20, 256, 64),
+                config=C(block_m=16, block_n=64, mma="wgmma")),
+        Variant(backend="pallas_triton", name="wgmma_promote_once_per_group", shape=(5, 128, 32),
+                config=C(block_m=16, block_n=32, mma="wgmma", promote=128)),
     ]
-    BLOCKS = {(3, 128, 64): (16, 32), (37, 64, 64): (64, 32)}  # (M, K, N) -> the weight's scale block
+    BLOCKS = {(3, 128, 64): (16, 32), (37, 64, 64): (64, 32), (20, 256, 64): (32, 128),
+              (5, 128, 32): (16, 128)}  # (M, K, N) -> the weight's scale block
     FLAVORS = ["bias", "nobias"]
+    VARIANT_FLAVORS = ["bias", "nobias", "bias", "nobias"]  # one flavor per variant (VARIANTS order)
     ENTRY_SHAPE = (2, 64, 32)
     PALLAS = (pallas_triton, "fp8_block_mm_pallas")
 
     def flavors_for(self, variant):
-        return [self.FLAVORS[self.VARIANTS.index(variant)]]
+        return [self.VARIANT_FLAVORS[self.VARIANTS.index(variant)]]
 
     def data(self, rng, m, k, n, flavor):
         return make(rng, m, k, n, flavor, self.BLOCKS.get((m, k, n), (16, 32)))
@@ -85,6 +93,16 @@ def test_vllm_quantized_random_data_within_f32_rounding():
                                             config=C(block_m=16, block_n=16))
     want = f64_reference(d)
     assert np.abs(np.asarray(got, np.float64) - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_config_mma_options():
+    """``mma`` is "native" by default (the FP8 wgmma dot is opt-in) and validated with ``promote``."""
+    assert C().mma == "native" and pallas_triton.default_config(2048, 4096, 14336, 128).mma == "native"
+    assert pallas_triton.fit(C(mma="wgmma", promote=128), 2048, 32, 14336).mma == "wgmma"
+    with pytest.raises(ValueError, match="Config.mma: expected one of"):
+        C(mma="fp16")
+    with pytest.raises(ValueError, match="at least 32 K elements"):
+        C(mma="wgmma", promote=16)
 
 
 def test_entry_errors_name_the_argument():

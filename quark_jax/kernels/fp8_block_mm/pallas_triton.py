@@ -6,6 +6,9 @@ f32, scaled by the token's group scale (a column of ``x_scale``) and the weight 
 accumulator. A column tile of ``block_n`` columns covers ``block_n / rows`` weight scale rows (or lies inside one),
 so the weight scale is one scalar per step (or a few, selected per column). Ragged M: masked loads and stores.
 ``split_k`` > 1 splits the groups over programs (f32 partial sums reduced by XLA with the bias).
+``Config(mma="wgmma")`` (experimental, off by default) runs each group's dot through ``kernels.triton_fp8_dot``:
+Hopper FP8 wgmma with an f32 promotion every ``promote`` K elements, instead of Pallas' native FP8 dot, which
+Triton compiles to f16 ``mma.sync`` (benchmarks/NOTES.md "MoE fixes").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from jax.experimental import pallas as pl
 
 from quark_jax.kernels import _dispatch, tiling
 
+MMAS = ("native", "wgmma")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
@@ -35,9 +39,17 @@ class Config:
     num_warps: int = 4  # Triton warps per program
     num_stages: int = 4  # Triton software-pipelining depth
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
+    mma: str = "native"  # "native" (Pallas' FP8 dot: f16 mma.sync on Hopper) or "wgmma" (kernels.triton_fp8_dot:
+    # FP8 wgmma, f32 promotion every `promote` K elements; experimental, a private Pallas lowering hook)
+    promote: int = 32  # "wgmma": K elements per f32 promotion (32: every wgmma; >= the group: once per group)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_m", "block_n", "split_k", "num_warps", "group_m"))
+        if self.mma not in MMAS:
+            raise ValueError(f"Config.mma: expected one of {MMAS}, got {self.mma!r}")
+        if self.promote < 32:
+            raise ValueError(f"Config.promote: FP8 wgmma needs at least 32 K elements per promotion, got "
+                             f"{self.promote}")
         if self.block_m < 16 or self.block_n < 16:
             raise ValueError(f"Config: block_m and block_n must be >= 16 (MMA tiles), got {self.block_m}, "
                              f"{self.block_n}")
@@ -98,12 +110,18 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
     row0 = n_tile * bn // rows
     col_block = lax.broadcasted_iota(jnp.int32, (1, bn), 1) // rows if r > 1 else None
     dims = (((1,), (1,)), ((), ()))
+    if cfg.mma == "wgmma":
+        from quark_jax.kernels.triton_fp8_dot import fp8_dot
+
+        dot = functools.partial(fp8_dot, promote=cfg.promote)
+    else:
+        dot = functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=jnp.float32)
 
     def body(g, acc):
         k0 = pl.multiple_of(g * cols, cols)
         xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
         wk = w_ref[:, pl.ds(k0, cols)]
-        d = lax.dot_general(xk, wk, dims, preferred_element_type=jnp.float32)
+        d = dot(xk, wk)
         sx = tiling.masked_load(xs_ref.at[:, g], s_mask)
         if r == 1:
             sw = ws_ref[row0, g]
@@ -167,7 +185,7 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
                                                             out_dtype=out_dtype, tile=coords)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, rows=rows, cols=cols, groups=g_split, n_tiles_n=n_tiles_n,
                                n_tiles_m=n_tiles_m, has_bias=fused_bias, out_dtype=kernel_out)
-    name = f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}"
+    name = f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}" + ("_wgmma" if cfg.mma == "wgmma" else "")
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
@@ -175,4 +193,4 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     return out
 
 
-__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "default_config", "fit"]
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "default_config", "fit"]
