@@ -41,7 +41,7 @@ class TestFp8BlockMm(KernelContract):
     # (config, block): two weight scale rows per column tile with a K split; column tiles inside one scale row
     # with ragged M; FP8 wgmma dots (kernels.triton_fp8_dot) on 128-element groups (ragged M, two scale rows), f32
     # promotion every 32 K elements or once per group (exact data: exact on the GPU too, sums of 32 or 128 products
-    # of integers <= 8 stay integers <= 8192)
+    # of integers <= 8 stay integers <= 8192), the latter with the scales loaded one group ahead (one scale row)
     VARIANTS = [
         Variant(backend="pallas_triton", name="two_scale_rows_split_k", shape=(3, 128, 64),
                 config=C(block_m=16, block_n=32, split_k=2)),
@@ -49,11 +49,11 @@ class TestFp8BlockMm(KernelContract):
                 config=C(block_m=32, block_n=16)),
         Variant(backend="pallas_triton", name="wgmma_groups_of_128", shape=(20, 256, 64),
                 config=C(block_m=16, block_n=64, mma="wgmma")),
-        Variant(backend="pallas_triton", name="wgmma_promote_once_per_group", shape=(5, 128, 32),
-                config=C(block_m=16, block_n=32, mma="wgmma", promote=128)),
+        Variant(backend="pallas_triton", name="wgmma_promote_once_per_group_prefetch", shape=(5, 256, 32),
+                config=C(block_m=16, block_n=32, mma="wgmma", promote=128, prefetch=True)),
     ]
     BLOCKS = {(3, 128, 64): (16, 32), (37, 64, 64): (64, 32), (20, 256, 64): (32, 128),
-              (5, 128, 32): (16, 128)}  # (M, K, N) -> the weight's scale block
+              (5, 256, 32): (32, 128)}  # (M, K, N) -> the weight's scale block
     FLAVORS = ["bias", "nobias"]
     VARIANT_FLAVORS = ["bias", "nobias", "bias", "nobias"]  # one flavor per variant (VARIANTS order)
     ENTRY_SHAPE = (2, 64, 32)

@@ -42,6 +42,8 @@ class Config:
     mma: str = "native"  # "native" (Pallas' FP8 dot: f16 mma.sync on Hopper) or "wgmma" (kernels.triton_fp8_dot:
     # FP8 wgmma, f32 promotion every `promote` K elements; experimental, a private Pallas lowering hook)
     promote: int = 32  # "wgmma": K elements per f32 promotion (32: every wgmma; >= the group: once per group)
+    prefetch: bool = False  # load the next group's scales before this group's dot (else after it: the scale
+    # loads' latency sits between the dot and the rescale of every K step)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_m", "block_n", "split_k", "num_warps", "group_m"))
@@ -117,21 +119,35 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
     else:
         dot = functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=jnp.float32)
 
-    def body(g, acc):
-        k0 = pl.multiple_of(g * cols, cols)
-        xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
-        wk = w_ref[:, pl.ds(k0, cols)]
-        d = dot(xk, wk)
+    def scales(g):  # the group's token scales [bm] and weight scale (a scalar, or [1, bn] over r scale rows)
         sx = tiling.masked_load(xs_ref.at[:, g], s_mask)
         if r == 1:
-            sw = ws_ref[row0, g]
-        else:
-            sw = jnp.zeros((1, bn), jnp.float32)
-            for j in range(r):
-                sw = jnp.where(col_block == j, ws_ref[row0 + j, g], sw)
-        return acc + d * (sx[:, None] * sw)
+            return sx, ws_ref[row0, g]
+        sw = jnp.zeros((1, bn), jnp.float32)
+        for j in range(r):
+            sw = jnp.where(col_block == j, ws_ref[row0 + j, g], sw)
+        return sx, sw
 
-    acc = lax.fori_loop(0, groups, body, jnp.zeros((bm, bn), jnp.float32))
+    def group_dot(g):
+        k0 = pl.multiple_of(g * cols, cols)
+        xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
+        return dot(xk, w_ref[:, pl.ds(k0, cols)])
+
+    if cfg.prefetch:  # the next group's scales load before this group's dot (their latency hidden behind it)
+        def body(g, carry):
+            acc, sx, sw = carry
+            nxt = scales(jnp.minimum(g + 1, groups - 1))
+            d = group_dot(g)
+            return (acc + d * (sx[:, None] * sw), *nxt)
+
+        acc, _, _ = lax.fori_loop(0, groups, body, (jnp.zeros((bm, bn), jnp.float32), *scales(jnp.int32(0))))
+    else:
+        def body(g, acc):
+            d = group_dot(g)
+            sx, sw = scales(g)
+            return acc + d * (sx[:, None] * sw)
+
+        acc = lax.fori_loop(0, groups, body, jnp.zeros((bm, bn), jnp.float32))
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm if m % bm else None)
@@ -185,7 +201,8 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
                                                             out_dtype=out_dtype, tile=coords)
     kernel = functools.partial(_kernel, cfg=cfg, m=m, rows=rows, cols=cols, groups=g_split, n_tiles_n=n_tiles_n,
                                n_tiles_m=n_tiles_m, has_bias=fused_bias, out_dtype=kernel_out)
-    name = f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}" + ("_wgmma" if cfg.mma == "wgmma" else "")
+    name = (f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}" + ("_wgmma" if cfg.mma == "wgmma" else "")
+            + ("_pf" if cfg.prefetch else ""))
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
