@@ -27,6 +27,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from quark_jax.kernels import tiling
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
@@ -59,16 +61,7 @@ class Config:
         >>> Config(block_n=128, block_k=256, stages=4, split_k=4).fit(k=96, n=192)
         Config(block_n=64, block_k=32, stages=4, split_k=1, exact_accumulate=True)
         """
-        bn = self.block_n
-        while n % bn and bn > 64:
-            bn //= 2
-        splits = self.split_k
-        while splits > 1 and k % (splits * 32):
-            splits //= 2
-        bk = self.block_k
-        while (k // splits) % bk and bk > 32:
-            bk //= 2
-        return dataclasses.replace(self, block_n=bn, block_k=bk, split_k=splits)
+        return tiling.halve_to_divide(self, n=n, k=k, min_n=64, min_k=32)
 
 
 def gpu_interpret_params():

@@ -151,6 +151,27 @@ def grow_split_k(split_k: int, *, tiles: int, groups: int, target_programs: int)
     return split_k
 
 
+def halve_to_divide(cfg, *, n: int, k: int, min_n: int, min_k: int):
+    """``cfg`` (a Config with ``block_n``, ``block_k``, ``split_k``) with each halved until it fits (n, k):
+    ``block_n`` divides n (down to ``min_n``), ``split_k`` divides k into multiples of ``min_k`` (down to 1),
+    ``block_k`` divides k / split_k (down to ``min_k``).
+
+    >>> C = dataclasses.make_dataclass("C", ["block_n", "block_k", "split_k"])
+    >>> halve_to_divide(C(128, 256, 4), n=192, k=96, min_n=64, min_k=32)
+    C(block_n=64, block_k=32, split_k=1)
+    """
+    bn = cfg.block_n
+    while n % bn and bn > min_n:
+        bn //= 2
+    splits = cfg.split_k
+    while splits > 1 and k % (splits * min_k):
+        splits //= 2
+    bk = cfg.block_k
+    while (k // splits) % bk and bk > min_k:
+        bk //= 2
+    return dataclasses.replace(cfg, block_n=bn, block_k=bk, split_k=splits)
+
+
 def triton_call(kernel, *, cfg, name: str, interpret: bool, **kwargs):
     """``pl.pallas_call`` for a Pallas-Triton backend, launched with ``cfg.num_warps`` / ``cfg.num_stages``
     (every backend's Config has them); ``kwargs`` are pallas_call's (out_shape, grid, in_specs, ...)."""

@@ -18,6 +18,18 @@ from quark_jax.kernels.int4_mm.xla import int4_mm_nk_xla, int4_mm_xla
 ACT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 
 
+def _groups(k: int, n: int, group_size: int, w_scales, *, even: bool = False) -> int:
+    """G = K / group_size, after checking group_size (a positive divisor of K; even for the repacked layout)
+    and that ``w_scales`` is [G, N]."""
+    if group_size <= 0 or (even and group_size % 2) or k % group_size:
+        raise ValueError(f"group_size: expected {'an even' if even else 'a'} positive divisor of K = {k}, "
+                         f"got {group_size}")
+    g = k // group_size
+    if w_scales.shape != (g, n):
+        raise ValueError(f"w_scales: expected shape ({g}, {n}), got {tuple(w_scales.shape)}")
+    return g
+
+
 def int4_mm(x, w_packed, w_scales, w_zeros=None, bias=None, *, group_size: int, order: str = "reorder",
             signed: bool = True, out_dtype=None, impl="auto"):
     """``y = linear(x, (q - z) * s, bias)`` from Quark's per-group INT4 / UINT4 layout.
@@ -46,11 +58,7 @@ def int4_mm(x, w_packed, w_scales, w_zeros=None, bias=None, *, group_size: int, 
     n = w_packed.shape[1] * 8
     if w_packed.shape[0] != k:
         raise ValueError(f"w_packed: expected shape ({k}, N/8) for x with K = {k}, got {tuple(w_packed.shape)}")
-    if group_size <= 0 or k % group_size:
-        raise ValueError(f"group_size: expected a positive divisor of K = {k}, got {group_size}")
-    g = k // group_size
-    if w_scales.shape != (g, n):
-        raise ValueError(f"w_scales: expected shape ({g}, {n}), got {tuple(w_scales.shape)}")
+    g = _groups(k, n, group_size, w_scales)
     if w_zeros is not None:
         w_zeros = _validate.matrix("w_zeros", w_zeros, (jnp.int32,), "[K/group_size, N/8] int32")
         if w_zeros.shape != (g, n // 8):
@@ -122,11 +130,7 @@ def int4_mm_nk(x, w_nk, w_scales, w_zeros=None, bias=None, *, group_size: int, s
     n = w_nk.shape[0]
     if w_nk.shape[1] * 2 != k:
         raise ValueError(f"w_nk: expected shape (N, {k // 2}) for x with K = {k}, got {tuple(w_nk.shape)}")
-    if group_size <= 0 or group_size % 2 or k % group_size:
-        raise ValueError(f"group_size: expected an even positive divisor of K = {k}, got {group_size}")
-    g = k // group_size
-    if w_scales.shape != (g, n):
-        raise ValueError(f"w_scales: expected shape ({g}, {n}), got {tuple(w_scales.shape)}")
+    g = _groups(k, n, group_size, w_scales, even=True)
     if w_zeros is not None:
         w_zeros = _validate.matrix("w_zeros", w_zeros, (jnp.int8,), "[K/group_size, N] int8 (unpacked)")
         if w_zeros.shape != (g, n):

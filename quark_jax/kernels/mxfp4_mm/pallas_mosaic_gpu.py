@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from quark_jax import formats
-from quark_jax.kernels import _dispatch
+from quark_jax.kernels import _dispatch, tiling
 from quark_jax.kernels.mosaic_skinny import gpu_interpret_params
 from quark_jax.kernels.mxfp4_mm import decode
 from quark_jax.quant import qdq_mxfp4
@@ -92,16 +92,7 @@ class Config:
 
     def fit(self, *, k: int, n: int) -> "Config":
         """Shrink the blocks (and the K split) so that they divide (n, k); n and k multiples of 64."""
-        bn = self.block_n
-        while n % bn and bn > 64 * self.consumer_warpgroups:
-            bn //= 2
-        splits = self.split_k
-        while splits > 1 and k % (splits * 64):
-            splits //= 2
-        bk = self.block_k
-        while (k // splits) % bk and bk > 64:
-            bk //= 2
-        return dataclasses.replace(self, block_n=bn, block_k=bk, split_k=splits)
+        return tiling.halve_to_divide(self, n=n, k=k, min_n=64 * self.consumer_warpgroups, min_k=64)
 
 
 DEFAULT = Config(decode="ptx")  # on CPU (interpret mode) the PTX decode runs as the portable one
