@@ -9,8 +9,10 @@ lowers to the same ``tt.dot`` with ``maxNumImpreciseAcc = promote``: Triton emit
 sum of 32 exact e4m3 products is the only imprecise step). Off a GPU (Pallas interpret mode, CPU) it is
 ``lax.dot_general`` with f32 accumulation.
 
-The Triton rule is registered with Pallas' private lowering table (``jax._src.pallas.triton.lowering``): an
-experimental path (``grouped_mm``'s ``Config(mma="wgmma")``), opted into, never the default.
+The Triton rule is registered with Pallas' private lowering table (``jax._src.pallas.triton.lowering``);
+``TRITON_RULE`` says whether that worked. ``grouped_mm``'s ``Config(mma="wgmma")`` is opt-in; ``fp8_block_mm``
+uses it by default above 64 rows (promotion once per 128-K scale group, as Triton's own FP8 ``tl.dot`` default and
+vLLM's block kernel do), falling back to its native config when ``TRITON_RULE`` is False.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-__all__ = ["fp8_dot", "fp8_dot_p"]
+__all__ = ["fp8_dot", "fp8_dot_p", "TRITON_RULE"]
 
 fp8_dot_p = Primitive("quark_fp8_dot")
 
@@ -55,15 +57,15 @@ fp8_dot_p.def_abstract_eval(_abstract)
 mlir.register_lowering(fp8_dot_p, mlir.lower_fun(_reference, multiple_results=False))
 
 
-def _register_triton_rule() -> None:
+def _register_triton_rule() -> bool:
     try:
         from jax._src.lib.mlir import ir
         from jax._src.lib.triton import dialect as tt_dialect
         from jax._src.pallas.triton import lowering as triton_lowering
     except ImportError:  # no Pallas-Triton in this jax: the primitive only runs off the GPU
-        return
+        return False
     if not hasattr(triton_lowering, "register_lowering"):  # a jax whose private layout moved: lowering it on a
-        return  # GPU then fails naming the primitive (only Config(mma="wgmma") uses it)
+        return False  # GPU then fails naming the primitive (defaults check TRITON_RULE and stay native)
 
     def rule(ctx, a, b, *, promote):
         del ctx
@@ -73,6 +75,7 @@ def _register_triton_rule() -> None:
         return tt_dialect.dot(a, tt_dialect.trans(b, (1, 0)), acc, max_num_imprecise_acc=promote)
 
     triton_lowering.register_lowering(fp8_dot_p)(rule)
+    return True
 
 
-_register_triton_rule()
+TRITON_RULE = _register_triton_rule()  # whether Pallas-Triton can lower fp8_dot (fp8_block_mm's defaults use it)

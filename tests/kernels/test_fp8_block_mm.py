@@ -95,9 +95,15 @@ def test_vllm_quantized_random_data_within_f32_rounding():
     assert np.abs(np.asarray(got, np.float64) - want).max() <= 1e-6 * np.abs(want).max()
 
 
-def test_config_mma_options():
-    """``mma`` is "native" by default (the FP8 wgmma dot is opt-in) and validated with ``promote``."""
-    assert C().mma == "native" and pallas_triton.default_config(2048, 4096, 14336, 128).mma == "native"
+def test_config_mma_options(monkeypatch):
+    """``Config()`` is "native"; the defaults above 64 rows are FP8 wgmma promoting once per group with prefetch
+    (native where the Triton rule is missing); ``promote`` is validated."""
+    assert C().mma == "native" and pallas_triton.default_config(64, 4096, 14336, 128).mma == "native"
+    for m in (65, 512, 2048):
+        cfg = pallas_triton.default_config(m, 4096, 14336, 128)
+        assert (cfg.mma, cfg.promote, cfg.prefetch, cfg.block_m, cfg.block_n) == ("wgmma", 128, True, 128, 128)
+    monkeypatch.setattr(pallas_triton.triton_fp8_dot, "TRITON_RULE", False)
+    assert pallas_triton.default_config(2048, 4096, 14336, 128) == pallas_triton.WGMMA_FALLBACK["max"]
     assert pallas_triton.fit(C(mma="wgmma", promote=128), 2048, 32, 14336).mma == "wgmma"
     with pytest.raises(ValueError, match="Config.mma: expected one of"):
         C(mma="fp16")

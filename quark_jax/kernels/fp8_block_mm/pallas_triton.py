@@ -6,9 +6,9 @@ f32, scaled by the token's group scale (a column of ``x_scale``) and the weight 
 accumulator. A column tile of ``block_n`` columns covers ``block_n / rows`` weight scale rows (or lies inside one),
 so the weight scale is one scalar per step (or a few, selected per column). Ragged M: masked loads and stores.
 ``split_k`` > 1 splits the groups over programs (f32 partial sums reduced by XLA with the bias).
-``Config(mma="wgmma")`` (experimental, off by default) runs each group's dot through ``kernels.triton_fp8_dot``:
+``Config(mma="wgmma")`` (the default above 64 rows) runs each group's dot through ``kernels.triton_fp8_dot``:
 Hopper FP8 wgmma with an f32 promotion every ``promote`` K elements, instead of Pallas' native FP8 dot, which
-Triton compiles to f16 ``mma.sync`` (benchmarks/NOTES.md "MoE fixes").
+Triton compiles to f16 ``mma.sync`` (benchmarks/NOTES.md "MoE fixes"); 2.3x faster at prefill on the H200.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from quark_jax.kernels import _dispatch, tiling
+from quark_jax.kernels import _dispatch, tiling, triton_fp8_dot
 
 MMAS = ("native", "wgmma")
 
@@ -57,13 +57,20 @@ class Config:
                              f"{self.block_n}")
 
 
-# M bucket -> config (the fp8_scaled_mm kernel's shapes: skinny tiles with a K split at decode, 128x128 at prefill)
+# M bucket -> config (the fp8_scaled_mm kernel's shapes: skinny tiles with a K split at decode, 128x128 at prefill).
+# Above 64 rows: FP8 wgmma, one f32 promotion per 128-K group, scales loaded one group ahead (H200, M = 2048,
+# 4096x14336: 328.7 us vs 759.3 us native; benchmarks/NOTES.md "FP8 per-block on FP8 wgmma"). The "512" bucket
+# takes the same config unmeasured (the native path there is the same f16 mma.sync); the native config stays
+# wherever the wgmma lowering rule could not be registered (WGMMA_FALLBACK).
+PREFILL = Config(block_m=128, block_n=128, num_warps=8, num_stages=3, mma="wgmma", promote=128, prefetch=True)
 DEFAULTS = {
     "16": Config(block_m=16, block_n=64, num_warps=4, num_stages=3),
     "64": Config(block_m=64, block_n=64, num_warps=4, num_stages=3),
-    "512": Config(block_m=128, block_n=128, num_warps=4, num_stages=4),
-    "max": Config(block_m=128, block_n=128, num_warps=8, num_stages=4),
+    "512": PREFILL,
+    "max": PREFILL,
 }
+WGMMA_FALLBACK = {"512": Config(block_m=128, block_n=128, num_warps=4, num_stages=4),
+                  "max": Config(block_m=128, block_n=128, num_warps=8, num_stages=4)}
 AUTO_SPLIT = {"decode": 264, "small": 264}
 
 
@@ -91,7 +98,9 @@ def default_config(m: int, k: int, n: int, cols: int) -> Config:
     >>> default_config(2048, 4096, 4096, 128).block_m
     128
     """
-    cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
+    cfg, key = tiling.lookup(DEFAULTS, m, k, n)
+    if cfg.mma == "wgmma" and not triton_fp8_dot.TRITON_RULE:
+        cfg = WGMMA_FALLBACK.get(key, dataclasses.replace(cfg, mma="native", promote=32))
     return fit(cfg, m, k // cols, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
 
 
@@ -113,9 +122,7 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
     col_block = lax.broadcasted_iota(jnp.int32, (1, bn), 1) // rows if r > 1 else None
     dims = (((1,), (1,)), ((), ()))
     if cfg.mma == "wgmma":
-        from quark_jax.kernels.triton_fp8_dot import fp8_dot
-
-        dot = functools.partial(fp8_dot, promote=cfg.promote)
+        dot = functools.partial(triton_fp8_dot.fp8_dot, promote=cfg.promote)
     else:
         dot = functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=jnp.float32)
 
@@ -210,4 +217,4 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     return out
 
 
-__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "default_config", "fit"]
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "WGMMA_FALLBACK", "default_config", "fit"]
