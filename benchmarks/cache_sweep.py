@@ -57,7 +57,7 @@ def main(argv=None):
     from benchmarks.decode_fusion import build
     from quark_jax.models import generation as g
 
-    chunk = args.chunk or g.DEFAULT_CHUNK
+    chunk = args.chunk or g.DECODE_CAPACITY
     out = {"scheme": args.scheme, "shape": args.shape, "prompt": args.prompt, "chunk": chunk,
            "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "runs": [], "profiles": {}}
 

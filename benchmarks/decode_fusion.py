@@ -468,7 +468,7 @@ def main(argv=None):
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=128, help="decode steps per device call (generate's default)")
     ap.add_argument("--lower-only", action="store_true")
     ap.add_argument("--platform", default="cuda")
     ap.add_argument("--split-compile", action="store_true")

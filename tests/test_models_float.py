@@ -206,10 +206,13 @@ def test_generate_stops_at_eos_and_pads(float_model):
 def test_stream_chunks_concatenate_to_generate(float_model):
     ids = np.array([[1, 5, 9, 200, 17], [7, 7, 8, 9, 10]])
     ref = np.asarray(float_model.generate(ids, 11))
+    traced = TRACE_COUNTS["decode"]
     for chunk in (1, 3):
         chunks = list(float_model.generate_stream(ids, 11, chunk_size=chunk))
         assert chunks[0].shape == (2, 1) and all(c.shape[1] <= chunk and c.dtype == np.int32 for c in chunks)
+        assert len(chunks) == 1 + -(-10 // chunk)  # the first token, then chunks of at most chunk_size
         np.testing.assert_array_equal(np.concatenate(chunks, axis=1), ref[:, 5:])
+    assert TRACE_COUNTS["decode"] == traced  # every chunk size <= DECODE_CAPACITY runs generate's one program
     sampled = np.asarray(float_model.generate(ids, 11, temperature=3.0, seed=4))
     np.testing.assert_array_equal(np.asarray(float_model.generate(ids, 11, temperature=3.0, seed=4, chunk_size=3)),
                                   sampled)
