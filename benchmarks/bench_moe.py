@@ -229,6 +229,15 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
             f"({ms / floor_ms:.2f}x), all experts {1e3 * everything / HBM_BYTES_PER_S:.3f} ms")
         save()
 
+    if args.profile:  # one decode step's kernels (batch 1): where the time goes against the active floor
+        from benchmarks.profile_decode import profile_decode
+
+        result["decode_profile"] = profile_decode(model, batch=1, prompt_len=plen, max_cache_len=cache_len,
+                                                  steps=min(8, n_new - 1), chunk_size=8)
+        log("  decode profile " + json.dumps({k: v for k, v in result["decode_profile"].items() if k != "top"}))
+        log("  top kernels " + json.dumps(result["decode_profile"].get("top", [])))
+        save()
+
     from quark_jax.kernels.grouped_mm import pallas_triton
 
     result["prefill"] = {}
@@ -266,6 +275,7 @@ def main(argv=None) -> dict:
                          "FP8_PREFILL_MMA): native (the default), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 "
                          "wgmma, experimental); "
                          "rows of a variant other than native are keyed '<len>@fp8_mma=<variant>'")
+    ap.add_argument("--profile", action="store_true", help="also profile 8 decode steps at batch 1 (GPU)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
