@@ -41,7 +41,8 @@ class TestFp8BlockMm(KernelContract):
     # (config, block): two weight scale rows per column tile with a K split; column tiles inside one scale row
     # with ragged M; FP8 wgmma dots (kernels.triton_fp8_dot) on 128-element groups (ragged M, two scale rows), f32
     # promotion every 32 K elements or once per group (exact data: exact on the GPU too, sums of 32 or 128 products
-    # of integers <= 8 stay integers <= 8192), the latter with the scales loaded one group ahead (one scale row)
+    # of integers <= 8 stay integers <= 8192), the latter with the scales loaded one group ahead (one scale row);
+    # column slices (subtiles: one weight scale row each; or both inside one) with the lagged or prefetched rescale
     VARIANTS = [
         Variant(backend="pallas_triton", name="two_scale_rows_split_k", shape=(3, 128, 64),
                 config=C(block_m=16, block_n=32, split_k=2)),
@@ -51,11 +52,15 @@ class TestFp8BlockMm(KernelContract):
                 config=C(block_m=16, block_n=64, mma="wgmma")),
         Variant(backend="pallas_triton", name="wgmma_promote_once_per_group_prefetch", shape=(5, 256, 32),
                 config=C(block_m=16, block_n=32, mma="wgmma", promote=128, prefetch=True)),
+        Variant(backend="pallas_triton", name="wgmma_two_slices_lagged_rescale", shape=(20, 256, 64),
+                config=C(block_m=16, block_n=64, mma="wgmma", promote=128, subtiles=2, lag=True)),
+        Variant(backend="pallas_triton", name="slices_inside_scale_row_prefetch", shape=(37, 64, 64),
+                config=C(block_m=32, block_n=64, subtiles=2, prefetch=True)),
     ]
     BLOCKS = {(3, 128, 64): (16, 32), (37, 64, 64): (64, 32), (20, 256, 64): (32, 128),
               (5, 256, 32): (32, 128)}  # (M, K, N) -> the weight's scale block
     FLAVORS = ["bias", "nobias"]
-    VARIANT_FLAVORS = ["bias", "nobias", "bias", "nobias"]  # one flavor per variant (VARIANTS order)
+    VARIANT_FLAVORS = ["bias", "nobias", "bias", "nobias", "bias", "bias"]  # one flavor per variant (VARIANTS order)
     ENTRY_SHAPE = (2, 64, 32)
     PALLAS = (pallas_triton, "fp8_block_mm_pallas")
 
@@ -109,6 +114,19 @@ def test_config_mma_options(monkeypatch):
         C(mma="fp16")
     with pytest.raises(ValueError, match="at least 32 K elements"):
         C(mma="wgmma", promote=16)
+
+
+@pytest.mark.parametrize("name", sorted(pallas_triton.CANDIDATES))
+def test_prefill_candidates_exact_on_gpu(name):
+    """Each benchmarked prefill config, compiled (GPU only; interpret mode would take minutes): ragged M, exact."""
+    import jax
+
+    if jax.default_backend() != "gpu":
+        pytest.skip("compiled-kernel check: the variants above cover the same code paths in interpret mode")
+    d = make(np.random.default_rng(5), 300, 512, 512, "bias", (128, 128))
+    got = pallas_triton.fp8_block_mm_pallas(d["x"], d["w"], d["xs"], d["ws"], d["bias"], block=(128, 128),
+                                            out_dtype=jnp.float32, config=pallas_triton.CANDIDATES[name])
+    TestFp8BlockMm().check(got, d, "bias")
 
 
 def test_entry_errors_name_the_argument():

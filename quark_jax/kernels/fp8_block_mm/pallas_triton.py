@@ -44,9 +44,13 @@ class Config:
     promote: int = 32  # "wgmma": K elements per f32 promotion (32: every wgmma; >= the group: once per group)
     prefetch: bool = False  # load the next group's scales before this group's dot (else after it: the scale
     # loads' latency sits between the dot and the rescale of every K step)
+    subtiles: int = 1  # column slices of block_n, one dot and one f32 accumulator each (fewer live registers: one
+    # slice's fresh product at a time, so 128x256 tiles fit 8 warps' registers)
+    lag: bool = False  # rescale each group's dot one loop step later, after the next group's dot is issued (the
+    # FP8 wgmma of group g + 1 can then run while group g's product is scaled into the accumulator)
 
     def __post_init__(self):
-        tiling.check_powers_of_two(self, ("block_m", "block_n", "split_k", "num_warps", "group_m"))
+        tiling.check_powers_of_two(self, ("block_m", "block_n", "split_k", "num_warps", "group_m", "subtiles"))
         if self.mma not in MMAS:
             raise ValueError(f"Config.mma: expected one of {MMAS}, got {self.mma!r}")
         if self.promote < 32:
@@ -69,6 +73,20 @@ DEFAULTS = {
     "512": PREFILL,
     "max": PREFILL,
 }
+_W = functools.partial(Config, num_warps=8, num_stages=3, mma="wgmma", promote=128, prefetch=True)
+# Prefill alternatives to PREFILL, timed by benchmarks/gemm_fp8block.py (benchmarks/NOTES.md "FP8 per-block on FP8
+# wgmma", session 7): the rescale one group late, 64-row tiles (2-3 CTAs per SM), 256-wide tiles as column slices
+# (less L2 traffic per MAC), 4 stages, 16 row blocks per column strip
+CANDIDATES = {
+    "wgmma_lag": _W(block_m=128, block_n=128, prefetch=False, lag=True),
+    "wgmma_m64_w4": _W(block_m=64, block_n=128, num_warps=4),
+    "wgmma_m64_w4_lag": _W(block_m=64, block_n=128, num_warps=4, prefetch=False, lag=True),
+    "wgmma_n256_sub2": _W(block_m=128, block_n=256, subtiles=2),
+    "wgmma_n256_sub2_s4": _W(block_m=128, block_n=256, subtiles=2, num_stages=4),
+    "wgmma_n256_sub4": _W(block_m=128, block_n=256, subtiles=4),
+    "wgmma_m256_sub2": _W(block_m=256, block_n=128, subtiles=2),
+    "wgmma_g16": _W(block_m=128, block_n=128, group_m=16),
+}
 WGMMA_FALLBACK = {"512": Config(block_m=128, block_n=128, num_warps=4, num_stages=4),
                   "max": Config(block_m=128, block_n=128, num_warps=8, num_stages=4)}
 AUTO_SPLIT = {"decode": 264, "small": 264}
@@ -89,7 +107,8 @@ def fit(cfg: Config, m: int, groups: int, n: int, *, target_programs: int = 0) -
         raise ValueError(f"fp8_block_mm: cannot tile N = {n} (need N % 16 == 0)")
     tiles = (n // block_n) * -(-m // block_m)
     split_k = tiling.grow_split_k(cfg.split_k, tiles=tiles, groups=groups, target_programs=target_programs)
-    return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, split_k=split_k)
+    subtiles = min(cfg.subtiles, block_n // 16)  # column slices stay >= 16 wide
+    return dataclasses.replace(cfg, block_m=block_m, block_n=block_n, split_k=split_k, subtiles=subtiles)
 
 
 def default_config(m: int, k: int, n: int, cols: int) -> Config:
@@ -117,47 +136,78 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, cfg: Config, m: int, rows: int,
         valid_rows = m - m_tile * bm
         x_mask = lax.broadcasted_iota(jnp.int32, (bm, cols), 0) < valid_rows
         s_mask = lax.broadcasted_iota(jnp.int32, (bm,), 0) < valid_rows
-    r = max(1, bn // rows)  # weight scale rows this column tile covers
-    row0 = n_tile * bn // rows
-    col_block = lax.broadcasted_iota(jnp.int32, (1, bn), 1) // rows if r > 1 else None
+    sub = bn // cfg.subtiles  # columns per dot (the tile's column slices, each with its own accumulator)
+    r = max(1, sub // rows)  # weight scale rows one column slice covers
+    col_block = lax.broadcasted_iota(jnp.int32, (1, sub), 1) // rows if r > 1 else None
     dims = (((1,), (1,)), ((), ()))
     if cfg.mma == "wgmma":
         dot = functools.partial(triton_fp8_dot.fp8_dot, promote=cfg.promote)
     else:
         dot = functools.partial(lax.dot_general, dimension_numbers=dims, preferred_element_type=jnp.float32)
 
-    def scales(g):  # the group's token scales [bm] and weight scale (a scalar, or [1, bn] over r scale rows)
-        sx = tiling.masked_load(xs_ref.at[:, g], s_mask)
-        if r == 1:
-            return sx, ws_ref[row0, g]
-        sw = jnp.zeros((1, bn), jnp.float32)
-        for j in range(r):
-            sw = jnp.where(col_block == j, ws_ref[row0 + j, g], sw)
-        return sx, sw
+    def scales(g):  # the group's token scales [bm] and, per column slice, the weight scale (a scalar, or [1, sub]
+        sx = tiling.masked_load(xs_ref.at[:, g], s_mask)  # over r scale rows)
+        sws = []
+        for j in range(cfg.subtiles):
+            row0 = (n_tile * bn + j * sub) // rows
+            if r == 1:
+                sws.append(ws_ref[row0, g])
+                continue
+            sw = jnp.zeros((1, sub), jnp.float32)
+            for i in range(r):
+                sw = jnp.where(col_block == i, ws_ref[row0 + i, g], sw)
+            sws.append(sw)
+        return sx, tuple(sws)
 
-    def group_dot(g):
+    def group_dots(g):  # the group's products, one per column slice
         k0 = pl.multiple_of(g * cols, cols)
         xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
-        return dot(xk, w_ref[:, pl.ds(k0, cols)])
+        if cfg.subtiles == 1:
+            return (dot(xk, w_ref[:, pl.ds(k0, cols)]),)
+        return tuple(dot(xk, w_ref[pl.ds(j * sub, sub), pl.ds(k0, cols)]) for j in range(cfg.subtiles))
 
-    if cfg.prefetch:  # the next group's scales load before this group's dot (their latency hidden behind it)
+    def fold(accs, ds, sx, sws):  # accumulators + scaled products
+        return tuple(a + d * (sx[:, None] * sw) for a, d, sw in zip(accs, ds, sws))
+
+    zeros = tuple(jnp.zeros((bm, sub), jnp.float32) for _ in range(cfg.subtiles))
+    if cfg.lag:  # step g issues group g's dots and its scale loads, then adds group g - 1's scaled products
         def body(g, carry):
-            acc, sx, sw = carry
+            accs, d_prev, sx_prev, sw_prev = carry
+            sx, sws = scales(g)
+            ds = group_dots(g)
+            return fold(accs, d_prev, sx_prev, sw_prev), ds, sx, sws
+
+        sx0, sw0 = scales(jnp.int32(0))
+        no_scale = (jnp.zeros_like(sx0), tuple(jnp.zeros_like(w) for w in sw0))
+        accs, ds, sx, sws = lax.fori_loop(0, groups, body, (zeros, zeros, *no_scale))
+        accs = fold(accs, ds, sx, sws)
+    elif cfg.prefetch:  # the next group's scales load before this group's dot (their latency hidden behind it)
+        def body(g, carry):
+            accs, sx, sws = carry
             nxt = scales(jnp.minimum(g + 1, groups - 1))
-            d = group_dot(g)
-            return (acc + d * (sx[:, None] * sw), *nxt)
+            if cfg.subtiles == 1:
+                return (fold(accs, group_dots(g), sx, sws), *nxt)
+            k0 = pl.multiple_of(g * cols, cols)  # one slice's product live at a time
+            xk = tiling.masked_load(x_ref.at[:, pl.ds(k0, cols)], x_mask)
+            out = []
+            for j in range(cfg.subtiles):
+                d = dot(xk, w_ref[pl.ds(j * sub, sub), pl.ds(k0, cols)])
+                out.append(accs[j] + d * (sx[:, None] * sws[j]))
+            return (tuple(out), *nxt)
 
-        acc, _, _ = lax.fori_loop(0, groups, body, (jnp.zeros((bm, bn), jnp.float32), *scales(jnp.int32(0))))
+        accs, _, _ = lax.fori_loop(0, groups, body, (zeros, *scales(jnp.int32(0))))
     else:
-        def body(g, acc):
-            d = group_dot(g)
-            sx, sw = scales(g)
-            return acc + d * (sx[:, None] * sw)
+        def body(g, accs):
+            ds = group_dots(g)
+            return fold(accs, ds, *scales(g))
 
-        acc = lax.fori_loop(0, groups, body, jnp.zeros((bm, bn), jnp.float32))
-    if has_bias:
-        acc = acc + b_ref[...].astype(jnp.float32)[None, :]
-    tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm if m % bm else None)
+        accs = lax.fori_loop(0, groups, body, zeros)
+    valid = m - m_tile * bm if m % bm else None
+    for j, acc in enumerate(accs):
+        cs = slice(None) if cfg.subtiles == 1 else pl.ds(j * sub, sub)
+        if has_bias:
+            acc = acc + b_ref[cs].astype(jnp.float32)[None, :]
+        tiling.store_rows(o_ref if cfg.subtiles == 1 else o_ref.at[:, cs], acc.astype(out_dtype), valid)
 
 
 def fp8_block_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, block=(128, 128), out_dtype=jnp.bfloat16,
@@ -209,7 +259,8 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     kernel = functools.partial(_kernel, cfg=cfg, m=m, rows=rows, cols=cols, groups=g_split, n_tiles_n=n_tiles_n,
                                n_tiles_m=n_tiles_m, has_bias=fused_bias, out_dtype=kernel_out)
     name = (f"fp8_block_mm_{bm}x{bn}x{cols}_s{splits}" + ("_wgmma" if cfg.mma == "wgmma" else "")
-            + ("_pf" if cfg.prefetch else ""))
+            + ("_pf" if cfg.prefetch else "") + ("_lag" if cfg.lag else "")
+            + (f"_sub{cfg.subtiles}" if cfg.subtiles > 1 else ""))
     out = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid,
                              in_specs=in_specs, out_specs=out_spec)(*args)
     if splits > 1:
@@ -217,4 +268,4 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     return out
 
 
-__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "WGMMA_FALLBACK", "default_config", "fit"]
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "CANDIDATES", "WGMMA_FALLBACK", "default_config", "fit"]
