@@ -5,12 +5,13 @@ package tuner (``quark_jax.kernels.tuning.tuner``), beside each op's extra rows 
 Usage (from the repo root, on the device):
     PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4,int4,fp8block,mxfp6] [--m 1,16,64,256,2048]
         [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table DIR]
-        [--check-auto] [--no-extras] [--deadline SECONDS]
+        [--check-auto] [--no-extras] [--deadline SECONDS] [--sweep] [--rows NAME,NAME,...]
 
 ``--write-table DIR`` makes the run a tuning run: each point's decision goes into ``DIR/<device key>.json`` (the
 user table ``auto`` reads first, as ``quark-jax tune`` writes it) before ``auto`` is timed. ``--check-auto``
 times ``auto`` and exits 1 if it is more than 10% slower than the fastest of pallas / xla at any point, or runs
-the MXFP4 emulation where the Pallas kernel ran.
+the MXFP4 emulation where the Pallas kernel ran. ``--sweep`` adds the op module's ``sweep_cases`` rows (if it has
+them); ``--rows`` keeps only the named extra rows (the baseline row always stays; the entry's rows are the tuner's).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--check-auto", action="store_true")
     p.add_argument("--no-extras", action="store_true", help="time only the entry's implementations")
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new point starts")
+    p.add_argument("--sweep", action="store_true", help="add the op module's sweep_cases rows")
+    p.add_argument("--rows", default=None, help="comma-separated extra row names to keep (baseline always kept)")
     a = p.parse_args(argv)
     deadline = time.monotonic() + a.deadline if a.deadline else None
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
@@ -100,7 +103,13 @@ def main(argv=None) -> int:
     def extra_cases(point, sets):
         if a.no_extras:
             return []
-        cases = importlib.import_module(f"gemm_{SHORT[point.op]}").cases(point, sets, Case)
+        module = importlib.import_module(f"gemm_{SHORT[point.op]}")
+        cases = module.cases(point, sets, Case)
+        if a.sweep and hasattr(module, "sweep_cases"):
+            cases += module.sweep_cases(point, sets, Case)
+        if a.rows:
+            keep = set(a.rows.split(","))
+            cases = [c for c in cases if c.baseline or c.name in keep]
         for c in cases:
             extras[(point.op, point.m, point.k, point.n, c.name)] = (c.flops, c.bytes, c.baseline)
         return cases

@@ -4,6 +4,11 @@ tuner): ``xla_bf16_dense`` (the dequantized weight in bf16; the baseline), the w
 (``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``, both with the PTX decode, and
 ``pallas_mosaic_jnp_decode`` W4A4 with the portable decode, ``pallas_mosaic_ws`` W4A4 warp-specialized), and ``jax.nn.scaled_matmul``
 on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
+
+``sweep_cases`` (``bench_gemm.py --sweep``): the decode sweep of issue 16 at M <= 16 (benchmarks/NOTES.md, session 7
+"MXFP4 decode sweep"): Mosaic configs ``mx_*`` (W4A16 on scales pre-transposed to [K/32, N] as a load-time repack
+would store them, except ``mx_base`` and ``mx_fold_w4a4``), incl. the timing probe ``mx_probe`` (no decode: wrong
+values, timing only), and the Triton kernel with the folded-scale decode ``tr_fold``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from gemm_int8 import bf16_case
 
 from quark_jax import quant
 from quark_jax.kernels import mxfp4_mm
-from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
+from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu, pallas_triton
 
 SCALED_MATMUL = True  # time jax.nn.scaled_matmul (benchmarks/tune_mxfp4.py turns it off to save device time)
 
@@ -57,4 +62,46 @@ def cases(point, sets, Case):
         out.append(Case(name="jax_nn_scaled_matmul", fn=fn, arg_sets=sm, flops=flops, bytes=nbytes))
     except Exception as e:  # older jax or a backend without it: reported, not hidden
         print(f"[mxfp4 m={m} k={k} n={n}] jax.nn.scaled_matmul unavailable: {e!r}", flush=True)
+    return out
+
+
+# name -> (Config changes on default_config(k, n) ("split2x": twice its K split), quantize_input, scales_kn)
+SWEEP = {
+    "mx_base": ({}, False, False),  # = pallas_mosaic_w4a16 (the per-call scale transpose included)
+    "mx_kn": ({}, False, True),  # scales pre-transposed: the transpose kernel's cost
+    "mx_fold": (dict(decode="ptx_fold"), False, True),  # one bf16 multiply per element instead of two
+    "mx_probe": (dict(decode="probe"), False, True),  # NO decode (timing probe): the stream + wgmma skeleton
+    "mx_probe_st8": (dict(decode="probe", stages=8), False, True),
+    "mx_st8": (dict(stages=8), False, True),  # ring depth 4 -> 8: bytes in flight x2
+    "mx_bk128_st8": (dict(block_k=128, stages=8), False, True),
+    "mx_bk512": (dict(block_k=512), False, True),  # 16 KB weight tiles, half the pipeline steps
+    "mx_bk512_st3": (dict(block_k=512, stages=3), False, True),
+    "mx_bn128": (dict(block_n=128), False, True),  # 2 wgmmas per fence, 2x the decode work per wait
+    "mx_split2x": ("split2x", False, True),  # twice the programs
+    "mx_fold_bk512": (dict(decode="ptx_fold", block_k=512), False, True),
+    "mx_fold_w4a4": (dict(decode="ptx_fold"), True, True),  # the issue's metric (activation qdq timed)
+}
+
+
+def sweep_cases(point, sets, Case):
+    """The issue-16 decode sweep rows (M <= 16 only): ``SWEEP`` on the Mosaic kernel and ``tr_fold``."""
+    m, k, n = point.m, point.k, point.n
+    if m > 16:
+        return []
+    flops, nbytes = 2.0 * m * n * k, n * k // 2 + n * k // 32 + 2 * m * k + 2 * m * n
+    out = []
+    kn_sets = [(x, p, jax.block_until_ready(jax.jit(jnp.transpose)(s))) for x, p, s in sets]  # [K/32, N]
+    base = pallas_mosaic_gpu.default_config(k, n)
+    for name, (change, q, kn) in SWEEP.items():
+        cfg = (dataclasses.replace(base, split_k=base.split_k * 2) if change == "split2x"
+               else dataclasses.replace(base, **change))
+        fn = jax.jit(functools.partial(pallas_mosaic_gpu.mxfp4_mm_mosaic, quantize_input=q, config=cfg,
+                                       scales_kn=kn))
+        out.append(Case(name=name, fn=fn, arg_sets=kn_sets if kn else sets, flops=flops, bytes=nbytes))
+    tcfg = pallas_triton.default_config(m, k, n)
+    if isinstance(tcfg, pallas_triton.Config):
+        for name, dec in (("tr_asm", tcfg.decode), ("tr_fold", "asm_fold")):
+            fn = jax.jit(functools.partial(pallas_triton.mxfp4_mm_pallas, quantize_input=False,
+                                           config=dataclasses.replace(tcfg, decode=dec)))
+            out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
     return out

@@ -180,6 +180,26 @@ def test_ptx_decoder_model_all_bytes(pack):
         assert ("0xB3A2" in asm) == (pack == 4) and "0x9180" in asm
 
 
+def test_folded_ptx_decoder_model_all_bytes_and_scales_up_to_128():
+    """The folded-scale PTX form (``_ptx(..., fold=True)``: the raw E2M1 * 2**-126 pattern times the bf16 scale
+    2**(s - 1), one multiply) gives E2M1 * 2**(s - 127) (float64) on every byte x every scale byte 0..128, where that
+    scale is a finite bf16 (subnormal results included, as the two-multiply form); above 128 it is not (the
+    caller's precondition)."""
+    b = np.arange(256, dtype=np.uint8)
+    lo, hi = decode.ptx_decode_emulated(b, 2, raw=True)
+    s = np.arange(decode.FOLD_MAX_SCALE_BYTE + 1, dtype=np.uint8)
+    folded = np.asarray(decode.scale_bf16_folded(jnp.asarray(s)).astype(jnp.float32), np.float64)
+    np.testing.assert_array_equal(folded, np.ldexp(1.0, s.astype(np.int64) - 1))
+    table = np.asarray(formats.E2M1_VALUES, np.float64)
+    exact = np.ldexp(1.0, s.astype(np.int64)[:, None] - 127)  # [129, 1]: float64 products, exact in bf16 too
+    np.testing.assert_array_equal(lo[None, :] * folded[:, None], table[b & 15][None, :] * exact)
+    np.testing.assert_array_equal(hi[None, :] * folded[:, None], table[b >> 4][None, :] * exact)
+    asm = decode._ptx(True, True, 2, fold=True)
+    assert asm.count("mul.rn.bf16x2") == 1 and "0x81C081C0" in asm
+    # above 128 the folded scale is clamped to 2**127 (not 2**(s - 1)): wrong values, hence the precondition
+    assert float(decode.scale_bf16_folded(jnp.asarray([129], jnp.uint8))[0]) == 2.0 ** 127
+
+
 def test_portable_decoder_all_codes_and_scale_bytes():
     """decode_jnp equals quant.dequantize_mxfp4 on all byte values x all scale bytes (0..254)."""
     packed = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (255, 1))  # 16 blocks per scale byte
@@ -363,13 +383,28 @@ def test_mosaic_entry_config_and_errors():
         pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, config=pallas_mosaic_gpu.WARP_SPECIALIZED)
 
 
+def test_mosaic_scales_kn_and_folded_decode():
+    """Scales given as [K/32, N] (``scales_kn``, the layout a load-time repack stores) and the folded-scale decode
+    (``ptx_fold``, scale bytes <= 128 as in ``_exact_data``) equal the XLA reference (compiled PTX on a GPU; the
+    portable decode in interpret mode); a wrongly shaped scale operand is refused."""
+    rng = np.random.default_rng(5)
+    x, wp, ws, bias = _exact_data(rng, 5, 128, 64, jnp.bfloat16)
+    want = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="xla")
+    for cfg in (MC(decode="ptx_fold"), MC(decode="ptx")):
+        got = pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws.T, bias, quantize_input=False, config=cfg, scales_kn=True)
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+    with pytest.raises(ValueError, match=r"\[K/32, N\]"):
+        pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, scales_kn=True)
+
+
 def test_mosaic_lowers_for_cuda():
     """The compiled kernel's Pallas -> Mosaic GPU lowering (register layouts, swizzled loads, register-A wgmma)
     succeeds for CUDA at a decode shape of the 8B model, without a GPU: it catches Mosaic lowering errors that the
     interpreter cannot see (benchmarks/NOTES.md, "Mosaic GPU MXFP4"; not the PTX / ptxas stage)."""
     args = (jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16), jax.ShapeDtypeStruct((4096, 2048), jnp.uint8),
             jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
-    for cfg in (MC(decode="ptx", split_k=4), MC(decode="jnp", split_k=4), pallas_mosaic_gpu.WARP_SPECIALIZED):
+    for cfg in (MC(decode="ptx", split_k=4), MC(decode="jnp", split_k=4), pallas_mosaic_gpu.WARP_SPECIALIZED,
+                MC(decode="ptx_fold", split_k=4), MC(decode="probe", block_n=128, block_k=512, split_k=4)):
         fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text

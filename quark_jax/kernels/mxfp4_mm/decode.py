@@ -54,6 +54,22 @@ def scale_bf16(sbytes):
     return lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
 
 
+FOLD_MAX_SCALE_BYTE = 128  # the folded scale 2**(s - 1) is a finite bf16 only up to here
+
+
+def scale_bf16_folded(sbytes):
+    """bf16 ``2**(s - 1)`` = ``2**126 * 2**(s - 127)``: the E8M0 scale with the PTX decode's ``2**126`` folded in
+    (one multiply per element instead of two). Bit pattern ``(s + 126) << 7``; exact only for scale bytes
+    ``s <= FOLD_MAX_SCALE_BYTE`` (above it 2**(s - 1) overflows bf16: the caller must check the weight's scales,
+    e.g. once at load time).
+
+    >>> scale_bf16_folded(jnp.array([0, 1, 2], jnp.uint8)).astype(jnp.float32).tolist()
+    [0.5, 1.0, 2.0]
+    """
+    bits = (jnp.minimum(sbytes.astype(jnp.int32), FOLD_MAX_SCALE_BYTE) + 126) << 7
+    return lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
+
+
 def _per_block(values, per_block, op):
     """``op(values viewed as [bn, nb, 16], per_block[:, :, None])`` reshaped back to ``[bn, bkh]``."""
     bn, bkh = values.shape
@@ -87,8 +103,10 @@ def decode_jnp(packed, sbytes, dtype):
 # mantissa bit m, i.e. E2M1 * 2**-126 (code 1 is the subnormal 2**-127), and the multiply by 2**126 makes it the
 # exact E2M1 value. The low-nibble plane does the same on the bytes shifted left by 4. With ``scaled``, the
 # operands after the packed bytes are the bf16x2 block scales of the same elements, multiplied in.
+# ``fold``: no multiply by 2**126 (the scale operand is ``scale_bf16_folded``, 2**126 already in it; without
+# ``scaled`` the output is the raw E2M1 * 2**-126 pattern, to be multiplied by the folded scale outside).
 # (One asm per plane: older Pallas lowers only single-result inline asm.)
-def _ptx(low_nibble: bool, scaled: bool, pack: int = 2) -> str:
+def _ptx(low_nibble: bool, scaled: bool, pack: int = 2, fold: bool = False) -> str:
     regs = pack // 2  # output registers
     src = f"${regs}"
     lines = ["{", ".reg .b32 q<3>;", "mov.b32 q2, 0x7E807E80;"]
@@ -97,7 +115,9 @@ def _ptx(low_nibble: bool, scaled: bool, pack: int = 2) -> str:
         lines.append("shl.b32 q0, q0, 4;")
     for r, sel in zip(range(regs), ("0x9180", "0xB3A2")):
         lines += [f"prmt.b32 q1, q0, 0, {sel};", "shl.b32 q1, q1, 2;", "and.b32 q1, q1, 0x81C081C0;"]
-        if scaled:
+        if fold:
+            lines.append(f"mul.rn.bf16x2 ${r}, q1, ${regs + 1 + r};" if scaled else f"mov.b32 ${r}, q1;")
+        elif scaled:
             lines += ["mul.rn.bf16x2 q1, q1, q2;", f"mul.rn.bf16x2 ${r}, q1, ${regs + 1 + r};"]
         else:
             lines.append(f"mul.rn.bf16x2 ${r}, q1, q2;")
@@ -105,16 +125,17 @@ def _ptx(low_nibble: bool, scaled: bool, pack: int = 2) -> str:
     return "\n".join(lines)
 
 
-def decode_asm(packed, sbytes, dtype, *, pack=2, scale_in_asm=False):
+def decode_asm(packed, sbytes, dtype, *, pack=2, scale_in_asm=False, fold=False):
     """GPU decode with inline PTX (sm_90+): ``(lo, hi)`` in ``dtype``; same contract as ``decode_jnp``.
 
-    ``pack`` (2 or 4) is the number of packed bytes one asm instance converts (see ``_ptx``)."""
+    ``pack`` (2 or 4) is the number of packed bytes one asm instance converts (see ``_ptx``). ``fold``: one
+    multiply per element by ``scale_bf16_folded`` (exact only for scale bytes <= ``FOLD_MAX_SCALE_BYTE``)."""
     import jax
     from jax.experimental.pallas import triton as plgpu
 
     bn, bkh = packed.shape
     out = [jax.ShapeDtypeStruct((bn, bkh), jnp.bfloat16)]
-    sc = scale_bf16(sbytes)
+    sc = scale_bf16_folded(sbytes) if fold else scale_bf16(sbytes)
     byte_c = "h" if pack == 2 else "r"
     outs = ",".join(["=r"] * (pack // 2))
     planes = []
@@ -122,21 +143,22 @@ def decode_asm(packed, sbytes, dtype, *, pack=2, scale_in_asm=False):
         if scale_in_asm:
             sc_full = jnp.broadcast_to(sc.reshape(bn, bkh // MX_BYTES, 1), (bn, bkh // MX_BYTES, MX_BYTES))
             cons = ",".join([outs, byte_c] + ["r"] * (pack // 2))
-            [v] = plgpu.elementwise_inline_asm(_ptx(low_nibble, True, pack), args=[packed, sc_full.reshape(bn, bkh)],
+            [v] = plgpu.elementwise_inline_asm(_ptx(low_nibble, True, pack, fold), args=[packed, sc_full.reshape(bn, bkh)],
                                                constraints=cons, pack=pack, result_shape_dtypes=out)
         else:
-            [v] = plgpu.elementwise_inline_asm(_ptx(low_nibble, False, pack), args=[packed],
+            [v] = plgpu.elementwise_inline_asm(_ptx(low_nibble, False, pack, fold), args=[packed],
                                                constraints=f"{outs},{byte_c}", pack=pack, result_shape_dtypes=out)
             v = _per_block(v, sc, lambda a, c: a * c)
         planes.append(v.astype(dtype))
     return planes[0], planes[1]
 
 
-def ptx_decode_emulated(packed_u8: np.ndarray, pack: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def ptx_decode_emulated(packed_u8: np.ndarray, pack: int = 2, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """numpy model of ``_ptx(low_nibble, False, pack)`` on bytes (any shape, a multiple of ``pack`` along the last
     axis), returning the float64 values of the ``lo`` and ``hi`` planes. Follows each instruction: prmt with sign
     replication (selectors 0x9180 for bytes 0, 1 and 0xB3A2 for bytes 2, 3), the shifts, the mask and an exact bf16
-    multiply by 2**126 (bf16 subnormal inputs kept, as sm_90 does)."""
+    multiply by 2**126 (bf16 subnormal inputs kept, as sm_90 does); ``raw``: without that multiply (the ``fold``
+    form's pattern, E2M1 * 2**-126)."""
     b = np.asarray(packed_u8, np.uint8).reshape(-1, pack).astype(np.uint64)
     words = np.zeros(b.shape[0], np.uint64)
     for i in range(pack):
@@ -159,7 +181,7 @@ def ptx_decode_emulated(packed_u8: np.ndarray, pack: int = 2) -> tuple[np.ndarra
             exp = ((half >> 7) & 0xFF).astype(np.int64)
             man = (half & 0x7F).astype(np.float64)
             mag = np.where(exp == 0, man * 2.0 ** -133, (1 + man / 128) * 2.0 ** (exp - 127))
-            vals.append(sign * mag * 2.0 ** 126)
+            vals.append(sign * mag * (1.0 if raw else 2.0 ** 126))
         return np.stack(vals, axis=-1)
 
     def plane(src):

@@ -53,7 +53,11 @@ from quark_jax.quant import qdq_mxfp4
 
 MX_BYTES = formats.MX_BLOCK_SIZE // 2  # packed bytes per MX block (16)
 MAX_M = 16
-DECODES = ("jnp", "ptx")
+DECODES = ("jnp", "ptx", "ptx_fold", "probe")
+# "ptx_fold": the PTX decode with 2**126 folded into the scale (one bf16 multiply per element instead of two),
+# exact only when every scale byte is <= decode.FOLD_MAX_SCALE_BYTE (the caller checks, e.g. at load time).
+# "probe": a TIMING PROBE, NOT A DECODE: each packed register becomes a bf16 pair by one integer op (wrong values,
+# compiled only; interpret mode runs the real decode) to measure the kernel without the decode's ALU work.
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,7 +73,7 @@ class Config:
     stages: int = 4  # TMA copies in flight (the ring depth)
     split_k: int = 1  # programs along K (> 1: f32 partial sums added by XLA)
     consumer_warpgroups: int = 1  # decode + wgmma warpgroups; v1 runs one (warp specialization: NOTES)
-    decode: str = "jnp"  # "jnp" (portable ops) or "ptx" (decode.py's PTX per register; compiled only)
+    decode: str = "jnp"  # "jnp" (portable ops), "ptx" / "ptx_fold" (decode.py's PTX per register; compiled only)
 
     def __post_init__(self):
         for name in ("block_n", "block_k", "stages", "split_k", "consumer_warpgroups"):
@@ -153,12 +157,14 @@ def _decode_planes(packed_i32, scale_rows):
     return lo, hi
 
 
-def _ptx_planes(packed_u8, scale_bf16):
+def _ptx_planes(packed_u8, scale_bf16, mode: str = "ptx"):
     """(lo, hi) bf16 [bn, 16] of one MX block's packed bytes (uint8 [bn, 16]) and its bf16 scales broadcast to
     [bn, 16] (``decode.scale_bf16``), both in the wgmma register layout, by decode.py's PTX (``_ptx(..., scaled=
     True, pack=2)``: prmt + shl + and + two mul.bf16x2, validated on the H200 in the Triton kernel) applied to
     each register: a uint8 register holds two consecutive bytes, which decode to the two consecutive columns that
-    the matching bf16 register holds in each plane. Compiled only (inline PTX: the interpreter cannot run it)."""
+    the matching bf16 register holds in each plane. Compiled only (inline PTX: the interpreter cannot run it).
+    ``mode``: "ptx", "ptx_fold" (``scale_bf16`` is then ``decode.scale_bf16_folded``), or "probe" (timing only:
+    one AND of the bytes with the scale, wrong values)."""
     import numpy as np
     from jax._src.lib.mlir import ir
     from jax._src.lib.mlir.dialects import llvm
@@ -179,7 +185,11 @@ def _ptx_planes(packed_u8, scale_bf16):
             raise NotImplementedError(f"expected 2-element registers (uint8, bf16), got {kinds}")
         out = []
         for low_nibble in (True, False):
-            code = decode._ptx(low_nibble, True, 2)
+            if mode == "probe":
+                code = "{\n.reg .b32 q0;\ncvt.u32.u16 q0, $1;\nand.b32 $0, q0, $2;\n}" if low_nibble else (
+                    "{\n.reg .b32 q0;\ncvt.u32.u16 q0, $1;\nxor.b32 $0, q0, $2;\n}")
+            else:
+                code = decode._ptx(low_nibble, True, 2, fold=mode == "ptx_fold")
             regs = np.empty(packed.registers.shape, dtype=object)
             for idx, reg in np.ndenumerate(packed.registers):
                 pair = llvm.bitcast(i16, reg)  # vector<2xi8> -> the two bytes
@@ -192,9 +202,10 @@ def _ptx_planes(packed_u8, scale_bf16):
     return planes(packed_u8, scale_bf16)
 
 
-def _tile_planes(w_smem, s_smem, *, rows: int, nb: int, ptx: bool, interpret: bool):
+def _tile_planes(w_smem, s_smem, *, rows: int, nb: int, mode: str, interpret: bool):
     """A step's decoded (lo, hi) bf16 planes, per MX block: [(lo_b, hi_b)] of [rows, 16] each, from the packed
-    tile ref [rows, 16 nb] (swizzled) and its scale ref [nb, rows]."""
+    tile ref [rows, 16 nb] (swizzled) and its scale ref [nb, rows]. ``mode``: ``Config.decode`` ("jnp" in
+    interpret mode)."""
     if interpret:
         packed = w_smem[...]
     else:  # one swizzled load of the whole tile in the wgmma register layout, sliced per block
@@ -206,9 +217,10 @@ def _tile_planes(w_smem, s_smem, *, rows: int, nb: int, ptx: bool, interpret: bo
         else:
             srow = plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))
         block = lax.slice(packed, (0, b * MX_BYTES), (rows, (b + 1) * MX_BYTES))  # registers only
-        if ptx:
-            sc = lax.broadcast_in_dim(decode.scale_bf16(srow), (rows, MX_BYTES), [0])
-            planes.append(_ptx_planes(block, sc))
+        if mode != "jnp":
+            to_bf16 = decode.scale_bf16_folded if mode == "ptx_fold" else decode.scale_bf16
+            sc = lax.broadcast_in_dim(to_bf16(srow), (rows, MX_BYTES), [0])
+            planes.append(_ptx_planes(block, sc, mode))
         else:
             srows = lax.broadcast_in_dim(srow.astype(jnp.int32), (rows, MX_BYTES), [0])
             planes.append(_decode_planes(block.astype(jnp.int32), srows))
@@ -232,8 +244,8 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
     # the packed tile is swizzled as wide as it allows; the bf16 x tiles are tiled 16 columns wide (32-byte swizzle): one
     # column tile per MX block, so that each block's x columns are a whole wgmma operand
     x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
-    ptx = cfg.decode == "ptx" and not interpret  # the interpreter runs the portable decode (same values)
-    tile_planes = functools.partial(_tile_planes, rows=bn, nb=nb, ptx=ptx, interpret=interpret)
+    mode = "jnp" if interpret else cfg.decode  # the interpreter runs the portable decode (same values)
+    tile_planes = functools.partial(_tile_planes, rows=bn, nb=nb, mode=mode, interpret=interpret)
 
     def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
         pid_n = lax.axis_index("n")
@@ -309,8 +321,8 @@ def _mosaic_call_ws(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
     w_swizzle = plgpu.find_swizzle(bkh * 8)
     w_transforms = (plgpu.TilingTransform((8, w_swizzle)), plgpu.SwizzleTransform(w_swizzle))
     x_transforms = (plgpu.TilingTransform((8, MX_BYTES)), plgpu.SwizzleTransform(2 * MX_BYTES))
-    ptx = cfg.decode == "ptx" and not interpret
-    tile_planes = functools.partial(_tile_planes, rows=half, nb=nb, ptx=ptx, interpret=interpret)
+    mode = "jnp" if interpret else cfg.decode
+    tile_planes = functools.partial(_tile_planes, rows=half, nb=nb, mode=mode, interpret=interpret)
 
     def body(xe_gmem, xo_gmem, w_gmem, s_gmem, out_gmem, o_smem):
         pid_n = lax.axis_index("n")
@@ -388,11 +400,12 @@ def check_operands(x_dtype, quantize_input: bool, m: int, k: int, n: int):
 
 
 def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None,
-                    config: Config | None = None, interpret=None):
+                    config: Config | None = None, scales_kn: bool = False, interpret=None):
     """``out(linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias))`` with
     the weight decoded inside one Mosaic GPU kernel; same contract as ``quark_jax.kernels.mxfp4_mm`` plus
-    ``check_operands``. ``config``: a ``Config`` (fit to the shape); None: ``default_config``. ``interpret``:
-    None means "unless on a CUDA GPU".
+    ``check_operands``. ``config``: a ``Config`` (fit to the shape); None: ``default_config``. ``scales_kn``:
+    ``w_scales`` is given transposed, uint8 [K/32, N] (the layout the kernel reads: a load-time repack spares the
+    per-call transpose). ``interpret``: None means "unless on a CUDA GPU".
 
     >>> w = jnp.full((64, 32), 0x22, jnp.uint8); s = jnp.full((64, 2), 127, jnp.uint8)  # every weight 1.0
     >>> mxfp4_mm_mosaic(jnp.ones((1, 64), jnp.bfloat16), w, s, out_dtype=jnp.float32)[0, :2].tolist()
@@ -407,18 +420,22 @@ def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
                          f"kernel takes 128-row blocks)")
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
-    return _mosaic_jit(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
+    s_t = w_scales if scales_kn else w_scales.T  # [K/32, N]
+    if s_t.shape != (k // formats.MX_BLOCK_SIZE, n):
+        raise ValueError(f"w_scales: expected {'[K/32, N]' if scales_kn else '[N, K/32]'} for K = {k}, N = {n}, "
+                         f"got {w_scales.shape}")
+    return _mosaic_jit(x, w_packed, s_t, bias, quantize_input=bool(quantize_input), out_dtype=out_dtype,
                        cfg=cfg, interpret=bool(interpret))
 
 
 @functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "interpret"))
-def _mosaic_jit(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, interpret):
+def _mosaic_jit(x, w_packed, s_t, bias, *, quantize_input, out_dtype, cfg, interpret):
     m, k = x.shape
     m_pad = -(-m // 8) * 8  # wgmma's N: a multiple of 8
     xq = (qdq_mxfp4(x) if quantize_input else x).astype(jnp.bfloat16)
     pairs = jnp.pad(xq, ((0, m_pad - m), (0, 0))).reshape(m_pad, k // 2, 2)
     call = _mosaic_call_ws if cfg.consumer_warpgroups == 2 else _mosaic_call
-    parts = call(pairs[:, :, 0], pairs[:, :, 1], w_packed, w_scales.T, cfg=cfg, interpret=interpret)
+    parts = call(pairs[:, :, 0], pairs[:, :, 1], w_packed, s_t, cfg=cfg, interpret=interpret)
     acc = jnp.sum(parts, axis=0)[:, :m].T  # [M, N]
     if bias is not None:
         acc = acc + bias.astype(jnp.float32)[None, :]

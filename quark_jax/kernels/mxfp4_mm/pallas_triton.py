@@ -23,7 +23,8 @@ row of x, not 16) and stores only its valid output rows (masked store: no slicin
 Config: tiles (``block_m`` rows of x, ``block_n`` rows of the weight, ``block_k`` elements of K per loop step), the
 K split, the Triton launch, how the weight is decoded in registers (``decode``: ``"asm"`` = PTX bit tricks on
 packed registers, sm90+ only, ``pack`` bytes per asm instance; ``"asm_scaled"`` = the same with the block scale
-multiplied inside the asm; ``"jnp"`` = portable integer/float jnp ops, used in interpret mode and before sm90) and
+multiplied inside the asm; ``"asm_fold"`` = one multiply per element by the scale with the decode's 2**126 folded
+in, ``decode.scale_bf16_folded``: exact only when every scale byte is <= 128, the caller's check; ``"jnp"`` = portable integer/float jnp ops, used in interpret mode and before sm90) and
 the operand order of the MMA (``w_major``). :func:`default_config` returns the tuned entry for M's bucket and
 ``fit`` shrinks tiles that do not divide the problem, so any valid shape gets a runnable config.
 """
@@ -43,7 +44,7 @@ from quark_jax.kernels import _dispatch, tiling, tuning
 from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm
 from quark_jax.quant import qdq_mxfp4
 
-DECODES = ("asm", "asm_scaled", "jnp")
+DECODES = ("asm", "asm_scaled", "asm_fold", "jnp")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,7 +61,7 @@ class Config:
     split_k: int = 1  # programs sharing one tile's K range (> 1: f32 partial sums reduced by XLA)
     num_warps: int = 4  # Triton warps per program
     num_stages: int = 3  # Triton software-pipelining depth
-    decode: str = "asm"  # weight decode in registers: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable)
+    decode: str = "asm"  # weight decode in registers: "asm" / "asm_scaled" / "asm_fold" (PTX, sm90+) or "jnp"
     w_major: bool = True  # acc[bn, bm] = w @ x^T (the decoded weight is the left MMA operand; small M)
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
     pack: int = 2  # packed bytes per asm instance (2 or 4)
@@ -238,7 +239,8 @@ def _kernel(xe_ref, xo_ref, w_ref, s_ref, *rest, cfg: Config, m: int, n_tiles_n:
         if cfg.decode == "jnp":
             lo, hi = decode.decode_jnp(packed, sbytes, w_dtype)
         else:
-            lo, hi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack, scale_in_asm=cfg.decode == "asm_scaled")
+            lo, hi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack, scale_in_asm=cfg.decode == "asm_scaled",
+                                       fold=cfg.decode == "asm_fold")
         xe = _load_rows(xe_ref.at[:, pl.ds(kk, bkh)], x_rows)
         xo = _load_rows(xo_ref.at[:, pl.ds(kk, bkh)], x_rows)
         if cfg.w_major:  # acc [bn, bm]
