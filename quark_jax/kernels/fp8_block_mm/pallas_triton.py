@@ -268,4 +268,5 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     return out
 
 
-__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "CANDIDATES", "WGMMA_FALLBACK", "default_config", "fit"]
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "CANDIDATES", "WGMMA_FALLBACK",
+           "default_config", "fit"]
