@@ -608,7 +608,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--long-prefill-schemes", default="bf16", help="schemes the --long-prefill runs for")
     ap.add_argument("--second-process", action="store_true",
                     help="also time the first generate call of a fresh process (warm persistent compilation cache)")
+    ap.add_argument("--fp8-epilogue", default=None, choices=("separate", "cublaslt"),
+                    help="kernels.fp8_scaled_mm.xla.EPILOGUE for this process (not passed to --second-process)")
+    ap.add_argument("--clamp-first", default=None, choices=("0", "1"), help="quant.fp8.CLAMP_FIRST, likewise")
     args = ap.parse_args(argv)
+    if not args.torch and (args.fp8_epilogue is not None or args.clamp_first is not None):
+        from quark_jax.kernels.fp8_scaled_mm import xla as fp8_xla
+        from quark_jax.quant import fp8 as fp8_quant
+
+        fp8_xla.EPILOGUE = args.fp8_epilogue or fp8_xla.EPILOGUE  # read when traced: set before any model runs
+        fp8_quant.CLAMP_FIRST = fp8_quant.CLAMP_FIRST if args.clamp_first is None else args.clamp_first == "1"
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.prefill = [int(p) for p in args.prefill.split(",") if p]
     args.impl = dict(kv.split("=") for kv in args.impl.split(",") if kv)

@@ -4,6 +4,7 @@ optimized HLO (the fused computation's text, shortened), so that a profile line 
 says which ops it runs.
 
     PYTHONPATH=. python benchmarks/prefill_hlo.py --scheme fp8 --prompt 2048 --out $OUT/prefill_fp8.json
+    (add ``--fp8-epilogue cublaslt --clamp-first 1`` to run the FP8 GEMM epilogue / quantize-clamp switches on)
 
 Writes JSON: per top kernel its total us, launches, and the HLO of its fusion (first ``--chars`` characters); the
 whole optimized HLO text goes to ``--hlo`` when given.
@@ -55,7 +56,18 @@ def main(argv=None):
     ap.add_argument("--chars", type=int, default=1500)
     ap.add_argument("--hlo", default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--fp8-epilogue", default=None, choices=("separate", "cublaslt"),
+                    help="kernels.fp8_scaled_mm.xla.EPILOGUE for this run (default: the library's)")
+    ap.add_argument("--clamp-first", default=None, choices=("0", "1"),
+                    help="quant.fp8.CLAMP_FIRST for this run (default: the library's)")
     a = ap.parse_args(argv)
+    from quark_jax.kernels.fp8_scaled_mm import xla as fp8_xla
+    from quark_jax.quant import fp8 as fp8_quant
+
+    if a.fp8_epilogue is not None:  # read when the prefill is traced, so set before anything is built
+        fp8_xla.EPILOGUE = a.fp8_epilogue
+    if a.clamp_first is not None:
+        fp8_quant.CLAMP_FIRST = a.clamp_first == "1"
 
     import jax
     from flax import nnx
@@ -103,7 +115,8 @@ def main(argv=None):
         body = bodies.get(name) or bodies.get(dotted) or bodies.get(re.sub(r"__\d+$", "", name)) or ""
         rows.append({"kernel": name, "us": round(us, 1), "launches": n, "hlo": body[: a.chars]})
         print(f"{us:10.1f} us {n:4d}x {name}", flush=True)
-    out = {"scheme": a.scheme, "prompt": a.prompt, "device": jax.devices()[0].device_kind, "wall_ms": wall * 1e3,
+    out = {"scheme": a.scheme, "prompt": a.prompt, "fp8_epilogue": fp8_xla.EPILOGUE,
+           "clamp_first": fp8_quant.CLAMP_FIRST, "device": jax.devices()[0].device_kind, "wall_ms": wall * 1e3,
            "busy_us": sum(d for _, d, _ in events), "kernels": len(events), "top": rows}
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "top"}), flush=True)

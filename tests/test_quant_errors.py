@@ -98,8 +98,12 @@ def _vllm_amax(x):
     return np.fmax.reduce(np.abs(np.asarray(x, np.float64)), axis=-1, initial=0.0)  # fmaxf drops NaN
 
 
+@pytest.mark.parametrize("clamp_first", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_fp8_non_finite_equals_vllm(bad):
+def test_fp8_non_finite_equals_vllm(bad, clamp_first, monkeypatch):
+    from quark_jax.quant import fp8
+
+    monkeypatch.setattr(fp8, "CLAMP_FIRST", clamp_first)  # both forms of the clamp give vLLM's codes
     x = np.array([[1.0, -2.0, 0.5, bad, 3.0, -0.25, 7.0, 1.5]], np.float32)
     # static: q = conv(x * (1/s))
     q, _ = quant.scaled_fp8_quant(jnp.asarray(x), jnp.float32(0.5))

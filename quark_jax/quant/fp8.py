@@ -26,10 +26,22 @@ def fp8_saturating_cast(v, dtype=jnp.float8_e4m3fn):
     return lax.optimization_barrier(jnp.clip(v, -m, m).astype(dtype))
 
 
+CLAMP_FIRST = False
+"""How the activation quantizers state vLLM's NaN -> +M clamp (read when traced; the same codes for every input,
+tests/test_quant_errors.py): False, ``clip(where(isnan(v), M, v))``; True, ``where(isnan(c), M, c)`` with
+``c = clip(v)`` (XLA's clamp keeps NaN), so v is read by one op. XLA-GPU did not fuse the first form with an
+expensive producer that reads v several times (the FP8 prefill's SiLU-and-mul, an f32 [T, 14336] round trip, 128 us
+per 8B layer at 2048 tokens; benchmarks/NOTES.md session 7, helper fp8pf). Off until measured on the H200."""
+
+
 def _vllm_clamp_cast(v, dtype):
     """vLLM's activation conversion ``fp8(fmaxf(-M, fminf(v, M)))``: fminf returns its non-NaN operand, so a NaN
     becomes +M (then the saturating cast)."""
-    return fp8_saturating_cast(jnp.where(jnp.isnan(v), formats.fp8_max(dtype), v), dtype)
+    m = formats.fp8_max(dtype)
+    if CLAMP_FIRST:
+        c = jnp.clip(v, -m, m)
+        return lax.optimization_barrier(jnp.where(jnp.isnan(c), m, c).astype(dtype))
+    return fp8_saturating_cast(jnp.where(jnp.isnan(v), m, v), dtype)
 
 
 def scaled_fp8_quant(x, scale=None, *, per_token=False, scale_ub=None, dtype=jnp.float8_e4m3fn, axis_name=None,
