@@ -44,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--caches", default="192,256", help="max_cache_len values")
     ap.add_argument("--new-tokens", default="32,128", help="new tokens per run (where prompt + n fits the cache)")
-    ap.add_argument("--chunk", type=int, default=None, help="generate's chunk_size (default: the library's)")
+    ap.add_argument("--chunk", default=None, help="generate's chunk_size, or a list (default: the library's)")
     ap.add_argument("--profile-caches", default="", help="cache lengths to profile (8 steps, batch 1)")
     ap.add_argument("--profile-steps", type=int, default=8, help="decode steps per profile (chunks of --chunk)")
     ap.add_argument("--hlo-dir", default=None, help="write the compiled decode HLO of each profiled length")
@@ -57,7 +57,8 @@ def main(argv=None):
     from benchmarks.decode_fusion import build
     from quark_jax.models import generation as g
 
-    chunk = args.chunk or g.DECODE_CAPACITY
+    chunks = _ints(args.chunk) if args.chunk else [g.DECODE_CAPACITY]
+    chunk = chunks[0]  # the profiles' and the HLO's
     out = {"scheme": args.scheme, "shape": args.shape, "prompt": args.prompt, "chunk": chunk,
            "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "runs": [], "profiles": {}}
 
@@ -68,19 +69,20 @@ def main(argv=None):
     model = build(args.shape, args.scheme, abstract=False)
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     ids = np.random.default_rng(1).integers(3, model.config.vocab_size, size=(1, args.prompt), dtype=np.int32)
-    for cache_len in _ints(args.caches):
-        for n_new in _ints(args.new_tokens):
+    for cache_len, n_new, chunk_r in ((c, n, k) for c in _ints(args.caches) for n in _ints(args.new_tokens)
+                                      for k in chunks):
+        if True:
             if args.prompt + n_new > cache_len:
                 continue
             t0 = time.perf_counter()
-            np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk))
+            np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r))
             first = time.perf_counter() - t0
             runs, per_chunk = [], []
             for _ in range(3):
-                _, st = model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk, return_stats=True)
+                _, st = model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r, return_stats=True)
                 runs.append(1e3 * float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
-                per_chunk.append([round(1e3 * float(v), 3) for v in st.decode_s[::chunk]])  # ms/step per chunk
-            row = {"cache_len": cache_len, "new_tokens": n_new, "first_s": first, "decode_ms_runs": runs,
+                per_chunk.append([round(1e3 * float(v), 3) for v in st.decode_s[::chunk_r]])  # ms/step per chunk
+            row = {"cache_len": cache_len, "new_tokens": n_new, "chunk": chunk_r, "first_s": first, "decode_ms_runs": runs,
                    "decode_ms": float(np.median(runs)), "ms_per_step_by_chunk": per_chunk}
             out["runs"].append(row)
             print("RUN", json.dumps(row), flush=True)

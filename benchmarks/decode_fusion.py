@@ -134,8 +134,9 @@ def _args_for(model, *, batch: int, prompt: int, cache_len: int, chunk: int):
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     samp = (jax.ShapeDtypeStruct((), jnp.float32), i32())
     eos = i32((1,))
-    prefill = (sds(state), cache, i32((batch, bucket)), i32((batch,)), i32(), key, *samp, eos)
-    decode = (chunk, sds(state), cache, i32((batch,)), i32(), jax.ShapeDtypeStruct((batch,), bool), i32((batch,)),
+    leaves = tuple(jax.tree_util.tree_leaves(state))  # the programs take the state as a flat tuple
+    prefill = (sds(leaves), cache, i32((batch, bucket)), i32((batch,)), i32(), key, *samp, eos)
+    decode = (chunk, sds(leaves), cache, i32((batch,)), i32(), jax.ShapeDtypeStruct((batch,), bool), i32((batch,)),
               key, *samp, eos, i32())
     return graphdef, prefill, decode
 

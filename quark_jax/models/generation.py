@@ -219,13 +219,24 @@ def decode_compiler_options() -> dict:
 
 
 class _Programs:
-    """The jitted prefill and decode-chunk programs of one model graph definition."""
+    """The jitted prefill and decode-chunk programs of one model graph definition and state structure.
 
-    def __init__(self, graphdef):
+    The programs take the model state as a flat tuple of arrays (``treedef`` rebuilds it inside): jit flattens
+    a tuple of arrays in C++, while an ``nnx.State`` is flattened through Python per Variable on every call
+    (measured: ~16 us per leaf, ~9 ms per call for a 32-layer FP8 model on a CPU host, ~5 ms per decode chunk on
+    the H200's)."""
+
+    def __init__(self, graphdef, treedef):
         donate = jax.default_backend() != "cpu"  # CPU buffers are not donatable (jax would warn on every call)
-        self.prefill = jax.jit(partial(_prefill, graphdef), donate_argnums=(1,) if donate else ())
-        self.decode = jax.jit(partial(_decode_chunk, graphdef), static_argnums=(0,),
-                              donate_argnums=(2,) if donate else (),
+
+        def prefill(leaves, *args):
+            return _prefill(graphdef, jax.tree_util.tree_unflatten(treedef, leaves), *args)
+
+        def decode(chunk, leaves, *args):
+            return _decode_chunk(graphdef, chunk, jax.tree_util.tree_unflatten(treedef, leaves), *args)
+
+        self.prefill = jax.jit(prefill, donate_argnums=(1,) if donate else ())
+        self.decode = jax.jit(decode, static_argnums=(0,), donate_argnums=(2,) if donate else (),
                               compiler_options=decode_compiler_options() or None)
         self._warm: dict = {}
 
@@ -246,14 +257,16 @@ _MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables
 
 
 def _programs(model):
+    """(the model's :class:`_Programs`, its state as a flat tuple of arrays); one Python flatten per call."""
     graphdef, state = nnx.split(model)
-    progs = _PROGRAMS.get(graphdef)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    progs = _PROGRAMS.get((graphdef, treedef))
     if progs is None:
         enable_compilation_cache()
         if len(_PROGRAMS) >= _MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        progs = _PROGRAMS[graphdef] = _Programs(graphdef)
-    return progs, state
+        progs = _PROGRAMS[(graphdef, treedef)] = _Programs(graphdef, treedef)
+    return progs, tuple(leaves)
 
 
 def _eos_ids(eos_token_id) -> np.ndarray | None:
