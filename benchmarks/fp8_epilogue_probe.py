@@ -12,11 +12,13 @@ For M = 2048 and (K, N) in (4096, 6144), (4096, 4096), (4096, 28672), (14336, 40
 and for N = 28672 the gate_up GEMM followed by the MLP's SiLU-and-mul and the down projection's static FP8
 quantize (``models.llama.MLP`` + ``quant.scaled_fp8_quant``), with ``quant.fp8.CLAMP_FIRST`` off / on:
   mlp_today, mlp_clamp (clamp first only), mlp_epi (cublaslt only), mlp_both, and mlp_today_2d / mlp_both_2d
-  (no [1, T, .] reshape between the GEMM and the quantize: does the bitcast split the fusion?).
+  (no [1, T, .] reshape between the GEMM and the quantize: does the bitcast split the fusion?), and the diagnostic
+  mlp_clip_only (cublaslt; the quantize without the NaN select: does the select split it?).
 Per form: the ``__cublas$lt$matmul$f8`` custom calls with their output types and scale operands, the other
-kernels (fusions) of the compiled module with their output shapes, GPU kernel time per call (profiler, median of
-3 traces, 2 weight sets), and the output against today's: max abs diff and the number of differing bf16 (or fp8)
-elements. Also checks CLAMP_FIRST's NaN / inf codes on the GPU. Runs in ~60 s on the H200.
+kernels (fusions) of the compiled module with their output shapes (the module makes one call per weight set: 2,
+so every kernel appears twice), GPU kernel time per call (one profile of 2 runs over the 2 weight sets), and the
+output against today's: max abs diff and the number of differing bf16 (or fp8) elements. Also checks
+CLAMP_FIRST's NaN / inf codes on the GPU. ~27 forms x (one compile + one profile): ~90-150 s on the H200.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import argparse
 import contextlib
 import json
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -93,19 +94,28 @@ def mlp_forms():
     from quark_jax import kernels, quant
     from quark_jax.quant import round_to
 
-    def make(lead1):
+    from jax import lax
+
+    from quark_jax.quant import exact_f32
+
+    def make(lead1, clip_only=False):
         # a new function object per form: jax caches traces per function, and the switches are read when traced
         def mlp(x, w, sx, sw, s_down, inv_down):
             y = kernels.fp8_scaled_mm(x, w, sx, sw, out_dtype=jnp.bfloat16, impl="xla")
             gu = round_to(y.reshape(1, *y.shape) if lead1 else y, jnp.bfloat16)
             g, u = gu[..., :INTER], gu[..., INTER:]
             h = round_to(jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32), jnp.bfloat16)
-            return quant.scaled_fp8_quant(h.reshape(-1, INTER), s_down, scale_reciprocal=inv_down)[0]
+            h = h.reshape(-1, INTER)
+            if clip_only:  # diagnostic, not vLLM's NaN rule (NaN stays NaN): no isnan select at all
+                v = exact_f32(h) * inv_down
+                return lax.optimization_barrier(jnp.clip(v, -448.0, 448.0).astype(jnp.float8_e4m3fn))
+            return quant.scaled_fp8_quant(h, s_down, scale_reciprocal=inv_down)[0]
         return mlp
 
     return {"mlp_today": (make(True), "separate", False), "mlp_clamp": (make(True), "separate", True),
             "mlp_epi": (make(True), "cublaslt", False), "mlp_both": (make(True), "cublaslt", True),
-            "mlp_today_2d": (make(False), "separate", False), "mlp_both_2d": (make(False), "cublaslt", True)}
+            "mlp_today_2d": (make(False), "separate", False), "mlp_both_2d": (make(False), "cublaslt", True),
+            "mlp_clip_only": (make(True, clip_only=True), "cublaslt", False)}
 
 
 def entry_summary(hlo: str) -> dict:
@@ -142,19 +152,23 @@ def diff_stats(y, ref) -> dict:
             "max_rel": float(rel.max()) if rel.size else 0.0}
 
 
-def kernel_us(fn, arg_sets) -> tuple[float, list]:
-    """Median (3 profiles) GPU kernel microseconds per call, and the top kernels of the last profile."""
+def run_form(fn, arg_sets, timed: bool) -> dict:
+    """Compile ``fn`` once over every weight set (one call per set, as ``tuner.kernel_time`` does), summarize the
+    compiled module, return the first set's output and, if ``timed``, the GPU kernel us per call (one profile of
+    two runs) with its top kernels."""
     import jax
 
     from quark_jax.kernels.tuning.tuner import profile_kernels
 
     many = jax.jit(lambda sets: [fn(*s) for s in sets])
-    jax.block_until_ready(many(arg_sets))
-    samples, top = [], []
-    for _ in range(3):
-        s, top = profile_kernels(many, arg_sets)
-        samples.append(s * 1e6)
-    return statistics.median(samples), [(n, round(us, 1), c) for n, us, c in top]
+    row = entry_summary(many.lower(arg_sets).compile().as_text())
+    row["sets_per_module"] = len(arg_sets)
+    ys = jax.block_until_ready(many(arg_sets))
+    row["y"] = ys[0]
+    if timed:
+        sec, top = profile_kernels(many, arg_sets)
+        row["us"], row["top"] = sec * 1e6, [(n, round(us, 1), c) for n, us, c in top]
+    return row
 
 
 def nan_codes() -> dict:
@@ -209,13 +223,10 @@ def main(argv=None):
             with switches(epilogue=epi):
                 row = {"k": k, "n": n, "form": name}
                 try:
-                    hlo = jax.jit(fn).lower(*sets[0]).compile().as_text()
-                    row.update(entry_summary(hlo))
-                    y = jax.jit(fn)(*sets[0])
+                    row.update(run_form(fn, sets, not a.no_time))
+                    y = row.pop("y")
                     ref = y if name == "today" else ref
                     row["vs_today"] = diff_stats(y, ref)
-                    if not a.no_time:
-                        row["us"], row["top"] = kernel_us(fn, sets)
                 except Exception as e:  # noqa: BLE001 - a form that fails to compile is a result
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             res["gemm"].append(row)
@@ -233,13 +244,10 @@ def main(argv=None):
         row = {}
         with switches(epilogue=epi, clamp_first=clamp):
             try:
-                hlo = jax.jit(fn).lower(*sets[0]).compile().as_text()
-                row.update(entry_summary(hlo))
-                y = jax.jit(fn)(*sets[0])
+                row.update(run_form(fn, sets, not a.no_time))
+                y = row.pop("y")
                 ref = y if name == "mlp_today" else ref
                 row["vs_today"] = diff_stats(y, ref)
-                if not a.no_time:
-                    row["us"], row["top"] = kernel_us(fn, sets)
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         res["mlp"][name] = row
