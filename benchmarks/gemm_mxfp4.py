@@ -81,6 +81,11 @@ SWEEP = {
     "mx_fold_split2x": (dict(decode="ptx_fold"), False, True),
     "mx_fold_bk512": (dict(decode="ptx_fold", block_k=512), False, True),
     "mx_fold_w4a4": (dict(decode="ptx_fold"), True, True),  # the metric (activation qdq timed)
+    # one wgmma call (one register fence + opt. barrier) per plane per step instead of per MX block
+    "mx_step": (dict(step_wgmma=True), False, True),
+    "mx_probe_step": (dict(decode="probe", step_wgmma=True), False, True),
+    "mx_fold_step": (dict(decode="ptx_fold", step_wgmma=True), False, True),
+    "mx_fold_step_split2x": (dict(decode="ptx_fold", step_wgmma=True), False, True),
 }
 
 

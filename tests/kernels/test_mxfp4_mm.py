@@ -385,14 +385,17 @@ def test_mosaic_entry_config_and_errors():
 
 def test_mosaic_scales_kn_and_folded_decode():
     """Scales given as [K/32, N] (``scales_kn``, the layout a load-time repack stores) and the folded-scale decode
-    (``ptx_fold``, scale bytes <= 128 as in ``_exact_data``) equal the XLA reference (compiled PTX on a GPU; the
-    portable decode in interpret mode); a wrongly shaped scale operand is refused."""
+    (``ptx_fold``, scale bytes <= 128 as in ``_exact_data``) and one wgmma call per step (``step_wgmma``: the
+    blocks' decoded registers side by side) equal the XLA reference (compiled PTX on a GPU; the portable decode in
+    interpret mode); a wrongly shaped scale operand and step_wgmma without PTX are refused."""
     rng = np.random.default_rng(5)
     x, wp, ws, bias = _exact_data(rng, 5, 128, 64, jnp.bfloat16)
     want = kernels.mxfp4_mm(x, wp, ws, bias, quantize_input=False, impl="xla")
-    for cfg in (MC(decode="ptx_fold"), MC(decode="ptx")):
+    for cfg in (MC(decode="ptx_fold"), MC(decode="ptx"), MC(decode="ptx", step_wgmma=True, block_k=128)):
         got = pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws.T, bias, quantize_input=False, config=cfg, scales_kn=True)
         np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
+    with pytest.raises(ValueError, match="step_wgmma"):
+        MC(step_wgmma=True)
     with pytest.raises(ValueError, match=r"\[K/32, N\]"):
         pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, scales_kn=True)
 
@@ -404,7 +407,8 @@ def test_mosaic_lowers_for_cuda():
     args = (jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16), jax.ShapeDtypeStruct((4096, 2048), jnp.uint8),
             jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
     for cfg in (MC(decode="ptx", split_k=4), MC(decode="jnp", split_k=4), pallas_mosaic_gpu.WARP_SPECIALIZED,
-                MC(decode="ptx_fold", split_k=4), MC(decode="probe", block_n=128, block_k=512, split_k=4)):
+                MC(decode="ptx_fold", split_k=4), MC(decode="probe", block_n=128, block_k=512, split_k=4),
+                MC(decode="ptx", step_wgmma=True, split_k=4)):
         fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text

@@ -65,7 +65,7 @@ class Config:
     """Tiling of the Mosaic MXFP4 decode kernel.
 
     >>> Config(block_n=128, block_k=512, stages=4, split_k=2).fit(k=256, n=64)
-    Config(block_n=64, block_k=128, stages=4, split_k=2, consumer_warpgroups=1, decode='jnp')
+    Config(block_n=64, block_k=128, stages=4, split_k=2, consumer_warpgroups=1, decode='jnp', step_wgmma=False)
     """
 
     block_n: int = 64  # weight rows per program: a power of two >= 64 (wgmma's M)
@@ -74,6 +74,7 @@ class Config:
     split_k: int = 1  # programs along K (> 1: f32 partial sums added by XLA)
     consumer_warpgroups: int = 1  # decode + wgmma warpgroups; v1 runs one (warp specialization: NOTES)
     decode: str = "jnp"  # "jnp" (portable ops), "ptx" / "ptx_fold" (decode.py's PTX per register; compiled only)
+    step_wgmma: bool = False  # one wgmma call per plane per step (one register fence), not per MX block; PTX only
 
     def __post_init__(self):
         for name in ("block_n", "block_k", "stages", "split_k", "consumer_warpgroups"):
@@ -90,6 +91,8 @@ class Config:
         if self.consumer_warpgroups not in (1, 2):
             raise ValueError(f"Config.consumer_warpgroups: expected 1 (one warpgroup) or 2 (warp-specialized: two "
                              f"consumers and a TMA producer), got {self.consumer_warpgroups}")
+        if self.step_wgmma and (self.decode == "jnp" or self.consumer_warpgroups != 1):
+            raise ValueError("Config.step_wgmma: needs a PTX decode (decode != 'jnp') and one warpgroup")
         if self.consumer_warpgroups == 2 and self.block_n < 128:
             raise ValueError(f"Config.block_n: two consumer warpgroups take 64 rows each, need >= 128, got "
                              f"{self.block_n}")
@@ -157,6 +160,35 @@ def _decode_planes(packed_i32, scale_rows):
     return lo, hi
 
 
+def _plane_code(mode: str, low_nibble: bool) -> str:
+    """The inline PTX of one nibble plane for ``mode`` (see ``_ptx_planes``)."""
+    if mode == "probe":
+        op = "and" if low_nibble else "xor"
+        return "{\n.reg .b32 q0;\ncvt.u32.u16 q0, $1;\n" + op + ".b32 $0, q0, $2;\n}"
+    return decode._ptx(low_nibble, True, 2, fold=mode == "ptx_fold")
+
+
+def _decode_registers(packed, scale, code):
+    """The register array of one decoded plane: ``code`` (inline PTX, "=r,h,r") on each uint8 register pair of
+    the FragmentedArray ``packed`` with the matching bf16x2 register of ``scale`` (same layout and shape)."""
+    import numpy as np
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import llvm
+
+    i16, i32 = ir.IntegerType.get_signless(16), ir.IntegerType.get_signless(32)
+    if packed.registers.shape != scale.registers.shape:
+        raise NotImplementedError(f"register arrays differ: {packed.registers.shape} vs {scale.registers.shape}")
+    kinds = {(str(r.type), str(t.type)) for r, t in zip(packed.registers.flat, scale.registers.flat)}
+    if kinds != {("vector<2xi8>", "vector<2xbf16>")}:
+        raise NotImplementedError(f"expected 2-element registers (uint8, bf16), got {kinds}")
+    regs = np.empty(packed.registers.shape, dtype=object)
+    for idx, reg in np.ndenumerate(packed.registers):
+        pair = llvm.bitcast(i16, reg)  # vector<2xi8> -> the two bytes
+        sc = llvm.bitcast(i32, scale.registers[idx])  # vector<2xbf16> -> bf16x2
+        regs[idx] = llvm.bitcast(scale.registers[idx].type, llvm.inline_asm(i32, [pair, sc], code, "=r,h,r"))
+    return regs
+
+
 def _ptx_planes(packed_u8, scale_bf16, mode: str = "ptx"):
     """(lo, hi) bf16 [bn, 16] of one MX block's packed bytes (uint8 [bn, 16]) and its bf16 scales broadcast to
     [bn, 16] (``decode.scale_bf16``), both in the wgmma register layout, by decode.py's PTX (``_ptx(..., scaled=
@@ -165,9 +197,6 @@ def _ptx_planes(packed_u8, scale_bf16, mode: str = "ptx"):
     the matching bf16 register holds in each plane. Compiled only (inline PTX: the interpreter cannot run it).
     ``mode``: "ptx", "ptx_fold" (``scale_bf16`` is then ``decode.scale_bf16_folded``), or "probe" (timing only:
     one AND of the bytes with the scale, wrong values)."""
-    import numpy as np
-    from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import llvm
     from jax.experimental.mosaic import gpu as mgpu
 
     bn = packed_u8.shape[0]
@@ -176,30 +205,38 @@ def _ptx_planes(packed_u8, scale_bf16, mode: str = "ptx"):
     @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WGMMA), return_type=(out_ty, out_ty))
     def planes(ctx, packed, scale):
         del ctx
-        i16, i32 = ir.IntegerType.get_signless(16), ir.IntegerType.get_signless(32)
-        if packed.registers.shape != scale.registers.shape:
-            raise NotImplementedError(f"register arrays differ: {packed.registers.shape} vs "
-                                      f"{scale.registers.shape}")
-        kinds = {(str(r.type), str(t.type)) for r, t in zip(packed.registers.flat, scale.registers.flat)}
-        if kinds != {("vector<2xi8>", "vector<2xbf16>")}:
-            raise NotImplementedError(f"expected 2-element registers (uint8, bf16), got {kinds}")
-        out = []
-        for low_nibble in (True, False):
-            if mode == "probe":
-                code = "{\n.reg .b32 q0;\ncvt.u32.u16 q0, $1;\nand.b32 $0, q0, $2;\n}" if low_nibble else (
-                    "{\n.reg .b32 q0;\ncvt.u32.u16 q0, $1;\nxor.b32 $0, q0, $2;\n}")
-            else:
-                code = decode._ptx(low_nibble, True, 2, fold=mode == "ptx_fold")
-            regs = np.empty(packed.registers.shape, dtype=object)
-            for idx, reg in np.ndenumerate(packed.registers):
-                pair = llvm.bitcast(i16, reg)  # vector<2xi8> -> the two bytes
-                sc = llvm.bitcast(i32, scale.registers[idx])  # vector<2xbf16> -> bf16x2
-                res = llvm.inline_asm(i32, [pair, sc], code, "=r,h,r")
-                regs[idx] = llvm.bitcast(scale.registers[idx].type, res)
-            out.append(mgpu.FragmentedArray(_registers=regs, _layout=scale.layout, _is_signed=None))
-        return tuple(out)
+        return tuple(mgpu.FragmentedArray(_registers=_decode_registers(packed, scale, _plane_code(mode, low)),
+                                          _layout=scale.layout, _is_signed=None) for low in (True, False))
 
     return planes(packed_u8, scale_bf16)
+
+
+def _ptx_planes_step(packed_u8, scales_bf16, mode: str):
+    """(lo, hi) bf16 [bn, bkh] of a whole step's packed tile (uint8 [bn, bkh], wgmma layout) from its nb blocks'
+    broadcast scales ([bn, 16] bf16 each): ``_ptx_planes`` per block, the blocks' registers put side by side
+    along the layout's column-tile axis (axis 1: tiles of 8 columns, as ``FragmentedArray.__getitem__`` slices),
+    so that one wgmma call (one fence) takes the whole step (``Config.step_wgmma``)."""
+    import numpy as np
+    from jax.experimental.mosaic import gpu as mgpu
+
+    bn, bkh = packed_u8.shape
+    out_ty = plgpu.ShapeDtypeStruct((bn, bkh), jnp.bfloat16, layout=plgpu.Layout.WGMMA)
+    nb = len(scales_bf16)
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA,) * (nb + 1), return_type=(out_ty, out_ty))
+    def planes(ctx, packed, *scales):
+        del ctx
+        out = []
+        for low in (True, False):
+            parts = [_decode_registers(packed[:, b * MX_BYTES:(b + 1) * MX_BYTES], scales[b], _plane_code(mode, low))
+                     for b in range(nb)]
+            regs = np.concatenate(parts, axis=1)
+            if regs.shape != packed.registers.shape:
+                raise NotImplementedError(f"step planes: {regs.shape} vs {packed.registers.shape}")
+            out.append(mgpu.FragmentedArray(_registers=regs, _layout=scales[0].layout, _is_signed=None))
+        return tuple(out)
+
+    return planes(packed_u8, *scales_bf16)
 
 
 def _tile_planes(w_smem, s_smem, *, rows: int, nb: int, mode: str, interpret: bool):
@@ -272,6 +309,16 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
                                                                                       xo_gmem)
         else:
             def accumulate(acc):
+                def whole_step(_, w_smem, s_smem, xe_smem, xo_smem):  # cfg.step_wgmma
+                    packed = plgpu.load(w_smem, (), layout=plgpu.Layout.WGMMA)
+                    to_bf16 = decode.scale_bf16_folded if mode == "ptx_fold" else decode.scale_bf16
+                    scs = [lax.broadcast_in_dim(to_bf16(plgpu.load(s_smem.at[b], (), layout=plgpu.Layout.WGMMA.reduce(1))),
+                                                (bn, MX_BYTES), [0]) for b in range(nb)]
+                    lo, hi = _ptx_planes_step(packed, scs, mode)
+                    plgpu.wgmma(acc, lo, plgpu.transpose_ref(xe_smem, (1, 0)))
+                    plgpu.wgmma(acc, hi, plgpu.transpose_ref(xo_smem, (1, 0)))
+                    plgpu.wgmma_wait(2)  # the previous step's wgmmas (its smem slot is released after this step)
+
                 def step(_, w_smem, s_smem, xe_smem, xo_smem):
                     for b, (lo, hi) in enumerate(tile_planes(w_smem, s_smem)):
                         cols = pl.ds(b * MX_BYTES, MX_BYTES)
@@ -279,8 +326,8 @@ def _mosaic_call(xe, xo, w_packed, s_t, *, cfg: Config, interpret: bool):
                         plgpu.wgmma(acc, hi, plgpu.transpose_ref(xo_smem.at[:, cols], (1, 0)))
                         plgpu.wgmma_wait(2)
 
-                plgpu.emit_pipeline(step, grid=(steps,), in_specs=in_specs, max_concurrent_steps=cfg.stages)(
-                    w_gmem, s_gmem, xe_gmem, xo_gmem)
+                plgpu.emit_pipeline(whole_step if cfg.step_wgmma else step, grid=(steps,), in_specs=in_specs,
+                                    max_concurrent_steps=cfg.stages)(w_gmem, s_gmem, xe_gmem, xo_gmem)
                 plgpu.wgmma_wait(0)
                 return acc[...]
 
