@@ -69,6 +69,13 @@ def main(argv=None):
     model = build(args.shape, args.scheme, abstract=False)
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
     ids = np.random.default_rng(1).integers(3, model.config.vocab_size, size=(1, args.prompt), dtype=np.int32)
+    split_ms = []  # host cost per generate call: the model's split into graph and state, the state's flatten
+    for _ in range(5):
+        t0 = time.perf_counter()
+        g._programs(model)
+        split_ms.append(1e3 * (time.perf_counter() - t0))
+    out["programs_lookup_ms"] = split_ms
+    print("PROGRAMS_LOOKUP_MS", [round(v, 2) for v in split_ms], flush=True)
     for cache_len, n_new, chunk_r in ((c, n, k) for c in _ints(args.caches) for n in _ints(args.new_tokens)
                                       for k in chunks):
         if True:
