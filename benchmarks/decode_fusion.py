@@ -154,6 +154,7 @@ def triton_calls(hlo_text: str) -> dict:
 
 def lower_only(args) -> dict:
     import jax
+    from flax import nnx
 
     from quark_jax.kernels import _dispatch, tuning
     from quark_jax.models import generation as g
@@ -167,7 +168,7 @@ def lower_only(args) -> dict:
     out = {"build_s": time.perf_counter() - t0}
     graphdef, pre, dec = _args_for(model, batch=1, prompt=args.prompt, cache_len=args.prompt + args.new_tokens,
                                    chunk=args.chunk)
-    progs = g._Programs(graphdef)
+    progs = g._Programs(graphdef, jax.tree_util.tree_structure(nnx.split(model)[1]))
     for name, fn, a in (("prefill", progs.prefill, pre), ("decode", progs.decode, dec)):
         t0 = time.perf_counter()
         try:

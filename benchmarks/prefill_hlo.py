@@ -81,7 +81,8 @@ def main(argv=None):
     print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
     graphdef, pre, _ = _args_for(model, batch=1, prompt=a.prompt, cache_len=a.prompt + 128, chunk=8)
     t0 = time.perf_counter()
-    compiled = g._Programs(graphdef).prefill.lower(*pre).compile()
+    treedef = jax.tree_util.tree_structure(nnx.split(model)[1])  # the programs take the state as flat leaves
+    compiled = g._Programs(graphdef, treedef).prefill.lower(*pre).compile()
     print(f"prefill compiled in {time.perf_counter() - t0:.1f} s", flush=True)
     hlo = compiled.as_text()
     if a.hlo:  # gzip: the 8B prefill's optimized HLO is tens of MB
