@@ -292,6 +292,7 @@ VARIANTS = {  # name -> (split-K epilogue as elementwise adds, decode compiler o
     "fold": (True, {}),
     "fold_cmdbuf_while": (True, {"xla_gpu_enable_command_buffer": CMDBUF_ALL, "xla_gpu_graph_min_graph_size": 1}),
     "fold_cmdbuf_off": (True, {"xla_gpu_enable_command_buffer": ""}),
+    "fold_autotune1": (True, {"xla_gpu_autotune_level": 1}),  # autotuning without buffer init / checks
 }
 AB_PLAN = "fp8:base,fp8:fold,fp8:fold_cmdbuf_while,bf16:base,bf16:fold_cmdbuf_while,fp8:fold_cmdbuf_off"
 # variants that also set quark_jax.models.llama.DECODE_ADD_NORM (the fused residual add + RMSNorm); the others

@@ -467,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated token ids; ';' separates the rows of a batch (default without a "
                              "tokenizer: 1,5,9); prints ids")
     r.add_argument("--system", default=None, help="a system message before the --chat message")
-    r.add_argument("--chunk-size", type=int, default=8, help="decode steps per device call, i.e. tokens per "
-                   "printed chunk of --prompt / --chat (default 8)")
+    r.add_argument("--chunk-size", type=int, default=32, help="decode steps per device call, i.e. tokens per "
+                   "printed chunk of --prompt / --chat (default 32, models.generation.DEFAULT_CHUNK)")
     r.add_argument("--max-new-tokens", type=int, default=16)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-k", type=int, default=None)

@@ -74,3 +74,10 @@ def test_text_errors(capsys):
         cli.main(["run", "--prompt", "Hi", "--prompt-ids", "1,2"])
     assert e.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_run_streams_in_the_librarys_default_chunks():
+    from quark_jax.cli import build_parser
+    from quark_jax.models.generation import DEFAULT_CHUNK
+
+    assert build_parser().parse_args(["run"]).chunk_size == DEFAULT_CHUNK

@@ -72,5 +72,5 @@ def test_generate_text_of_the_bundled_model_matches_generate(model, tok):
     new = np.asarray(model.generate(ids, 24, eos_token_id=stops))[0, ids.shape[1]:].tolist()
     stop = next((i for i, t in enumerate(new) if t in stops), len(new))
     assert model.generate_text(prompt, 24) == tok.decode(new[:stop])
-    pieces = list(model.stream_text(prompt, 24))
+    pieces = list(model.stream_text(prompt, 24, chunk_size=8))
     assert "".join(pieces) == tok.decode(new[:stop]) and len(pieces) >= 3  # the first token, then chunks of 8
