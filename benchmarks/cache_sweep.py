@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,30 +80,24 @@ def main(argv=None):
     print("PROGRAMS_LOOKUP_MS", [round(v, 2) for v in split_ms], flush=True)
     for cache_len, n_new, chunk_r in ((c, n, k) for c in _ints(args.caches) for n in _ints(args.new_tokens)
                                       for k in chunks):
-        if True:
-            if args.prompt + n_new > cache_len:
-                continue
-            t0 = time.perf_counter()
-            np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r))
-            first = time.perf_counter() - t0
-            runs, per_chunk = [], []
-            for _ in range(3):
-                _, st = model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r, return_stats=True)
-                runs.append(1e3 * float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
-                per_chunk.append([round(1e3 * float(v), 3) for v in st.decode_s[::chunk_r]])  # ms/step per chunk
-            row = {"cache_len": cache_len, "new_tokens": n_new, "chunk": chunk_r, "first_s": first, "decode_ms_runs": runs,
-                   "decode_ms": float(np.median(runs)), "ms_per_step_by_chunk": per_chunk}
-            out["runs"].append(row)
-            print("RUN", json.dumps(row), flush=True)
-            save()
+        if args.prompt + n_new > cache_len:
+            continue
+        t0 = time.perf_counter()
+        np.asarray(model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r))
+        first = time.perf_counter() - t0
+        runs, per_chunk = [], []
+        for _ in range(3):
+            _, st = model.generate(ids, n_new, max_cache_len=cache_len, chunk_size=chunk_r, return_stats=True)
+            runs.append(1e3 * float(np.sum(st.decode_s)) / max(len(st.decode_s), 1))
+            per_chunk.append([round(1e3 * float(v), 3) for v in st.decode_s[::chunk_r]])  # ms/step per chunk
+        row = {"cache_len": cache_len, "new_tokens": n_new, "chunk": chunk_r, "first_s": first,
+               "decode_ms_runs": runs, "decode_ms": float(np.median(runs)), "ms_per_step_by_chunk": per_chunk}
+        out["runs"].append(row)
+        print("RUN", json.dumps(row), flush=True)
+        save()
+    from benchmarks.profile_decode import _after_largest_gap, _gpu_events, profile_decode
+
     for cache_len in _ints(args.profile_caches):
-        from benchmarks.profile_decode import profile_decode
-
-        import shutil
-        import tempfile
-
-        from benchmarks.profile_decode import _after_largest_gap, _gpu_events
-
         d = tempfile.mkdtemp(prefix="cache_sweep_")
         steps = args.profile_steps
         p = profile_decode(model, batch=1, prompt_len=args.prompt, max_cache_len=cache_len, steps=steps,

@@ -49,6 +49,15 @@ def bias_vector(bias, n: int):
     return bias
 
 
+def packed_shape(name: str, w, expected: tuple, k: int):
+    """Raise unless the packed weight ``w`` has ``expected`` shape for an activation with ``k`` columns.
+
+    >>> packed_shape("w_packed", jnp.zeros((4, 16)), (4, 32 // 2), 32)
+    """
+    if tuple(w.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)} for x with K = {k}, got {tuple(w.shape)}")
+
+
 def multiple_of(name: str, size: int, multiple: int, axis: str):
     if size % multiple:
         raise ValueError(f"{name}: {axis} = {size} must be a multiple of {multiple}")

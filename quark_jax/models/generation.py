@@ -17,9 +17,8 @@
   an H200, FP8 8B: 8-step chunks 3.45 ms/step, 32-step chunks 3.0 ms/step, GPU work 2.9 ms/step), and XLA's GPU
   while loop holds the dispatching thread until the loop has (nearly) finished, so chunks do not overlap that
   cost. :func:`generate` therefore runs chunks of :data:`DECODE_CAPACITY` steps; :func:`generate_stream` keeps
-  smaller chunks (:data:`DEFAULT_CHUNK`, 32) for latency and pays the per-call cost per chunk. (The cost was
-  ~5 ms of Python flattening the ``nnx.State`` per call, removed by passing the state as a flat tuple; ~4 ms
-  per call remain on the H200, not yet explained.)
+  smaller chunks (:data:`DEFAULT_CHUNK`, 32) for latency and pays the per-call cost per chunk (not yet
+  explained; passing the state as a flat tuple removed ~7 ms per call on a CPU host but not this).
 * **Batches with prompts of different lengths** are left-padded (``attention_mask`` [B, T], 1 = real token, as
   Hugging Face's tokenizers pad on the left for generation; or a list of id lists, padded here): row b's real
   tokens occupy slots ``first_slot[b] .. T-1`` at positions ``0 ..``, padded slots are masked out, and every row
@@ -227,8 +226,7 @@ class _Programs:
 
     The programs take the model state as a flat tuple of arrays (``treedef`` rebuilds it inside): jit flattens
     a tuple of arrays in C++, while an ``nnx.State`` is flattened through Python per Variable on every call
-    (measured: ~16 us per leaf, ~9 ms per call for a 32-layer FP8 model on a CPU host, ~5 ms per decode chunk on
-    the H200's)."""
+    (measured: ~16 us per leaf, ~9 ms per call for a 32-layer FP8 model on a CPU host)."""
 
     def __init__(self, graphdef, treedef):
         donate = jax.default_backend() != "cpu"  # CPU buffers are not donatable (jax would warn on every call)

@@ -184,7 +184,8 @@ def test_nk_entry_xla_equals_the_checkpoint_layouts_and_checks_its_arguments():
         kernels.int4_mm_nk(d["x"], w, d["s"], z[:1], group_size=32, signed=False)
     with pytest.raises(ValueError, match="group_size: expected an even positive divisor of K = 64"):
         kernels.int4_mm_nk(d["x"], w, d["s"], group_size=24)
-    with pytest.raises(ValueError, match=r"w_nk: expected shape \(N, 32\)"):
+    with pytest.raises(ValueError, match=rf"w_nk: expected shape \({w.shape[0]}, 32\) for x with K = 64, got "
+                                         rf"\({w.shape[0]}, 16\)"):
         kernels.int4_mm_nk(d["x"], w[:, :16], d["s"], group_size=32)
 
 

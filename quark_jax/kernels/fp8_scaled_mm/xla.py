@@ -13,8 +13,10 @@ Epilogue (``EPILOGUE``): XLA's GPU GEMM rewriter folds only *one* output scalar 
 float convert, so today's ``out(x_scale * (w_scale * acc))`` runs as an f32 GEMM (``w_scale`` folded) plus an
 elementwise kernel that reads the f32 result back (x_scale, bias, convert): 129 us per 8B layer at 2048 tokens
 (benchmarks/NOTES.md, session 7). ``"cublaslt"`` states the GEMM as the rewriter's FP8 pattern instead,
-``dot(f32(x_q) * x_scale, f32(w_q) * w_scale) -> out_dtype``, which it turns into one cuBLASLt call with both
-scales as its ``scale_a`` / ``scale_b`` and the bf16 / f16 output written by the GEMM (torch._scaled_mm's form).
+``dot(f32(x_q) * x_scale, f32(w_q) * w_scale) -> out_dtype``, meant to become one cuBLASLt call with both scales
+as its ``scale_a`` / ``scale_b`` and the bf16 / f16 output written by the GEMM (torch._scaled_mm's form). Measured on
+the H200 (jax 0.11.2, session 7): XLA still writes an f32 GEMM output and converts it in a second kernel -- the same
+bits and the same time as "separate" -- so it stays off (kept for the probe, benchmarks/fp8_epilogue_probe.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ EPILOGUE = "separate"
 "separate" (``out(x_scale * (w_scale * acc))``, the CPU reference's order and vLLM CUTLASS's ``ScaledEpilogue``
 order) or "cublaslt" (on CUDA only, through ``lax.platform_dependent``: the rewriter's FP8 pattern, one cuBLASLt
 call whose epilogue applies ``scale_a * scale_b`` in cuBLASLt's own order; every other platform keeps
-"separate", so CPU results do not change). Off until measured on the H200 (benchmarks/NOTES.md, session 7,
-helper fp8pf; docs/SPEC.md section 3 states the rounding difference)."""
+"separate", so CPU results do not change). Off: on the H200 it measured no different from "separate"
+(benchmarks/NOTES.md, session 7, helper fp8pf; docs/SPEC.md section 3 states the rounding difference)."""
 
 EPILOGUES = ("separate", "cublaslt")
 _DIMS = (((1,), (1,)), ((), ()))

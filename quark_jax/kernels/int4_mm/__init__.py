@@ -128,8 +128,8 @@ def int4_mm_nk(x, w_nk, w_scales, w_zeros=None, bias=None, *, group_size: int, s
     w_scales = _validate.matrix("w_scales", w_scales, (jnp.float32,), "[K/group_size, N] float32")
     m, k = x.shape
     n = w_nk.shape[0]
-    if w_nk.shape[1] * 2 != k:
-        raise ValueError(f"w_nk: expected shape (N, {k // 2}) for x with K = {k}, got {tuple(w_nk.shape)}")
+    _validate.multiple_of("x", k, 2, "K")  # two int4 codes per byte
+    _validate.packed_shape("w_nk", w_nk, (n, k // 2), k)
     g = _groups(k, n, group_size, w_scales, even=True)
     if w_zeros is not None:
         w_zeros = _validate.matrix("w_zeros", w_zeros, (jnp.int8,), "[K/group_size, N] int8 (unpacked)")

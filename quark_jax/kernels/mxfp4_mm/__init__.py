@@ -40,8 +40,7 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
     m, k = x.shape
     n = w_packed.shape[0]
     _validate.multiple_of("x", k, formats.MX_BLOCK_SIZE, "K")
-    if w_packed.shape != (n, k // 2):
-        raise ValueError(f"w_packed: expected shape ({n}, {k // 2}) for x with K = {k}, got {tuple(w_packed.shape)}")
+    _validate.packed_shape("w_packed", w_packed, (n, k // 2), k)
     if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
         raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
     bias = _validate.bias_vector(bias, n)

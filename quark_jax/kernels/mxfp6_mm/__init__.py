@@ -38,9 +38,7 @@ def mxfp6_mm(x, w_packed, w_scales, bias=None, *, element: str = "fp6_e2m3", out
     m, k = x.shape
     n = w_packed.shape[0]
     _validate.multiple_of("x", k, formats.MX_BLOCK_SIZE, "K")
-    if w_packed.shape != (n, 3 * k // 4):
-        raise ValueError(f"w_packed: expected shape ({n}, {3 * k // 4}) for x with K = {k}, got "
-                         f"{tuple(w_packed.shape)}")
+    _validate.packed_shape("w_packed", w_packed, (n, 3 * k // 4), k)
     if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
         raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
     bias = _validate.bias_vector(bias, n)
