@@ -50,6 +50,9 @@ SHAPES = {
                num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
     "mid": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16,
                 num_key_value_heads=4, vocab_size=32000, rope_theta=10000.0),  # ~180M params: CPU load profiles
+    # 32 layers as 8b (the same kernels per decode step) at ~1/16 the bytes: is a decode step host-bound?
+    "narrow32": dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=32, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=32000, rope_theta=500000.0),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, rope_theta=10000.0),
 }

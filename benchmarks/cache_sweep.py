@@ -50,6 +50,7 @@ def main(argv=None):
     ap.add_argument("--profile-caches", default="", help="cache lengths to profile (8 steps, batch 1)")
     ap.add_argument("--profile-steps", type=int, default=8, help="decode steps per profile (chunks of --chunk)")
     ap.add_argument("--hlo-dir", default=None, help="write the compiled decode HLO of each profiled length")
+    ap.add_argument("--keep-trace", default=None, help="copy each profile's trace (host + GPU events) here")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -103,6 +104,9 @@ def main(argv=None):
         p = profile_decode(model, batch=1, prompt_len=args.prompt, max_cache_len=cache_len, steps=steps,
                            chunk_size=chunk, trace_dir=d)
         ev = _gpu_events(d)
+        if args.keep_trace:
+            shutil.copytree(d, Path(args.keep_trace) / f"{args.scheme}_{args.shape}_{cache_len}_c{chunk}",
+                            dirs_exist_ok=True)
         shutil.rmtree(d, ignore_errors=True)
         dec = ev[_after_largest_gap(ev):][p["prefill_kernels"]:]  # the decode kernels, as profile_decode cuts
         if dec:  # busy and span per group of `chunk` steps, in time order (does the GPU work per step drift?)

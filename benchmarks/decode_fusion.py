@@ -35,12 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = {
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=256, rope_theta=10000.0),
-}
+from benchmarks.bench_e2e import SHAPES  # noqa: E402  (one table of model shapes)
 QUARK_CONFIG_OF = {"fp8": "w_fp8_a_fp8_pertensor_static", "int8": "w_int8_perchannel_sym_a_int8_pertensor_static_sym"}
 FIXTURES = ROOT / "tests" / "fixtures" / "quark_tiny_llama"
 INPUT_SCALE = {"fp8": 8.0 / 448.0, "int8": 8.0 / 127.0}
