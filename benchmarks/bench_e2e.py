@@ -613,8 +613,14 @@ def main(argv=None) -> dict:
                     help="also time the first generate call of a fresh process (warm persistent compilation cache)")
     ap.add_argument("--fp8-epilogue", default=None, choices=("separate", "cublaslt"),
                     help="kernels.fp8_scaled_mm.xla.EPILOGUE for this process (not passed to --second-process)")
+    ap.add_argument("--prefill-options", default=None,
+                    help="generation.PREFILL_COMPILER_OPTIONS as JSON (e.g. '{}': XLA's defaults), set before any run")
     ap.add_argument("--clamp-first", default=None, choices=("0", "1"), help="quant.fp8.CLAMP_FIRST, likewise")
     args = ap.parse_args(argv)
+    if args.prefill_options is not None:
+        from quark_jax.models import generation
+
+        generation.PREFILL_COMPILER_OPTIONS = json.loads(args.prefill_options)  # read when programs are built
     if not args.torch and (args.fp8_epilogue is not None or args.clamp_first is not None):
         from quark_jax.kernels.fp8_scaled_mm import xla as fp8_xla
         from quark_jax.quant import fp8 as fp8_quant

@@ -458,3 +458,14 @@ def test_a_layer_wrapped_by_a_recording_module_runs_eagerly(float_dir):
         logits = model(tokens)
     assert isinstance(store["x"], jax.Array) and store["x"].shape[-1] == model.config.intermediate_size
     assert np.abs(np.asarray(logits) - ref).max() <= 1e-5
+
+
+def test_prefill_alone_compiles_without_xla_triton_gemm_on_gpu(monkeypatch):
+    """The GPU prefill program turns XLA's Triton GEMM off (autotuning cost, benchmarks/NOTES.md "Session 8"); the
+    decode chunk keeps XLA's defaults (its Triton GEMMs are faster); other backends get no GPU options."""
+    from quark_jax.models import generation
+
+    assert generation.prefill_compiler_options() == {} == generation.decode_compiler_options()  # CPU here
+    monkeypatch.setattr(generation.jax, "default_backend", lambda: "gpu")
+    assert generation.prefill_compiler_options() == {"xla_gpu_enable_triton_gemm": False}
+    assert generation.decode_compiler_options() == {}

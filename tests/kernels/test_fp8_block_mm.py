@@ -106,7 +106,9 @@ def test_config_mma_options(monkeypatch):
     assert C().mma == "native" and pallas_triton.default_config(64, 4096, 14336, 128).mma == "native"
     for m in (65, 512, 2048):
         cfg = pallas_triton.default_config(m, 4096, 14336, 128)
-        assert (cfg.mma, cfg.promote, cfg.prefetch, cfg.block_m, cfg.block_n) == ("wgmma", 128, True, 128, 128)
+        wide = m > 512  # the "max" bucket: 128x256 tiles in two 128-column slices
+        assert (cfg.mma, cfg.promote, cfg.prefetch, cfg.block_m, cfg.block_n, cfg.subtiles) == (
+            "wgmma", 128, True, 128, 256 if wide else 128, 2 if wide else 1)
     monkeypatch.setattr(pallas_triton.triton_fp8_dot, "TRITON_RULE", False)
     assert pallas_triton.default_config(2048, 4096, 14336, 128) == pallas_triton.WGMMA_FALLBACK["max"]
     assert pallas_triton.fit(C(mma="wgmma", promote=128), 2048, 32, 14336).mma == "wgmma"

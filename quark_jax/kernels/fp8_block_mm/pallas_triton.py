@@ -65,15 +65,18 @@ class Config:
 # Above 64 rows: FP8 wgmma, one f32 promotion per 128-K group, scales loaded one group ahead (H200, M = 2048,
 # 4096x14336: 328.7 us vs 759.3 us native; benchmarks/NOTES.md "FP8 per-block on FP8 wgmma"). The "512" bucket
 # takes the same config unmeasured (the native path there is the same f16 mma.sync); the native config stays
-# wherever the wgmma lowering rule could not be registered (WGMMA_FALLBACK).
+# wherever the wgmma lowering rule could not be registered (WGMMA_FALLBACK). Above 512 rows: the 128x256 tile in
+# two 128-column slices (CANDIDATES "wgmma_n256_sub2": 289.3 us vs 330.9 at M = 2048, 4096x14336, exact in the GPU
+# test; session 8).
 PREFILL = Config(block_m=128, block_n=128, num_warps=8, num_stages=3, mma="wgmma", promote=128, prefetch=True)
+_W = functools.partial(Config, num_warps=8, num_stages=3, mma="wgmma", promote=128, prefetch=True)
+PREFILL_LARGE = _W(block_m=128, block_n=256, subtiles=2)
 DEFAULTS = {
     "16": Config(block_m=16, block_n=64, num_warps=4, num_stages=3),
     "64": Config(block_m=64, block_n=64, num_warps=4, num_stages=3),
     "512": PREFILL,
-    "max": PREFILL,
+    "max": PREFILL_LARGE,
 }
-_W = functools.partial(Config, num_warps=8, num_stages=3, mma="wgmma", promote=128, prefetch=True)
 # Prefill alternatives to PREFILL, timed by benchmarks/gemm_fp8block.py (benchmarks/NOTES.md "FP8 per-block on FP8
 # wgmma", session 7): the rescale one group late, 64-row tiles (2-3 CTAs per SM), 256-wide tiles as column slices
 # (less L2 traffic per MAC), 4 stages, 16 row blocks per column strip
@@ -81,7 +84,7 @@ CANDIDATES = {
     "wgmma_lag": _W(block_m=128, block_n=128, prefetch=False, lag=True),
     "wgmma_m64_w4": _W(block_m=64, block_n=128, num_warps=4),
     "wgmma_m64_w4_lag": _W(block_m=64, block_n=128, num_warps=4, prefetch=False, lag=True),
-    "wgmma_n256_sub2": _W(block_m=128, block_n=256, subtiles=2),
+    "wgmma_n256_sub2": PREFILL_LARGE,
     "wgmma_n256_sub2_s4": _W(block_m=128, block_n=256, subtiles=2, num_stages=4),
     "wgmma_n256_sub4": _W(block_m=128, block_n=256, subtiles=4),
     "wgmma_m256_sub2": _W(block_m=256, block_n=128, subtiles=2),
@@ -268,5 +271,5 @@ def _fp8_block_mm_jit(x_q, w_q, x_scale, w_scale, bias, *, rows, cols, out_dtype
     return out
 
 
-__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "CANDIDATES", "WGMMA_FALLBACK",
-           "default_config", "fit"]
+__all__ = ["fp8_block_mm_pallas", "Config", "DEFAULTS", "MMAS", "PREFILL", "PREFILL_LARGE", "CANDIDATES",
+           "WGMMA_FALLBACK", "default_config", "fit"]
