@@ -33,8 +33,14 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=2048)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prefill-options", default=None,
+                    help="generation.PREFILL_COMPILER_OPTIONS as JSON (e.g. '{}': XLA's defaults)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.prefill_options is not None:
+        from quark_jax.models import generation
+
+        generation.PREFILL_COMPILER_OPTIONS = json.loads(args.prefill_options)
 
     import jax
     from flax import nnx
@@ -43,7 +49,10 @@ def main(argv=None):
     from quark_jax.models.compile_cache import enable_compilation_cache
 
     enable_compilation_cache(tempfile.mkdtemp(prefix="compile_probe_"), force=True)
+    from quark_jax.models import generation
+
     out = {"scheme": args.scheme, "shape": args.shape, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "prefill_options": generation.prefill_compiler_options(),
            "device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
     model = build(args.shape, args.scheme, abstract=False, max_positions=max(4096, args.prefill + 256))
     jax.block_until_ready(jax.tree_util.tree_leaves(nnx.state(model)))
