@@ -131,9 +131,13 @@ _SM90 = {  # measured on an NVIDIA H100 80GB HBM3; serves every sm90 card
     # time (launch-gap bound on the lent VM), were within 0-2% of these.
     # M = 1
     "1@4096x14336": Config(block_m=16, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
-    "1@14336x4096": Config(block_m=16, block_n=32, block_k=256, split_k=2, inner="wx", num_warps=4, num_stages=4),
+    "1@14336x4096": Config(block_m=16, block_n=32, block_k=256, split_k=4, inner="wx", num_warps=4, num_stages=4),
     "1@4096x4096": Config(block_m=16, block_n=32, block_k=256, split_k=2, inner="wx", num_warps=4, num_stages=4),
     "1@8192x8192": Config(block_m=16, block_n=32, block_k=512, inner="wx", num_warps=4, num_stages=3),
+    # the fused qkv_proj / gate_up_proj of an 8B Llama, and 14336x4096's K split 2 -> 4: H200 sweep, session 8
+    # (bench_gemm --sweep, GPU kernel time: 9.6 vs 10.2 us, 30.3 vs 30.7, 17.6 vs 18.3)
+    "1@4096x6144": Config(block_m=16, block_n=64, block_k=256, split_k=4, inner="wx", num_warps=4, num_stages=3),
+    "1@4096x28672": Config(block_m=16, block_n=128, block_k=256, inner="wx", num_warps=4, num_stages=3),
     # 2 <= M <= 16
     "16@4096x14336": Config(block_m=16, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
     "16@14336x4096": Config(block_m=16, block_n=64, block_k=256, split_k=4, inner="wx", num_warps=4, num_stages=3),
