@@ -1,6 +1,7 @@
 """MXFP4 extra rows for benchmarks/bench_gemm.py (the entry's W4A4 pallas / xla-emulation / auto rows come from the
 tuner): ``xla_bf16_dense`` (the dequantized weight in bf16; the baseline), the weight-only W4A16 rows
-(``pallas_w4a16``, ``xla_emulation_w4a16``) at decode, the experimental Mosaic GPU decode kernel at M <= 16
+(``pallas_w4a16``, ``xla_emulation_w4a16``, and ``auto_w4a16``: ``impl="auto"`` on the load-time [K/32, N] scales
+with the fold where the bytes allow it, what a W4A16 layer runs) at decode, the experimental Mosaic GPU decode kernel at M <= 16
 (``pallas_mosaic`` W4A4 incl. its activation quantization, ``pallas_mosaic_w4a16``, both with the PTX decode, and
 ``pallas_mosaic_jnp_decode`` W4A4 with the portable decode, ``pallas_mosaic_ws`` W4A4 warp-specialized), and ``jax.nn.scaled_matmul``
 on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activation quantization is not timed).
@@ -25,6 +26,7 @@ from gemm_int8 import bf16_case
 from quark_jax import quant
 from quark_jax.kernels import mxfp4_mm
 from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu, pallas_triton
+from quark_jax.kernels.tuning import tuner
 
 SCALED_MATMUL = True  # time jax.nn.scaled_matmul (benchmarks/tune_mxfp4.py turns it off to save device time)
 
@@ -44,10 +46,17 @@ def cases(point, sets, Case):
         for impl, name in (("pallas", "pallas_w4a16"), ("xla", "xla_emulation_w4a16")):
             fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=False, impl=impl))
             out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+        # what a W4A16 MXFP4 layer runs under impl="auto" (session 8: Mosaic at M <= 16 on Hopper), on the scales
+        # the scheme stores at load ([K/32, N] copy; folded decode where the bytes allow it)
+        def auto_w4a16(x, w, s, s_kn=None):
+            return mxfp4_mm(x, w, s, quantize_input=False, impl="auto", scales_kn=s_kn, fold=s_kn is not None)
+
+        out.append(Case(name="auto_w4a16", fn=jax.jit(auto_w4a16), arg_sets=tuner.mxfp4_load_time_sets(sets),
+                        flops=flops, bytes=nbytes))
         for q, name in ((True, "pallas_mosaic"), (False, "pallas_mosaic_w4a16")):
             fn = jax.jit(functools.partial(mxfp4_mm, quantize_input=q, impl="mosaic"))
             out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
-        cfg = dataclasses.replace(pallas_mosaic_gpu.default_config(k, n), decode="jnp")
+        cfg = dataclasses.replace(pallas_mosaic_gpu.default_config(k, n), decode="jnp", step_wgmma=False)
         fn = jax.jit(functools.partial(pallas_mosaic_gpu.mxfp4_mm_mosaic, quantize_input=True, config=cfg))
         out.append(Case(name="pallas_mosaic_jnp_decode", fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
         cfg = pallas_mosaic_gpu.default_config(k, n, warp_specialized=True)

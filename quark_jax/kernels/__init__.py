@@ -20,7 +20,8 @@ from quark_jax.kernels.attention import (decode_attention, decode_attention_impl
 from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
 from quark_jax.kernels.int8_scaled_mm import int8_scaled_mm, int8_scaled_mm_xla
-from quark_jax.kernels.mxfp4_mm import mxfp4_mm, mxfp4_mm_xla
+from quark_jax.kernels.mxfp4_mm import mxfp4_mm, mxfp4_mm_xla, mxfp4_mosaic_may_run
+from quark_jax.kernels.mxfp4_mm.decode import FOLD_MAX_SCALE_BYTE as MXFP4_FOLD_MAX_SCALE_BYTE
 from quark_jax.kernels.int4_mm import int4_mm, int4_mm_nk, int4_mm_nk_xla, int4_mm_xla, int4_repack, int4_unrepack
 from quark_jax.kernels.mxfp6_mm import mxfp6_mm, mxfp6_mm_xla
 from quark_jax.kernels.fp8_block_mm import fp8_block_mm, fp8_block_mm_xla
@@ -28,6 +29,7 @@ from quark_jax.kernels import tuning
 from quark_jax.kernels.tuning import choose_impl, describe_auto, explain_impl
 
 __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "int8_scaled_mm", "int8_scaled_mm_xla", "mxfp4_mm", "mxfp4_mm_xla",
+           "mxfp4_mosaic_may_run", "MXFP4_FOLD_MAX_SCALE_BYTE",
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "int4_mm_nk", "int4_mm_nk_xla", "int4_repack", "int4_unrepack", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",
            "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "fused_prefill_impl", "in_query_blocks",

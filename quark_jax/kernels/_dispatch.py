@@ -2,7 +2,9 @@
 
 ``impl="auto"`` asks ``tuning.choose_impl`` (tables, then defaults) on a CUDA GPU and is ``"xla"`` anywhere
 else; the entry passes ``supported=False`` where the Pallas kernel cannot take the input (dtype, alignment), and
-``auto`` then falls back to XLA, so ``auto`` never fails where XLA works.
+``auto`` then falls back to XLA, so ``auto`` never fails where XLA works. A table may name ``"mosaic"`` (the
+MXFP4 decode kernel on Hopper, M <= 16); the entry says with ``mosaic_ok`` whether that kernel takes the operands,
+and ``auto`` otherwise runs ``"pallas"``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from quark_jax.kernels import tuning
 
 IMPLS = ("auto", "pallas", "xla")
 # The FP8 / INT8 / MXFP4 GEMMs also take impl="mosaic": a Pallas Mosaic GPU (Hopper TMA + wgmma) decode kernel
-# (FP8 / INT8: M <= 128; MXFP4: M <= 16), an experimental second backend that ``auto`` does not pick
-# (benchmarks/NOTES.md).
+# (FP8 / INT8: M <= 128; MXFP4: M <= 16). ``auto`` picks it only for MXFP4 at M <= 16 on Hopper (the sm90 tables;
+# benchmarks/NOTES.md "Session 8, helper mxauto"); FP8 / INT8 Mosaic stay experimental.
 IMPLS_WITH_MOSAIC = IMPLS + ("mosaic",)
 
 
@@ -35,17 +37,24 @@ def pallas_interpret() -> bool:
 
 
 def resolve_impl(op: str, impl: str, m: int, k: int, n: int, *, supported: bool = True,
-                 allowed: tuple = IMPLS) -> str:
-    """The concrete implementation ("pallas", "xla" or a forced "mosaic") for ``op`` at shape (m, k, n).
+                 allowed: tuple = IMPLS, mosaic_ok: bool = False) -> str:
+    """The concrete implementation ("pallas", "xla" or "mosaic") for ``op`` at shape (m, k, n).
 
-    A forced ``impl="pallas"`` on input the kernel does not take is left to raise the kernel's clear error.
+    ``supported``: whether the Pallas kernel takes the operands (else ``auto`` runs "xla"); ``mosaic_ok``: whether
+    the Mosaic decode kernel does (else a table's "mosaic" becomes "pallas"). A forced ``impl="pallas"`` (or
+    "mosaic") on input the kernel does not take is left to raise the kernel's clear error.
+
+    >>> resolve_impl("mxfp4_mm", "xla", 1, 64, 64)
+    'xla'
     """
     check_impl(impl, allowed)
     if impl != "auto":
         return impl
     kind, cc = tuning.current_device()
     choice = tuning.choose_impl(op, m, k, n, device_kind=kind, compute_capability=cc)
-    return choice if supported else "xla"
+    if not supported:
+        return "xla"
+    return "pallas" if choice == "mosaic" and not mosaic_ok else choice
 
 
 def device_table(tables: dict) -> dict:

@@ -156,11 +156,13 @@ class QuarkLinear(nnx.Module):
             getattr(self, k).set_value(v)
         if self.use_bias:
             self.bias.set_value(jnp.asarray(raw["bias"], self._float_dtype))
+        self.scheme = self.scheme.for_loaded(processed)  # static: e.g. MXFP4's folded decode where exact
         self.weights_loaded = True
         return self
 
     def mark_loaded(self) -> "QuarkLinear":
         """Declare the params filled by other means (e.g. ``nnx.update`` from a saved state). Returns self."""
+        self.scheme = self.scheme.for_loaded(self.params())  # decided again from the values now stored
         self.weights_loaded = True
         return self
 
@@ -260,6 +262,7 @@ class QuarkLinear(nnx.Module):
             value = jax.make_array_from_single_device_arrays(
                 shape, jax.sharding.NamedSharding(mesh, spec), [per_device[d][k] for d in per_device])
             getattr(self, k).set_value(value)
+        self.scheme = self.scheme.for_loaded({})  # no value check across the shards: the default kernel variants
         self.shard_layout = layout
         self.weights_loaded = True
         return self

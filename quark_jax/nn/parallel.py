@@ -47,10 +47,12 @@ and each logical shard (``q_proj``, ``k_proj``, ``v_proj``) takes its own role."
 DEFAULT_PARAM_SPECS: tuple[tuple[str, str, int | None, tuple], ...] = (
     # (role, param name pattern, rank or None for any, PartitionSpec axes)
     ("column", "kernel", 2, (None, MODEL)),  # nnx.Linear kernel [in, out]: its outputs
+    ("column", "weight_scale_kn", 2, (None, MODEL)),  # MXFP4 scales stored [K/32, N] for the Mosaic kernel
     ("column", "*", 0, ()),  # per-tensor scales, zero points: replicated
     ("column", "*", 1, (MODEL,)),  # per-channel scales, azp_adj, bias [N]: with their channels
     ("column", "*", 2, (MODEL, None)),  # weight [N, K] (packed MXFP4 [N, K/2]), E8M0 scales [N, K/32]
     ("row", "kernel", 2, (MODEL, None)),  # nnx.Linear kernel [in, out]: its inputs
+    ("row", "weight_scale_kn", 2, (MODEL, None)),  # MXFP4 scales [K/32, N]: with their K slice
     ("row", "azp_adj", 1, (MODEL,)),  # INT8 azp_adj: each device's partial sum over its K slice, stacked
     ("row", "*", 2, (None, MODEL)),  # weight along K (MXFP4: whole 32-blocks), E8M0 scales [N, K/32] with them
     ("row", "*", None, ()),  # per-channel scales, bias, per-tensor scales: replicated (applied after the psum)

@@ -259,6 +259,18 @@ class QuarkScheme(abc.ABC):
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 
+    def for_loaded(self, params: Mapping[str, Any]) -> "QuarkScheme":
+        """The scheme a layer runs once its processed params are known: a host-side look at them, made once at
+        load (``QuarkLinear`` stores the result as the layer's static scheme), that may pick a faster exact
+        kernel variant for this layer's values (MXFP4: the Mosaic kernel's folded decode when every scale byte
+        allows it). Default: itself. Params that are tracers give back itself too (nothing is known).
+
+        >>> from quark_jax.schemes import QuarkW8A8Fp8
+        >>> s = QuarkW8A8Fp8(); s.for_loaded({}) is s
+        True
+        """
+        return self
+
     def replace(self, **changes) -> "QuarkScheme":
         """A copy with some options changed, e.g. ``scheme.replace(impl="xla")``."""
         return dataclasses.replace(self, **changes)

@@ -2,7 +2,12 @@
 ``QuarkW4A8MXFP4Fp8`` (MXFP4 weights, static per-tensor FP8 input) and ``QuarkW4A16MXFP4`` (weight-only).
 
 The weight stays packed as the checkpoint stores it: ``weight`` uint8 [N, K/2] (element 2j in the low nibble) and
-``weight_scale`` uint8 [N, K/32] (E8M0 bytes); :func:`quark_jax.kernels.mxfp4_mm` decodes it. With
+``weight_scale`` uint8 [N, K/32] (E8M0 bytes); :func:`quark_jax.kernels.mxfp4_mm` decodes it. Where the Mosaic
+GPU decode kernel may run (``impl="auto"`` on Hopper, M <= 16, or ``impl="mosaic"``: ``kernels.mxfp4_mm.
+mxfp4_mosaic_may_run``) the scales are also stored transposed, ``weight_scale_kn`` uint8 [K/32, N] (the layout that kernel
+reads: no transpose per decode step; 1/16 of the packed weight's bytes), and at load (``for_loaded``) the layer
+checks once whether every scale byte is <= ``decode.FOLD_MAX_SCALE_BYTE`` (128), which makes the kernel's
+folded-scale decode exact (``mosaic_fold``; else the unfolded decode runs). With
 ``dequantize_at_load=True`` the weight is instead dequantized once at load into a bfloat16 [N, K] array (exact: every
 MXFP4 value is a bfloat16), trading 3.8x the memory for a plain GEMM.
 """
@@ -12,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from quark_jax import formats, kernels, quant
+from quark_jax.kernels import MXFP4_FOLD_MAX_SCALE_BYTE as FOLD_MAX_SCALE_BYTE
+from quark_jax.kernels import mxfp4_mosaic_may_run
 from quark_jax.quant import dot_precision, fp8_saturating_cast, true_divide
 from quark_jax.schemes.base import ParamSpec, QuarkScheme, flatten_tokens
 
@@ -45,6 +53,9 @@ class _QuarkMXFP4(QuarkScheme):
     """Shared MXFP4-weight lifecycle; subclasses choose what happens to the input (``input_mode``)."""
 
     dequantize_at_load: bool = False  # keep a bf16 [N, K] weight instead of the packed one
+    # set per layer at load by ``for_loaded`` (never by hand): every scale byte <= FOLD_MAX_SCALE_BYTE, so the
+    # Mosaic kernel's folded decode is exact for this layer's weight
+    mosaic_fold: bool = False
 
     weight_pack_factor = 2
     shardable = True  # quark_jax.nn.parallel layouts apply
@@ -85,10 +96,36 @@ class _QuarkMXFP4(QuarkScheme):
             out = {"weight_dequant": quant.dequantize_mxfp4(weight, jnp.asarray(params["weight_scale"]),
                                                             jnp.bfloat16)}
         else:
-            out = {"weight": weight, "weight_scale": jnp.asarray(params["weight_scale"])}
+            scales = jnp.asarray(params["weight_scale"])
+            out = {"weight": weight, "weight_scale": scales}
+            if self.stores_scales_kn(weight.shape[0], weight.shape[1] * 2):
+                out["weight_scale_kn"] = scales.T  # [K/32, N]: the Mosaic decode kernel's layout
         if self.is_static_input_scheme:
             out["input_scale"] = jnp.max(jnp.asarray(params["input_scale"], jnp.float32))
         return out
+
+    def stores_scales_kn(self, n: int, k: int) -> bool:
+        """Whether the processed params of a [N, K] layer hold ``weight_scale_kn`` (the scales as [K/32, N]):
+        where the Mosaic decode kernel may run on this device (a static decision from the shape and device)."""
+        return not self.dequantize_at_load and mxfp4_mosaic_may_run(k, n, impl=self.impl)
+
+    def for_loaded(self, params: Mapping[str, Any]) -> "_QuarkMXFP4":
+        """This layer's scheme with ``mosaic_fold`` decided from its scales (a host-side check, once at load):
+        True only where the Mosaic kernel may run (``weight_scale_kn`` stored) and every E8M0 byte is <=
+        ``FOLD_MAX_SCALE_BYTE``; False otherwise (the unfolded decode, exact for every byte).
+
+        >>> import jax.numpy as jnp
+        >>> s, ok = QuarkW4A16MXFP4(), jnp.full((64, 2), 128, jnp.uint8)
+        >>> p = {"weight": jnp.zeros((64, 32), jnp.uint8), "weight_scale": ok, "weight_scale_kn": ok.T}
+        >>> s.for_loaded(p).mosaic_fold, s.for_loaded({**p, "weight_scale": ok + 1}).mosaic_fold
+        (True, False)
+        """
+        fold = False
+        scales = params.get("weight_scale")
+        known = isinstance(scales, (np.ndarray, jax.Array)) and not isinstance(scales, jax.core.Tracer)
+        if "weight_scale_kn" in params and known:
+            fold = int(np.max(np.asarray(jax.device_get(jnp.max(scales))))) <= FOLD_MAX_SCALE_BYTE
+        return self if fold == self.mosaic_fold else self.replace(mosaic_fold=fold)
 
     def dequantize_weight(self, params: Mapping[str, Any]):
         if self.dequantize_at_load:
@@ -111,7 +148,8 @@ class _QuarkMXFP4(QuarkScheme):
             y = (acc if bias is None else acc + jnp.asarray(bias).astype(jnp.float32)).astype(x2.dtype)
         else:
             y = kernels.mxfp4_mm(x2, params["weight"], params["weight_scale"], bias, quantize_input=quantize_input,
-                                 out_dtype=x2.dtype, impl=self.impl)
+                                 out_dtype=x2.dtype, impl=self.impl, scales_kn=params.get("weight_scale_kn"),
+                                 fold=self.mosaic_fold)
         return y.reshape(*lead, n)
 
 

@@ -25,7 +25,7 @@ def no_user_tables(monkeypatch, tmp_path):
 
 def h200(op, cls, k, n):
     if op == "mxfp4_mm":
-        return "pallas"
+        return "mosaic" if cls == "decode" else "pallas"  # the Mosaic decode kernel at M <= 16 (session 8)
     if op == "fp8_scaled_mm":
         return "pallas" if cls == "decode" else "xla"
     if cls == "prefill" and (k, n) in ((8192, 8192), (14336, 4096)):
@@ -35,7 +35,7 @@ def h200(op, cls, k, n):
 
 def h100(op, cls, k, n):
     if op == "mxfp4_mm":
-        return "pallas"
+        return "mosaic" if cls == "decode" else "pallas"
     if op == "fp8_scaled_mm":
         return "pallas" if cls == "decode" or (cls == "small" and (k, n) == (4096, 14336)) else "xla"
     if cls == "small" or (cls in ("medium", "prefill") and (k, n) == (14336, 4096)):
@@ -80,7 +80,8 @@ def test_choose_impl_every_op_and_shape_class(kind, cc, expected, source):
 def test_mxfp4_is_never_the_emulation_on_a_gpu_without_a_table():
     for cc in ("8.0", "8.6", "8.9", "9.0", "10.0", "12.0"):
         for m in (1, 16, 64, 512, 4096):
-            assert choose_impl("mxfp4_mm", m, 4096, 4096, device_kind="Future GPU", compute_capability=cc) == "pallas"
+            want = "mosaic" if cc == "9.0" and m <= 16 else "pallas"  # Hopper's family table: Mosaic at decode
+            assert choose_impl("mxfp4_mm", m, 4096, 4096, device_kind="Future GPU", compute_capability=cc) == want
     assert choose_impl("mxfp4_mm", 1, 4096, 4096, device_kind="Old GPU", compute_capability="7.5") == "xla"
 
 
@@ -119,8 +120,12 @@ def test_bad_tables_and_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"nvidia_h200.json \[fp8_scaled_mm\]: key 'decode' is not"):
         choose_impl("fp8_scaled_mm", 1, 64, 64, device_kind="NVIDIA H200", compute_capability="9.0")
     (user / "nvidia_h200.json").write_text(json.dumps({"impl": {"fp8_scaled_mm": {"16": "cuda"}}}))
-    with pytest.raises(ValueError, match=r"\[fp8_scaled_mm\]\[16\]: expected one of \('pallas', 'xla'\)"):
+    with pytest.raises(ValueError, match=r"\[fp8_scaled_mm\]\[16\]: expected one of \('pallas', 'xla', 'mosaic'\)"):
         choose_impl("fp8_scaled_mm", 1, 64, 64, device_kind="NVIDIA H200", compute_capability="9.0")
+    for op, key in (("fp8_scaled_mm", "16"), ("mxfp4_mm", "64"), ("mxfp4_mm", "max@4096x4096")):
+        (user / "nvidia_h200.json").write_text(json.dumps({"impl": {op: {key: "mosaic"}}}))  # only MXFP4 decode
+        with pytest.raises(ValueError, match="'mosaic' is allowed only for"):
+            choose_impl(op, 1, 64, 64, device_kind="NVIDIA H200", compute_capability="9.0")
     with pytest.raises(ValueError, match="op: expected one of"):
         choose_impl("bf16_mm", 1, 64, 64, device_kind="cpu", compute_capability=None)
     with pytest.raises(ValueError, match="compute_capability: expected 'major.minor'"):

@@ -102,6 +102,11 @@ class TestMxfp4Mm(KernelContract):
                                    None if d["bias"] is None else np.asarray(d["bias"]), d["q"])
         np.testing.assert_array_equal(np.asarray(got, np.float64), want64)
 
+    def auto_fallback(self, want, d):
+        m, k = d["x"].shape
+        ok = pallas_mosaic_gpu.supported(d["x"].dtype, d["q"], m, k, d["wp"].shape[0])
+        return "pallas" if want == "mosaic" and not ok else want
+
     def entry(self, d, impl):
         return kernels.mxfp4_mm(d["x"], d["wp"], d["ws"], d["bias"], quantize_input=d["q"], impl=impl)
 
@@ -366,7 +371,15 @@ def test_mosaic_entry_config_and_errors():
     got_jnp = pallas_mosaic_gpu.mxfp4_mm_mosaic(x, wp, ws, bias, quantize_input=False, config=MC(decode="jnp"))
     np.testing.assert_array_equal(np.asarray(got_jnp.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)))
     assert MC(block_n=128, block_k=1024, split_k=8).fit(k=4096, n=192) == MC(block_n=64, block_k=512, split_k=8)
-    assert pallas_mosaic_gpu.default_config(14336, 4096).split_k == 4
+    assert pallas_mosaic_gpu.default_config(14336, 4096) == MC(decode="ptx", step_wgmma=True, split_k=8)
+    assert pallas_mosaic_gpu.default_config(14336, 4096, fold=True).decode == "ptx_fold"
+    # the heuristic for shapes outside SPLITS gives the measured table's splits on the table's shapes
+    table = dict(pallas_mosaic_gpu.SPLITS)
+    pallas_mosaic_gpu.SPLITS.clear()
+    try:
+        assert {kn: pallas_mosaic_gpu.default_config(*kn).split_k for kn in table} == table
+    finally:
+        pallas_mosaic_gpu.SPLITS.update(table)
     assert pallas_mosaic_gpu.default_config(4096, 4096, warp_specialized=True) == MC(
         block_n=128, consumer_warpgroups=2, decode="ptx", split_k=8)
     for bad in (dict(block_n=32), dict(block_k=32), dict(stages=0), dict(consumer_warpgroups=3),
@@ -408,7 +421,8 @@ def test_mosaic_lowers_for_cuda():
             jax.ShapeDtypeStruct((4096, 128), jnp.uint8))
     for cfg in (MC(decode="ptx", split_k=4), MC(decode="jnp", split_k=4), pallas_mosaic_gpu.WARP_SPECIALIZED,
                 MC(decode="ptx_fold", split_k=4), MC(decode="probe", block_n=128, block_k=512, split_k=4),
-                MC(decode="ptx", step_wgmma=True, split_k=4)):
+                MC(decode="ptx", step_wgmma=True, split_k=4), pallas_mosaic_gpu.default_config(4096, 2048),
+                pallas_mosaic_gpu.default_config(4096, 2048, fold=True)):
         fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text

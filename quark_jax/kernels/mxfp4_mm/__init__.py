@@ -1,7 +1,9 @@
 """MXFP4 GEMM from packed weights (W4A4 and W4 weight-only): XLA reference and Pallas kernels.
 
-``pallas_triton.py`` is the fused kernel ``auto`` picks; ``pallas_mosaic_gpu.py`` the experimental Hopper (TMA +
-wgmma) decode kernel for M <= 16 (``impl="mosaic"``; not picked by ``auto``, benchmarks/NOTES.md).
+``pallas_triton.py`` is the fused kernel ``auto`` picks on GPUs (sm80+) at every M but Hopper's decode;
+``pallas_mosaic_gpu.py`` the Hopper (TMA + wgmma) decode kernel for M <= 16 (``impl="mosaic"``), which ``auto`` runs
+at M <= 16 on sm90 cards (their tuning tables; benchmarks/NOTES.md "Session 8, helper mxauto") where it takes the
+operands (bf16 x, or f32 x with ``quantize_input``; N, K multiples of 64), else the Triton kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from quark_jax.kernels.mxfp4_mm.xla import mxfp4_mm_xla
 ACT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 
 
-def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, impl="auto"):
+def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, impl="auto",
+             scales_kn=None, fold: bool = False):
     """``y = linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias)``.
 
     Args:
@@ -24,8 +27,14 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
       w_scales: [N, K/32] uint8 E8M0 scale bytes.
       bias: optional [N], added in f32.
       quantize_input: W4A4 (True, MXFP4 quant-dequant of x) or weight-only (False).
-      out_dtype: default x.dtype. impl: "auto", "pallas", "xla" or "mosaic" (the experimental Mosaic GPU
-        decode kernel: bf16 x, or f32 x with quantize_input; M <= 16; N and K multiples of 64).
+      out_dtype: default x.dtype. impl: "auto", "pallas", "xla" or "mosaic" (the Mosaic GPU decode kernel:
+        bf16 x, or f32 x with quantize_input; M <= 16; N and K multiples of 64; ``auto`` runs it at M <= 16 on
+        Hopper where it takes the operands).
+      scales_kn: optional, the same scales transposed, uint8 [K/32, N] (what the Mosaic kernel reads; stored at
+        load by the MXFP4 schemes, so that a decode step runs no transpose); used only when the Mosaic kernel runs.
+      fold: the caller checked that every scale byte is <= ``decode.FOLD_MAX_SCALE_BYTE`` (128): the Mosaic
+        kernel may then use its folded-scale decode (one bf16 multiply per element pair fewer; WRONG for larger
+        bytes, so only a load-time check may set it). Other implementations ignore it.
 
     Accumulates in f32 and rounds once to ``out_dtype`` (SPEC section 3, MXFP4).
 
@@ -44,13 +53,21 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
     if w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
         raise ValueError(f"w_scales: expected shape ({n}, {k // formats.MX_BLOCK_SIZE}), got {tuple(w_scales.shape)}")
     bias = _validate.bias_vector(bias, n)
-    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, supported=n % 16 == 0,
-                                   allowed=_dispatch.IMPLS_WITH_MOSAIC)
-    if which == "mosaic":
-        from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
+    if scales_kn is not None:
+        scales_kn = _validate.matrix("scales_kn", scales_kn, (jnp.uint8,), "[K/32, N] uint8 (E8M0)")
+        if scales_kn.shape != (k // formats.MX_BLOCK_SIZE, n):
+            raise ValueError(f"scales_kn: expected shape ({k // formats.MX_BLOCK_SIZE}, {n}), got "
+                             f"{tuple(scales_kn.shape)}")
+    from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
 
-        return pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w_packed, w_scales, bias, quantize_input=quantize_input,
-                                                 out_dtype=out_dtype)
+    which = _dispatch.resolve_impl("mxfp4_mm", impl, m, k, n, supported=n % 16 == 0,
+                                   allowed=_dispatch.IMPLS_WITH_MOSAIC,
+                                   mosaic_ok=pallas_mosaic_gpu.supported(x.dtype, quantize_input, m, k, n))
+    if which == "mosaic":
+        kn = scales_kn is not None
+        return pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w_packed, scales_kn if kn else w_scales, bias,
+                                                 quantize_input=quantize_input, out_dtype=out_dtype,
+                                                 scales_kn=kn, fold=bool(fold))
     if which == "pallas":
         _validate.multiple_of("w_packed", n, 16, "N")
         from quark_jax.kernels.mxfp4_mm import pallas_triton
@@ -60,4 +77,26 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
     return mxfp4_mm_xla(x, w_packed, w_scales, bias, quantize_input=quantize_input, out_dtype=out_dtype)
 
 
-__all__ = ["mxfp4_mm", "mxfp4_mm_xla"]
+def mxfp4_mosaic_may_run(k: int, n: int, *, impl: str = "auto") -> bool:
+    """Whether :func:`mxfp4_mm` with ``impl`` may run the Mosaic decode kernel for a [N, K] weight on the current
+    device (at some M <= 16, with bf16 x): what the MXFP4 schemes ask at load, to store the scales also as
+    [K/32, N] (``scales_kn``) and to check whether the folded decode is exact for the weight. False on CPU with
+    ``impl="auto"`` (auto is XLA there).
+
+    >>> mxfp4_mosaic_may_run(4096, 4096, impl="mosaic"), mxfp4_mosaic_may_run(4096, 4096, impl="pallas")
+    (True, False)
+    """
+    from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
+
+    _dispatch.check_impl(impl, _dispatch.IMPLS_WITH_MOSAIC)
+    if impl not in ("auto", "mosaic"):
+        return False
+    ms = (1, pallas_mosaic_gpu.MAX_M)
+    if impl == "mosaic":
+        return pallas_mosaic_gpu.supported(jnp.bfloat16, False, 1, k, n)
+    return any(_dispatch.resolve_impl("mxfp4_mm", "auto", m, k, n, supported=n % 16 == 0,
+                                      mosaic_ok=pallas_mosaic_gpu.supported(jnp.bfloat16, False, m, k, n)) == "mosaic"
+               for m in ms)
+
+
+__all__ = ["mxfp4_mm", "mxfp4_mm_xla", "mxfp4_mosaic_may_run"]

@@ -1,7 +1,8 @@
 """Pallas Mosaic GPU (Hopper: TMA + wgmma) MXFP4 GEMM for decode (M <= 16): W4A16, and W4A4 with the activation
 quantized first by the XLA path (``qdq_mxfp4``), as the Triton kernel's entry does.
 
-Design (one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, never picked by ``auto``):
+Design (one warpgroup, software-pipelined; ``impl="mosaic"``, and what ``auto`` runs at M <= 16 on Hopper: the sm90
+tuning tables, where the operands qualify, ``supported``):
 
 * grid (N / block_n, split_k); each program owns ``block_n`` weight rows and a K range;
 * ``plgpu.emit_pipeline`` streams, per K step, the packed weight tile [block_n, block_k/2] (uint8, swizzled as
@@ -22,8 +23,7 @@ Design (one warpgroup, software-pipelined; experimental: ``impl="mosaic"``, neve
 While the warpgroup decodes step i, the TMA engine already fetches steps i+1 .. i+stages-1 (the ring), so the
 stream overlaps the decode; the wgmmas are asynchronous. ``consumer_warpgroups=2`` (``WARP_SPECIALIZED``) runs the
 warp-specialized form instead: a producer warpgroup issues the ring's copies and two consumer warpgroups decode and
-multiply one half of the block's rows each (``_mosaic_call_ws``). Neither is picked by ``auto`` before it is
-measured (benchmarks/NOTES.md, "Mosaic GPU MXFP4").
+multiply one half of the block's rows each (``_mosaic_call_ws``; not picked by ``auto``: slower, NOTES session 7).
 
 Exactness: decoded weights (E2M1 times a power of two) are exact in bf16 up to the same overflow / subnormal
 rounding ``quant.dequantize_mxfp4`` makes (the scale is applied in float32 as ``quant.apply_e8m0_scale`` does,
@@ -102,30 +102,46 @@ class Config:
         return tiling.halve_to_divide(self, n=n, k=k, min_n=64 * self.consumer_warpgroups, min_k=64)
 
 
-DEFAULT = Config(decode="ptx")  # on CPU (interpret mode) the PTX decode runs as the portable one
-# K split per weight shape (K, N) at decode so that the grid fills the H200's 132 SMs (not measured yet)
-SPLITS = {(4096, 14336): 1, (14336, 4096): 4, (4096, 4096): 4, (8192, 8192): 2}
+# The measured-best exact configuration (session 7 sweep, H200, M = 1, W4A16 on [K/32, N] scales: row
+# ``mx_fold_step_split2x`` = the PTX decode, one wgmma call per plane per step, the K split doubled): 7.8 / 17.6 /
+# 17.6 us at 4096x4096 / 4096x14336 / 8192x8192 against the Triton kernel's 9.7 / 20.5 / 22.5 (benchmarks/NOTES.md,
+# session 7 "helper mxfp4dec"). Its decode there was the folded one ("ptx_fold"), exact only for scale bytes <=
+# ``decode.FOLD_MAX_SCALE_BYTE``: ``default_config(..., fold=True)`` (the caller vouches, e.g. the MXFP4 schemes'
+# load-time check); without it "ptx" (the same kernel, one more bf16 multiply per element pair: +0.2-1.6 us).
+# On CPU (interpret mode) the PTX decodes run as the portable one and ``step_wgmma`` is not used.
+DEFAULT = Config(decode="ptx", step_wgmma=True)
+FOLDED = dataclasses.replace(DEFAULT, decode="ptx_fold")
+# K split per weight shape (K, N) at decode: ~450-510 programs of 64 rows on the H200's 132 SMs (~3.5-3.9 per SM;
+# the sweep's "split2x": twice the session-6 table {4096x14336: 1, 14336x4096: 4, 4096x4096: 4, 8192x8192: 2}).
+# 14336x4096 was not measured at split 8 (the sweep's deadline); other shapes: ``default_config``'s heuristic, which
+# gives the same splits on these four shapes.
+SPLITS = {(4096, 14336): 2, (14336, 4096): 8, (4096, 4096): 8, (8192, 8192): 4}
+TARGET_PROGRAMS = 384  # the heuristic doubles the K split while programs x splits stays below this
 
 
 WARP_SPECIALIZED = Config(block_n=128, consumer_warpgroups=2, decode="ptx")
 
 
-def default_config(k: int, n: int, *, warp_specialized: bool = False) -> Config:
-    """``DEFAULT`` (or ``WARP_SPECIALIZED``, whose CTA takes twice the rows, so twice the K split) with the shape's
-    K split (``SPLITS``, else enough splits for ~128 programs of 64 rows), fitted.
+def default_config(k: int, n: int, *, warp_specialized: bool = False, fold: bool = False) -> Config:
+    """``DEFAULT`` (``FOLDED`` with ``fold``: every scale byte of the weight is <= ``decode.FOLD_MAX_SCALE_BYTE``,
+    checked by the caller; or ``WARP_SPECIALIZED``, whose CTA takes twice the rows: the same K split, as in the
+    session-7 sweep, where it had twice the then single-warpgroup split) with the shape's K split (``SPLITS``, else doubled while programs x splits < ``TARGET_PROGRAMS`` and each split keeps
+    >= 2 steps), fitted.
 
     >>> default_config(4096, 4096).split_k, default_config(4096, 4096, warp_specialized=True).split_k
-    (4, 8)
+    (8, 8)
+    >>> default_config(4096, 4096, fold=True).decode, default_config(4096, 4096).decode
+    ('ptx_fold', 'ptx')
     """
     splits = SPLITS.get((k, n))
     if splits is None:
         programs = max(n // DEFAULT.block_n, 1)
         splits = 1
-        while programs * splits < 128 and splits < 8 and k // (2 * splits) >= DEFAULT.block_k:
+        while programs * splits < TARGET_PROGRAMS and splits < 8 and k // (2 * splits) >= DEFAULT.block_k:
             splits *= 2
-    base = DEFAULT
+    base = FOLDED if fold else DEFAULT
     if warp_specialized:
-        base, splits = WARP_SPECIALIZED, splits * 2
+        base = WARP_SPECIALIZED
     return dataclasses.replace(base, split_k=splits).fit(k=k, n=n)
 
 
@@ -446,13 +462,30 @@ def check_operands(x_dtype, quantize_input: bool, m: int, k: int, n: int):
                          f"K = {k}")
 
 
+def supported(x_dtype, quantize_input: bool, m: int, k: int, n: int) -> bool:
+    """Whether this kernel takes the operands (``check_operands`` without raising): what ``impl="auto"`` asks
+    before it runs the kernel.
+
+    >>> supported(jnp.bfloat16, False, 1, 4096, 4096), supported(jnp.float32, False, 1, 4096, 4096)
+    (True, False)
+    """
+    try:
+        check_operands(x_dtype, quantize_input, m, k, n)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None,
-                    config: Config | None = None, scales_kn: bool = False, interpret=None):
+                    config: Config | None = None, scales_kn: bool = False, fold: bool = False, interpret=None):
     """``out(linear(qdq_mxfp4(x) if quantize_input else x, dequantize_mxfp4(w_packed, w_scales), bias))`` with
     the weight decoded inside one Mosaic GPU kernel; same contract as ``quark_jax.kernels.mxfp4_mm`` plus
     ``check_operands``. ``config``: a ``Config`` (fit to the shape); None: ``default_config``. ``scales_kn``:
     ``w_scales`` is given transposed, uint8 [K/32, N] (the layout the kernel reads: a load-time repack spares the
-    per-call transpose). ``interpret``: None means "unless on a CUDA GPU".
+    per-call transpose). ``fold``: the caller checked that every scale byte is <= ``decode.FOLD_MAX_SCALE_BYTE``
+    (bytes above it would make the folded decode WRONG, silently): the default config then uses the folded decode
+    (``default_config(..., fold=True)``); ignored with an explicit ``config``. ``interpret``: None means "unless on
+    a CUDA GPU".
 
     >>> w = jnp.full((64, 32), 0x22, jnp.uint8); s = jnp.full((64, 2), 127, jnp.uint8)  # every weight 1.0
     >>> mxfp4_mm_mosaic(jnp.ones((1, 64), jnp.bfloat16), w, s, out_dtype=jnp.float32)[0, :2].tolist()
@@ -461,7 +494,7 @@ def mxfp4_mm_mosaic(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     m, k = x.shape
     n = w_packed.shape[0]
     check_operands(x.dtype, quantize_input, m, k, n)
-    cfg = (config or default_config(k, n)).fit(k=k, n=n)
+    cfg = (config or default_config(k, n, fold=bool(fold))).fit(k=k, n=n)
     if n % cfg.block_n:
         raise ValueError(f"w_packed: N = {n} is not a multiple of block_n = {cfg.block_n} (the warp-specialized "
                          f"kernel takes 128-row blocks)")
@@ -489,5 +522,5 @@ def _mosaic_jit(x, w_packed, s_t, bias, *, quantize_input, out_dtype, cfg, inter
     return acc.astype(out_dtype)
 
 
-__all__ = ["mxfp4_mm_mosaic", "Config", "DEFAULT", "WARP_SPECIALIZED", "default_config", "check_operands",
-           "decode_block"]
+__all__ = ["mxfp4_mm_mosaic", "Config", "DEFAULT", "FOLDED", "WARP_SPECIALIZED", "default_config", "check_operands",
+           "supported", "decode_block"]

@@ -3,10 +3,12 @@
 A table (JSON, one per card or architecture family) has the format::
 
     {"device_kind": "NVIDIA H200", "compute_capability": "9.0", "date": "2026-12-02", "source": "...",
-     "impl": {"<op>": {"<bucket>" or "<bucket>@<K>x<N>": "pallas" | "xla", ...}, ...}}
+     "impl": {"<op>": {"<bucket>" or "<bucket>@<K>x<N>": "pallas" | "xla" | "mosaic", ...}, ...}}
 
 (keys as in ``quark_jax.kernels.tiling``; ``"16": "pallas"`` serves M <= 16 unless a smaller bucket has its own
-entry). :func:`explain_impl` looks, in order, in
+entry). ``"mosaic"`` (the Pallas Mosaic GPU decode kernel) is allowed only for the ops of ``MOSAIC_AUTO_OPS`` at
+M <= 16 buckets (``"1"``, ``"16"``); the entry falls back to ``"pallas"`` where the Mosaic kernel cannot take the
+operands (dtype, N / K alignment). :func:`explain_impl` looks, in order, in
 
 1. the user table for this card, ``<user dir>/<device key>.json`` (written by ``quark-jax tune``; the user dir is
    ``$QUARK_JAX_TUNING_DIR``, else ``$XDG_CACHE_HOME/quark_jax``, else ``~/.cache/quark_jax``);
@@ -36,7 +38,10 @@ OPS = ("fp8_scaled_mm", "int8_scaled_mm", "mxfp4_mm", "int4_mm", "fp8_block_mm",
 # the grouped (MoE expert) GEMM, one op per expert weight format (kernels.grouped_mm; not tuned yet: defaults)
 GROUPED_OPS = ("grouped_mm_bf16", "grouped_mm_fp8", "grouped_mm_mxfp4")
 ALL_OPS = OPS + GROUPED_OPS
-AUTO_IMPLS = ("pallas", "xla")  # what a table entry may name
+AUTO_IMPLS = ("pallas", "xla", "mosaic")  # what a table entry may name
+# ops whose entry can run the Mosaic GPU decode kernel under ``auto`` (at M <= MOSAIC_MAX_M; Hopper tables only)
+MOSAIC_AUTO_OPS = ("mxfp4_mm",)
+MOSAIC_MAX_M = 16
 PACKAGE_DIR = Path(__file__).parent
 SOURCES = ("user cache", "card table", "family table", "default", "cpu")
 
@@ -102,6 +107,9 @@ def validate_table(table: dict, where: str) -> dict:
             tiling.check_key(key, f"{where} [{op}]")
             if impl not in AUTO_IMPLS:
                 raise ValueError(f"{where} [{op}][{key}]: expected one of {AUTO_IMPLS}, got {impl!r}")
+            if impl == "mosaic" and (op not in MOSAIC_AUTO_OPS or key.partition("@")[0] not in ("1", "16")):
+                raise ValueError(f"{where} [{op}][{key}]: 'mosaic' is allowed only for {MOSAIC_AUTO_OPS} at the "
+                                 f"M <= {MOSAIC_MAX_M} buckets ('1', '16'), got it for {op} {key!r}")
     return table
 
 
@@ -124,7 +132,9 @@ def default_impl(op: str, m: int, compute_capability: str) -> str:
     """Per-capability defaults for a GPU without a table entry.
 
     - ``mxfp4_mm``: the Pallas kernel from sm80 (bf16 tensor cores) at every M, never the XLA emulation (it
-      dequantizes the whole weight per call; 5-10x slower at decode on the H100 and H200);
+      dequantizes the whole weight per call; 5-10x slower at decode on the H100 and H200); the Hopper tables
+      (``sm90.json``, ``nvidia_h200.json``, ``nvidia_h100_80gb_hbm3.json``) name the Mosaic GPU decode kernel
+      (``"mosaic"``) at M <= 16, which defaults do not (it needs sm90's wgmma and TMA);
     - ``fp8_scaled_mm``: Pallas for decode (M <= 16) from sm89 (FP8 tensor cores), else XLA (cuBLASLt);
     - ``int8_scaled_mm``: Pallas for decode from sm80, else XLA;
     - ``int4_mm`` (W4A16 INT4/UINT4 per group; ``int4_mm_nk`` on the repacked layout the scheme stores, and
@@ -203,7 +213,8 @@ def _mtime(path: Path) -> float:
 
 
 def choose_impl(op: str, m: int, k: int, n: int, *, device_kind: str, compute_capability: str | None) -> str:
-    """The implementation name ``impl="auto"`` runs ("pallas" or "xla"); see :func:`explain_impl`.
+    """The implementation name ``impl="auto"`` runs ("pallas", "xla" or, for ``MOSAIC_AUTO_OPS`` at decode on a
+    Hopper table, "mosaic"); see :func:`explain_impl`.
 
     >>> choose_impl("fp8_scaled_mm", 16, 4096, 4096, device_kind="cpu", compute_capability=None)
     'xla'

@@ -3,7 +3,8 @@
 ``quark-jax tune`` and ``benchmarks/bench_gemm.py`` both run :func:`tune`; the packaged tables
 (``quark_jax/kernels/tuning/*.json``) are its output. For each point (op, M, K, N) it builds the operands the
 schemes pass (weights [N, K] in several copies so that the working set exceeds L2), times ``impl="pallas"`` and
-``impl="xla"`` through the op's entry, records the faster under ``"<bucket>@<K>x<N>"`` and, per M bucket, the
+``impl="xla"`` (and, for ``mxfp4_mm`` at M <= 16 on sm90+, ``impl="mosaic"``: :func:`candidates`) through the op's
+entry, records the faster under ``"<bucket>@<K>x<N>"`` and, per M bucket, the
 majority over the tuned weight shapes under ``"<bucket>"``; with ``check_auto`` it then times ``impl="auto"``
 as the written table decides.
 
@@ -33,7 +34,21 @@ DECODE_MS = (1, 16)
 MEDIUM_MS = (64, 256)
 PREFILL_MS = (2048,)
 DEFAULT_MS = DECODE_MS + MEDIUM_MS + PREFILL_MS
-CANDIDATES = ("pallas", "xla")
+CANDIDATES = ("pallas", "xla")  # every op, every M
+MOSAIC_MIN_CC = (9, 0)  # the Mosaic GPU decode kernel: Hopper's TMA + wgmma
+
+
+def candidates(op: str, m: int, compute_capability: str | None) -> tuple[str, ...]:
+    """The implementations timed at a point: ``CANDIDATES``, plus ``"mosaic"`` for the ops of
+    ``tuning.MOSAIC_AUTO_OPS`` at M <= ``tuning.MOSAIC_MAX_M`` on sm90+.
+
+    >>> candidates("mxfp4_mm", 1, "9.0"), candidates("mxfp4_mm", 64, "9.0"), candidates("mxfp4_mm", 1, "8.0")
+    (('pallas', 'xla', 'mosaic'), ('pallas', 'xla'), ('pallas', 'xla'))
+    """
+    cc = tuning.capability(compute_capability)
+    if op in tuning.MOSAIC_AUTO_OPS and m <= tuning.MOSAIC_MAX_M and cc is not None and cc >= MOSAIC_MIN_CC:
+        return CANDIDATES + ("mosaic",)
+    return CANDIDATES
 L2_BYTES = 50 * 2**20  # H100 / H200
 
 
@@ -155,7 +170,9 @@ def operands(op: str, m: int, k: int, n: int, *, copies: int | None = None, seed
 
 
 def entry(op: str, impl: str) -> Callable:
-    """The jitted entry ``op`` with ``impl`` fixed, taking :func:`operands`' tuples (bf16 output)."""
+    """The jitted entry ``op`` with ``impl`` fixed, taking :func:`operands`' tuples (bf16 output). ``mxfp4_mm``
+    also takes an optional 4th operand, the scales as [K/32, N], and then runs the folded decode where the Mosaic
+    kernel runs (what the MXFP4 schemes store and decide at load; :func:`mxfp4_load_time_sets` checks the bytes)."""
     import jax
     import jax.numpy as jnp
 
@@ -167,7 +184,8 @@ def entry(op: str, impl: str) -> Callable:
         def fn(x, w, xs, ws, b, adj):
             return kernels.int8_scaled_mm(x, w, xs, ws, b, azp_adj=adj, out_dtype=jnp.bfloat16, impl=impl)
     elif op == "mxfp4_mm":
-        fn = functools.partial(kernels.mxfp4_mm, quantize_input=True, impl=impl)
+        def fn(x, w, s, s_kn=None):  # s_kn: the scales as [K/32, N], given where their bytes allow the fold
+            return kernels.mxfp4_mm(x, w, s, quantize_input=True, impl=impl, scales_kn=s_kn, fold=s_kn is not None)
     elif op == "int4_mm":
         def fn(x, w, s):
             return kernels.int4_mm_nk(x, w, s, group_size=128, signed=True, impl=impl)
@@ -242,7 +260,7 @@ def decide(times: dict[str, float]) -> str | None:
     >>> decide({"pallas": 1.0, "xla": 0.9}), decide({"pallas": float("nan")})
     ('xla', None)
     """
-    ok = {i: t for i, t in times.items() if i in CANDIDATES and t == t}
+    ok = {i: t for i, t in times.items() if i in tuning.AUTO_IMPLS and t == t}
     return min(ok, key=ok.get) if ok else None
 
 
@@ -264,9 +282,9 @@ def record(table: dict, point: Point, winner: str) -> None:
     bucket = tiling.m_bucket(point.m)
     entries[tiling.table_key(bucket, point.k, point.n)] = winner
     votes = [v for key, v in entries.items() if key.startswith(bucket + "@")]
-    counts = {i: votes.count(i) for i in CANDIDATES}
+    counts = {i: votes.count(i) for i in tuning.AUTO_IMPLS}
     best = max(counts.values())
-    leaders = [i for i in CANDIDATES if counts[i] == best]
+    leaders = [i for i in tuning.AUTO_IMPLS if counts[i] == best]
     entries[bucket] = entries.get(bucket) if entries.get(bucket) in leaders else (
         winner if winner in leaders else leaders[0])
 
@@ -348,7 +366,11 @@ def tune(pts: list[Point], *, path: Path | None = None, check_auto: bool = False
             _say(log, f"deadline reached: {len(pts) - i} of {len(pts)} points not tuned")
             break
         sets = operands(p.op, p.m, p.k, p.n)
-        cases = [Case(name=impl, fn=entry(p.op, impl), arg_sets=sets, impl=impl) for impl in CANDIDATES]
+        cands = candidates(p.op, p.m, cc)
+        # the Mosaic kernel (and auto, which may run it) on what the MXFP4 schemes store at load
+        kn_sets = mxfp4_load_time_sets(sets) if "mosaic" in cands else sets
+        cases = [Case(name=impl, fn=entry(p.op, impl), arg_sets=kn_sets if impl == "mosaic" else sets, impl=impl)
+                 for impl in cands]
         if extra_cases is not None:
             cases += extra_cases(p, sets)
         times = {}
@@ -362,7 +384,7 @@ def tune(pts: list[Point], *, path: Path | None = None, check_auto: bool = False
         msg = ", ".join(f"{c.name} {times[c.name] * 1e6:.1f} us" for c in cases)
         if check_auto:
             impl, src = tuning.explain_impl(p.op, p.m, p.k, p.n, device_kind=kind, compute_capability=cc)
-            row = _timed(p, Case(name="auto", fn=entry(p.op, "auto"), arg_sets=sets, impl="auto"), timer, log)
+            row = _timed(p, Case(name="auto", fn=entry(p.op, "auto"), arg_sets=kn_sets, impl="auto"), timer, log)
             row.update(auto_impl=impl, auto_source=src)
             rows.append(row)
             msg += f"; auto = {impl} ({src}) {row['seconds'] * 1e6:.1f} us"
@@ -370,6 +392,25 @@ def tune(pts: list[Point], *, path: Path | None = None, check_auto: bool = False
             on_point(table, rows)
         _say(log, f"[{_bar(i + 1, len(pts))}] {i + 1}/{len(pts)} {p.op} M={p.m} K={p.k} N={p.n}: {msg} -> {winner}")
     return table, rows
+
+
+def mxfp4_load_time_sets(sets: list) -> list:
+    """``mxfp4_mm`` operand tuples (x, w_packed, w_scales) with the scales' [K/32, N] copy appended, as the MXFP4
+    schemes store it where the Mosaic kernel may run, when every scale byte allows the folded decode (the
+    schemes' load-time check); other tuples (other ops, or bytes above ``FOLD_MAX_SCALE_BYTE``) unchanged."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from quark_jax.kernels.mxfp4_mm.decode import FOLD_MAX_SCALE_BYTE
+
+    out = []
+    for t in sets:
+        if len(t) == 3 and getattr(t[2], "dtype", None) == np.uint8 and \
+                int(jax.device_get(jnp.max(t[2]))) <= FOLD_MAX_SCALE_BYTE:
+            t = (*t, jax.block_until_ready(jax.jit(jnp.transpose)(t[2])))
+        out.append(t)
+    return out
 
 
 def _timed(p: Point, case: Case, timer: Callable, log) -> dict:
@@ -401,7 +442,7 @@ def auto_misses(rows: list[dict], *, slack: float = 0.10) -> list[dict]:
         by_point.setdefault((r["op"], r["m"], r["k"], r["n"]), []).append(r)
     misses = []
     for (op, *_), rs in by_point.items():
-        cand = [r["seconds"] for r in rs if r["name"] in CANDIDATES and r["seconds"] == r["seconds"]]
+        cand = [r["seconds"] for r in rs if r["name"] in tuning.AUTO_IMPLS and r["seconds"] == r["seconds"]]
         for r in rs:
             if r["name"] != "auto" or not cand:
                 continue
