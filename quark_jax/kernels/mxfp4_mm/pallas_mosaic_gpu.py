@@ -142,7 +142,10 @@ def default_config(k: int, n: int, *, warp_specialized: bool = False, fold: bool
     base = FOLDED if fold else DEFAULT
     if warp_specialized:
         base = WARP_SPECIALIZED
-    return dataclasses.replace(base, split_k=splits).fit(k=k, n=n)
+    cfg = dataclasses.replace(base, split_k=splits).fit(k=k, n=n)
+    if cfg.step_wgmma and cfg.block_k < 128:  # one wgmma per step was compiled and checked at block_k >= 128 only
+        cfg = dataclasses.replace(cfg, step_wgmma=False)
+    return cfg
 
 
 def _f32_bits(bits):
