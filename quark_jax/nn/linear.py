@@ -147,7 +147,7 @@ class QuarkLinear(nnx.Module):
         self.scheme.check_loaded({k: np.asarray(v) for k, v in raw.items() if k != "bias"}, self.name)
         return self._store(raw)
 
-    def _store(self, raw: Mapping[str, Any]) -> "QuarkLinear":
+    def _store(self, raw: Mapping[str, Any], *, host_raw: Mapping[str, Any] | None = None) -> "QuarkLinear":
         """Process checked raw params and set the variables."""
         processed = process_params(self.scheme, {k: v for k, v in raw.items() if k != "bias"}, self.logical_widths)
         if set(processed) != set(self.param_names):
@@ -156,7 +156,9 @@ class QuarkLinear(nnx.Module):
             getattr(self, k).set_value(v)
         if self.use_bias:
             self.bias.set_value(jnp.asarray(raw["bias"], self._float_dtype))
-        self.scheme = self.scheme.for_loaded(processed)  # static: e.g. MXFP4's folded decode where exact
+        if host_raw is None and all(isinstance(v, np.ndarray) for v in raw.values()):
+            host_raw = raw
+        self.scheme = self.scheme.for_loaded(processed, host_raw=host_raw)  # static: MXFP4's fold where exact
         self.weights_loaded = True
         return self
 
@@ -202,10 +204,12 @@ class QuarkLinear(nnx.Module):
                                  logical_widths=self.logical_widths, use_bias=self.use_bias,
                                  params_dtype=self._float_dtype)
 
-    def load_raw(self, raw: Mapping[str, Any]) -> "QuarkLinear":
+    def load_raw(self, raw: Mapping[str, Any], *, host_raw: Mapping[str, Any] | None = None) -> "QuarkLinear":
         """Process and store raw params returned by :meth:`read_checkpoint` (already validated; host or device
-        arrays). Returns self."""
-        return self._store(raw)
+        arrays). ``host_raw``: the same params as host arrays where ``raw`` is their device copy (the scheme's
+        load-time look at the values, :meth:`QuarkScheme.for_loaded`, then reads them without a device sync).
+        Returns self."""
+        return self._store(raw, host_raw=host_raw)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, layer_path: str, *, dtype: Any = None,

@@ -217,7 +217,8 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
         t.place(t.read(ckpt))
 
     def quark_job(module, cp):
-        module.load_raw(jax.device_put(module.read_checkpoint(ckpt, cp)))
+        raw = module.read_checkpoint(ckpt, cp)
+        module.load_raw(jax.device_put(raw), host_raw=raw)  # host_raw: load-time value checks without a sync
 
     jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
     jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]

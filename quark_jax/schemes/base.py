@@ -259,11 +259,13 @@ class QuarkScheme(abc.ABC):
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 
-    def for_loaded(self, params: Mapping[str, Any]) -> "QuarkScheme":
+    def for_loaded(self, params: Mapping[str, Any], *, host_raw: Mapping[str, Any] | None = None) -> "QuarkScheme":
         """The scheme a layer runs once its processed params are known: a host-side look at them, made once at
         load (``QuarkLinear`` stores the result as the layer's static scheme), that may pick a faster exact
         kernel variant for this layer's values (MXFP4: the Mosaic kernel's folded decode when every scale byte
-        allows it). Default: itself. Params that are tracers give back itself too (nothing is known).
+        allows it). ``host_raw``: the raw checkpoint params as host arrays, where the loader still holds them
+        (looked at instead of the device arrays: no device sync per layer). Default: itself. Params that are
+        tracers give back itself too (nothing is known).
 
         >>> from quark_jax.schemes import QuarkW8A8Fp8
         >>> s = QuarkW8A8Fp8(); s.for_loaded({}) is s

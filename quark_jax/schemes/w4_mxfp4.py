@@ -109,7 +109,7 @@ class _QuarkMXFP4(QuarkScheme):
         where the Mosaic decode kernel may run on this device (a static decision from the shape and device)."""
         return not self.dequantize_at_load and mxfp4_mosaic_may_run(k, n, impl=self.impl)
 
-    def for_loaded(self, params: Mapping[str, Any]) -> "_QuarkMXFP4":
+    def for_loaded(self, params: Mapping[str, Any], *, host_raw: Mapping[str, Any] | None = None) -> "_QuarkMXFP4":
         """This layer's scheme with ``mosaic_fold`` decided from its scales (a host-side check, once at load):
         True only where the Mosaic kernel may run (``weight_scale_kn`` stored) and every E8M0 byte is <=
         ``FOLD_MAX_SCALE_BYTE``; False otherwise (the unfolded decode, exact for every byte).
@@ -122,6 +122,9 @@ class _QuarkMXFP4(QuarkScheme):
         """
         fold = False
         scales = params.get("weight_scale")
+        host = None if host_raw is None else host_raw.get("weight_scale")
+        if isinstance(host, np.ndarray) and host.size:  # the checkpoint's bytes, still on the host: no device sync
+            scales = host
         known = isinstance(scales, (np.ndarray, jax.Array)) and not isinstance(scales, jax.core.Tracer)
         if "weight_scale_kn" in params and known:
             fold = int(np.max(np.asarray(jax.device_get(jnp.max(scales))))) <= FOLD_MAX_SCALE_BYTE

@@ -72,6 +72,8 @@ def test_choose_impl_every_op_and_shape_class(kind, cc, expected, source):
                     want = expected(op, cls, k, n)
                     if (k, n) == (5120, 13824) and source.endswith("table"):  # no exact entry: the bucket's
                         want = expected(op, cls, 0, 0)
+                    if want == "mosaic" and 1 < m <= 16 and (k, n) == (4096, 14336):  # "16@4096x14336": Triton
+                        want = "pallas"
                     got = explain_impl(op, m, k, n, device_kind=kind, compute_capability=cc)
                     assert got == (want, source), (op, m, k, n)
                     assert choose_impl(op, m, k, n, device_kind=kind, compute_capability=cc) == want

@@ -33,8 +33,9 @@ def test_auto_resolves_to_mosaic_at_decode_on_hopper_tables(monkeypatch, kind, c
     pretend(monkeypatch, kind, cc)
     for k, n in ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (5120, 13824)):
         for m in (1, 2, 16):
+            want = "pallas" if m > 1 and (k, n) == (4096, 14336) else "mosaic"  # "16@4096x14336" (session 8 run)
             assert _dispatch.resolve_impl("mxfp4_mm", "auto", m, k, n, mosaic_ok=True,
-                                          allowed=_dispatch.IMPLS_WITH_MOSAIC) == "mosaic", (m, k, n)
+                                          allowed=_dispatch.IMPLS_WITH_MOSAIC) == want, (m, k, n)
             # operands the Mosaic kernel does not take: the Triton kernel
             assert _dispatch.resolve_impl("mxfp4_mm", "auto", m, k, n, mosaic_ok=False) == "pallas"
         for m in (17, 64, 2048):
@@ -153,3 +154,20 @@ def test_no_kn_scales_or_fold_check_where_mosaic_cannot_run(monkeypatch):
     np.testing.assert_array_equal(np.asarray(got, np.float64), want)
     with pytest.raises(ValueError, match="scales_kn: expected shape"):
         kernels.mxfp4_mm(x, wp, ws, quantize_input=False, impl="mosaic", scales_kn=jnp.asarray(ws))
+
+
+def test_fold_check_reads_the_loaders_host_bytes(monkeypatch):
+    """With the checkpoint's host bytes at hand (``host_raw``, what ``load_weights`` passes) the fold check reads
+    them, not the device arrays (no device sync per layer while loading); one byte above the limit turns it off."""
+    pretend(monkeypatch, "NVIDIA H200", "9.0")
+    k, n = 128, 64
+    wp, _ = _weights(np.random.default_rng(5), k, n)
+    ok = np.full((n, k // 32), 120, np.uint8)
+    scheme = QuarkW4A16MXFP4()
+    p = scheme.process_weights_after_loading({"weight": jnp.asarray(wp), "weight_scale": jnp.asarray(ok)})
+    assert "weight_scale_kn" in p
+    bad = ok.copy()
+    bad[-1, -1] = 129
+    assert scheme.for_loaded(p, host_raw={"weight": wp, "weight_scale": ok}).mosaic_fold is True
+    assert scheme.for_loaded(p, host_raw={"weight": wp, "weight_scale": bad}).mosaic_fold is False  # host wins
+    assert scheme.for_loaded(p).mosaic_fold is True  # without host bytes: the device arrays
