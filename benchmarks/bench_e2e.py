@@ -616,7 +616,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--prefill-options", default=None,
                     help="generation.PREFILL_COMPILER_OPTIONS as JSON (e.g. '{}': XLA's defaults), set before any run")
     ap.add_argument("--clamp-first", default=None, choices=("0", "1"), help="quant.fp8.CLAMP_FIRST, likewise")
+    ap.add_argument("--decode-prologue", action="store_true",
+                    help="llama.DECODE_PROLOGUE_FUSION: the decode step's RMSNorm / SiLU-mul in the FP8 GEMMs' "
+                         "prologue (set before any model runs; not passed to --second-process)")
     args = ap.parse_args(argv)
+    if args.decode_prologue and not args.torch:
+        from quark_jax.models import llama
+
+        llama.DECODE_PROLOGUE_FUSION = True  # read when the decode step is traced
     if args.prefill_options is not None:
         from quark_jax.models import generation
 

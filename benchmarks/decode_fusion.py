@@ -12,7 +12,7 @@ overlap and their sum exceeds the wall time.
 
 ``--ab`` compiles variants of the decode-chunk program (``VARIANTS``: the split-K epilogue as a reduce or as
 elementwise adds, XLA command-buffer options, the fused residual add + RMSNorm ``addnorm``, the decode-attention
-kernel ``decattn``) on in-memory models in one process and reports per variant the
+kernel ``decattn``, the norms / SiLU-mul in the FP8 GEMMs' prologue ``prologue``) on in-memory models in one process and reports per variant the
 compile time, ms/token, kernels per step and GPU busy time (``--profile``), whether the tokens and cache equal the
 scheme's first variant bit for bit, and (``--out-dir``) the compiled HLO of the base, fold and addnorm variants.
 
@@ -304,6 +304,10 @@ DECODE_ATTN_SPLITS = {"decattn": 0, "decattn_s1": 1}
 VARIANTS["addnorm_decattn"] = (True, {})
 ADD_NORM["addnorm_decattn"] = "pallas"
 DECODE_ATTN_SPLITS["addnorm_decattn"] = 0
+# the decode step's RMSNorms / SiLU-mul formed in the static-FP8 GEMMs' prologue (llama.DECODE_PROLOGUE_FUSION;
+# bf16 unchanged). An A/B: --ab-plan fp8:fold,fp8:prologue
+VARIANTS["prologue"] = (True, {})
+PROLOGUE = {"prologue"}
 DECODE_ATTENTION_IMPL = None  # not --ab: the decode attention impl build() sets (--decode-attention)
 
 
@@ -363,6 +367,7 @@ def ab_decode(args) -> dict:
             fold, opts = VARIANTS[name]
             tiling.sum_splits = fold_fn if fold else (lambda p: jnp.sum(p, axis=0))
             llama.DECODE_ADD_NORM = ADD_NORM.get(name)
+            llama.DECODE_PROLOGUE_FUSION = name in PROLOGUE
             set_decode_attention(model, "pallas" if name in DECODE_ATTN_SPLITS else "xla",
                                  DECODE_ATTN_SPLITS.get(name, 0))
             graphdef = nnx.split(model)[0]  # the impl is static: part of the graph definition
@@ -388,7 +393,7 @@ def ab_decode(args) -> dict:
                 res["hlo_fusions"] = len(re.findall(r"^\s*\S+ = \S+ fusion\(", hlo, flags=re.M))
                 res["hlo_custom_calls"] = hlo.count(" custom-call(")
                 res["hlo_command_buffers"] = hlo.count("command_buffer")
-                if args.out_dir and name in ("base", "fold", "addnorm", "decattn"):
+                if args.out_dir and name in ("base", "fold", "addnorm", "decattn", "prologue"):
                     import gzip
                     Path(args.out_dir).mkdir(parents=True, exist_ok=True)  # (a missing one cost session 6 its baseline)
                     with gzip.open(Path(args.out_dir) / f"decode_hlo_{scheme}_{name}.txt.gz", "wt") as f:
@@ -455,6 +460,7 @@ def ab_decode(args) -> dict:
                 Path(args.out).write_text(json.dumps(out, indent=1))
     tiling.sum_splits = fold_fn
     llama.DECODE_ADD_NORM = None
+    llama.DECODE_PROLOGUE_FUSION = False
     for model, _, _ in models.values():
         set_decode_attention(model, "xla")
     return out
@@ -481,6 +487,8 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=None, help="--ab: where the compiled decode HLO goes")
     ap.add_argument("--add-norm", choices=("pallas", "xla"), default=None,
                     help="not --ab: set quark_jax.models.llama.DECODE_ADD_NORM (the fused residual add + RMSNorm)")
+    ap.add_argument("--decode-prologue", action="store_true",
+                    help="not --ab: set quark_jax.models.llama.DECODE_PROLOGUE_FUSION")
     ap.add_argument("--decode-attention", choices=("pallas", "xla"), default=None,
                     help="not --ab: every Attention's decode_attention_impl (kernels.decode_attention)")
     ap.add_argument("--out", default=None)
@@ -491,6 +499,10 @@ def main(argv=None):
         from quark_jax.models import llama
 
         llama.DECODE_ADD_NORM = args.add_norm
+    if args.decode_prologue:
+        from quark_jax.models import llama
+
+        llama.DECODE_PROLOGUE_FUSION = True
     res = ab_decode(args) if args.ab else lower_only(args) if args.lower_only else measure(args)
     print("RESULT " + json.dumps({k: v for k, v in res.items() if k not in ("profile", "variants")}))
     if args.out:

@@ -14,6 +14,7 @@ so XLA takes cuBLASLt's fast path and kernels read them without a transpose.
 from quark_jax.kernels._dispatch import IMPLS, check_impl
 from quark_jax.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_xla
 from quark_jax.kernels.tiling import SplitSums
+from quark_jax.kernels.prologue import transform_reference
 from quark_jax.kernels.attention import (decode_attention, decode_attention_impl, decode_attention_xla,
                                         fused_prefill_impl, in_query_blocks,
                                         prefill_attention, prefill_attention_xla)
@@ -32,6 +33,6 @@ __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "int8_scaled_mm", "int8_scaled_
            "mxfp4_mosaic_may_run", "MXFP4_FOLD_MAX_SCALE_BYTE",
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "int4_mm_nk", "int4_mm_nk_xla", "int4_repack", "int4_unrepack", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",
-           "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "fused_prefill_impl", "in_query_blocks",
+           "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "transform_reference", "fused_prefill_impl", "in_query_blocks",
            "decode_attention", "decode_attention_impl", "decode_attention_xla",
            "choose_impl", "explain_impl", "describe_auto", "check_impl", "IMPLS", "tuning"]

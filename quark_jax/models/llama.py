@@ -31,7 +31,7 @@ from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.moe import MoEBlock
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.nn import InputCodes, FP8KVCacheScales, KVScale
+from quark_jax.nn import InputCodes, FP8KVCacheScales, KVScale, TransformedInput
 from quark_jax.quant import dot_precision, round_to
 from quark_jax.runtime_checks import check_finite, check_token_ids_in_range
 from quark_jax.runtime_checks import enabled as _checks_enabled
@@ -53,6 +53,18 @@ squares in another float32 order with "pallas" on a GPU; else bit for bit). Off 
 (benchmarks/NOTES.md, "RMSNorm fused with the residual add")."""
 
 
+DECODE_PROLOGUE_FUSION: bool = False
+"""The decode step's (T == 1) RMSNorms before the fused ``qkv_proj`` / ``gate_up_proj`` and its ``silu(gate) *
+up`` before ``down_proj``, formed inside those layers' GEMMs (the Pallas-Triton FP8 GEMM's prologue: it reads the
+un-normalized residual h, the rows' inverse RMS and the norm weight, or the gate_up output, then quantizes with
+the static input scale) where the layer takes them (:meth:`quark_jax.nn.QuarkLinear.takes_transform`: static
+per-tensor FP8 with vLLM's fused layout; every other layer gets the XLA output as before). XLA still computes
+each norm's ``rsqrt(mean(h**2) + eps)`` (its sum-of-squares reduction). Saves 3 small XLA kernels per layer. Read
+when the decode step is traced (like ``DECODE_ADD_NORM``, which takes precedence when set). Numerics: SPEC 11.7
+(the norm bit for bit; the SiLU within an ulp of float32 on a GPU). Off until measured on the GPU
+(benchmarks/NOTES.md, "Session 8, helper prologue")."""
+
+
 class RMSNorm(nnx.Module):
     """``weight * dtype(x * rsqrt(mean(x**2) + eps))`` with the statistics in float32 (HF ``LlamaRMSNorm``)."""
 
@@ -60,10 +72,23 @@ class RMSNorm(nnx.Module):
         self.weight = nnx.Param(jnp.ones((dim,), dtype))
         self.eps = eps
 
+    def inverse_rms(self, x):
+        """``rsqrt(mean(x**2) + eps)`` over the last axis, float32 [..., 1] (the statistics of ``__call__``)."""
+        xf = x.astype(jnp.float32)
+        return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+
     def __call__(self, x):
         xf = x.astype(jnp.float32)
-        y = round_to(xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps), x.dtype)
+        y = round_to(xf * self.inverse_rms(x), x.dtype)
         return round_to(self.weight[...].astype(jnp.float32) * y.astype(jnp.float32), x.dtype)
+
+    def fused_input(self, x, consumer):
+        """``self(x)`` for ``consumer`` (the layer that reads it): a :class:`~quark_jax.nn.TransformedInput`
+        (x, its inverse RMS, the weight) where the consumer forms the norm in its GEMM
+        (``DECODE_PROLOGUE_FUSION``), else the norm's output."""
+        if consumer is not None and hasattr(consumer, "takes_transform") and consumer.takes_transform():
+            return TransformedInput("rmsnorm", x, self.inverse_rms(x), self.weight[...])
+        return self(x)
 
 
 def _linear(din, dout, bias, dtype, rngs):
@@ -102,8 +127,11 @@ class MLP(nnx.Module):
             self.up_proj = _linear(h, i, cfg.mlp_bias, dtype, rngs)
         self.down_proj = _linear(i, h, cfg.mlp_bias, dtype, rngs)
 
-    def __call__(self, x, *, finish: bool = True):
-        """``finish=False``: the result may be down_proj's unfinished split-K sums (see ``Attention``)."""
+    def __call__(self, x, *, finish: bool = True, prologue: bool = False):
+        """``finish=False``: the result may be down_proj's unfinished split-K sums (see ``Attention``).
+        ``prologue``: ``silu(g) * u`` inside down_proj's GEMM where it takes it (``DECODE_PROLOGUE_FUSION``)."""
+        if self.fused and prologue and hasattr(self.down_proj, "takes_transform") and self.down_proj.takes_transform():
+            return _proj(self.down_proj, TransformedInput("silu_mul", _proj(self.gate_up_proj, x)))
         if self.fused:
             gu = _proj(self.gate_up_proj, x)
             g, u = gu[..., : self.intermediate_size], gu[..., self.intermediate_size:]
@@ -302,17 +330,29 @@ class DecoderLayer(nnx.Module):
             self.ffn_name = "mlp"
             self.mlp = MLP(cfg, dtype=dtype, rngs=rngs, fused=fused)
 
-    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None):
+    def __call__(self, x, cos, sin, kv=None, start=0, first_slot=None, prologue: bool = False):
         """x [B, T, hidden] -> (y, new kv); the arguments after x as :meth:`Attention.__call__`.
+
+        ``prologue`` (``DECODE_PROLOGUE_FUSION``): the norms before the fused qkv_proj / gate_up_proj and the
+        SiLU-mul before down_proj are formed in those layers' GEMMs where they take them (the same values).
 
         With ``DECODE_ADD_NORM`` the decode step passes x as ``(x, pending)``, the residual stream and the
         previous layer's MLP output not yet added to it (None before the first layer), and gets back
         ``((h, m), new kv)``: each residual add runs inside the RMSNorm kernel that follows it."""
         if isinstance(x, tuple):
             return self._call_fused_norms(*x, cos, sin, kv, start, first_slot)
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, start, first_slot)
+        attn, ffn = self.self_attn, getattr(self, self.ffn_name)
+        if prologue:
+            mlp = isinstance(ffn, MLP) and ffn.fused
+            xn = self.input_layernorm.fused_input(x, attn.qkv_proj if attn.fused else None)
+            a, kv = attn(xn, cos, sin, kv, start, first_slot)
+            h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
+            hn = self.post_attention_layernorm.fused_input(h, ffn.gate_up_proj if mlp else None)
+            m = ffn(hn, prologue=True) if isinstance(ffn, MLP) else ffn(hn)
+            return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
+        a, kv = attn(self.input_layernorm(x), cos, sin, kv, start, first_slot)
         h = round_to(x.astype(jnp.float32) + a.astype(jnp.float32), x.dtype)
-        m = getattr(self, self.ffn_name)(self.post_attention_layernorm(h))
+        m = ffn(self.post_attention_layernorm(h))
         return round_to(h.astype(jnp.float32) + m.astype(jnp.float32), x.dtype), kv
 
     def _call_fused_norms(self, x, pending, cos, sin, kv, start, first_slot):
@@ -433,16 +473,18 @@ class LlamaForCausalLM(nnx.Module):
         shared = _shared_layer_graphs(self.model.layers, mesh)
         fused_norms = (DECODE_ADD_NORM is not None and t == 1 and mesh is None and not _checks_enabled()
                        and len(self.model.layers) > 0)
+        prologue = (DECODE_PROLOGUE_FUSION and not fused_norms and t == 1 and mesh is None
+                    and not _checks_enabled())
         if fused_norms:  # each layer gets (residual stream, the MLP output still to add): see DecoderLayer
             x = (x, None)
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             if shared is None:
-                x, kv = layer(x, cos, sin, kv, start, first_slot)
+                x, kv = _call_layer(layer, x, cos, sin, kv, start, first_slot, prologue)
             else:  # one trace (and one lowered function) serves every layer of the same structure
                 # a Python-int start (the prefill's 0) stays static: the fused prefill attention needs it
                 run = _layer_jit_static_start if isinstance(start, int) else _layer_jit
-                x, kv = run(shared[i], nnx.state(layer), x, cos, sin, kv, start, first_slot)
+                x, kv = run(shared[i], nnx.state(layer), x, cos, sin, kv, start, first_slot, prologue)
             if not fused_norms:
                 x = check_finite(x, f"model.layers.{i}")
             if kv is not None:
@@ -560,14 +602,20 @@ def _shared_layer_graphs(layers, mesh):
         return None
 
 
-@partial(jax.jit, static_argnums=0)
-def _layer_jit(graphdef, state, x, cos, sin, kv, start, first_slot):
-    return nnx.merge(graphdef, state)(x, cos, sin, kv, start, first_slot)
+def _call_layer(layer, x, cos, sin, kv, start, first_slot, prologue):
+    # a layer called without ``prologue`` where it is off: user wrappers of DecoderLayer need not take it
+    return layer(x, cos, sin, kv, start, first_slot, prologue) if prologue else layer(x, cos, sin, kv, start,
+                                                                                      first_slot)
 
 
-@partial(jax.jit, static_argnums=(0, 6))
-def _layer_jit_static_start(graphdef, state, x, cos, sin, kv, start, first_slot):
-    return nnx.merge(graphdef, state)(x, cos, sin, kv, start, first_slot)
+@partial(jax.jit, static_argnums=(0, 8))
+def _layer_jit(graphdef, state, x, cos, sin, kv, start, first_slot, prologue=False):
+    return _call_layer(nnx.merge(graphdef, state), x, cos, sin, kv, start, first_slot, prologue)
+
+
+@partial(jax.jit, static_argnums=(0, 6, 8))
+def _layer_jit_static_start(graphdef, state, x, cos, sin, kv, start, first_slot, prologue=False):
+    return _call_layer(nnx.merge(graphdef, state), x, cos, sin, kv, start, first_slot, prologue)
 
 
 def _tracing(*trees) -> bool:

@@ -12,12 +12,12 @@
 
 from quark_jax.nn.experts import EXPERT_SCALE_MODES, QuarkExperts
 from quark_jax.nn.kv_scales import FP8KVCacheScales, KVScale
-from quark_jax.nn.linear import InputCodes, QuarkLinear, QuarkParam, checkpoint_dtype
+from quark_jax.nn.linear import InputCodes, QuarkLinear, QuarkParam, TransformedInput, checkpoint_dtype
 from quark_jax.nn.load import load_weights, module_path
 from quark_jax.nn.linen import QuarkDense, linen_module_path
 from quark_jax.nn.parallel import DEFAULT_RULES, PartitionRules, ShardLayout, kv_cache_sharding
 from quark_jax.nn.substitute import as_quark_config, quantize_model, set_attr_at
 
-__all__ = ["QuarkLinear", "InputCodes", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
+__all__ = ["QuarkLinear", "InputCodes", "TransformedInput", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
            "QuarkDense", "linen_module_path", "FP8KVCacheScales", "KVScale",
            "set_attr_at", "as_quark_config", "QuarkExperts", "EXPERT_SCALE_MODES", "PartitionRules", "DEFAULT_RULES", "ShardLayout", "kv_cache_sharding"]

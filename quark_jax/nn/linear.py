@@ -25,7 +25,7 @@ from quark_jax.schemes import (QuarkScheme, UnquantizedLinearMethod, apply_param
 from quark_jax.runtime_checks import check_finite
 from quark_jax.value_checks import check_scale, is_scale_name
 
-__all__ = ["QuarkParam", "QuarkLinear", "InputCodes", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
+__all__ = ["QuarkParam", "QuarkLinear", "InputCodes", "TransformedInput", "checkpoint_dtype"]  # checkpoint_dtype re-exported from quark_jax.checkpoint
 
 
 class QuarkParam(nnx.Variable):
@@ -50,6 +50,34 @@ class InputCodes:
     @property
     def shape(self):
         return self.codes.shape
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformedInput:
+    """An activation x [..., K] handed to a :class:`QuarkLinear` as the operands of the elementwise op that forms
+    it (``kernels.prologue.transform_reference``), for a GEMM that forms x in its prologue
+    (:meth:`QuarkLinear.takes_transform`; other layers run the XLA composition first): ``transform`` "rmsnorm"
+    (``x`` the un-normalized rows [..., K], ``norm_rinv`` [..., 1] float32 = rsqrt(mean(x**2) + eps),
+    ``norm_weight`` [K]: the decoder's RMSNorm output) or "silu_mul" (``x`` the fused gate_up output [..., 2K]:
+    ``silu(gate) * up``). ``dtype``: x's float dtype.
+
+    >>> TransformedInput("silu_mul", jnp.zeros((1, 2, 64), jnp.bfloat16)).shape
+    (1, 2, 32)
+    """
+
+    transform: str
+    x: Any
+    norm_rinv: Any = None
+    norm_weight: Any = None
+
+    @property
+    def shape(self):
+        s = tuple(self.x.shape)
+        return s[:-1] + (s[-1] // 2,) if self.transform == "silu_mul" else s
+
+    @property
+    def dtype(self):
+        return self.x.dtype
 
 
 @functools.lru_cache(maxsize=512)
@@ -287,6 +315,13 @@ class QuarkLinear(nnx.Module):
             return None
         return self.scheme.static_input_quant(self.params())
 
+    def takes_transform(self) -> bool:
+        """Whether this layer forms a :class:`TransformedInput` inside its GEMM (the scheme's
+        ``takes_transform``: static FP8; weights loaded, not sharded)."""
+        if not self.weights_loaded or self.shard_layout is not None:
+            return False
+        return self.scheme.takes_transform(self.params())
+
     def unfinished(self, x):
         """``self(x)``, except that a split-K GEMM may hand back its unfinished partial sums
         (``kernels.tiling.SplitSums``, e.g. the static FP8 scheme on the Pallas kernel at decode) for a consumer
@@ -307,6 +342,22 @@ class QuarkLinear(nnx.Module):
                                   "quark_jax.load_weights(model, checkpoint), layer.load_checkpoint(checkpoint) or "
                                   "layer.load_params(raw), or call layer.mark_loaded() after restoring them",
                                   layer=self.name, expected="loaded weights", found="placeholder zeros")
+        if isinstance(x, TransformedInput):  # x's producer (an RMSNorm, SiLU-mul) in the GEMM's prologue
+            if x.shape[-1] != self.in_features:
+                raise ValueError(f"{self.name}: TransformedInput ({x.transform}): expected [..., {self.in_features}], "
+                                 f"got {tuple(x.shape)}")
+            bias = self.bias[...] if self.use_bias else None
+            if not self.takes_transform():
+                from quark_jax.kernels import transform_reference
+
+                v = jnp.asarray(x.x)
+                rinv = None if x.norm_rinv is None else jnp.asarray(x.norm_rinv).reshape(-1, 1)
+                v2 = transform_reference(x.transform, v.reshape(-1, v.shape[-1]), rinv, x.norm_weight)
+                return self(v2.reshape(*x.shape))
+            v = round_to(jnp.asarray(x.x), self.dtype if self.dtype is not None else x.dtype)
+            return check_finite(self.scheme.apply_transformed(self.params(), v, bias, transform=x.transform,
+                                                              norm_rinv=x.norm_rinv, norm_weight=x.norm_weight),
+                                self.name)
         if isinstance(x, InputCodes):  # already quantized with this layer's static scale: the GEMM only
             if x.shape[-1] != self.in_features or self.static_input_quant() is None:
                 raise ValueError(f"{self.name}: InputCodes input: expected [..., {self.in_features}] codes for a "

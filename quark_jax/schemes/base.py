@@ -227,6 +227,23 @@ class QuarkScheme(abc.ABC):
         :meth:`apply_unfinished`). Only for schemes whose :meth:`static_input_quant` is not None."""
         raise NotImplementedError(f"{type(self).__name__}: takes no pre-quantized input")
 
+    def takes_transform(self, params: Mapping[str, Any]) -> bool:
+        """Whether :meth:`apply_transformed` forms x inside its GEMM (a static FP8 input on the Pallas kernel's
+        prologue); default False."""
+        return False
+
+    def apply_transformed(self, params: Mapping[str, Any], x, bias=None, *, transform: str, norm_rinv=None,
+                          norm_weight=None):
+        """``apply_weights`` of ``kernels.prologue.transform_reference(transform, x, norm_rinv, norm_weight)``
+        (an RMSNorm's or ``silu(gate) * up``'s output, from their operands), the GEMM forming it itself where it
+        can (:meth:`takes_transform`). Default: the XLA composition, then :meth:`apply_weights`."""
+        from quark_jax.kernels import transform_reference
+
+        x = jnp.asarray(x)
+        x2 = transform_reference(transform, x.reshape(-1, x.shape[-1]),
+                                 None if norm_rinv is None else jnp.asarray(norm_rinv).reshape(-1, 1), norm_weight)
+        return self.apply_weights(params, x2.reshape(*x.shape[:-1], x2.shape[-1]), bias)
+
     def apply_unfinished(self, params: Mapping[str, Any], x, bias=None):
         """``apply_weights``, except that a GEMM whose epilogue a consumer kernel can run itself may return its
         unfinished partial sums (``kernels.tiling.SplitSums``; its ``finish()`` is ``apply_weights``' result).

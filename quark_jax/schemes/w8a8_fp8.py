@@ -135,6 +135,39 @@ class QuarkW8A8Fp8(QuarkScheme):
                                   out_dtype=out_dtype, impl=self.impl, finish=finish)
         return y.reshape(*lead, n)
 
+    def takes_transform(self, params: Mapping[str, Any]) -> bool:
+        """True for static e4m3fn activations (:meth:`static_input_quant`): :meth:`apply_transformed` hands the
+        transform to ``kernels.fp8_scaled_mm`` (the Pallas kernel forms x in its prologue)."""
+        return self.static_input_quant(params) is not None
+
+    def apply_transformed(self, params: Mapping[str, Any], x, bias=None, *, transform: str, norm_rinv=None,
+                          norm_weight=None):
+        """:meth:`apply_weights` of the RMSNorm output ("rmsnorm": x the un-normalized rows [..., K],
+        ``norm_rinv`` [..., 1] float32, ``norm_weight`` [K]) or of ``silu(gate) * up`` ("silu_mul": x the fused
+        gate_up output [..., 2K]); static e4m3fn activations: ``kernels.fp8_scaled_mm(..., transform=...)``, the
+        same output as the XLA composition then :meth:`apply_weights` (SPEC 11.7).
+
+        >>> s = QuarkW8A8Fp8(activation="static", impl="xla")
+        >>> p = s.process_weights_after_loading({"weight": jnp.ones((16, 32), jnp.float8_e4m3fn),
+        ...                                      "weight_scale": jnp.array([0.5]), "input_scale": jnp.array([0.25])})
+        >>> gu = jnp.concatenate([jnp.full((2, 32), 30.0), jnp.ones((2, 32))], axis=-1)   # silu(30) * 1 = 30
+        >>> s.apply_transformed(p, gu, transform="silu_mul")[0, :2].tolist()   # 0.25 * 0.5 * 32 * q(120)
+        [480.0, 480.0]
+        """
+        if not self.takes_transform(params):
+            return super().apply_transformed(params, x, bias, transform=transform, norm_rinv=norm_rinv,
+                                             norm_weight=norm_weight)
+        weight = params["weight"]
+        n = weight.shape[0]
+        x = jnp.asarray(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        rinv = None if norm_rinv is None else jnp.asarray(norm_rinv, jnp.float32).reshape(-1, 1)
+        y = kernels.fp8_scaled_mm(x2, weight, params["input_scale"], params["weight_scale"], bias,
+                                  out_dtype=x2.dtype, impl=self.impl,
+                                  x_scale_reciprocal=params["input_scale_reciprocal"], transform=transform,
+                                  norm_rinv=rinv, norm_weight=norm_weight)
+        return y.reshape(*x.shape[:-1], n)
+
     def apply_unfinished(self, params: Mapping[str, Any], x, bias=None):
         """:meth:`apply_weights`; static e4m3fn activations on the Pallas split-K path (no bias) come back as the
         GEMM's unfinished ``kernels.tiling.SplitSums`` (the same values once finished).

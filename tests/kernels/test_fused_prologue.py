@@ -7,6 +7,7 @@ past the range), NaN and +-inf, and values that sit on rounding ties of the divi
 interpret mode; on a CUDA GPU these same tests run the compiled kernels (``div.rn.f32`` / ``cvt.rni.sat`` PTX).
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -154,3 +155,123 @@ def test_entry_float_activations():
         kernels.int8_scaled_mm(x, wi, jnp.full((4, 1), 0.02), 0.01, impl="xla")
     with pytest.raises(ValueError, match="x_zero_point"):
         kernels.int8_scaled_mm(qi, wi, s, 0.01, x_zero_point=z, impl="xla")
+
+
+# ---- transforms: the RMSNorm / SiLU-mul formed in the FP8 GEMM's prologue (llama.DECODE_PROLOGUE_FUSION)
+
+TRANSFORM_CASES = [  # (name, (M, K, N), config): M = 1 takes the one-real-row path of the tensor-core tiles
+    ("wx_m1_split", (1, 128, 32), C8(block_m=16, block_n=16, block_k=32, split_k=2, inner="wx")),
+    ("wx_ragged", (5, 96, 32), C8(block_m=16, block_n=16, block_k=32, inner="wx")),
+    ("fma_m1", (1, 64, 32), C8(block_m=1, block_n=16, block_k=32, inner="fma", num_warps=2)),
+    ("xw_grouped_ragged", (37, 64, 48), C8(block_m=16, block_n=16, block_k=32, group_m=2)),
+]
+
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def same_or_silu_close(a, b, transform, impl="pallas"):
+    """Bit for bit; the compiled kernel's SiLU (SPEC 11.7) may move a bf16 value by one ulp and so, now and then,
+    an FP8 code by one step (2^-3 relative): then at most 2% of the outputs differ, each within 2^-2 relative
+    (or a small absolute slack)."""
+    if not (ON_GPU and transform == "silu_mul" and impl == "pallas"):
+        return same(a, b)
+    a = np.asarray(jnp.asarray(a).astype(jnp.float32))
+    b = np.asarray(jnp.asarray(b).astype(jnp.float32))
+    diff = a != b
+    slack = 0.25 * np.abs(b) + 0.05 * np.abs(b).max()
+    return diff.mean() <= 0.02 and np.all(np.abs(a - b) <= slack)
+
+
+def norm_operands(r, m, k, eps=1e-5):
+    """Residual rows h (bf16, a wide spread of magnitudes), their inverse RMS as the model computes it and a
+    norm weight."""
+    from quark_jax.models.llama import RMSNorm
+
+    h = jnp.asarray(r.standard_normal((m, k)) * np.exp(r.uniform(-3, 3, (m, 1))), jnp.bfloat16)
+    norm = RMSNorm(k, eps=eps, dtype=jnp.bfloat16)
+    norm.weight.set_value(jnp.asarray(r.uniform(0.2, 2.0, k), jnp.bfloat16))
+    return h, norm
+
+
+@pytest.mark.parametrize("name,shape,config", TRANSFORM_CASES, ids=[c[0] for c in TRANSFORM_CASES])
+def test_fp8_transform_equals_unfused(name, shape, config):
+    """The GEMM with each prologue transform equals the unfused XLA composition (the model's RMSNorm module /
+    ``jax.nn.silu(g) * u`` rounded once, then the quantize and the same GEMM on the codes) bit for bit, with a
+    bias, ragged M and a K split."""
+    m, k, n = shape
+    r = rng("fp8_transform", name)
+    s = jnp.float32(r.uniform(0.005, 0.02))
+    w = jnp.asarray(np.clip(r.standard_normal((n, k)) * 100, -448, 448), jnp.float32).astype(F8)
+    ws, b = jnp.float32(0.0037), jnp.asarray(r.standard_normal(n), jnp.bfloat16)
+    h, norm = norm_operands(r, m, k)
+    x_norm = norm(h)  # the decoder's RMSNorm as written (statistics and products in float32, two roundings)
+    gu = jnp.asarray(r.standard_normal((m, 2 * k)) * 4, jnp.bfloat16)
+    gu = gu.at[0, :3].set(jnp.asarray([-100.0, 100.0, 0.0], jnp.bfloat16))  # silu(-100) = -0 * exp, 100, 0
+    g, u = gu[:, :k].astype(jnp.float32), gu[:, k:].astype(jnp.float32)
+    x_silu = quant.round_to(jax.nn.silu(g) * u, jnp.bfloat16)  # llama.MLP as written
+    for transform, x, kw, x_ref in [("rmsnorm", h, dict(norm_rinv=norm.inverse_rms(h), norm_weight=norm.weight[...]),
+                                     x_norm), ("silu_mul", gu, {}, x_silu)]:
+        fused = fp8_pallas.fp8_scaled_mm_pallas(x, w, s, ws, b, config=config, transform=transform, **kw)
+        unfused = fp8_pallas.fp8_scaled_mm_pallas(quant.scaled_fp8_quant(x_ref, s)[0], w, s, ws, b, config=config)
+        assert fused.shape == (m, n) and fused.dtype == jnp.bfloat16
+        assert same_or_silu_close(fused, unfused, transform), transform
+        assert same(prologue.transform_reference(transform, x, kw.get("norm_rinv"), kw.get("norm_weight")), x_ref)
+        # the entry: Pallas forms x in the kernel, XLA runs the composition first; the same output
+        for impl in ("pallas", "xla"):
+            y = kernels.fp8_scaled_mm(x, w, s, ws, b, impl=impl, transform=transform, **kw)
+            assert same_or_silu_close(y, unfused, transform, impl), impl
+
+
+def test_fp8_transform_codes_exact():
+    """The in-kernel codes of each transform, element by element: an identity weight and unit weight scale give
+    ``s * code`` (exact in f32), against the reference transform quantized by ``quant.scaled_fp8_quant``."""
+    r = rng("fp8_transform_codes")
+    m, k = 1, 64
+    s = jnp.float32(3.0 / 448.0)
+    eye = jnp.eye(k, dtype=jnp.float32).astype(F8)
+    h, norm = norm_operands(r, m, k)
+    gu = jnp.asarray(r.standard_normal((m, 2 * k)) * 4, jnp.bfloat16)
+    cfg = C8(block_m=16, block_n=32, block_k=32, inner="wx")
+    for transform, x, kw in [("rmsnorm", h, dict(norm_rinv=norm.inverse_rms(h), norm_weight=norm.weight[...])),
+                             ("silu_mul", gu, {})]:
+        got = fp8_pallas.fp8_scaled_mm_pallas(x, eye, s, jnp.float32(1.0), out_dtype=jnp.float32, config=cfg,
+                                              transform=transform, **kw)
+        ref = prologue.transform_reference(transform, x, kw.get("norm_rinv"), kw.get("norm_weight"))
+        assert same_or_silu_close(got, quant.scaled_fp8_quant(ref, s)[0].astype(jnp.float32) * s, transform)
+
+
+def test_silu_mul_within_one_bf16_ulp_of_float64():
+    """SPEC 11.7: the SiLU-mul in either form (XLA's logistic, as in interpret mode and the model; the compiled
+    kernel's ``g * (1 / (1 + exp(-g)))`` with an IEEE division, emulated in numpy float32) is within one bf16
+    ulp of ``silu(g) * u`` in float64 (a float32 error of a few ulp moves the bf16 rounding by at most one)."""
+    r = rng("silu_mul_float64")
+    g = np.asarray(jnp.asarray(np.concatenate([r.standard_normal(20000) * 4, r.uniform(-90, 90, 4000)]),
+                               jnp.bfloat16).astype(jnp.float32))
+    u = np.asarray(jnp.asarray(r.standard_normal(g.size) * 3, jnp.bfloat16).astype(jnp.float32))
+    exact = g.astype(np.float64) / (1.0 + np.exp(-g.astype(np.float64))) * u.astype(np.float64)
+    xla = np.asarray(prologue.silu_mul_tile(jnp.asarray(g, jnp.bfloat16)[None], jnp.asarray(u, jnp.bfloat16)[None],
+                                            interpret=True).astype(jnp.float32))[0]
+    with np.errstate(over="ignore"):
+        g32 = g.astype(np.float32)
+        gpu = g32 * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g32))) * u
+    gpu = np.asarray(jnp.asarray(gpu).astype(jnp.bfloat16).astype(jnp.float32))
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(exact), 1e-30))) - 7)  # bf16: 8 significant bits
+    for got in (xla, gpu):
+        err = np.abs(got.astype(np.float64) - exact)
+        assert np.all(err <= ulp), float(np.max(err / ulp))
+    assert np.mean(np.abs(xla.astype(np.float64) - exact) <= ulp / 2) > 0.99  # mostly the correctly rounded value
+
+
+def test_transform_errors():
+    x = jnp.ones((2, 64), jnp.bfloat16)
+    w = jnp.ones((32, 64), F8)
+    with pytest.raises(ValueError, match="2K"):
+        kernels.fp8_scaled_mm(x, w, jnp.float32(1.0), jnp.float32(1.0), transform="silu_mul", impl="xla")
+    with pytest.raises(ValueError, match="norm_rinv"):
+        kernels.fp8_scaled_mm(x, w, jnp.float32(1.0), jnp.float32(1.0), transform="rmsnorm", impl="xla")
+    with pytest.raises(ValueError, match="static per-tensor"):
+        kernels.fp8_scaled_mm(x.astype(F8), w, jnp.float32(1.0), jnp.float32(1.0), transform="silu_mul",
+                              impl="xla")
+    with pytest.raises(ValueError, match="transform"):
+        kernels.fp8_scaled_mm(x, w, jnp.float32(1.0), jnp.float32(1.0), transform="gelu", impl="xla")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from quark_jax import quant
-from quark_jax.kernels import _dispatch, _validate
+from quark_jax.kernels import _dispatch, _validate, prologue
 from quark_jax.kernels.fp8_scaled_mm.xla import fp8_scaled_mm_xla
 
 FP8_DTYPES = (jnp.float8_e4m3fn, jnp.float8_e4m3fnuz)
@@ -24,7 +24,7 @@ measured on the H200 (2026-12-02, benchmarks/NOTES.md) the prologue made the dec
 
 
 def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, impl="auto",
-                  x_scale_reciprocal=None, finish=True):
+                  x_scale_reciprocal=None, finish=True, transform="none", norm_rinv=None, norm_weight=None):
     """Scaled FP8 GEMM ``y[m, n] = out(x_scale[m] * (w_scale[n] * sum_k x_q[m, k] w_q[n, k]) + bias[n])``.
 
     Args:
@@ -44,6 +44,12 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
       finish: False: where the Pallas kernel splits K (no bias, per-tensor x_scale), return its float32 partial
         sums and scales as ``kernels.tiling.SplitSums`` for a consumer that applies the epilogue itself
         (``kernels.add_rmsnorm``); every other case returns the finished array.
+      transform: float x with a static per-tensor scale only: the GEMM's input is formed from x first
+        (``prologue.transform_reference``): "none" (x itself); "rmsnorm" (x = the un-normalized rows h [M, K],
+        ``norm_rinv`` [M, 1] float32 their rsqrt(mean(h**2) + eps), ``norm_weight`` [K]: the decoder's RMSNorm
+        output); "silu_mul" (x = the fused gate_up output [M, 2K]: ``silu(gate) * up`` rounded to x's dtype). The
+        Pallas kernel forms and quantizes it in its prologue (no separate kernel; always, whatever
+        ``FUSE_PROLOGUE``); other impls run the XLA composition first, then the GEMM as for float x.
 
     Returns [M, N] ``out_dtype`` (or ``SplitSums``, see ``finish``). The f32 accumulation is exact-order-independent only up to f32 rounding.
 
@@ -52,6 +58,16 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     >>> fp8_scaled_mm(x, w, jnp.float32(0.5), jnp.float32(2.0), impl="xla")[0, :3].tolist()
     [32.0, 32.0, 32.0]
     """
+    if transform != "none":
+        from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+
+        x_in = jnp.asarray(x_q)
+        if x_in.ndim != 2:
+            raise ValueError(f"x_q: expected a matrix, got shape {tuple(x_in.shape)}")
+        pallas_triton._check_transform(transform, x_in, jnp.asarray(w_q), jnp.asarray(x_scale, jnp.float32),
+                                       norm_rinv, norm_weight)
+        # the GEMM's x as XLA would form it (dead code where the Pallas kernel forms it in its prologue)
+        x_q = prologue.transform_reference(transform, x_in, norm_rinv, norm_weight)
     x_q, w_q, x_scale, w_scale, bias, (m, k, n) = _validate.scaled_mm_operands(
         x_q, w_q, x_scale, w_scale, bias, FP8_DTYPES + FLOAT_INPUTS, "[M, K] fp8 (or float with a static scale)",
         w_dtypes=FP8_DTYPES)
@@ -69,6 +85,14 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     supported = w_q.dtype == jnp.float8_e4m3fn and n % 16 == 0 and k % 16 == 0
     which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, supported=supported,
                                    allowed=_dispatch.IMPLS_WITH_MOSAIC)
+    if which == "pallas" and transform != "none":
+        _validate.multiple_of("w_q", n, 16, "N")
+        _validate.multiple_of("w_q", k, 16, "K")
+        from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+
+        return pallas_triton.fp8_scaled_mm_pallas(x_in, w_q, x_scale, w_scale, bias, out_dtype=out_dtype,
+                                                  finish=bool(finish), transform=transform, norm_rinv=norm_rinv,
+                                                  norm_weight=norm_weight)
     if (which != "pallas" or not FUSE_PROLOGUE) and x_q.dtype in FLOAT_INPUTS:  # the others take quantized x
         x_q = quant.scaled_fp8_quant(x_q, x_scale, dtype=jnp.float8_e4m3fn, scale_reciprocal=x_scale_reciprocal)[0]
     if which == "mosaic":

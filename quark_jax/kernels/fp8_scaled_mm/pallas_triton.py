@@ -193,8 +193,10 @@ def _dot_nt(a, b):
 
 def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Config,
             per_token: bool, per_channel: bool, has_bias: bool, partial: bool, out_dtype, quantize: bool = False,
-            interpret: bool = False):
+            interpret: bool = False, transform: str = "none"):
     b_ref = rest[0] if has_bias else None
+    if transform == "rmsnorm":  # the norm's inverse RMS [M] f32 and weight [K], after the bias
+        nr_ref, nw_ref = rest[int(has_bias)], rest[int(has_bias) + 1]
     o_ref = rest[-1]
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     num_m, num_n = pl.cdiv(m, bm), n // bn
@@ -210,35 +212,79 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, m: int, k: int, n: int, cfg: Co
     # fused prologue: x arrives in its float dtype and is quantized here with the static per-tensor scale
     # (1 / scale correctly rounded once per program; quark_jax.kernels.prologue), bit for bit vLLM's quantizer
     inv = prologue.static_inverse(xs_ref[0], (1, bk), interpret=interpret) if quantize else None
+    # with a transform, one real row (M = 1) is formed and quantized as a [1, bk] row and then placed in the
+    # zero-padded [bm, bk] MMA tile: the 15 padding rows cost no prologue work (they did in the measured
+    # "fp8_static" prologue, benchmarks/NOTES.md "Decode fusion and compile time")
+    one_row = transform != "none" and m == 1 and bm > 1
+    if transform == "rmsnorm":
+        if one_row or cfg.inner == "fma":
+            rinv = nr_ref[pl.ds(r0, 1)][:, None]  # [1, 1]
+        else:
+            view = nr_ref.at[pl.ds(r0, bm)]
+            rinv = (plgpu.load(view, mask=row_mask, other=0.0) if ragged else view[...])[:, None]
 
-    def prep(x):
-        return prologue.fp8_static_tile(x, inv) if quantize else x
+    # the rows a program forms: the real row (one_row), its single row (fma: block_m == 1), or its row block
+    x_row0, x_rows = (0, 1) if one_row else (r0, 1) if cfg.inner == "fma" else (r0, bm)
+    x_mask = row_mask[:, None] if ragged and not one_row and cfg.inner != "fma" else None
 
-    def load_x(k0):
-        ref = x_ref.at[pl.ds(r0, bm), pl.ds(k0, bk)]
-        return prep(plgpu.load(ref, mask=row_mask[:, None], other=zero_x) if ragged else ref[...])
+    def raw_x(k0):
+        """The raw operands of the activation tile at K offset k0, as loaded (the prologue's inputs)."""
+        def ld(col0):
+            ref = x_ref.at[pl.ds(x_row0, x_rows), pl.ds(col0, bk)]
+            return plgpu.load(ref, mask=x_mask, other=zero_x) if x_mask is not None else ref[...]
+
+        if transform == "rmsnorm":
+            return ld(k0), nw_ref[pl.ds(k0, bk)][None, :]
+        if transform == "silu_mul":  # gate columns [0, K), up columns [K, 2K) of the fused gate_up output
+            return ld(k0), ld(k + k0)
+        return (ld(k0),)
+
+    def tile_x(raw):
+        """The quantized tile from :func:`raw_x`'s operands ([bm, bk]; [1, bk] for fma)."""
+        if transform == "rmsnorm":
+            x = prologue.rmsnorm_tile(raw[0], rinv, raw[1], interpret=interpret)
+        elif transform == "silu_mul":
+            x = prologue.silu_mul_tile(raw[0], raw[1], interpret=interpret)
+        else:
+            x = raw[0]
+        x = prologue.fp8_static_tile(x, inv) if quantize else x
+        if one_row:  # the formed row, then the zero padding rows of the MMA tile
+            first = jnp.arange(bm, dtype=jnp.int32)[:, None] == 0
+            x = jnp.where(first, jnp.broadcast_to(x.astype(jnp.float32), (bm, bk)), 0.0).astype(x.dtype)
+        return x
+
+    steps = k_len // bk
+
+    def k_loop(product, acc0):
+        """``acc0 + sum over the program's K steps of product(k0, x tile)``. With a transform the next step's
+        raw operands are loaded one iteration ahead (carried in registers): Triton pipelines only the loads
+        that feed a dot directly, and these feed the prologue's arithmetic."""
+        if transform == "none":
+            def body(i, acc):
+                k0 = pl.multiple_of(k_first + i * bk, bk)
+                return acc + product(k0, tile_x(raw_x(k0)))
+
+            return lax.fori_loop(0, steps, body, acc0)
+
+        def body_prefetch(i, carry):
+            acc, cur = carry
+            k0 = pl.multiple_of(k_first + i * bk, bk)
+            nxt = raw_x(pl.multiple_of(k_first + jnp.minimum(i + 1, steps - 1) * bk, bk))  # last: reloads its own
+            return acc + product(k0, tile_x(cur)), nxt
+
+        return lax.fori_loop(0, steps, body_prefetch, (acc0, raw_x(k_first)))[0]
 
     if cfg.inner == "fma":
-        def body(i, acc):
-            k0 = pl.multiple_of(k_first + i * bk, bk)
-            w = w_ref[pl.ds(c0, bn), pl.ds(k0, bk)].astype(jnp.float32)
-            x = prep(x_ref[pl.ds(r0, 1), pl.ds(k0, bk)]).astype(jnp.float32)
-            return acc + w * x
+        def fma(k0, x):
+            return w_ref[pl.ds(c0, bn), pl.ds(k0, bk)].astype(jnp.float32) * x.astype(jnp.float32)
 
-        acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros((bn, bk), jnp.float32))
+        acc = k_loop(fma, jnp.zeros((bn, bk), jnp.float32))
         acc = jnp.sum(acc, axis=1)[None, :]  # [1, bn]
     elif cfg.inner == "wx":
-        def body(i, acc):
-            k0 = pl.multiple_of(k_first + i * bk, bk)
-            return acc + _dot_nt(w_ref[pl.ds(c0, bn), pl.ds(k0, bk)], load_x(k0))
-
-        acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros((bn, bm), jnp.float32)).T  # [bm, bn]
+        acc = k_loop(lambda k0, x: _dot_nt(w_ref[pl.ds(c0, bn), pl.ds(k0, bk)], x),
+                     jnp.zeros((bn, bm), jnp.float32)).T  # [bm, bn]
     else:
-        def body(i, acc):
-            k0 = pl.multiple_of(k_first + i * bk, bk)
-            return acc + _dot_nt(load_x(k0), w_ref[pl.ds(c0, bn), pl.ds(k0, bk)])
-
-        acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros((bm, bn), jnp.float32))
+        acc = k_loop(lambda k0, x: _dot_nt(x, w_ref[pl.ds(c0, bn), pl.ds(k0, bk)]), jnp.zeros((bm, bn), jnp.float32))
 
     out_mask = row_mask[:, None] if ragged else None
     if partial:
@@ -281,9 +327,34 @@ def _check(x_q, w_q, x_scale, w_scale, bias, out_dtype):
         raise ValueError(f"bias: expected shape ({n},), got {tuple(bias.shape)}")
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret", "finish"))
+def _check_transform(transform, x, w_q, x_scale, norm_rinv, norm_weight):
+    """Validate a prologue transform's operands; returns x's K columns as the GEMM sees them (float x [M, K]
+    normalized, or [M, 2K] gate_up -> K)."""
+    if transform not in prologue.TRANSFORMS:
+        raise ValueError(f"transform: expected one of {prologue.TRANSFORMS}, got {transform!r}")
+    if transform == "none":
+        return x.shape[1]
+    if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in FLOAT_INPUTS] or x_scale.shape != ():
+        raise ValueError(f"transform={transform!r}: x must be float (bf16, f16, f32) with a static per-tensor "
+                         f"x_scale, got {x.dtype} and x_scale of shape {tuple(x_scale.shape)}")
+    m, kx = x.shape
+    k = w_q.shape[1]
+    if transform == "silu_mul":
+        if kx != 2 * k:
+            raise ValueError(f"x: transform='silu_mul' takes the gate_up output [M, 2K] = [{m}, {2 * k}], got "
+                             f"{tuple(x.shape)}")
+    else:
+        if norm_rinv is None or norm_weight is None:
+            raise ValueError("transform='rmsnorm' needs norm_rinv [M, 1] (float32) and norm_weight [K]")
+        if tuple(norm_rinv.shape) not in ((m, 1), (m,)) or tuple(norm_weight.shape) != (kx,):
+            raise ValueError(f"norm_rinv / norm_weight: expected [{m}, 1] and [{kx}], got "
+                             f"{tuple(norm_rinv.shape)} and {tuple(norm_weight.shape)}")
+    return k
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret", "finish", "transform"))
 def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat16, config=None,
-                         interpret=None, finish=True):
+                         interpret=None, finish=True, transform="none", norm_rinv=None, norm_weight=None):
     """The fused FP8 GEMM ``out(x_scale * (w_scale * (x_q @ w_q.T)) + bias)`` as one Pallas-Triton kernel.
 
     Args:
@@ -299,6 +370,11 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
       interpret: run the kernel in Pallas interpret mode; None means "unless on a CUDA GPU".
       finish: False: a split-K run without bias and with a per-tensor x_scale returns its partial sums and
         scales unfinished (``tiling.SplitSums``, for a consumer kernel that applies the epilogue itself).
+      transform: float x with a static scale only: what the prologue forms from x before quantizing it
+        (``prologue.transform_reference``): "none"; "rmsnorm" (x the un-normalized rows h [M, K], with
+        ``norm_rinv`` [M, 1] float32 = rsqrt(mean(h**2) + eps) and ``norm_weight`` [K]: the RMSNorm output);
+        "silu_mul" (x the fused gate_up output [M, 2K]: ``silu(gate) * up``). At M = 1 only the real row is
+        formed and quantized.
 
     Returns [M, N] ``out_dtype`` (or a ``tiling.SplitSums``, see ``finish``).
 
@@ -307,11 +383,16 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     >>> y = fp8_scaled_mm_pallas(x, w, jnp.float32(0.5), jnp.full((32,), 2.0), jnp.ones(32), out_dtype=jnp.float32)
     >>> y.shape, float(y[2, 31])
     ((3, 32), 65.0)
+    >>> gu = jnp.concatenate([jnp.zeros((1, 32)), jnp.ones((1, 32))], axis=1).astype(jnp.bfloat16)  # silu(0) = 0
+    >>> float(fp8_scaled_mm_pallas(gu, w[:, :32], jnp.float32(1.0), jnp.float32(1.0), transform="silu_mul")[0, 0])
+    0.0
     """
     x_scale = jnp.asarray(x_scale, jnp.float32)
     w_scale = jnp.asarray(w_scale, jnp.float32)
-    _check(x_q, w_q, x_scale, w_scale, bias, out_dtype)
-    m, k = x_q.shape
+    m = x_q.shape[0]
+    k = _check_transform(transform, x_q, w_q, x_scale, norm_rinv, norm_weight)
+    _check(x_q if transform != "silu_mul" else jax.ShapeDtypeStruct((m, k), x_q.dtype), w_q, x_scale, w_scale,
+           bias, out_dtype)
     n = w_q.shape[0]
     if interpret is None:
         interpret = _dispatch.pallas_interpret()
@@ -320,18 +401,19 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     partial = cfg.split_k > 1
     xs = x_scale.reshape(m) if per_token else x_scale.reshape(1)
     ws = w_scale if per_channel else w_scale.reshape(1)
-    operands = [x_q, w_q, xs, ws] + ([bias] if has_bias else [])
+    operands = [x_q, w_q, xs, ws] + ([bias] if has_bias and not partial else [])  # partial: bias in XLA below
+    if transform == "rmsnorm":
+        operands += [jnp.asarray(norm_rinv, jnp.float32).reshape(m), norm_weight]
     out_shape = (jax.ShapeDtypeStruct((cfg.split_k, m, n), jnp.float32) if partial
                  else jax.ShapeDtypeStruct((m, n), out_dtype))
     kernel = functools.partial(
         _kernel, m=m, k=k, n=n, cfg=cfg, per_token=per_token, per_channel=per_channel,
         has_bias=has_bias and not partial, partial=partial, out_dtype=jnp.dtype(out_dtype),
-        quantize=x_q.dtype != jnp.float8_e4m3fn, interpret=bool(interpret))
-    if partial:  # the bias joins in the XLA epilogue below
-        operands = operands[:4]
+        quantize=x_q.dtype != jnp.float8_e4m3fn, interpret=bool(interpret), transform=transform)
     grid = (pl.cdiv(m, cfg.block_m) * (n // cfg.block_n), cfg.split_k)
     name = (f"fp8_scaled_mm_{cfg.inner}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{cfg.split_k}"
-            + ("_q" if x_q.dtype != jnp.float8_e4m3fn else ""))
+            + ("_q" if x_q.dtype != jnp.float8_e4m3fn else "") + {"none": "", "rmsnorm": "_norm",
+                                                                  "silu_mul": "_silu"}[transform])
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape, grid=grid)(*operands)
     if not partial:
         return y
