@@ -80,6 +80,8 @@ def test_fp8_decode_with_prologue_fusion_equals_unfused(monkeypatch):
     assert set(ref[3]) == {"none"}
     # one trace serves both layers (shared layer graphs): qkv (norm), o_proj, gate_up (norm), down (SiLU-mul)
     assert got[3] == ["rmsnorm", "none", "rmsnorm", "silu_mul"]
+    monkeypatch.setattr(llama, "DECODE_PROLOGUE_MAX_ROWS", 0)  # batches above the cap: the XLA path
+    assert set(decode_step(model, True)[3]) == {"none"}
 
 
 def test_bf16_decode_with_prologue_fusion_unchanged():

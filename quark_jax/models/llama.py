@@ -64,6 +64,11 @@ when the decode step is traced (like ``DECODE_ADD_NORM``, which takes precedence
 (the norm bit for bit; the SiLU within an ulp of float32 on a GPU). Off until measured on the GPU
 (benchmarks/NOTES.md, "Session 8, helper prologue")."""
 
+DECODE_PROLOGUE_MAX_ROWS: int = 16
+"""``DECODE_PROLOGUE_FUSION`` applies to decode steps of at most this many rows (the batch): the kernel forms
+only the real row at M = 1, all 16 rows of its tile above (the form of the in-kernel quantize that measured slower,
+benchmarks/NOTES.md "Decode fusion and compile time"); 1 restricts it to batch 1. Read when traced."""
+
 
 class RMSNorm(nnx.Module):
     """``weight * dtype(x * rsqrt(mean(x**2) + eps))`` with the statistics in float32 (HF ``LlamaRMSNorm``)."""
@@ -473,8 +478,8 @@ class LlamaForCausalLM(nnx.Module):
         shared = _shared_layer_graphs(self.model.layers, mesh)
         fused_norms = (DECODE_ADD_NORM is not None and t == 1 and mesh is None and not _checks_enabled()
                        and len(self.model.layers) > 0)
-        prologue = (DECODE_PROLOGUE_FUSION and not fused_norms and t == 1 and mesh is None
-                    and not _checks_enabled())
+        prologue = (DECODE_PROLOGUE_FUSION and not fused_norms and t == 1 and b <= DECODE_PROLOGUE_MAX_ROWS
+                    and mesh is None and not _checks_enabled())
         if fused_norms:  # each layer gets (residual stream, the MLP output still to add): see DecoderLayer
             x = (x, None)
         for i, layer in enumerate(self.model.layers):
