@@ -619,11 +619,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--decode-prologue", action="store_true",
                     help="llama.DECODE_PROLOGUE_FUSION: the decode step's RMSNorm / SiLU-mul in the FP8 GEMMs' "
                          "prologue (set before any model runs; not passed to --second-process)")
+    ap.add_argument("--dense-gemm", default=None, choices=("auto", "layers", "xla"),
+                    help="llama.DENSE_DECODE_GEMM (the float projections' decode GEMM; 'layers': not the LM head), "
+                         "set before any run (not passed to --second-process)")
     args = ap.parse_args(argv)
     if args.decode_prologue and not args.torch:
         from quark_jax.models import llama
 
         llama.DECODE_PROLOGUE_FUSION = True  # read when the decode step is traced
+    if args.dense_gemm is not None and not args.torch:
+        from quark_jax.models import llama
+
+        llama.DENSE_DECODE_GEMM = args.dense_gemm  # read when traced
     if args.prefill_options is not None:
         from quark_jax.models import generation
 
@@ -663,6 +670,8 @@ def main(argv=None) -> dict:
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))
 
+    if args.dense_gemm is not None:
+        results["dense_decode_gemm"] = args.dense_gemm
     if peer is not None:
         results["torch_peer"] = peer
         save()

@@ -1,9 +1,10 @@
 """GEMM benchmark (run on a GPU): each op's entry (``impl="pallas"``, ``"xla"``, and ``"auto"``) timed by the
 package tuner (``quark_jax.kernels.tuning.tuner``), beside each op's extra rows from ``benchmarks/gemm_<op>.py``
-(XLA bf16 baseline, torch, ...).
+(XLA bf16 baseline, torch, ...). ``--ops dense`` (the float decode GEMM ``kernels.dense_mm``, not a tuned op: no
+table is written for it) times ``benchmarks/gemm_dense.py``'s rows instead (default shapes: the 8B decode shapes).
 
 Usage (from the repo root, on the device):
-    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4,int4,fp8block,mxfp6] [--m 1,16,64,256,2048]
+    PYTHONPATH=. python benchmarks/bench_gemm.py [--ops fp8,int8,mxfp4,int4,fp8block,mxfp6,dense] [--m 1,16,64,256,2048]
         [--shapes 4096x14336,14336x4096,4096x4096,8192x8192] [--json OUT.json] [--write-table DIR]
         [--check-auto] [--no-extras] [--deadline SECONDS] [--sweep] [--rows NAME,NAME,...]
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", default="fp8,int8,mxfp4")
     p.add_argument("--m", default="1,16,64,256,2048")
-    p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in tuner.STANDARD_SHAPES))
+    p.add_argument("--shapes", default=None, help="KxN,... (default: the standard shapes; dense: the 8B decode ones)")
     p.add_argument("--json", default=None)
     p.add_argument("--write-table", default=None, metavar="DIR")
     p.add_argument("--check-auto", action="store_true")
@@ -91,8 +92,11 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=None, help="comma-separated extra row names to keep (baseline always kept)")
     a = p.parse_args(argv)
     deadline = time.monotonic() + a.deadline if a.deadline else None
-    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
-    ops = [OPS[o] for o in a.ops.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else None
+    ops = [OPS[o] for o in a.ops.split(",") if o != "dense"]
+    if "dense" in a.ops.split(","):
+        return dense_main(a, shapes, deadline)
+    shapes = shapes or list(tuner.STANDARD_SHAPES)
     pts = tuner.points([(op, k, n) for op in ops for k, n in shapes], [int(v) for v in a.m.split(",")])
     if a.write_table:
         os.environ["QUARK_JAX_TUNING_DIR"] = a.write_table
@@ -134,6 +138,27 @@ def main(argv=None) -> int:
     print(f"device: {kind}; date: {stamp}; points: {len({(r['op'], r['m'], r['k'], r['n']) for r in rows})}; "
           f"auto misses: {len(misses)}; table: {path if a.write_table else 'not written'}")
     return 1 if a.check_auto and misses else 0
+
+
+def dense_main(a, shapes, deadline) -> int:
+    """``--ops dense``: ``gemm_dense``'s rows at every M and shape (other ops in ``--ops`` are left out)."""
+    import gemm_dense
+
+    kind, _ = tuning.current_device()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows, extras = gemm_dense.run([int(v) for v in a.m.split(",")], shapes or gemm_dense.SHAPES, Case, timer,
+                                  sweep=a.sweep, deadline=deadline)
+    rows = with_metrics(rows, extras)
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(device=kind, date=stamp, timing="kernel", rows=rows), indent=1))
+    for point in sorted({(r["m"], r["k"], r["n"]) for r in rows}):
+        ok = [r for r in rows if (r["m"], r["k"], r["n"]) == point and r["seconds"] == r["seconds"]]
+        best = min(ok, key=lambda r: r["seconds"]) if ok else None
+        if best:
+            print(f"M={point[0]} {point[1]}x{point[2]}: fastest {best['name']} {best['seconds'] * 1e6:.1f} us "
+                  f"({best['gbps']:.0f} GB/s)")
+    print(f"device: {kind}; date: {stamp}; dense rows: {len(rows)}")
+    return 0
 
 
 if __name__ == "__main__":

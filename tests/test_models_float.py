@@ -363,7 +363,7 @@ def test_checkpoint_layer_names_must_match_the_model(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"missing tensors: model.layers.1.self_attn.v_proj.weight"):
         from_pretrained(write_checkpoint(tmp_path / "missing", cfg, missing), fuse_projections=False)
     with pytest.raises(CheckpointMismatchError, match=r"missing tensors: model.layers.1.self_attn.v_proj.weight "
-                                                      r"\(for Linear model.layers.1.self_attn.qkv_proj.kernel\)"):
+                                                      r"\(for DenseLinear model.layers.1.self_attn.qkv_proj.kernel\)"):
         from_pretrained(tmp_path / "missing")  # the fused layout names the absent shard
     bad = dict(weights, **{"model.layers.0.mlp.up_proj.weight": np.zeros((48, 31), np.float32)})
     with pytest.raises(CheckpointMismatchError, match=r"up_proj.weight has shape \[48, 31\], expected \[48, 32\]"):

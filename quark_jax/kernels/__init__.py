@@ -1,7 +1,8 @@
 """Fused scaled GEMMs, one public entry per scheme, each with ``impl="auto" | "pallas" | "xla"``; and the fused
 prefill attention (``attention/``: cuDNN flash attention on CUDA, an XLA reference of its numerics) and the decode
 attention over the KV cache (``attention/pallas_triton.py``, a flash-decoding Pallas-Triton kernel); the
-decoder's residual add + RMSNorm (+ static FP8 codes) as one kernel (``add_rmsnorm/``).
+decoder's residual add + RMSNorm (+ static FP8 codes) as one kernel (``add_rmsnorm/``); the float (bf16) decode GEMM on
+the ``nnx.Linear`` [K, N] kernel (``dense_mm/``).
 
 Layout (the same for every op): ``kernels/<op>/__init__.py`` is the entry and its dispatch, ``xla.py`` the
 reference, one file per backend (``pallas_triton.py``, ``pallas_mosaic_gpu.py``) owning its frozen keyword-only
@@ -19,6 +20,7 @@ from quark_jax.kernels.attention import (decode_attention, decode_attention_impl
                                         fused_prefill_impl, in_query_blocks,
                                         prefill_attention, prefill_attention_xla)
 from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
+from quark_jax.kernels.dense_mm import dense_mm, dense_mm_impl, dense_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
 from quark_jax.kernels.int8_scaled_mm import int8_scaled_mm, int8_scaled_mm_xla
 from quark_jax.kernels.mxfp4_mm import mxfp4_mm, mxfp4_mm_xla, mxfp4_mosaic_may_run
@@ -29,7 +31,8 @@ from quark_jax.kernels.fp8_block_mm import fp8_block_mm, fp8_block_mm_xla
 from quark_jax.kernels import tuning
 from quark_jax.kernels.tuning import choose_impl, describe_auto, explain_impl
 
-__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "int8_scaled_mm", "int8_scaled_mm_xla", "mxfp4_mm", "mxfp4_mm_xla",
+__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "dense_mm", "dense_mm_xla", "dense_mm_impl", "int8_scaled_mm",
+           "int8_scaled_mm_xla", "mxfp4_mm", "mxfp4_mm_xla",
            "mxfp4_mosaic_may_run", "MXFP4_FOLD_MAX_SCALE_BYTE",
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "int4_mm_nk", "int4_mm_nk_xla", "int4_repack", "int4_unrepack", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",

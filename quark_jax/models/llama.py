@@ -1,7 +1,8 @@
 """A Flax NNX decoder for the Llama family (Llama, Qwen2, Mistral, Qwen3; the MoE Mixtral and Qwen3-MoE), with HF
 module paths.
 
-Every projection is a plain ``nnx.Linear`` at the path Hugging Face uses (``model.layers.0.self_attn.q_proj``,
+Every projection is an ``nnx.Linear`` (:class:`DenseLinear`: decode-sized calls on a GPU may run
+``kernels.dense_mm``, see ``DENSE_DECODE_GEMM``) at the path Hugging Face uses (``model.layers.0.self_attn.q_proj``,
 ``model.layers.0.mlp.gate_proj``, ``lm_head``, ...), so :func:`quark_jax.quantize_model` can swap them for Quark
 layers and :func:`quark_jax.load_weights` can fill the model from a checkpoint by name. ``nnx.Linear`` kernels are
 ``[in, out]`` (the transpose of the checkpoint's ``[out, in]``).
@@ -24,8 +25,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, decode_attention_impl, fused_prefill_impl,
-                               in_query_blocks, prefill_attention)
+from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, decode_attention_impl, dense_mm,
+                               dense_mm_impl, fused_prefill_impl, in_query_blocks, prefill_attention)
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
@@ -96,12 +97,56 @@ class RMSNorm(nnx.Module):
         return self(x)
 
 
-def _linear(din, dout, bias, dtype, rngs):
+DENSE_DECODE_GEMM: str = "auto"
+"""The float model's projections at decode sizes (M = tokens <= 16, ``kernels.dense_mm_impl``): "auto" (a
+bf16 / f16 model on one CUDA sm90 GPU runs ``kernels.dense_mm``'s Pallas kernel on the ``nnx.Linear`` kernel as
+stored, the LM head included), "layers" (the same, but the LM head stays on XLA) or "xla" (``nnx.Linear`` as is,
+everywhere). Read when a function is traced. Off a GPU (CPU), under a multi-device mesh, for f32 models and larger
+M every setting is ``nnx.Linear``'s own computation, bit for bit. Numerics: the same f32 accumulation and one
+rounding to the model dtype as ``_proj`` applies, in another f32 summation order."""
+DENSE_DECODE_GEMMS = ("auto", "layers", "xla")
+
+
+class DenseLinear(nnx.Linear):
+    """``nnx.Linear`` (the same ``kernel`` [in, out] and ``bias`` params: checkpoints load unchanged) whose
+    decode-sized calls run ``kernels.dense_mm`` (see ``DENSE_DECODE_GEMM``) and return x's dtype (the value
+    ``_proj`` rounds to); every other call is ``nnx.Linear.__call__``. ``head``: the LM head (off with "layers").
+
+    >>> layer = DenseLinear(4, 2, use_bias=False, rngs=nnx.Rngs(0))
+    >>> isinstance(layer, nnx.Linear), layer(jnp.ones((1, 4))).shape   # on the CPU: nnx.Linear's own result
+    (True, (1, 2))
+    """
+
+    def __init__(self, *args, head: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head = head
+
+    def uses_kernel(self, inputs) -> bool:
+        """Whether ``self(inputs)`` runs the Pallas decode GEMM (``DENSE_DECODE_GEMM``, device, shape, dtype)."""
+        if DENSE_DECODE_GEMM not in DENSE_DECODE_GEMMS:
+            raise ValueError(f"DENSE_DECODE_GEMM: expected one of {DENSE_DECODE_GEMMS}, got {DENSE_DECODE_GEMM!r}")
+        if DENSE_DECODE_GEMM == "xla" or (self.head and DENSE_DECODE_GEMM == "layers"):
+            return False
+        m = int(np.prod(inputs.shape[:-1]))
+        dtype = jnp.dtype(self.kernel.get_value().dtype)
+        return (m > 0 and inputs.dtype == dtype and self.dtype in (None, dtype)
+                and jax.device_count() == 1  # a pallas_call is not partitioned: no tensor-parallel mesh
+                and dense_mm_impl(m, self.in_features, self.out_features, dtype) == "pallas")
+
+    def __call__(self, inputs, out_sharding=None):
+        if out_sharding is not None or not self.uses_kernel(inputs):
+            return super().__call__(inputs, out_sharding=out_sharding)
+        bias = self.bias[...] if self.bias is not None else None
+        y = dense_mm(inputs.reshape(-1, inputs.shape[-1]), self.kernel[...], bias, impl="pallas")
+        return y.reshape(*inputs.shape[:-1], y.shape[-1])
+
+
+def _linear(din, dout, bias, dtype, rngs, *, head: bool = False):
     # float32 accumulation and bias add, rounded once by _proj (as cuBLAS does for a bf16 GEMM; XLA's CPU bf16 dot
     # without it rounds partial sums)
     # (float32 models: full-f32 products, not XLA-on-GPU's default TF32; see quant.rounding.dot_precision)
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, precision=dot_precision(dtype),
-                      preferred_element_type=jnp.float32, rngs=rngs)
+    return DenseLinear(din, dout, use_bias=bias, dtype=dtype, param_dtype=dtype, precision=dot_precision(dtype),
+                       preferred_element_type=jnp.float32, rngs=rngs, head=head)
 
 
 def _proj(layer, x):
@@ -409,7 +454,7 @@ class LlamaForCausalLM(nnx.Module):
         self.model = LlamaModel(cfg, dtype=dtype, rngs=rngs, kv_fp8=kv_fp8, fused=fuse_projections,
                                 moe_module=moe_module, expert_scales=expert_scales)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
+            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs, head=True)
         self.inv_freq = tuple(float(f) for f in inverse_frequencies(cfg.rope, cfg.head_dim))
 
     @classmethod
