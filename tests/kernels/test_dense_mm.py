@@ -216,3 +216,19 @@ def test_dense_linear_kernel_path(monkeypatch):
     monkeypatch.setattr(llama, "DENSE_DECODE_GEMM", "xla")
     assert not layer.uses_kernel(x)
     assert layer(x).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("key", sorted(pallas_triton.TUNED["sm90"]))
+def test_table_rows_lower_for_cuda(key):
+    """Each sm90 table row, at its own 8B shape and M = 1, lowers to one Triton kernel for CUDA (the Triton IR is
+    built on the CPU too) with the grid its config says; the other inner forms (xw, fma) lower at the same shape."""
+    k, n = (int(v) for v in key.split("@")[1].split("x"))
+    cfg = pallas_triton.fit(pallas_triton.TUNED["sm90"][key], 1, k, n)
+    args = (jax.ShapeDtypeStruct((1, k), jnp.bfloat16), jax.ShapeDtypeStruct((k, n), jnp.bfloat16))
+    others = [C(block_n=64, block_k=128, split_k=2, inner="xw"), C(block_m=1, block_n=128, block_k=32, inner="fma")]
+    for c in [cfg] + (others if key == "16@4096x4096" else []):
+        f = jax.jit(lambda x, w, c=c: pallas_triton.dense_mm_pallas(x, w, config=c, interpret=False))
+        text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        calls = [ln for ln in text.splitlines() if "xla.gpu.triton" in ln]
+        assert len(calls) == 1, c
+        assert f"grid_x = {n // c.block_n} : i32, grid_y = {c.split_k} : i32" in calls[0], (c, calls[0][:300])
