@@ -101,7 +101,8 @@ DENSE_DECODE_GEMM: str = "auto"
 """The float model's projections at decode sizes (M = tokens <= 16, ``kernels.dense_mm_impl``): "auto" (a
 bf16 / f16 model on one CUDA sm90 GPU runs ``kernels.dense_mm``'s Pallas kernel on the ``nnx.Linear`` kernel as
 stored, the LM head included), "layers" (the same, but the LM head stays on XLA) or "xla" (``nnx.Linear`` as is,
-everywhere). Read when a function is traced. Off a GPU (CPU), under a multi-device mesh, for f32 models and larger
+everywhere). Read when a function is traced (the layers' shared jit keeps what it traced: set it before the first
+call, or call ``jax.clear_caches()`` after changing it). Off a GPU (CPU), under a multi-device mesh, for f32 models and larger
 M every setting is ``nnx.Linear``'s own computation, bit for bit. Numerics: the same f32 accumulation and one
 rounding to the model dtype as ``_proj`` applies, in another f32 summation order."""
 DENSE_DECODE_GEMMS = ("auto", "layers", "xla")

@@ -125,6 +125,11 @@ def test_entry_impls_agree_and_validate():
         kernels.dense_mm(x, w, impl="mosaic")
 
 
+def _one_device():
+    if jax.device_count() != 1:
+        pytest.skip("DenseLinear keeps XLA with more than one device (no tensor-parallel pallas_call)")
+
+
 def _pretend_h200(monkeypatch):
     monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
     monkeypatch.setattr(_dispatch, "pallas_interpret", lambda: False)
@@ -194,6 +199,7 @@ def test_dense_linear_kernel_path(monkeypatch):
     """Where the switch applies (``dense_mm_impl`` says "pallas", as on an H200; the kernel in interpret mode on CPU): the decode-sized call runs
     dense_mm and returns what _proj makes of nnx.Linear's output; a prefill-sized call, a "layers" head and the
     "xla" switch do not."""
+    _one_device()
     monkeypatch.setattr(llama, "dense_mm_impl", lambda m, k, n, dtype: "pallas" if m <= 16 else "xla")
     monkeypatch.setattr(pallas_triton, "select", lambda m, k, n, table=None: pallas_triton.fit(
         C(block_n=32, block_k=64, split_k=2), m, k, n))
@@ -232,3 +238,36 @@ def test_table_rows_lower_for_cuda(key):
         calls = [ln for ln in text.splitlines() if "xla.gpu.triton" in ln]
         assert len(calls) == 1, c
         assert f"grid_x = {n // c.block_n} : i32, grid_y = {c.split_k} : i32" in calls[0], (c, calls[0][:300])
+
+
+def test_model_decode_step_lowers_to_dense_kernels(monkeypatch):
+    """A fused-projection bf16 Llama on a pretend H200, lowered for CUDA: a one-token step runs its GEMMs as
+    dense_mm Triton kernels, one lowered kernel per weight shape (qkv, o, gate_up, down; the LM head shares qkv's
+    128x256), the LM head's call only under "auto"; a 32-token step and the "xla" switch none. (The layers' shared jit caches
+    the switch: it is read when traced, hence ``jax.clear_caches()``.)"""
+    _one_device()
+    import re
+
+    from quark_jax.models.config import ModelConfig
+
+    cfg = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 256, "hidden_size": 128,
+                                 "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                 "num_key_value_heads": 2})
+    model = llama.LlamaForCausalLM(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), fuse_projections=True)
+    _pretend_h200(monkeypatch)
+    monkeypatch.setattr(llama, "fused_prefill_impl", lambda *a, **k: None)  # no cuDNN attention on this host
+    graph, state = nnx.split(model)
+    got = {}
+    for switch in ("auto", "layers", "xla"):
+        monkeypatch.setattr(llama, "DENSE_DECODE_GEMM", switch)
+        for t in (1, 32):
+            jax.clear_caches()
+            f = jax.jit(lambda st, ids: nnx.merge(graph, st)(ids))
+            text = f.trace(state, jnp.zeros((1, t), jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
+            kernels_ = re.findall(r'name = "(dense_mm_[^"]+)"',
+                                  "\n".join(ln for ln in text.splitlines() if "xla.gpu.triton" in ln))
+            got[switch, t] = (len(kernels_), text.count("call @dense_mm_pallas"))
+    jax.clear_caches()
+    assert got["auto", 1][0] == got["layers", 1][0] == 4  # 128x256 (qkv, head), 128x128, 128x512, 256x128
+    assert got["auto", 1][1] == got["layers", 1][1] + 1  # the head's call
+    assert all(got[s, 32] == (0, 0) for s in ("auto", "layers", "xla")) and got["xla", 1] == (0, 0)
