@@ -192,7 +192,9 @@ class QuarkLinear(nnx.Module):
 
     def mark_loaded(self) -> "QuarkLinear":
         """Declare the params filled by other means (e.g. ``nnx.update`` from a saved state). Returns self."""
-        self.scheme = self.scheme.for_loaded(self.params())  # decided again from the values now stored
+        # decided again from the values now stored; an abstract module (``nnx.eval_shape``) holds
+        # ShapeDtypeStructs, which the scheme treats as unknown values (its defaults)
+        self.scheme = self.scheme.for_loaded({k: getattr(self, k).value for k in self.param_names})
         self.weights_loaded = True
         return self
 

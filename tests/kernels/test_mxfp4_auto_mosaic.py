@@ -171,3 +171,13 @@ def test_fold_check_reads_the_loaders_host_bytes(monkeypatch):
     assert scheme.for_loaded(p, host_raw={"weight": wp, "weight_scale": ok}).mosaic_fold is True
     assert scheme.for_loaded(p, host_raw={"weight": wp, "weight_scale": bad}).mosaic_fold is False  # host wins
     assert scheme.for_loaded(p).mosaic_fold is True  # without host bytes: the device arrays
+
+
+def test_mark_loaded_on_an_abstract_module_keeps_the_defaults(monkeypatch):
+    """``mark_loaded`` on a module built by ``nnx.eval_shape`` (benchmarks build 8B models so, then fill them)
+    sees ShapeDtypeStructs: no value check, the unfolded decode, no error."""
+    from flax import nnx
+
+    pretend(monkeypatch, "NVIDIA H200", "9.0")
+    layer = nnx.eval_shape(lambda: QuarkLinear(128, 64, scheme=QuarkW4A16MXFP4(), dtype=jnp.bfloat16, name="abs"))
+    assert layer.mark_loaded().scheme.mosaic_fold is False
