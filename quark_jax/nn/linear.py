@@ -194,7 +194,7 @@ class QuarkLinear(nnx.Module):
         """Declare the params filled by other means (e.g. ``nnx.update`` from a saved state). Returns self."""
         # decided again from the values now stored; an abstract module (``nnx.eval_shape``) holds
         # ShapeDtypeStructs, which the scheme treats as unknown values (its defaults)
-        self.scheme = self.scheme.for_loaded({k: getattr(self, k).value for k in self.param_names})
+        self.scheme = self.scheme.for_loaded({k: getattr(self, k).get_value() for k in self.param_names})
         self.weights_loaded = True
         return self
 
