@@ -10,6 +10,7 @@ MXFP4 kernel runs bf16 MMAs), and the Pallas result's relative Frobenius error a
 
     python benchmarks/bench_grouped_mm.py --out /tmp/grouped.json
     python benchmarks/bench_grouped_mm.py --schemes bf16,fp8 --tokens 2048 --impls pallas --fp8-prefill native,bf16
+    python benchmarks/bench_grouped_mm.py --schemes bf16,fp8 --tokens 2048 --fp8-prefill native,wgmma,candidates
 """
 
 from __future__ import annotations
@@ -76,6 +77,33 @@ def floors(scheme: str, m: int, k: int, n: int, sizes):
     return byts / HBM, 2.0 * m * k * n / PEAK[scheme], active
 
 
+def fp8_f64_rows(s, rows: int = 256):
+    """float64 reference of the first ``rows`` output rows of an FP8 operand set ``(xq, w, g, ws, xs)`` (per-channel
+    weight scales, per-token x scales): ``xs * ws[e] * (x @ w[e]^T)`` per routed row's expert."""
+    xq, w, g, ws, xs = s
+    rows = min(rows, int(np.asarray(g).sum()))
+    expert = np.repeat(np.arange(len(g)), np.asarray(g))[:rows]
+    x64 = np.asarray(xq[:rows].astype(jnp.float32), np.float64)
+    out = np.zeros((rows, w.shape[1]))
+    for e in np.unique(expert):
+        r = expert == e
+        w64 = np.asarray(w[int(e)].astype(jnp.float32), np.float64)
+        out[r] = (x64[r] @ w64.T) * np.asarray(ws[int(e)], np.float64)[None, :]
+    return out * np.asarray(xs[:rows], np.float64).reshape(-1, 1)
+
+
+def fp8_variants(spec: str, pallas_triton) -> list:
+    """``--fp8-prefill``'s names, 'candidates' expanded to ``pallas_triton.CANDIDATES``; unknown names exit."""
+    out = []
+    for v in (v for v in spec.split(",") if v):
+        out += list(pallas_triton.CANDIDATES) if v == "candidates" else [v]
+    bad = [v for v in out if v not in pallas_triton.FP8_PREFILL_CHOICES]
+    if bad or not out:
+        raise SystemExit(f"--fp8-prefill: unknown {bad or spec!r} (known: "
+                         f"{', '.join(pallas_triton.FP8_PREFILL_CHOICES)}, candidates)")
+    return list(dict.fromkeys(out))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--schemes", default="bf16,fp8,mxfp4")
@@ -88,11 +116,13 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=2)
     p.add_argument("--fp8-prefill", default="native",
                    help="FP8 Pallas prefill variants to time (grouped_mm.pallas_triton.FP8_PREFILL_MMA): native "
-                        "(Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), "
-                        "e.g. native,bf16,wgmma; rows pallas_<variant>, above 32 tokens")
+                        "(Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), a "
+                        "name of pallas_triton.CANDIDATES, or 'candidates' (all of them), e.g. native,bf16,wgmma; "
+                        "rows pallas_<variant>, above 32 tokens")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from quark_jax.kernels.grouped_mm import pallas_triton
+    variants = fp8_variants(a.fp8_prefill, pallas_triton)
     dev = jax.devices()[0]
     result = {"device": dev.device_kind, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                         time.gmtime()),
@@ -107,7 +137,7 @@ def main(argv=None) -> int:
             outs = {}
             runs = [(impl, "native") for impl in a.impls.split(",")]
             if scheme == "fp8" and m > 64 and "pallas" in a.impls.split(","):  # the prefill variants
-                runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in a.fp8_prefill.split(",")]
+                runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in variants]
             for impl, variant in runs:
                 pallas_triton.FP8_PREFILL_MMA = variant  # read when the call is traced (entry: a new jit)
                 label = impl if variant == "native" else f"{impl}_{variant}"
@@ -133,6 +163,15 @@ def main(argv=None) -> int:
                 err = float(np.linalg.norm(d - r) / max(np.linalg.norm(r), 1e-30))
                 result["rows"].append({"scheme": scheme, "tokens": tokens, f"{label}_vs_xla_rel_frobenius": err})
                 print(f"{scheme} tokens={tokens}: {label} vs xla rel err {err:.2e}", flush=True)
+            if scheme == "fp8" and outs:  # the FP8 variants' accumulation error (XLA's FP8 GEMM has its own)
+                want = fp8_f64_rows(sets[0])
+                for label, d in outs.items():
+                    got = d[:want.shape[0]].astype(np.float64)
+                    err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+                    result["rows"].append({"scheme": scheme, "tokens": tokens,
+                                           f"{label}_vs_f64_rel_frobenius_{want.shape[0]}_rows": err})
+                    print(f"{scheme} tokens={tokens}: {label} vs float64 ({want.shape[0]} rows) rel err {err:.2e}",
+                          flush=True)
             del sets
     if a.out:
         with open(a.out, "w") as f:

@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--fp8-prefill", default="native",
                     help="FP8 expert prefill variants to time, in order (kernels.grouped_mm.pallas_triton."
                          "FP8_PREFILL_MMA): native (the default), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 "
-                         "wgmma, experimental); "
+                         "wgmma, experimental), a name of pallas_triton.CANDIDATES or 'candidates' (all); "
                          "rows of a variant other than native are keyed '<len>@fp8_mma=<variant>'")
     ap.add_argument("--profile", action="store_true", help="also profile 8 decode steps at batch 1 (GPU)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
@@ -287,11 +287,13 @@ def main(argv=None) -> dict:
         args.prefill = str(args.prompt)  # the decode run's cache length: no extra compile
     args.batches = [int(b) for b in str(args.batches).split(",") if b]
     args.prefill = [int(p) for p in str(args.prefill).split(",") if p]
-    args.fp8_prefill = [v for v in str(args.fp8_prefill).split(",") if v]
-    from quark_jax.kernels.grouped_mm.pallas_triton import MMAS
+    from quark_jax.kernels.grouped_mm.pallas_triton import CANDIDATES, FP8_PREFILL_CHOICES
 
-    if not args.fp8_prefill or any(v not in MMAS for v in args.fp8_prefill):
-        raise SystemExit(f"--fp8-prefill: expected a list of {', '.join(MMAS)}, got {args.fp8_prefill}")
+    args.fp8_prefill = list(dict.fromkeys(w for v in str(args.fp8_prefill).split(",") if v
+                                          for w in (CANDIDATES if v == "candidates" else [v])))
+    if not args.fp8_prefill or any(v not in FP8_PREFILL_CHOICES for v in args.fp8_prefill):
+        raise SystemExit(f"--fp8-prefill: expected a list of {', '.join(FP8_PREFILL_CHOICES)} or 'candidates', "
+                         f"got {args.fp8_prefill}")
     schemes = [s for s in args.schemes.split(",") if s]
     bad = [s for s in schemes if s not in SCHEMES]
     if bad:

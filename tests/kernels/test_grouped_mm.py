@@ -331,6 +331,124 @@ def test_fp8_wgmma_variant_matches_the_reference():
         fp8_dot(d["x"][:, :32], d["x"][:, :32], promote=16)
 
 
+def _triton_dots(cfg, m, k, n, e):
+    """The ``tt.dot`` lines of the Triton IR that the CUDA lowering of the grouped FP8 kernel embeds (lowered on
+    any host: jax's MLIR with the Triton dialect parses the custom call's IR bytecode)."""
+    from functools import partial
+
+    ir = pytest.importorskip("jax._src.lib.mlir").ir  # jax's private MLIR and Triton dialect bindings
+    tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
+    args = [jax.ShapeDtypeStruct((m, k), E8), jax.ShapeDtypeStruct((e, n, k), E8),
+            jax.ShapeDtypeStruct((e,), jnp.int32), jax.ShapeDtypeStruct((e, n), jnp.float32),
+            jax.ShapeDtypeStruct((m, 1), jnp.float32)]
+    f = partial(pallas_triton._grouped_jit, scheme="fp8", out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
+                interpret=False)
+    module = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
+    blobs = []
+
+    def walk(op):
+        for region in op.regions:
+            for block in region:
+                for o in block:
+                    if o.name == "stablehlo.custom_call" and "triton" in str(o.attributes["call_target_name"]):
+                        blobs.append(ir.StringAttr(o.attributes["mhlo.backend_config"]["ir"]).value_bytes)
+                    walk(o)
+
+    walk(module.operation)
+    assert len(blobs) == 1
+    with ir.Context() as ctx:
+        tt_dialect.register_dialect(ctx)
+        text = str(ir.Module.parse(blobs[0]))
+    return [ln.strip() for ln in text.splitlines() if "tt.dot " in ln]
+
+
+@pytest.mark.parametrize("name", sorted(pallas_triton.CANDIDATES))
+def test_fp8_prefill_candidates_match_the_reference(name):
+    """Each FP8 prefill candidate (``CANDIDATES``: FP8 wgmma, promotion once per 128-K step or into the
+    accumulator itself, 128x256 tiles as column slices) on ragged groups (an empty expert, rows past the groups,
+    a partial last window), per-channel and per-token scales: off the GPU bit for bit (float64 before the two
+    scale multiplies); on the GPU (compiled) "wgmma" within 2**-12 of the largest output (sums of 128 exact
+    products inside the wgmma, exact in practice for these grids) and "wgmma_acc" within 2**-9 (the whole K sum in
+    the FP8 wgmma accumulator, whose precision Hopper does not document: the bound is the bf16 output's)."""
+    rng = np.random.default_rng(21)
+    d = make_data(rng, "fp8", 45, 256, 512, 4, per_channel=True, per_token=True)
+    cfg = pallas_triton.CANDIDATES[name]
+    fitted = pallas_triton.fit(cfg, 45, 256, 512, scheme="fp8", e=4)
+    assert (fitted.block_n, fitted.subtiles, fitted.block_k) == (cfg.block_n, cfg.subtiles, 128)  # the slices run
+    got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                                          x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32, config=cfg)
+    if jax.default_backend() == "gpu":
+        want = want64(d)
+        bound = 2.0 ** (-12 if cfg.mma == "wgmma" else -9) * np.abs(want).max()
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=bound)
+        assert (np.asarray(got)[int(np.asarray(d["group_sizes"]).sum()):] == 0).all()
+    else:
+        check_f64(got, d)
+
+
+def test_column_slices_and_accumulating_wgmma_with_a_k_split():
+    """``Config(subtiles=2)`` with ``mma="wgmma_acc"`` and a K split (f32 partial sums reduced by XLA), and the
+    slices on bf16 experts: bit for bit against float64 on exact data (interpret mode off the GPU)."""
+    rng = np.random.default_rng(22)
+    d = make_data(rng, "fp8", 37, 128, 64, 3, per_channel=True, per_token=True)
+    for cfg in (C(block_m=16, block_n=64, block_k=32, w_major=False, split_k=2, subtiles=2, mma="wgmma_acc"),
+                C(block_m=16, block_n=64, block_k=32, w_major=False, subtiles=4, mma="wgmma", promote=64)):
+        got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                                              x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32, config=cfg)
+        check_f64(got, d)
+    b = make_data(rng, "bf16", 37, 64, 64, 3)
+    got = pallas_triton.grouped_mm_pallas(b["x"], b["w"], b["group_sizes"], out_dtype=jnp.float32,
+                                          config=C(block_m=16, block_n=64, block_k=32, w_major=False, subtiles=2))
+    check_f64(got, b)
+
+
+@pytest.mark.parametrize("name", sorted(pallas_triton.CANDIDATES))
+def test_fp8_prefill_candidates_lower_to_fp8_wgmma_dots(name):
+    """The CUDA lowering of each candidate at Mixtral's gate_up prefill (4096 routed rows, K 4096, N 28672, 8
+    experts) builds, with one FP8 ``tt.dot`` per column slice carrying ``maxNumImpreciseAcc`` (Triton's FP8 wgmma
+    condition): ``promote`` for "wgmma" (a product from zero, added after), 2**30 and the loop-carried
+    accumulator as the C operand for "wgmma_acc"."""
+    from quark_jax.kernels.triton_fp8_dot import NEVER
+
+    cfg = pallas_triton.fit(pallas_triton.CANDIDATES[name], 4096, 4096, 28672, scheme="fp8", e=8)
+    dots = _triton_dots(cfg, 4096, 4096, 28672, 8)
+    sub = cfg.block_n // cfg.subtiles
+    assert len(dots) == cfg.subtiles, dots
+    for ln in dots:
+        assert f"tensor<128x128xf8E4M3FN> * tensor<128x{sub}xf8E4M3FN> -> tensor<128x{sub}xf32>" in ln, ln
+        if cfg.mma == "wgmma":
+            assert f"maxNumImpreciseAcc = {cfg.promote} : i32" in ln, ln
+        else:
+            assert f"maxNumImpreciseAcc = {NEVER} : i32" in ln and ln.split(",")[2].strip().startswith("%arg"), ln
+    native = _triton_dots(pallas_triton.fit(pallas_triton.DEFAULTS["fp8"]["max"], 4096, 4096, 28672,
+                                            scheme="fp8", e=8), 4096, 4096, 28672, 8)
+    assert len(native) == 1 and "maxNumImpreciseAcc" not in native[0]  # Pallas' own FP8 dot: no wgmma
+
+
+def test_fp8_prefill_knob_selects_the_candidates(monkeypatch):
+    """``FP8_PREFILL_MMA`` takes "native" or a key of ``FP8_PREFILL`` (bf16, wgmma, the candidates), above 64 routed
+    rows only; an unknown name is an error naming the choices; ``Config`` validates the new fields."""
+    assert pallas_triton.FP8_PREFILL_CHOICES[:3] == ("native", "bf16", "wgmma")
+    assert set(pallas_triton.CANDIDATES) <= set(pallas_triton.FP8_PREFILL_CHOICES)
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "wgmma_n256_sub2")
+    cfg = pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8)
+    assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.subtiles, cfg.mma, cfg.promote, cfg.num_warps,
+            cfg.num_stages, cfg.w_major) == (128, 256, 128, 2, "wgmma", 128, 8, 3, False)
+    assert pallas_triton.default_config(64, 4096, 28672, scheme="fp8", e=8).mma == "native"  # decode / small
+    assert pallas_triton.default_config(4096, 4096, 28672, scheme="bf16", e=8).subtiles == 1
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "wgmma_n512")
+    with pytest.raises(ValueError, match="FP8_PREFILL_MMA: expected one of"):
+        pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8)
+    with pytest.raises(ValueError, match="x-major"):
+        C(subtiles=2, w_major=True)
+    with pytest.raises(ValueError, match="subtiles: expected a power of two"):
+        C(subtiles=3, w_major=False)
+    with pytest.raises(ValueError, match="at least 32 K elements"):
+        C(mma="wgmma", promote=16)
+    assert pallas_triton.fit(C(block_n=256, subtiles=4, w_major=False), m=8, k=64, n=32, scheme="fp8").subtiles == 2
+    assert pallas_triton.fit(C(block_n=64, subtiles=2, w_major=False), m=8, k=64, n=64, scheme="mxfp4").subtiles == 1
+
+
 def test_config_fit_and_errors():
     cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="fp8")
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
@@ -373,12 +491,13 @@ MODEL_SHAPES = {"mixtral_gate_up": (4096, 28672, 8, 2), "mixtral_down": (14336, 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Pallas-Triton kernels for a CUDA GPU")
 @pytest.mark.parametrize("scheme,fp8_mma", [("bf16", "native"), ("fp8", "native"), ("fp8", "bf16"),
-                                             ("fp8", "wgmma"), ("mxfp4", "native")])
+                                             ("fp8", "wgmma"), ("mxfp4", "native")]
+                         + [("fp8", name) for name in sorted(pallas_triton.CANDIDATES)])
 def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mma):
     """The configs ``default_config`` picks at decode (1 token) for the Mixtral-8x7B and Qwen3-30B-A3B expert
     projections and at prefill (2048 tokens) for Mixtral's compile (lowered and compiled, not run: no weights are allocated). Decode
     includes the K-split MXFP4 configs that failed to compile on the H200 (1-byte aligned packed-weight copy);
-    FP8 also with ``FP8_PREFILL_MMA = "bf16"`` and ``"wgmma"``."""
+    FP8 also with ``FP8_PREFILL_MMA = "bf16"``, ``"wgmma"`` and each of ``CANDIDATES``."""
     from functools import partial
 
     monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", fp8_mma)
@@ -387,7 +506,7 @@ def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mm
         for tokens in (1, 2048) if name.startswith("mixtral") else (1,):  # Qwen3's prefill: Mixtral's tiles
             m = tokens * top
             cfg = pallas_triton.default_config(m, k, n, scheme=scheme, e=e)
-            if (k, n, e, cfg) in seen or cfg.mma != fp8_mma:  # the FP8 variants: their prefill configs only
+            if (k, n, e, cfg) in seen or (fp8_mma != "native" and m <= 64):  # FP8 variants: prefill configs only
                 continue
             seen.add((k, n, e, cfg))
             x_dtype = E8 if scheme == "fp8" else jnp.bfloat16

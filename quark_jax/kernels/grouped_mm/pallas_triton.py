@@ -40,7 +40,7 @@ from quark_jax.kernels.grouped_mm.xla import row_weight_scale
 from quark_jax.kernels.mxfp4_mm import decode
 
 DECODES = ("asm", "asm_scaled", "jnp")
-MMAS = ("native", "bf16", "wgmma")
+MMAS = ("native", "bf16", "wgmma", "wgmma_acc")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,12 @@ class Config:
     decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret)
     pack: int = 2  # MXFP4: packed bytes per asm instance (2 or 4)
     mma: str = "native"  # FP8: "native" (Pallas' FP8 dot: f16 mma.sync), "bf16" (x as bf16, weight tiles upcast:
-    # bf16 wgmma) or "wgmma" (kernels.triton_fp8_dot: FP8 wgmma, f32 promotion every 32 K elements; experimental)
+    # bf16 wgmma), "wgmma" (kernels.triton_fp8_dot: FP8 wgmma, each K step's product from zero, promoted to the
+    # f32 accumulator every `promote` K elements; experimental) or "wgmma_acc" (FP8 wgmma accumulating into the
+    # f32 accumulator register itself: no promotion, Triton's FP8 tl.dot default; experimental)
+    promote: int = 32  # "wgmma": K elements per f32 promotion (>= block_k: once per K step)
+    subtiles: int = 1  # column slices of block_n (x-major only), one dot and one accumulator each: one slice's
+    # fresh product live at a time, so 128x256 "wgmma" tiles fit 8 warps' registers (fp8_block_mm's option)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
@@ -81,6 +86,13 @@ class Config:
             raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
         if self.mma not in MMAS:
             raise ValueError(f"Config.mma: expected one of {MMAS}, got {self.mma!r}")
+        if self.promote < 32:
+            raise ValueError(f"Config.promote: FP8 wgmma needs at least 32 K elements per promotion, got "
+                             f"{self.promote}")
+        if not isinstance(self.subtiles, int) or self.subtiles < 1 or self.subtiles & (self.subtiles - 1):
+            raise ValueError(f"Config.subtiles: expected a power of two, got {self.subtiles!r}")
+        if self.subtiles > 1 and self.w_major:
+            raise ValueError("Config.subtiles: column slices need the x-major layout (w_major=False)")
 
 
 # Defaults per scheme and M bucket (M = routed rows = tokens x top-k), not tuned on a GPU yet: the dense kernels'
@@ -111,11 +123,30 @@ FP8_PREFILL_MMA = "native"
 128x128x128 tile measured at ~393 TFLOP/s on the H200, below the bf16 tile's ~471) or "bf16" (``FP8_BF16_PREFILL``:
 x handed over as bf16 and each FP8 weight tile upcast in registers, bf16 MMAs with the weight as the register
 operand; e4m3 values and their products are exact there, so only the f32 summation order changes) or "wgmma"
-(``FP8_WGMMA_PREFILL``: FP8 wgmma through ``kernels.triton_fp8_dot``, experimental). Read when a call is traced (set it before the first ``generate``); an A/B knob, "native" until measured
+(``FP8_WGMMA_PREFILL``: FP8 wgmma through ``kernels.triton_fp8_dot``, experimental) or a name of
+``CANDIDATES`` (FP8 wgmma tilings after ``fp8_block_mm``'s measured best, unmeasured here). Read when a call is
+traced (set it before the first ``generate``); an A/B knob, "native" until measured
 (``benchmarks/bench_grouped_mm.py --fp8-prefill``, ``bench_moe.py --fp8-prefill``)."""
 FP8_BF16_PREFILL = Config(block_m=128, block_n=128, block_k=64, w_major=True, num_warps=8, num_stages=4, mma="bf16")
 FP8_WGMMA_PREFILL = Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=8, num_stages=3,
                            mma="wgmma")
+# FP8 prefill candidates (session 8, helper moefp8pf; benchmarks/NOTES.md "Session 8, helper moefp8pf"), all
+# x-major, block_k 128, 8 warps, 3 stages unless named: fp8_block_mm's measured best wgmma settings (promotion
+# once per 128-K step, 128x256 tiles as two 128-column slices: 289 us vs 331 for 128x128 there, = bf16's 288)
+# without its per-group scales (per-tensor / per-channel scales apply once, after the K loop, so there is no
+# scale load to prefetch), and the accumulator-in-the-wgmma form ("wgmma_acc": no promotion FADDs, so Triton
+# may keep consecutive K steps' wgmmas in flight; Hopper's FP8 accumulator numerics, as vLLM's fused_moe).
+_W = functools.partial(Config, block_m=128, block_k=128, w_major=False, num_warps=8, num_stages=3)
+CANDIDATES = {
+    "wgmma_p128": _W(block_n=128, mma="wgmma", promote=128),
+    "wgmma_n256_sub2": _W(block_n=256, mma="wgmma", promote=128, subtiles=2),
+    "wgmma_n256_sub2_s4": _W(block_n=256, mma="wgmma", promote=128, subtiles=2, num_stages=4),
+    "wgmma_acc": _W(block_n=128, mma="wgmma_acc"),
+    "wgmma_acc_n256": _W(block_n=256, mma="wgmma_acc"),
+    "wgmma_acc_n256_sub2": _W(block_n=256, mma="wgmma_acc", subtiles=2),
+}
+FP8_PREFILL = {"bf16": FP8_BF16_PREFILL, "wgmma": FP8_WGMMA_PREFILL, **CANDIDATES}
+FP8_PREFILL_CHOICES = ("native", *FP8_PREFILL)  # the values FP8_PREFILL_MMA takes
 
 
 def max_items(m: int, e: int, block_m: int) -> int:
@@ -152,7 +183,8 @@ def fit(cfg: Config, m: int, k: int, n: int, *, scheme: str, e: int = 1, target_
     bk = min(cfg.block_k, tiling.pow2_floor(k // splits))
     while (k // splits) % bk:
         bk //= 2
-    return dataclasses.replace(cfg, block_m=bm, block_n=bn, block_k=bk, split_k=splits)
+    subtiles = 1 if scheme == "mxfp4" else min(cfg.subtiles, bn // 16)  # slices stay >= 16 columns wide
+    return dataclasses.replace(cfg, block_m=bm, block_n=bn, block_k=bk, split_k=splits, subtiles=subtiles)
 
 
 def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
@@ -164,7 +196,9 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     cfg, _ = tiling.lookup(DEFAULTS[scheme], m, k, n)
     target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
     if scheme == "fp8" and FP8_PREFILL_MMA != "native" and m > 64:
-        cfg = FP8_BF16_PREFILL if FP8_PREFILL_MMA == "bf16" else FP8_WGMMA_PREFILL
+        if FP8_PREFILL_MMA not in FP8_PREFILL:
+            raise ValueError(f"FP8_PREFILL_MMA: expected one of {FP8_PREFILL_CHOICES}, got {FP8_PREFILL_MMA!r}")
+        cfg = FP8_PREFILL[FP8_PREFILL_MMA]
     return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
 
 
@@ -215,12 +249,18 @@ def _dot(a, b, precision):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
 
 
-def _fp8_wgmma_dot(a, b, precision):
-    """``_dot`` for FP8 tiles as Hopper FP8 wgmma (``kernels.triton_fp8_dot``)."""
-    del precision
-    from quark_jax.kernels.triton_fp8_dot import fp8_dot
+def _mma_fn(scheme: str, cfg: Config, precision):
+    """``(acc, a, b) -> acc + a @ b^T`` (f32) for the config's MMA: Pallas' dot, or ``kernels.triton_fp8_dot``'s
+    FP8 wgmma for FP8 tiles (promoting every ``cfg.promote`` K elements, or into ``acc`` itself)."""
+    if scheme == "fp8" and cfg.mma == "wgmma":
+        from quark_jax.kernels.triton_fp8_dot import fp8_dot
 
-    return fp8_dot(a, b, promote=32)
+        return lambda acc, a, b: acc + fp8_dot(a, b, promote=cfg.promote)
+    if scheme == "fp8" and cfg.mma == "wgmma_acc":
+        from quark_jax.kernels.triton_fp8_dot import fp8_dot_acc
+
+        return lambda acc, a, b: fp8_dot_acc(a, b, acc)
+    return lambda acc, a, b: acc + _dot(a, b, precision)
 
 
 def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, e: int, items: int,
@@ -242,8 +282,12 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
     hi = hi_ref[item]
     rows = r0 + jnp.arange(bm, dtype=jnp.int32)
     row_ok = rows < hi
-    out_mask = jnp.broadcast_to(row_ok[:, None], (bm, bn))
-    o_view = o_ref.at[split, pl.ds(r0, bm), pl.ds(c0, bn)] if partial else o_ref.at[pl.ds(r0, bm), pl.ds(c0, bn)]
+    sub = bn // cfg.subtiles  # columns per dot / accumulator / store (the tile's column slices)
+    out_mask = jnp.broadcast_to(row_ok[:, None], (bm, sub))
+
+    def o_view(j):  # column slice j of the program's output tile
+        cols = pl.ds(c0 + j * sub, sub)
+        return o_ref.at[split, pl.ds(r0, bm), cols] if partial else o_ref.at[pl.ds(r0, bm), cols]
     # Column offsets are products of the split index and static strides (no division): Triton's alignment
     # analysis then proves them multiples of the step without the ``multiple_of`` hint, which the pipeliner's
     # peeled first iteration loses (``kh + 0 * bkh`` folds away with its hint). A ``(split * k_len) // 2`` here
@@ -259,10 +303,10 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
             mask = jnp.broadcast_to(row_ok[:, None], (bm, width))
             return tiling.masked_load(ref.at[pl.ds(r0, bm), pl.ds(k0, width)], mask)
 
-        dot = _dot if not (scheme == "fp8" and cfg.mma == "wgmma") else _fp8_wgmma_dot
+        mma_fn = _mma_fn(scheme, cfg, precision)
 
         def mma(acc, w, x):
-            return acc + (dot(w, x, precision) if cfg.w_major else dot(x, w, precision))
+            return mma_fn(acc, w, x) if cfg.w_major else mma_fn(acc, x, w)
 
         if scheme == "mxfp4":
             bkh = bk // 2  # packed bytes = x columns of one parity per step
@@ -271,7 +315,8 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
             kh_first = split * (k_len // 2)  # static strides (k_len is a multiple of 32): no floor division
             ks_first = split * (k_len // formats.MX_BLOCK_SIZE)
 
-            def body(i, acc):
+            def body(i, accs):
+                (acc,) = accs
                 kh = pl.multiple_of(kh_first + i * bkh, bkh)
                 packed = w_ref[pl.ds(w0, bn), pl.ds(kh, bkh)]
                 sbytes = s_ref[pl.ds(w0, bn), pl.ds(ks_first + i * bks, bks)]
@@ -281,29 +326,36 @@ def _kernel(grp_ref, row0_ref, hi_ref, *refs, scheme: str, cfg: Config, n: int, 
                     wlo, whi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack,
                                                  scale_in_asm=cfg.decode == "asm_scaled")
                 acc = mma(acc, wlo, load_x(xe_ref, kh, bkh))
-                return mma(acc, whi, load_x(xo_ref, kh, bkh))
+                return (mma(acc, whi, load_x(xo_ref, kh, bkh)),)
         else:
-            def body(i, acc):
+            def body(i, accs):
                 k0 = pl.multiple_of(k_first + i * bk, bk)
-                w = w_ref[pl.ds(w0, bn), pl.ds(k0, bk)]
-                if cfg.mma == "bf16" and scheme == "fp8":  # x came as bf16: exact e4m3 values, bf16 MMAs
-                    w = w.astype(jnp.bfloat16)
-                return mma(acc, w, load_x(x_ref, k0, bk))
+                xk = load_x(x_ref, k0, bk)
+                out = []
+                for j, acc in enumerate(accs):  # one column slice at a time (its product consumed before the next)
+                    w = w_ref[pl.ds(w0 + j * sub, sub), pl.ds(k0, bk)]
+                    if cfg.mma == "bf16" and scheme == "fp8":  # x came as bf16: exact e4m3 values, bf16 MMAs
+                        w = w.astype(jnp.bfloat16)
+                    out.append(mma(acc, w, xk))
+                return tuple(out)
 
-        shape = (bn, bm) if cfg.w_major else (bm, bn)
-        acc = lax.fori_loop(0, k_len // bk, body, jnp.zeros(shape, jnp.float32))
-        if cfg.w_major:
-            acc = acc.T
-        if scheme == "fp8" and not partial:
-            xs_ref, ws_ref = refs[2], refs[3]
-            xs = plgpu.load(xs_ref.at[pl.ds(r0, bm)], mask=row_ok, other=0.0)
-            ws = ws_ref[pl.ds(w0, bn)] if per_channel else jnp.broadcast_to(ws_ref[g], (bn,))
-            acc = xs[:, None] * (ws[None, :] * acc)
-        plgpu.store(o_view, acc.astype(o_view.dtype), mask=out_mask)
+        shape = (sub, bm) if cfg.w_major else (bm, sub)
+        zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.subtiles))
+        accs = lax.fori_loop(0, k_len // bk, body, zeros)
+        for j, acc in enumerate(accs):
+            if cfg.w_major:
+                acc = acc.T
+            if scheme == "fp8" and not partial:
+                xs_ref, ws_ref = refs[2], refs[3]
+                xs = plgpu.load(xs_ref.at[pl.ds(r0, bm)], mask=row_ok, other=0.0)
+                ws = ws_ref[pl.ds(w0 + j * sub, sub)] if per_channel else jnp.broadcast_to(ws_ref[g], (sub,))
+                acc = xs[:, None] * (ws[None, :] * acc)
+            plgpu.store(o_view(j), acc.astype(o_view(j).dtype), mask=out_mask)
 
     @pl.when(g == e)
     def _zeros():  # rows past the groups
-        plgpu.store(o_view, jnp.zeros((bm, bn), o_view.dtype), mask=out_mask)
+        for j in range(cfg.subtiles):
+            plgpu.store(o_view(j), jnp.zeros((bm, sub), o_view(j).dtype), mask=out_mask)
 
 
 def grouped_mm_pallas(x, w, group_sizes, *, w_scale=None, x_scale=None, scheme="bf16", out_dtype=jnp.bfloat16,
@@ -358,7 +410,10 @@ def _grouped_jit(x, w, group_sizes, w_scale, x_scale, *, scheme, out_dtype, cfg,
                                per_channel=per_channel, partial=partial, w_dtype=x.dtype, precision=precision)
     out_shape = (jax.ShapeDtypeStruct((splits, m, n), jnp.float32) if partial
                  else jax.ShapeDtypeStruct((m, n), out_dtype))
-    name = f"grouped_mm_{scheme}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}"
+    name = (f"grouped_mm_{scheme}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_s{splits}"
+            + (f"_{cfg.mma}" if scheme == "fp8" and cfg.mma != "native" else "")
+            + (f"_p{cfg.promote}" if scheme == "fp8" and cfg.mma == "wgmma" else "")
+            + (f"_sub{cfg.subtiles}" if cfg.subtiles > 1 else ""))
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape,
                            grid=(items * (n // cfg.block_n), splits))(*meta, *operands)
     if not partial:
@@ -369,4 +424,5 @@ def _grouped_jit(x, w, group_sizes, w_scale, x_scale, *, scheme, out_dtype, cfg,
     return y.astype(out_dtype)
 
 
-__all__ = ["grouped_mm_pallas", "Config", "DEFAULTS", "default_config", "fit", "work_items", "max_items"]
+__all__ = ["grouped_mm_pallas", "Config", "DEFAULTS", "CANDIDATES", "FP8_PREFILL", "FP8_PREFILL_CHOICES",
+           "default_config", "fit", "work_items", "max_items"]
