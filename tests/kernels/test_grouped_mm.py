@@ -436,6 +436,10 @@ def test_fp8_prefill_knob_selects_the_candidates(monkeypatch):
             cfg.num_stages, cfg.w_major) == (128, 256, 128, 2, "wgmma", 128, 8, 3, False)
     assert pallas_triton.default_config(64, 4096, 28672, scheme="fp8", e=8).mma == "native"  # decode / small
     assert pallas_triton.default_config(4096, 4096, 28672, scheme="bf16", e=8).subtiles == 1
+    from quark_jax.kernels import triton_fp8_dot
+
+    monkeypatch.setattr(triton_fp8_dot, "TRITON_RULE", False)  # no lowering hook in this jax: the native tiles
+    assert pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8).mma == "native"
     monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "wgmma_n512")
     with pytest.raises(ValueError, match="FP8_PREFILL_MMA: expected one of"):
         pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8)

@@ -198,7 +198,10 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     if scheme == "fp8" and FP8_PREFILL_MMA != "native" and m > 64:
         if FP8_PREFILL_MMA not in FP8_PREFILL:
             raise ValueError(f"FP8_PREFILL_MMA: expected one of {FP8_PREFILL_CHOICES}, got {FP8_PREFILL_MMA!r}")
-        cfg = FP8_PREFILL[FP8_PREFILL_MMA]
+        from quark_jax.kernels import triton_fp8_dot
+
+        if not FP8_PREFILL[FP8_PREFILL_MMA].mma.startswith("wgmma") or triton_fp8_dot.TRITON_RULE:
+            cfg = FP8_PREFILL[FP8_PREFILL_MMA]  # (FP8 wgmma needs the Pallas lowering hook: else native)
     return fit(cfg, m, k, n, scheme=scheme, e=e, target_programs=target)
 
 
