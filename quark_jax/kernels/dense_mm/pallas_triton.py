@@ -112,10 +112,12 @@ DEFAULTS = {
     "16": Config(block_m=16, block_n=64, block_k=256, inner="wx", num_warps=4, num_stages=3),
 }
 
-# The 8B Llama decode shapes (K x N: fused qkv, o_proj, fused gate_up, down_proj, lm_head) on sm90. UNMEASURED first
-# guesses (session 8, helper densegemv, written without a GPU): bk 64-128 keeps a stage at 18-36 KB of shared
-# memory, so 2-3 programs share an SM and one's pipeline prologue hides behind another's stream; the K split brings
-# the programs to ~2-3 per SM (132 SMs). The bench_gemm ``--ops dense --sweep`` rows replace them
+# The 8B Llama decode shapes (K x N: fused qkv, o_proj, fused gate_up, down_proj, lm_head) on sm90. First guesses
+# (session 8, helper densegemv, written without a GPU): bk 64-128 keeps a stage at 18-36 KB of shared memory, so
+# 2-3 programs share an SM and one's pipeline prologue hides behind another's stream; the K split brings the
+# programs to ~2-3 per SM (132 SMs). Measured once, not swept (H200, session 8, M = 1, GPU kernel time): 16.2 /
+# 10.9 / 54.5 / 29.4 / 253.5 us in the order below, XLA 18.8 / 12.9 / 58.9 / 32.7 / 235.4 (the LM head stays on
+# XLA: ``llama.DENSE_DECODE_GEMM = "layers"``); the ``bench_gemm --ops dense --sweep`` rows may replace them
 # (benchmarks/NOTES.md, "Session 8, helper densegemv").
 _SM90 = {
     "16@4096x6144": Config(block_n=64, block_k=128, split_k=4, inner="wx", num_warps=4, num_stages=4),  # 384
