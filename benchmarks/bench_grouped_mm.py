@@ -114,15 +114,16 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=4096)
     p.add_argument("--n", type=int, default=14336)
     p.add_argument("--copies", type=int, default=2)
-    p.add_argument("--fp8-prefill", default="native",
-                   help="FP8 Pallas prefill variants to time (grouped_mm.pallas_triton.FP8_PREFILL_MMA): native "
-                        "(Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), a "
+    p.add_argument("--fp8-prefill", default="default",
+                   help="FP8 Pallas prefill variants to time (grouped_mm.pallas_triton.FP8_PREFILL_MMA): default "
+                        "(the library's, row 'pallas'), native (Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), a "
                         "name of pallas_triton.CANDIDATES, or 'candidates' (all of them), e.g. native,bf16,wgmma; "
                         "rows pallas_<variant>, above 32 tokens")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from quark_jax.kernels.grouped_mm import pallas_triton
-    variants = fp8_variants(a.fp8_prefill, pallas_triton)
+    default_variant = pallas_triton.FP8_PREFILL_MMA
+    variants = fp8_variants(a.fp8_prefill.replace("default", default_variant), pallas_triton)
     dev = jax.devices()[0]
     result = {"device": dev.device_kind, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                         time.gmtime()),
@@ -135,12 +136,12 @@ def main(argv=None) -> int:
             sets = operands(scheme, m, a.k, a.n, a.e, a.copies, sizes)
             t_bytes, t_flops, active = floors(scheme, m, a.k, a.n, sizes)
             outs = {}
-            runs = [(impl, "native") for impl in a.impls.split(",")]
+            runs = [(impl, default_variant) for impl in a.impls.split(",")]
             if scheme == "fp8" and m > 64 and "pallas" in a.impls.split(","):  # the prefill variants
                 runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in variants]
             for impl, variant in runs:
                 pallas_triton.FP8_PREFILL_MMA = variant  # read when the call is traced (entry: a new jit)
-                label = impl if variant == "native" else f"{impl}_{variant}"
+                label = impl if variant == default_variant else f"{impl}_{variant}"
                 row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": label, "active_experts": active,
                        "floor_us": round(max(t_bytes, t_flops) * 1e6, 2), "bytes_floor_us": round(t_bytes * 1e6, 2),
                        "flops_floor_us": round(t_flops * 1e6, 2)}
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
                 if a.out:
                     with open(a.out, "w") as f:
                         json.dump(result, f, indent=1)
-            pallas_triton.FP8_PREFILL_MMA = "native"
+            pallas_triton.FP8_PREFILL_MMA = default_variant
             for label in [lb for lb in outs if lb.startswith("pallas")] if "xla" in outs else []:
                 d, r = outs[label], outs["xla"]
                 err = float(np.linalg.norm(d - r) / max(np.linalg.norm(r), 1e-30))

@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from quark_jax.kernels.grouped_mm.pallas_triton import FP8_PREFILL_MMA as DEFAULT_FP8_PREFILL  # noqa: E402
 from benchmarks.bench_e2e import (copy_bandwidth, decode_runs, prefill_runs, prompt,  # noqa: E402
                                   quantized_linear, write_safetensors)
 
@@ -241,7 +242,7 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     from quark_jax.kernels.grouped_mm import pallas_triton
 
     result["prefill"] = {}
-    variants = args.fp8_prefill if result["scheme"].startswith("fp8") else ["native"]
+    variants = args.fp8_prefill if result["scheme"].startswith("fp8") else [DEFAULT_FP8_PREFILL]
     for variant in variants:
         if variant != pallas_triton.FP8_PREFILL_MMA:  # read at trace time: drop the compiled programs
             pallas_triton.FP8_PREFILL_MMA = variant
@@ -250,12 +251,12 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
             if plen_p + 1 > model.config.max_position_embeddings:
                 continue
             s, first = prefill_runs(model, plen_p, n_new, vocab)
-            key = str(plen_p) if variant == "native" else f"{plen_p}@fp8_mma={variant}"
+            key = str(plen_p) if variant == DEFAULT_FP8_PREFILL else f"{plen_p}@fp8_mma={variant}"
             result["prefill"][key] = dict(ms=1e3 * s, tok_s=plen_p / s, compile_and_first_s=first)
             log(f"  prefill {key}: {1e3 * s:.2f} ms ({plen_p / s:.0f} tok/s)")
             save()
-    if pallas_triton.FP8_PREFILL_MMA != "native":
-        pallas_triton.FP8_PREFILL_MMA = "native"
+    if pallas_triton.FP8_PREFILL_MMA != DEFAULT_FP8_PREFILL:
+        pallas_triton.FP8_PREFILL_MMA = DEFAULT_FP8_PREFILL
         _drop_programs()
     del model
     gc.collect()
@@ -270,11 +271,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill", default="128,2048")
-    ap.add_argument("--fp8-prefill", default="native",
+    ap.add_argument("--fp8-prefill", default=DEFAULT_FP8_PREFILL,
                     help="FP8 expert prefill variants to time, in order (kernels.grouped_mm.pallas_triton."
-                         "FP8_PREFILL_MMA): native (the default), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 "
-                         "wgmma, experimental), a name of pallas_triton.CANDIDATES or 'candidates' (all); "
-                         "rows of a variant other than native are keyed '<len>@fp8_mma=<variant>'")
+                         f"FP8_PREFILL_MMA): {DEFAULT_FP8_PREFILL} (the library's default), native (Pallas' FP8 "
+                         "dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, promotion every 32), a name of "
+                         "pallas_triton.CANDIDATES or 'candidates' (all); rows of a variant other than the "
+                         "default are keyed '<len>@fp8_mma=<variant>'")
     ap.add_argument("--profile", action="store_true", help="also profile 8 decode steps at batch 1 (GPU)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)

@@ -300,6 +300,12 @@ def test_fp8_on_bf16_mmas_equals_the_reference(monkeypatch, per_channel):
         got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
                                               x_scale=_x_scale(d), scheme="fp8", out_dtype=jnp.float32, config=cfg)
         check_f64(got, d)
+    from quark_jax.kernels import triton_fp8_dot
+
+    want = "wgmma_acc" if triton_fp8_dot.TRITON_RULE else "native"  # the default, measured fastest on the H200
+    assert pallas_triton.FP8_PREFILL_MMA == "wgmma_acc_n256"
+    assert pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8).mma == want
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "native")
     assert pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8).mma == "native"
     monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", "bf16")
     pre = pallas_triton.default_config(4096, 4096, 28672, scheme="fp8", e=8)

@@ -118,15 +118,19 @@ DEFAULTS = {
 # Programs a decode launch should have (~1.7 per SM of an H100/H200): the K split doubles (up to 8) below it.
 MIN_PROGRAMS = 224
 
-FP8_PREFILL_MMA = "native"
-"""FP8 experts above the decode / small buckets (M > 64 routed rows): "native" (``DEFAULTS``: FP8 MMAs, the
+FP8_PREFILL_MMA = "wgmma_acc_n256"
+"""FP8 experts above the decode / small buckets (M > 64 routed rows): the default "wgmma_acc_n256" (``CANDIDATES``:
+128x256 tiles, FP8 wgmma accumulating into the f32 accumulator, Hopper's FP8 accumulator numerics: measured on
+the H200 (session 9, Mixtral gate_up at 2048 tokens) 439 us vs 1206 native and 1041 for bf16 experts, equal to
+XLA's own FP8 GEMM bit for bit on the bench data; Mixtral-shaped prefill 2048 18.2 ms vs 36.9 native and 33.9
+bf16), "native" (``DEFAULTS``: FP8 MMAs, the
 128x128x128 tile measured at ~393 TFLOP/s on the H200, below the bf16 tile's ~471) or "bf16" (``FP8_BF16_PREFILL``:
 x handed over as bf16 and each FP8 weight tile upcast in registers, bf16 MMAs with the weight as the register
 operand; e4m3 values and their products are exact there, so only the f32 summation order changes) or "wgmma"
 (``FP8_WGMMA_PREFILL``: FP8 wgmma through ``kernels.triton_fp8_dot``, experimental) or a name of
-``CANDIDATES`` (FP8 wgmma tilings after ``fp8_block_mm``'s measured best, unmeasured here). Read when a call is
-traced (set it before the first ``generate``); an A/B knob, "native" until measured
-(``benchmarks/bench_grouped_mm.py --fp8-prefill``, ``bench_moe.py --fp8-prefill``)."""
+``CANDIDATES`` (FP8 wgmma tilings after ``fp8_block_mm``'s measured best). Read when a call is traced (set it
+before the first ``generate``); where the Pallas FP8 wgmma lowering hook is missing the wgmma choices fall back to
+"native". A/B: ``benchmarks/bench_grouped_mm.py --fp8-prefill``, ``bench_moe.py --fp8-prefill``."""
 FP8_BF16_PREFILL = Config(block_m=128, block_n=128, block_k=64, w_major=True, num_warps=8, num_stages=4, mma="bf16")
 FP8_WGMMA_PREFILL = Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=8, num_stages=3,
                            mma="wgmma")
