@@ -176,16 +176,29 @@ class QuarkLinear(nnx.Module):
         return self._store(raw)
 
     def _store(self, raw: Mapping[str, Any], *, host_raw: Mapping[str, Any] | None = None) -> "QuarkLinear":
-        """Process checked raw params and set the variables."""
-        processed = process_params(self.scheme, {k: v for k, v in raw.items() if k != "bias"}, self.logical_widths)
+        """Process checked raw params and set the variables. Host (numpy) raw params of a scheme that
+        ``processes_on_host`` are processed in numpy and sent to the device as processed (no device program per
+        layer geometry, no sync); else the jitted ``process_params`` runs on the device."""
+        if host_raw is None and all(isinstance(v, np.ndarray) for v in raw.values()):
+            host_raw = raw
+        weights = {k: v for k, v in raw.items() if k != "bias"}
+        if host_raw is not None and self.scheme.processes_on_host:
+            processed = self.scheme.process_on_host({k: v for k, v in host_raw.items() if k != "bias"},
+                                                    self.logical_widths)
+            for k, v in processed.items():  # the declared (jitted form's) shapes and dtypes, or a clear error
+                want = getattr(self, k).get_value() if k in self.param_names else None
+                if want is None or tuple(v.shape) != tuple(want.shape) or np.dtype(v.dtype) != np.dtype(want.dtype):
+                    raise AssertionError(f"{self.name}: host processing gave {k} {np.dtype(v.dtype).name} "
+                                         f"{list(v.shape)}, expected {None if want is None else want.shape}")
+            processed = jax.device_put(processed)
+        else:
+            processed = process_params(self.scheme, weights, self.logical_widths)
         if set(processed) != set(self.param_names):
             raise AssertionError(f"{self.name}: processed params {sorted(processed)} != {sorted(self.param_names)}")
         for k, v in processed.items():
             getattr(self, k).set_value(v)
         if self.use_bias:
             self.bias.set_value(jnp.asarray(raw["bias"], self._float_dtype))
-        if host_raw is None and all(isinstance(v, np.ndarray) for v in raw.values()):
-            host_raw = raw
         self.scheme = self.scheme.for_loaded(processed, host_raw=host_raw)  # static: MXFP4's fold where exact
         self.weights_loaded = True
         return self

@@ -218,7 +218,10 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
 
     def quark_job(module, cp):
         raw = module.read_checkpoint(ckpt, cp)
-        module.load_raw(jax.device_put(raw), host_raw=raw)  # host_raw: load-time value checks without a sync
+        if module.scheme.processes_on_host:  # processed in numpy here, then sent as processed: no device program
+            module.load_raw(raw)
+        else:  # host_raw: load-time value checks without a sync
+            module.load_raw(jax.device_put(raw), host_raw=raw)
 
     jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
     jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]
@@ -233,6 +236,10 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
     in_flight, nxt, peak = 0, 0, 0
     wait = 0.0
     with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="quark_jax_load") as pool:
+        # the device processing of each distinct Quark layer geometry compiles first, in parallel, while the
+        # first jobs (the embedding, ~1 GB at 8B) are read: not one compile per shape inside the layers' jobs
+        for fn in _processing_compiles(quark_layers):
+            pool.submit(fn)
         try:
             while nxt < len(jobs) or pending:
                 while nxt < len(jobs) and (not pending or in_flight + jobs[nxt][1] <= READ_AHEAD_BYTES):
@@ -253,6 +260,32 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
     PIPELINE_STATS.clear()
     PIPELINE_STATS.update(wait_s=wait, jobs=len(jobs), peak_in_flight_bytes=peak,
                           largest_job_bytes=max((b for _, b, _ in jobs), default=0))
+
+
+def _processing_compiles(quark_layers) -> list:
+    """One AOT compile of ``process_params`` per distinct (scheme, widths, raw shapes) among the Quark layers
+    that process on the device (a scheme that ``processes_on_host`` needs none); the jit cache then serves each
+    layer's call. A failing compile is left to the layer's own call to report."""
+    from quark_jax.schemes import process_params
+
+    seen, out = set(), []
+    for module, _ in quark_layers:
+        if module.scheme.processes_on_host:
+            continue
+        specs = {k: v.shape_dtype() for k, v in module.raw_param_specs().items() if k != "bias" and v.required}
+        key = (module.scheme, module.logical_widths, tuple((k, v.shape, str(v.dtype)) for k, v in specs.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+
+        def compile_one(scheme=module.scheme, specs=specs, widths=module.logical_widths):
+            try:
+                process_params.lower(scheme, specs, widths).compile()
+            except Exception:  # noqa: BLE001  (the layer's own call raises it with its name)
+                pass
+
+        out.append(compile_one)
+    return out
 
 
 @partial(jax.jit, static_argnums=(1, 2))

@@ -273,6 +273,23 @@ class QuarkScheme(abc.ABC):
         """
         return self
 
+    #: whether :meth:`process_on_host` processes this scheme's raw params on the host (numpy), with no device
+    #: program: a loader then runs no compile per layer geometry (a relayout the host does at memory speed)
+    processes_on_host = False
+
+    def process_on_host(self, params: Mapping[str, np.ndarray], logical_widths=None) -> dict[str, np.ndarray]:
+        """``process_weights_after_loading`` on host arrays, in numpy, for schemes whose processing is a relayout
+        (:attr:`processes_on_host`): the same names, shapes, dtypes and values as the jitted form, as host arrays
+        for the loader to send to the device (MXFP4: the scales' [K/32, N] copy). The default raises
+        ``NotImplementedError`` (schemes that compute, e.g. FP8's re-quantization of fused shards, process on the
+        device).
+
+        >>> from quark_jax.schemes import QuarkW8A8Fp8
+        >>> QuarkW8A8Fp8().processes_on_host
+        False
+        """
+        raise NotImplementedError(f"{type(self).__name__}: processes its params on the device")
+
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 

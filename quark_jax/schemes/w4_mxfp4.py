@@ -104,6 +104,35 @@ class _QuarkMXFP4(QuarkScheme):
             out["input_scale"] = jnp.max(jnp.asarray(params["input_scale"], jnp.float32))
         return out
 
+    @property
+    def processes_on_host(self) -> bool:
+        """The packed weight and scales pass through and the [K/32, N] copy is a transpose: the host does it
+        (``dequantize_at_load`` computes: on the device)."""
+        return not self.dequantize_at_load
+
+    def process_on_host(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, np.ndarray]:
+        """:meth:`process_weights_after_loading` in numpy (the loader's path: no device program per layer shape,
+        no device sync): ``weight`` and ``weight_scale`` as given, ``weight_scale_kn`` their transpose (contiguous)
+        where stored, ``input_scale`` the max of the shards' (float32, 0-d).
+
+        >>> import numpy as np
+        >>> s = QuarkW4A8MXFP4Fp8(impl="xla")
+        >>> p = s.process_on_host({"weight": np.zeros((16, 16), np.uint8), "weight_scale": np.full((16, 1), 127,
+        ...                        np.uint8), "input_scale": np.array([0.5, 0.25], np.float32)})
+        >>> sorted(p), float(p["input_scale"]), p["input_scale"].shape
+        (['input_scale', 'weight', 'weight_scale'], 0.5, ())
+        """
+        if not self.processes_on_host:
+            return super().process_on_host(params, logical_widths)
+        weight, scales = np.asarray(params["weight"]), np.asarray(params["weight_scale"])
+        self._widths(weight.shape[0], logical_widths)
+        out = {"weight": weight, "weight_scale": scales}
+        if self.stores_scales_kn(weight.shape[0], weight.shape[1] * 2):
+            out["weight_scale_kn"] = np.ascontiguousarray(scales.T)  # [K/32, N]: the Mosaic decode kernel's layout
+        if self.is_static_input_scheme:
+            out["input_scale"] = np.asarray(np.max(np.asarray(params["input_scale"], np.float32)), np.float32)
+        return out
+
     def stores_scales_kn(self, n: int, k: int) -> bool:
         """Whether the processed params of a [N, K] layer hold ``weight_scale_kn`` (the scales as [K/32, N]):
         where the Mosaic decode kernel may run on this device (a static decision from the shape and device)."""
@@ -127,7 +156,9 @@ class _QuarkMXFP4(QuarkScheme):
             scales = host
         known = isinstance(scales, (np.ndarray, jax.Array)) and not isinstance(scales, jax.core.Tracer)
         if "weight_scale_kn" in params and known:
-            fold = int(np.max(np.asarray(jax.device_get(jnp.max(scales))))) <= FOLD_MAX_SCALE_BYTE
+            # host bytes: numpy's max (a jnp.max would send them to the device, compile per shape and sync)
+            top = np.max(scales) if isinstance(scales, np.ndarray) else jax.device_get(jnp.max(scales))
+            fold = int(np.asarray(top)) <= FOLD_MAX_SCALE_BYTE
         return self if fold == self.mosaic_fold else self.replace(mosaic_fold=fold)
 
     def dequantize_weight(self, params: Mapping[str, Any]):

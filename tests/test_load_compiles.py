@@ -1,0 +1,132 @@
+"""What ``from_pretrained`` compiles while it loads (issue 14 item 4, session 9): MXFP4 layers are processed on
+the host (numpy: the [K/32, N] scale copy, the fold check), so the load runs no ``process_params`` program and no
+device reduction per layer shape, and the processed params equal the jitted processing's bit for bit; schemes that
+process on the device (FP8) compile ``process_params`` once per distinct layer geometry (ahead, in parallel), not
+once per layer. On CPU the device is a pretend H200 where the Mosaic decode layout matters (``tuning.current_device``
+patched, as ``tests/kernels/test_mxfp4_auto_mosaic.py`` does)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from quark_jax.kernels import MXFP4_FOLD_MAX_SCALE_BYTE, tuning
+from quark_jax.models import from_pretrained
+from quark_jax.nn import QuarkLinear
+from quark_jax.schemes import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, process_params
+
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "quark_tiny_llama"
+
+
+@pytest.fixture(autouse=True)
+def no_user_tables(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+
+
+class _Compiles(logging.Handler):
+    """Counts JAX's "Compiling jit(NAME) ..." log lines by NAME."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.counts[msg.split(" ")[1]] += 1
+
+
+def _load_counting(path):
+    handler = _Compiles()
+    log = logging.getLogger("jax")
+    log.addHandler(handler)
+    jax.clear_caches()  # what other tests in this process compiled must not hide a compile here
+    before = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # process-wide: the loader's reader threads compile too
+    try:
+        model = from_pretrained(path)
+    finally:
+        jax.config.update("jax_log_compiles", before)
+        log.removeHandler(handler)
+    return model, handler.counts
+
+
+def _quark_layers(model):
+    from flax import nnx
+
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, QuarkLinear)]
+
+
+def _fixture(name):
+    d = FIXTURES / name
+    if not (d / "config.json").exists():
+        pytest.skip(f"fixture {name} not bundled")
+    return d
+
+
+@pytest.mark.parametrize("name", ["w_mxfp4_a_mxfp4", "w_mxfp4_a_fp8_pertensor_static"])
+def test_mxfp4_load_compiles_no_processing_and_equals_the_jitted_form(monkeypatch, name):
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    d = _fixture(name)
+    model, counts = _load_counting(d)
+    assert counts["jit(process_params)"] == 0 and counts["jit(_reduce_max)"] == 0, counts
+    layers = _quark_layers(model)
+    assert len(layers) == 8  # 2 layers x (qkv, o, gate_up, down)
+    from quark_jax.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(d)
+    for layer in layers:
+        assert layer.scheme.processes_on_host
+        raw = layer.read_checkpoint(ckpt)
+        ws = np.asarray(raw["weight_scale"])
+        got = {k: np.asarray(v) for k, v in layer.params().items()}
+        # the Mosaic layout on the pretend H200: the checkpoint's scales transposed, numpy's transpose
+        np.testing.assert_array_equal(got["weight_scale_kn"], ws.T)
+        np.testing.assert_array_equal(got["weight"], raw["weight"])
+        # the same params as the device processing (names, shapes, dtypes, bytes)
+        want = process_params(layer.scheme, {k: v for k, v in raw.items() if k != "bias"}, layer.logical_widths)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert got[k].dtype == np.asarray(want[k]).dtype and got[k].shape == want[k].shape, k
+            np.testing.assert_array_equal(got[k], np.asarray(want[k]), err_msg=k)
+        if "input_scale" in raw:
+            assert float(got["input_scale"]) == float(np.max(np.asarray(raw["input_scale"], np.float64)))
+        # the fold decision from the bytes (numpy), as the device check would make it
+        assert layer.scheme.mosaic_fold == (int(ws.max()) <= MXFP4_FOLD_MAX_SCALE_BYTE)
+
+
+@pytest.mark.parametrize("scheme", [QuarkW4A4MXFP4(), QuarkW4A8MXFP4Fp8()], ids=["w4a4", "w4a8"])
+def test_host_processing_refuses_nothing_the_layer_did_not_declare(monkeypatch, scheme):
+    """A layer's host processing gives exactly its declared params; a fold-unsafe byte turns the fold off."""
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    rng = np.random.default_rng(0)
+    k, n = 128, 64
+    raw = {"weight": rng.integers(0, 256, (n, k // 2), dtype=np.uint8),
+           "weight_scale": rng.integers(110, 129, (n, k // 32), dtype=np.uint8)}
+    if scheme.is_static_input_scheme:
+        raw["input_scale"] = np.array([0.25], np.float32)
+    layer = QuarkLinear(k, n, scheme=scheme, name="p", abstract=True)
+    layer.load_raw(raw)
+    assert sorted(layer.params()) == sorted(layer.param_names)
+    np.testing.assert_array_equal(np.asarray(layer.params()["weight_scale_kn"]), raw["weight_scale"].T)
+    assert layer.scheme.mosaic_fold is True
+    raw["weight_scale"][3, 1] = MXFP4_FOLD_MAX_SCALE_BYTE + 1
+    assert QuarkLinear(k, n, scheme=scheme, name="p", abstract=True).load_raw(raw).scheme.mosaic_fold is False
+
+
+def test_device_processing_compiles_once_per_geometry():
+    """FP8 per-tensor re-quantizes fused shards on the device: one ``process_params`` compile per distinct
+    (widths, shapes) of the model's Quark layers (4 in a fused Llama: qkv, o, gate_up, down), whatever the number
+    of layers."""
+    d = _fixture("w_fp8_a_fp8_pertensor_static")
+    model, counts = _load_counting(d)
+    layers = _quark_layers(model)
+    geometries = {(m.logical_widths, m.in_features) for m in layers}
+    assert len(layers) == 8 and len(geometries) == 4
+    assert counts["jit(process_params)"] == len(geometries), counts
