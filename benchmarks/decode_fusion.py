@@ -12,7 +12,8 @@ overlap and their sum exceeds the wall time.
 
 ``--ab`` compiles variants of the decode-chunk program (``VARIANTS``: the split-K epilogue as a reduce or as
 elementwise adds, XLA command-buffer options, the fused residual add + RMSNorm ``addnorm``, the decode-attention
-kernel ``decattn``, the norms / SiLU-mul in the FP8 GEMMs' prologue ``prologue``) on in-memory models in one process and reports per variant the
+kernel ``decattn``, the norms / SiLU-mul in the FP8 GEMMs' prologue ``prologue``, the RoPE + KV-cache write kernel
+``ropekv``, FP8 decode-GEMM tilings ``tiles_*``) on in-memory models in one process and reports per variant the
 compile time, ms/token, kernels per step and GPU busy time (``--profile``), whether the tokens and cache equal the
 scheme's first variant bit for bit, and (``--out-dir``) the compiled HLO of the base, fold and addnorm variants.
 
@@ -308,7 +309,75 @@ DECODE_ATTN_SPLITS["addnorm_decattn"] = 0
 # bf16 unchanged). An A/B: --ab-plan fp8:fold,fp8:prologue
 VARIANTS["prologue"] = (True, {})
 PROLOGUE = {"prologue"}
+# the decode step's q/k RoPE and k/v cache write in one kernel fed the qkv GEMM's split-K sums
+# (llama.DECODE_ROPE_CACHE = "pallas": kernels.attention.rope_cache_update). An A/B: --ab-plan fp8:fold,fp8:ropekv
+VARIANTS.update({"ropekv": (True, {}), "ropekv_cmdbuf": (True, {"xla_gpu_enable_command_buffer": CMDBUF_ALL,
+                                                               "xla_gpu_graph_min_graph_size": 1})})
+ROPE_CACHE = {"ropekv": "pallas", "ropekv_cmdbuf": "pallas"}
+# decode-GEMM tilings other than the table's (FP8 Pallas kernel, M = 1, the 8B's shapes; keys "1@KxN" as in
+# fp8_scaled_mm.pallas_triton's table), each a dict of rows put over the table for the variant. ``wide``: fewer,
+# wider programs (16-32 KB of weight per pipeline stage); ``deep``: block_k 512 (half the K steps, twice the
+# bytes per stage); ``qkv_s2``: the qkv GEMM's K split 2 (192 programs, half the partial sums); the rest as now.
+_TILE = dict(block_m=16, inner="wx", num_warps=4)
+TILES = {
+    "tiles_wide": {"1@4096x6144": dict(block_n=128, block_k=256, split_k=4, num_stages=3),
+                   "1@4096x4096": dict(block_n=64, block_k=256, split_k=4, num_stages=3),
+                   "1@14336x4096": dict(block_n=64, block_k=256, split_k=4, num_stages=3)},
+    "tiles_deep": {"1@4096x6144": dict(block_n=64, block_k=512, split_k=4, num_stages=3),
+                   "1@4096x4096": dict(block_n=32, block_k=512, split_k=2, num_stages=3),
+                   "1@14336x4096": dict(block_n=32, block_k=512, split_k=4, num_stages=3)},
+    "tiles_qkv_s2": {"1@4096x6144": dict(block_n=64, block_k=256, split_k=2, num_stages=4)},
+}
+VARIANTS.update({name: (True, {}) for name in TILES})
+# ropekv with each tiling
+for _t in list(TILES):
+    VARIANTS[f"ropekv_{_t}"] = (True, {})
+    ROPE_CACHE[f"ropekv_{_t}"] = "pallas"
+    TILES[f"ropekv_{_t}"] = TILES[_t]
+# the fused add + RMSNorm (as ``addnorm``) with more warps per row program: the kernel measured 3.7-4.5 us with
+# 4 warps at H = 4096 (session 7), ~1 us more than its loads need; 8 / 16 warps hold a row's 16 KB of split-K sums
+# in fewer registers per thread. ``ropekv_addnorm_w16``: both kernels.
+VARIANTS.update({"addnorm_w8": (True, {}), "addnorm_w16": (True, {}), "ropekv_addnorm_w16": (True, {})})
+ADD_NORM.update({"addnorm_w8": "pallas", "addnorm_w16": "pallas", "ropekv_addnorm_w16": "pallas"})
+ADD_NORM_WARPS = {"addnorm_w8": 8, "addnorm_w16": 16, "ropekv_addnorm_w16": 16}
+ROPE_CACHE["ropekv_addnorm_w16"] = "pallas"
+# XLA command buffers for the loop body's kernel sequences only (the decode program compiles with none today:
+# hlo_command_buffers 0 in session 9), and with the while loop inside (``fold_cmdbuf_while``, above)
+VARIANTS["fold_cmdbuf_body"] = (True, {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN",
+                                       "xla_gpu_graph_min_graph_size": 1})
 DECODE_ATTENTION_IMPL = None  # not --ab: the decode attention impl build() sets (--decode-attention)
+
+
+_TABLE_ROWS = {}  # the FP8 sm90 table's rows a tiling variant replaced (restored by set_tiles(None))
+
+
+def set_tiles(rows: dict | None):
+    """Put ``rows`` (table key -> Config fields, over ``_TILE``) over the FP8 Pallas GEMM's sm90 table; None
+    restores the table."""
+    from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+
+    table = pallas_triton.TUNED["sm90"]
+    for key, cfg in _TABLE_ROWS.items():
+        if cfg is None:
+            table.pop(key, None)
+        else:
+            table[key] = cfg
+    _TABLE_ROWS.clear()
+    for key, fields in (rows or {}).items():
+        _TABLE_ROWS[key] = table.get(key)
+        table[key] = pallas_triton.Config(**_TILE, **fields)
+
+
+_ADD_NORM_SELECT = []
+
+
+def set_add_norm_warps(warps: int | None):
+    """The fused add + RMSNorm kernel's warps per row program (None: its own ``select``)."""
+    from quark_jax.kernels.add_rmsnorm import pallas_triton
+
+    if not _ADD_NORM_SELECT:
+        _ADD_NORM_SELECT.append(pallas_triton.select)
+    pallas_triton.select = _ADD_NORM_SELECT[0] if warps is None else (lambda h: pallas_triton.Config(num_warps=warps))
 
 
 def set_decode_attention(model, impl: str, splits: int = 0):
@@ -348,7 +417,7 @@ def ab_decode(args) -> dict:
     fold_fn = tiling.sum_splits
     out = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "variants": {}}
     budget = float(args.ab_budget_s)
-    models, refs = {}, {}
+    models, refs, interleave = {}, {}, {}
     for item in args.ab_plan.split(","):
         scheme, name = item.split(":")
         if time.perf_counter() - t_start > budget:
@@ -368,6 +437,9 @@ def ab_decode(args) -> dict:
             tiling.sum_splits = fold_fn if fold else (lambda p: jnp.sum(p, axis=0))
             llama.DECODE_ADD_NORM = ADD_NORM.get(name)
             llama.DECODE_PROLOGUE_FUSION = name in PROLOGUE
+            llama.DECODE_ROPE_CACHE = ROPE_CACHE.get(name)
+            set_tiles(TILES.get(name))
+            set_add_norm_warps(ADD_NORM_WARPS.get(name))
             set_decode_attention(model, "pallas" if name in DECODE_ATTN_SPLITS else "xla",
                                  DECODE_ATTN_SPLITS.get(name, 0))
             graphdef = nnx.split(model)[0]  # the impl is static: part of the graph definition
@@ -393,7 +465,7 @@ def ab_decode(args) -> dict:
                 res["hlo_fusions"] = len(re.findall(r"^\s*\S+ = \S+ fusion\(", hlo, flags=re.M))
                 res["hlo_custom_calls"] = hlo.count(" custom-call(")
                 res["hlo_command_buffers"] = hlo.count("command_buffer")
-                if args.out_dir and name in ("base", "fold", "addnorm", "decattn", "prologue"):
+                if args.out_dir and name in ("base", "fold", "addnorm", "decattn", "prologue", "ropekv"):
                     import gzip
                     Path(args.out_dir).mkdir(parents=True, exist_ok=True)  # (a missing one cost session 6 its baseline)
                     with gzip.open(Path(args.out_dir) / f"decode_hlo_{scheme}_{name}.txt.gz", "wt") as f:
@@ -411,6 +483,22 @@ def ab_decode(args) -> dict:
                         outs.append(o)
                     return jnp.concatenate(outs, axis=1), cache
 
+                if args.ab_rounds:  # the compiled program, kept for the interleaved rounds below (jax.clear_caches
+                    # drops the jitted function's); a Compiled call flattens the state in Python: the same few ms per
+                    # chunk for every variant
+
+                    def timed(compiled=compiled, mk=mk, tok0=tok0, done0=done0, first=first, key=key, temp=temp,
+                              topk=topk, eos=eos, steps=steps, state=state):
+                        cache, tok, slot, done = mk(), tok0, jnp.int32(args.prompt), done0
+                        jax.block_until_ready(cache)
+                        t0 = time.perf_counter()
+                        for _ in range(n_new // chunk):
+                            o, _, tok, slot, done, cache = compiled(state, cache, tok, slot, done, first, key, temp,
+                                                                    topk, eos, steps)
+                        jax.block_until_ready((o, cache))
+                        return 1e3 * (time.perf_counter() - t0) / n_new
+
+                    interleave[f"{scheme}/{name}"] = timed
                 toks, cache = gen(n_new)
                 jax.block_until_ready(cache)
                 runs = []
@@ -458,9 +546,26 @@ def ab_decode(args) -> dict:
             out["elapsed_s"] = time.perf_counter() - t_start
             if args.out:
                 Path(args.out).write_text(json.dumps(out, indent=1))
+    if interleave:  # drift-robust timing: every variant once per round, round after round
+        for key in interleave:
+            interleave[key]()  # warm (the Compiled call path)
+        for r in range(args.ab_rounds):
+            for key, timed in (interleave.items() if r % 2 == 0 else reversed(list(interleave.items()))):
+                res = out["variants"][key]
+                res.setdefault("decode_ms_interleaved", []).append(timed())
+        for key in interleave:
+            res = out["variants"][key]
+            res["decode_ms_interleaved_median"] = float(np.median(res["decode_ms_interleaved"]))
+            log(key, "interleaved ms/token", json.dumps(res["decode_ms_interleaved"]))
+        out["elapsed_s"] = time.perf_counter() - t_start
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=1))
     tiling.sum_splits = fold_fn
     llama.DECODE_ADD_NORM = None
     llama.DECODE_PROLOGUE_FUSION = False
+    llama.DECODE_ROPE_CACHE = None
+    set_tiles(None)
+    set_add_norm_warps(None)
     for model, _, _ in models.values():
         set_decode_attention(model, "xla")
     return out
@@ -484,11 +589,18 @@ def main(argv=None):
     ap.add_argument("--ab", action="store_true", help="A/B the decode variants (VARIANTS) per scheme")
     ap.add_argument("--ab-plan", default=AB_PLAN, help="scheme:variant,... in priority order")
     ap.add_argument("--ab-budget-s", type=float, default=1e9, help="skip the remaining variants after this")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="after the variants, time each again in this many interleaved rounds (alternating order; "
+                         "decode_ms_interleaved_median), against drift between the variants' own runs")
     ap.add_argument("--out-dir", default=None, help="--ab: where the compiled decode HLO goes")
     ap.add_argument("--add-norm", choices=("pallas", "xla"), default=None,
                     help="not --ab: set quark_jax.models.llama.DECODE_ADD_NORM (the fused residual add + RMSNorm)")
     ap.add_argument("--decode-prologue", action="store_true",
                     help="not --ab: set quark_jax.models.llama.DECODE_PROLOGUE_FUSION")
+    ap.add_argument("--rope-cache", choices=("pallas", "xla"), default=None,
+                    help="not --ab: set quark_jax.models.llama.DECODE_ROPE_CACHE (RoPE + KV-cache write kernel)")
+    ap.add_argument("--tiles", choices=sorted(TILES), default=None,
+                    help="not --ab: put the FP8 decode-GEMM tiling variant's rows over the sm90 table")
     ap.add_argument("--decode-attention", choices=("pallas", "xla"), default=None,
                     help="not --ab: every Attention's decode_attention_impl (kernels.decode_attention)")
     ap.add_argument("--out", default=None)
@@ -503,6 +615,12 @@ def main(argv=None):
         from quark_jax.models import llama
 
         llama.DECODE_PROLOGUE_FUSION = True
+    if args.rope_cache:
+        from quark_jax.models import llama
+
+        llama.DECODE_ROPE_CACHE = args.rope_cache
+    if args.tiles:
+        set_tiles(TILES[args.tiles])
     res = ab_decode(args) if args.ab else lower_only(args) if args.lower_only else measure(args)
     print("RESULT " + json.dumps({k: v for k, v in res.items() if k not in ("profile", "variants")}))
     if args.out:

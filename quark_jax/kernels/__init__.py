@@ -18,7 +18,8 @@ from quark_jax.kernels.tiling import SplitSums
 from quark_jax.kernels.prologue import transform_reference
 from quark_jax.kernels.attention import (decode_attention, decode_attention_impl, decode_attention_xla,
                                         fused_prefill_impl, in_query_blocks,
-                                        prefill_attention, prefill_attention_xla)
+                                        prefill_attention, prefill_attention_xla, rope_cache_supported,
+                                        rope_cache_update, rope_cache_update_xla)
 from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
 from quark_jax.kernels.dense_mm import dense_mm, dense_mm_impl, dense_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
@@ -37,5 +38,6 @@ __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "dense_mm", "dense_mm_xla", "de
            "grouped_mm", "grouped_mm_xla",
            "int4_mm", "int4_mm_xla", "int4_mm_nk", "int4_mm_nk_xla", "int4_repack", "int4_unrepack", "fp8_block_mm", "fp8_block_mm_xla", "mxfp6_mm", "mxfp6_mm_xla",
            "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "transform_reference", "fused_prefill_impl", "in_query_blocks",
-           "decode_attention", "decode_attention_impl", "decode_attention_xla",
+           "decode_attention", "decode_attention_impl", "decode_attention_xla", "rope_cache_update",
+           "rope_cache_update_xla", "rope_cache_supported",
            "choose_impl", "explain_impl", "describe_auto", "check_impl", "IMPLS", "tuning"]

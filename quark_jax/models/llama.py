@@ -26,7 +26,8 @@ from flax import nnx
 from jax import lax
 
 from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, decode_attention_impl, dense_mm,
-                               dense_mm_impl, fused_prefill_impl, in_query_blocks, prefill_attention)
+                               dense_mm_impl, fused_prefill_impl, in_query_blocks, prefill_attention,
+                               rope_cache_supported, rope_cache_update)
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
@@ -64,6 +65,29 @@ each norm's ``rsqrt(mean(h**2) + eps)`` (its sum-of-squares reduction). Saves 3 
 when the decode step is traced (like ``DECODE_ADD_NORM``, which takes precedence when set). Numerics: SPEC 11.7
 (the norm bit for bit; the SiLU within an ulp of float32 on a GPU). Off until measured on the GPU
 (benchmarks/NOTES.md, "Session 8, helper prologue")."""
+
+DECODE_ROPE_CACHE: str | None = None
+"""The decode step's (T == 1) RoPE of q and k and the k/v cache write after the fused ``qkv_proj``: None (off,
+the default: as written; XLA runs three kernels per layer: q's RoPE, k's RoPE + the k-cache update, the v-cache
+update, each re-running a split-K qkv GEMM's epilogue), "auto" ("pallas" on a CUDA GPU, else off), "pallas"
+(``kernels.attention.rope_cache_update``: one Pallas-Triton kernel taking the qkv GEMM's unfinished split-K sums,
+writing the caches in place; on the CPU in interpret mode) or "xla" (the same restructure through the XLA
+reference). Applies to fused-projection layers
+without q/k norms and with a cache in the model dtype (not an FP8 cache); others run as written. Read when the
+decode step is traced (set it before the first ``generate``, or call ``jax.clear_caches()``). Numerics: bit for
+bit the path as written (SPEC 11.9). Off until measured on the GPU (benchmarks/NOTES.md, "Session 9, helper
+fp8step")."""
+
+
+def _rope_cache_impl() -> str | None:
+    """``DECODE_ROPE_CACHE`` resolved: "auto" is "pallas" where Pallas kernels compile (a CUDA GPU), else None."""
+    if DECODE_ROPE_CACHE == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else None
+    if DECODE_ROPE_CACHE not in (None, "pallas", "xla"):
+        raise ValueError(f"llama.DECODE_ROPE_CACHE: expected None, 'auto', 'pallas' or 'xla', got "
+                         f"{DECODE_ROPE_CACHE!r}")
+    return DECODE_ROPE_CACHE
+
 
 DECODE_PROLOGUE_MAX_ROWS: int = 16
 """``DECODE_PROLOGUE_FUSION`` applies to decode steps of at most this many rows (the batch): the kernel forms
@@ -304,6 +328,10 @@ class Attention(FP8KVCacheScales, nnx.Module):
         """
         b, t, _ = x.shape
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        rope_cache = _rope_cache_impl()
+        if (rope_cache is not None and t == 1 and kv is not None and self.fused and not self.qk_norm
+                and not self.kv_fp8 and kv[0].dtype == x.dtype):
+            return self._decode_rope_cache(x, cos, sin, kv, start, first_slot, finish, rope_cache)
         if self.fused:
             qkv = _proj(self.qkv_proj, x)
             q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
@@ -342,6 +370,26 @@ class Attention(FP8KVCacheScales, nnx.Module):
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         return (_proj(self.o_proj, out) if finish else _proj_unfinished(self.o_proj, out)), new_kv
 
+
+    def _decode_rope_cache(self, x, cos, sin, kv, start, first_slot, finish, impl):
+        """The decode step (T == 1) with ``DECODE_ROPE_CACHE``: the qkv GEMM's output (or its split-K sums), the
+        RoPE and the cache write in ``kernels.attention.rope_cache_update``; the rest as in ``__call__``."""
+        b = x.shape[0]
+        qkv = _proj_unfinished(self.qkv_proj, x)  # [B, 1, N] or its SplitSums
+        qkv = qkv.reshape(b, qkv.shape[-1])
+        if impl == "pallas" and not rope_cache_supported(qkv, kv[0], head_dim=self.head_dim):
+            impl = "xla"
+        q, kc, vc = rope_cache_update(qkv, cos[:, 0], sin[:, 0], kv[0], kv[1], start, num_heads=self.num_heads,
+                                      num_kv_heads=self.num_kv_heads, impl=impl)
+        decode_impl = getattr(self, "decode_attention_impl", "auto")
+        if decode_attention_impl(decode_impl, kc.shape[1], self.head_dim, kc.dtype) == "pallas":
+            out = decode_attention(q, kc, vc, pos=start, first_slot=first_slot, impl=decode_impl,
+                                   out_dtype=x.dtype)[:, None]
+        else:
+            q_slots = start + jnp.arange(1, dtype=jnp.int32)
+            out = round_to(attend(q[:, None], kc, vc, q_slots, first_slot), x.dtype)
+        out = out.reshape(b, 1, self.num_heads * self.head_dim)
+        return (_proj(self.o_proj, out) if finish else _proj_unfinished(self.o_proj, out)), (kc, vc)
 
     def _fused_prefill(self, q, ks, t, start):
         """The fused prefill backend for this call, or None (the float32 ``attend``): only for T > 1 tokens

@@ -13,6 +13,9 @@ is what ``impl="auto"`` picks (None: no fused backend applies, the caller keeps 
 cache slots ``first_slot[b] .. pos[b]``: ``"xla"`` (``xla.decode_attention_xla``, float32 elementwise reductions,
 today's decode path) or ``"pallas"`` (``pallas_triton``: a flash-decoding Pallas-Triton kernel reading the bf16
 or FP8 cache once, split over slot blocks, an online softmax in float32; docs/SPEC.md 11.2 bounds its rounding).
+
+``rope_cache_update(qkv, cos, sin, k_cache, v_cache, pos, ...)`` (``rope_cache.py``): a decode step's RoPE of q
+and k and the k/v cache write in one kernel, from the fused qkv GEMM's output or its split-K sums (bit for bit).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import jax.numpy as jnp
 from quark_jax.kernels import tuning
 from quark_jax.quant import round_to
 from quark_jax.kernels.attention.xla import decode_attention_xla, in_query_blocks, prefill_attention_xla
+from quark_jax.kernels.attention.rope_cache import rope_cache_supported, rope_cache_update, rope_cache_update_xla
 
 __all__ = ["prefill_attention", "prefill_attention_xla", "in_query_blocks", "fused_prefill_impl", "ATTENTION_IMPLS",
            "decode_attention", "decode_attention_xla", "DECODE_ATTENTION_IMPLS", "decode_attention_impl",
-           "DECODE_PALLAS_MIN_SLOTS"]
+           "DECODE_PALLAS_MIN_SLOTS", "rope_cache_update", "rope_cache_update_xla", "rope_cache_supported"]
 
 ATTENTION_IMPLS = ("auto", "cudnn", "xla")
 DECODE_ATTENTION_IMPLS = ("auto", "xla", "pallas")
