@@ -72,6 +72,12 @@ def test_fp8_decode_with_rope_cache_kernel_equals_as_written(monkeypatch):
     auto = decode_steps(model, "auto", monkeypatch)  # the kernel on a CUDA GPU, off elsewhere
     assert auto[3] == ([("SplitSums", "pallas")] if ON_GPU else [])
     check_same(auto, ref)
+    # with the fused add + RMSNorm (DECODE_ADD_NORM) qkv_proj gets FP8 codes: the kernel still gets its split sums
+    monkeypatch.setattr(llama, "DECODE_ADD_NORM", "pallas")
+    ref_norm = decode_steps(model, None, monkeypatch)
+    both = decode_steps(model, "pallas", monkeypatch)
+    assert both[3] and set(both[3]) == {("SplitSums", "pallas")}  # the first layer has its own trace
+    check_same(both, ref_norm)
 
 
 def test_bf16_decode_with_rope_cache_kernel_equals_as_written(monkeypatch):

@@ -190,6 +190,18 @@ def _proj_unfinished(layer, x):
     return y if isinstance(y, SplitSums) else round_to(y, x.dtype)
 
 
+def _proj_unfinished_codes(layer, x):
+    """:func:`_proj_unfinished`, also for x given as :class:`~quark_jax.nn.InputCodes` (``DECODE_ADD_NORM``'s
+    codes): the scheme's ``apply_codes(..., finish=False)``, the same GEMM on the same codes."""
+    if (isinstance(x, InputCodes) and getattr(layer, "weights_loaded", False)
+            and getattr(layer, "shard_layout", None) is None and layer.static_input_quant() is not None):
+        bias = layer.bias[...] if layer.use_bias else None
+        out_dtype = layer.dtype if layer.dtype is not None else jnp.dtype(x.dtype)
+        y = layer.scheme.apply_codes(layer.params(), x.codes, bias, out_dtype=out_dtype, finish=False)
+        return y if isinstance(y, SplitSums) else round_to(y, x.dtype)
+    return _proj_unfinished(layer, x)
+
+
 class MLP(nnx.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
     dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
@@ -375,7 +387,7 @@ class Attention(FP8KVCacheScales, nnx.Module):
         """The decode step (T == 1) with ``DECODE_ROPE_CACHE``: the qkv GEMM's output (or its split-K sums), the
         RoPE and the cache write in ``kernels.attention.rope_cache_update``; the rest as in ``__call__``."""
         b = x.shape[0]
-        qkv = _proj_unfinished(self.qkv_proj, x)  # [B, 1, N] or its SplitSums
+        qkv = _proj_unfinished_codes(self.qkv_proj, x)  # [B, 1, N] or its SplitSums
         qkv = qkv.reshape(b, qkv.shape[-1])
         if impl == "pallas" and not rope_cache_supported(qkv, kv[0], head_dim=self.head_dim):
             impl = "xla"
