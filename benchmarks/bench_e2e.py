@@ -622,7 +622,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--dense-gemm", default=None, choices=("auto", "layers", "xla"),
                     help="llama.DENSE_DECODE_GEMM (the float projections' decode GEMM; 'layers': not the LM head), "
                          "set before any run (not passed to --second-process)")
+    ap.add_argument("--no-warm-kernels", action="store_true",
+                    help="generation.WARM_KERNELS = False: the Mosaic MXFP4 decode kernels compile inside the decode "
+                         "program (the session-9 baseline of the first call; not passed to --second-process)")
     args = ap.parse_args(argv)
+    if args.no_warm_kernels:
+        from quark_jax.models import generation
+
+        generation.WARM_KERNELS = False  # read at the first generate
     if args.decode_prologue and not args.torch:
         from quark_jax.models import llama
 
@@ -672,6 +679,8 @@ def main(argv=None) -> dict:
 
     if args.dense_gemm is not None:
         results["dense_decode_gemm"] = args.dense_gemm
+    if args.no_warm_kernels:
+        results["warm_kernels"] = False
     if peer is not None:
         results["torch_peer"] = peer
         save()

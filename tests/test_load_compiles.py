@@ -17,6 +17,7 @@ import pytest
 from quark_jax.kernels import MXFP4_FOLD_MAX_SCALE_BYTE, tuning
 from quark_jax.models import from_pretrained
 from quark_jax.nn import QuarkLinear
+from quark_jax.nn import linear as linear_mod
 from quark_jax.schemes import QuarkW4A4MXFP4, QuarkW4A8MXFP4Fp8, process_params
 
 from pathlib import Path
@@ -27,6 +28,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "quark_tiny_llama"
 @pytest.fixture(autouse=True)
 def no_user_tables(monkeypatch, tmp_path):
     monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    linear_mod._processed_shapes.cache_clear()  # per-process geometry caches: a pretend device must not leak
+    yield
+    linear_mod._processed_shapes.cache_clear()
+    jax.clear_caches()
 
 
 class _Compiles(logging.Handler):

@@ -290,6 +290,19 @@ class QuarkScheme(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__}: processes its params on the device")
 
+    def runs_process_cached_kernel(self, param_names) -> bool:
+        """Whether :meth:`apply_weights` at decode sizes (M <= 16 rows) on params named ``param_names`` runs a
+        kernel that the runtime compiles once per process and caches across XLA programs by the kernel's hash
+        (Mosaic GPU's custom call does; XLA's Triton kernels do not): compiling a layer of each distinct geometry
+        ahead (``models.generation`` does, in parallel threads, before the model's programs compile) takes that
+        compile off the programs' critical path. Default False.
+
+        >>> from quark_jax.schemes import QuarkW8A8Fp8
+        >>> QuarkW8A8Fp8().runs_process_cached_kernel(("weight", "weight_scale"))
+        False
+        """
+        return False
+
     def check_loaded(self, params: Mapping[str, np.ndarray], layer: str) -> None:
         """Host-side checks of raw loaded params that a jitted function cannot make (default: none)."""
 

@@ -133,6 +133,15 @@ class _QuarkMXFP4(QuarkScheme):
             out["input_scale"] = np.asarray(np.max(np.asarray(params["input_scale"], np.float32)), np.float32)
         return out
 
+    def runs_process_cached_kernel(self, param_names) -> bool:
+        """True where the Mosaic GPU decode kernel may run (the [K/32, N] scales are stored): the Mosaic custom
+        call compiles each distinct kernel once per process, keyed by its hash.
+
+        >>> QuarkW4A4MXFP4().runs_process_cached_kernel(("weight", "weight_scale", "weight_scale_kn"))
+        True
+        """
+        return "weight_scale_kn" in tuple(param_names)
+
     def stores_scales_kn(self, n: int, k: int) -> bool:
         """Whether the processed params of a [N, K] layer hold ``weight_scale_kn`` (the scales as [K/32, N]):
         where the Mosaic decode kernel may run on this device (a static decision from the shape and device)."""

@@ -1,0 +1,82 @@
+"""The first ``generate`` compiles the Mosaic GPU MXFP4 decode kernels ahead (issue 14 item 2, session 9): the
+Mosaic custom call compiles each distinct kernel once per process, keyed by the sha256 of its serialized module
+(``kernel_hash``), so a warm-up program per distinct layer geometry takes those compiles off the decode program's
+critical path only if its kernels hash exactly as the decode program's do. Checked by cross-lowering both for CUDA
+on this CPU host (the Pallas kernels lowered for the GPU, not interpreted), on a pretend H200 where ``auto`` runs
+the Mosaic kernel at decode."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from quark_jax.kernels import _dispatch, tuning
+from quark_jax.models import from_pretrained
+from quark_jax.models import generation as g
+from quark_jax.nn import QuarkLinear
+from quark_jax.nn import linear as linear_mod
+
+FIXTURE = Path(__file__).parent / "fixtures" / "quark_tiny_llama" / "w_mxfp4_a_mxfp4"
+
+
+@pytest.fixture(autouse=True)
+def fresh_shape_caches():
+    """Layer geometries are cached per process (the device does not change in one): a pretend device must not
+    leave its layouts to the next test."""
+    linear_mod._processed_shapes.cache_clear()
+    yield
+    linear_mod._processed_shapes.cache_clear()
+    jax.clear_caches()
+
+
+@pytest.fixture
+def pretend_h200(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr(tuning, "current_device", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(_dispatch, "pallas_interpret", lambda: False)  # lower the kernels for the GPU
+
+
+def _mosaic_hashes(text: str) -> list[str]:
+    """The ``kernel_hash`` of each Mosaic GPU custom call in lowered StableHLO text."""
+    return re.findall(r'custom_call @mosaic_gpu_v2\(.*?kernel_hash = "((?:[^"\\]|\\.)*)"', text)
+
+
+def _decode_text(model, batch: int) -> str:
+    progs, state = g._programs(model)
+    sds = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), t)
+    cache = jax.eval_shape(lambda: model.init_cache(batch, 64))
+    i32 = lambda shape=(): jax.ShapeDtypeStruct(shape, jnp.int32)
+    args = (8, sds(state), cache, i32((batch,)), i32(), jax.ShapeDtypeStruct((batch,), bool), i32((batch,)),
+            jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.float32), i32(), i32((1,)), i32())
+    return progs.decode.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_warmup_kernels_hash_as_the_decode_programs(pretend_h200):
+    model = from_pretrained(FIXTURE)
+    layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, QuarkLinear)]
+    assert all("weight_scale_kn" in m.param_names for m in layers)  # the Mosaic decode layout on this device
+    # one layer's fold decision differs: a distinct kernel (a different module) the warm-up must cover too
+    layers[-1].scheme = layers[-1].scheme.replace(mosaic_fold=not layers[-1].scheme.mosaic_fold)
+    decode = _mosaic_hashes(_decode_text(model, 1))
+    kernel_texts = [fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+                           for fn, args in g.kernel_warmups(model, 1)]
+    warm = [h for t in kernel_texts for h in _mosaic_hashes(t)]
+    geometries = {(m.in_features, m.out_features, m.scheme.mosaic_fold) for m in layers}
+    # qkv, o, gate_up, down (+ the flipped layer's fold): one warm-up program and one kernel per distinct one
+    assert len(warm) == len(set(warm)) == len(geometries) == 5
+    # the decode program holds each distinct kernel once per lowered function (its layers share one), and no
+    # kernel the warm-ups miss: the Mosaic compile cache then hits for every one
+    assert set(decode) == set(warm)
+    assert len(set(decode)) == len(geometries)
+
+
+def test_no_warmups_off_the_mosaic_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    model = from_pretrained(FIXTURE)  # CPU: auto = XLA, no [K/32, N] scales, nothing process-cached
+    assert g.kernel_warmups(model, 1) == []
+    assert g._warm_kernels(model, 1) == []  # and nothing submitted on a CPU backend
