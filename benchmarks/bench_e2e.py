@@ -623,13 +623,13 @@ def main(argv=None) -> dict:
                     help="llama.DENSE_DECODE_GEMM (the float projections' decode GEMM; 'layers': not the LM head), "
                          "set before any run (not passed to --second-process)")
     ap.add_argument("--no-warm-kernels", action="store_true",
-                    help="generation.WARM_KERNELS = False: the Mosaic MXFP4 decode kernels compile inside the decode "
-                         "program (the session-9 baseline of the first call; not passed to --second-process)")
+                    help="nn.warmup.DECODE_KERNEL_WARMUP = False: the Mosaic MXFP4 decode kernels compile inside the "
+                         "decode program (the session-9 baseline of the first call; not passed to --second-process)")
     args = ap.parse_args(argv)
     if args.no_warm_kernels:
-        from quark_jax.models import generation
+        from quark_jax.nn import warmup
 
-        generation.WARM_KERNELS = False  # read at the first generate
+        warmup.DECODE_KERNEL_WARMUP = False  # read by load_weights and the first generate
     if args.decode_prologue and not args.torch:
         from quark_jax.models import llama
 

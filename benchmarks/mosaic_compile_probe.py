@@ -2,8 +2,8 @@
 
 The Mosaic custom call compiles each distinct kernel once per process, keyed by the sha256 of its serialized
 module (``kernel_hash``), in XLA's instantiate stage, under XLA's LLVM options lock with options of its own.
-``generation.WARM_KERNELS`` compiles one small program per distinct layer geometry ahead, in parallel, so the
-decode program finds its kernels compiled. This probe builds an 8B-shaped MXFP4 W4A4 model abstractly (no
+``quark_jax.nn.warmup`` compiles one small program per distinct layer geometry ahead, in parallel (from
+``load_weights`` and the first ``generate``), so the decode program finds its kernels compiled. This probe builds an 8B-shaped MXFP4 W4A4 model abstractly (no
 weights; every layer folded, as the random 8B checkpoint's scale bytes allow) and
 
 * ``--lower-only`` (any host; on CPU a pretend H200): cross-lowers the decode program and the warm-ups for CUDA

@@ -80,3 +80,31 @@ def test_no_warmups_off_the_mosaic_path(monkeypatch, tmp_path):
     model = from_pretrained(FIXTURE)  # CPU: auto = XLA, no [K/32, N] scales, nothing process-cached
     assert g.kernel_warmups(model, 1) == []
     assert g._warm_kernels(model, 1) == []  # and nothing submitted on a CPU backend
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args):
+        self.calls.append(args)
+        return None
+
+
+def test_load_submits_one_warmup_per_geometry_and_generate_none_again(pretend_h200, monkeypatch):
+    """``load_weights`` submits each distinct geometry's warm-up once, as its first layer loads (8 layers, 4
+    geometries); the first ``generate`` then finds them all submitted (the process-wide record)."""
+    from quark_jax.nn import warmup
+
+    pool = _Recorder()
+    monkeypatch.setattr(warmup, "_on_gpu", lambda: True)
+    monkeypatch.setattr(warmup, "_POOL", pool)
+    monkeypatch.setattr(warmup, "_SUBMITTED", set())
+    model = from_pretrained(FIXTURE)
+    assert len(pool.calls) == 4
+    assert [a for _, a in g.kernel_warmups(model, 1)] == [a for _, a in pool.calls]  # the same programs
+    assert g._warm_kernels(model, 1) == [] and len(pool.calls) == 4
+    monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", False)
+    monkeypatch.setattr(warmup, "_SUBMITTED", set())
+    assert g._warm_kernels(model, 1) == [] and len(pool.calls) == 4  # switched off: nothing
+    assert warmup.warm_decode_kernels([], 17) == []

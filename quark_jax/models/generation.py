@@ -48,13 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quark_jax.nn import kv_cache_sharding
+from quark_jax.nn import decode_kernel_warmups, kv_cache_sharding, warm_decode_kernels
 from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.inputs import check_token_ids
 
 __all__ = ["generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size",
-           "check_fits", "DeviceMemoryError", "DEFAULT_CHUNK", "DECODE_CAPACITY", "decode_capacity", "kernel_warmups",
-           "WARM_KERNELS"]
+           "check_fits", "DeviceMemoryError", "DEFAULT_CHUNK", "DECODE_CAPACITY", "decode_capacity", "kernel_warmups"]
 
 TRACE_COUNTS: collections.Counter = collections.Counter()
 """How often ``prefill`` and ``decode`` were traced by jax.jit in this process."""
@@ -264,7 +263,7 @@ class _Programs:
 
     def warm_up_kernels(self, model, batch: int) -> list:
         """Once per batch size: compile the model's process-cached decode kernels ahead, in parallel
-        (:data:`WARM_KERNELS`); returns the futures."""
+        (``nn.warmup``); returns the futures."""
         if batch in self._warm_kernels:
             return []
         self._warm_kernels.add(batch)
@@ -281,69 +280,28 @@ class _Programs:
         return _POOL.submit(lambda: self.decode.lower(*args).compile())
 
 
-WARM_KERNELS = True
-"""Before a model's first decode program compiles (on a GPU), compile its layers' process-cached decode kernels
-ahead, one small program per distinct layer geometry, in parallel threads (:func:`kernel_warmups`): the Mosaic GPU
-MXFP4 kernels, which the Mosaic custom call compiles once per process keyed by the kernel's hash (each compile
-takes XLA's LLVM options lock with options of its own, so inside the decode program's compile they ran one
-after another and waited for the concurrent prefill compile's LLVM work). The decode program then finds them
-compiled."""
-
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="quark_jax-compile")
-_KERNEL_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="quark_jax-kernels")
-
-
-@partial(jax.jit, static_argnums=(0,))
-def _linear_call(graphdef, state, x):
-    return nnx.merge(graphdef, state)(x)
 
 
 def kernel_warmups(model, batch: int) -> list:
-    """``[(jitted function, abstract args)]``: one call of a layer of each distinct geometry whose scheme runs a
-    process-cached decode kernel (``QuarkScheme.runs_process_cached_kernel``), on a ``[batch, 1, K]`` input in
-    the layer's dtype, as the decode step calls it; ``fn.lower(*args).compile()`` compiles that kernel. Layers
-    differing only in their names share one entry (their kernels are the same module, with the same hash).
-    Sharded layers are left out.
+    """``[(jitted function, abstract args)]``: :func:`quark_jax.nn.warmup.decode_kernel_warmups` over the model's
+    layers: one small program per distinct layer geometry whose decode GEMM runs a process-cached kernel (the
+    Mosaic GPU MXFP4 kernel), compiling the same kernel as the decode program (the same hash).
 
     >>> from quark_jax.data import bundled_checkpoint
     >>> from quark_jax.models import from_pretrained
     >>> kernel_warmups(from_pretrained(bundled_checkpoint()), 1)   # on CPU no layer runs the Mosaic kernel
     []
     """
-    from quark_jax.nn import QuarkLinear
-
-    out, seen = [], set()
-    for _, m in nnx.iter_modules(model):
-        if (not isinstance(m, QuarkLinear) or not m.weights_loaded or m.shard_layout is not None
-                or not m.scheme.runs_process_cached_kernel(m.param_names)):
-            continue
-        graphdef, state = nnx.split(m)
-        sds = jax.tree.map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)), state)
-        dtype = jnp.dtype(m.dtype if m.dtype is not None else jnp.float32)
-        key = (m.scheme, m.in_features, m.logical_widths, m.use_bias, dtype.name,
-               tuple((k, tuple(v.shape), jnp.dtype(v.dtype).name) for k, v in
-                     ((k, getattr(m, k).get_value()) for k in m.param_names)))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((_linear_call, (graphdef, sds, jax.ShapeDtypeStruct((int(batch), 1, m.in_features), dtype))))
-    return out
+    return [(fn, args) for _, fn, args in decode_kernel_warmups([m for _, m in nnx.iter_modules(model)], batch)]
 
 
 def _warm_kernels(model, batch: int) -> list:
-    """Submit :func:`kernel_warmups`' compiles to the kernel pool (GPU only, :data:`WARM_KERNELS`); their
-    futures (a failure is left to the program that runs the layer to report)."""
-    if (not WARM_KERNELS or jax.default_backend() != "gpu" or getattr(model, "mesh", None) is not None
-            or batch > 16):  # decode sizes: QuarkScheme.runs_process_cached_kernel's M <= 16
+    """Before the first decode program of ``model`` compiles: the warm-ups :func:`load_weights` has not submitted
+    yet (``nn.warmup.warm_decode_kernels``: GPU only, ``nn.warmup.DECODE_KERNEL_WARMUP``); their futures."""
+    if getattr(model, "mesh", None) is not None:
         return []
-
-    def compile_one(fn, args):
-        try:
-            fn.lower(*args).compile()
-        except Exception:  # noqa: BLE001  (the decode program compiles the kernel itself and reports)
-            pass
-
-    return [_KERNEL_POOL.submit(compile_one, fn, args) for fn, args in kernel_warmups(model, batch)]
+    return warm_decode_kernels([m for _, m in nnx.iter_modules(model)], batch)
 _PROGRAMS: dict = {}
 _MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables)
 
@@ -485,7 +443,7 @@ class _Run:
             tok = jax.ShapeDtypeStruct((b,), jnp.int32)
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
-            progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see WARM_KERNELS
+            progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
             compiling = progs.warm_up_decode(args)
         token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
                                            *self.sampling, eos)

@@ -41,6 +41,7 @@ from quark_jax.nn.experts import QuarkExperts
 from quark_jax.nn.kv_scales import FP8KVCacheScales
 from quark_jax.nn.linear import QuarkLinear
 from quark_jax.nn.parallel import DEFAULT_RULES, MODEL, axis_size, check_mesh, param_sharding
+from quark_jax.nn.warmup import warm_decode_kernels
 
 __all__ = ["load_weights", "module_path"]
 
@@ -222,6 +223,7 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
             module.load_raw(raw)
         else:  # host_raw: load-time value checks without a sync
             module.load_raw(jax.device_put(raw), host_raw=raw)
+        warm_decode_kernels([module])  # the first layer of a geometry: its Mosaic decode kernel compiles now
 
     jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
     jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]

@@ -1,0 +1,104 @@
+"""Compile process-cached decode kernels ahead (issue 14 item 2): the Mosaic GPU MXFP4 decode kernels.
+
+The Mosaic GPU custom call compiles each distinct kernel once per process, keyed by the sha256 of its serialized
+module (``kernel_hash``), when XLA compiles a program that holds it, and each compile takes XLA's LLVM options
+lock with options of its own: inside the 8B MXFP4 decode program's compile the kernels compiled one after
+another, and waited for the concurrently compiling prefill program's LLVM work. A small program per distinct
+layer geometry (a ``QuarkLinear`` called on a ``[batch, 1, K]`` input, as the decode step calls it) compiles the
+same kernels (the same module bytes, the same hash) ahead, in parallel threads; the decode program then finds
+them compiled. ``load_weights`` submits a geometry's warm-up as soon as its first layer is loaded (the fold
+decision is known then), ``generate`` submits what is left before its programs compile.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels"]
+
+DECODE_KERNEL_WARMUP = True
+"""Whether :func:`warm_decode_kernels` compiles anything (on a GPU backend; read at each call)."""
+
+MAX_ROWS = 16
+"""Decode sizes: ``QuarkScheme.runs_process_cached_kernel`` promises the process-cached kernel at M <= 16."""
+
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="quark_jax-kernels")
+_SUBMITTED: set = set()  # warm-up keys submitted in this process
+_LOCK = threading.Lock()
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _linear_call(graphdef, state, x):
+    return nnx.merge(graphdef, state)(x)
+
+
+def _key(layer, batch: int):
+    shapes = tuple((k, tuple(v.shape), jnp.dtype(v.dtype).name)
+                   for k, v in ((k, getattr(layer, k).get_value()) for k in layer.param_names))
+    dtype = jnp.dtype(layer.dtype if layer.dtype is not None else jnp.float32).name
+    return layer.scheme, layer.in_features, layer.logical_widths, layer.use_bias, dtype, shapes, int(batch)
+
+
+def decode_kernel_warmups(layers, batch: int = 1) -> list:
+    """``[(key, jitted function, abstract args)]``: for each distinct layer geometry among ``layers``
+    (``QuarkLinear`` modules, loaded, not sharded) whose scheme runs a process-cached decode kernel
+    (``QuarkScheme.runs_process_cached_kernel``), one call of the layer on a ``[batch, 1, K]`` input in its dtype;
+    ``fn.lower(*args).compile()`` compiles that kernel. Layers differing only in their names share one entry.
+
+    >>> from quark_jax.nn import QuarkLinear
+    >>> decode_kernel_warmups([QuarkLinear(64, 64, scheme=None, abstract=True)])   # float: nothing to warm
+    []
+    """
+    from quark_jax.nn.linear import QuarkLinear
+
+    out, seen = [], set()
+    for m in layers:
+        if (not isinstance(m, QuarkLinear) or not m.weights_loaded or m.shard_layout is not None
+                or not m.scheme.runs_process_cached_kernel(m.param_names)):
+            continue
+        key = _key(m, batch)
+        if key in seen:
+            continue
+        seen.add(key)
+        graphdef, state = nnx.split(m)
+        sds = jax.tree.map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)), state)
+        x = jax.ShapeDtypeStruct((int(batch), 1, m.in_features), jnp.dtype(key[4]))
+        out.append((key, _linear_call, (graphdef, sds, x)))
+    return out
+
+
+def _compile(fn, args) -> None:
+    try:
+        fn.lower(*args).compile()
+    except Exception:  # noqa: BLE001  (the program that runs the layer compiles the kernel itself and reports)
+        pass
+
+
+def warm_decode_kernels(layers, batch: int = 1) -> list:
+    """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
+    threads and return their futures; nothing (``[]``) off a GPU backend, with :data:`DECODE_KERNEL_WARMUP` off
+    or above :data:`MAX_ROWS` rows. A failing compile is left to the program that runs the layer to report.
+
+    >>> warm_decode_kernels([])
+    []
+    """
+    if not DECODE_KERNEL_WARMUP or not _on_gpu() or batch > MAX_ROWS:
+        return []
+    futures = []
+    for key, fn, args in decode_kernel_warmups(layers, batch):
+        with _LOCK:
+            if key in _SUBMITTED:
+                continue
+            _SUBMITTED.add(key)
+        futures.append(_POOL.submit(_compile, fn, args))
+    return futures
