@@ -11,6 +11,8 @@ MXFP4 kernel runs bf16 MMAs), and the Pallas result's relative Frobenius error a
     python benchmarks/bench_grouped_mm.py --out /tmp/grouped.json
     python benchmarks/bench_grouped_mm.py --schemes bf16,fp8 --tokens 2048 --impls pallas --fp8-prefill native,bf16
     python benchmarks/bench_grouped_mm.py --schemes bf16,fp8 --tokens 2048 --fp8-prefill native,wgmma,candidates
+    python benchmarks/bench_grouped_mm.py --schemes mxfp4 --tokens 1 --impls pallas --mxfp4-decode candidates \
+        --kn 4096x28672,14336x4096
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def fp8_variants(spec: str, pallas_triton) -> list:
     return list(dict.fromkeys(out))
 
 
+def mxfp4_variants(spec: str, pallas_triton) -> list:
+    """``--mxfp4-decode``'s names, 'candidates' expanded to ``pallas_triton.MXFP4_DECODE``; unknown names exit."""
+    out = []
+    for v in (v for v in spec.split(",") if v):
+        out += list(pallas_triton.MXFP4_DECODE) if v == "candidates" else [v]
+    bad = [v for v in out if v not in pallas_triton.MXFP4_DECODE]
+    if bad or not out:
+        raise SystemExit(f"--mxfp4-decode: unknown {bad or spec!r} (known: {', '.join(pallas_triton.MXFP4_DECODE)}, "
+                         f"candidates)")
+    return list(dict.fromkeys(out))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--schemes", default="bf16,fp8,mxfp4")
@@ -119,17 +133,26 @@ def main(argv=None) -> int:
                         "(the library's, row 'pallas'), native (Pallas' FP8 dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, experimental), a "
                         "name of pallas_triton.CANDIDATES, or 'candidates' (all of them), e.g. native,bf16,wgmma; "
                         "rows pallas_<variant>, above 32 tokens")
+    p.add_argument("--mxfp4-decode", default="default",
+                   help="MXFP4 Pallas decode tilings to time (grouped_mm.pallas_triton.MXFP4_DECODE_CFG): default, "
+                        "names of pallas_triton.MXFP4_DECODE or 'candidates' (all); rows pallas_<name>, up to 8 "
+                        "tokens (16 routed rows)")
+    p.add_argument("--kn", default=None, help="K x N shapes to run in turn, e.g. 4096x28672,14336x4096 (Mixtral "
+                                              "gate_up and down); default --k x --n")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from quark_jax.kernels.grouped_mm import pallas_triton
     default_variant = pallas_triton.FP8_PREFILL_MMA
     variants = fp8_variants(a.fp8_prefill.replace("default", default_variant), pallas_triton)
+    mx_variants = mxfp4_variants(a.mxfp4_decode, pallas_triton)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.kn.split(",")] if a.kn else [(a.k, a.n)]
     dev = jax.devices()[0]
     result = {"device": dev.device_kind, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                         time.gmtime()),
               "shape": {"E": a.e, "top_k": a.top_k, "K": a.k, "N": a.n}, "timing": "GPU kernel time, profiler",
               "rows": []}
-    for tokens in (int(t) for t in a.tokens.split(",")):
+    for (kk_, nn_), tokens in ((kn, int(t)) for kn in shapes for t in a.tokens.split(",")):
+        a.k, a.n = kk_, nn_
         m = tokens * a.top_k
         sizes = routing(tokens, a.e, a.top_k, seed=tokens)
         for scheme in a.schemes.split(","):
@@ -139,10 +162,16 @@ def main(argv=None) -> int:
             runs = [(impl, default_variant) for impl in a.impls.split(",")]
             if scheme == "fp8" and m > 64 and "pallas" in a.impls.split(","):  # the prefill variants
                 runs = [r for r in runs if r[0] != "pallas"] + [("pallas", v) for v in variants]
+            if scheme == "mxfp4" and m <= 16 and "pallas" in a.impls.split(","):  # the decode tilings
+                runs = [r for r in runs if r[0] != "pallas"] + [("pallas", "mx:" + v) for v in mx_variants]
             for impl, variant in runs:
-                pallas_triton.FP8_PREFILL_MMA = variant  # read when the call is traced (entry: a new jit)
-                label = impl if variant == default_variant else f"{impl}_{variant}"
-                row = {"scheme": scheme, "tokens": tokens, "rows": m, "impl": label, "active_experts": active,
+                mx = variant.startswith("mx:")
+                pallas_triton.FP8_PREFILL_MMA = default_variant if mx else variant  # read at trace (a new jit)
+                pallas_triton.MXFP4_DECODE_CFG = variant[3:] if mx else "default"
+                label = (f"{impl}_{variant[3:]}" if mx and variant != "mx:default" else impl if mx
+                         else impl if variant == default_variant else f"{impl}_{variant}")
+                row = {"scheme": scheme, "tokens": tokens, "rows": m, "K": a.k, "N": a.n, "impl": label,
+                       "active_experts": active,
                        "floor_us": round(max(t_bytes, t_flops) * 1e6, 2), "bytes_floor_us": round(t_bytes * 1e6, 2),
                        "flops_floor_us": round(t_flops * 1e6, 2)}
                 try:
@@ -159,11 +188,21 @@ def main(argv=None) -> int:
                     with open(a.out, "w") as f:
                         json.dump(result, f, indent=1)
             pallas_triton.FP8_PREFILL_MMA = default_variant
+            pallas_triton.MXFP4_DECODE_CFG = "default"
             for label in [lb for lb in outs if lb.startswith("pallas")] if "xla" in outs else []:
                 d, r = outs[label], outs["xla"]
                 err = float(np.linalg.norm(d - r) / max(np.linalg.norm(r), 1e-30))
-                result["rows"].append({"scheme": scheme, "tokens": tokens, f"{label}_vs_xla_rel_frobenius": err})
-                print(f"{scheme} tokens={tokens}: {label} vs xla rel err {err:.2e}", flush=True)
+                result["rows"].append({"scheme": scheme, "tokens": tokens, "K": a.k, "N": a.n,
+                                       f"{label}_vs_xla_rel_frobenius": err})
+                print(f"{scheme} tokens={tokens} {a.k}x{a.n}: {label} vs xla rel err {err:.2e}", flush=True)
+            if scheme == "mxfp4" and "pallas" in outs:  # decode tilings: the same sums (a K split: f32 order)
+                for label in [lb for lb in outs if lb.startswith("pallas_")]:
+                    diff = float(np.max(np.abs(outs[label] - outs["pallas"])))
+                    result["rows"].append({"scheme": scheme, "tokens": tokens, "K": a.k, "N": a.n,
+                                           f"{label}_vs_pallas_max_abs": diff,
+                                           "max_abs": float(np.max(np.abs(outs["pallas"])))})
+                    print(f"{scheme} tokens={tokens} {a.k}x{a.n}: {label} vs pallas max abs diff {diff:.3e}",
+                          flush=True)
             if scheme == "fp8" and outs:  # the FP8 variants' accumulation error (XLA's FP8 GEMM has its own)
                 want = fp8_f64_rows(sets[0])
                 for label, d in outs.items():

@@ -216,19 +216,29 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
     log(f"  first generate call {result['first_call_s']:.2f} s")
     save()
 
+    from quark_jax.kernels.grouped_mm import pallas_triton
+
     result["decode"] = {}
-    for b in args.batches:
+    mx_variants = args.mxfp4_decode if result["scheme"] == "mxfp4" else ["default"]
+    for variant, b in ((v, b) for v in mx_variants for b in args.batches):
+        if variant != pallas_triton.MXFP4_DECODE_CFG:  # read at trace time: drop the compiled programs
+            pallas_triton.MXFP4_DECODE_CFG = variant
+            _drop_programs()
         per = decode_runs(model, b, plen, n_new, vocab)
         ms = 1e3 * min(per)
         active, everything = step_bytes(model, b, cache_len)
         floor_ms = 1e3 * active / HBM_BYTES_PER_S
-        result["decode"][str(b)] = dict(
+        key = str(b) if variant == "default" else f"{b}@mxfp4_cfg={variant}"
+        result["decode"][key] = dict(
             ms_per_token=ms, tok_s=1e3 * b / ms, active_bytes=active, all_expert_bytes=everything,
             floor_ms=floor_ms, x_floor=ms / floor_ms, all_experts_ms=1e3 * everything / HBM_BYTES_PER_S,
             floor_measured_ms=(1e3 * active / bandwidth) if bandwidth else None, runs_ms=[1e3 * p for p in per])
-        log(f"  decode batch {b}: {ms:.3f} ms/step ({1e3 * b / ms:.1f} tok/s); active floor {floor_ms:.3f} ms "
+        log(f"  decode {key}: {ms:.3f} ms/step ({1e3 * b / ms:.1f} tok/s); active floor {floor_ms:.3f} ms "
             f"({ms / floor_ms:.2f}x), all experts {1e3 * everything / HBM_BYTES_PER_S:.3f} ms")
         save()
+    if pallas_triton.MXFP4_DECODE_CFG != "default":
+        pallas_triton.MXFP4_DECODE_CFG = "default"
+        _drop_programs()
 
     if args.profile:  # one decode step's kernels (batch 1): where the time goes against the active floor
         from benchmarks.profile_decode import profile_decode
@@ -238,8 +248,6 @@ def measure_scheme(ckpt: Path, ckpt_bytes: int, args, bandwidth: float, result: 
         log("  decode profile " + json.dumps({k: v for k, v in result["decode_profile"].items() if k != "top"}))
         log("  top kernels " + json.dumps(result["decode_profile"].get("top", [])))
         save()
-
-    from quark_jax.kernels.grouped_mm import pallas_triton
 
     result["prefill"] = {}
     variants = args.fp8_prefill if result["scheme"].startswith("fp8") else [DEFAULT_FP8_PREFILL]
@@ -277,6 +285,11 @@ def main(argv=None) -> dict:
                          "dot), bf16 (bf16 MMAs on upcast tiles), wgmma (FP8 wgmma, promotion every 32), a name of "
                          "pallas_triton.CANDIDATES or 'candidates' (all); rows of a variant other than the "
                          "default are keyed '<len>@fp8_mma=<variant>'")
+    ap.add_argument("--mxfp4-decode", default="default",
+                    help="MXFP4 expert decode tilings to time, in order (kernels.grouped_mm.pallas_triton."
+                         "MXFP4_DECODE_CFG): default, names of pallas_triton.MXFP4_DECODE or 'candidates' (all); "
+                         "rows of a tiling other than the default are keyed '<batch>@mxfp4_cfg=<name>'; the "
+                         "profile and prefill run with the default")
     ap.add_argument("--profile", action="store_true", help="also profile 8 decode steps at batch 1 (GPU)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)
@@ -296,6 +309,13 @@ def main(argv=None) -> dict:
     if not args.fp8_prefill or any(v not in FP8_PREFILL_CHOICES for v in args.fp8_prefill):
         raise SystemExit(f"--fp8-prefill: expected a list of {', '.join(FP8_PREFILL_CHOICES)} or 'candidates', "
                          f"got {args.fp8_prefill}")
+    from quark_jax.kernels.grouped_mm.pallas_triton import MXFP4_DECODE
+
+    args.mxfp4_decode = list(dict.fromkeys(w for v in str(args.mxfp4_decode).split(",") if v
+                                           for w in (MXFP4_DECODE if v == "candidates" else [v])))
+    if not args.mxfp4_decode or any(v not in MXFP4_DECODE for v in args.mxfp4_decode):
+        raise SystemExit(f"--mxfp4-decode: expected a list of {', '.join(MXFP4_DECODE)} or 'candidates', "
+                         f"got {args.mxfp4_decode}")
     schemes = [s for s in args.schemes.split(",") if s]
     bad = [s for s in schemes if s not in SCHEMES]
     if bad:

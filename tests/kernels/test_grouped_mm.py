@@ -529,3 +529,56 @@ def test_default_configs_compile_at_the_model_shapes(monkeypatch, scheme, fp8_mm
                         interpret=False)
             jax.jit(f).lower(*args).compile()
     assert len(seen) >= (2 if fp8_mma != "native" else 4)
+
+
+@pytest.mark.parametrize("name", sorted(pallas_triton.MXFP4_DECODE))
+def test_mxfp4_decode_candidates_match_the_reference(name):
+    """Each MXFP4 decode candidate (``MXFP4_DECODE``) at decode sizes (M = 5 routed rows: ragged groups, an empty
+    expert, rows past the groups) equals the XLA reference and float64 bit for bit: all 16 E2M1 codes, E8M0 scales
+    from 2**-127 (byte 0) to 2**123 (250; 6 * 2**127 would overflow bf16) on an exact grid. The tiling is the candidate's own (fitted to K 1024, N
+    256: block_n kept, the K steps and the split as at the model shapes)."""
+    rng = np.random.default_rng(29)
+    d = make_data(rng, "mxfp4", 5, 1024, 256, 4)
+    # the E8M0 range: products and sums stay exact in f32 when every nonzero x pairs with a moderate scale, so
+    # the extreme bytes (0 = 2**-127, 250 = 2**123) go to K blocks where x is zero, moderate ones elsewhere
+    s = np.asarray(d["w_scale"]).copy()
+    x = np.asarray(d["x"].astype(jnp.float32)).copy()
+    s[:, :, 0], s[:, :, 1], s[:, :, 2] = 0, 250, 1
+    x[:, :64] = 0  # (block 2, 2**-126, meets nonzero x: f32 subnormal products, exact)
+    d["w_scale"], d["x"] = jnp.asarray(s), jnp.asarray(x, jnp.bfloat16)
+    d["w64"] = ref.mxfp4_dequantize(np.asarray(d["w"]), s)
+    assert set(np.unique(np.asarray(d["w"]) & 15)) == set(range(16))
+    cfg = pallas_triton.MXFP4_DECODE[name]
+    fitted = pallas_triton.fit(cfg, 5, 1024, 256, scheme="mxfp4", e=4)
+    assert (fitted.block_n, fitted.block_k, fitted.num_warps, fitted.num_stages) == (
+        cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
+    got = pallas_triton.grouped_mm_pallas(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"], scheme="mxfp4",
+                                          out_dtype=jnp.float32, config=cfg)
+    want = grouped_mm_xla(d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"], scheme="mxfp4",
+                          out_dtype=jnp.float32)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    check_f64(got, d)
+
+
+def test_mxfp4_decode_knob_selects_the_candidates(monkeypatch):
+    """``MXFP4_DECODE_CFG`` replaces the MXFP4 decode bucket's config (M <= 16 routed rows) only; the K split to
+    ``MIN_PROGRAMS`` still applies; an unknown name is an error naming the choices."""
+    assert pallas_triton.MXFP4_DECODE_CFG == "default"
+    assert pallas_triton.MXFP4_DECODE["default"] == pallas_triton.DEFAULTS["mxfp4"]["16"]
+    base = pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8)
+    monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "w8_n128_k256")
+    cfg = pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8)
+    assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.split_k) == (128, 256, 8, 1) != (
+        base.block_n, base.block_k, base.num_warps, base.split_k)
+    down = pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8)  # 2 items x 32 tiles: split to 256
+    assert (down.block_n, down.split_k) == (128, 4)
+    assert pallas_triton.default_config(64, 4096, 28672, scheme="mxfp4", e=8) == pallas_triton.default_config(
+        64, 4096, 28672, scheme="mxfp4", e=8)  # the "64" bucket: untouched
+    assert pallas_triton.default_config(64, 4096, 28672, scheme="mxfp4", e=8).block_m == 32
+    assert pallas_triton.default_config(2, 4096, 28672, scheme="fp8", e=8).num_warps == 4  # other schemes
+    monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "n256")
+    with pytest.raises(ValueError, match="MXFP4_DECODE_CFG: expected one of"):
+        pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8)
+    monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "k256_p512")  # its own program target: split 4
+    assert pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8).split_k == 4
+    assert pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8).split_k == 1  # 896 programs
