@@ -7,6 +7,8 @@ backends must equal float64 numpy bit for bit before the final scaling; with FP8
 multiplies allow 2**-22 relative error.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -582,3 +584,49 @@ def test_mxfp4_decode_knob_selects_the_candidates(monkeypatch):
     monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "k256_p512")  # its own program target: split 4
     assert pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8).split_k == 4
     assert pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8).split_k == 1  # 896 programs
+
+
+@pytest.mark.parametrize("m,e,sizes", [
+    (1, 8, [0, 0, 0, 1, 0, 0, 0, 0]),  # one token, one row
+    (2, 8, [0, 1, 0, 0, 0, 0, 1, 0]),  # one token, top-2 (Mixtral decode)
+    (2, 8, [0, 0, 0, 0, 0, 0, 0, 1]),  # a row past the groups, the last expert
+    (5, 2, [0, 0]),  # every row past the groups
+    (7, 4, [3, 0, 0, 4]),  # the first and last experts, nothing past
+    (16, 8, [2, 0, 5, 1, 0, 3, 0, 2]),  # a full window, rows past the sum
+])
+def test_fused_decode_items_equal_the_work_list(monkeypatch, m, e, sizes):
+    """The fused decode path (each program finds its group from the group sizes) equals the
+    XLA work-list path bit for bit and float64 (MXFP4 experts, bf16 x, 2 experts read per item at most once);
+    items past the non-empty groups are idle, rows past the sum are zeros."""
+    rng = np.random.default_rng(m * 7 + e)
+    d = make_data(rng, "mxfp4", m, 256, 32, e)
+    d["group_sizes"] = jnp.asarray(sizes, jnp.int32)
+    assert pallas_triton.fused_decode("mxfp4", m, e, 16)
+    cfg = C(block_m=16, block_n=16, block_k=64, split_k=2)
+    run = functools.partial(pallas_triton.grouped_mm_pallas, d["x"], d["w"], d["group_sizes"], w_scale=d["w_scale"],
+                            scheme="mxfp4", out_dtype=jnp.float32, config=cfg)
+    got = run()
+    monkeypatch.setattr(pallas_triton, "FUSED_DECODE", False)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(run()))
+    check_f64(got, d)
+
+
+def test_fused_decode_path_conditions_and_lowering():
+    """Fused at M <= block_m with E a power of two (MXFP4); its CUDA lowering at Mixtral's decode is one
+    Triton kernel and, without a K split, no XLA reduction or gather (the work list is gone); with the split
+    (down projection) one reduction, the partial sum."""
+    from functools import partial
+
+    f = pallas_triton.fused_decode
+    assert f("mxfp4", 16, 8, 16) and f("mxfp4", 32, 128, 32) and not f("mxfp4", 17, 8, 16)
+    assert not f("mxfp4", 2, 6, 16) and not f("bf16", 2, 8, 16) and not f("mxfp4", 2, 512, 16)
+    for k, n, reduces in ((4096, 28672, 0), (14336, 4096, 1)):
+        cfg = pallas_triton.default_config(2, k, n, scheme="mxfp4", e=8)
+        assert (cfg.split_k > 1) == bool(reduces)
+        args = [jax.ShapeDtypeStruct((2, k), jnp.bfloat16), jax.ShapeDtypeStruct((8, n, k // 2), jnp.uint8),
+                jax.ShapeDtypeStruct((8,), jnp.int32), jax.ShapeDtypeStruct((8, n, k // 32), jnp.uint8), None]
+        fn = partial(pallas_triton._grouped_jit, scheme="mxfp4", out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
+                     interpret=False)
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert text.count("stablehlo.custom_call") == 1 and "_fused" in text
+        assert text.count("stablehlo.reduce") == reduces and "stablehlo.gather" not in text
