@@ -622,14 +622,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--dense-gemm", default=None, choices=("auto", "layers", "xla"),
                     help="llama.DENSE_DECODE_GEMM (the float projections' decode GEMM; 'layers': not the LM head), "
                          "set before any run (not passed to --second-process)")
-    ap.add_argument("--no-warm-kernels", action="store_true",
-                    help="nn.warmup.DECODE_KERNEL_WARMUP = False: the Mosaic MXFP4 decode kernels compile inside the "
-                         "decode program (the session-9 baseline of the first call; not passed to --second-process)")
+    ap.add_argument("--warm-kernels", default=None, choices=("generate", "load", "off"),
+                    help="nn.warmup.DECODE_KERNEL_WARMUP: when the Mosaic MXFP4 decode kernels compile ahead ('off': "
+                         "inside the decode program, the session-9 baseline; not passed to --second-process)")
     args = ap.parse_args(argv)
-    if args.no_warm_kernels:
+    if args.warm_kernels is not None:
         from quark_jax.nn import warmup
 
-        warmup.DECODE_KERNEL_WARMUP = False  # read by load_weights and the first generate
+        warmup.DECODE_KERNEL_WARMUP = None if args.warm_kernels == "off" else args.warm_kernels  # read when used
     if args.decode_prologue and not args.torch:
         from quark_jax.models import llama
 
@@ -679,8 +679,8 @@ def main(argv=None) -> dict:
 
     if args.dense_gemm is not None:
         results["dense_decode_gemm"] = args.dense_gemm
-    if args.no_warm_kernels:
-        results["warm_kernels"] = False
+    if args.warm_kernels is not None:
+        results["warm_kernels"] = args.warm_kernels
     if peer is not None:
         results["torch_peer"] = peer
         save()

@@ -91,20 +91,26 @@ class _Recorder:
         return None
 
 
-def test_load_submits_one_warmup_per_geometry_and_generate_none_again(pretend_h200, monkeypatch):
-    """``load_weights`` submits each distinct geometry's warm-up once, as its first layer loads (8 layers, 4
-    geometries); the first ``generate`` then finds them all submitted (the process-wide record)."""
+def test_warmups_submitted_once_per_geometry_from_load_or_generate(pretend_h200, monkeypatch):
+    """``DECODE_KERNEL_WARMUP = "load"``: ``load_weights`` submits each distinct geometry's warm-up once, as its
+    first layer loads (8 layers, 4 geometries), and the first ``generate`` finds them all submitted (one record
+    per process); "generate" (the default): the load submits nothing, the first ``generate`` the 4; None: none."""
     from quark_jax.nn import warmup
 
     pool = _Recorder()
     monkeypatch.setattr(warmup, "_on_gpu", lambda: True)
     monkeypatch.setattr(warmup, "_POOL", pool)
-    monkeypatch.setattr(warmup, "_SUBMITTED", set())
-    model = from_pretrained(FIXTURE)
-    assert len(pool.calls) == 4
-    assert [a for _, a in g.kernel_warmups(model, 1)] == [a for _, a in pool.calls]  # the same programs
-    assert g._warm_kernels(model, 1) == [] and len(pool.calls) == 4
-    monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", False)
-    monkeypatch.setattr(warmup, "_SUBMITTED", set())
-    assert g._warm_kernels(model, 1) == [] and len(pool.calls) == 4  # switched off: nothing
+    for point, at_load, at_generate in (("load", 4, 0), ("generate", 0, 4), (None, 0, 0)):
+        monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", point)
+        monkeypatch.setattr(warmup, "_SUBMITTED", set())
+        pool.calls.clear()
+        model = from_pretrained(FIXTURE)
+        assert len(pool.calls) == at_load, point
+        g._warm_kernels(model, 1)
+        assert len(pool.calls) == at_load + at_generate, point
+        if pool.calls:  # the programs kernel_warmups lists (their kernels' hashes: the first test)
+            assert [a for _, a in g.kernel_warmups(model, 1)] == [a for _, a in pool.calls]
     assert warmup.warm_decode_kernels([], 17) == []
+    monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", "sometimes")
+    with pytest.raises(ValueError, match="DECODE_KERNEL_WARMUP"):
+        warmup.warm_decode_kernels([])

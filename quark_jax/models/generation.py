@@ -297,11 +297,11 @@ def kernel_warmups(model, batch: int) -> list:
 
 
 def _warm_kernels(model, batch: int) -> list:
-    """Before the first decode program of ``model`` compiles: the warm-ups :func:`load_weights` has not submitted
-    yet (``nn.warmup.warm_decode_kernels``: GPU only, ``nn.warmup.DECODE_KERNEL_WARMUP``); their futures."""
+    """Before the first decode program of ``model`` compiles: the warm-ups not submitted yet in this process
+    (``nn.warmup.warm_decode_kernels``: GPU only, ``nn.warmup.DECODE_KERNEL_WARMUP``); their futures."""
     if getattr(model, "mesh", None) is not None:
         return []
-    return warm_decode_kernels([m for _, m in nnx.iter_modules(model)], batch)
+    return warm_decode_kernels([m for _, m in nnx.iter_modules(model)], batch, at="generate")
 _PROGRAMS: dict = {}
 _MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables)
 

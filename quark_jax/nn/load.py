@@ -223,7 +223,7 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
             module.load_raw(raw)
         else:  # host_raw: load-time value checks without a sync
             module.load_raw(jax.device_put(raw), host_raw=raw)
-        warm_decode_kernels([module])  # the first layer of a geometry: its Mosaic decode kernel compiles now
+        warm_decode_kernels([module], at="load")  # nn.warmup.DECODE_KERNEL_WARMUP = "load" only
 
     jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
     jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]

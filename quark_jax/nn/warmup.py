@@ -6,8 +6,8 @@ lock with options of its own: inside the 8B MXFP4 decode program's compile the k
 another, and waited for the concurrently compiling prefill program's LLVM work. A small program per distinct
 layer geometry (a ``QuarkLinear`` called on a ``[batch, 1, K]`` input, as the decode step calls it) compiles the
 same kernels (the same module bytes, the same hash) ahead, in parallel threads; the decode program then finds
-them compiled. ``load_weights`` submits a geometry's warm-up as soon as its first layer is loaded (the fold
-decision is known then), ``generate`` submits what is left before its programs compile.
+them compiled. The first ``generate`` submits them before its programs compile (:data:`DECODE_KERNEL_WARMUP`;
+or ``load_weights``, as each geometry's first layer loads).
 """
 
 from __future__ import annotations
@@ -22,8 +22,13 @@ from flax import nnx
 
 __all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels"]
 
-DECODE_KERNEL_WARMUP = True
-"""Whether :func:`warm_decode_kernels` compiles anything (on a GPU backend; read at each call)."""
+DECODE_KERNEL_WARMUP = "generate"
+"""When the warm-ups start (on a GPU backend; read at each call): "generate" (default: the first ``generate``
+submits them before its programs compile; the load is left alone), "load" (``load_weights`` submits each
+geometry's as its first layer loads: off the first call's path, but their Python lowering, ~0.3 s each, shares
+the interpreter with the load's threads) or None (off: the decode program compiles its kernels itself)."""
+
+WARMUP_POINTS = ("generate", "load", None)
 
 MAX_ROWS = 16
 """Decode sizes: ``QuarkScheme.runs_process_cached_kernel`` promises the process-cached kernel at M <= 16."""
@@ -84,15 +89,20 @@ def _compile(fn, args) -> None:
         pass
 
 
-def warm_decode_kernels(layers, batch: int = 1) -> list:
+def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list:
     """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
-    threads and return their futures; nothing (``[]``) off a GPU backend, with :data:`DECODE_KERNEL_WARMUP` off
-    or above :data:`MAX_ROWS` rows. A failing compile is left to the program that runs the layer to report.
+    threads and return their futures. ``at``: the caller, "generate" or "load"; it submits when
+    :data:`DECODE_KERNEL_WARMUP` is ``at`` (or "load" and ``at`` is "generate": what the load left). Nothing
+    (``[]``) off a GPU backend, with the warm-up off or above :data:`MAX_ROWS` rows. A failing compile is left to
+    the program that runs the layer to report.
 
     >>> warm_decode_kernels([])
     []
     """
-    if not DECODE_KERNEL_WARMUP or not _on_gpu() or batch > MAX_ROWS:
+    if DECODE_KERNEL_WARMUP not in WARMUP_POINTS:
+        raise ValueError(f"DECODE_KERNEL_WARMUP: expected one of {WARMUP_POINTS}, got {DECODE_KERNEL_WARMUP!r}")
+    wanted = DECODE_KERNEL_WARMUP == at or (DECODE_KERNEL_WARMUP == "load" and at == "generate")
+    if not wanted or not _on_gpu() or batch > MAX_ROWS:
         return []
     futures = []
     for key, fn, args in decode_kernel_warmups(layers, batch):
