@@ -135,3 +135,37 @@ def test_device_processing_compiles_once_per_geometry():
     geometries = {(m.logical_widths, m.in_features) for m in layers}
     assert len(layers) == 8 and len(geometries) == 4
     assert counts["jit(process_params)"] == len(geometries), counts
+
+
+@pytest.mark.parametrize("parts", [2, 3, 8])
+def test_large_tensors_read_in_parallel_ranges_equal_one_read(monkeypatch, tmp_path, parts):
+    """``SafetensorsFile.get`` reads a tensor above ``PARALLEL_READ_BYTES`` as byte ranges in parallel threads:
+    the same array as one sequential read (sizes not divisible by the part count, F8 and bf16 included); a file
+    cut short still raises."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    from quark_jax.io import SafetensorsFile
+    from quark_jax.io import safetensors_file as sf
+
+    rng = np.random.default_rng(parts)
+    tensors = {"a": rng.integers(0, 256, (37, 129), dtype=np.uint8),
+               "b": rng.standard_normal((13, 7)).astype(np.float32),
+               "c": rng.standard_normal((5, 3)).astype(ml_dtypes.bfloat16)}
+    path = tmp_path / "t.safetensors"
+    save_file({k: (v.view(np.uint16) if v.dtype == ml_dtypes.bfloat16 else v) for k, v in tensors.items()},
+              str(path))
+    f = SafetensorsFile(path)
+    one = {k: f.get(k) for k in tensors}
+    monkeypatch.setattr(sf, "PARALLEL_READ_BYTES", 16)
+    monkeypatch.setattr(sf, "PARALLEL_READ_PARTS", parts)
+    monkeypatch.setattr(sf, "_POOL", None)
+    for k in tensors:
+        got = f.get(k)
+        np.testing.assert_array_equal(got.view(np.uint8), one[k].view(np.uint8))
+    np.testing.assert_array_equal(one["a"], tensors["a"])
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])  # the last tensor's bytes cut short (the header still says they are there)
+    last = max(tensors, key=lambda k: f.info(k).end)
+    with pytest.raises(OSError, match="truncated"):
+        f.get(last)

@@ -7,11 +7,13 @@ reads only its header).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -59,6 +61,25 @@ class TensorInfo:
     shape: tuple[int, ...]
     begin: int
     end: int
+
+
+PARALLEL_READ_BYTES = 256 << 20
+"""Tensors of at least this many bytes are read in :data:`PARALLEL_READ_PARTS` parallel byte ranges."""
+
+PARALLEL_READ_PARTS = 8
+"""Byte ranges (threads) a large tensor is read in (the calling thread reads one)."""
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _read_pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_READ_PARTS - 1,
+                                                          thread_name_prefix="quark_jax_read")
+        return _POOL
 
 
 def _int_list(v) -> bool:
@@ -133,21 +154,43 @@ class SafetensorsFile:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def get(self, name: str) -> np.ndarray:
-        """Read one tensor into a new numpy array of its own dtype (F8 via ml_dtypes)."""
+        """Read one tensor into a new numpy array of its own dtype (F8 via ml_dtypes). A tensor of at least
+        :data:`PARALLEL_READ_BYTES` is read as :data:`PARALLEL_READ_PARTS` byte ranges in parallel threads (one
+        copy each, page cache -> its part of the array): an 8B model's embedding and LM head (1 GB each) are
+        read at the page cache's parallel speed, not one thread's."""
         info = self.info(name)
         n = info.end - info.begin
         if n == 0:
             return np.zeros(info.shape, info.dtype)
         out = np.empty(info.shape, info.dtype)
-        with open(self.path, "rb", buffering=0) as f:  # one copy, page cache -> the array (no bytes in between)
-            f.seek(self._data_start + info.begin)
-            view, got = memoryview(out.reshape(-1).view(np.uint8)), 0
-            while got < n:
-                k = f.readinto(view[got:])
-                if not k:
-                    raise OSError(f"{self.path}: tensor {name!r} ends after {got} of {n} bytes (truncated?)")
-                got += k
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        start = self._data_start + info.begin
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if n < PARALLEL_READ_BYTES or PARALLEL_READ_PARTS < 2:
+                self._read_range(fd, view, start, name)
+            else:
+                step = -(-n // PARALLEL_READ_PARTS)
+                parts = [(view[a:min(a + step, n)], start + a) for a in range(0, n, step)]
+                others = [_read_pool().submit(self._read_range, fd, v, off, name) for v, off in parts[1:]]
+                try:
+                    self._read_range(fd, *parts[0], name)  # this thread reads the first part
+                finally:
+                    for f in others:  # all done before the descriptor closes (their errors raised here)
+                        f.result()
+        finally:
+            os.close(fd)
         return out
+
+    def _read_range(self, fd: int, view: memoryview, offset: int, name: str) -> None:
+        """Fill ``view`` from the file at ``offset`` (os.preadv: no file position shared between threads)."""
+        got, n = 0, len(view)
+        while got < n:
+            k = os.preadv(fd, [view[got:]], offset + got)
+            if not k:
+                raise OSError(f"{self.path}: tensor {name!r} ends before byte {offset + got - self._data_start} of "
+                              f"its data (truncated?)")
+            got += k
 
     def get_slice(self, name: str, index: tuple) -> np.ndarray:
         """Read ``tensor[index]`` (a tuple of slices) into a new numpy array, touching only the pages it spans

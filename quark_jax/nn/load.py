@@ -151,8 +151,13 @@ class _Task:
 
     def place(self, parts) -> None:
         """Set the variable from :meth:`read`'s device arrays: the dtype cast, the concatenation of fused shards
-        and the transpose run on the device (no host copies of the model)."""
-        self.var.set_value(_place(parts, self.var.get_value().dtype, self.transpose))
+        and the transpose run on the device (no host copies of the model); a single part stored as the variable
+        holds it (an 8B embedding: no device program to compile and run)."""
+        dtype = self.var.get_value().dtype
+        if len(parts) == 1 and not self.transpose and parts[0].dtype == dtype:
+            self.var.set_value(parts[0])
+        else:
+            self.var.set_value(_place(parts, dtype, self.transpose))
 
     def load(self, ckpt: CheckpointReader) -> int:
         parts = self.read(ckpt)
