@@ -13,7 +13,8 @@ overlap and their sum exceeds the wall time.
 ``--ab`` compiles variants of the decode-chunk program (``VARIANTS``: the split-K epilogue as a reduce or as
 elementwise adds, XLA command-buffer options, the fused residual add + RMSNorm ``addnorm``, the decode-attention
 kernel ``decattn``, the norms / SiLU-mul in the FP8 GEMMs' prologue ``prologue``, the RoPE + KV-cache write kernel
-``ropekv``, FP8 decode-GEMM tilings ``tiles_*``) on in-memory models in one process and reports per variant the
+``ropekv``, FP8 decode-GEMM tilings ``tiles_*``, the SiLU-mul in the gate_up GEMM's epilogue ``mlpepi``) on in-memory
+models in one process and reports per variant the
 compile time, ms/token, kernels per step and GPU busy time (``--profile``), whether the tokens and cache equal the
 scheme's first variant bit for bit, and (``--out-dir``) the compiled HLO of the base, fold and addnorm variants.
 
@@ -345,6 +346,13 @@ ROPE_CACHE["ropekv_addnorm_w16"] = "pallas"
 # hlo_command_buffers 0 in session 9), and with the while loop inside (``fold_cmdbuf_while``, above)
 VARIANTS["fold_cmdbuf_body"] = (True, {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN",
                                        "xla_gpu_graph_min_graph_size": 1})
+# the SiLU-mul and down_proj's FP8 quantizer in the gate_up GEMM's epilogue (llama.DECODE_MLP_EPILOGUE,
+# kernels.fp8_gate_up_silu), alone and with the other two
+MLP_EPILOGUE = {"mlpepi", "ropekv_mlpepi", "ropekv_mlpepi_addnorm_w16"}
+VARIANTS.update({name: (True, {}) for name in MLP_EPILOGUE})
+ROPE_CACHE.update({"ropekv_mlpepi": "pallas", "ropekv_mlpepi_addnorm_w16": "pallas"})
+ADD_NORM["ropekv_mlpepi_addnorm_w16"] = "pallas"
+ADD_NORM_WARPS["ropekv_mlpepi_addnorm_w16"] = 16
 DECODE_ATTENTION_IMPL = None  # not --ab: the decode attention impl build() sets (--decode-attention)
 
 
@@ -440,6 +448,7 @@ def ab_decode(args) -> dict:
             llama.DECODE_ROPE_CACHE = ROPE_CACHE.get(name)
             set_tiles(TILES.get(name))
             set_add_norm_warps(ADD_NORM_WARPS.get(name))
+            llama.DECODE_MLP_EPILOGUE = name in MLP_EPILOGUE
             set_decode_attention(model, "pallas" if name in DECODE_ATTN_SPLITS else "xla",
                                  DECODE_ATTN_SPLITS.get(name, 0))
             graphdef = nnx.split(model)[0]  # the impl is static: part of the graph definition
@@ -566,6 +575,7 @@ def ab_decode(args) -> dict:
     llama.DECODE_ROPE_CACHE = None
     set_tiles(None)
     set_add_norm_warps(None)
+    llama.DECODE_MLP_EPILOGUE = False
     for model, _, _ in models.values():
         set_decode_attention(model, "xla")
     return out
@@ -599,6 +609,8 @@ def main(argv=None):
                     help="not --ab: set quark_jax.models.llama.DECODE_PROLOGUE_FUSION")
     ap.add_argument("--rope-cache", choices=("pallas", "xla"), default=None,
                     help="not --ab: set quark_jax.models.llama.DECODE_ROPE_CACHE (RoPE + KV-cache write kernel)")
+    ap.add_argument("--mlp-epilogue", action="store_true",
+                    help="not --ab: set quark_jax.models.llama.DECODE_MLP_EPILOGUE (SiLU-mul + quantize in gate_up)")
     ap.add_argument("--tiles", choices=sorted(TILES), default=None,
                     help="not --ab: put the FP8 decode-GEMM tiling variant's rows over the sm90 table")
     ap.add_argument("--decode-attention", choices=("pallas", "xla"), default=None,
@@ -621,6 +633,10 @@ def main(argv=None):
         llama.DECODE_ROPE_CACHE = args.rope_cache
     if args.tiles:
         set_tiles(TILES[args.tiles])
+    if args.mlp_epilogue:
+        from quark_jax.models import llama
+
+        llama.DECODE_MLP_EPILOGUE = True
     res = ab_decode(args) if args.ab else lower_only(args) if args.lower_only else measure(args)
     print("RESULT " + json.dumps({k: v for k, v in res.items() if k not in ("profile", "variants")}))
     if args.out:

@@ -20,7 +20,7 @@ from quark_jax.kernels.attention import (decode_attention, decode_attention_impl
                                         fused_prefill_impl, in_query_blocks,
                                         prefill_attention, prefill_attention_xla, rope_cache_supported,
                                         rope_cache_update, rope_cache_update_xla)
-from quark_jax.kernels.fp8_scaled_mm import fp8_scaled_mm, fp8_scaled_mm_xla
+from quark_jax.kernels.fp8_scaled_mm import fp8_gate_up_silu, fp8_scaled_mm, fp8_scaled_mm_xla
 from quark_jax.kernels.dense_mm import dense_mm, dense_mm_impl, dense_mm_xla
 from quark_jax.kernels.grouped_mm import grouped_mm, grouped_mm_xla
 from quark_jax.kernels.int8_scaled_mm import int8_scaled_mm, int8_scaled_mm_xla
@@ -32,7 +32,7 @@ from quark_jax.kernels.fp8_block_mm import fp8_block_mm, fp8_block_mm_xla
 from quark_jax.kernels import tuning
 from quark_jax.kernels.tuning import choose_impl, describe_auto, explain_impl
 
-__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "dense_mm", "dense_mm_xla", "dense_mm_impl", "int8_scaled_mm",
+__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "fp8_gate_up_silu", "dense_mm", "dense_mm_xla", "dense_mm_impl", "int8_scaled_mm",
            "int8_scaled_mm_xla", "mxfp4_mm", "mxfp4_mm_xla",
            "mxfp4_mosaic_may_run", "MXFP4_FOLD_MAX_SCALE_BYTE",
            "grouped_mm", "grouped_mm_xla",

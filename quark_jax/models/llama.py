@@ -27,13 +27,14 @@ from jax import lax
 
 from quark_jax.kernels import (SplitSums, add_rmsnorm, decode_attention, decode_attention_impl, dense_mm,
                                dense_mm_impl, fused_prefill_impl, in_query_blocks, prefill_attention,
-                               rope_cache_supported, rope_cache_update)
+                               fp8_gate_up_silu, rope_cache_supported, rope_cache_update)
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.inputs import _Tracer, check_token_ids
 from quark_jax.models.kv_cache import FP8_KV_DTYPE, KVCache, dequantize_kv, quantize_kv
 from quark_jax.models.moe import MoEBlock
 from quark_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
-from quark_jax.nn import InputCodes, FP8KVCacheScales, KVScale, TransformedInput
+from quark_jax.nn import InputCodes, FP8KVCacheScales, KVScale, QuarkLinear, TransformedInput
+from quark_jax.schemes import QuarkW8A8Fp8
 from quark_jax.quant import dot_precision, round_to
 from quark_jax.runtime_checks import check_finite, check_token_ids_in_range
 from quark_jax.runtime_checks import enabled as _checks_enabled
@@ -88,6 +89,16 @@ def _rope_cache_impl() -> str | None:
                          f"{DECODE_ROPE_CACHE!r}")
     return DECODE_ROPE_CACHE
 
+
+DECODE_MLP_EPILOGUE: bool = False
+"""The decode step's (T == 1) ``silu(gate) * up`` and down_proj's static FP8 input quantizer in the epilogue of
+the fused ``gate_up_proj`` GEMM (``kernels.fp8_gate_up_silu``: one Pallas-Triton kernel where the FP8 GEMM runs
+on Pallas, each program computing matching gate and up column blocks), down_proj then taking the codes
+(``nn.InputCodes``). Applies to static per-tensor e4m3fn ``QuarkW8A8Fp8`` gate_up / down layers (stored input
+scale reciprocals, no bias); others run as written. Saves the SiLU-mul + quantize kernel per layer. Read when
+traced. Numerics: the path as written bit for bit in interpret mode; compiled, the SiLU is the kernel's
+``g / (1 + exp(-g))`` (SPEC 11.7's bound: a bf16 value one ulp away now and then, so an FP8 code one step away).
+Off until measured on the GPU (benchmarks/NOTES.md, "Session 9, helper fp8step")."""
 
 DECODE_PROLOGUE_MAX_ROWS: int = 16
 """``DECODE_PROLOGUE_FUSION`` applies to decode steps of at most this many rows (the batch): the kernel forms
@@ -202,6 +213,32 @@ def _proj_unfinished_codes(layer, x):
     return _proj_unfinished(layer, x)
 
 
+def _gate_up_silu_codes(mlp, x):
+    """``DECODE_MLP_EPILOGUE``: down_proj's input codes (``InputCodes`` [B, 1, I]) from one
+    ``kernels.fp8_gate_up_silu`` call, or None where it does not apply (not a decode step, not a fused static-FP8
+    MLP, a bias)."""
+    if not getattr(mlp, "fused", False) or len(x.shape) != 3 or x.shape[1] != 1:
+        return None
+    gu, down = mlp.gate_up_proj, mlp.down_proj
+    if not (isinstance(gu, QuarkLinear) and isinstance(down, QuarkLinear) and isinstance(gu.scheme, QuarkW8A8Fp8)
+            and isinstance(down.scheme, QuarkW8A8Fp8)) or gu.use_bias:
+        return None
+    qa, qd = gu.static_input_quant(), down.static_input_quant()
+    if qa is None or qd is None or qa.codes != "fp8" or qd.codes != "fp8":
+        return None
+    p = gu.params()
+    ws = p["weight_scale"]
+    ws = ws.reshape(()) if ws.size == 1 else ws
+    b, t, _ = x.shape
+    dtype = gu.dtype if gu.dtype is not None else jnp.dtype(x.dtype)
+    x2 = x.codes.reshape(b * t, -1) if isinstance(x, InputCodes) else round_to(x, dtype).reshape(b * t, -1)
+    codes = fp8_gate_up_silu(x2, p["weight"], jnp.reshape(qa.scale, ()), ws, jnp.reshape(qd.scale, ()),
+                             out_dtype=dtype, impl=gu.scheme.impl,
+                             x_scale_reciprocal=jnp.reshape(qa.scale_reciprocal, ()),
+                             out_scale_reciprocal=jnp.reshape(qd.scale_reciprocal, ()))
+    return InputCodes(codes.reshape(b, t, -1), dtype)
+
+
 class MLP(nnx.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``silu(g) * u`` in float32, rounded once to the model
     dtype (vLLM's fused ``SiluAndMul``; HF rounds after the activation too)."""
@@ -219,6 +256,9 @@ class MLP(nnx.Module):
     def __call__(self, x, *, finish: bool = True, prologue: bool = False):
         """``finish=False``: the result may be down_proj's unfinished split-K sums (see ``Attention``).
         ``prologue``: ``silu(g) * u`` inside down_proj's GEMM where it takes it (``DECODE_PROLOGUE_FUSION``)."""
+        codes = _gate_up_silu_codes(self, x) if DECODE_MLP_EPILOGUE else None
+        if codes is not None:
+            return _proj(self.down_proj, codes) if finish else _proj_unfinished_codes(self.down_proj, codes)
         if self.fused and prologue and hasattr(self.down_proj, "takes_transform") and self.down_proj.takes_transform():
             return _proj(self.down_proj, TransformedInput("silu_mul", _proj(self.gate_up_proj, x)))
         if self.fused:

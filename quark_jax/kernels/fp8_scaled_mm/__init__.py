@@ -110,4 +110,59 @@ def fp8_scaled_mm(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp.bfloat
     return fp8_scaled_mm_xla(x_q, w_q, x_scale, w_scale, bias, out_dtype=out_dtype)
 
 
-__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla"]
+def fp8_gate_up_silu(x, w_q, x_scale, w_scale, out_scale, *, out_dtype=jnp.bfloat16, impl="auto",
+                     x_scale_reciprocal=None, out_scale_reciprocal=None):
+    """A decoder MLP's fused gate_up GEMM, ``silu(gate) * up`` and the down projection's static FP8 input
+    quantizer: the FP8 codes ``down_proj`` would compute from its float input.
+
+    Args:
+      x: [M, K] float8_e4m3fn codes, or float activations quantized here with the static ``x_scale`` (as
+        :func:`fp8_scaled_mm` does, ``x_scale_reciprocal`` the stored ``1 / x_scale``).
+      w_q: [2 I, K] float8_e4m3fn, gate rows then up rows (vLLM's ``gate_up_proj``); x_scale: f32 () per-tensor;
+        w_scale: f32 () or [2 I].
+      out_scale: f32 (), the next GEMM's static input scale; out_scale_reciprocal: its stored ``1 / out_scale``.
+      out_dtype: the model dtype (the GEMM output and the SiLU-mul are rounded to it).
+      impl: as :func:`fp8_scaled_mm`; where it resolves to "pallas" and the shape has an unsplit skinny tiling
+        (``pallas_triton.gate_up_config``: decode, M <= 16) one kernel does all of it, else the composition below.
+
+    Returns [M, I] float8_e4m3fn: ``scaled_fp8_quant(dtype(silu(f32(g)) * f32(u)), out_scale)`` with ``g, u`` the
+    GEMM's output split at I. The composition is the decoder's MLP as written, bit for bit; the kernel equals it
+    bit for bit in interpret mode, and compiled up to its SiLU (``g / (1 + exp(-g))``, SPEC 11.7).
+
+    >>> x = jnp.ones((1, 32), jnp.float8_e4m3fn); w = jnp.ones((32, 32), jnp.float8_e4m3fn)
+    >>> c = fp8_gate_up_silu(x, w, jnp.float32(1 / 32), jnp.float32(1.0), jnp.float32(0.5), impl="xla")
+    >>> c.shape, float(c[0, 0].astype(jnp.float32))   # silu(1) * 1 = 0.7305 (bf16) / 0.5
+    ((1, 16), 1.5)
+    """
+    import jax
+
+    from quark_jax.quant import round_to
+
+    x = jnp.asarray(x)
+    w_q = jnp.asarray(w_q)
+    x_scale = jnp.asarray(x_scale, jnp.float32)
+    if x.ndim != 2 or w_q.ndim != 2 or w_q.shape[1] != x.shape[1] or w_q.shape[0] % 32:
+        raise ValueError(f"fp8_gate_up_silu: expected x [M, K] and w_q [2 I, K] with I a multiple of 16, got "
+                         f"{tuple(x.shape)} and {tuple(w_q.shape)}")
+    if x.dtype in FLOAT_INPUTS:
+        x = quant.scaled_fp8_quant(x, x_scale, dtype=jnp.float8_e4m3fn, scale_reciprocal=x_scale_reciprocal)[0]
+    m, k = x.shape
+    n = w_q.shape[0]
+    inter = n // 2
+    supported = w_q.dtype == jnp.float8_e4m3fn and x.dtype == jnp.float8_e4m3fn and k % 16 == 0
+    which = _dispatch.resolve_impl("fp8_scaled_mm", impl, m, k, n, supported=supported,
+                                   allowed=_dispatch.IMPLS_WITH_MOSAIC)
+    if which == "pallas" and x_scale.shape == ():
+        from quark_jax.kernels.fp8_scaled_mm import pallas_triton
+
+        if pallas_triton.gate_up_config(m, k, inter) is not None:
+            recip = (quant.true_divide(1.0, jnp.asarray(out_scale, jnp.float32)) if out_scale_reciprocal is None
+                     else out_scale_reciprocal)
+            return pallas_triton.fp8_gate_up_silu_pallas(x, w_q, x_scale, w_scale, recip,
+                                                         out_dtype=jnp.dtype(out_dtype))
+    gu = round_to(fp8_scaled_mm(x, w_q, x_scale, w_scale, out_dtype=out_dtype, impl=which), out_dtype)
+    h = round_to(jax.nn.silu(gu[:, :inter].astype(jnp.float32)) * gu[:, inter:].astype(jnp.float32), out_dtype)
+    return quant.scaled_fp8_quant(h, out_scale, dtype=jnp.float8_e4m3fn, scale_reciprocal=out_scale_reciprocal)[0]
+
+
+__all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "fp8_gate_up_silu"]

@@ -425,4 +425,112 @@ def fp8_scaled_mm_pallas(x_q, w_q, x_scale, w_scale, bias=None, *, out_dtype=jnp
     return y.astype(out_dtype)
 
 
-__all__ = ["fp8_scaled_mm_pallas", "Config", "DEFAULTS", "TUNED", "select", "fit"]
+def _round(v, dtype, interpret):
+    """v rounded to dtype, as float32 (``round_to`` in interpret mode: XLA on the CPU could skip a plain cast)."""
+    from quark_jax.quant import round_to
+
+    return (round_to(v, dtype) if interpret else v.astype(dtype)).astype(jnp.float32)
+
+
+def gate_up_config(m: int, k: int, inter: int) -> Config | None:
+    """The tiling of :func:`fp8_gate_up_silu_pallas` for x [m, k] and a fused gate_up weight [2 * inter, k]: the
+    table's config of the whole [2 * inter, k] GEMM with each program's N block split into a gate half and an up
+    half (the same weight bytes per program, the same program count), or None where that config splits K or is
+    not a skinny ("wx") tiling (the caller runs the unfused path).
+
+    >>> gate_up_config(1, 4096, 14336, ).block_n in (16, 32, 64)
+    True
+    """
+    cfg = select(m, k, 2 * inter)
+    if cfg.split_k != 1 or cfg.inner != "wx" or cfg.block_n < 32:
+        return None
+    half = _largest_pow2_dividing(cfg.block_n // 2, inter, 16)
+    return dataclasses.replace(cfg, block_n=half)
+
+
+def _gate_up_silu_kernel(x_ref, w_ref, xs_ref, ws_ref, inv_ref, o_ref, *, m: int, k: int, inter: int, cfg: Config,
+                         per_channel: bool, dtype, interpret: bool):
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    num_m, num_n = pl.cdiv(m, bm), inter // bn
+    pid_m, pid_n = tiling.grouped_program(pl.program_id(0), num_m, num_n, cfg.group_m)
+    r0 = pl.multiple_of(pid_m * bm, bm)
+    c0 = pl.multiple_of(pid_n * bn, bn)
+    ragged = m % bm != 0
+    row_mask = (r0 + jnp.arange(bm, dtype=jnp.int32)) < m if ragged else None
+    zero_x = jnp.zeros((), x_ref.dtype)
+
+    def body(i, accs):
+        acc_g, acc_u = accs
+        k0 = pl.multiple_of(i * bk, bk)
+        ref = x_ref.at[pl.ds(r0, bm), pl.ds(k0, bk)]
+        x = plgpu.load(ref, mask=row_mask[:, None], other=zero_x) if ragged else ref[...]
+        acc_g = acc_g + _dot_nt(w_ref[pl.ds(c0, bn), pl.ds(k0, bk)], x)
+        acc_u = acc_u + _dot_nt(w_ref[pl.ds(inter + c0, bn), pl.ds(k0, bk)], x)
+        return acc_g, acc_u
+
+    zeros = jnp.zeros((bn, bm), jnp.float32)
+    acc_g, acc_u = lax.fori_loop(0, k // bk, body, (zeros, zeros))
+    xs = xs_ref[0]
+    ws_g = ws_ref[pl.ds(c0, bn)][None, :] if per_channel else ws_ref[0]
+    ws_u = ws_ref[pl.ds(inter + c0, bn)][None, :] if per_channel else ws_ref[0]
+    # the GEMM's output as the entry returns it (one rounding to the model dtype), then the MLP's SiLU-mul and the
+    # down projection's static FP8 quantizer
+    g = _round(xs * (ws_g * acc_g.T), dtype, interpret).astype(dtype)
+    u = _round(xs * (ws_u * acc_u.T), dtype, interpret).astype(dtype)
+    y = prologue.silu_mul_tile(g, u, interpret=interpret)
+    codes = prologue.fp8_static_tile(y.astype(jnp.float32), inv_ref[0])
+    plgpu.store(o_ref.at[pl.ds(r0, bm), pl.ds(c0, bn)], codes, mask=row_mask[:, None] if ragged else None)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret"))
+def fp8_gate_up_silu_pallas(x_q, w_q, x_scale, w_scale, out_scale_reciprocal, *, out_dtype=jnp.bfloat16,
+                            config=None, interpret=None):
+    """``silu(g) * u`` of the fused gate_up GEMM, quantized to FP8 with the next GEMM's static input scale, as one
+    Pallas-Triton kernel (the epilogue of :func:`fp8_scaled_mm_pallas` plus the MLP's SiLU-mul and quantizer).
+
+    Args:
+      x_q: [M, K] float8_e4m3fn codes; w_q: [2 I, K] float8_e4m3fn, gate rows then up rows (vLLM's layout).
+      x_scale: f32 () per-tensor; w_scale: f32 () or [2 I].
+      out_scale_reciprocal: f32 (), ``quant.true_divide(1, s)`` of the next GEMM's static input scale s.
+      out_dtype: the model dtype the GEMM output and the SiLU-mul are rounded to.
+      config: a :class:`Config` with the half-block width (:func:`gate_up_config`); None picks it.
+
+    Returns [M, I] float8_e4m3fn: ``fp8(clamp(dtype(silu(f32(g)) * f32(u)) * out_scale_reciprocal))`` with
+    ``g, u = dtype(x_scale * (w_scale * (x_q @ w_q.T)))`` split at I; the SiLU as ``prologue.silu_mul_tile``.
+
+    >>> x = jnp.ones((1, 64), jnp.float8_e4m3fn); w = jnp.ones((64, 64), jnp.float8_e4m3fn)
+    >>> c = fp8_gate_up_silu_pallas(x, w, jnp.float32(1 / 64), jnp.float32(1.0), jnp.float32(2.0))
+    >>> c.shape, float(c[0, 0].astype(jnp.float32))   # g = u = 1: silu(1) * 1 = 0.7305 (bf16), times 2
+    ((1, 32), 1.5)
+    """
+    x_scale = jnp.asarray(x_scale, jnp.float32)
+    w_scale = jnp.asarray(w_scale, jnp.float32)
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    if x_q.dtype != jnp.float8_e4m3fn or w_q.dtype != jnp.float8_e4m3fn or w_q.shape[1] != k or n % 32:
+        raise ValueError(f"fp8_gate_up_silu: expected x [M, K] and w [2 I, K] float8_e4m3fn with I a multiple of 16, "
+                         f"got {x_q.dtype} {tuple(x_q.shape)} and {w_q.dtype} {tuple(w_q.shape)}")
+    if x_scale.shape != () or w_scale.shape not in ((), (n,)):
+        raise ValueError(f"fp8_gate_up_silu: x_scale () and w_scale () or ({n},) expected, got "
+                         f"{tuple(x_scale.shape)} and {tuple(w_scale.shape)}")
+    inter = n // 2
+    if interpret is None:
+        interpret = _dispatch.pallas_interpret()
+    cfg = gate_up_config(m, k, inter) if config is None else config
+    if cfg is None:
+        raise ValueError(f"fp8_gate_up_silu: no unsplit skinny tiling for M = {m}, K = {k}, N = {n}")
+    cfg = dataclasses.replace(cfg, block_m=max(16, min(cfg.block_m, tiling.pow2_ceil(m))),
+                              block_k=_largest_pow2_dividing(min(cfg.block_k, tiling.pow2_ceil(k)), k, 32))
+    per_channel = w_scale.ndim == 1
+    operands = [x_q, w_q, x_scale.reshape(1), w_scale if per_channel else w_scale.reshape(1),
+                jnp.asarray(out_scale_reciprocal, jnp.float32).reshape(1)]
+    kernel = functools.partial(_gate_up_silu_kernel, m=m, k=k, inter=inter, cfg=cfg, per_channel=per_channel,
+                               dtype=jnp.dtype(out_dtype), interpret=bool(interpret))
+    grid = (pl.cdiv(m, cfg.block_m) * (inter // cfg.block_n),)
+    name = f"fp8_gate_up_silu_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}"
+    return tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret,
+                              out_shape=jax.ShapeDtypeStruct((m, inter), jnp.float8_e4m3fn), grid=grid)(*operands)
+
+
+__all__ = ["fp8_scaled_mm_pallas", "fp8_gate_up_silu_pallas", "gate_up_config", "Config", "DEFAULTS", "TUNED",
+           "select", "fit"]
