@@ -343,3 +343,35 @@ def test_experts_module_rejects_unsupported_scheme():
 
     with pytest.raises(UnsupportedSchemeError, match="m.experts.down_proj"):
         QuarkExperts(2, 32, (16,), scheme=QuarkW8A8Int8(), dtype=jnp.float32, name="m.experts.down_proj")
+
+
+@pytest.mark.parametrize("rows,e", [(1, 8), (2, 8), (16, 8), (64, 128), (37, 4)])
+def test_small_sort_is_the_stable_argsort(rows, e):
+    """``moe.small_sort`` (the decode-sized routing sort by compares) gives numpy's stable argsort, its inverse and
+    the expert counts, with ties (repeated experts) and experts no row chose; ``moe_experts`` takes it up to
+    ``SMALL_SORT_ROWS`` rows and the argsort path above, with the same result bit for bit."""
+    from quark_jax.models import moe
+
+    rng = np.random.default_rng(rows + e)
+    flat = rng.integers(0, min(e, max(2, rows // 3)), rows).astype(np.int32)  # repeats; high experts unused
+    order, rank, sizes = (np.asarray(a) for a in jax.jit(moe.small_sort, static_argnums=1)(jnp.asarray(flat), e))
+    want = np.argsort(flat, kind="stable")
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(rank[want], np.arange(rows))
+    np.testing.assert_array_equal(sizes, np.bincount(flat, minlength=e))
+    assert order.dtype == rank.dtype == sizes.dtype == np.int32
+    if rows % 2:
+        return
+    chosen = jnp.asarray(flat.reshape(rows // 2, 2) if rows > 1 else flat.reshape(1, 1))
+    tok = jnp.asarray(rng.normal(size=(chosen.shape[0], 4)), jnp.float32)
+    wts = jnp.asarray(rng.uniform(size=chosen.shape), jnp.float32)
+    gate_up = lambda x, sizes, ex: jnp.concatenate([x * (ex[:, None] + 1.0), x - ex[:, None]], axis=1)
+    down = lambda a, sizes, ex: a * (1.0 + 0.5 * ex[:, None]) + jnp.cumsum(sizes)[ex][:, None]
+    small = moe.moe_experts(tok, wts, chosen, gate_up, down, e, 4)
+    big = moe.SMALL_SORT_ROWS
+    try:
+        moe.SMALL_SORT_ROWS = 0
+        sorted_path = moe.moe_experts(tok, wts, chosen, gate_up, down, e, 4)
+    finally:
+        moe.SMALL_SORT_ROWS = big
+    np.testing.assert_array_equal(np.asarray(small), np.asarray(sorted_path))

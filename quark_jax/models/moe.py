@@ -21,7 +21,7 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.nn import QuarkExperts
 from quark_jax.quant import dot_precision, round_to
 
-__all__ = ["Router", "Experts", "MoEBlock", "route", "moe_block_name"]
+__all__ = ["Router", "Experts", "MoEBlock", "route", "moe_block_name", "small_sort", "SMALL_SORT_ROWS"]
 
 
 def moe_block_name(names, cfg: ModelConfig) -> str:
@@ -126,6 +126,30 @@ class MoEBlock(nnx.Module):
         return y.reshape(b, t, h)
 
 
+SMALL_SORT_ROWS = 64
+"""Routed rows (tokens x top-k) up to which :func:`moe_experts` sorts by :func:`small_sort` (compares and masked
+sums: XLA fuses them into a couple of small reductions) instead of ``argsort`` + ``bincount`` + a scatter (a sort
+kernel and scatter kernels per MoE layer at decode). Both give the same permutation."""
+
+
+def small_sort(flat, num_experts: int):
+    """Stable sort of a short vector of expert ids by compares: ``(order, rank, group_sizes)`` with ``order`` =
+    ``argsort(flat, stable=True)``, ``rank`` its inverse (row r's sorted position) and ``group_sizes`` =
+    ``bincount(flat, length=num_experts)``, all int32. Quadratic in ``len(flat)``: for decode-sized inputs.
+
+    >>> order, rank, sizes = small_sort(jnp.array([2, 0, 2, 1]), 3)
+    >>> order.tolist(), rank.tolist(), sizes.tolist()
+    ([1, 3, 0, 2], [2, 0, 3, 1], [1, 1, 2])
+    """
+    flat = flat.astype(jnp.int32)
+    i = jnp.arange(flat.shape[0], dtype=jnp.int32)
+    before = (flat[None, :] < flat[:, None]) | ((flat[None, :] == flat[:, None]) & (i[None, :] < i[:, None]))
+    rank = jnp.sum(before, axis=1, dtype=jnp.int32)  # rows sorted before row r
+    order = jnp.sum(jnp.where(rank[None, :] == i[:, None], i[None, :], 0), axis=1, dtype=jnp.int32)
+    sizes = jnp.sum(flat[None, :] == jnp.arange(num_experts, dtype=jnp.int32)[:, None], axis=1, dtype=jnp.int32)
+    return order, rank, sizes
+
+
 def moe_experts(tokens, weights, chosen, gate_up, down, num_experts: int, intermediate: int):
     """The expert part of a MoE block: tokens [T, H], routing ``weights`` [T, k] and ``chosen`` experts [T, k] ->
     [T, H] in tokens' dtype: ``sum_j weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e =
@@ -141,15 +165,18 @@ def moe_experts(tokens, weights, chosen, gate_up, down, num_experts: int, interm
     """
     n_tok, k = chosen.shape
     flat = chosen.reshape(-1)  # [T * k]: row r is token r // k, choice r % k
-    order = jnp.argsort(flat, stable=True)  # rows sorted by expert (stable: token order within an expert)
+    if flat.shape[0] <= SMALL_SORT_ROWS:  # decode: compares and masked sums, no sort / scatter kernels
+        order, rank, group_sizes = small_sort(flat, num_experts)
+    else:
+        order = jnp.argsort(flat, stable=True)  # rows sorted by expert (stable: token order within an expert)
+        group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+        rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))  # inverse
     row_expert = flat[order]
-    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     xs = jnp.take(tokens, order // k, axis=0)  # [T * k, H]
     gu = gate_up(xs, group_sizes, row_expert)
     g, u = gu[:, :intermediate], gu[:, intermediate:]
     act = round_to(jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32), tokens.dtype)
     ys = down(act, group_sizes, row_expert)  # [T * k, H], sorted
-    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))  # inverse permutation
     y = jnp.take(ys, rank, axis=0).reshape(n_tok, k, -1)  # back to (token, choice): a gather, not a scatter of rows
     out = jnp.sum(y.astype(jnp.float32) * weights.astype(jnp.float32)[:, :, None], axis=1)
     return round_to(out, tokens.dtype)
