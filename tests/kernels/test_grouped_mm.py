@@ -547,7 +547,7 @@ def test_mxfp4_decode_candidates_match_the_reference(name):
     # the extreme bytes (0 = 2**-127, 250 = 2**123) go to K blocks where x is zero, moderate ones elsewhere
     s = np.asarray(d["w_scale"]).copy()
     x = np.asarray(d["x"].astype(jnp.float32)).copy()
-    s[:, :, 0], s[:, :, 1], s[:, :, 2] = 0, 250, 1
+    s[:, :, 0], s[0, :, 1], s[1:, :, 1], s[:, :, 2] = 0, 250, 128, 1  # "asm_fold": expert 0 plain, the rest folded
     x[:, :64] = 0
     d["w_scale"], d["x"] = jnp.asarray(s), jnp.asarray(x, jnp.bfloat16)
     d["w64"] = ref.mxfp4_dequantize(np.asarray(d["w"]), s)
@@ -632,3 +632,44 @@ def test_fused_decode_path_conditions_and_lowering():
         text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("stablehlo.custom_call") == 1 and "_fused" in text
         assert text.count("stablehlo.reduce") == reduces and "stablehlo.gather" not in text
+
+
+def test_checked_fold_lowers_to_a_folded_and_a_plain_loop():
+    """``decode="asm_fold"`` (candidate ``k256_p512_fold``) lowers for CUDA to one kernel with both K loops: four
+    bf16 dots and four inline-asm decodes (two per loop) where ``k256_p512`` has two and two, and one masked load
+    of the strip's scale bytes before them (the whole K range: no per-step check)."""
+    from functools import partial
+
+    ir = pytest.importorskip("jax._src.lib.mlir").ir
+    tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
+    k, n = 14336, 4096
+    args = [jax.ShapeDtypeStruct((2, k), jnp.bfloat16), jax.ShapeDtypeStruct((8, n, k // 2), jnp.uint8),
+            jax.ShapeDtypeStruct((8,), jnp.int32), jax.ShapeDtypeStruct((8, n, k // 32), jnp.uint8), None]
+    counts = {}
+    for name in ("k256_p512", "k256_p512_fold"):
+        cfg = pallas_triton.fit(pallas_triton.MXFP4_DECODE[name], 2, k, n, scheme="mxfp4", e=8,
+                                target_programs=pallas_triton.MXFP4_DECODE_PROGRAMS[name])
+        assert cfg.split_k == 4
+        f = partial(pallas_triton._grouped_jit, scheme="mxfp4", out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
+                    interpret=False)
+        module = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
+        blobs = []
+
+        def walk(op):
+            for region in op.regions:
+                for block in region:
+                    for o in block:
+                        if o.name == "stablehlo.custom_call" and "triton" in str(o.attributes["call_target_name"]):
+                            blobs.append(ir.StringAttr(o.attributes["mhlo.backend_config"]["ir"]).value_bytes)
+                        walk(o)
+
+        walk(module.operation)
+        assert len(blobs) == 1
+        with ir.Context() as ctx:
+            tt_dialect.register_dialect(ctx)
+            text = str(ir.Module.parse(blobs[0]))
+        counts[name] = (text.count("tt.dot "), text.count("elementwise_inline_asm"), text.count("scf.for"),
+                        text.count("tensor<64x128xi8>"))
+    assert counts["k256_p512"][:3] == (2, 2, 1)
+    assert counts["k256_p512_fold"][:3] == (4, 4, 2)
+    assert counts["k256_p512_fold"][3] > counts["k256_p512"][3]  # the [64, 128] scale-byte load (K 3584 / 32)

@@ -39,7 +39,7 @@ from quark_jax.kernels import _dispatch, tiling, tuning
 from quark_jax.kernels.grouped_mm.xla import row_weight_scale
 from quark_jax.kernels.mxfp4_mm import decode
 
-DECODES = ("asm", "asm_scaled", "jnp")
+DECODES = ("asm", "asm_scaled", "asm_fold", "jnp")
 MMAS = ("native", "bf16", "wgmma", "wgmma_acc")
 
 
@@ -58,7 +58,10 @@ class Config:
     w_major: bool = True  # acc[bn, bm] = w @ x^T (the weight is the tall MMA operand; decode) or acc[bm, bn]
     num_warps: int = 4  # Triton warps per program
     num_stages: int = 3  # Triton software-pipelining depth
-    decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret)
+    decode: str = "asm"  # MXFP4 weight decode: "asm" / "asm_scaled" (PTX, sm90+) or "jnp" (portable, interpret);
+    # "asm_fold": one multiply per element by the scale with 2**126 folded in (decode.scale_bf16_folded) in the
+    # programs whose scale bytes are all <= decode.FOLD_MAX_SCALE_BYTE (a first pass over the strip's scales
+    # checks), "asm" in the others: exact everywhere
     pack: int = 2  # MXFP4: packed bytes per asm instance (2 or 4)
     mma: str = "native"  # FP8: "native" (Pallas' FP8 dot: f16 mma.sync), "bf16" (x as bf16, weight tiles upcast:
     # bf16 wgmma), "wgmma" (kernels.triton_fp8_dot: FP8 wgmma, each K step's product from zero, promoted to the
@@ -165,8 +168,9 @@ MXFP4_DECODE = {  # SASS per candidate (pip Triton 3.9, sm_90): benchmarks/NOTES
     "n128_k128_st4": _D(block_n=128, block_k=128, num_stages=4),  # 128-row strips in 8 KB steps
     "k256_p512": _D(block_k=256),  # k256 with the K split grown to 512 programs (down: 4 CTAs on every SM)
     "w8_n128_k256": _D(block_n=128, block_k=256, num_warps=8),  # two 64-row warpgroups, 16 KB steps
+    "k256_p512_fold": _D(block_k=256, decode="asm_fold"),  # k256_p512, one multiply per pair where scales allow
 }
-MXFP4_DECODE_PROGRAMS = {"k256_p512": 512}  # the K split's program target where it is not MIN_PROGRAMS
+MXFP4_DECODE_PROGRAMS = {"k256_p512": 512, "k256_p512_fold": 512}  # the K split's program target where it is not MIN_PROGRAMS
 FP8_PREFILL = {"bf16": FP8_BF16_PREFILL, "wgmma": FP8_WGMMA_PREFILL, **CANDIDATES}
 FP8_PREFILL_CHOICES = ("native", *FP8_PREFILL)  # the values FP8_PREFILL_MMA takes
 
@@ -393,18 +397,29 @@ def _kernel(*refs, scheme: str, cfg: Config, n: int, e: int, m: int, items: int,
             kh_first = split * (k_len // 2)  # static strides (k_len is a multiple of 32): no floor division
             ks_first = split * (k_len // formats.MX_BLOCK_SIZE)
 
-            def body(i, accs):
-                (acc,) = accs
-                kh = pl.multiple_of(kh_first + i * bkh, bkh)
-                packed = w_ref[pl.ds(w0, bn), pl.ds(kh, bkh)]
-                sbytes = s_ref[pl.ds(w0, bn), pl.ds(ks_first + i * bks, bks)]
-                if cfg.decode == "jnp":
-                    wlo, whi = decode.decode_jnp(packed, sbytes, w_dtype)
-                else:
-                    wlo, whi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack,
-                                                 scale_in_asm=cfg.decode == "asm_scaled")
-                acc = mma(acc, wlo, load_x(xe_ref, kh, bkh))
-                return (mma(acc, whi, load_x(xo_ref, kh, bkh)),)
+            def make_body(fold):
+                def body(i, accs):
+                    (acc,) = accs
+                    kh = pl.multiple_of(kh_first + i * bkh, bkh)
+                    packed = w_ref[pl.ds(w0, bn), pl.ds(kh, bkh)]
+                    sbytes = s_ref[pl.ds(w0, bn), pl.ds(ks_first + i * bks, bks)]
+                    if cfg.decode == "jnp":
+                        wlo, whi = decode.decode_jnp(packed, sbytes, w_dtype)
+                    else:
+                        wlo, whi = decode.decode_asm(packed, sbytes, w_dtype, pack=cfg.pack,
+                                                     scale_in_asm=cfg.decode == "asm_scaled", fold=fold)
+                    acc = mma(acc, wlo, load_x(xe_ref, kh, bkh))
+                    return (mma(acc, whi, load_x(xo_ref, kh, bkh)),)
+                return body
+
+            def max_scale_byte():  # the largest scale byte of the program's strip and K range: one masked load
+                ns = k_len // formats.MX_BLOCK_SIZE  # (a loop of per-step loads would wait ~1 us per step)
+                width = tiling.pow2_ceil(ns)
+                mask = jnp.broadcast_to((jnp.arange(width, dtype=jnp.int32) < ns)[None, :], (bn, width))
+                sb = tiling.masked_load(s_ref.at[pl.ds(w0, bn), pl.ds(ks_first, width)], mask)
+                return jnp.max(sb.astype(jnp.int32))
+
+            body = make_body(False)
         else:
             def body(i, accs):
                 k0 = pl.multiple_of(k_first + i * bk, bk)
@@ -417,18 +432,31 @@ def _kernel(*refs, scheme: str, cfg: Config, n: int, e: int, m: int, items: int,
                     out.append(mma(acc, w, xk))
                 return tuple(out)
 
+        def _store(accs):
+            for j, acc in enumerate(accs):
+                if cfg.w_major:
+                    acc = acc.T
+                if scheme == "fp8" and not partial:
+                    xs_ref, ws_ref = refs[2], refs[3]
+                    xs = plgpu.load(xs_ref.at[pl.ds(r0, bm)], mask=row_ok, other=0.0)
+                    ws = ws_ref[pl.ds(w0 + j * sub, sub)] if per_channel else jnp.broadcast_to(ws_ref[g], (sub,))
+                    acc = xs[:, None] * (ws[None, :] * acc)
+                plgpu.store(o_view(j), acc.astype(o_view(j).dtype), mask=out_mask)
+
         shape = (sub, bm) if cfg.w_major else (bm, sub)
         zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.subtiles))
-        accs = lax.fori_loop(0, k_len // bk, body, zeros)
-        for j, acc in enumerate(accs):
-            if cfg.w_major:
-                acc = acc.T
-            if scheme == "fp8" and not partial:
-                xs_ref, ws_ref = refs[2], refs[3]
-                xs = plgpu.load(xs_ref.at[pl.ds(r0, bm)], mask=row_ok, other=0.0)
-                ws = ws_ref[pl.ds(w0 + j * sub, sub)] if per_channel else jnp.broadcast_to(ws_ref[g], (sub,))
-                acc = xs[:, None] * (ws[None, :] * acc)
-            plgpu.store(o_view(j), acc.astype(o_view(j).dtype), mask=out_mask)
+        if scheme == "mxfp4" and cfg.decode == "asm_fold":
+            foldable = max_scale_byte() <= decode.FOLD_MAX_SCALE_BYTE
+
+            @pl.when(foldable)
+            def _folded():
+                _store(lax.fori_loop(0, k_len // bk, make_body(True), zeros))
+
+            @pl.when(jnp.logical_not(foldable))
+            def _plain():
+                _store(lax.fori_loop(0, k_len // bk, body, zeros))
+        else:
+            _store(lax.fori_loop(0, k_len // bk, body, zeros))
 
     @pl.when(g == e)
     def _zeros():  # rows past the groups
