@@ -1,6 +1,8 @@
 """MXFP4 GEMM from packed weights (W4A4 and W4 weight-only): XLA reference and Pallas kernels.
 
-``pallas_triton.py`` is the fused kernel ``auto`` picks on GPUs (sm80+) at every M but Hopper's decode;
+``pallas_triton.py`` is the fused kernel ``auto`` picks on GPUs (sm80+) at every M but Hopper's decode; its device
+table may name, per decode shape, ``pallas_triton_gemv.py``'s one-kernel decode GEMM (M <= 16, bf16 x, the
+activation quant-dequant inside; benchmarks/NOTES.md "Session 9, helper mx4dec");
 ``pallas_mosaic_gpu.py`` the Hopper (TMA + wgmma) decode kernel for M <= 16 (``impl="mosaic"``), which ``auto`` runs
 at M <= 16 on sm90 cards (their tuning tables; benchmarks/NOTES.md "Session 8, helper mxauto") where it takes the
 operands (bf16 x, or f32 x with ``quantize_input``; N, K multiples of 64), else the Triton kernel.
@@ -73,30 +75,38 @@ def mxfp4_mm(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype
         from quark_jax.kernels.mxfp4_mm import pallas_triton
 
         return pallas_triton.mxfp4_mm_pallas(x, w_packed, w_scales, bias, quantize_input=quantize_input,
-                                             out_dtype=out_dtype)
+                                             out_dtype=out_dtype, fold=bool(fold))
     return mxfp4_mm_xla(x, w_packed, w_scales, bias, quantize_input=quantize_input, out_dtype=out_dtype)
 
 
 def mxfp4_mosaic_may_run(k: int, n: int, *, impl: str = "auto") -> bool:
-    """Whether :func:`mxfp4_mm` with ``impl`` may run the Mosaic decode kernel for a [N, K] weight on the current
-    device (at some M <= 16, with bf16 x): what the MXFP4 schemes ask at load, to store the scales also as
-    [K/32, N] (``scales_kn``) and to check whether the folded decode is exact for the weight. False on CPU with
-    ``impl="auto"`` (auto is XLA there).
+    """Whether :func:`mxfp4_mm` with ``impl`` may run a decode kernel with a folded-scale decode for a [N, K]
+    weight on the current device (at some M <= 16, with bf16 x): the Mosaic kernel, or the Triton decode GEMM
+    (``pallas_triton_gemv``) where this device's Triton table names it. What the MXFP4 schemes ask at load, to
+    store the scales also as [K/32, N] (``scales_kn``, read by the Mosaic kernel) and to check whether the folded
+    decode is exact for the weight (``fold``). False on CPU with ``impl="auto"`` (auto is XLA there) and with
+    ``impl="pallas"`` (no device table there).
 
     >>> mxfp4_mosaic_may_run(4096, 4096, impl="mosaic"), mxfp4_mosaic_may_run(4096, 4096, impl="pallas")
     (True, False)
     """
-    from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu
+    from quark_jax.kernels.mxfp4_mm import pallas_mosaic_gpu, pallas_triton, pallas_triton_gemv
 
     _dispatch.check_impl(impl, _dispatch.IMPLS_WITH_MOSAIC)
-    if impl not in ("auto", "mosaic"):
+    if impl == "xla":
         return False
     ms = (1, pallas_mosaic_gpu.MAX_M)
     if impl == "mosaic":
         return pallas_mosaic_gpu.supported(jnp.bfloat16, False, 1, k, n)
-    return any(_dispatch.resolve_impl("mxfp4_mm", "auto", m, k, n, supported=n % 16 == 0,
-                                      mosaic_ok=pallas_mosaic_gpu.supported(jnp.bfloat16, False, m, k, n)) == "mosaic"
-               for m in ms)
+
+    def decode_kernel(m: int) -> bool:  # the Mosaic kernel, or the Triton decode GEMM from this device's table
+        which = impl if impl == "pallas" else _dispatch.resolve_impl(
+            "mxfp4_mm", "auto", m, k, n, supported=n % 16 == 0,
+            mosaic_ok=pallas_mosaic_gpu.supported(jnp.bfloat16, False, m, k, n))
+        return which == "mosaic" or (which == "pallas" and n % 16 == 0 and k % 32 == 0 and
+                                     isinstance(pallas_triton.default_config(m, k, n), pallas_triton_gemv.Config))
+
+    return any(decode_kernel(m) for m in ms)
 
 
 __all__ = ["mxfp4_mm", "mxfp4_mm_xla", "mxfp4_mosaic_may_run"]

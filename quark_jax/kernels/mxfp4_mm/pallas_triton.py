@@ -42,6 +42,7 @@ from jax.experimental import pallas as pl
 from quark_jax import formats
 from quark_jax.kernels import _dispatch, tiling, tuning
 from quark_jax.kernels.mxfp4_mm import decode, dequant_gemm
+from quark_jax.kernels.mxfp4_mm import pallas_triton_gemv as gemv
 from quark_jax.quant import qdq_mxfp4
 
 DECODES = ("asm", "asm_scaled", "asm_fold", "jnp")
@@ -170,6 +171,8 @@ def default_config(m: int, k: int, n: int, *, table: dict | None = None):
     cfg, _ = tiling.lookup(_dispatch.device_table(TUNED) if table is None else table, m, k, n)
     if isinstance(cfg, dequant_gemm.Config):
         return dequant_gemm.fit(cfg, k, n)
+    if isinstance(cfg, gemv.Config):
+        return cfg  # fitted by the decode GEMM (which also checks that it takes the operands)
     if cfg is not None:
         return fit(cfg, m, k, n)
     cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
@@ -273,10 +276,12 @@ def _load_rows(ref, mask):
 
 
 def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, out_dtype=None, config=None,
-                    interpret=None):
+                    interpret=None, fold: bool = False):
     """Pallas MXFP4 GEMM; same contract as ``quark_jax.kernels.mxfp4_mm`` (x [M, K], w_packed [N, K/2] uint8,
-    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a :class:`Config`, or a ``dequant_gemm.Config`` for
-    the dequantize-then-GEMM path) overrides the tuned choice.
+    w_scales [N, K/32] uint8, bias [N] or None). ``config`` (a :class:`Config`, a ``dequant_gemm.Config`` for
+    the dequantize-then-GEMM path, or a ``pallas_triton_gemv.Config`` for the one-kernel decode GEMM at M <= 16
+    with bf16 x, else the bucket's default) overrides the tuned choice. ``fold``: every scale byte is <= 128 (the
+    caller's load-time check): the decode GEMM may use its folded-scale decode.
 
     >>> w = jnp.full((16, 16), 0x22, jnp.uint8); s = jnp.full((16, 1), 127, jnp.uint8)  # every weight 1.0
     >>> mxfp4_mm_pallas(jnp.ones((1, 32)), w, s)[0, :2].tolist()
@@ -286,8 +291,15 @@ def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     n = w_packed.shape[0]
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
     interpret = _dispatch.pallas_interpret() if interpret is None else interpret
-    if config is None:
-        cfg = default_config(m, k, n)
+    cfg = default_config(m, k, n) if config is None else config
+    if isinstance(cfg, gemv.Config):
+        if gemv.supported(x.dtype, m, k, n):
+            return gemv.mxfp4_mm_gemv(x, w_packed, w_scales, bias, quantize_input=quantize_input,
+                                      out_dtype=out_dtype, config=cfg, fold=fold, interpret=interpret)
+        cfg, _ = tiling.lookup(DEFAULTS, m, k, n)  # operands the decode GEMM does not take: the fused kernel
+        cfg = fit(cfg, m, k, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
+    elif config is None:
+        pass
     elif isinstance(config, dequant_gemm.Config):
         cfg = dequant_gemm.fit(config, k, n)
     else:
