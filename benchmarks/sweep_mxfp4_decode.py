@@ -62,11 +62,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--m", type=int, nargs="+", default=[1, 16])
     p.add_argument("--only", nargs="*", default=None, help="candidate names (default: all)")
+    p.add_argument("--shapes", nargs="*", default=None, help="KxN (default: the four 8B decode shapes)")
     a = p.parse_args(argv)
     results = []
     t0 = time.time()
     for m in a.m:
-        for k, n in SHAPES:
+        for k, n in ([tuple(map(int, s.split("x"))) for s in a.shapes] if a.shapes else SHAPES):
             base = None
             for name, fn, sets in rows_for(m, k, n, a.only):
                 try:

@@ -33,13 +33,15 @@ def _exact_data(rng, m, k, n):
     (3, 256, 48, G(block_n=16, block_k=64, split_k=2)),  # ragged M, K split (f32 partials), 3 N tiles
     (16, 256, 32, G(block_n=32, block_k=256, split_k=1)),  # a full row tile, one K step
     (7, 384, 32, None),  # the default config fitted to an odd K (3 * 128)
+    (2, 256, 64, G(block_n=64, block_k=128, decode="asm", pack=2)),  # on a GPU: the pack-2 PTX, scale outside
 ])
 @pytest.mark.parametrize("quantize_input", [True, False])
 def test_equals_xla_reference_bit_for_bit(m, k, n, cfg, quantize_input):
     rng = np.random.default_rng(m * 1000 + k)
     x, wp, ws, bias = _exact_data(rng, m, k, n)
-    for b in (bias, None):
-        got = gemv.mxfp4_mm_gemv(x, wp, ws, b, quantize_input=quantize_input, out_dtype=jnp.float32, config=cfg)
+    for b, fold in ((bias, False), (None, True)):  # fold: scale bytes are <= 128 here (on a GPU: the folded PTX)
+        got = gemv.mxfp4_mm_gemv(x, wp, ws, b, quantize_input=quantize_input, out_dtype=jnp.float32, config=cfg,
+                                 fold=fold)
         want = mxfp4_mm_xla(x, wp, ws, b, quantize_input=quantize_input, out_dtype=jnp.float32)
         assert got.shape == (m, n)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
