@@ -169,3 +169,41 @@ def test_large_tensors_read_in_parallel_ranges_equal_one_read(monkeypatch, tmp_p
     last = max(tensors, key=lambda k: f.info(k).end)
     with pytest.raises(OSError, match="truncated"):
         f.get(last)
+
+
+def test_row_slices_read_as_one_range(tmp_path):
+    """``get_slice`` of whole rows reads their bytes directly; any other index goes through the mapping: both
+    equal numpy's slicing of the whole tensor."""
+    from safetensors.numpy import save_file
+
+    from quark_jax.io import SafetensorsFile
+
+    a = np.arange(7 * 5 * 3, dtype=np.float32).reshape(7, 5, 3)
+    save_file({"a": a, "v": np.arange(9, dtype=np.int32)}, str(tmp_path / "t.safetensors"))
+    f = SafetensorsFile(tmp_path / "t.safetensors")
+    for idx in [(slice(2, 5),), (slice(0, 7),), (slice(-3, None),), (slice(4, 2),), (slice(1, 6), slice(None)),
+                (slice(1, 6), slice(0, 5), slice(None, None, 1)), (slice(1, 6), slice(1, 3)), (slice(0, 7, 2),)]:
+        np.testing.assert_array_equal(f.get_slice("a", idx), a[idx], err_msg=str(idx))
+    np.testing.assert_array_equal(f.get_slice("v", (slice(3, 8),)), np.arange(3, 8))
+
+
+def test_large_float_tensors_load_as_row_chunks_equal_to_one_job(monkeypatch):
+    """A float variable above ``FLOAT_CHUNK_BYTES`` (here: the embedding and the transposed LM head of the tiny
+    model) loads as row-chunk jobs joined on the device: every variable equals the one-job load's."""
+    from flax import nnx
+
+    from quark_jax.nn import load as load_mod
+
+    d = _fixture("w_fp8_a_fp8_pertensor_static")
+    want = nnx.to_flat_state(nnx.state(from_pretrained(d)))
+    jobs = load_mod.PIPELINE_STATS["jobs"]
+    monkeypatch.setattr(load_mod, "FLOAT_CHUNK_BYTES", 4096)  # [256, 64]: >= 8 chunks each
+    got = from_pretrained(d)
+    from quark_jax.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(d)
+    extra = sum(-(-ckpt.nbytes(n) // 4096) - 1 for n in ("model.embed_tokens.weight", "lm_head.weight"))
+    assert extra >= 14 and load_mod.PIPELINE_STATS["jobs"] == jobs + extra  # one job per 4 KiB of rows
+    got = dict(nnx.to_flat_state(nnx.state(got)))
+    for path, v in want:
+        np.testing.assert_array_equal(np.asarray(got[path].get_value()), np.asarray(v.get_value()), err_msg=str(path))

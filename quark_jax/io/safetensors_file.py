@@ -82,6 +82,17 @@ def _read_pool():
         return _POOL
 
 
+def _leading_rows(index: tuple, shape: tuple):
+    """``(start, stop)`` when ``index`` selects whole rows ``start:stop`` (step 1) of an array of ``shape`` (the
+    later axes full or absent), else None."""
+    if not shape or not index or len(index) > len(shape) or not all(isinstance(s, slice) for s in index):
+        return None
+    a, b, step = index[0].indices(shape[0])
+    if step != 1 or any(s.indices(d) != (0, d, 1) for s, d in zip(index[1:], shape[1:])):
+        return None
+    return a, max(a, b)
+
+
 def _int_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
 
@@ -198,6 +209,19 @@ class SafetensorsFile:
         info = self.info(name)
         if info.end == info.begin:
             return np.zeros(info.shape, info.dtype)[index]
+        rows = _leading_rows(tuple(index), info.shape)
+        if rows is not None:  # a range of whole rows: contiguous bytes, one read (no mapping, no page walk)
+            a, b = rows
+            out = np.empty((b - a,) + tuple(info.shape[1:]), info.dtype)
+            if out.size:
+                row_bytes = (info.end - info.begin) // info.shape[0]
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    self._read_range(fd, memoryview(out.reshape(-1).view(np.uint8)),
+                                     self._data_start + info.begin + a * row_bytes, name)
+                finally:
+                    os.close(fd)
+            return out
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = np.frombuffer(mm, dtype=info.dtype, count=int(np.prod(info.shape)),
                                  offset=self._data_start + info.begin).reshape(info.shape)

@@ -179,6 +179,50 @@ READ_AHEAD_BYTES = 1 << 30
 about this much of the model at a time, never a second copy of it."""
 
 
+FLOAT_CHUNK_BYTES = 256 << 20
+"""A float variable stored as one tensor of more than this many bytes (an 8B model's embedding and LM head, 1 GB
+each) loads as jobs of consecutive rows of at most this many bytes, read and sent to the device in parallel with
+the other jobs (not alone under :data:`READ_AHEAD_BYTES`), then joined (cast / transposed) on the device."""
+
+
+class _ChunkedTask:
+    """One large :class:`_Task` (a single stored tensor) loading as row-chunk jobs: each reads its rows and sends
+    them to the device; whichever finishes last joins them into the variable (:meth:`_Task.place`)."""
+
+    def __init__(self, ckpt, task):
+        import threading
+
+        self.ckpt, self.task, self.name = ckpt, task, task.names[0]
+        rows = ckpt.info(self.name).shape[0]
+        per = max(1, FLOAT_CHUNK_BYTES // max(1, ckpt.nbytes(self.name) // rows))
+        self.chunks = [(a, min(a + per, rows)) for a in range(0, rows, per)]
+        self.parts = [None] * len(self.chunks)
+        self.left = len(self.chunks)
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def applies(ckpt, task) -> bool:
+        if len(task.names) != 1:
+            return False
+        shape = ckpt.info(task.names[0]).shape
+        return len(shape) >= 1 and shape[0] >= 2 and ckpt.nbytes(task.names[0]) > FLOAT_CHUNK_BYTES
+
+    def nbytes(self, j: int) -> int:
+        a, b = self.chunks[j]
+        return self.ckpt.nbytes(self.name) // self.ckpt.info(self.name).shape[0] * (b - a)
+
+    def run(self, j: int) -> None:
+        a, b = self.chunks[j]
+        part = jax.device_put(self.ckpt.get_slice(self.name, (slice(a, b),)))
+        with self.lock:
+            self.parts[j] = part
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            parts, self.parts = self.parts, None
+            self.task.place(parts)
+
+
 EXPERT_CHUNK_BYTES = 64 << 20
 """A MoE experts module loads as jobs of consecutive experts of at most this many checkpoint bytes (at least one
 expert each: one job per expert at Mixtral's size), read in parallel and stacked on the device."""
@@ -231,7 +275,13 @@ def _load_pipelined(ckpt, tasks, quark_layers, quark_names, bar, expert_layers=(
         warm_decode_kernels([module], at="load")  # nn.warmup.DECODE_KERNEL_WARMUP = "load" only
 
     jobs = []  # (function run in a reader thread, checkpoint bytes, progress units completed)
-    jobs += [(partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1) for t in tasks]
+    for t in tasks:
+        if _ChunkedTask.applies(ckpt, t):
+            load = _ChunkedTask(ckpt, t)
+            jobs += [(partial(load.run, j), load.nbytes(j), int(j == len(load.chunks) - 1))
+                     for j in range(len(load.chunks))]
+        else:
+            jobs.append((partial(task_job, t), sum(ckpt.nbytes(n) for n in t.names), 1))
     jobs += [(partial(quark_job, m, cp), sum(ckpt.nbytes(n) for n in quark_names[id(m)]), 1)
              for m, cp in quark_layers]
     for module in expert_layers:
