@@ -622,7 +622,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dense-gemm", default=None, choices=("auto", "layers", "xla"),
                     help="llama.DENSE_DECODE_GEMM (the float projections' decode GEMM; 'layers': not the LM head), "
                          "set before any run (not passed to --second-process)")
-    ap.add_argument("--warm-kernels", default=None, choices=("generate", "load", "off"),
+    ap.add_argument("--warm-kernels", default=None, choices=("generate", "compile", "load", "off"),
                     help="nn.warmup.DECODE_KERNEL_WARMUP: when the Mosaic MXFP4 decode kernels compile ahead ('off': "
                          "inside the decode program, the session-9 baseline; not passed to --second-process)")
     args = ap.parse_args(argv)

@@ -29,6 +29,7 @@ def fresh_shape_caches():
     """Layer geometries are cached per process (the device does not change in one): a pretend device must not
     leave its layouts to the next test."""
     linear_mod._processed_shapes.cache_clear()
+    jax.clear_caches()  # jitted traces too (process_params': its layout depends on the device)
     yield
     linear_mod._processed_shapes.cache_clear()
     jax.clear_caches()
@@ -100,7 +101,8 @@ def test_warmups_submitted_once_per_geometry_from_load_or_generate(pretend_h200,
     pool = _Recorder()
     monkeypatch.setattr(warmup, "_on_gpu", lambda: True)
     monkeypatch.setattr(warmup, "_POOL", pool)
-    for point, at_load, at_generate in (("load", 4, 0), ("generate", 0, 4), (None, 0, 0)):
+    for point, at_load, at_generate, at_compile in (("load", 4, 0, 0), ("generate", 0, 4, 0),
+                                                    ("compile", 0, 0, 4), (None, 0, 0, 0)):
         monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", point)
         monkeypatch.setattr(warmup, "_SUBMITTED", set())
         pool.calls.clear()
@@ -108,9 +110,46 @@ def test_warmups_submitted_once_per_geometry_from_load_or_generate(pretend_h200,
         assert len(pool.calls) == at_load, point
         g._warm_kernels(model, 1)
         assert len(pool.calls) == at_load + at_generate, point
+        g._warm_kernels(model, 1, "compile")
+        assert len(pool.calls) == at_load + at_generate + at_compile, point
         if pool.calls:  # the programs kernel_warmups lists (their kernels' hashes: the first test)
             assert [a for _, a in g.kernel_warmups(model, 1)] == [a for _, a in pool.calls]
     assert warmup.warm_decode_kernels([], 17) == []
     monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", "sometimes")
     with pytest.raises(ValueError, match="DECODE_KERNEL_WARMUP"):
         warmup.warm_decode_kernels([])
+
+
+def test_slow_decode_compile_starts_the_compile_point_warmups(monkeypatch, tmp_path):
+    """``warm_up_decode(args, slow=f)`` calls ``f`` once the decode program's compile has run ``WARM_AFTER_S``
+    without finishing, and not when it finishes sooner."""
+    import threading
+    import time
+
+    from quark_jax.nn import warmup
+
+    class Lowered:
+        def __init__(self, s):
+            self.s = s
+
+        def compile(self):
+            time.sleep(self.s)
+            return "compiled"
+
+    class Decode:
+        def __init__(self, s):
+            self.s = s
+
+        def lower(self, *args):
+            return Lowered(self.s)
+
+    monkeypatch.setattr(warmup, "WARM_AFTER_S", 0.2)
+    for seconds, want in ((0.6, 1), (0.0, 0)):
+        progs = g._Programs.__new__(g._Programs)
+        progs.decode, progs._warm = Decode(seconds), {}
+        called = []
+        done = threading.Event()
+        fut = progs.warm_up_decode((8, jnp.zeros((2,))), slow=lambda: (called.append(1), done.set()))
+        assert fut.result() == "compiled"
+        done.wait(0.5 if want else 0.4)
+        assert len(called) == want, seconds

@@ -29,6 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "quark_tiny_llama"
 def no_user_tables(monkeypatch, tmp_path):
     monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
     linear_mod._processed_shapes.cache_clear()  # per-process geometry caches: a pretend device must not leak
+    jax.clear_caches()  # jitted traces too (process_params': its layout depends on the device)
     yield
     linear_mod._processed_shapes.cache_clear()
     jax.clear_caches()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from functools import partial
 
@@ -48,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quark_jax.nn import decode_kernel_warmups, kv_cache_sharding, warm_decode_kernels
+from quark_jax.nn import decode_kernel_warmups, kv_cache_sharding, warm_decode_kernels, warmup
 from quark_jax.models.compile_cache import enable_compilation_cache
 from quark_jax.models.inputs import check_token_ids
 
@@ -261,23 +262,38 @@ class _Programs:
         self._warm: dict = {}
         self._warm_kernels: set = set()
 
-    def warm_up_kernels(self, model, batch: int) -> list:
-        """Once per batch size: compile the model's process-cached decode kernels ahead, in parallel
-        (``nn.warmup``); returns the futures."""
-        if batch in self._warm_kernels:
+    def warm_up_kernels(self, model, batch: int, at: str = "generate") -> list:
+        """Once per batch size and caller: compile the model's process-cached decode kernels ahead, in parallel
+        (``nn.warmup``; ``at``: "generate" or "compile"); returns the futures."""
+        if (batch, at) in self._warm_kernels:
             return []
-        self._warm_kernels.add(batch)
-        return _warm_kernels(model, batch)
+        self._warm_kernels.add((batch, at))
+        return _warm_kernels(model, batch, at)
 
-    def warm_up_decode(self, args):
+    def warm_up_decode(self, args, slow=None):
         """Compile the decode chunk for these argument shapes in a background thread (once per shape signature),
-        so that its compile overlaps the prefill's; returns a future (or None when already compiled)."""
+        so that its compile overlaps the prefill's; returns a future (or None when already compiled). ``slow``:
+        called if the XLA compile (after lowering) runs longer than ``nn.warmup.WARM_AFTER_S`` (not a
+        persistent-cache hit)."""
         sig = jax.tree_util.tree_structure(args[1:]), tuple(
             (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(args[1:])), args[0]
         if sig in self._warm:
             return None
         self._warm[sig] = True
-        return _POOL.submit(lambda: self.decode.lower(*args).compile())
+
+        def job():
+            lowered = self.decode.lower(*args)
+            timer = None if slow is None else threading.Timer(warmup.WARM_AFTER_S, slow)
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                return lowered.compile()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+        return _POOL.submit(job)
 
 
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="quark_jax-compile")
@@ -296,12 +312,12 @@ def kernel_warmups(model, batch: int) -> list:
     return [(fn, args) for _, fn, args in decode_kernel_warmups([m for _, m in nnx.iter_modules(model)], batch)]
 
 
-def _warm_kernels(model, batch: int) -> list:
+def _warm_kernels(model, batch: int, at: str = "generate") -> list:
     """Before the first decode program of ``model`` compiles: the warm-ups not submitted yet in this process
     (``nn.warmup.warm_decode_kernels``: GPU only, ``nn.warmup.DECODE_KERNEL_WARMUP``); their futures."""
     if getattr(model, "mesh", None) is not None:
         return []
-    return warm_decode_kernels([m for _, m in nnx.iter_modules(model)], batch, at="generate")
+    return warm_decode_kernels([m for _, m in nnx.iter_modules(model)], batch, at=at)
 _PROGRAMS: dict = {}
 _MAX_PROGRAMS = 8  # graph definitions kept (each holds its compiled executables)
 
@@ -444,7 +460,7 @@ class _Run:
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
             progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
-            compiling = progs.warm_up_decode(args)
+            compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"))
         token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
                                            *self.sampling, eos)
         slot = jnp.int32(t)

@@ -19,9 +19,10 @@ from quark_jax.nn.load import load_weights, module_path
 from quark_jax.nn.linen import QuarkDense, linen_module_path
 from quark_jax.nn.parallel import DEFAULT_RULES, PartitionRules, ShardLayout, kv_cache_sharding
 from quark_jax.nn.substitute import as_quark_config, quantize_model, set_attr_at
+from quark_jax.nn import warmup
 from quark_jax.nn.warmup import decode_kernel_warmups, warm_decode_kernels
 
 __all__ = ["QuarkLinear", "InputCodes", "TransformedInput", "QuarkParam", "checkpoint_dtype", "load_weights", "quantize_model", "module_path",
            "QuarkDense", "linen_module_path", "FP8KVCacheScales", "KVScale",
            "set_attr_at", "as_quark_config", "QuarkExperts", "EXPERT_SCALE_MODES", "PartitionRules", "DEFAULT_RULES", "ShardLayout", "kv_cache_sharding",
-           "decode_kernel_warmups", "warm_decode_kernels"]
+           "decode_kernel_warmups", "warm_decode_kernels", "warmup"]

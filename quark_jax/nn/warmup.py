@@ -24,11 +24,17 @@ __all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels
 
 DECODE_KERNEL_WARMUP = "generate"
 """When the warm-ups start (on a GPU backend; read at each call): "generate" (default: the first ``generate``
-submits them before its programs compile; the load is left alone), "load" (``load_weights`` submits each
-geometry's as its first layer loads: off the first call's path, but their Python lowering, ~0.3 s each, shares
-the interpreter with the load's threads) or None (off: the decode program compiles its kernels itself)."""
+submits them before its programs compile; the load is left alone), "compile" (only once the decode program's XLA
+compile has run :data:`WARM_AFTER_S` without finishing: a second process whose compilation cache is warm never
+traces them, at the price of a later start), "load" (``load_weights`` submits each geometry's as its first layer
+loads: off the first call's path, but their Python lowering, ~0.3 s each, shares the interpreter with the load's
+threads) or None (off: the decode program compiles its kernels itself)."""
 
-WARMUP_POINTS = ("generate", "load", None)
+WARMUP_POINTS = ("generate", "compile", "load", None)
+
+WARM_AFTER_S = 1.0
+"""``DECODE_KERNEL_WARMUP = "compile"``: seconds the decode program's compile runs before the warm-ups start (a
+persistent-cache hit returns sooner)."""
 
 MAX_ROWS = 16
 """Decode sizes: ``QuarkScheme.runs_process_cached_kernel`` promises the process-cached kernel at M <= 16."""
@@ -91,7 +97,7 @@ def _compile(fn, args) -> None:
 
 def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list:
     """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
-    threads and return their futures. ``at``: the caller, "generate" or "load"; it submits when
+    threads and return their futures. ``at``: the caller, "generate", "compile" or "load"; it submits when
     :data:`DECODE_KERNEL_WARMUP` is ``at`` (or "load" and ``at`` is "generate": what the load left). Nothing
     (``[]``) off a GPU backend, with the warm-up off or above :data:`MAX_ROWS` rows. A failing compile is left to
     the program that runs the layer to report.
