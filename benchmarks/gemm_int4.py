@@ -6,7 +6,8 @@ layout) and, at decode, ``pallas_ckpt`` (the older ``pallas_triton`` kernel on t
 decode; its other variants were measured on the H200 on 2026-12-02, NOTES.md issue 19), ``pallas_nk`` (the row-sum
 variant: 16x64x512, 80 KB of shared memory, 2 programs per SM), ``pallas_nk_k256`` (256-K steps: 40 KB, up to 5
 programs per SM) and ``pallas_nk_wz`` (offset and zero point subtracted from the decoded weight: no row-sum pass
-over x, +10% instructions in the loop; the tuned default since 2026-12-02).
+over x, +10% instructions in the loop; the tuned default since 2026-12-02). Session 9 (helper int4dec): one row
+``pallas_nk_<name>`` per ``pallas_nk.CANDIDATES`` entry (``fma*`` only at M = 1); ``--rows`` keeps a subset.
 """
 
 from __future__ import annotations
@@ -55,4 +56,11 @@ def cases(point, sets, Case):
             fn = jax.jit(functools.partial(pallas_nk.int4_mm_nk_pallas, group_size=128, signed=True, config=cfg))
             out.append(Case(name=name, fn=lambda x, w, s, _f=fn: _f(x, w, s), arg_sets=sets, flops=flops,
                             bytes=nbytes))
+        for cname in pallas_nk.CANDIDATES:
+            if (cname.startswith("fma") and m > 1) or f"pallas_nk_{cname}" in {c.name for c in out}:
+                continue
+            cfg = pallas_nk.candidate(cname, m, k, n, 128)
+            fn = jax.jit(functools.partial(pallas_nk.int4_mm_nk_pallas, group_size=128, signed=True, config=cfg))
+            out.append(Case(name=f"pallas_nk_{cname}", fn=lambda x, w, s, _f=fn: _f(x, w, s), arg_sets=sets,
+                            flops=flops, bytes=nbytes))
     return out

@@ -61,10 +61,20 @@ class Config:
     zero_in_weight: bool = False  # subtract offset + zero point from the decoded planes (exact small integers,
     # one packed subtract per two weights) instead of the row-sum term: no row-sum pass over x
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
+    inner: str = "mma"  # "mma": the decoded planes are the left MMA operand (block_m rows of x a program);
+    # "fma": one row of x a program (block_m 1), f32 multiply-adds into a [block_n, group/2] tile, no tensor cores
+    decode: str = "asm2"  # "asm2": PTX on 2 bytes an asm, zero point subtracted in jnp; "asm4": PTX on 4 bytes an
+    # asm with the zero point subtracted inside it (one packed fma.rn per two weights; needs zero_in_weight)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"))
-        if self.block_m < 16 or self.block_n < 16:
+        if self.inner not in ("mma", "fma"):
+            raise ValueError(f"Config.inner: expected 'mma' or 'fma', got {self.inner!r}")
+        if self.decode not in ("asm2", "asm4"):
+            raise ValueError(f"Config.decode: expected 'asm2' or 'asm4', got {self.decode!r}")
+        if (self.inner == "fma" or self.decode == "asm4") and not self.zero_in_weight:
+            raise ValueError("Config: inner='fma' and decode='asm4' need zero_in_weight=True")
+        if self.block_n < 16 or (self.block_m < 16 and self.inner == "mma"):
             raise ValueError(f"Config: block_m and block_n must be >= 16 (MMA tiles), got {self.block_m}, "
                              f"{self.block_n}")
 
@@ -74,6 +84,33 @@ class Config:
 # and 16 on the 8B shapes (11.5-30.6 us; the row-sum variant 13.2-31.0, 256-K steps 13.1-35.0).
 DEFAULTS = {"16": Config(zero_in_weight=True), "max": Config(zero_in_weight=True)}
 AUTO_SPLIT = {"decode": 224}
+
+
+# Decode candidates (session 9, helper int4dec; benchmarks/NOTES.md "Session 9, helper int4dec"): selectable by
+# name in ``bench_gemm.py --ops int4`` (rows ``pallas_nk_<name>``); all subtract the zero point from the decoded
+# weight. "wz" is today's default; "wz4*" decode 4 bytes an asm with the zero point subtracted inside it; "fma*"
+# run one row of x a program on CUDA-core multiply-adds (M = 1: no 16-row MMA tile of which 15 rows are padding).
+CANDIDATES = {
+    "wz": Config(zero_in_weight=True),
+    "wz4": Config(zero_in_weight=True, decode="asm4"),
+    "wz4_k256_st4": Config(zero_in_weight=True, decode="asm4", block_k=256, num_stages=4),
+    "wz4_n128_k256_st4": Config(zero_in_weight=True, decode="asm4", block_n=128, block_k=256, num_stages=4),
+    "wz4_n128_w8": Config(zero_in_weight=True, decode="asm4", block_n=128, num_warps=8),
+    "fma": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_k=256),
+    "fma_n128": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128, block_k=256),
+    "fma_n32_k512": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=32),
+    "fma_w8_n128_k512": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
+                               num_warps=8),
+}
+
+
+def candidate(name: str, m: int, k: int, n: int, group_size: int) -> Config:
+    """``CANDIDATES[name]`` fitted to the problem with the decode K split (as :func:`default_config`).
+
+    >>> candidate("fma", 1, 4096, 4096, 128).block_m
+    1
+    """
+    return fit(CANDIDATES[name], m, k, n, group_size, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
 
 
 def supports(k: int, n: int, group_size: int) -> bool:
@@ -97,7 +134,7 @@ def fit(cfg: Config, m: int, k: int, n: int, group_size: int, *, target_programs
         raise ValueError(f"int4_mm nk kernel: needs N % 16 == 0 and a power-of-two group size in 32..512 dividing "
                          f"K, got K = {k}, N = {n}, group_size = {group_size}")
     groups = k // group_size
-    block_m = min(cfg.block_m, max(16, tiling.pow2_ceil(m)))
+    block_m = 1 if cfg.inner == "fma" else min(cfg.block_m, max(16, tiling.pow2_ceil(m)))
     block_n = cfg.block_n
     while n % block_n:
         block_n //= 2
@@ -203,6 +240,64 @@ def decode_nibbles(packed, dtype, *, asm: bool, subtract: bool):
                                               result_shape_dtypes=out)[0] for high in (False, True))
 
 
+def _ptx_nibbles4(high: bool, magic: int, one: int, f16: bool, neg_zero: int | None) -> str:
+    """PTX: 4 packed bytes ($2) and 4 negated ``offset + z`` ($3, $4: two 16-bit float pairs; or the one 16-bit
+    pattern ``neg_zero`` as an immediate) -> 4 floats ``q - z`` ($0, $1) of the low or high nibbles: one shift
+    (high), two ``prmt`` (bytes 0, 1 and 2, 3 to 16-bit lanes), two mask-and-OR (``magic | u`` = ``offset + u``) and
+    two packed ``fma.rn`` ``(offset + u) * 1 - (offset + z)`` (exact: small integers)."""
+    op = "fma.rn.f16x2" if f16 else "fma.rn.bf16x2"
+    src = "h" if high else "$2"
+    zs = ("$3", "$4") if neg_zero is None else (f"{neg_zero | (neg_zero << 16):#010x}",) * 2
+    lines = ["{", ".reg .b32 h, t0, t1;"]
+    if high:
+        lines.append("shr.b32 h, $2, 4;")
+    lines += [f"prmt.b32 t0, {src}, 0, 0x4140;", f"prmt.b32 t1, {src}, 0, 0x4342;",
+              "and.b32 t0, t0, 0x000F000F;", "and.b32 t1, t1, 0x000F000F;",
+              f"or.b32 t0, t0, {magic | (magic << 16):#010x};", f"or.b32 t1, t1, {magic | (magic << 16):#010x};",
+              f"{op} $0, t0, {one | (one << 16):#010x}, {zs[0]};", f"{op} $1, t1, {one | (one << 16):#010x}, {zs[1]};",
+              "}"]
+    return "\n".join(lines)
+
+
+def ptx_nibbles4_emulated(packed_u8: np.ndarray, neg_zero: np.ndarray, high: bool, dtype) -> np.ndarray:
+    """numpy model of ``_ptx_nibbles4`` (last axis a multiple of 4): the float values ``(offset + u) - (offset +
+    z)`` as float64 (``neg_zero`` = ``-(offset + z)`` per element), ``offset`` 128 (bf16) or 1024 (f16).
+
+    >>> ptx_nibbles4_emulated(np.array([0x3A, 0, 0, 0], np.uint8), np.full(4, -136.0), True, jnp.bfloat16)[0]
+    np.float64(-5.0)
+    """
+    magic, _ = _MAGIC[jnp.dtype(dtype).name]
+    b = np.asarray(packed_u8, np.uint8).reshape(-1, 4).astype(np.int64)
+    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+    src = word >> 4 if high else word
+    lanes = [(src >> (8 * i)) & 0xF for i in range(4)]  # prmt to 16-bit lanes, then the mask
+    bits = np.stack(lanes, axis=-1) | magic
+    vals = bits.astype(np.uint16).view(np.float16 if magic == 0x6400 else np.uint16)
+    if magic != 0x6400:  # bf16 bits -> f32
+        vals = (bits.astype(np.uint32) << 16).view(np.float32)
+    return (vals.astype(np.float64) + np.asarray(neg_zero, np.float64).reshape(-1, 4)).reshape(np.shape(packed_u8))
+
+
+def decode_nibbles4(packed, neg_zero, dtype):
+    """GPU ``(lo, hi)`` planes of uint8 ``packed`` as ``dtype`` (bf16 / f16): ``q - z`` = ``(offset + u) +
+    neg_zero``; ``neg_zero`` = ``-(offset + z)``: an array of ``packed``'s shape, or a Python float (symmetric int4:
+    an immediate in the PTX). Inline PTX on 4 bytes an asm."""
+    from jax.experimental.pallas import triton as plgpu
+
+    dtype = jnp.dtype(dtype)
+    magic, _ = _MAGIC[dtype.name]
+    one = 0x3C00 if dtype == jnp.float16 else 0x3F80
+    out = [jax.ShapeDtypeStruct(packed.shape, dtype)]
+    if isinstance(neg_zero, float):
+        imm = int(np.asarray(neg_zero, dtype).view(np.uint16))
+        args, cons = [packed], "=r,=r,r"
+    else:
+        imm, args, cons = None, [packed, neg_zero], "=r,=r,r,r,r"
+    return tuple(plgpu.elementwise_inline_asm(_ptx_nibbles4(high, magic, one, dtype == jnp.float16, imm),
+                                              args=args, constraints=cons, pack=4, result_shape_dtypes=out)[0]
+                 for high in (False, True))
+
+
 # ---------------------------------------------------------------------------------------------- the kernel
 
 def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: int,
@@ -226,14 +321,34 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
         zc = jnp.asarray(offset + zero_shift, dt)
         return (z_ref[g, :].astype(dt) + zc)[:, None] if has_zeros else zc
 
+    fma = cfg.inner == "fma"
+    asm4 = asm and cfg.decode == "asm4"
+    bn = cfg.block_n
+
+    def planes(g, kk):  # the group's two decoded planes [bn, gh] in x's dtype: q - z (zero_in_weight) or offset + u
+        packed = w_ref[:, pl.ds(kk, gh)]
+        if asm4:
+            if not has_zeros:
+                return decode_nibbles4(packed, -(offset + zero_shift), dtype)
+            neg = jnp.broadcast_to(-zero_plus_offset(g, dtype), (bn, gh)).astype(dtype)
+            return decode_nibbles4(packed, neg, dtype)
+        lo, hi = decode_nibbles(packed, dtype, asm=asm, subtract=subtract)
+        if rs_ref is None:  # (offset + u) - (offset + z) = q - z, exact in x's dtype
+            zw = zero_plus_offset(g, dtype)
+            lo, hi = lo - zw, hi - zw
+        return lo, hi
+
     def body(i, acc):
         for j in range(per_step):
             g = i * per_step + j
             kk = pl.multiple_of(g * gh, gh)
-            lo, hi = decode_nibbles(w_ref[:, pl.ds(kk, gh)], dtype, asm=asm, subtract=subtract)
-            if rs_ref is None:  # (offset + u) - (offset + z) = q - z, exact in x's dtype
-                zw = zero_plus_offset(g, dtype)
-                lo, hi = lo - zw, hi - zw
+            lo, hi = planes(g, kk)
+            if fma:  # one row of x: f32 products into the [bn, gh] tile, the scale per group and element
+                xe = x_ref[pl.ds(0, 1), pl.ds(2 * kk, gh)].astype(jnp.float32)
+                xo = x_ref[pl.ds(0, 1), pl.ds(2 * kk + gh, gh)].astype(jnp.float32)
+                d = lo.astype(jnp.float32) * xe + hi.astype(jnp.float32) * xo
+                acc += d * s_ref[g, :][:, None]
+                continue
             xe = tiling.masked_load(x_ref.at[:, pl.ds(2 * kk, gh)], x_rows)  # the group's first half
             xo = tiling.masked_load(x_ref.at[:, pl.ds(2 * kk + gh, gh)], x_rows)
             d = lax.dot_general(lo, xe, dims, precision=precision, preferred_element_type=jnp.float32)
@@ -243,7 +358,11 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
             acc += d * s_ref[g, :][:, None]  # [bn, bm]
         return acc
 
-    acc = lax.fori_loop(0, k_steps, body, jnp.zeros((cfg.block_n, bm), jnp.float32)).T
+    if fma:
+        acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, gh), jnp.float32))
+        acc = jnp.sum(acc, axis=1)[None, :]  # [1, bn]
+    else:
+        acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, bm), jnp.float32)).T
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     tiling.store_rows(o_ref, acc.astype(out_dtype), (m - m_tile * bm) if m % bm else None)
@@ -317,4 +436,5 @@ def _nk_jit(x, w_nk, w_scales, z, bias, *, group_size, signed, out_dtype, cfg, a
 
 
 __all__ = ["int4_mm_nk_pallas", "repack", "unrepack", "Config", "DEFAULTS", "default_config", "fit", "supports",
-           "decode_nibbles", "ptx_nibbles_emulated"]
+           "decode_nibbles", "ptx_nibbles_emulated", "decode_nibbles4", "ptx_nibbles4_emulated", "CANDIDATES",
+           "candidate"]
