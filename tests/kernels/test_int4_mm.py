@@ -88,8 +88,19 @@ class TestInt4Mm(KernelContract):
         Variant(backend="pallas_nk", name="two_groups_a_step", shape=(3, 128, 64), config=NK(block_k=64)),
         Variant(backend="pallas_nk", name="ragged_split_k_zero_in_weight", shape=(17, 128, 96),
                 config=NK(block_n=32, split_k=2, zero_in_weight=True)),
+        # session 9 candidates: the 4-byte PTX decode (GPU; interpret mode: the jnp decode) with ragged M, and the
+        # CUDA-core "fma" form (one row a program: 3 rows, a K split, uint4 zero points; int4 with the bias)
+        Variant(backend="pallas_nk", name="asm4_ragged", shape=(5, 128, 64),
+                config=NK(block_n=32, zero_in_weight=True, decode="asm4")),
+        Variant(backend="pallas_nk", name="fma_rows_split_k", shape=(3, 256, 96),
+                config=NK(inner="fma", block_m=1, block_n=32, block_k=64, split_k=2, zero_in_weight=True,
+                          decode="asm4")),
+        Variant(backend="pallas_nk", name="fma_one_row", shape=(1, 128, 64),
+                config=NK(inner="fma", block_m=1, block_n=16, zero_in_weight=True, decode="asm4")),
     ]
-    NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k_zero_in_weight": "uint4-reorder-g32-bias"}
+    NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k_zero_in_weight": "uint4-reorder-g32-bias",
+                  "asm4_ragged": "int4-order-g32-nobias", "fma_rows_split_k": "uint4-order-g32-nobias",
+                  "fma_one_row": "int4-reorder-g32-bias"}
     FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
     ENTRY_SHAPE = (2, 32, 128)
     PALLAS = (pallas_triton, "int4_mm_pallas")
@@ -201,3 +212,30 @@ def test_nk_f32_x_and_the_ptx_model():
         for high, plane in zip((False, True), planes):
             np.testing.assert_array_equal(pallas_nk.ptx_nibbles_emulated(b, high, magic),
                                           np.asarray(plane).view(np.uint16))
+
+
+def test_ptx_nibbles4_model_and_candidate_configs():
+    """The numpy model of the 4-byte PTX decode (shift, prmt, mask-OR, packed fma with -(offset + z)) gives
+    ``q - z`` = the jnp decode minus the zero point, for every byte and zero point (bf16 and f16 offsets); every
+    named candidate fits the 8B shapes; bad configs name the field."""
+    b = np.arange(256, dtype=np.uint8).reshape(4, 64)
+    z = np.random.default_rng(5).integers(0, 16, (4, 64))
+    for dtype, offset in ((jnp.bfloat16, 128.0), (jnp.float16, 1024.0)):
+        planes = pallas_nk.decode_nibbles(jnp.asarray(b), dtype, asm=False, subtract=True)  # u
+        for high, plane in zip((False, True), planes):
+            got = pallas_nk.ptx_nibbles4_emulated(b, -(offset + z), high, dtype)
+            np.testing.assert_array_equal(got, np.asarray(plane, np.float64) - z)
+            np.testing.assert_array_equal(got, ((b >> 4) if high else (b & 15)) - z)
+    for name in pallas_nk.CANDIDATES:
+        for k, n in ((4096, 14336), (14336, 4096), (4096, 4096), (8192, 8192)):
+            c = pallas_nk.candidate(name, 1, k, n, 128)
+            assert n % c.block_n == 0 and (k // c.split_k) % c.block_k == 0 and c.block_k % 128 == 0, (name, c)
+            assert (c.block_m == 1) == (c.inner == "fma")
+    assert pallas_nk.default_config(1, 4096, 14336, 128).inner == "fma"
+    assert pallas_nk.default_config(16, 4096, 14336, 128).inner == "mma"
+    with pytest.raises(ValueError, match="need zero_in_weight=True"):
+        NK(inner="fma", block_m=1)
+    with pytest.raises(ValueError, match="Config.decode"):
+        NK(decode="asm8")
+    with pytest.raises(ValueError, match="block_m and block_n must be >= 16"):
+        NK(block_m=1, zero_in_weight=True)

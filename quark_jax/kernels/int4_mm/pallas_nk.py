@@ -79,10 +79,21 @@ class Config:
                              f"{self.block_n}")
 
 
-# The MXFP4 decode kernel's H200 decode tiling (16x64x512, 4 warps, 3 stages, ~1.7 programs per SM) with the zero
-# point in the weight: on the H200 (2026-12-02, BENCHMARKS.md) the best of the three variants or within 5% at M = 1
-# and 16 on the 8B shapes (11.5-30.6 us; the row-sum variant 13.2-31.0, 256-K steps 13.1-35.0).
-DEFAULTS = {"16": Config(zero_in_weight=True), "max": Config(zero_in_weight=True)}
+# Decode tilings by M bucket and 8B shape, as measured on the H200 (session 9, helper int4dec, 2026-12-03 12:53 UTC,
+# GPU kernel time, benchmarks/results/gemm_int4_candidates_h200_2026-12-03_s9.json; ``CANDIDATES`` below, names
+# there): M = 1 the CUDA-core "fma_w8_n128_k512_s8" (8.3 / 22.9 / 24.8 us at 4096^2 / 4096x14336 / 14336x4096;
+# the former default "wz" 11.7 / 29.4 / 29.2) except 8192^2, where "wz" stays (25.8 us, fma 31.2); M = 2..16 the
+# 4-byte decode with 256-K steps and a K split of 8 ("wz4_k256_st4_s8": 28.4 / 26.8 us at 4096x14336 / 14336x4096,
+# "wz" 30.0 / 29.3), at 4096^2 "wz4_n128_w8" (10.4, "wz" 12.4), at 8192^2 "wz" (27.0; 29.2). Rule: the fastest row
+# of the run per (bucket, shape); a bucket's default row is the candidate fastest on most shapes.
+DEFAULTS = {
+    "1": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128, num_warps=8, split_k=8),
+    "1@8192x8192": Config(zero_in_weight=True),
+    "16": Config(zero_in_weight=True, decode="asm4", block_k=256, num_stages=4, split_k=8),
+    "16@4096x4096": Config(zero_in_weight=True, decode="asm4", block_n=128, num_warps=8),
+    "16@8192x8192": Config(zero_in_weight=True),
+    "max": Config(zero_in_weight=True),
+}
 AUTO_SPLIT = {"decode": 224}
 
 
@@ -101,6 +112,13 @@ CANDIDATES = {
     "fma_n32_k512": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=32),
     "fma_w8_n128_k512": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
                                num_warps=8),
+    # more programs per SM (a K split of at least 8 / 16): more weight bytes in flight while others compute
+    "fma_w8_n128_k512_s8": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
+                                  num_warps=8, split_k=8),
+    "fma_w8_n128_s16": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
+                              num_warps=8, block_k=256, split_k=16),
+    "fma_n64_s8": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_k=256, split_k=8),
+    "wz4_k256_st4_s8": Config(zero_in_weight=True, decode="asm4", block_k=256, num_stages=4, split_k=8),
 }
 
 
@@ -149,8 +167,8 @@ def fit(cfg: Config, m: int, k: int, n: int, group_size: int, *, target_programs
 def default_config(m: int, k: int, n: int, group_size: int) -> Config:
     """``DEFAULTS``' entry for M's bucket, fitted, with the decode K split.
 
-    >>> default_config(16, 14336, 4096, 128).split_k
-    4
+    >>> c = default_config(1, 14336, 4096, 128); (c.inner, c.block_m, c.block_n, c.split_k)
+    ('fma', 1, 128, 8)
     """
     cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
     return fit(cfg, m, k, n, group_size, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
@@ -247,14 +265,16 @@ def _ptx_nibbles4(high: bool, magic: int, one: int, f16: bool, neg_zero: int | N
     two packed ``fma.rn`` ``(offset + u) * 1 - (offset + z)`` (exact: small integers)."""
     op = "fma.rn.f16x2" if f16 else "fma.rn.bf16x2"
     src = "h" if high else "$2"
-    zs = ("$3", "$4") if neg_zero is None else (f"{neg_zero | (neg_zero << 16):#010x}",) * 2
-    lines = ["{", ".reg .b32 h, t0, t1;"]
+    zs = ("$3", "$4") if neg_zero is None else ("nz", "nz")
+    lines = ["{", ".reg .b32 h, t0, t1, one, nz;", f"mov.b32 one, {one | (one << 16):#010x};"]
+    if neg_zero is not None:  # packed-float operands must be registers
+        lines.append(f"mov.b32 nz, {neg_zero | (neg_zero << 16):#010x};")
     if high:
         lines.append("shr.b32 h, $2, 4;")
     lines += [f"prmt.b32 t0, {src}, 0, 0x4140;", f"prmt.b32 t1, {src}, 0, 0x4342;",
               "and.b32 t0, t0, 0x000F000F;", "and.b32 t1, t1, 0x000F000F;",
               f"or.b32 t0, t0, {magic | (magic << 16):#010x};", f"or.b32 t1, t1, {magic | (magic << 16):#010x};",
-              f"{op} $0, t0, {one | (one << 16):#010x}, {zs[0]};", f"{op} $1, t1, {one | (one << 16):#010x}, {zs[1]};",
+              f"{op} $0, t0, one, {zs[0]};", f"{op} $1, t1, one, {zs[1]};",
               "}"]
     return "\n".join(lines)
 

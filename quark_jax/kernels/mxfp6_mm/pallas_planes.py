@@ -79,8 +79,17 @@ CANDIDATES = {  # selectable by name in bench_gemm.py --ops mxfp6 (rows ``planes
     "fma": Config(inner="fma", block_m=1),
     "fma_n128": Config(inner="fma", block_m=1, block_n=128),
     "fma_n32": Config(inner="fma", block_m=1, block_n=32, block_k=512),
+    # more programs per SM (a K split of at least 8): more weight bytes in flight while others compute
+    "mma_s8": Config(split_k=8),
+    "mma_k512_s8": Config(block_k=512, split_k=8),
+    "fma_n128_s8": Config(inner="fma", block_m=1, block_n=128, split_k=8),
+    "fma_w8_n128_s8": Config(inner="fma", block_m=1, block_n=128, num_warps=8, split_k=8),
 }
-DEFAULTS = {"16": CANDIDATES["mma"], "max": CANDIDATES["mma"]}
+# Measured on the H200 (session 9, helper int4dec, 2026-12-03 12:54 UTC, GPU kernel time,
+# benchmarks/results/gemm_mxfp6_planes_h200_2026-12-03_s9.json): M = 1 "fma_w8_n128_s8" fastest on all four 8B shapes
+# (13.7 / 40.0 / 42.2 / 46.2 us at 4096^2 / 4096x14336 / 8192^2 / 14336x4096; the checkpoint-layout kernel 34.0 /
+# 94.6 / 121.0 / 107.5); M = 2..16 "mma_k512_s8" (16.7 us at 4096^2, the only M = 16 shape the run reached).
+DEFAULTS = {"1": CANDIDATES["fma_w8_n128_s8"], "16": CANDIDATES["mma_k512_s8"], "max": CANDIDATES["mma"]}
 AUTO_SPLIT = {"decode": 224, "small": 224}
 
 
@@ -118,8 +127,8 @@ def fit(cfg: Config, m: int, k: int, n: int, *, target_programs: int = 0) -> Con
 def default_config(m: int, k: int, n: int) -> Config:
     """``DEFAULTS``' entry for M's bucket, fitted, with the class's K split.
 
-    >>> default_config(1, 14336, 4096).split_k
-    4
+    >>> c = default_config(1, 14336, 4096); (c.inner, c.block_n, c.split_k)
+    ('fma', 128, 8)
     """
     cfg, _ = tiling.lookup(DEFAULTS, m, k, n)
     return fit(cfg, m, k, n, target_programs=AUTO_SPLIT.get(tiling.shape_class(m), 0))
@@ -183,15 +192,16 @@ def _ptx_quarter(p: int, element: str) -> str:
     """PTX: 4 nibble bytes ($2), 4 two-bit bytes ($3), 4 bf16 block scales ($4, $5) -> 4 bf16 weights ($0, $1) of
     quarter ``p`` (module docstring)."""
     shift, mask, k2 = _MAG[element]
-    lines = ["{", ".reg .b32 n, t, c, a0, a1, m0, m1, s0, s1;",
+    lines = ["{", ".reg .b32 n, t, c, a0, a1, m0, m1, s0, s1, k2, nz;", f"mov.b32 k2, {k2 | (k2 << 16):#010x};",
+             "mov.b32 nz, 0x80008000;",
              "shl.b32 n, $2, 2;" if p < 2 else "shr.b32 n, $2, 2;", "and.b32 n, n, 0x3C3C3C3C;",
              f"shr.b32 t, $3, {2 * p};" if p else "mov.b32 t, $3;", "and.b32 t, t, 0x03030303;",
              "or.b32 c, n, t;", "prmt.b32 a0, c, 0, 0x1404;", "prmt.b32 a1, c, 0, 0x3424;"]
     for a, mm, s in (("a0", "m0", "s0"), ("a1", "m1", "s1")):
         lines += [f"shr.b32 {mm}, {a}, {shift};", f"and.b32 {mm}, {mm}, {mask:#010x};", f"shl.b32 {s}, {a}, 2;",
                   f"and.b32 {s}, {s}, 0x80008000;", f"or.b32 {mm}, {mm}, {s};",
-                  f"fma.rn.bf16x2 {mm}, {mm}, {k2 | (k2 << 16):#010x}, 0x80008000;"]
-    lines += ["fma.rn.bf16x2 $0, m0, $4, 0x80008000;", "fma.rn.bf16x2 $1, m1, $5, 0x80008000;", "}"]
+                  f"fma.rn.bf16x2 {mm}, {mm}, k2, nz;"]
+    lines += ["fma.rn.bf16x2 $0, m0, $4, nz;", "fma.rn.bf16x2 $1, m1, $5, nz;", "}"]
     return "\n".join(lines)
 
 
