@@ -8,7 +8,8 @@ entry against the XLA reference, bit for bit on exact data (f32 output):
   the whole E8M0 range 0..250 (one-hot x: each output is one dequantized weight, so subnormal and huge scales are
   compared value for value).
 
-Usage: PYTHONPATH=.:tests python benchmarks/int4dec_gpu_check.py OUT.json   (prints PASS / FAIL lines; exit 0)
+Usage: PYTHONPATH=.:tests python benchmarks/int4dec_gpu_check.py OUT.json [SUBSTRING]   (prints PASS / FAIL lines;
+exit 0; SUBSTRING: only the candidates whose name contains it)
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from quark_jax.kernels.mxfp6_mm import pallas_planes  # noqa: E402
 from quark_jax.kernels.mxfp6_mm.xla import mxfp6_mm_xla  # noqa: E402
 
 
+ONLY = sys.argv[2] if len(sys.argv) > 2 else ""
+
+
 def int4_checks(results):
     from kernels.test_int4_mm import make, run_xla
 
     rng = np.random.default_rng(0)
-    for name in pallas_nk.CANDIDATES:
+    for name in [c for c in pallas_nk.CANDIDATES if ONLY in c]:
         ok, err = True, ""
         try:
             for flavor in ("int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias", "int4-order-nobias"):
@@ -60,7 +64,7 @@ def int4_checks(results):
 def mxfp6_checks(results):
     rng = np.random.default_rng(1)
     n, k = 64, 512
-    for name in pallas_planes.CANDIDATES:
+    for name in [c for c in pallas_planes.CANDIDATES if ONLY in c]:
         ok, err = True, ""
         try:
             for element in ("fp6_e2m3", "fp6_e3m2"):

@@ -97,10 +97,17 @@ class TestInt4Mm(KernelContract):
                           decode="asm4")),
         Variant(backend="pallas_nk", name="fma_one_row", shape=(1, 128, 64),
                 config=NK(inner="fma", block_m=1, block_n=16, zero_in_weight=True, decode="asm4")),
+        # the register double buffer (next step's bytes loaded first): three steps a split, fma and mma
+        Variant(backend="pallas_nk", name="prefetch_fma", shape=(1, 192, 32),
+                config=NK(inner="fma", block_m=1, block_n=16, block_k=32, zero_in_weight=True, decode="asm4",
+                          prefetch=True)),
+        Variant(backend="pallas_nk", name="prefetch_mma_split", shape=(3, 384, 32),
+                config=NK(block_n=16, block_k=64, split_k=2, zero_in_weight=True, decode="asm4", prefetch=True)),
     ]
     NK_FLAVORS = {"two_groups_a_step": "int4-reorder-g32-bias", "ragged_split_k_zero_in_weight": "uint4-reorder-g32-bias",
                   "asm4_ragged": "int4-order-g32-nobias", "fma_rows_split_k": "uint4-order-g32-nobias",
-                  "fma_one_row": "int4-reorder-g32-bias"}
+                  "fma_one_row": "int4-reorder-g32-bias", "prefetch_fma": "uint4-reorder-g32-bias",
+                  "prefetch_mma_split": "int4-order-g32-bias"}
     FLAVORS = ["int4-reorder-bias", "uint4-order-nobias", "uint4-reorder-bias"]
     ENTRY_SHAPE = (2, 32, 128)
     PALLAS = (pallas_triton, "int4_mm_pallas")

@@ -102,6 +102,8 @@ def _planes_data(rng, m, k, n, element, scale_range=(125, 130), bias=True):
     ("fp6_e3m2", PC(block_n=32, block_k=256), 3),                     # two chunks a step, one split
     ("fp6_e2m3", PC(inner="fma", block_m=1, block_n=16, block_k=128, split_k=2), 3),  # one row a program
     ("fp6_e3m2", PC(inner="fma", block_m=1, block_n=32, block_k=256), 1),
+    ("fp6_e2m3", PC(inner="fma", block_m=1, block_n=16, block_k=128, prefetch=True), 1),  # 4 steps, prefetched
+    ("fp6_e3m2", PC(block_n=16, block_k=128, split_k=2, prefetch=True), 5),
 ])
 def test_planes_kernel_equals_the_reference(element, cfg, m):
     """The repacked-layout kernel (interpret mode: the jnp decode; compiled on a GPU: the PTX decode) equals the

@@ -65,6 +65,7 @@ class Config:
     # "fma": one row of x a program (block_m 1), f32 multiply-adds into a [block_n, group/2] tile, no tensor cores
     decode: str = "asm2"  # "asm2": PTX on 2 bytes an asm, zero point subtracted in jnp; "asm4": PTX on 4 bytes an
     # asm with the zero point subtracted inside it (one packed fma.rn per two weights; needs zero_in_weight)
+    prefetch: bool = False  # load step i + 1's weight bytes before decoding step i's (a register double buffer)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"))
@@ -119,6 +120,13 @@ CANDIDATES = {
                               num_warps=8, block_k=256, split_k=16),
     "fma_n64_s8": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_k=256, split_k=8),
     "wz4_k256_st4_s8": Config(zero_in_weight=True, decode="asm4", block_k=256, num_stages=4, split_k=8),
+    # not yet measured: the defaults with the next step's bytes loaded before this step's decode
+    "fma_w8_n128_k512_s8_pf": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
+                                     num_warps=8, split_k=8, prefetch=True),
+    "fma_w8_n128_k256_s8_pf": Config(zero_in_weight=True, decode="asm4", inner="fma", block_m=1, block_n=128,
+                                     num_warps=8, block_k=256, split_k=8, prefetch=True),
+    "wz4_k256_s8_pf": Config(zero_in_weight=True, decode="asm4", block_k=256, num_stages=4, split_k=8,
+                             prefetch=True),
 }
 
 
@@ -345,8 +353,10 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
     asm4 = asm and cfg.decode == "asm4"
     bn = cfg.block_n
 
-    def planes(g, kk):  # the group's two decoded planes [bn, gh] in x's dtype: q - z (zero_in_weight) or offset + u
-        packed = w_ref[:, pl.ds(kk, gh)]
+    def load_step(i):  # the step's packed bytes, one [bn, gh] uint8 tile a group
+        return [w_ref[:, pl.ds(pl.multiple_of((i * per_step + j) * gh, gh), gh)] for j in range(per_step)]
+
+    def planes(g, packed):  # the group's two decoded planes [bn, gh] in x's dtype: q - z (zero_in_weight) or offset + u
         if asm4:
             if not has_zeros:
                 return decode_nibbles4(packed, -(offset + zero_shift), dtype)
@@ -358,11 +368,11 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
             lo, hi = lo - zw, hi - zw
         return lo, hi
 
-    def body(i, acc):
+    def step(i, acc, packed_step):
         for j in range(per_step):
             g = i * per_step + j
             kk = pl.multiple_of(g * gh, gh)
-            lo, hi = planes(g, kk)
+            lo, hi = planes(g, packed_step[j])
             if fma:  # one row of x: f32 products into the [bn, gh] tile, the scale per group and element
                 xe = x_ref[pl.ds(0, 1), pl.ds(2 * kk, gh)].astype(jnp.float32)
                 xo = x_ref[pl.ds(0, 1), pl.ds(2 * kk + gh, gh)].astype(jnp.float32)
@@ -378,11 +388,17 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
             acc += d * s_ref[g, :][:, None]  # [bn, bm]
         return acc
 
-    if fma:
-        acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, gh), jnp.float32))
-        acc = jnp.sum(acc, axis=1)[None, :]  # [1, bn]
+    acc0 = jnp.zeros((bn, gh) if fma else (bn, bm), jnp.float32)
+    if cfg.prefetch:  # the next step's bytes are loaded before this step's decode (a register double buffer)
+        def body(i, carry):
+            acc, cur = carry
+            nxt = load_step(jnp.minimum(i + 1, k_steps - 1))
+            return step(i, acc, cur), nxt
+
+        acc, _ = lax.fori_loop(0, k_steps, body, (acc0, load_step(pl.program_id(1) * 0)))  # a traced 0
     else:
-        acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, bm), jnp.float32)).T
+        acc = lax.fori_loop(0, k_steps, lambda i, a: step(i, a, load_step(i)), acc0)
+    acc = jnp.sum(acc, axis=1)[None, :] if fma else acc.T  # [bm, bn]
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     tiling.store_rows(o_ref, acc.astype(out_dtype), (m - m_tile * bm) if m % bm else None)

@@ -61,6 +61,7 @@ class Config:
     group_m: int = 8  # row blocks per column strip in the program order (L2 reuse)
     inner: str = "mma"  # "mma" (tensor cores, block_m >= 16) or "fma" (one row of x, block_m 1)
     asm: bool = True  # the PTX decode (bf16 x on a CUDA GPU); else jnp integer / f32 ops
+    prefetch: bool = False  # load step i + 1's weight bytes before decoding step i's (a register double buffer)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_m", "block_n", "block_k", "split_k", "num_warps", "group_m"))
@@ -84,6 +85,9 @@ CANDIDATES = {  # selectable by name in bench_gemm.py --ops mxfp6 (rows ``planes
     "mma_k512_s8": Config(block_k=512, split_k=8),
     "fma_n128_s8": Config(inner="fma", block_m=1, block_n=128, split_k=8),
     "fma_w8_n128_s8": Config(inner="fma", block_m=1, block_n=128, num_warps=8, split_k=8),
+    # not yet measured: the defaults with the next step's bytes loaded before this step's decode
+    "fma_w8_n128_s8_pf": Config(inner="fma", block_m=1, block_n=128, num_warps=8, split_k=8, prefetch=True),
+    "mma_k512_s8_pf": Config(block_k=512, split_k=8, prefetch=True),
 }
 # Measured on the H200 (session 9, helper int4dec, 2026-12-03 12:54 UTC, GPU kernel time,
 # benchmarks/results/gemm_mxfp6_planes_h200_2026-12-03_s9.json): M = 1 "fma_w8_n128_s8" fastest on all four 8B shapes
@@ -273,11 +277,18 @@ def _kernel(x_ref, hi_ref, lo_ref, s_ref, *rest, cfg: Config, m: int, element: s
         x_rows = lax.broadcasted_iota(jnp.int32, (bm, 32), 0) < (m - m_tile * bm)
     dims = (((1,), (1,)), ((), ()))
 
-    def body(i, acc):
+    def load_step(i):  # per chunk: its lo bytes and its two 32-byte hi slices
+        out = []
         for c in range(chunks):
             ch = i * chunks + c
-            lb = lo_ref[:, pl.ds(pl.multiple_of(ch * 32, 32), 32)]
-            hbs = [hi_ref[:, pl.ds(pl.multiple_of(ch * 64 + 32 * h, 32), 32)] for h in (0, 1)]
+            out.append((lo_ref[:, pl.ds(pl.multiple_of(ch * 32, 32), 32)],
+                        [hi_ref[:, pl.ds(pl.multiple_of(ch * 64 + 32 * h, 32), 32)] for h in (0, 1)]))
+        return out
+
+    def step(i, acc, loaded):
+        for c in range(chunks):
+            ch = i * chunks + c
+            lb, hbs = loaded[c]
             for p in range(4):
                 w = decode_quarter(hbs[p % 2], lb, s_ref[ch * 4 + p, :], p, element, dtype, asm=asm)  # [bn, 32]
                 col = pl.multiple_of(ch * CHUNK + 32 * p, 32)
@@ -288,10 +299,17 @@ def _kernel(x_ref, hi_ref, lo_ref, s_ref, *rest, cfg: Config, m: int, element: s
                     acc += lax.dot_general(w, xp, dims, precision=precision, preferred_element_type=jnp.float32)
         return acc
 
-    if fma:
-        acc = jnp.sum(lax.fori_loop(0, k_steps, body, jnp.zeros((bn, 32), jnp.float32)), axis=1)[None, :]
+    acc0 = jnp.zeros((bn, 32) if fma else (bn, bm), jnp.float32)
+    if cfg.prefetch:  # the next step's bytes are loaded before this step's decode (a register double buffer)
+        def body(i, carry):
+            acc, cur = carry
+            nxt = load_step(jnp.minimum(i + 1, k_steps - 1))
+            return step(i, acc, cur), nxt
+
+        acc, _ = lax.fori_loop(0, k_steps, body, (acc0, load_step(pl.program_id(1) * 0)))  # a traced 0
     else:
-        acc = lax.fori_loop(0, k_steps, body, jnp.zeros((bn, bm), jnp.float32)).T
+        acc = lax.fori_loop(0, k_steps, lambda i, a: step(i, a, load_step(i)), acc0)
+    acc = jnp.sum(acc, axis=1)[None, :] if fma else acc.T
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
     tiling.store_rows(o_ref, acc.astype(out_dtype), m - m_tile * bm if m % bm else None)
