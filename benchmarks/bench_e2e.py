@@ -442,11 +442,14 @@ def second_process(ckpt: Path, args, result: dict) -> dict:
     """Load and run the first generate call in a fresh Python process (the persistent compilation cache is warm)."""
     import subprocess
 
+    from benchmarks import knobs
+
     scheme = result["scheme"]
     options = {"impl": args.impl[scheme]} if scheme in args.impl and scheme != "bf16" else {}
     code = (
         "import json, resource, time, numpy as np, jax\n"
         "from quark_jax.models import from_pretrained\n"
+        + knobs.set_code(args.set) +
         "jax.devices()\n"
         "rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "t0 = time.perf_counter()\n"
@@ -583,6 +586,9 @@ def torch_peer_process(args, timeout_s: float) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--set", action="append", default=[], metavar="module.ATTR=value",
+                    help="set a library switch before anything runs (benchmarks/knobs.py), e.g. "
+                         "quark_jax.models.llama.DECODE_ROPE_CACHE=auto; repeatable; recorded in the results")
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--batches", default="1")
     ap.add_argument("--prefill", default="128,2048")
@@ -626,6 +632,9 @@ def main(argv=None) -> dict:
                     help="nn.warmup.DECODE_KERNEL_WARMUP: when the Mosaic MXFP4 decode kernels compile ahead ('off': "
                          "inside the decode program, the session-9 baseline; not passed to --second-process)")
     args = ap.parse_args(argv)
+    from benchmarks import knobs
+
+    knob_values = {} if args.torch else knobs.apply_sets(args.set)
     if args.warm_kernels is not None:
         from quark_jax.nn import warmup
 
@@ -670,7 +679,8 @@ def main(argv=None) -> dict:
     import jax
 
     results = {"shape": args.shape, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-               "date": time.strftime("%Y-%m-%d"), "mesh": args.mesh or None, "prompt": args.prompt, "new_tokens": args.new_tokens,
+               "date": time.strftime("%Y-%m-%d"), "set": knob_values,
+               "mesh": args.mesh or None, "prompt": args.prompt, "new_tokens": args.new_tokens,
                "schemes": {}}
 
     def save():

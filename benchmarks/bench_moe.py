@@ -291,9 +291,14 @@ def main(argv=None) -> dict:
                          "rows of a tiling other than the default are keyed '<batch>@mxfp4_cfg=<name>'; the "
                          "profile and prefill run with the default")
     ap.add_argument("--profile", action="store_true", help="also profile 8 decode steps at batch 1 (GPU)")
+    ap.add_argument("--set", action="append", default=[], metavar="module.ATTR=value",
+                    help="set a library switch before anything runs (benchmarks/knobs.py); repeatable")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary folder)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    from benchmarks import knobs
+
+    knobs.apply_sets(args.set)
     tiny = args.shape.startswith("tiny")
     if args.layers is None:
         args.layers = None if tiny else 8

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,3 +63,27 @@ def test_profile_summary_counts_kernels_gaps_and_classes():
     assert s["kernels_per_step"] == 2.5 and s["busy_us_per_step"] == 15.0
     assert s["span_us_per_step"] == 21.0 and s["gap_us_per_step"] == 6.0  # gaps 2 and 10
     assert s["by_class"]["gemm_cublas"]["us_per_step"] == 10.0
+
+
+def test_set_applies_a_library_switch_and_rejects_unknown_names(monkeypatch):
+    """``--set module.ATTR=value`` (benchmarks/knobs.py): JSON values decoded, strings kept, the child-process code
+    applies the same values, a missing attribute or module exits naming it."""
+    from benchmarks import knobs
+    from quark_jax.kernels.grouped_mm import pallas_triton
+
+    monkeypatch.setattr(pallas_triton, "MIN_PROGRAMS", pallas_triton.MIN_PROGRAMS)  # restored after the test
+    monkeypatch.setattr(pallas_triton, "FP8_PREFILL_MMA", pallas_triton.FP8_PREFILL_MMA)
+    done = knobs.apply_sets(["quark_jax.kernels.grouped_mm.pallas_triton.MIN_PROGRAMS=96",
+                             "quark_jax.kernels.grouped_mm.pallas_triton.FP8_PREFILL_MMA=native"])
+    assert (pallas_triton.MIN_PROGRAMS, pallas_triton.FP8_PREFILL_MMA) == (96, "native")
+    assert done == {"quark_jax.kernels.grouped_mm.pallas_triton.MIN_PROGRAMS": 96,
+                    "quark_jax.kernels.grouped_mm.pallas_triton.FP8_PREFILL_MMA": "native"}
+    ns = {}
+    exec(knobs.set_code(["quark_jax.kernels.grouped_mm.pallas_triton.MIN_PROGRAMS=7"]), ns)
+    assert pallas_triton.MIN_PROGRAMS == 7
+    with pytest.raises(SystemExit, match="has no attribute 'MIN_PROGRAM'"):
+        knobs.apply_sets(["quark_jax.kernels.grouped_mm.pallas_triton.MIN_PROGRAM=1"])
+    with pytest.raises(SystemExit, match="cannot import 'quark_jax.nope'"):
+        knobs.apply_sets(["quark_jax.nope.X=1"])
+    with pytest.raises(SystemExit, match="expected module.ATTR=value"):
+        knobs.apply_sets(["MIN_PROGRAMS"])
