@@ -29,6 +29,7 @@ from quark_jax.kernels.mxfp4_mm.decode import FOLD_MAX_SCALE_BYTE as MXFP4_FOLD_
 from quark_jax.kernels.int4_mm import int4_mm, int4_mm_nk, int4_mm_nk_xla, int4_mm_xla, int4_repack, int4_unrepack
 from quark_jax.kernels.mxfp6_mm import mxfp6_mm, mxfp6_mm_xla
 from quark_jax.kernels.mxfp6_mm import mxfp6_mm_planes, mxfp6_repack, mxfp6_unrepack
+from quark_jax.kernels.mxfp6_mm import PLANES_CHUNK as MXFP6_PLANES_CHUNK, dequantize_planes as mxfp6_dequantize_planes
 from quark_jax.kernels.fp8_block_mm import fp8_block_mm, fp8_block_mm_xla
 from quark_jax.kernels import tuning
 from quark_jax.kernels.tuning import choose_impl, describe_auto, explain_impl
@@ -41,5 +42,5 @@ __all__ = ["fp8_scaled_mm", "fp8_scaled_mm_xla", "fp8_gate_up_silu", "dense_mm",
            "prefill_attention", "prefill_attention_xla", "add_rmsnorm", "add_rmsnorm_xla", "SplitSums", "transform_reference", "fused_prefill_impl", "in_query_blocks",
            "decode_attention", "decode_attention_impl", "decode_attention_xla", "rope_cache_update",
            "rope_cache_update_xla", "rope_cache_supported",
-           "mxfp6_mm_planes", "mxfp6_repack", "mxfp6_unrepack",
+           "mxfp6_mm_planes", "mxfp6_repack", "mxfp6_unrepack", "mxfp6_dequantize_planes", "MXFP6_PLANES_CHUNK",
            "choose_impl", "explain_impl", "describe_auto", "check_impl", "IMPLS", "tuning"]

@@ -3,8 +3,12 @@
 dynamically to FP8 per tensor. Emulation semantics (vLLM's on every GPU but MI355's fp4 x fp4): dequantize the
 weight, quantize-dequantize the input, one GEMM with float32 accumulation.
 
-FP6 weights call ``quark_jax.kernels.mxfp6_mm`` (``kernel_op``; its Pallas kernel runs with ``impl="pallas"``,
-``auto`` picks the XLA reference until it is measured); fp4 / fp8 weights run the XLA reference.
+FP6 weights with K a multiple of 128 are stored in the load-time planes layout (``kernels.mxfp6_repack`` in
+``process_weights_after_loading``: ``weight_hi`` [N, K/2], ``weight_lo`` [N, K/4], ``weight_scale_kn`` [K/32, N];
+the checkpoint's ``weight`` / ``weight_scale`` are not kept) and call ``kernels.mxfp6_mm_planes`` (``kernel_op``
+"mxfp6_mm": ``auto`` runs its Pallas decode kernel at decode M on sm80+, else the XLA path that dequantizes the
+planes elementwise, bit for bit the checkpoint-layout reference); FP6 weights with another K keep the checkpoint
+layout and call ``kernels.mxfp6_mm``; fp4 / fp8 weights run the XLA reference.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from quark_jax import formats, kernels, quant
 from quark_jax.quant import dot_precision
 from quark_jax.schemes.base import ParamSpec, QuarkScheme, flatten_tokens
 
-__all__ = ["QuarkOCP_MX", "xla_linear", "MX_INPUTS"]
+__all__ = ["QuarkOCP_MX", "xla_linear", "MX_INPUTS", "PLANES_PARAMS"]
 
 MX_INPUTS = (None, *formats.MX_ELEMENTS, "fp8_per_tensor")
 """The activation modes: None (not quantized), a dynamic MX element format, or dynamic FP8 per tensor."""
+
+PLANES_PARAMS = ("weight_hi", "weight_lo", "weight_scale_kn")
+"""The processed params of an FP6 layer in the planes layout (their presence marks the layout as processed)."""
 
 
 def xla_linear(x, w, bias=None):
@@ -51,15 +58,21 @@ class QuarkOCP_MX(QuarkScheme):
     * ``input_dtype``: None (weight-only), an MX element name (dynamic MX qdq per 32 along K) or "fp8_per_tensor"
       (dynamic FP8 per tensor: ``s = max(amax / 448, 1/(448*512))``, qdq).
 
-    Params (as stored and as processed): ``weight`` [N, K/2] uint8 (fp4), [N, 3K/4] uint8 (fp6, four codes in three
-    bytes) or [N, K] float8_e4m3fn (fp8); ``weight_scale`` uint8 [N, K/32]. Apply:
-    ``y = linear(qdq(x), dequantize_mx(weight, weight_scale), bias)`` in x's dtype, f32 accumulation.
+    Params as stored: ``weight`` [N, K/2] uint8 (fp4), [N, 3K/4] uint8 (fp6, four codes in three bytes) or [N, K]
+    float8_e4m3fn (fp8); ``weight_scale`` uint8 [N, K/32]. Processed: the same, except FP6 with K a multiple of
+    128 (:meth:`stores_planes`), repacked once to :data:`PLANES_PARAMS` (``kernels.mxfp6_repack``: ``weight_hi``
+    uint8 [N, K/2], ``weight_lo`` uint8 [N, K/4], ``weight_scale_kn`` uint8 [K/32, N]; the same bytes).
+    Apply: ``y = linear(qdq(x), dequantize_mx(weight, weight_scale), bias)`` in x's dtype, f32 accumulation.
 
     >>> s = QuarkOCP_MX(weight_dtype="fp6_e2m3", input_dtype="fp6_e2m3")
     >>> w, ws = quant.quantize_mx(jnp.full((16, 32), 0.5), "fp6_e2m3")
     >>> p = s.process_weights_after_loading({"weight": w, "weight_scale": ws})
     >>> s.apply_weights(p, jnp.full((1, 32), 1.3))[0, :2].tolist()   # 1.3 -> 1.25 in MXFP6 e2m3
     [20.0, 20.0]
+    >>> p = s.process_weights_after_loading(dict(zip(("weight", "weight_scale"), quant.quantize_mx(
+    ...     jnp.full((16, 128), 0.5), "fp6_e2m3"))))                      # K = 128: the planes layout
+    >>> sorted(p), s.apply_weights(p, jnp.full((1, 128), 1.3))[0, :2].tolist()
+    (['weight_hi', 'weight_lo', 'weight_scale_kn'], [80.0, 80.0])
     """
 
     weight_dtype: str = "fp6_e2m3"  # the weight's MX element format
@@ -67,7 +80,12 @@ class QuarkOCP_MX(QuarkScheme):
 
     min_capability = 70  # vLLM: compute capability 7.0
     choices = {"weight_dtype": tuple(formats.MX_ELEMENTS), "input_dtype": MX_INPUTS}
-    shard_k_block = formats.MX_BLOCK_SIZE  # a row split keeps whole 32-blocks (weight bytes and E8M0 scales)
+
+    @property
+    def shard_k_block(self) -> int:
+        """K elements a row split keeps together: whole 32-blocks (weight bytes and E8M0 scales); FP6 whole
+        128-K chunks (the planes layout's unit, so each device's planes are its K slice's repack)."""
+        return kernels.MXFP6_PLANES_CHUNK if self.weight_dtype.startswith("fp6") else formats.MX_BLOCK_SIZE
 
     @property
     def shardable(self) -> bool:
@@ -98,15 +116,45 @@ class QuarkOCP_MX(QuarkScheme):
                 "weight_scale": ParamSpec.rows(widths, (k // formats.MX_BLOCK_SIZE,), dtype=np.uint8,
                                                doc="E8M0 block scales [N, K/32]")}
 
+    def stores_planes(self, k: int) -> bool:
+        """Whether a layer of K inputs is processed into the MXFP6 planes layout: FP6 weights, K a multiple of 128.
+
+        >>> QuarkOCP_MX(weight_dtype="fp6_e3m2").stores_planes(4096), QuarkOCP_MX(weight_dtype="fp4").stores_planes(4096)
+        (True, False)
+        """
+        return self.weight_dtype.startswith("fp6") and k % kernels.MXFP6_PLANES_CHUNK == 0
+
     def process_weights_after_loading(self, params: Mapping[str, Any], logical_widths=None) -> dict[str, Any]:
+        """The checkpoint's params -> the params :meth:`apply_weights` takes; FP6 with K % 128 == 0 repacked once
+        into :data:`PLANES_PARAMS` (the checkpoint layout is not kept). Params already processed (holding
+        ``weight_hi``) are a ValueError: this runs once, on the checkpoint's params."""
+        if "weight" not in params and "weight_hi" in params:
+            raise ValueError("QuarkOCP_MX: params already processed (they hold the MXFP6 planes layout "
+                             f"{list(PLANES_PARAMS)}); process_weights_after_loading takes the checkpoint's "
+                             "'weight' / 'weight_scale' once")
         weight = jnp.asarray(params["weight"])
         self._widths(weight.shape[0], logical_widths)
-        return {"weight": weight, "weight_scale": jnp.asarray(params["weight_scale"])}
+        scales = jnp.asarray(params["weight_scale"])
+        if self.stores_planes(self.weight_geometry(weight.shape)[1]):
+            return dict(zip(PLANES_PARAMS, kernels.mxfp6_repack(weight, scales)))
+        return {"weight": weight, "weight_scale": scales}
 
-    def _k(self, params) -> int:
-        return params["weight"].shape[1] * 8 // formats.mx_element(self.weight_dtype).bits
+    def _nk(self, params) -> tuple[int, int]:
+        """(N, K) from processed params, or a ValueError where an FP6 layer that needs the planes layout was given
+        the checkpoint's (unprocessed) params."""
+        if "weight_hi" in params:
+            return params["weight_hi"].shape[0], 2 * params["weight_hi"].shape[1]
+        n, k = self.weight_geometry(params["weight"].shape)
+        if self.stores_planes(k):
+            raise ValueError(f"QuarkOCP_MX ({self.weight_dtype}, K = {k}): params not processed: expected the planes "
+                             f"layout {list(PLANES_PARAMS)} from process_weights_after_loading, got "
+                             f"{sorted(params)}")
+        return n, k
 
     def dequantize_weight(self, params: Mapping[str, Any]):
+        if "weight_hi" in params:
+            return kernels.mxfp6_dequantize_planes(*(params[name] for name in PLANES_PARAMS), self.weight_dtype,
+                                                   jnp.float32)
         return quant.dequantize_mx(params["weight"], params["weight_scale"], self.weight_dtype, jnp.float32)
 
     def quantize_input(self, x2):
@@ -119,8 +167,12 @@ class QuarkOCP_MX(QuarkScheme):
         return quant.qdq_mx(x2, self.input_dtype)
 
     def apply_weights(self, params: Mapping[str, Any], x, bias=None):
-        n = params["weight"].shape[0]
-        x2, lead = flatten_tokens(x, self._k(params), "QuarkOCP_MX")
+        n, k = self._nk(params)
+        x2, lead = flatten_tokens(x, k, "QuarkOCP_MX")
+        if "weight_hi" in params:
+            y = kernels.mxfp6_mm_planes(self.quantize_input(x2), *(params[name] for name in PLANES_PARAMS), bias,
+                                        element=self.weight_dtype, impl=self.impl)
+            return y.reshape(*lead, n)
         if self.kernel_op == "mxfp6_mm":
             y = kernels.mxfp6_mm(self.quantize_input(x2), params["weight"], params["weight_scale"], bias,
                                  element=self.weight_dtype, impl=self.impl)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from quark_jax import formats
 from quark_jax.kernels import _dispatch, _validate
-from quark_jax.kernels.mxfp6_mm.xla import mxfp6_mm_xla
+from quark_jax.kernels.mxfp6_mm.xla import (PLANES_CHUNK, dequantize_planes, mxfp6_mm_planes_xla, mxfp6_mm_xla,
+                                           planes_codes)
 
 ACT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 ELEMENTS = ("fp6_e2m3", "fp6_e3m2")
@@ -97,8 +98,8 @@ def mxfp6_mm_planes(x, hi, lo, scales_t, bias=None, *, element: str = "fp6_e2m3"
       hi, lo, scales_t: ``mxfp6_repack``'s uint8 [N, K/2], [N, K/4], [K/32, N].
       bias: optional [N], added in f32. element: "fp6_e2m3" or "fp6_e3m2". out_dtype: default x.dtype.
       impl: "auto" (the op ``"mxfp6_mm"``'s choice: the kernel at decode on sm80+), "pallas" (``pallas_planes``,
-        its measured ``DEFAULTS``; the PTX decode for bf16 x) or "xla" (the reference on ``mxfp6_unrepack``'s
-        bytes).
+        its measured ``DEFAULTS``; the PTX decode for bf16 x) or "xla" (:func:`mxfp6_mm_planes_xla`: the planes
+        dequantized elementwise in XLA, then one GEMM; bit for bit the reference on ``mxfp6_unrepack``'s bytes).
 
     >>> from quark_jax import quant
     >>> w, s = quant.quantize_mx(jnp.full((16, 128), 0.5), "fp6_e3m2")
@@ -124,8 +125,8 @@ def mxfp6_mm_planes(x, hi, lo, scales_t, bias=None, *, element: str = "fp6_e2m3"
     which = _dispatch.resolve_impl("mxfp6_mm", impl, m, k, n, supported=pallas_planes.supports(k, n))
     if which == "pallas":
         return pallas_planes.mxfp6_mm_planes(x, hi, lo, scales_t, bias, element=element, out_dtype=out_dtype)
-    w, s = pallas_planes.unrepack(hi, lo, scales_t)
-    return mxfp6_mm_xla(x, w, s, bias, element=element, out_dtype=out_dtype)
+    return mxfp6_mm_planes_xla(x, hi, lo, scales_t, bias, element=element, out_dtype=out_dtype)
 
 
-__all__ = ["mxfp6_mm", "mxfp6_mm_xla", "mxfp6_mm_planes", "mxfp6_repack", "mxfp6_unrepack"]
+__all__ = ["mxfp6_mm", "mxfp6_mm_xla", "mxfp6_mm_planes", "mxfp6_mm_planes_xla", "mxfp6_repack", "mxfp6_unrepack",
+           "dequantize_planes", "planes_codes", "PLANES_CHUNK"]
