@@ -9,7 +9,8 @@ on pre-quantized float4_e2m1fn operands with float8_e8m0fnu scales (its activati
 ``sweep_cases`` (``bench_gemm.py --sweep``): the decode sweep of issue 16 at M <= 16 (benchmarks/NOTES.md, session 7
 "MXFP4 decode sweep"): Mosaic configs ``mx_*`` (W4A16 on scales pre-transposed to [K/32, N] as a load-time repack
 would store them, except ``mx_base`` and ``mx_fold_w4a4``), incl. the timing probe ``mx_probe`` (no decode: wrong
-values, timing only), and the Triton kernel with the folded-scale decode ``tr_fold``.
+values, timing only), and the Triton kernel with the folded-scale decode ``tr_fold``; above M = 16 the prefill
+sweep of the dequantize-then-GEMM path (``PREFILL_SWEEP``, ``PREFILL_PROBES``; NOTES "Session 9, helper mxdeq").
 """
 
 from __future__ import annotations
@@ -98,11 +99,60 @@ SWEEP = {
 }
 
 
+# The prefill sweep (M > 16; benchmarks/NOTES.md "Session 9, helper mxdeq"): name -> dequant_gemm.Config changes on
+# the H200 table's config (32x512, 4 warps, act="xla"), all W4A4 from bf16 x (activation quant-dequant timed)
+PREFILL_SWEEP = {
+    "dq_base": {},  # = the table entry today
+    "dq_act_pallas": dict(act="pallas"),  # the one-pass Pallas activation quant-dequant + permutation
+    "dq_act_pallas_bm16": dict(act="pallas", act_block_m=16),
+    "dq_act_pallas_bm64_w8": dict(act="pallas", act_block_m=64, act_num_warps=8),
+    "dq_64x512_act_pallas": dict(block_n=64, act="pallas"),  # dequant tiles: 2x the bytes per program
+    "dq_32x1024_w8_act_pallas": dict(block_k=1024, num_warps=8, act="pallas"),
+    "dq_16x512_act_pallas": dict(block_n=16, act="pallas"),  # half the bytes per program, 2x the programs
+    "dq_scaled_act_pallas": dict(decode="asm_scaled", act="pallas"),  # the block scale multiplied in the asm
+}
+# Timing probes of the same path's parts (their outputs are not the GEMM's): the dequant kernel alone, and each
+# activation preparation alone; with xla_bf16_dense (the GEMM alone) they split dq_base's time
+PREFILL_PROBES = ("probe_dequant", "probe_act_xla", "probe_act_pallas")
+
+
+def prefill_sweep_cases(point, sets, Case):
+    """The prefill rows (M > 16): ``PREFILL_SWEEP`` configs through ``pallas_triton.mxfp4_mm_pallas`` and the
+    ``PREFILL_PROBES``."""
+    from quark_jax.kernels.mxfp4_mm import dequant_gemm
+
+    m, k, n = point.m, point.k, point.n
+    flops, nbytes = 2.0 * m * n * k, n * k // 2 + n * k // 32 + 2 * m * k + 2 * m * n
+    base = pallas_triton.default_config(m, k, n)
+    if not isinstance(base, dequant_gemm.Config):
+        base = dequant_gemm.fit(dequant_gemm.Config(block_n=32, block_k=512), k, n)
+    out = []
+    for name, change in PREFILL_SWEEP.items():
+        cfg = dequant_gemm.fit(dataclasses.replace(base, **change), k, n)
+        fn = jax.jit(functools.partial(pallas_triton.mxfp4_mm_pallas, quantize_input=True, config=cfg))
+        out.append(Case(name=name, fn=fn, arg_sets=sets, flops=flops, bytes=nbytes))
+    interpret = jax.default_backend() != "gpu"
+    if interpret:
+        base = dataclasses.replace(base, decode="jnp")
+    dq = jax.jit(lambda x, w, s: dequant_gemm.dequantize_permuted(w, s, jnp.bfloat16, cfg=base, interpret=interpret))
+    out.append(Case(name="probe_dequant", fn=dq, arg_sets=sets, flops=0.0, bytes=n * k * 2.53125))
+    act_x = jax.jit(lambda x, w, s: dequant_gemm.permute_activations(quant.qdq_mxfp4(x).astype(jnp.bfloat16),
+                                                                     base.block_k))
+    out.append(Case(name="probe_act_xla", fn=act_x, arg_sets=sets, flops=0.0, bytes=4.0 * m * k))
+    pcfg = dataclasses.replace(base, act="pallas")
+    if dequant_gemm.act_rows(pcfg, m):
+        act_p = jax.jit(lambda x, w, s: dequant_gemm.prepare_activations_pallas(x, jnp.bfloat16, cfg=pcfg,
+                                                                                interpret=interpret))
+        out.append(Case(name="probe_act_pallas", fn=act_p, arg_sets=sets, flops=0.0, bytes=4.0 * m * k))
+    return out
+
+
 def sweep_cases(point, sets, Case):
-    """The issue-16 decode sweep rows (M <= 16 only): ``SWEEP`` on the Mosaic kernel and ``tr_fold``."""
+    """The issue-16 sweep rows: at M <= 16 the decode sweep (``SWEEP`` on the Mosaic kernel and ``tr_fold``), above
+    it the prefill sweep (:func:`prefill_sweep_cases`)."""
     m, k, n = point.m, point.k, point.n
     if m > 16:
-        return []
+        return prefill_sweep_cases(point, sets, Case)
     flops, nbytes = 2.0 * m * n * k, n * k // 2 + n * k // 32 + 2 * m * k + 2 * m * n
     out = []
     kn_sets = [(x, p, jax.block_until_ready(jax.jit(jnp.transpose)(s))) for x, p, s in sets]  # [K/32, N]

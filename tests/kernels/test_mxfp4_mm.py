@@ -61,6 +61,9 @@ class TestMxfp4Mm(KernelContract):
         # dequantize-then-GEMM (large M): several row and K tiles of the dequant kernel, ragged M
         Variant(backend="dequant_gemm", name="pallas_tiles", shape=(19, 128, 32), config=D(block_n=16, block_k=64)),
         Variant(backend="dequant_gemm", name="xla", shape=(5, 128, 32), config=D(method="xla")),
+        # the one-pass Pallas activation quant-dequant + permutation (3 row tiles of 8, 2 K tiles); W4A16 takes XLA
+        Variant(backend="dequant_gemm", name="pallas_act", shape=(24, 128, 32),
+                config=D(block_n=16, block_k=64, act="pallas", act_block_m=8)),
         # Mosaic GPU decode kernel (Mosaic GPU interpreter on CPU, slow: one variant; M = 13 with bias and W4A16
         # in test_mosaic_entry_config_and_errors): ragged M, two N tiles, a K split of two programs with two
         # pipeline steps of two MX blocks each (PTX decode compiled on a GPU, the portable one in the interpreter)
@@ -331,7 +334,8 @@ def test_h200_table_dequantizes_only_at_prefill():
 
 @pytest.mark.skipif(not ON_GPU, reason="a realistic prefill shape: minutes in interpret mode (checked there once)")
 @pytest.mark.parametrize("config", [C(block_m=256, block_n=128, block_k=128, num_warps=8, group_m=4),
-                                    D(block_n=32, block_k=512)], ids=["fused_prefill", "dequant_gemm"])
+                                    D(block_n=32, block_k=512), D(block_n=32, block_k=512, act="pallas")],
+                         ids=["fused_prefill", "dequant_gemm", "dequant_gemm_act_pallas"])
 def test_prefill_shape_on_gpu(config):
     """M = 2048, K = 4096, N = 14336 (an 8B MLP up projection; 896 fused programs): on the H200 (2026-12-02)
     the fused kernel's output there disagreed with both dequant paths (benchmarks/NOTES.md, session 5); both
@@ -426,3 +430,60 @@ def test_mosaic_lowers_for_cuda():
         fn = jax.jit(lambda x, w, s: pallas_mosaic_gpu.mxfp4_mm_mosaic(x, w, s, interpret=False, config=cfg))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
+
+
+def _wide_activations(rng, m, k):
+    """x [M, K] f32 whose MX blocks span 2**-30..2**30 (scale bytes ~95..157), with E2M1 ties (odd multiples of
+    0.25, 2.5, 5 times the block's power of two), signed zeros and an all-zero block."""
+    x = rng.standard_normal((m, k)) * 2.0 ** rng.integers(-30, 31, (m, k // 32)).repeat(32, axis=1)
+    ties = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -2.5, -5.0, 4.0, -0.0])
+    x[0, :12] = ties  # block amax 5 -> scale byte 127: the ties sit exactly between E2M1 codes
+    x[1, :32] = 0.0
+    x[1, 3] = -0.0
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_pallas_activation_pass_equals_reference(dtype):
+    """The one-pass Pallas activation preparation equals float64 numpy's MX quant-dequant (tests/reference_numpy)
+    in the dequant kernel's per-tile even/odd K order, and the XLA form bit for bit: several row and K tiles,
+    blocks over a wide scale range, E2M1 ties, zeros."""
+    rng = np.random.default_rng(5)
+    m, k, bk = 16, 256, 128
+    x = jnp.asarray(_wide_activations(rng, m, k)).astype(dtype)
+    cfg = D(block_k=bk, act="pallas", act_block_m=8)
+    got = np.asarray(dequant_gemm.prepare_activations_pallas(x, jnp.bfloat16, cfg=cfg, interpret=not ON_GPU)
+                     .astype(jnp.float32))
+    want64 = ref.mxfp4_qdq(np.asarray(x.astype(jnp.float32))).astype(np.float64)
+    order = np.concatenate([t * bk + np.r_[np.arange(0, bk, 2), np.arange(1, bk, 2)] for t in range(k // bk)])
+    np.testing.assert_array_equal(got, want64[:, order])
+    assert np.signbit(got[1, order.tolist().index(3)])  # -0.0 keeps its sign
+    xla = dequant_gemm.permute_activations(quant.qdq_mxfp4(x).astype(jnp.bfloat16), bk)
+    np.testing.assert_array_equal(got, np.asarray(xla.astype(jnp.float32)))
+
+
+def test_pallas_activation_pass_selection_and_override(monkeypatch):
+    """``act="pallas"`` runs only for W4A4 with bf16 / f32 x and an M with a power-of-two row tile >= 8 (else the XLA
+    form, same values); ``ACT_OVERRIDE`` switches every dequant config at trace time, results unchanged."""
+    cfg = D(act="pallas", act_block_m=32)
+    assert [dequant_gemm.act_rows(cfg, m) for m in (2048, 48, 24, 12, 19)] == [32, 16, 8, 0, 0]
+    assert dequant_gemm.pallas_act(cfg, jnp.bfloat16, True, 2048)
+    assert not dequant_gemm.pallas_act(cfg, jnp.float16, True, 2048)
+    assert not dequant_gemm.pallas_act(cfg, jnp.bfloat16, False, 2048)
+    assert not dequant_gemm.pallas_act(cfg, jnp.bfloat16, True, 12)
+    assert not dequant_gemm.pallas_act(D(act="xla"), jnp.bfloat16, True, 2048)
+    with pytest.raises(ValueError, match="Config.act"):
+        D(act="triton")
+    rng = np.random.default_rng(9)
+    m, k, n = 12, 64, 32  # M = 12: no row tile >= 8 divides it, so the XLA form runs
+    x, wp, ws, _ = _exact_data(rng, m, k, n, jnp.bfloat16)
+    want = np.asarray(mxfp4_mm_xla(x, wp, ws, None, quantize_input=True, out_dtype=jnp.float32))
+    for override in (None, "pallas", "xla"):
+        monkeypatch.setattr(dequant_gemm, "ACT_OVERRIDE", override)
+        for mm in (m, 8):
+            got = pallas_triton.mxfp4_mm_pallas(x[:mm], wp, ws, quantize_input=True, out_dtype=jnp.float32,
+                                                config=D(block_n=16, block_k=32, act="xla"), interpret=True)
+            np.testing.assert_array_equal(np.asarray(got), want[:mm])
+        jaxpr = str(jax.make_jaxpr(lambda v: pallas_triton.mxfp4_mm_pallas(
+            v, wp, ws, quantize_input=True, config=D(block_n=16, block_k=32, act="xla"), interpret=True))(x[:8]))
+        assert ("mxfp4_act_qdq_8x32" in jaxpr) == (override == "pallas")

@@ -15,6 +15,15 @@ gets the same permutation of its K columns (:func:`permute_activations`, in the 
 which leaves every product and the set of summed terms unchanged: the result is the XLA reference's up to the
 order of the f32 sums.
 
+Activation preparation (``act``): ``"xla"`` runs the quant-dequant and the permutation as XLA ops (XLA makes a
+block-max reduction and an elementwise pass of them: x read twice, written once); ``"pallas"`` runs them as one
+Pallas-Triton pass (:func:`prepare_activations_pallas`: each program loads the even and odd columns of a
+[act_block_m, block_k] tile with strided loads, quant-dequantizes them with ``pallas_triton_gemv.qdq_pairs``, the
+reference's integer arithmetic, and stores them side by side: x read once, written once). It applies to W4A4 with
+bf16 / f32 x and an M with a power-of-two divisor >= 8 (at most ``act_block_m``); other calls take the XLA form.
+On finite input both equal ``qdq_mxfp4`` bit for bit; a block holding NaN / inf is the reference's only in the
+XLA form.
+
 ``method="xla"`` instead dequantizes with XLA integer/float ops into the checkpoint order (the same values; no
 activation permutation) and keeps it out of the GEMM's fusion with an optimization barrier: the fallback where the
 Pallas dequant kernel is slower or unavailable.
@@ -33,9 +42,15 @@ from jax.experimental import pallas as pl
 from quark_jax import formats
 from quark_jax.kernels import tiling
 from quark_jax.kernels.mxfp4_mm import decode
+from quark_jax.kernels.mxfp4_mm.pallas_triton_gemv import qdq_pairs
 from quark_jax.quant import qdq_mxfp4
 
 METHODS = ("pallas", "xla")
+ACTS = ("xla", "pallas")
+# None, or "xla" / "pallas": overrides every Config's ``act`` at trace time (``pallas_triton.mxfp4_mm_pallas``), so
+# a device session can run the other activation pass end to end with ``bench_e2e.py --set`` and no code change
+ACT_OVERRIDE: str | None = None
+_ACT_MIN_ROWS = 8  # the Pallas activation pass needs a power-of-two row tile >= 8 dividing M
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +68,9 @@ class Config:
     decode: str = "asm"  # "asm" (PTX, sm90+), "asm_scaled" or "jnp" (portable); as pallas_triton.Config.decode
     pack: int = 4  # packed bytes per asm instance: 4 suits this kernel's blocked layout
     method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
+    act: str = "xla"  # W4A4 activation quant-dequant + permutation: "xla" ops or one "pallas" pass
+    act_block_m: int = 32  # rows per program of the Pallas activation pass (its K tile is block_k)
+    act_num_warps: int = 4  # Triton warps per program of the Pallas activation pass
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_n", "block_k", "num_warps"))
@@ -62,13 +80,17 @@ class Config:
             raise ValueError(f"Config.method: expected one of {METHODS}, got {self.method!r}")
         if self.pack not in (2, 4):
             raise ValueError(f"Config.pack: expected 2 or 4 bytes per asm instance, got {self.pack}")
+        if self.act not in ACTS:
+            raise ValueError(f"Config.act: expected one of {ACTS}, got {self.act!r}")
+        tiling.check_powers_of_two(self, ("act_block_m", "act_num_warps"))
 
 
 def fit(cfg: Config, k: int, n: int) -> Config:
     """``cfg`` with tiles shrunk to divide N (a multiple of 16) and K (a multiple of 32).
 
-    >>> fit(Config(block_n=64, block_k=512), k=96, n=48)
-    Config(block_n=16, block_k=32, num_warps=4, num_stages=1, decode='asm', pack=4, method='pallas')
+    >>> c = fit(Config(block_n=64, block_k=512), k=96, n=48)
+    >>> c.block_n, c.block_k
+    (16, 32)
     """
     bn = cfg.block_n
     while n % bn and bn > 1:
@@ -90,6 +112,54 @@ def permute_activations(xq, block_k: int):
     """
     m, k = xq.shape
     return xq.reshape(m, k // block_k, block_k // 2, 2).swapaxes(-1, -2).reshape(m, k)
+
+
+def act_rows(cfg: Config, m: int) -> int:
+    """Row tile of the Pallas activation pass for M rows: the largest power of two <= ``cfg.act_block_m`` dividing
+    M, or 0 where that is below 8 (the XLA form runs then).
+
+    >>> act_rows(Config(act_block_m=32), 2048), act_rows(Config(act_block_m=32), 24), act_rows(Config(), 19)
+    (32, 8, 0)
+    """
+    bm = cfg.act_block_m
+    while bm > 1 and m % bm:
+        bm //= 2
+    return bm if bm >= _ACT_MIN_ROWS else 0
+
+
+def _act_kernel(x_ref, o_ref, *, bkh: int, dtype, interpret: bool):
+    if interpret:  # interpret mode has no strided loads: the contiguous tile, then its even / odd columns
+        pairs = x_ref[...].reshape(x_ref.shape[0], bkh, 2)
+        xe, xo = pairs[:, :, 0], pairs[:, :, 1]
+    else:
+        xe = x_ref[:, pl.ds(0, bkh, stride=2)]
+        xo = x_ref[:, pl.ds(1, bkh, stride=2)]
+    qe, qo = qdq_pairs(xe.astype(jnp.float32), xo.astype(jnp.float32))
+    o_ref[:, pl.ds(0, bkh)] = qe.astype(dtype)
+    o_ref[:, pl.ds(bkh, bkh)] = qo.astype(dtype)
+
+
+def prepare_activations_pallas(x, dtype, *, cfg: Config, interpret: bool):
+    """``permute_activations(qdq_mxfp4(x).astype(dtype), cfg.block_k)`` in one Pallas-Triton pass (x read once,
+    written once); x [M, K] with M divisible by ``act_rows(cfg, M)`` > 0, K by ``cfg.block_k``. Equal to the XLA
+    form bit for bit on finite x (``pallas_triton_gemv.qdq_pairs``).
+
+    >>> x = jnp.concatenate([jnp.array([0.25, 0.75, 1.25, 1.75, 5.0]), jnp.zeros(27)])[None].repeat(8, 0)
+    >>> prepare_activations_pallas(x, jnp.float32, cfg=Config(block_k=32), interpret=True)[0, :3].tolist()
+    [0.0, 1.0, 4.0]
+    """
+    m, k = x.shape
+    bm, bk = act_rows(cfg, m), cfg.block_k
+    if not bm:
+        raise ValueError(f"prepare_activations_pallas: M = {m} has no power-of-two row tile >= {_ACT_MIN_ROWS}")
+    kernel = functools.partial(_act_kernel, bkh=bk // 2, dtype=jnp.dtype(dtype), interpret=interpret)
+    launch = dataclasses.replace(cfg, num_warps=cfg.act_num_warps)
+    return tiling.triton_call(
+        kernel, cfg=launch, name=f"mxfp4_act_qdq_{bm}x{bk}", interpret=interpret,
+        out_shape=jax.ShapeDtypeStruct((m, k), dtype), grid=(m // bm, k // bk),
+        in_specs=[pl.BlockSpec((bm, bk), lambda i, j: (i, j))],
+        out_specs=pl.BlockSpec((bm, bk), lambda i, j: (i, j)),
+    )(x)
 
 
 def _kernel(w_ref, s_ref, o_ref, *, cfg: Config, dtype):
@@ -139,6 +209,18 @@ def dequantize_xla(w_packed, w_scales, dtype):
     return jnp.stack([lo, hi], axis=-1).reshape(n, 2 * kh)
 
 
+def pallas_act(cfg: Config, x_dtype, quantize_input: bool, m: int) -> bool:
+    """Whether the call runs the Pallas activation pass (``cfg.act == "pallas"``, W4A4, bf16 / f32 x, an M that
+    :func:`act_rows` tiles), else the XLA form.
+
+    >>> c = Config(act="pallas")
+    >>> [pallas_act(c, dt, True, m) for dt, m in ((jnp.bfloat16, 2048), (jnp.float16, 2048), (jnp.bfloat16, 19))]
+    [True, False, False]
+    """
+    return (cfg.method == "pallas" and cfg.act == "pallas" and quantize_input and
+            jnp.dtype(x_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)) and act_rows(cfg, m) > 0)
+
+
 @functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "mma_dtype", "interpret"))
 def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dtype, cfg, mma_dtype, interpret):
     """``out(linear(qdq_mxfp4(x) or x, dequantize(w)) + bias)`` through a transient dequantized weight (the
@@ -149,13 +231,16 @@ def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dt
     ...                       cfg=Config(method="xla"), mma_dtype=jnp.float32, interpret=True)[0, :2].tolist()
     [32.0, 32.0]
     """
-    xq = qdq_mxfp4(x) if quantize_input else x
-    xq = xq.astype(mma_dtype)
     if cfg.method == "xla":
+        xq = (qdq_mxfp4(x) if quantize_input else x).astype(mma_dtype)
         w = lax.optimization_barrier(dequantize_xla(w_packed, w_scales, mma_dtype))
     else:
         w = dequantize_permuted(w_packed, w_scales, mma_dtype, cfg=cfg, interpret=interpret)
-        xq = permute_activations(xq, cfg.block_k)
+        if pallas_act(cfg, x.dtype, quantize_input, x.shape[0]):
+            xq = prepare_activations_pallas(x, mma_dtype, cfg=cfg, interpret=interpret)
+        else:
+            xq = (qdq_mxfp4(x) if quantize_input else x).astype(mma_dtype)
+            xq = permute_activations(xq, cfg.block_k)
     precision = lax.Precision.HIGHEST if mma_dtype == jnp.float32 else None
     dims = (((1,), (1,)), ((), ()))
     if bias is None:

@@ -307,6 +307,8 @@ def mxfp4_mm_pallas(x, w_packed, w_scales, bias=None, *, quantize_input=True, ou
     if cfg.decode != "jnp" and (interpret or not _ptx_decode_ok()):
         cfg = dataclasses.replace(cfg, decode="jnp")  # the inline PTX needs an sm90+ GPU
     if isinstance(cfg, dequant_gemm.Config):
+        if dequant_gemm.ACT_OVERRIDE is not None:
+            cfg = dataclasses.replace(cfg, act=dequant_gemm.ACT_OVERRIDE)
         return dequant_gemm.mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, quantize_input=bool(quantize_input),
                                                   out_dtype=out_dtype, cfg=cfg,
                                                   mma_dtype=mma_dtype(x.dtype, quantize_input),
