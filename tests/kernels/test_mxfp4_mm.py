@@ -64,6 +64,8 @@ class TestMxfp4Mm(KernelContract):
         # the one-pass Pallas activation quant-dequant + permutation (3 row tiles of 8, 2 K tiles); W4A16 takes XLA
         Variant(backend="dequant_gemm", name="pallas_act", shape=(24, 128, 32),
                 config=D(block_n=16, block_k=64, act="pallas", act_block_m=8)),
+        Variant(backend="dequant_gemm", name="xla_pairs_act", shape=(7, 128, 32),
+                config=D(block_n=16, block_k=64, act="xla_pairs")),
         # Mosaic GPU decode kernel (Mosaic GPU interpreter on CPU, slow: one variant; M = 13 with bias and W4A16
         # in test_mosaic_entry_config_and_errors): ragged M, two N tiles, a K split of two programs with two
         # pipeline steps of two MX blocks each (PTX decode compiled on a GPU, the portable one in the interpreter)
@@ -460,6 +462,8 @@ def test_pallas_activation_pass_equals_reference(dtype):
     assert np.signbit(got[1, order.tolist().index(3)])  # -0.0 keeps its sign
     xla = dequant_gemm.permute_activations(quant.qdq_mxfp4(x).astype(jnp.bfloat16), bk)
     np.testing.assert_array_equal(got, np.asarray(xla.astype(jnp.float32)))
+    pairs = jax.jit(dequant_gemm.prepare_activations_xla_pairs, static_argnums=(1, 2))(x, jnp.bfloat16, bk)
+    np.testing.assert_array_equal(np.asarray(pairs.astype(jnp.float32)), got)
 
 
 def test_pallas_activation_pass_selection_and_override(monkeypatch):

@@ -22,7 +22,9 @@ Pallas-Triton pass (:func:`prepare_activations_pallas`: each program loads the e
 reference's integer arithmetic, and stores them side by side: x read once, written once). It applies to W4A4 with
 bf16 / f32 x and an M with a power-of-two divisor >= 8 (at most ``act_block_m``); other calls take the XLA form.
 On finite input both equal ``qdq_mxfp4`` bit for bit; a block holding NaN / inf is the reference's only in the
-XLA form.
+XLA form. ``"xla_pairs"`` (W4A4, bf16 / f32 x) is an XLA hedge for ``"pallas"``: ``qdq_pairs`` on the strided even
+and odd column views, stacked per tile in the kernel's order, so that the permutation is an output index of the
+quant-dequant's elementwise pass (no separate transpose pass).
 
 ``method="xla"`` instead dequantizes with XLA integer/float ops into the checkpoint order (the same values; no
 activation permutation) and keeps it out of the GEMM's fusion with an optimization barrier: the fallback where the
@@ -46,7 +48,7 @@ from quark_jax.kernels.mxfp4_mm.pallas_triton_gemv import qdq_pairs
 from quark_jax.quant import qdq_mxfp4
 
 METHODS = ("pallas", "xla")
-ACTS = ("xla", "pallas")
+ACTS = ("xla", "xla_pairs", "pallas")
 # None, or "xla" / "pallas": overrides every Config's ``act`` at trace time (``pallas_triton.mxfp4_mm_pallas``), so
 # a device session can run the other activation pass end to end with ``bench_e2e.py --set`` and no code change
 ACT_OVERRIDE: str | None = None
@@ -68,7 +70,7 @@ class Config:
     decode: str = "asm"  # "asm" (PTX, sm90+), "asm_scaled" or "jnp" (portable); as pallas_triton.Config.decode
     pack: int = 4  # packed bytes per asm instance: 4 suits this kernel's blocked layout
     method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
-    act: str = "xla"  # W4A4 activation quant-dequant + permutation: "xla" ops or one "pallas" pass
+    act: str = "xla"  # W4A4 activation quant-dequant + permutation: "xla" / "xla_pairs" ops or one "pallas" pass
     act_block_m: int = 32  # rows per program of the Pallas activation pass (its K tile is block_k)
     act_num_warps: int = 4  # Triton warps per program of the Pallas activation pass
 
@@ -162,6 +164,21 @@ def prepare_activations_pallas(x, dtype, *, cfg: Config, interpret: bool):
     )(x)
 
 
+def prepare_activations_xla_pairs(x, dtype, block_k: int):
+    """``permute_activations(qdq_mxfp4(x).astype(dtype), block_k)`` from XLA ops on the even / odd column views
+    (``pallas_triton_gemv.qdq_pairs``: equal bit for bit on finite x).
+
+    >>> x = jnp.concatenate([jnp.array([0.25, 0.75, 1.25, 1.75, 5.0]), jnp.zeros(27)])[None]
+    >>> prepare_activations_xla_pairs(x, jnp.float32, 32)[0, :3].tolist()
+    [0.0, 1.0, 4.0]
+    """
+    m, k = x.shape
+    xf = x.astype(jnp.float32)
+    qe, qo = qdq_pairs(xf[:, 0::2], xf[:, 1::2])
+    tiles = (m, k // block_k, block_k // 2)
+    return jnp.stack([qe.reshape(tiles), qo.reshape(tiles)], axis=2).reshape(m, k).astype(dtype)
+
+
 def _kernel(w_ref, s_ref, o_ref, *, cfg: Config, dtype):
     bkh = cfg.block_k // 2
     packed = w_ref[...]
@@ -217,8 +234,12 @@ def pallas_act(cfg: Config, x_dtype, quantize_input: bool, m: int) -> bool:
     >>> [pallas_act(c, dt, True, m) for dt, m in ((jnp.bfloat16, 2048), (jnp.float16, 2048), (jnp.bfloat16, 19))]
     [True, False, False]
     """
-    return (cfg.method == "pallas" and cfg.act == "pallas" and quantize_input and
-            jnp.dtype(x_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)) and act_rows(cfg, m) > 0)
+    return (cfg.method == "pallas" and cfg.act == "pallas" and quantize_input and _bf16_or_f32(x_dtype) and
+            act_rows(cfg, m) > 0)
+
+
+def _bf16_or_f32(dtype) -> bool:
+    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("quantize_input", "out_dtype", "cfg", "mma_dtype", "interpret"))
@@ -238,6 +259,8 @@ def mxfp4_mm_dequant_gemm(x, w_packed, w_scales, bias, *, quantize_input, out_dt
         w = dequantize_permuted(w_packed, w_scales, mma_dtype, cfg=cfg, interpret=interpret)
         if pallas_act(cfg, x.dtype, quantize_input, x.shape[0]):
             xq = prepare_activations_pallas(x, mma_dtype, cfg=cfg, interpret=interpret)
+        elif cfg.act == "xla_pairs" and quantize_input and _bf16_or_f32(x.dtype):
+            xq = prepare_activations_xla_pairs(x, mma_dtype, cfg.block_k)
         else:
             xq = (qdq_mxfp4(x) if quantize_input else x).astype(mma_dtype)
             xq = permute_activations(xq, cfg.block_k)
