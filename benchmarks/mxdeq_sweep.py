@@ -4,7 +4,8 @@ Per point (M, K x N): XLA's bf16 GEMM on the dequantized weight (the baseline) a
 rows (W4A4 from bf16 x, activation quant-dequant timed), each by GPU kernel time with its top kernels (the time
 split per kernel: dequant, activation passes, GEMM), its relative error against the XLA reference
 (``mxfp4_mm_xla``, bf16 out) and whether its output equals ``dq_base``'s bit for bit (same GEMM on the same operands:
-the activation passes must agree exactly). Rows run in the order given; no new row starts after ``--deadline``.
+the activation passes must agree exactly); ``fused_max`` is the fused kernel's prefill default (``DEFAULTS["max"]``)
+for comparison. Rows run in the order given; no new row starts after ``--deadline``.
 
 Usage (repo root, on the device):
     PYTHONPATH=. python benchmarks/mxdeq_sweep.py --m 2048,8192 --rows xla_bf16_dense,dq_base,dq_act_pallas
@@ -44,6 +45,9 @@ def row_fn(name: str, m: int, k: int, n: int):
     if name == "xla_bf16_dense":  # operands pre-dequantized by the caller
         return jax.jit(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ())),
                                                     preferred_element_type=jnp.bfloat16))
+    if name == "fused_max":  # the fused kernel's prefill default (what the 8B fused shapes ran before session 9)
+        cfg = pallas_triton.fit(pallas_triton.DEFAULTS["max"], m, k, n)
+        return jax.jit(functools.partial(pallas_triton.mxfp4_mm_pallas, quantize_input=True, config=cfg))
     base = pallas_triton.default_config(m, k, n)
     if not isinstance(base, dequant_gemm.Config):  # a card without a prefill table entry: the H200's config
         base = dequant_gemm.Config(block_n=32, block_k=512)
@@ -63,8 +67,9 @@ def main(argv=None) -> int:
     t_end = time.monotonic() + a.deadline if a.deadline else None
     names = a.rows.split(",")
     for nm in names:
-        if nm != "xla_bf16_dense" and nm not in PREFILL_SWEEP:
-            raise SystemExit(f"--rows: unknown row {nm!r} (xla_bf16_dense or one of {sorted(PREFILL_SWEEP)})")
+        if nm not in ("xla_bf16_dense", "fused_max") and nm not in PREFILL_SWEEP:
+            raise SystemExit(f"--rows: unknown row {nm!r} (xla_bf16_dense, fused_max or one of "
+                             f"{sorted(PREFILL_SWEEP)})")
     on_gpu = jax.default_backend() == "gpu"
     out = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, rows=[])
 

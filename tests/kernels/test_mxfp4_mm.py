@@ -329,6 +329,13 @@ def test_h200_table_dequantizes_only_at_prefill():
                 assert cfg == pallas_triton.default_config(m, k, n, table={}), (m, k, n)
         for m in (513, 2048, 8192):
             assert pallas_triton.default_config(m, k, n, table=table) == D(block_n=32, block_k=512)
+    # the 8B model's fused qkv / gate_up shapes: the dequant path at prefill only, every smaller M as without a table
+    for k, n in ((4096, 6144), (4096, 28672)):
+        for m in (1, 16, 17, 64, 65, 128, 200, 256, 300, 512):
+            assert pallas_triton.default_config(m, k, n, table=table) == \
+                pallas_triton.default_config(m, k, n, table={}), (m, k, n)
+        for m in (513, 2048, 8192):
+            assert pallas_triton.default_config(m, k, n, table=table) == D(block_n=32, block_k=512)
     assert pallas_triton.default_config(2048, 4096, 1024, table=table) == \
         pallas_triton.default_config(2048, 4096, 1024, table={})  # other shapes: DEFAULTS
     assert set(pallas_triton.TUNED) == {"nvidia_h200"}

@@ -156,6 +156,14 @@ _H200 = {
     "max@14336x4096": _DQ,
     "max@4096x4096": _DQ,
     "max@8192x8192": _DQ,
+    # the 8B model's fused qkv_proj (4096x6144) and gate_up_proj (4096x28672) at prefill: the dequantize-then-GEMM
+    # path too (session 9, helper mxdeq; by the four measured shapes above, where it beat the fused kernel by
+    # 13-22%: these two shapes ran the fused 256x128x128 kernel in the 2048-token prefill; unmeasured, checked by
+    # benchmarks/mxdeq_sweep.py's fused_max row). Their smaller buckets pinned to the defaults (M <= 512 unchanged)
+    **{f"{b}@{k}x{n}": _pinned(int(b), k, n) for b in ("16", "64", "128", "256", "512")
+       for k, n in ((4096, 6144), (4096, 28672))},
+    "max@4096x6144": _DQ,
+    "max@4096x28672": _DQ,
 }
 TUNED: dict[str, dict] = {"nvidia_h200": _H200}
 
