@@ -103,9 +103,10 @@ SWEEP = {
 # the H200 table's config (32x512, 4 warps, act="xla"), all W4A4 from bf16 x (activation quant-dequant timed)
 PREFILL_SWEEP = {
     "dq_base": {},  # = the table entry today
-    "dq_act_pallas": dict(act="pallas"),  # the one-pass Pallas activation quant-dequant + permutation
+    "dq_act_pallas": dict(act="pallas"),  # the one-pass Pallas activation quant-dequant + permutation (16 x 512 tiles)
     "dq_act_xla_pairs": dict(act="xla_pairs"),  # the XLA hedge: the permutation as the qdq pass's output index
-    "dq_act_pallas_bm16": dict(act="pallas", act_block_m=16),
+    "dq_act_pallas_bm32_w8": dict(act="pallas", act_block_m=32, act_num_warps=8),
+    "dq_act_pallas_bm8": dict(act="pallas", act_block_m=8),
     "dq_act_pallas_bm64_w8": dict(act="pallas", act_block_m=64, act_num_warps=8),
     "dq_64x512_act_pallas": dict(block_n=64, act="pallas"),  # dequant tiles: 2x the bytes per program
     "dq_32x1024_w8_act_pallas": dict(block_k=1024, num_warps=8, act="pallas"),

@@ -71,7 +71,8 @@ class Config:
     pack: int = 4  # packed bytes per asm instance: 4 suits this kernel's blocked layout
     method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
     act: str = "xla"  # W4A4 activation quant-dequant + permutation: "xla" / "xla_pairs" ops or one "pallas" pass
-    act_block_m: int = 32  # rows per program of the Pallas activation pass (its K tile is block_k)
+    act_block_m: int = 16  # rows per program of the Pallas activation pass (its K tile is block_k): 16 x 512 keeps
+    # the two f32 planes at 32 registers each per thread with 4 warps (no spills from qdq_pairs' temporaries)
     act_num_warps: int = 4  # Triton warps per program of the Pallas activation pass
 
     def __post_init__(self):
