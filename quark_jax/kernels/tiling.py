@@ -218,6 +218,26 @@ def masked_load(ref, mask):
     return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))
 
 
+def k_loop(k_steps: int, step, load_step, acc0, *, prefetch: bool, zero=0):
+    """A kernel's K loop: ``acc = step(i, acc, load_step(i))`` for i < ``k_steps``. With ``prefetch`` the next step's
+    operands are loaded before this step's compute (a register double buffer: ``load_step`` of the last index is
+    loaded twice, once unused); ``zero`` is the first index it loads (inside a Pallas kernel pass a traced 0, e.g.
+    ``pl.program_id(1) * 0``, so that load has the loop's types).
+
+    >>> int(k_loop(3, lambda i, a, v: a + v, lambda i: i * 10, jnp.int32(0), prefetch=True))
+    30
+    """
+    if not prefetch:
+        return lax.fori_loop(0, k_steps, lambda i, a: step(i, a, load_step(i)), acc0)
+
+    def body(i, carry):
+        acc, cur = carry
+        nxt = load_step(jnp.minimum(i + 1, k_steps - 1))
+        return step(i, acc, cur), nxt
+
+    return lax.fori_loop(0, k_steps, body, (acc0, load_step(zero)))[0]
+
+
 def store_rows(o_ref, value, valid_rows=None) -> None:
     """Store the tile ``value`` [rows, cols] into a Pallas-Triton output ref: only its first ``valid_rows`` rows (a
     traced int32, for a ragged last row tile: the output has exactly M rows), or all of it (``None``).

@@ -339,17 +339,14 @@ def test_fp8_wgmma_variant_matches_the_reference():
         fp8_dot(d["x"][:, :32], d["x"][:, :32], promote=16)
 
 
-def _triton_dots(cfg, m, k, n, e):
-    """The ``tt.dot`` lines of the Triton IR that the CUDA lowering of the grouped FP8 kernel embeds (lowered on
-    any host: jax's MLIR with the Triton dialect parses the custom call's IR bytecode)."""
+def _triton_ir(scheme, cfg, args):
+    """The Triton IR text that the CUDA lowering of the grouped kernel (``scheme``, ``cfg``, operands ``args``)
+    embeds: lowered on any host, jax's private MLIR with the Triton dialect parses the custom call's IR bytecode."""
     from functools import partial
 
     ir = pytest.importorskip("jax._src.lib.mlir").ir  # jax's private MLIR and Triton dialect bindings
     tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
-    args = [jax.ShapeDtypeStruct((m, k), E8), jax.ShapeDtypeStruct((e, n, k), E8),
-            jax.ShapeDtypeStruct((e,), jnp.int32), jax.ShapeDtypeStruct((e, n), jnp.float32),
-            jax.ShapeDtypeStruct((m, 1), jnp.float32)]
-    f = partial(pallas_triton._grouped_jit, scheme="fp8", out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
+    f = partial(pallas_triton._grouped_jit, scheme=scheme, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
                 interpret=False)
     module = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
     blobs = []
@@ -366,8 +363,15 @@ def _triton_dots(cfg, m, k, n, e):
     assert len(blobs) == 1
     with ir.Context() as ctx:
         tt_dialect.register_dialect(ctx)
-        text = str(ir.Module.parse(blobs[0]))
-    return [ln.strip() for ln in text.splitlines() if "tt.dot " in ln]
+        return str(ir.Module.parse(blobs[0]))
+
+
+def _triton_dots(cfg, m, k, n, e):
+    """The ``tt.dot`` lines of the grouped FP8 kernel's Triton IR."""
+    args = [jax.ShapeDtypeStruct((m, k), E8), jax.ShapeDtypeStruct((e, n, k), E8),
+            jax.ShapeDtypeStruct((e,), jnp.int32), jax.ShapeDtypeStruct((e, n), jnp.float32),
+            jax.ShapeDtypeStruct((m, 1), jnp.float32)]
+    return [ln.strip() for ln in _triton_ir("fp8", cfg, args).splitlines() if "tt.dot " in ln]
 
 
 @pytest.mark.parametrize("name", sorted(pallas_triton.CANDIDATES))
@@ -638,10 +642,6 @@ def test_checked_fold_lowers_to_a_folded_and_a_plain_loop():
     """``decode="asm_fold"`` (candidate ``k256_p512_fold``) lowers for CUDA to one kernel with both K loops: four
     bf16 dots and four inline-asm decodes (two per loop) where ``k256_p512`` has two and two, and one masked load
     of the strip's scale bytes before them (the whole K range: no per-step check)."""
-    from functools import partial
-
-    ir = pytest.importorskip("jax._src.lib.mlir").ir
-    tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
     k, n = 14336, 4096
     args = [jax.ShapeDtypeStruct((2, k), jnp.bfloat16), jax.ShapeDtypeStruct((8, n, k // 2), jnp.uint8),
             jax.ShapeDtypeStruct((8,), jnp.int32), jax.ShapeDtypeStruct((8, n, k // 32), jnp.uint8), None]
@@ -650,24 +650,7 @@ def test_checked_fold_lowers_to_a_folded_and_a_plain_loop():
         cfg = pallas_triton.fit(pallas_triton.MXFP4_DECODE[name], 2, k, n, scheme="mxfp4", e=8,
                                 target_programs=pallas_triton.MXFP4_DECODE_PROGRAMS[name])
         assert cfg.split_k == 4
-        f = partial(pallas_triton._grouped_jit, scheme="mxfp4", out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
-                    interpret=False)
-        module = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
-        blobs = []
-
-        def walk(op):
-            for region in op.regions:
-                for block in region:
-                    for o in block:
-                        if o.name == "stablehlo.custom_call" and "triton" in str(o.attributes["call_target_name"]):
-                            blobs.append(ir.StringAttr(o.attributes["mhlo.backend_config"]["ir"]).value_bytes)
-                        walk(o)
-
-        walk(module.operation)
-        assert len(blobs) == 1
-        with ir.Context() as ctx:
-            tt_dialect.register_dialect(ctx)
-            text = str(ir.Module.parse(blobs[0]))
+        text = _triton_ir("mxfp4", cfg, args)
         counts[name] = (text.count("tt.dot "), text.count("elementwise_inline_asm"), text.count("scf.for"),
                         text.count("tensor<64x128xi8>"))
     assert counts["k256_p512"][:3] == (2, 2, 1)

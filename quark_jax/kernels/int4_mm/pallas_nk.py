@@ -389,15 +389,7 @@ def _kernel(x_ref, w_ref, s_ref, *rest, cfg: Config, m: int, gs: int, k_steps: i
         return acc
 
     acc0 = jnp.zeros((bn, gh) if fma else (bn, bm), jnp.float32)
-    if cfg.prefetch:  # the next step's bytes are loaded before this step's decode (a register double buffer)
-        def body(i, carry):
-            acc, cur = carry
-            nxt = load_step(jnp.minimum(i + 1, k_steps - 1))
-            return step(i, acc, cur), nxt
-
-        acc, _ = lax.fori_loop(0, k_steps, body, (acc0, load_step(pl.program_id(1) * 0)))  # a traced 0
-    else:
-        acc = lax.fori_loop(0, k_steps, lambda i, a: step(i, a, load_step(i)), acc0)
+    acc = tiling.k_loop(k_steps, step, load_step, acc0, prefetch=cfg.prefetch, zero=pl.program_id(1) * 0)
     acc = jnp.sum(acc, axis=1)[None, :] if fma else acc.T  # [bm, bn]
     if has_bias:
         acc = acc + b_ref[...].astype(jnp.float32)[None, :]
