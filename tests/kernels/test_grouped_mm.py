@@ -574,6 +574,11 @@ def test_mxfp4_decode_knob_selects_the_candidates(monkeypatch):
     assert pallas_triton.MXFP4_DECODE_CFG == "default"
     assert pallas_triton.MXFP4_DECODE["default"] == pallas_triton.DEFAULTS["mxfp4"]["16"]
     base = pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8)
+    assert (base.block_n, base.block_k, base.split_k) == (64, 256, 1)  # = "k256_p512", the measured best
+    assert pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8).split_k == 4  # 512 programs
+    monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "k512")  # the earlier default: split to MIN_PROGRAMS
+    old = pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8)
+    assert (old.block_k, old.split_k) == (512, 2)
     monkeypatch.setattr(pallas_triton, "MXFP4_DECODE_CFG", "w8_n128_k256")
     cfg = pallas_triton.default_config(2, 4096, 28672, scheme="mxfp4", e=8)
     assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.split_k) == (128, 256, 8, 1) != (

@@ -113,7 +113,7 @@ DEFAULTS = {
     "fp8": {**_DECODE,
             "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
             "max": Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=4)},
-    "mxfp4": {"16": Config(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3),  # mxfp4_mm's decode
+    "mxfp4": {"16": Config(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),  # MXFP4_DECODE: k256_p512
               "64": _DECODE["64"],
               "512": Config(block_m=64, block_n=128, block_k=128, w_major=False, num_warps=4, num_stages=3),
               "max": Config(block_m=128, block_n=128, block_k=128, w_major=False, num_warps=8, num_stages=3)},
@@ -153,15 +153,17 @@ CANDIDATES = {
     "wgmma_acc_n256_sub2": _W(block_n=256, mma="wgmma_acc", subtiles=2),
 }
 MXFP4_DECODE_CFG = "default"
-"""MXFP4 experts at decode (M <= 16 routed rows): "default" (``DEFAULTS["mxfp4"]["16"]``, 16x64x512, 4 warps, 3
-stages, the K split to ``MIN_PROGRAMS``) or a name of ``MXFP4_DECODE`` (session 9, helper moemx4: tilings,
+"""MXFP4 experts at decode (M <= 16 routed rows): "default" (``DEFAULTS["mxfp4"]["16"]``, 16x64x256, 4 warps, 3
+stages, the K split to 512 programs = the measured best "k256_p512": H200, session 10, Mixtral-shaped decode 1.453 vs
+1.480 ms/step for the earlier 16x64x512 default, now "k512") or a name of ``MXFP4_DECODE`` (session 9, helper moemx4: tilings,
 warps, stages, the asm decode's packing and scale placement, the x-major form; benchmarks/NOTES.md "Session 9,
 helper moemx4"). Every candidate computes the same f32 sums in the same K order per (row, column) except for the
 K split (f32 partial sums added by XLA), so all are exact where the default is. Read when a call is traced. A/B:
 ``benchmarks/bench_grouped_mm.py --mxfp4-decode``, ``bench_moe.py --mxfp4-decode``."""
 _D = functools.partial(Config, block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3)
 MXFP4_DECODE = {  # SASS per candidate (pip Triton 3.9, sm_90): benchmarks/NOTES.md "Session 9, helper moemx4"
-    "default": DEFAULTS["mxfp4"]["16"],  # 236 registers, 84 KB shared memory: 2 CTAs (8 warps) per SM
+    "default": DEFAULTS["mxfp4"]["16"],  # = "k256_p512" (measured best, session 10)
+    "k512": _D(),  # the default until session 10: 236 registers, 84 KB shared memory: 2 CTAs (8 warps) per SM
     "k256": _D(block_k=256),  # 8 KB steps: 113 registers, 44 KB: 4 CTAs per SM
     "k256_st4": _D(block_k=256, num_stages=4),  # 59 KB: 3 CTAs per SM
     "k128_st4": _D(block_k=128, num_stages=4),  # 4 KB steps, the most CTAs per SM
@@ -170,7 +172,7 @@ MXFP4_DECODE = {  # SASS per candidate (pip Triton 3.9, sm_90): benchmarks/NOTES
     "w8_n128_k256": _D(block_n=128, block_k=256, num_warps=8),  # two 64-row warpgroups, 16 KB steps
     "k256_p512_fold": _D(block_k=256, decode="asm_fold"),  # k256_p512, one multiply per pair where scales allow
 }
-MXFP4_DECODE_PROGRAMS = {"k256_p512": 512, "k256_p512_fold": 512}  # the K split's program target where it is not MIN_PROGRAMS
+MXFP4_DECODE_PROGRAMS = {"default": 512, "k256_p512": 512, "k256_p512_fold": 512}  # the K split's program target where it is not MIN_PROGRAMS
 FP8_PREFILL = {"bf16": FP8_BF16_PREFILL, "wgmma": FP8_WGMMA_PREFILL, **CANDIDATES}
 FP8_PREFILL_CHOICES = ("native", *FP8_PREFILL)  # the values FP8_PREFILL_MMA takes
 
@@ -221,7 +223,7 @@ def default_config(m: int, k: int, n: int, *, scheme: str, e: int) -> Config:
     """
     cfg, bucket = tiling.lookup(DEFAULTS[scheme], m, k, n)
     target = MIN_PROGRAMS if tiling.shape_class(m) in ("decode", "small") else 0
-    if scheme == "mxfp4" and bucket == "16" and MXFP4_DECODE_CFG != "default":
+    if scheme == "mxfp4" and bucket == "16":
         if MXFP4_DECODE_CFG not in MXFP4_DECODE:
             raise ValueError(f"MXFP4_DECODE_CFG: expected one of {tuple(MXFP4_DECODE)}, got {MXFP4_DECODE_CFG!r}")
         cfg = MXFP4_DECODE[MXFP4_DECODE_CFG]

@@ -70,7 +70,9 @@ class Config:
     decode: str = "asm"  # "asm" (PTX, sm90+), "asm_scaled" or "jnp" (portable); as pallas_triton.Config.decode
     pack: int = 4  # packed bytes per asm instance: 4 suits this kernel's blocked layout
     method: str = "pallas"  # "pallas": this kernel; "xla": XLA ops into the checkpoint order
-    act: str = "xla"  # W4A4 activation quant-dequant + permutation: "xla" / "xla_pairs" ops or one "pallas" pass
+    act: str = "pallas"  # W4A4 activation quant-dequant + permutation: one "pallas" pass (measured faster on the
+    # H200, session 10: 0.80-0.98x bf16 vs 0.73-0.92x for "xla", equal results) or "xla" / "xla_pairs" ops; an M
+    # without a power-of-two row tile >= 8 (or non-bf16/f32 x, W4A16) takes "xla"
     act_block_m: int = 16  # rows per program of the Pallas activation pass (its K tile is block_k): 16 x 512 keeps
     # the two f32 planes at 32 registers each per thread with 4 warps (no spills from qdq_pairs' temporaries)
     act_num_warps: int = 4  # Triton warps per program of the Pallas activation pass
