@@ -100,9 +100,10 @@ SWEEP = {
 
 
 # The prefill sweep (M > 16; benchmarks/NOTES.md "Session 9, helper mxdeq"): name -> dequant_gemm.Config changes on
-# the H200 table's config (32x512, 4 warps, act="xla"), all W4A4 from bf16 x (activation quant-dequant timed)
+# the H200 table's config (32x512, 4 warps), all W4A4 from bf16 x (activation quant-dequant timed)
 PREFILL_SWEEP = {
-    "dq_base": {},  # = the table entry today
+    "dq_base": dict(act="xla"),  # the table entry until session 10 (XLA activation ops); equality reference
+    "dq_default": {},  # = the table entry today (act="pallas" since session 10)
     "dq_act_pallas": dict(act="pallas"),  # the one-pass Pallas activation quant-dequant + permutation (16 x 512 tiles)
     "dq_act_xla_pairs": dict(act="xla_pairs"),  # the XLA hedge: the permutation as the qdq pass's output index
     "dq_act_pallas_bm32_w8": dict(act="pallas", act_block_m=32, act_num_warps=8),
