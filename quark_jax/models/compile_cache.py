@@ -9,6 +9,15 @@ of compiling them again (seconds instead of tens of seconds for an 8B-shaped mod
 * a cache directory the user configured already (``jax_compilation_cache_dir``, ``JAX_COMPILATION_CACHE_DIR``)
   is left as it is;
 * on the CPU backend it stays off unless ``QUARK_JAX_COMPILATION_CACHE=1`` (CPU programs compile quickly).
+
+What a cache hit costs on a GPU (XLA's sources, jax 0.11): by default XLA serializes a GPU executable in its
+"legacy" form, the optimized HLO plus the compiled kernels' binary, and loading it runs XLA's thunk emission over
+the whole program again. That re-runs every FFI custom call's *instantiate* stage, where jaxlib compiles each
+Mosaic GPU kernel from its MLIR (passes, ptxas, an O3 host object: about a second each, once per process), and
+re-emits the Pallas-Triton calls' kernels, all under XLA's LLVM options lock. With XLA's
+``xla_gpu_experimental_aot_compiled_thunks`` the entry holds the thunks themselves, and jaxlib's Mosaic custom
+call serializes its compiled kernel with them (object file and GPU binary: a load links, compiles nothing).
+:data:`AOT_COMPILED_THUNKS` turns that on for the programs quark_jax compiles (:func:`cache_compiler_options`).
 """
 
 from __future__ import annotations
@@ -18,9 +27,18 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["enable_compilation_cache", "default_cache_dir"]
+__all__ = ["enable_compilation_cache", "default_cache_dir", "cache_compiler_options", "AOT_COMPILED_THUNKS"]
 
 _OFF = ("0", "off", "false", "no")
+
+AOT_COMPILED_THUNKS = True
+"""With the persistent cache on a GPU backend, compile generate's prefill and decode programs and the decode
+kernel warm-ups with ``xla_gpu_experimental_aot_compiled_thunks`` (see the module docstring), so a second process
+loads them without compiling their Mosaic GPU kernels again (read when a model's programs are first built; the
+option is part of the cache key, so flipping it misses the other setting's entries). False: XLA's default form.
+An explicit entry in ``generation.PREFILL_COMPILER_OPTIONS`` / ``DECODE_COMPILER_OPTIONS`` wins."""
+
+_AOT_OPTION = "xla_gpu_experimental_aot_compiled_thunks"
 
 
 def default_cache_dir() -> Path:
@@ -45,6 +63,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, force: bo
     """
     current = jax.config.jax_compilation_cache_dir
     if current and not force:
+        _share_options_with_warmups()
         return current  # the user's own setting wins
     switch = os.environ.get("QUARK_JAX_COMPILATION_CACHE", "").strip().lower()
     if not force:
@@ -60,4 +79,24 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, force: bo
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    _share_options_with_warmups()
     return str(directory)
+
+
+def cache_compiler_options() -> dict:
+    """XLA options for programs that go into the persistent cache: ``{"xla_gpu_experimental_aot_compiled_thunks":
+    True}`` on a GPU backend with the cache directory set and :data:`AOT_COMPILED_THUNKS` on; else ``{}``.
+
+    >>> cache_compiler_options() if jax.default_backend() == "cpu" else {}  # CPU: none
+    {}
+    """
+    if not AOT_COMPILED_THUNKS or jax.default_backend() != "gpu" or not jax.config.jax_compilation_cache_dir:
+        return {}
+    return {_AOT_OPTION: True}
+
+
+def _share_options_with_warmups() -> None:
+    """The decode-kernel warm-up programs (``nn.warmup``, a lower layer) compile with the same cache options."""
+    from quark_jax.nn import warmup
+
+    warmup.COMPILER_OPTIONS = cache_compiler_options()

@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from quark_jax.nn import decode_kernel_warmups, kv_cache_sharding, warm_decode_kernels, warmup
-from quark_jax.models.compile_cache import enable_compilation_cache
+from quark_jax.models.compile_cache import cache_compiler_options, enable_compilation_cache
 from quark_jax.models.inputs import check_token_ids
 
 __all__ = ["generate", "generate_stream", "GenerationStats", "TRACE_COUNTS", "prefill_bucket", "cache_size",
@@ -222,21 +222,22 @@ XLA's default (there the Triton GEMMs are faster: FP8 decode 2.92 vs 3.90 ms/ste
 
 
 def prefill_compiler_options() -> dict:
-    """:data:`PREFILL_COMPILER_OPTIONS` on a GPU backend, else none (the options are GPU ones).
+    """:data:`PREFILL_COMPILER_OPTIONS` on a GPU backend, over ``compile_cache.cache_compiler_options()`` (the
+    persistent cache's form of the executable); else none (the options are GPU ones).
 
     >>> prefill_compiler_options() if jax.default_backend() == "cpu" else {}  # CPU: none
     {}
     """
-    return dict(PREFILL_COMPILER_OPTIONS) if jax.default_backend() == "gpu" else {}
+    return {**cache_compiler_options(), **PREFILL_COMPILER_OPTIONS} if jax.default_backend() == "gpu" else {}
 
 
 def decode_compiler_options() -> dict:
-    """:data:`DECODE_COMPILER_OPTIONS` on a GPU backend, else none (the options are GPU ones).
+    """:data:`DECODE_COMPILER_OPTIONS` on a GPU backend, over ``compile_cache.cache_compiler_options()``; else none.
 
-    >>> decode_compiler_options()  # none shipped (docs/DESIGN.md: no option measured to help)
+    >>> decode_compiler_options() if jax.default_backend() == "cpu" else {}  # CPU: none
     {}
     """
-    return dict(DECODE_COMPILER_OPTIONS) if jax.default_backend() == "gpu" else {}
+    return {**cache_compiler_options(), **DECODE_COMPILER_OPTIONS} if jax.default_backend() == "gpu" else {}
 
 
 class _Programs:
@@ -270,11 +271,12 @@ class _Programs:
         self._warm_kernels.add((batch, at))
         return _warm_kernels(model, batch, at)
 
-    def warm_up_decode(self, args, slow=None):
+    def warm_up_decode(self, args, slow=None, after=()):
         """Compile the decode chunk for these argument shapes in a background thread (once per shape signature),
         so that its compile overlaps the prefill's; returns a future (or None when already compiled). ``slow``:
         called if the XLA compile (after lowering) runs longer than ``nn.warmup.WARM_AFTER_S`` (not a
-        persistent-cache hit)."""
+        persistent-cache hit). ``after``: kernel warm-up futures the XLA compile waits for once the program is
+        lowered (``nn.warmup.wait_for_warmups``: why)."""
         sig = jax.tree_util.tree_structure(args[1:]), tuple(
             (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(args[1:])), args[0]
         if sig in self._warm:
@@ -283,6 +285,7 @@ class _Programs:
 
         def job():
             lowered = self.decode.lower(*args)
+            warmup.wait_for_warmups(after)
             timer = None if slow is None else threading.Timer(warmup.WARM_AFTER_S, slow)
             if timer is not None:
                 timer.daemon = True
@@ -452,17 +455,21 @@ class _Run:
             cache = jax.device_put(cache, kv_cache_sharding(mesh, self.model.config.num_key_value_heads))
 
         t0 = time.perf_counter()
-        compiling = None
+        compiling, kernels = None, []
         if self.n > 1:  # the first call of a shape: compile the decode chunk while the prefill compiles and runs
             sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(  # a mesh's arrays keep their sharding
                 jnp.shape(x), jnp.result_type(x), sharding=_mesh_sharding(x)))
             tok = jax.ShapeDtypeStruct((b,), jnp.int32)
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
-            progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
-            compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"))
-        token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
-                                           *self.sampling, eos)
+            kernels = progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
+            compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"),
+                                             after=kernels)
+        prefill_args = (state, cache, jnp.asarray(padded), first, np.int32(t), key, *self.sampling, eos)
+        if kernels:  # lower now, compile once the kernel warm-ups are done (the call reuses this lowering)
+            progs.prefill.lower(*prefill_args)
+            warmup.wait_for_warmups(kernels)
+        token, done, cache = progs.prefill(*prefill_args)
         slot = jnp.int32(t)
         if compiling is not None:
             compiling.result()

@@ -8,19 +8,28 @@ layer geometry (a ``QuarkLinear`` called on a ``[batch, 1, K]`` input, as the de
 same kernels (the same module bytes, the same hash) ahead, in parallel threads; the decode program then finds
 them compiled. The first ``generate`` submits them before its programs compile (:data:`DECODE_KERNEL_WARMUP`;
 or ``load_weights``, as each geometry's first layer loads).
+
+Why the programs also wait for them (:data:`WAIT_S`, session 10): XLA's LLVM options lock admits concurrent
+holders only when their options are identical, and has no fairness. A Mosaic compile holds it with jaxlib's
+options (``-nvptx-prec-divf32=1`` alone), an XLA program compile holds it with XLA's NVPTX options (four) for its
+whole backend (thunk emission, LLVM, ptxas), releasing it only around a custom call's instantiate. So a warm-up
+that reaches its Mosaic compile after the prefill's backend has started waits until no XLA compile holds the lock,
+and the decode program, finding the kernel not yet compiled, compiles it itself (jaxlib's ``GetOrCreateKernel``
+does not join a compile in flight): the kernels compile one after another, between the prefill's and the
+decode's LLVM work. Started first and waited for, they compile in parallel while Python traces and lowers.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels"]
+__all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels", "wait_for_warmups"]
 
 DECODE_KERNEL_WARMUP = "generate"
 """When the warm-ups start (on a GPU backend; read at each call): "generate" (default: the first ``generate``
@@ -36,6 +45,14 @@ WARM_AFTER_S = 1.0
 """``DECODE_KERNEL_WARMUP = "compile"``: seconds the decode program's compile runs before the warm-ups start (a
 persistent-cache hit returns sooner)."""
 
+WAIT_S = 30.0
+"""Seconds the first ``generate``'s prefill and decode programs, traced and lowered, wait for the warm-ups it found
+in flight before their XLA compiles start (see the module docstring); None or 0: no wait (session 9)."""
+
+COMPILER_OPTIONS: dict = {}
+"""XLA options the warm-up programs compile with: ``models.compile_cache`` sets its cache options here when it
+turns the persistent cache on (read when a warm-up is built)."""
+
 MAX_ROWS = 16
 """Decode sizes: ``QuarkScheme.runs_process_cached_kernel`` promises the process-cached kernel at M <= 16."""
 
@@ -48,9 +65,14 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
-@partial(jax.jit, static_argnums=(0,))
 def _linear_call(graphdef, state, x):
     return nnx.merge(graphdef, state)(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(options: tuple):
+    """``_linear_call`` jitted with these XLA options (sorted items of :data:`COMPILER_OPTIONS`)."""
+    return jax.jit(_linear_call, static_argnums=(0,), compiler_options=dict(options) or None)
 
 
 def _key(layer, batch: int):
@@ -84,7 +106,7 @@ def decode_kernel_warmups(layers, batch: int = 1) -> list:
         graphdef, state = nnx.split(m)
         sds = jax.tree.map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)), state)
         x = jax.ShapeDtypeStruct((int(batch), 1, m.in_features), jnp.dtype(key[4]))
-        out.append((key, _linear_call, (graphdef, sds, x)))
+        out.append((key, _jitted(tuple(sorted(COMPILER_OPTIONS.items()))), (graphdef, sds, x)))
     return out
 
 
@@ -118,3 +140,19 @@ def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list
             _SUBMITTED.add(key)
         futures.append(_POOL.submit(_compile, fn, args))
     return futures
+
+
+def wait_for_warmups(futures, timeout: float | None = None) -> bool:
+    """Wait for ``futures`` (:func:`warm_decode_kernels`' futures) at most ``timeout`` seconds (default
+    :data:`WAIT_S`; None or 0 there: no wait); True when all are done.
+
+    >>> wait_for_warmups([])
+    True
+    """
+    if not futures:
+        return True
+    timeout = WAIT_S if timeout is None else timeout
+    if not timeout:
+        return all(f.done() for f in futures)
+    _, pending = concurrent.futures.wait(futures, timeout=timeout)
+    return not pending

@@ -1,0 +1,133 @@
+"""The first ``generate``'s compile order and the persistent cache's executable form (issue 14 item 2, session 10).
+
+* The prefill and decode programs start their XLA compiles only once the decode-kernel warm-ups the call
+  submitted are done (``nn.warmup.wait_for_warmups``: XLA's LLVM options lock admits holders with identical
+  options only, so a Mosaic kernel compile that starts after an XLA program's backend waits for it), each program
+  compiling exactly once (the prefill's call reuses the lowering made before the wait).
+* With the persistent cache on a GPU backend the programs compile with ``xla_gpu_experimental_aot_compiled_thunks``
+  (the cache entry holds the thunks, so a cache hit compiles no Mosaic kernel again), an option this jaxlib
+  accepts (a misspelt compile option is an error at compile time).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quark_jax.models import compile_cache, from_pretrained
+from quark_jax.models import generation as g
+from quark_jax.nn import warmup
+
+FIXTURE = Path(__file__).parent / "fixtures" / "quark_tiny_llama" / "w_mxfp4_a_mxfp4"
+
+
+@pytest.fixture
+def pretend_gpu(monkeypatch, tmp_path):
+    """A GPU backend as far as the option functions can tell, with a cache directory set (restored after)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_cache_options_on_a_gpu_with_the_cache_and_explicit_options_win(pretend_gpu, monkeypatch):
+    aot = {"xla_gpu_experimental_aot_compiled_thunks": True}
+    assert compile_cache.cache_compiler_options() == aot
+    assert g.decode_compiler_options() == aot
+    assert g.prefill_compiler_options() == {"xla_gpu_enable_triton_gemm": False, **aot}
+    monkeypatch.setattr(g, "DECODE_COMPILER_OPTIONS", {"xla_gpu_experimental_aot_compiled_thunks": False})
+    assert g.decode_compiler_options() == {"xla_gpu_experimental_aot_compiled_thunks": False}
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", False)
+    assert compile_cache.cache_compiler_options() == {}
+    assert g.prefill_compiler_options() == {"xla_gpu_enable_triton_gemm": False}
+    jax.config.update("jax_compilation_cache_dir", None)  # no cache: the legacy form (nothing is stored)
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", True)
+    assert compile_cache.cache_compiler_options() == {}
+
+
+def test_the_aot_option_is_one_this_jaxlib_knows(pretend_gpu):
+    """Compiled on the CPU backend (DebugOptions are shared): a renamed or removed option would raise here."""
+    opts = compile_cache.cache_compiler_options()
+    assert opts
+    f = jax.jit(lambda x: x * 3 + 1, compiler_options=opts)
+    assert np.asarray(f(jnp.arange(4.0))).tolist() == [1.0, 4.0, 7.0, 10.0]
+    with pytest.raises(Exception, match="No such compile option"):  # the check above can fail
+        jax.jit(lambda x: x + 1, compiler_options={"xla_gpu_experimental_aot_compiled_thunkz": True})(1.0)
+
+
+def test_enabling_the_cache_gives_the_warmups_its_options(pretend_gpu, monkeypatch, tmp_path):
+    monkeypatch.setattr(warmup, "COMPILER_OPTIONS", {})
+    assert compile_cache.enable_compilation_cache() == str(tmp_path / "cache")  # already set: kept
+    assert warmup.COMPILER_OPTIONS == {"xla_gpu_experimental_aot_compiled_thunks": True}
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", False)
+    assert compile_cache.enable_compilation_cache(tmp_path / "other", force=True) == str(tmp_path / "other")
+    assert warmup.COMPILER_OPTIONS == {}
+    # the warm-up programs are jitted with the options in force when they are listed
+    assert warmup._jitted((("xla_gpu_experimental_aot_compiled_thunks", True),)) is warmup._jitted(
+        (("xla_gpu_experimental_aot_compiled_thunks", True),))
+    assert warmup._jitted(()) is not warmup._jitted((("xla_gpu_experimental_aot_compiled_thunks", True),))
+
+
+def test_wait_for_warmups():
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    gate = threading.Event()
+    slow = pool.submit(gate.wait)
+    assert warmup.wait_for_warmups([]) is True
+    assert warmup.wait_for_warmups([slow], timeout=0.05) is False  # times out, returns
+    gate.set()
+    assert warmup.wait_for_warmups([slow], timeout=5) is True
+    pool.shutdown()
+
+
+def test_first_generate_compiles_after_the_kernel_warmups(monkeypatch, tmp_path):
+    """A warm-up in flight (0.6 s): the prefill and decode backend compiles both start after it is done, and each
+    program compiles once; without warm-ups (later calls) nothing waits."""
+    from jax._src import compiler
+
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    jax.clear_caches()
+    model = from_pretrained(FIXTURE)
+    starts: list = []
+    real = compiler.backend_compile_and_load
+
+    def recording(backend, module, *args, **kwargs):
+        name = str(module.operation.attributes["sym_name"]).strip('"')
+        starts.append((name, time.perf_counter()))
+        return real(backend, module, *args, **kwargs)
+
+    monkeypatch.setattr(compiler, "backend_compile_and_load", recording)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    done_at = []
+
+    def kernel_job():
+        time.sleep(0.6)
+        done_at.append(time.perf_counter())
+
+    submitted = []
+
+    def fake_warm(model_, batch, at="generate"):
+        if at != "generate":
+            return []
+        submitted.append(pool.submit(kernel_job))
+        return submitted[-1:]
+
+    monkeypatch.setattr(g, "_warm_kernels", fake_warm)
+    ids = np.array([[3, 5, 7, 9]], np.int32)
+    first = np.asarray(g.generate(model, ids, 4))
+    assert len(submitted) == 1 and done_at
+    prefill = [t for n, t in starts if n.startswith("jit_prefill")]
+    decode = [t for n, t in starts if n.startswith("jit_decode")]
+    assert len(prefill) == 1 and len(decode) == 1, starts
+    assert min(prefill + decode) >= done_at[0]
+    # the same tokens as a call with no warm-up in flight (the order changes nothing else)
+    monkeypatch.setattr(g, "_warm_kernels", lambda *a, **k: [])
+    assert np.array_equal(np.asarray(g.generate(model, ids, 4)), first)
+    pool.shutdown()
