@@ -131,3 +131,25 @@ def test_first_generate_compiles_after_the_kernel_warmups(monkeypatch, tmp_path)
     monkeypatch.setattr(g, "_warm_kernels", lambda *a, **k: [])
     assert np.array_equal(np.asarray(g.generate(model, ids, 4)), first)
     pool.shutdown()
+
+
+def test_compile_phases_probe_parses_jax_and_xla_log_lines():
+    """``benchmarks/compile_phases.py``: the JAX compile records (two wordings of the tracing line) and XLA's
+    absl-timestamped LLVM re-initialization lines it reads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import compile_phases as cp
+
+    lines = {"Finished tracing + transforming prefill for pjit in 0.512 sec": ("trace_s", "prefill", 0.512),
+             "Finished tracing decode for jit in 1.5e-03 sec": ("trace_s", "decode", 0.0015),
+             "Finished jaxpr to MLIR module conversion jit(decode) in 3.48 sec": ("lower_s", "decode", 3.48),
+             "Finished XLA compilation of jit(_linear_call) in 1.25 sec": ("compile_s", "_linear_call", 1.25)}
+    for line, (phase, name, secs) in lines.items():
+        m = cp._RECORD.search(line)
+        assert (cp._PHASE[m.group(1)], m.group(2), float(m.group(3))) == (phase, name, secs)
+    start = time.mktime((2026, 12, 3, 15, 17, 3, 0, 0, -1)) + 0.25  # local 15:17:03.25
+    err = ("I1203 15:17:04.750000  123 llvm_command_line_options.cc:50] XLA (re)initializing LLVM with options "
+           "fingerprint: 42\nW1203 15:17:05.000000 other line\n"
+           "I1203 15:17:13.250000  124 llvm_command_line_options.cc:50] XLA (re)initializing LLVM with options x\n")
+    assert cp.llvm_switches(err, start) == [1.5, 10.0]
