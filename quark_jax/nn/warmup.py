@@ -58,6 +58,7 @@ MAX_ROWS = 16
 
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="quark_jax-kernels")
 _SUBMITTED: set = set()  # warm-up keys submitted in this process
+_IN_FLIGHT: dict = {}  # key -> the future of its compile (kept so a later "generate" can wait for the load's)
 _LOCK = threading.Lock()
 
 
@@ -119,7 +120,9 @@ def _compile(fn, args) -> None:
 
 def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list:
     """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
-    threads and return their futures. ``at``: the caller, "generate", "compile" or "load"; it submits when
+    threads and return their futures; for ``at="generate"`` also the futures, not yet done, of these layers'
+    compiles submitted earlier (the load's: the first call waits for them as for its own). ``at``: the caller,
+    "generate", "compile" or "load"; it submits when
     :data:`DECODE_KERNEL_WARMUP` is ``at`` (or "load" and ``at`` is "generate": what the load left). Nothing
     (``[]``) off a GPU backend, with the warm-up off or above :data:`MAX_ROWS` rows. A failing compile is left to
     the program that runs the layer to report.
@@ -136,9 +139,16 @@ def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list
     for key, fn, args in decode_kernel_warmups(layers, batch):
         with _LOCK:
             if key in _SUBMITTED:
+                earlier = _IN_FLIGHT.get(key)
+                if at == "generate" and earlier is not None and not earlier.done():
+                    futures.append(earlier)
                 continue
             _SUBMITTED.add(key)
-        futures.append(_POOL.submit(_compile, fn, args))
+        future = _POOL.submit(_compile, fn, args)
+        if future is not None:
+            with _LOCK:
+                _IN_FLIGHT[key] = future
+            futures.append(future)
     return futures
 
 
