@@ -13,7 +13,8 @@ one filled ("warm"). Variants:
 Per process, from JAX's own log records (``jax_log_compiles``; times from the start of the call): per program
 (``prefill``, ``decode``, the warm-ups' ``_linear_call``) its tracing, MLIR lowering and XLA compile seconds and
 when each ended (a cache hit's "compile" is the cache read + deserialization + load), persistent cache
-hits / misses / write errors; each warm-up's compile (start, end: the Mosaic kernel compile inside it); XLA's
+hits / misses / write errors; each warm-up's XLA compile in the pool (start, end: the Mosaic kernel compile
+inside it; at "generate" the warm-ups are lowered in the calling thread before it); XLA's
 "(re)initializing LLVM" log lines (each is a switch of the LLVM options lock between XLA and Mosaic holders);
 the first call and a second call (no compile) in seconds, and a hash of the generated tokens (a warm process must
 produce the cold one's tokens). ``--trace VARIANT_PHASE,...`` also records a host profile of those processes'
@@ -94,9 +95,9 @@ def child(args) -> None:
     warm_spans = []
     real_compile = warmup._compile
 
-    def timed_compile(fn, fargs):
+    def timed_compile(*a):  # (fn, args[, lowered]): "generate" lowers in the caller, the pool compiles
         t = time.time()
-        real_compile(fn, fargs)
+        real_compile(*a)
         warm_spans.append((t, time.time()))
 
     warmup._compile = timed_compile

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from pathlib import Path
@@ -121,12 +122,30 @@ def test_first_generate_compiles_after_the_kernel_warmups(monkeypatch, tmp_path)
 
     monkeypatch.setattr(g, "_warm_kernels", fake_warm)
     ids = np.array([[3, 5, 7, 9]], np.int32)
-    first = np.asarray(g.generate(model, ids, 4))
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("jax").addHandler(handler)
+    was = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # process-wide: the decode compiles in another thread
+    try:
+        first = np.asarray(g.generate(model, ids, 4))
+    finally:
+        jax.config.update("jax_log_compiles", was)
+        logging.getLogger("jax").removeHandler(handler)
     assert len(submitted) == 1 and done_at
     prefill = [t for n, t in starts if n.startswith("jit_prefill")]
     decode = [t for n, t in starts if n.startswith("jit_decode")]
     assert len(prefill) == 1 and len(decode) == 1, starts
     assert min(prefill + decode) >= done_at[0]
+    # Python work in order of need: the prefill (the longer compile) is lowered before the decode is traced
+    order = [i for i, m in enumerate(records) if "jit(prefill)" in m and "MLIR" in m] + [
+        i for i, m in enumerate(records) if m.startswith("Finished tracing") and " decode " in m]
+    assert len(order) == 2 and order[0] < order[1], records
     # the same tokens as a call with no warm-up in flight (the order changes nothing else)
     monkeypatch.setattr(g, "_warm_kernels", lambda *a, **k: [])
     assert np.array_equal(np.asarray(g.generate(model, ids, 4)), first)

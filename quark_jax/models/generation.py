@@ -271,12 +271,13 @@ class _Programs:
         self._warm_kernels.add((batch, at))
         return _warm_kernels(model, batch, at)
 
-    def warm_up_decode(self, args, slow=None, after=()):
+    def warm_up_decode(self, args, slow=None, after=(), start=None):
         """Compile the decode chunk for these argument shapes in a background thread (once per shape signature),
         so that its compile overlaps the prefill's; returns a future (or None when already compiled). ``slow``:
         called if the XLA compile (after lowering) runs longer than ``nn.warmup.WARM_AFTER_S`` (not a
         persistent-cache hit). ``after``: kernel warm-up futures the XLA compile waits for once the program is
-        lowered (``nn.warmup.wait_for_warmups``: why)."""
+        lowered (``nn.warmup.wait_for_warmups``: why). ``start``: an event the tracing waits for (at most
+        ``nn.warmup.WAIT_S``): the prefill's lowering, done first since the prefill's compile is the longer."""
         sig = jax.tree_util.tree_structure(args[1:]), tuple(
             (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(args[1:])), args[0]
         if sig in self._warm:
@@ -284,6 +285,8 @@ class _Programs:
         self._warm[sig] = True
 
         def job():
+            if start is not None:
+                start.wait(warmup.WAIT_S or None)
             lowered = self.decode.lower(*args)
             warmup.wait_for_warmups(after)
             timer = None if slow is None else threading.Timer(warmup.WARM_AFTER_S, slow)
@@ -463,11 +466,15 @@ class _Run:
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
             kernels = progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
+            prefill_lowered = threading.Event() if kernels else None
             compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"),
-                                             after=kernels)
+                                             after=kernels, start=prefill_lowered)
         prefill_args = (state, cache, jnp.asarray(padded), first, np.int32(t), key, *self.sampling, eos)
         if kernels:  # lower now, compile once the kernel warm-ups are done (the call reuses this lowering)
-            progs.prefill.lower(*prefill_args)
+            try:
+                progs.prefill.lower(*prefill_args)
+            finally:
+                prefill_lowered.set()  # the decode's tracing starts now (see _Programs.warm_up_decode)
             warmup.wait_for_warmups(kernels)
         token, done, cache = progs.prefill(*prefill_args)
         slot = jnp.int32(t)

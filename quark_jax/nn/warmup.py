@@ -111,17 +111,26 @@ def decode_kernel_warmups(layers, batch: int = 1) -> list:
     return out
 
 
-def _compile(fn, args) -> None:
+def _compile(fn, args, lowered=None) -> None:
     try:
-        fn.lower(*args).compile()
+        (lowered if lowered is not None else fn.lower(*args)).compile()
     except Exception:  # noqa: BLE001  (the program that runs the layer compiles the kernel itself and reports)
         pass
 
 
+def _lower(fn, args):
+    try:
+        return fn.lower(*args)
+    except Exception:  # noqa: BLE001  (as in _compile)
+        return None
+
+
 def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list:
     """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
-    threads and return their futures; for ``at="generate"`` also the futures, not yet done, of these layers'
-    compiles submitted earlier (the load's: the first call waits for them as for its own). ``at``: the caller,
+    threads and return their futures; for ``at="generate"`` the programs are lowered in the calling thread first
+    (Python work, GIL-bound: done before the caller's own tracing so that the kernels compile while it traces),
+    and the futures, not yet done, of these layers' compiles submitted earlier (the load's) are returned too (the
+    first call waits for them as for its own). ``at``: the caller,
     "generate", "compile" or "load"; it submits when
     :data:`DECODE_KERNEL_WARMUP` is ``at`` (or "load" and ``at`` is "generate": what the load left). Nothing
     (``[]``) off a GPU backend, with the warm-up off or above :data:`MAX_ROWS` rows. A failing compile is left to
@@ -144,7 +153,11 @@ def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list
                     futures.append(earlier)
                 continue
             _SUBMITTED.add(key)
-        future = _POOL.submit(_compile, fn, args)
+        if at == "generate":  # lowered here, first: their compiles start before the programs' Python work
+            lowered = _lower(fn, args)  # None (failed): the pool tries again and leaves it to the program
+            future = _POOL.submit(_compile, fn, args) if lowered is None else _POOL.submit(_compile, fn, args, lowered)
+        else:  # the load's and the slow-compile timer's threads are not held up by the lowering
+            future = _POOL.submit(_compile, fn, args)
         if future is not None:
             with _LOCK:
                 _IN_FLIGHT[key] = future
