@@ -32,11 +32,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "quark_tiny_llama" / "w_mxfp4_a_m
 @pytest.fixture
 def pretend_gpu(monkeypatch, tmp_path):
     """A GPU backend as far as the option functions can tell, with a cache directory set (restored after)."""
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    old = jax.config.jax_compilation_cache_dir
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_entry_size_bytes",
+             "jax_persistent_cache_min_compile_time_secs")
+    old = {n: getattr(jax.config, n) for n in names}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
     yield
-    jax.config.update("jax_compilation_cache_dir", old)
+    for n, v in old.items():
+        jax.config.update(n, v)
+    jax_cache.reset_cache()  # a compile under the fixture initialized jax's cache there: not for later tests
 
 
 def test_cache_options_on_a_gpu_with_the_cache_and_explicit_options_win(pretend_gpu, monkeypatch):
@@ -94,6 +100,7 @@ def test_first_generate_compiles_after_the_kernel_warmups(monkeypatch, tmp_path)
     from jax._src import compiler
 
     monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr(g, "_PROGRAMS", {})
     jax.clear_caches()
     model = from_pretrained(FIXTURE)
     starts: list = []
@@ -172,3 +179,30 @@ def test_compile_phases_probe_parses_jax_and_xla_log_lines():
            "fingerprint: 42\nW1203 15:17:05.000000 other line\n"
            "I1203 15:17:13.250000  124 llvm_command_line_options.cc:50] XLA (re)initializing LLVM with options x\n")
     assert cp.llvm_switches(err, start) == [1.5, 10.0]
+
+
+def test_wait_s_zero_is_session_9s_order(monkeypatch, tmp_path):
+    """``nn.warmup.WAIT_S = 0`` (the probe's "base"): no wait and no ordering; one-token calls never wait."""
+    from jax._src import compiler
+
+    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr(warmup, "WAIT_S", 0)
+    monkeypatch.setattr(g, "_PROGRAMS", {})  # programs of an earlier test's model (same graph) not reused
+    jax.clear_caches()
+    model = from_pretrained(FIXTURE)
+    starts = []
+    real = compiler.backend_compile_and_load
+    monkeypatch.setattr(compiler, "backend_compile_and_load", lambda backend, module, *a, **k: (
+        starts.append((str(module.operation.attributes["sym_name"]), time.perf_counter())),
+        real(backend, module, *a, **k))[1])
+    gate = threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    monkeypatch.setattr(g, "_warm_kernels", lambda m, b, at="generate": [pool.submit(gate.wait, 30)]
+                        if at == "generate" else [])
+    t0 = time.perf_counter()
+    np.asarray(g.generate(model, np.array([[3, 5, 7, 9]], np.int32), 4))
+    assert not gate.is_set() and any("prefill" in n for n, _ in starts)  # compiled without waiting
+    gate.set()
+    pool.shutdown()
+    assert time.perf_counter() - t0 < 30
+    np.asarray(g.generate(model, np.array([[3, 5, 7]], np.int32), 1))  # n = 1: no warm-ups, no event

@@ -286,7 +286,7 @@ class _Programs:
 
         def job():
             if start is not None:
-                start.wait(warmup.WAIT_S or None)
+                start.wait(warmup.WAIT_S)
             lowered = self.decode.lower(*args)
             warmup.wait_for_warmups(after)
             timer = None if slow is None else threading.Timer(warmup.WARM_AFTER_S, slow)
@@ -458,7 +458,7 @@ class _Run:
             cache = jax.device_put(cache, kv_cache_sharding(mesh, self.model.config.num_key_value_heads))
 
         t0 = time.perf_counter()
-        compiling, kernels = None, []
+        compiling, kernels, prefill_lowered = None, [], None
         if self.n > 1:  # the first call of a shape: compile the decode chunk while the prefill compiles and runs
             sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(  # a mesh's arrays keep their sharding
                 jnp.shape(x), jnp.result_type(x), sharding=_mesh_sharding(x)))
@@ -466,11 +466,12 @@ class _Run:
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
             kernels = progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
-            prefill_lowered = threading.Event() if kernels else None
+            ordered = bool(kernels) and bool(warmup.WAIT_S)  # nn.warmup.WAIT_S: 0 = session 9's order
+            prefill_lowered = threading.Event() if ordered else None
             compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"),
                                              after=kernels, start=prefill_lowered)
         prefill_args = (state, cache, jnp.asarray(padded), first, np.int32(t), key, *self.sampling, eos)
-        if kernels:  # lower now, compile once the kernel warm-ups are done (the call reuses this lowering)
+        if prefill_lowered is not None:  # lower now, compile once the warm-ups are done (the call reuses it)
             try:
                 progs.prefill.lower(*prefill_args)
             finally:

@@ -47,7 +47,9 @@ persistent-cache hit returns sooner)."""
 
 WAIT_S = 30.0
 """Seconds the first ``generate``'s prefill and decode programs, traced and lowered, wait for the warm-ups it found
-in flight before their XLA compiles start (see the module docstring); None or 0: no wait (session 9)."""
+in flight before their XLA compiles start (see the module docstring). Non-zero also orders the call's Python
+work: the warm-ups are lowered in the calling thread, then the prefill, then the decode is traced. None or 0:
+none of this (session 9's order: everything at once in 6 threads, no wait)."""
 
 COMPILER_OPTIONS: dict = {}
 """XLA options the warm-up programs compile with: ``models.compile_cache`` sets its cache options here when it
@@ -153,7 +155,7 @@ def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list
                     futures.append(earlier)
                 continue
             _SUBMITTED.add(key)
-        if at == "generate":  # lowered here, first: their compiles start before the programs' Python work
+        if at == "generate" and WAIT_S:  # lowered here, first: compiles start before the programs' Python work
             lowered = _lower(fn, args)  # None (failed): the pool tries again and leaves it to the program
             future = _POOL.submit(_compile, fn, args) if lowered is None else _POOL.submit(_compile, fn, args, lowered)
         else:  # the load's and the slow-compile timer's threads are not held up by the lowering
