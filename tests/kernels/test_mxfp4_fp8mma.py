@@ -75,8 +75,8 @@ def test_equals_float64_and_xla_reference(m, k, n, cfg):
 def _scaled_data(rng, m, k, n, total, sx_choices):
     """x already on the MXFP4 grid (f32): block j of row r holds E2M1 values (one of them +-6, so that the
     quantizer recovers the byte) times 2**(sx - 127), sx drawn from ``sx_choices``; the weight's scale bytes are
-    ``total - sx`` of the same block (the rows share x's bytes), so every block contributes at the same magnitude 2**(total - 254)
-    and a wrong scale in any block shows."""
+    ``total - sx`` of the same block (the rows share x's bytes), so every block contributes at the same magnitude
+    2**(total - 254) and a wrong scale in any block shows."""
     nb = k // 32
     row = rng.choice(np.asarray(sx_choices), nb)
     row[:len(sx_choices)] = sx_choices  # every choice appears
@@ -102,7 +102,8 @@ def test_scale_range_edges(total, sx_choices):
     x, wp, ws = _scaled_data(rng, m, k, n, total, sx_choices)
     assert np.array_equal(ref.mxfp4_qdq(x), x)  # x is its own quant-dequant: the bytes below are x's scales
     _, s = ref.mxfp4_quantize(x)
-    assert set(np.unique(s).tolist()) == set(sx_choices) and set(np.unique(ws).tolist()) == {total - v for v in sx_choices}
+    assert set(np.unique(s).tolist()) == set(sx_choices)
+    assert set(np.unique(ws).tolist()) == {total - v for v in sx_choices}
     terms = x.astype(np.float64)[:, None, :] * ref.mxfp4_dequantize(wp, ws)[None, :, :]
     want, mag = terms.sum(-1), np.abs(terms).sum(-1)
     got = np.asarray(f8.mxfp4_mm_fp8mma(jnp.asarray(x), jnp.asarray(wp), jnp.asarray(ws), config=C(block_n=16),
@@ -144,8 +145,8 @@ def test_block_diagonal_and_prologue_layouts():
 
 def test_fit_and_config_validation():
     assert f8.fit(C(), 1, 4096, 14336).split_k == 2  # 224 N tiles x 2 >= 264 programs
-    c = f8.fit(C(programs=528), 1, 14336, 4096)  # 64 N tiles: K split 8 ways (14336 / 8 = 1792 = 3.5 groups? no:
-    assert c.split_k == 4 and c.blocks == 16  # 28 groups of 512 split 4 ways; 8 would leave 3.5 groups a split
+    c = f8.fit(C(programs=528), 1, 14336, 4096)  # 64 N tiles; 28 groups of 512: 8 splits would leave 3.5 each
+    assert c.split_k == 4 and c.blocks == 16
     c = f8.fit(C(cols=32, unroll=4), 16, 192, 32)  # 2-block groups, unroll shrinks to divide K = 3 * 64
     assert (c.blocks, c.unroll) == (2, 1)
     assert f8.fit(C(cols=16), 3, 4096, 64).blocks == 4  # 4 padded rows x 4 blocks

@@ -5,23 +5,23 @@ mx4fp8"); its ``Config``, named candidates (``CANDIDATES``) and ``fit``.
 ``y[M, N] = out(linear(qdq_mxfp4(x), dequantize_mxfp4(w_packed, w_scales), bias))`` for 1 <= M <= 16 (W4A4 only).
 
 E2M1 -> E4M3 by bit placement (:func:`e4m3_bytes`): the code's sign goes to bit 7, its three bits (e1 e0 m) to
-bits 5..2. The E4M3 value of that byte is exactly ``e2m1 * 2**-6`` for all 16 codes (the subnormal 0.5 becomes
+bits 4..2. The E4M3 value of that byte is exactly ``e2m1 * 2**-6`` for all 16 codes (the subnormal 0.5 becomes
 the E4M3 subnormal 2**-7). On 32-bit words of four packed bytes this is ``((w << 2) & 0x1C1C1C1C) |
 ((w << 4) & 0x80808080)`` for the low nibbles and ``((w >> 2) & 0x1C1C1C1C) | (w & 0x80808080)`` for the high
 ones (no bit crosses a byte), ~1 integer instruction per weight, 4 FP8 weights per register (``decode="asm"``:
 that PTX; ``"jnp"``: the same on uint8 arrays, interpret mode).
 
-Blocks as MMA columns. x (padded to ``mp`` = M rounded up to a power of two rows) is quantized in an XLA prologue
-(``quant.quantize_mxfp4``: its codes and E8M0 bytes, exactly qdq_mxfp4's values) and written as E4M3 code planes
-(even / odd K, as the weight's low / high nibbles). A group of ``block_k`` K elements (``bks = block_k / 32`` MX
-blocks) is one MMA whose right operand is block-diagonal: column ``c = m * bks + j`` holds row m of x restricted
-to MX block j of the group, zeros elsewhere (:func:`block_diagonal`; built in the kernel from the [mp, block_k/2]
-planes, ``xdiag="kernel"``, or stored by the prologue, ``xdiag="hbm"``). So ``P[n, c] = w_lo @ xd_e^T + w_hi @
-xd_o^T`` (two FP8 dots chained in the wgmma accumulator, ``triton_fp8_dot.fp8_dot_acc``) is, per column, the sum
-of exactly the 32 products of one MX block: ``2**-12`` times a multiple of 0.25 below 1152 (13 significant bits,
+Blocks as MMA columns. x is quantized in an XLA prologue (``quant.quantize_mxfp4``: its codes and E8M0 bytes,
+exactly qdq_mxfp4's values; rows padded to ``mp``: M rounded up to a power of two, at least 16 / ``bks``) and
+written as E4M3 code planes (even / odd K, as the weight's low / high nibbles). A group of ``32 * bks`` K elements
+(``bks`` = ``Config.blocks`` MX blocks) is one MMA whose right operand is block-diagonal: column ``c = m * bks +
+j`` holds row m of x restricted to MX block j of the group, zeros elsewhere (:func:`block_diagonal`; built in the
+kernel from the [mp, 16 bks] planes, ``xdiag="kernel"``, or stored by the prologue, ``xdiag="hbm"``). So
+``P[n, c] = w_lo @ xd_e^T + w_hi @ xd_o^T`` (two FP8 dots chained in the wgmma accumulator,
+``triton_fp8_dot.fp8_dot_acc``) is, per column, the sum of exactly the 32 products of one MX block: ``2**-12`` times a multiple of 0.25 below 1152 (13 significant bits,
 exact in Hopper's FP8 accumulator; exact in f32 off the GPU). The epilogue of a group is one f32 multiply-add per
 column: ``acc[n, c] += P[n, c] * (2**(sw[n, j] - 121) * 2**(sx[m, j] - 121))`` (= 2**12 * both E8M0 scales);
-at the end ``y[m, n] = sum_j acc[n, m * bks + j]``. The scale work per weight is ``mp / 32`` multiply-adds (1/16
+at the end ``y[m, n] = sum_j acc[n, m * bks + j]``. The scale work per weight is ``mp / 16`` f32 operations (1/16
 at M = 1) instead of the bf16 kernels' per-weight scale multiply; the MMA computes ``mp * bks`` columns where
 ``mp`` carry data (idle tensor work, which a memory-bound decode has to spare).
 
@@ -62,10 +62,11 @@ MAX_SCALE_BYTE = 248  # 2**(248 - 121) = 2**127: the largest scale byte whose fa
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """One tiling: ``block_n`` weight rows per program; ``cols`` MMA columns per group (x rows padded to ``mp`` times
-    ``cols / mp`` MX blocks, so a group is ``32 * cols / mp`` K elements); ``unroll`` groups per loop step; the K
-    split (0: automatic, aiming at ``programs`` programs); Triton's warps / stages; the weight decode; where x's
-    block-diagonal operand is built.
+    """One tiling: ``block_n`` weight rows per program; ``cols``, the MMA columns a group aims at (``blocks`` MX
+    blocks per group, by default ``cols`` / M rounded up to a power of two, at least 2; x's rows are padded to
+    ``padded_rows``, so a group has ``padded_rows * blocks`` >= 16 columns and ``32 * blocks`` K elements);
+    ``unroll`` groups per loop step; the K split (0: automatic, aiming at ``programs`` programs); Triton's warps /
+    stages; the weight decode; where x's block-diagonal operand is built.
 
     >>> Config(block_n=64, cols=16).group_blocks(1), Config(block_n=64, cols=32).group_blocks(16)
     (16, 2)
@@ -114,6 +115,7 @@ CANDIDATES = {
     "n128c16_w8": Config(block_n=128, cols=16, num_warps=8),
     "n64c32": Config(block_n=64, cols=32),  # M=1: 1024 K per group (32 KB step); M=16: 64 K, 2x idle columns
     "n64c16_hbm": Config(block_n=64, cols=16, xdiag="hbm"),  # x's block-diagonal operand from the prologue
+    "n64c16_jnp": Config(block_n=64, cols=16, decode="jnp"),  # uint8 jnp planes (if the u8 PTX does not compile)
     "n64c32_u4": Config(block_n=64, cols=32, unroll=4),  # M=16: 4 groups of 64 K per step (8 KB of weight)
     "n128c32_u2": Config(block_n=128, cols=32, unroll=2),
 }
@@ -189,7 +191,8 @@ def e4m3_planes_jnp(packed):
 
 _PTX_LO = ("{ .reg .b32 t<2>; shl.b32 t0, $1, 2; and.b32 t0, t0, 0x1C1C1C1C; shl.b32 t1, $1, 4; "
            "and.b32 t1, t1, 0x80808080; or.b32 $0, t0, t1; }")
-_PTX_HI = "{ .reg .b32 t<2>; shr.b32 t0, $1, 2; and.b32 t0, t0, 0x1C1C1C1C; and.b32 t1, $1, 0x80808080; or.b32 $0, t0, t1; }"
+_PTX_HI = ("{ .reg .b32 t<2>; shr.b32 t0, $1, 2; and.b32 t0, t0, 0x1C1C1C1C; and.b32 t1, $1, 0x80808080; "
+           "or.b32 $0, t0, t1; }")
 
 
 def e4m3_planes_words_np(packed_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
