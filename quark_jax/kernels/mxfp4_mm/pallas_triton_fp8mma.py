@@ -18,8 +18,9 @@ written as E4M3 code planes (even / odd K, as the weight's low / high nibbles). 
 j`` holds row m of x restricted to MX block j of the group, zeros elsewhere (:func:`block_diagonal`; built in the
 kernel from the [mp, 16 bks] planes, ``xdiag="kernel"``, or stored by the prologue, ``xdiag="hbm"``). So
 ``P[n, c] = w_lo @ xd_e^T + w_hi @ xd_o^T`` (two FP8 dots chained in the wgmma accumulator,
-``triton_fp8_dot.fp8_dot_acc``) is, per column, the sum of exactly the 32 products of one MX block: ``2**-12`` times a multiple of 0.25 below 1152 (13 significant bits,
-exact in Hopper's FP8 accumulator; exact in f32 off the GPU). The epilogue of a group is one f32 multiply-add per
+``triton_fp8_dot.fp8_dot_acc``) is, per column, the sum of exactly the 32 products of one MX block: ``2**-12``
+times a multiple of 0.25 below 1152 (13 significant bits, exact in Hopper's FP8 accumulator; exact in f32 off the
+GPU). The epilogue of a group is one f32 multiply-add per
 column: ``acc[n, c] += P[n, c] * (2**(sw[n, j] - 121) * 2**(sx[m, j] - 121))`` (= 2**12 * both E8M0 scales);
 at the end ``y[m, n] = sum_j acc[n, m * bks + j]``. The scale work per weight is ``mp / 16`` f32 operations (1/16
 at M = 1) instead of the bf16 kernels' per-weight scale multiply; the MMA computes ``mp * bks`` columns where
