@@ -41,7 +41,7 @@ SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192))  # (K, N)
 # Candidates per M (at M = 16 a group is 2 MX blocks whatever ``cols`` says, so only the unroll / tile / split
 # variants differ there); 48 rows with the baselines, ~100 s. The other named candidates run with ``--only``.
 BY_M = {
-    1: ("n64c16", "n128c16", "n64c16_p528", "n128c16_w8", "n64c16_hbm", "n64c16_jnp"),
+    1: ("n64c16", "n128c16", "n64c16_hbm", "n64c16_jnp", "n64c16_xk", "n128c16_xk"),
     16: ("n64c32_u4", "n128c32_u2"),
 }
 

@@ -58,6 +58,8 @@ def _ref64(x, wp, ws, bias=None):
     (16, 256, 32, C(block_n=32, cols=32, unroll=2, split_k=2)),  # 16 rows x 2 blocks, unrolled, split
     (9, 192, 32, None),  # the default fitted to K = 3 * 64 (2-block groups, rows padded to 16)
     (1, 64, 16, None),  # the smallest K: x padded to 8 rows so that 8 x 2 blocks fill the MMA's 16 columns
+    (1, 1024, 32, C(block_n=16, split_k=2, xq="kernel")),  # x quantized in the kernel, K split
+    (1, 512, 64, C(block_n=32, split_k=1, xq="kernel")),  # ... one group, bias fused
 ])
 def test_equals_float64_and_xla_reference(m, k, n, cfg):
     rng = np.random.default_rng(m * 1000 + k + n)
@@ -94,11 +96,12 @@ def _scaled_data(rng, m, k, n, total, sx_choices):
     (250, [2, 100, 127, 200, 246, 248]),  # weight bytes 248..2: the largest exact scale byte on both sides
     (360, [112, 127, 200, 248]),  # products up to 36 * 2**106
 ])
-def test_scale_range_edges(total, sx_choices):
+@pytest.mark.parametrize("xq", ["xla", "kernel"])
+def test_scale_range_edges(total, sx_choices, xq):
     """Scale bytes at the edges of the exact range (2 and 248 on both operands): equal to float64 up to f32
     summation (the blocks' magnitudes are equal, so a block with a wrong scale would be off by its whole share)."""
     rng = np.random.default_rng(total)
-    m, k, n = 2, 1024, 32
+    m, k, n = (2 if xq == "xla" else 1), 1024, 32
     x, wp, ws = _scaled_data(rng, m, k, n, total, sx_choices)
     assert np.array_equal(ref.mxfp4_qdq(x), x)  # x is its own quant-dequant: the bytes below are x's scales
     _, s = ref.mxfp4_quantize(x)
@@ -106,8 +109,8 @@ def test_scale_range_edges(total, sx_choices):
     assert set(np.unique(ws).tolist()) == {total - v for v in sx_choices}
     terms = x.astype(np.float64)[:, None, :] * ref.mxfp4_dequantize(wp, ws)[None, :, :]
     want, mag = terms.sum(-1), np.abs(terms).sum(-1)
-    got = np.asarray(f8.mxfp4_mm_fp8mma(jnp.asarray(x), jnp.asarray(wp), jnp.asarray(ws), config=C(block_n=16),
-                                        interpret=True), np.float64)
+    got = np.asarray(f8.mxfp4_mm_fp8mma(jnp.asarray(x), jnp.asarray(wp), jnp.asarray(ws),
+                                        config=C(block_n=16, xq=xq), interpret=True), np.float64)
     assert np.all(np.abs(got - want) <= mag * (k + 2) * 2.0 ** -24)
     xla = np.asarray(mxfp4_mm_xla(jnp.asarray(x), jnp.asarray(wp), jnp.asarray(ws)), np.float64)
     assert np.all(np.abs(got - xla) <= mag * 2 * (k + 2) * 2.0 ** -24)
@@ -121,6 +124,31 @@ def test_scale_bytes_beyond_the_exact_range_are_loud():
     ws[3, 7] = f8.MAX_SCALE_BYTE + 1
     got = np.asarray(f8.mxfp4_mm_fp8mma(x, jnp.asarray(wp), jnp.asarray(ws), out_dtype=jnp.float32, interpret=True))
     assert not np.isfinite(got[0, 3]) and np.isfinite(np.delete(got, 3, axis=1)).all()
+
+
+def test_in_kernel_quantization_equals_quantize_mxfp4():
+    """``quantize_pairs_e4m3`` (the in-kernel x quantization) gives quantize_mxfp4's scale bytes and, as E4M3
+    values times 2**6, its E2M1 codes' values, on every rounding tie of the E2M1 grid, saturation, zero blocks and
+    scale bytes 2..248."""
+    rng = np.random.default_rng(3)
+    ties = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, 6.5, 0.1, 0.0, 6.0])
+    blocks = []
+    for sx in (2, 3, 100, 126, 127, 128, 200, 248):
+        v = rng.choice(np.concatenate([ties, -ties]), 32)
+        v[7] = 6.0  # the amax: byte sx
+        blocks.append(v * 2.0 ** (sx - 127))
+    blocks.append(np.zeros(32))
+    blocks.append(rng.normal(size=32) * 3.7)
+    x = np.concatenate(blocks)[None].astype(np.float32)
+    qe, qo, s = f8.quantize_pairs_e4m3(jnp.asarray(x[:, 0::2]), jnp.asarray(x[:, 1::2]))
+    packed, want_s = ref.mxfp4_quantize(x)
+    np.testing.assert_array_equal(np.asarray(s), want_s.astype(np.int64))
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(1, -1)
+    got = np.stack([np.asarray(qe), np.asarray(qo)], axis=-1).reshape(1, -1).astype(np.float64) * 64
+    np.testing.assert_array_equal(np.abs(got), np.abs(E2M1[codes]))
+    nz = E2M1[codes] != 0
+    np.testing.assert_array_equal(np.sign(got[nz]), np.sign(E2M1[codes][nz]))
+    np.testing.assert_array_equal(np.asarray(qe).astype(ml_dtypes.float8_e4m3fn).astype(np.float32), np.asarray(qe))
 
 
 def test_block_diagonal_and_prologue_layouts():
@@ -150,8 +178,10 @@ def test_fit_and_config_validation():
     c = f8.fit(C(cols=32, unroll=4), 16, 192, 32)  # 2-block groups, unroll shrinks to divide K = 3 * 64
     assert (c.blocks, c.unroll) == (2, 1)
     assert f8.fit(C(cols=16), 3, 4096, 64).blocks == 4  # 4 padded rows x 4 blocks
+    assert f8.fit(C(xq="kernel"), 1, 4096, 64).xq == "kernel"
+    assert f8.fit(C(xq="kernel"), 2, 4096, 64).xq == "xla" and f8.fit(C(xq="kernel"), 1, 64, 64).xq == "xla"
     for bad in (dict(cols=8), dict(block_n=48), dict(decode="ptx"), dict(xdiag="smem"), dict(blocks=3),
-                dict(split_k=-1)):
+                dict(split_k=-1), dict(xq="host")):
         with pytest.raises(ValueError):
             C(**bad)
     with pytest.raises(ValueError, match="M <= 16"):

@@ -26,6 +26,11 @@ at the end ``y[m, n] = sum_j acc[n, m * bks + j]``. The scale work per weight is
 at M = 1) instead of the bf16 kernels' per-weight scale multiply; the MMA computes ``mp * bks`` columns where
 ``mp`` carry data (idle tensor work, which a memory-bound decode has to spare).
 
+``Config.xq="kernel"`` (M = 1 only; ``fit`` falls back to the prologue elsewhere) drops the prologue: each group
+loads its slice of x's row (bf16, stride-2 loads of the even / odd columns), quantizes it with
+:func:`quantize_pairs_e4m3` (quantize_mxfp4's bytes and codes, bit for bit) and casts it to E4M3; every program
+repeats that for its K range (~4 elements a thread per group at ``block_n`` 64), saving the prologue's kernels.
+
 Exactness: the result equals ``mxfp4_mm_xla`` (f32 accumulation) up to the order of the f32 sums when every scale
 byte of w and of x's blocks is in 2..248 (every nonzero element a normal float32) and every product of a qdq'd
 activation and a dequantized weight is zero or a normal float32 (``2**(sw + sx - 254)`` between 2**-124 and
@@ -57,6 +62,7 @@ from quark_jax.quant import quantize_mxfp4
 MAX_M = 16
 DECODES = ("asm", "jnp")
 XDIAGS = ("kernel", "hbm")
+XQS = ("xla", "kernel")
 _SCALE_BIAS = 121  # 2**(s - 121) = 2**6 * 2**(s - 127): each operand's 2**-6 from the E4M3 re-expression undone
 MAX_SCALE_BYTE = 248  # 2**(248 - 121) = 2**127: the largest scale byte whose factor is a finite float32
 
@@ -83,6 +89,7 @@ class Config:
     decode: str = "asm"  # "asm" (PTX on 32-bit words, CUDA) or "jnp" (uint8 ops; interpret mode)
     xdiag: str = "kernel"  # x's block-diagonal operand: built per group in the kernel, or stored by the prologue
     blocks: int = 0  # MX blocks per group; 0: cols / (M rounded up to a power of two), at least 2 (``fit`` sets it)
+    xq: str = "xla"  # x's quantization: the XLA prologue, or in the kernel per group ("kernel": M = 1 only)
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_n", "cols", "unroll", "num_warps"))
@@ -95,6 +102,8 @@ class Config:
             raise ValueError(f"Config.decode: expected one of {DECODES}, got {self.decode!r}")
         if self.xdiag not in XDIAGS:
             raise ValueError(f"Config.xdiag: expected one of {XDIAGS}, got {self.xdiag!r}")
+        if self.xq not in XQS:
+            raise ValueError(f"Config.xq: expected one of {XQS}, got {self.xq!r}")
         if self.split_k < 0 or self.num_stages < 1 or self.programs < 1:
             raise ValueError(f"Config: split_k >= 0, num_stages >= 1, programs >= 1 needed, got {self.split_k}, "
                              f"{self.num_stages}, {self.programs}")
@@ -117,6 +126,8 @@ CANDIDATES = {
     "n64c32": Config(block_n=64, cols=32),  # M=1: 1024 K per group (32 KB step); M=16: 64 K, 2x idle columns
     "n64c16_hbm": Config(block_n=64, cols=16, xdiag="hbm"),  # x's block-diagonal operand from the prologue
     "n64c16_jnp": Config(block_n=64, cols=16, decode="jnp"),  # uint8 jnp planes (if the u8 PTX does not compile)
+    "n64c16_xk": Config(block_n=64, cols=16, xq="kernel"),  # M=1: x quantized per group in the kernel, no prologue
+    "n128c16_xk": Config(block_n=128, cols=16, xq="kernel"),  # the same, half the programs re-quantizing x
     "n64c32_u4": Config(block_n=64, cols=32, unroll=4),  # M=16: 4 groups of 64 K per step (8 KB of weight)
     "n128c32_u2": Config(block_n=128, cols=32, unroll=2),
 }
@@ -157,6 +168,8 @@ def fit(cfg: Config, m: int, k: int, n: int) -> Config:
     while k % (32 * bks) and bks > 2:
         bks //= 2
     cfg = dataclasses.replace(cfg, block_n=bn, blocks=bks, unroll=unroll)
+    if cfg.xq == "kernel" and (m != 1 or padded_rows(m, bks) != 1 or cfg.xdiag == "hbm"):
+        cfg = dataclasses.replace(cfg, xq="xla")  # the in-kernel quantization handles one row, built in the kernel
     step = 32 * bks * unroll
     splits = cfg.split_k
     if splits == 0:
@@ -270,8 +283,57 @@ def prologue(x, *, mp: int, bks: int, xdiag: str):
     return xe, xo, fx
 
 
-def _kernel(xe_ref, xo_ref, fx_ref, w_ref, s_ref, *rest, m: int, k: int, mp: int, cfg: Config, has_bias: bool,
-            partial: bool, out_dtype, interpret: bool):
+_F32_EXP_MASK = 0x7F800000
+_EVEN_ROUND_ADD = 1 << 21  # quant.mxfp4: "even" rounding of the block amax
+_SIGN = 0x80000000
+
+
+def _u32(v):
+    return lax.bitcast_convert_type(v, jnp.uint32)
+
+
+def _f32(bits):
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def quantize_pairs_e4m3(xe, xo):
+    """MXFP4 quantization of rows given as their even / odd columns ``xe``, ``xo`` (float32 [rows, K/2], K a
+    multiple of 32; MX block b = columns 16b..16b+15 of both), in ops the Triton lowering has: ``(qe, qo, s)``,
+    ``qe`` / ``qo`` the E2M1 values times 2**-6 (float32, each exactly an E4M3 value, the sign of x kept) and ``s``
+    the E8M0 bytes (int32 [rows, K/32]), the same bytes and codes as ``quant.quantize_mxfp4`` (its "even" amax
+    rounding by bit pattern, the division by the scale as a multiply by 2**(127 - s), E2M1 rounding half to even,
+    saturation at 6).
+
+    >>> x = jnp.concatenate([jnp.array([0.25, 0.75, 1.25, 1.75, 5.0]), jnp.zeros(27)])[None]
+    >>> qe, qo, s = quantize_pairs_e4m3(x[:, 0::2], x[:, 1::2])
+    >>> (qe[0, :3] * 64).tolist(), (qo[0, :2] * 64).tolist(), s.tolist()
+    ([0.0, 1.0, 4.0], [1.0, 2.0], [[127]])
+    """
+    rows, half = xe.shape
+    nb = half // 16
+    ae, ao = jnp.abs(xe).reshape(rows, nb, 16), jnp.abs(xo).reshape(rows, nb, 16)
+    amax = jnp.max(jnp.maximum(ae, ao), axis=2)  # [rows, nb]
+    biased = (((_u32(amax) + jnp.uint32(_EVEN_ROUND_ADD)) & jnp.uint32(_F32_EXP_MASK)) >> 23).astype(jnp.int32)
+    s = jnp.clip(biased - 2, 0, 254)
+    inv = _f32(jnp.clip(254 - s, 0, 254).astype(jnp.uint32) << 23)[:, :, None]  # 2**(127 - s)
+
+    def one(v):
+        vb = v.reshape(rows, nb, 16)
+        a = jnp.minimum(jnp.abs(vb * inv), jnp.float32(formats.E2M1_MAX))
+        magic = jnp.where(a < 2.0, jnp.float32(2.0 ** 22), jnp.where(a < 4.0, jnp.float32(2.0 ** 23),
+                                                                      jnp.float32(2.0 ** 24)))
+        r = ((a + magic) - magic) * jnp.float32(2.0 ** -6)  # float32 addition rounds half to even
+        return _f32(_u32(r) | (_u32(vb) & jnp.uint32(_SIGN))).reshape(rows, half)
+
+    return one(xe), one(xo), s
+
+
+def _kernel(*refs, m: int, k: int, mp: int, cfg: Config, has_bias: bool, partial: bool, out_dtype,
+            interpret: bool):
+    if cfg.xq == "kernel":
+        x_ref, w_ref, s_ref, *rest = refs
+    else:
+        xe_ref, xo_ref, fx_ref, w_ref, s_ref, *rest = refs
     b_ref = rest[0] if has_bias else None
     o_ref = rest[-1]
     bn, bks = cfg.block_n, cfg.blocks
@@ -283,11 +345,20 @@ def _kernel(xe_ref, xo_ref, fx_ref, w_ref, s_ref, *rest, m: int, k: int, mp: int
     steps = kh_len // (gh * cfg.unroll)
     f8 = jnp.float8_e4m3fn
 
+    def load_x(j0, parity):  # x's columns 2 j + parity for the group's packed bytes j (one row)
+        if interpret:  # interpret mode has no strided loads: the contiguous slice, then its parity's columns
+            return x_ref[pl.ds(0, 1), pl.ds(2 * j0, 2 * gh)].reshape(1, gh, 2)[:, :, parity].astype(jnp.float32)
+        return x_ref[pl.ds(0, 1), pl.ds(2 * j0 + parity, gh, stride=2)].astype(jnp.float32)
+
     def group(j0, acc):
         packed = w_ref[pl.ds(c0, bn), pl.ds(j0, gh)]
         sw = s_ref[pl.ds(c0, bn), pl.ds(j0 // 16, bks)].astype(jnp.int32)
         lo, hi = e4m3_planes_jnp(packed) if cfg.decode == "jnp" else _planes_asm(packed)
-        if cfg.xdiag == "hbm":
+        if cfg.xq == "kernel":  # one row: its even / odd columns, quantized to E4M3 bytes here
+            qe, qo, sx = quantize_pairs_e4m3(load_x(j0, 0), load_x(j0, 1))
+            xde, xdo = (block_diagonal(lax.bitcast_convert_type(q.astype(f8), jnp.uint8), bks) for q in (qe, qo))
+            fx = _scale_f32(sx)  # [1, bks]
+        elif cfg.xdiag == "hbm":
             xde, xdo = (r[pl.ds(0, c_used), pl.ds(j0, gh)] for r in (xe_ref, xo_ref))
         else:
             xde, xdo = (block_diagonal(r[pl.ds(0, mp), pl.ds(j0, gh)], bks) for r in (xe_ref, xo_ref))
@@ -297,7 +368,8 @@ def _kernel(xe_ref, xo_ref, fx_ref, w_ref, s_ref, *rest, m: int, k: int, mp: int
         fw = _scale_f32(sw)  # [bn, bks]
         if mp > 1:
             fw = jnp.broadcast_to(fw[:, None, :], (bn, mp, bks)).reshape(bn, c_used)
-        fx = fx_ref[pl.ds(j0 // gh, 1), :]  # [1, c_used]
+        if cfg.xq != "kernel":
+            fx = fx_ref[pl.ds(j0 // gh, 1), :]  # [1, c_used]
         return acc + p * (fw * fx)
 
     def body(i, acc):
@@ -370,19 +442,20 @@ def _fp8mma_jit(x, w_packed, w_scales, bias, *, out_dtype, cfg, interpret):
     n = w_packed.shape[0]
     bks = cfg.blocks
     mp = padded_rows(m, bks)
-    xe, xo, fx = prologue(x, mp=mp, bks=bks, xdiag=cfg.xdiag)
+    x_ops = [x] if cfg.xq == "kernel" else list(prologue(x, mp=mp, bks=bks, xdiag=cfg.xdiag))
     partial = cfg.split_k > 1
     has_bias = bias is not None and not partial
     out_shape = (jax.ShapeDtypeStruct((cfg.split_k, m, n), jnp.float32) if partial
                  else jax.ShapeDtypeStruct((m, n), out_dtype))
     kernel = functools.partial(_kernel, m=m, k=k, mp=mp, cfg=cfg, has_bias=has_bias, partial=partial,
                                out_dtype=out_dtype, interpret=interpret)
-    operands = [xe, xo, fx, w_packed, w_scales] + ([bias] if has_bias else [])
-    name = f"mxfp4_fp8mma_{cfg.block_n}c{cfg.cols}u{cfg.unroll}_s{cfg.split_k}_{cfg.xdiag}"
+    operands = x_ops + [w_packed, w_scales] + ([bias] if has_bias else [])
+    name = f"mxfp4_fp8mma_{cfg.block_n}c{cfg.cols}u{cfg.unroll}_s{cfg.split_k}_{cfg.xdiag}_x{cfg.xq}"
     y = tiling.triton_call(kernel, cfg=cfg, name=name, interpret=interpret, out_shape=out_shape,
                            grid=(n // cfg.block_n, cfg.split_k))(*operands)
     return tiling.finish_splits(y, bias, out_dtype) if partial else y
 
 
 __all__ = ["mxfp4_mm_fp8mma", "Config", "CANDIDATES", "DEFAULT", "fit", "supported", "padded_rows", "prologue",
+           "quantize_pairs_e4m3",
            "e4m3_bytes", "e4m3_planes_jnp", "e4m3_planes_words_np", "block_diagonal", "MAX_M", "MAX_SCALE_BYTE"]
