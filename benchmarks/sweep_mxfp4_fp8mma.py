@@ -97,7 +97,7 @@ def check(a) -> int:
     results, bad = [], 0
     rng = np.random.default_rng(0)
     shapes = _shapes(a)
-    points = [(m, *shapes[0], name) for m in (1, 16) for name in BY_M[m]]
+    points = [(m, *shapes[0], name) for m in (1, 16) for name in BY_M[m] + (("n64c16_pr",) if m == 1 else ())]
     points += [(1, k, n, "n64c16") for k, n in shapes[1:]] + [(5, *shapes[-1], "n64c16")]
     for m, k, n, name in points:
         if a.deadline and time.time() - t0 > a.deadline:

@@ -60,6 +60,7 @@ def _ref64(x, wp, ws, bias=None):
     (1, 64, 16, None),  # the smallest K: x padded to 8 rows so that 8 x 2 blocks fill the MMA's 16 columns
     (1, 1024, 32, C(block_n=16, split_k=2, xq="kernel")),  # x quantized in the kernel, K split
     (1, 512, 64, C(block_n=32, split_k=1, xq="kernel")),  # ... one group, bias fused
+    (2, 512, 32, C(block_n=16, mma="promote")),  # the two planes' dots promoted to f32 separately
 ])
 def test_equals_float64_and_xla_reference(m, k, n, cfg):
     rng = np.random.default_rng(m * 1000 + k + n)
@@ -181,7 +182,7 @@ def test_fit_and_config_validation():
     assert f8.fit(C(xq="kernel"), 1, 4096, 64).xq == "kernel"
     assert f8.fit(C(xq="kernel"), 2, 4096, 64).xq == "xla" and f8.fit(C(xq="kernel"), 1, 64, 64).xq == "xla"
     for bad in (dict(cols=8), dict(block_n=48), dict(decode="ptx"), dict(xdiag="smem"), dict(blocks=3),
-                dict(split_k=-1), dict(xq="host")):
+                dict(split_k=-1), dict(xq="host"), dict(mma="fp32")):
         with pytest.raises(ValueError):
             C(**bad)
     with pytest.raises(ValueError, match="M <= 16"):
@@ -202,3 +203,5 @@ def test_candidates_lower_for_cuda(m):
                                                      interpret=False))
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "xla.gpu.triton" in text, name
+        asm = cfg.decode == "asm"  # the weight-plane PTX and the x block mask are in the kernel's IR
+        assert ("0x1C1C1C1C" in text) == asm and ("and.b32 $0, $1, $2" in text) == (asm and cfg.xdiag == "kernel")

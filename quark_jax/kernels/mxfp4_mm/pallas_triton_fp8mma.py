@@ -19,8 +19,9 @@ j`` holds row m of x restricted to MX block j of the group, zeros elsewhere (:fu
 kernel from the [mp, 16 bks] planes, ``xdiag="kernel"``, or stored by the prologue, ``xdiag="hbm"``). So
 ``P[n, c] = w_lo @ xd_e^T + w_hi @ xd_o^T`` (two FP8 dots chained in the wgmma accumulator,
 ``triton_fp8_dot.fp8_dot_acc``) is, per column, the sum of exactly the 32 products of one MX block: ``2**-12``
-times a multiple of 0.25 below 1152 (13 significant bits, exact in Hopper's FP8 accumulator; exact in f32 off the
-GPU). The epilogue of a group is one f32 multiply-add per
+times a multiple of 0.25 below 1152 (13 significant bits, exact in Hopper's FP8 accumulator if it keeps ~14 bits
+as reported; exact in f32 off the GPU; ``Config.mma="promote"`` instead adds each K = 32 wgmma's product to f32,
+so the tensor core sums only 16 products of a block: 12 bits). The epilogue of a group is one f32 multiply-add per
 column: ``acc[n, c] += P[n, c] * (2**(sw[n, j] - 121) * 2**(sx[m, j] - 121))`` (= 2**12 * both E8M0 scales);
 at the end ``y[m, n] = sum_j acc[n, m * bks + j]``. The scale work per weight is ``mp / 16`` f32 operations (1/16
 at M = 1) instead of the bf16 kernels' per-weight scale multiply; the MMA computes ``mp * bks`` columns where
@@ -63,6 +64,7 @@ MAX_M = 16
 DECODES = ("asm", "jnp")
 XDIAGS = ("kernel", "hbm")
 XQS = ("xla", "kernel")
+MMAS = ("acc", "promote")
 _SCALE_BIAS = 121  # 2**(s - 121) = 2**6 * 2**(s - 127): each operand's 2**-6 from the E4M3 re-expression undone
 MAX_SCALE_BYTE = 248  # 2**(248 - 121) = 2**127: the largest scale byte whose factor is a finite float32
 
@@ -90,6 +92,7 @@ class Config:
     xdiag: str = "kernel"  # x's block-diagonal operand: built per group in the kernel, or stored by the prologue
     blocks: int = 0  # MX blocks per group; 0: cols / (M rounded up to a power of two), at least 2 (``fit`` sets it)
     xq: str = "xla"  # x's quantization: the XLA prologue, or in the kernel per group ("kernel": M = 1 only)
+    mma: str = "acc"  # "acc": both planes' FP8 dots chained in the wgmma accumulator; "promote": f32 after each wgmma
 
     def __post_init__(self):
         tiling.check_powers_of_two(self, ("block_n", "cols", "unroll", "num_warps"))
@@ -104,6 +107,8 @@ class Config:
             raise ValueError(f"Config.xdiag: expected one of {XDIAGS}, got {self.xdiag!r}")
         if self.xq not in XQS:
             raise ValueError(f"Config.xq: expected one of {XQS}, got {self.xq!r}")
+        if self.mma not in MMAS:
+            raise ValueError(f"Config.mma: expected one of {MMAS}, got {self.mma!r}")
         if self.split_k < 0 or self.num_stages < 1 or self.programs < 1:
             raise ValueError(f"Config: split_k >= 0, num_stages >= 1, programs >= 1 needed, got {self.split_k}, "
                              f"{self.num_stages}, {self.programs}")
@@ -128,6 +133,7 @@ CANDIDATES = {
     "n64c16_jnp": Config(block_n=64, cols=16, decode="jnp"),  # uint8 jnp planes (if the u8 PTX does not compile)
     "n64c16_xk": Config(block_n=64, cols=16, xq="kernel"),  # M=1: x quantized per group in the kernel, no prologue
     "n128c16_xk": Config(block_n=128, cols=16, xq="kernel"),  # the same, half the programs re-quantizing x
+    "n64c16_pr": Config(block_n=64, cols=16, mma="promote"),  # if the chained FP8 accumulation is not exact
     "n64c32_u4": Config(block_n=64, cols=32, unroll=4),  # M=16: 4 groups of 64 K per step (8 KB of weight)
     "n128c32_u2": Config(block_n=128, cols=32, unroll=2),
 }
@@ -231,23 +237,29 @@ def _planes_asm(packed):
                                               result_shape_dtypes=out)[0] for asm in (_PTX_LO, _PTX_HI))
 
 
-def block_diagonal(planes, bks: int):
+def block_diagonal(planes, bks: int, *, asm: bool = False):
     """x's block-diagonal operand of one group: ``planes`` [mp, G] (E4M3 bytes of one nibble plane, G = 16 * bks
     packed columns) -> [mp * bks, G], row ``m * bks + j`` = row m with every column outside MX block j (columns
-    16j..16j+15) zeroed.
+    16j..16j+15) zeroed. ``asm`` (CUDA only): the zeroing as one PTX ``and.b32`` per 4 bytes with a 0xFF / 0x00
+    byte mask (loop-invariant), instead of a select per byte.
 
     >>> block_diagonal(jnp.arange(1, 33, dtype=jnp.uint8)[None], 2)[:, 14:18].tolist()
     [[15, 16, 0, 0], [0, 0, 17, 18]]
     """
     mp, g = planes.shape
-    if mp == 1:
-        rows = lax.broadcasted_iota(jnp.int32, (bks, g), 0)
-        cols = lax.broadcasted_iota(jnp.int32, (bks, g), 1) // 16
-        return jnp.where(rows == cols, jnp.broadcast_to(planes, (bks, g)), jnp.zeros((), planes.dtype))
-    rows = lax.broadcasted_iota(jnp.int32, (mp, bks, g), 1)
-    cols = lax.broadcasted_iota(jnp.int32, (mp, bks, g), 2) // 16
-    full = jnp.broadcast_to(planes[:, None, :], (mp, bks, g))
-    return jnp.where(rows == cols, full, jnp.zeros((), planes.dtype)).reshape(mp * bks, g)
+    shape = (bks, g) if mp == 1 else (mp, bks, g)
+    rows = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 2)
+    cols = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1) // 16
+    full = jnp.broadcast_to(planes if mp == 1 else planes[:, None, :], shape)
+    if asm:
+        from jax.experimental.pallas import triton as plgpu
+
+        mask = jnp.where(rows == cols, jnp.uint8(0xFF), jnp.uint8(0))
+        [out] = plgpu.elementwise_inline_asm("and.b32 $0, $1, $2;", args=[full, mask], constraints="=r,r,r", pack=4,
+                                             result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.uint8)])
+    else:
+        out = jnp.where(rows == cols, full, jnp.zeros((), planes.dtype))
+    return out.reshape(mp * bks, g)
 
 
 def _scale_f32(sbytes_i32):
@@ -344,6 +356,7 @@ def _kernel(*refs, m: int, k: int, mp: int, cfg: Config, has_bias: bool, partial
     kh_len = k // 2 // cfg.split_k  # packed bytes per split
     steps = kh_len // (gh * cfg.unroll)
     f8 = jnp.float8_e4m3fn
+    asm = cfg.decode == "asm"  # PTX for the weight planes and for x's block mask (CUDA); else jnp ops
 
     def load_x(j0, parity):  # x's columns 2 j + parity for the group's packed bytes j (one row)
         if interpret:  # interpret mode has no strided loads: the contiguous slice, then its parity's columns
@@ -356,15 +369,20 @@ def _kernel(*refs, m: int, k: int, mp: int, cfg: Config, has_bias: bool, partial
         lo, hi = e4m3_planes_jnp(packed) if cfg.decode == "jnp" else _planes_asm(packed)
         if cfg.xq == "kernel":  # one row: its even / odd columns, quantized to E4M3 bytes here
             qe, qo, sx = quantize_pairs_e4m3(load_x(j0, 0), load_x(j0, 1))
-            xde, xdo = (block_diagonal(lax.bitcast_convert_type(q.astype(f8), jnp.uint8), bks) for q in (qe, qo))
+            xde, xdo = (block_diagonal(lax.bitcast_convert_type(q.astype(f8), jnp.uint8), bks, asm=asm)
+                        for q in (qe, qo))
             fx = _scale_f32(sx)  # [1, bks]
         elif cfg.xdiag == "hbm":
             xde, xdo = (r[pl.ds(0, c_used), pl.ds(j0, gh)] for r in (xe_ref, xo_ref))
         else:
-            xde, xdo = (block_diagonal(r[pl.ds(0, mp), pl.ds(j0, gh)], bks) for r in (xe_ref, xo_ref))
+            xde, xdo = (block_diagonal(r[pl.ds(0, mp), pl.ds(j0, gh)], bks, asm=asm) for r in (xe_ref, xo_ref))
         as8 = functools.partial(lax.bitcast_convert_type, new_dtype=f8)
-        p = triton_fp8_dot.fp8_dot_acc(as8(lo), as8(xde), jnp.zeros((bn, c_used), jnp.float32))
-        p = triton_fp8_dot.fp8_dot_acc(as8(hi), as8(xdo), p)
+        if cfg.mma == "promote":  # f32 promotion after every K = 32 wgmma: 16-product sums in the FP8 accumulator
+            p = (triton_fp8_dot.fp8_dot(as8(lo), as8(xde), promote=32)
+                 + triton_fp8_dot.fp8_dot(as8(hi), as8(xdo), promote=32))
+        else:  # one accumulator chain: each column's 32 products of its MX block summed by the tensor core
+            p = triton_fp8_dot.fp8_dot_acc(as8(lo), as8(xde), jnp.zeros((bn, c_used), jnp.float32))
+            p = triton_fp8_dot.fp8_dot_acc(as8(hi), as8(xdo), p)
         fw = _scale_f32(sw)  # [bn, bks]
         if mp > 1:
             fw = jnp.broadcast_to(fw[:, None, :], (bn, mp, bks)).reshape(bn, c_used)
