@@ -47,6 +47,9 @@ def pretend_gpu(monkeypatch, tmp_path):
 
 def test_cache_options_on_a_gpu_with_the_cache_and_explicit_options_win(pretend_gpu, monkeypatch):
     aot = {"xla_gpu_experimental_aot_compiled_thunks": True}
+    assert compile_cache.AOT_COMPILED_THUNKS is False  # off by default: jaxlib 0.11.2 (CUDA) has no such option
+    assert compile_cache.cache_compiler_options() == {}
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", True)
     assert compile_cache.cache_compiler_options() == aot
     assert g.decode_compiler_options() == aot
     assert g.prefill_compiler_options() == {"xla_gpu_enable_triton_gemm": False, **aot}
@@ -60,8 +63,18 @@ def test_cache_options_on_a_gpu_with_the_cache_and_explicit_options_win(pretend_
     assert compile_cache.cache_compiler_options() == {}
 
 
-def test_the_aot_option_is_one_this_jaxlib_knows(pretend_gpu):
-    """Compiled on the CPU backend (DebugOptions are shared): a renamed or removed option would raise here."""
+def test_the_aot_option_is_used_only_where_this_jaxlib_knows_it(pretend_gpu, monkeypatch):
+    """Compiled on the CPU backend (DebugOptions are shared). The CPU jaxlib 0.10.2 knows the option; a jaxlib
+    without it (the H200 image's 0.11.2) gets no option and a warning, never a failing compile."""
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", True)
+    known = compile_cache.option_known
+    monkeypatch.setattr(compile_cache, "option_known", lambda name: False)
+    with pytest.warns(RuntimeWarning, match="has no XLA option 'xla_gpu_experimental_aot_compiled_thunks'"):
+        assert compile_cache.cache_compiler_options() == {}
+    monkeypatch.setattr(compile_cache, "option_known", known)
+    assert compile_cache.option_known("xla_gpu_experimental_aot_compiled_thunkz") is False
+    if not compile_cache.option_known("xla_gpu_experimental_aot_compiled_thunks"):
+        pytest.skip("this jaxlib has no xla_gpu_experimental_aot_compiled_thunks")
     opts = compile_cache.cache_compiler_options()
     assert opts
     f = jax.jit(lambda x: x * 3 + 1, compiler_options=opts)
@@ -72,6 +85,7 @@ def test_the_aot_option_is_one_this_jaxlib_knows(pretend_gpu):
 
 def test_enabling_the_cache_gives_the_warmups_its_options(pretend_gpu, monkeypatch, tmp_path):
     monkeypatch.setattr(warmup, "COMPILER_OPTIONS", {})
+    monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", True)
     assert compile_cache.enable_compilation_cache() == str(tmp_path / "cache")  # already set: kept
     assert warmup.COMPILER_OPTIONS == {"xla_gpu_experimental_aot_compiled_thunks": True}
     monkeypatch.setattr(compile_cache, "AOT_COMPILED_THUNKS", False)

@@ -22,7 +22,9 @@ call serializes its compiled kernel with them (object file and GPU binary: a loa
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -31,12 +33,15 @@ __all__ = ["enable_compilation_cache", "default_cache_dir", "cache_compiler_opti
 
 _OFF = ("0", "off", "false", "no")
 
-AOT_COMPILED_THUNKS = True
-"""With the persistent cache on a GPU backend, compile generate's prefill and decode programs and the decode
+AOT_COMPILED_THUNKS = False
+"""True: with the persistent cache on a GPU backend, compile generate's prefill and decode programs and the decode
 kernel warm-ups with ``xla_gpu_experimental_aot_compiled_thunks`` (see the module docstring), so a second process
 loads them without compiling their Mosaic GPU kernels again (read when a model's programs are first built; the
-option is part of the cache key, so flipping it misses the other setting's entries). False: XLA's default form.
-An explicit entry in ``generation.PREFILL_COMPILER_OPTIONS`` / ``DECODE_COMPILER_OPTIONS`` wins."""
+option is part of the cache key, so flipping it misses the other setting's entries), where the running jaxlib
+knows the option (checked once per process; else skipped with a warning). Off by default: the H200 image's
+jaxlib 0.11.2 (CUDA) rejects the option ("No such compile option", session 10: every GPU compile failed with it
+on), although the CPU jaxlib 0.10.2 accepts it, so its effect is unmeasured. An explicit entry in
+``generation.PREFILL_COMPILER_OPTIONS`` / ``DECODE_COMPILER_OPTIONS`` wins."""
 
 _AOT_OPTION = "xla_gpu_experimental_aot_compiled_thunks"
 
@@ -92,7 +97,28 @@ def cache_compiler_options() -> dict:
     """
     if not AOT_COMPILED_THUNKS or jax.default_backend() != "gpu" or not jax.config.jax_compilation_cache_dir:
         return {}
+    if not option_known(_AOT_OPTION):
+        warnings.warn(f"AOT_COMPILED_THUNKS: this jaxlib ({jax.__version__}) has no XLA option {_AOT_OPTION!r}; "
+                      "compiling without it", RuntimeWarning, stacklevel=2)
+        return {}
     return {_AOT_OPTION: True}
+
+
+@functools.cache
+def option_known(name: str) -> bool:
+    """Whether the running jaxlib's XLA accepts the boolean compile option ``name`` (one tiny compile per name
+    and process on the default backend; XLA's debug options are shared by its backends).
+
+    >>> option_known("xla_gpu_enable_triton_gemm"), option_known("xla_no_such_option_here")
+    (True, False)
+    """
+    try:
+        jax.jit(lambda v: v + 1, compiler_options={name: True}).lower(jax.numpy.float32(0)).compile()
+    except Exception as e:  # noqa: BLE001 - XLA raises a runtime error type that differs across jaxlib versions
+        if "No such compile option" in str(e):
+            return False
+        raise
+    return True
 
 
 def _share_options_with_warmups() -> None:
