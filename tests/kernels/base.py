@@ -112,3 +112,32 @@ class KernelContract:
             got = self.entry(data, "auto")
             assert len(calls) == (1 if want == "pallas" else 0), (m, want)
             self.entry_check(got, self.entry(data, want), data)
+
+
+def triton_ir(fn, *args) -> list[str]:
+    """The Triton IR text of every Pallas-Triton kernel in ``jax.jit(fn)``'s CUDA lowering for ``args`` (arrays or
+    ShapeDtypeStructs), lowered on any host: jax's private MLIR with the Triton dialect parses (and so verifies)
+    each custom call's IR bytecode, as XLA does before compiling it (an op the Triton verifier rejects raises
+    here, e.g. an unsigned integer result of an inline-asm op)."""
+    ir = pytest.importorskip("jax._src.lib.mlir").ir  # jax's private MLIR and Triton dialect bindings
+    tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
+    import jax
+
+    module = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
+    blobs = []
+
+    def walk(op):
+        for region in op.regions:
+            for block in region:
+                for o in block:
+                    if o.name == "stablehlo.custom_call" and "triton" in str(o.attributes["call_target_name"]):
+                        blobs.append(ir.StringAttr(o.attributes["mhlo.backend_config"]["ir"]).value_bytes)
+                    walk(o)
+
+    walk(module.operation)
+    texts = []
+    for blob in blobs:
+        with ir.Context() as ctx:
+            tt_dialect.register_dialect(ctx)
+            texts.append(str(ir.Module.parse(blob)))
+    return texts

@@ -16,7 +16,7 @@ import pytest
 
 import kernel_reference as kref
 import reference_numpy as ref
-from kernels.base import KernelContract, Variant
+from kernels.base import KernelContract, Variant, triton_ir
 from quark_jax import kernels
 from quark_jax.kernels.grouped_mm import pallas_triton
 from quark_jax.kernels.grouped_mm.xla import grouped_mm_xla
@@ -341,29 +341,13 @@ def test_fp8_wgmma_variant_matches_the_reference():
 
 def _triton_ir(scheme, cfg, args):
     """The Triton IR text that the CUDA lowering of the grouped kernel (``scheme``, ``cfg``, operands ``args``)
-    embeds: lowered on any host, jax's private MLIR with the Triton dialect parses the custom call's IR bytecode."""
+    embeds (``base.triton_ir``)."""
     from functools import partial
 
-    ir = pytest.importorskip("jax._src.lib.mlir").ir  # jax's private MLIR and Triton dialect bindings
-    tt_dialect = pytest.importorskip("jax._src.lib.triton").dialect
     f = partial(pallas_triton._grouped_jit, scheme=scheme, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg,
                 interpret=False)
-    module = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
-    blobs = []
-
-    def walk(op):
-        for region in op.regions:
-            for block in region:
-                for o in block:
-                    if o.name == "stablehlo.custom_call" and "triton" in str(o.attributes["call_target_name"]):
-                        blobs.append(ir.StringAttr(o.attributes["mhlo.backend_config"]["ir"]).value_bytes)
-                    walk(o)
-
-    walk(module.operation)
-    assert len(blobs) == 1
-    with ir.Context() as ctx:
-        tt_dialect.register_dialect(ctx)
-        return str(ir.Module.parse(blobs[0]))
+    [text] = triton_ir(f, *args)
+    return text
 
 
 def _triton_dots(cfg, m, k, n, e):

@@ -232,9 +232,12 @@ def e4m3_planes_words_np(packed_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def _planes_asm(packed):
     from jax.experimental.pallas import triton as plgpu
 
-    out = [jax.ShapeDtypeStruct(packed.shape, jnp.uint8)]
-    return tuple(plgpu.elementwise_inline_asm(asm, args=[packed], constraints="=r,r", pack=4,
-                                              result_shape_dtypes=out)[0] for asm in (_PTX_LO, _PTX_HI))
+    # int8 results: Triton's inline-asm op takes signless integers only, and Pallas types a uint8 result "ui8"
+    # (the H200 run of session 10 failed to parse the module with uint8 here); the bytes are bitcast back
+    out = [jax.ShapeDtypeStruct(packed.shape, jnp.int8)]
+    return tuple(lax.bitcast_convert_type(plgpu.elementwise_inline_asm(
+        asm, args=[packed], constraints="=r,r", pack=4, result_shape_dtypes=out)[0], jnp.uint8)
+        for asm in (_PTX_LO, _PTX_HI))
 
 
 def block_diagonal(planes, bks: int, *, asm: bool = False):
@@ -256,7 +259,8 @@ def block_diagonal(planes, bks: int, *, asm: bool = False):
 
         mask = jnp.where(rows == cols, jnp.uint8(0xFF), jnp.uint8(0))
         [out] = plgpu.elementwise_inline_asm("and.b32 $0, $1, $2;", args=[full, mask], constraints="=r,r,r", pack=4,
-                                             result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.uint8)])
+                                             result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.int8)])
+        out = lax.bitcast_convert_type(out, jnp.uint8)  # int8 result: see _planes_asm
     else:
         out = jnp.where(rows == cols, full, jnp.zeros((), planes.dtype))
     return out.reshape(mp * bks, g)
