@@ -47,6 +47,8 @@ VARIANTS = {
     "base": ["quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=false", "quark_jax.nn.warmup.WAIT_S=0"],
     "aot": ["quark_jax.nn.warmup.WAIT_S=0"],
     "wait": ["quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=false"],
+    "off": ["quark_jax.nn.warmup.DECODE_KERNEL_WARMUP=null", "quark_jax.nn.warmup.WAIT_S=0"],  # no warm-ups
+    "compile": ["quark_jax.nn.warmup.DECODE_KERNEL_WARMUP=compile"],  # warm-ups only if the decode compiles > 1 s
 }
 _RECORD = re.compile(r"Finished (tracing(?: \+ transforming)?|jaxpr to MLIR module conversion|XLA compilation of) "
                      r"(?:jit\()?([\w<>.-]+?)\)?(?: for (?:pjit|jit))? in ([0-9.e-]+) sec")
