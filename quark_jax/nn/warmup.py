@@ -31,9 +31,12 @@ from flax import nnx
 
 __all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels", "wait_for_warmups"]
 
-DECODE_KERNEL_WARMUP = "generate"
-"""When the warm-ups start (on a GPU backend; read at each call): "generate" (default: the first ``generate``
-submits them before its programs compile; the load is left alone), "compile" (only once the decode program's XLA
+DECODE_KERNEL_WARMUP = None
+"""When the warm-ups start (on a GPU backend; read at each call). Default None (off: the decode program compiles its
+kernels itself): measured best on the H200 (session 10, 8B MXFP4, `benchmarks/compile_phases.py`): first
+``generate`` 22.3 s with an empty cache and 7.9 s in a warm second process without warm-ups, against 26.0 / 10.7 s
+with "generate" and :data:`WAIT_S` 0 (session 9's form) and 32.4 / 11.2 s with the wait (every process's tokens
+equal). "generate": the first ``generate`` submits them before its programs compile (the load is left alone), "compile" (only once the decode program's XLA
 compile has run :data:`WARM_AFTER_S` without finishing: a second process whose compilation cache is warm never
 traces them, at the price of a later start), "load" (``load_weights`` submits each geometry's as its first layer
 loads: off the first call's path, but their Python lowering, ~0.3 s each, shares the interpreter with the load's
@@ -45,8 +48,8 @@ WARM_AFTER_S = 1.0
 """``DECODE_KERNEL_WARMUP = "compile"``: seconds the decode program's compile runs before the warm-ups start (a
 persistent-cache hit returns sooner)."""
 
-WAIT_S = 30.0
-"""Seconds the first ``generate``'s prefill and decode programs, traced and lowered, wait for the warm-ups it found
+WAIT_S = 0.0
+"""(0 by default: the wait measured slower, see :data:`DECODE_KERNEL_WARMUP`.) Seconds the first ``generate``'s prefill and decode programs, traced and lowered, wait for the warm-ups it found
 in flight before their XLA compiles start (see the module docstring). Non-zero also orders the call's Python
 work: the warm-ups are lowered in the calling thread, then the prefill, then the decode is traced. None or 0:
 none of this (session 9's order: everything at once in 6 threads, no wait)."""
