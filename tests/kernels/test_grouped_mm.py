@@ -452,10 +452,11 @@ def test_fp8_prefill_knob_selects_the_candidates(monkeypatch):
 def test_config_fit_and_errors():
     cfg = pallas_triton.fit(C(block_m=128, block_n=128, block_k=256, split_k=4), m=3, k=96, n=48, scheme="fp8")
     assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k) == (16, 16, 32, 1)
-    # decode at the Mixtral shapes: the down projection (N = 4096) splits K to reach MIN_PROGRAMS, gate/up not
+    # decode at the Mixtral shapes: the down projection (N = 4096) splits K to reach the MXFP4 decode's 512
+    # programs (2 items x 64 tiles x 4), gate/up (2 x 224 tiles) only to 2
     down = pallas_triton.default_config(2, 14336, 4096, scheme="mxfp4", e=8)
     up = pallas_triton.default_config(2, 4096, 14336, scheme="mxfp4", e=8)
-    assert (down.block_m, down.block_n, down.split_k) == (16, 64, 2) and up.split_k == 1
+    assert (down.block_m, down.block_n, down.split_k) == (16, 64, 4) and up.split_k == 2
     pre = pallas_triton.default_config(4096, 4096, 14336, scheme="bf16", e=8)
     assert (pre.block_m, pre.block_n, pre.block_k, pre.split_k, pre.w_major) == (128, 128, 64, 1, False)
     with pytest.raises(ValueError, match="N = 40 must be a multiple of 16"):
