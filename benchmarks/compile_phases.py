@@ -5,10 +5,13 @@ processes, each loading it and timing its first ``generate`` (prompt 128, 128 ne
 for each variant, one with an empty persistent compilation cache ("cold") and one more on the cache the cold
 one filled ("warm"). Variants:
 
-* ``new``: the library's defaults (prefill / decode XLA compiles wait for the Mosaic kernel warm-ups,
-  ``nn.warmup.WAIT_S``; cache entries with compiled thunks, ``models.compile_cache.AOT_COMPILED_THUNKS``);
-* ``base``: both off (session 10's main before this change);
-* ``aot``: only the compiled-thunks entries (no wait); ``wait``: only the wait.
+* ``new``: the library's defaults (since session 10's measurements: no kernel warm-ups, no wait, no
+  compiled-thunks option);
+* ``base``: session 9's first call (warm-ups at the first ``generate``, no wait); ``wait``: warm-ups and the
+  prefill / decode compiles waiting for them (``nn.warmup.WAIT_S``); ``aot``: warm-ups and cache entries with
+  compiled thunks (``models.compile_cache.AOT_COMPILED_THUNKS``; not in jaxlib 0.11.2); ``off``: no warm-ups;
+  ``compile``: warm-ups only once the decode compile runs > 1 s; ``par``: the defaults with XLA's parallel LLVM
+  module compilation (``xla_gpu_enable_llvm_module_compilation_parallelism``) for the prefill and decode.
 
 Per process, from JAX's own log records (``jax_log_compiles``; times from the start of the call): per program
 (``prefill``, ``decode``, the warm-ups' ``_linear_call``) its tracing, MLIR lowering and XLA compile seconds and
@@ -42,13 +45,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+_W = "quark_jax.nn.warmup."
+_PAR = '"xla_gpu_enable_llvm_module_compilation_parallelism": true'
 VARIANTS = {
     "new": [],
-    "base": ["quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=false", "quark_jax.nn.warmup.WAIT_S=0"],
-    "aot": ["quark_jax.nn.warmup.WAIT_S=0"],
-    "wait": ["quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=false"],
-    "off": ["quark_jax.nn.warmup.DECODE_KERNEL_WARMUP=null", "quark_jax.nn.warmup.WAIT_S=0"],  # no warm-ups
-    "compile": ["quark_jax.nn.warmup.DECODE_KERNEL_WARMUP=compile"],  # warm-ups only if the decode compiles > 1 s
+    "base": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=0"],
+    "aot": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=0",
+            "quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=true"],
+    "wait": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=30"],
+    "off": [_W + "DECODE_KERNEL_WARMUP=null", _W + "WAIT_S=0"],  # no warm-ups
+    "compile": [_W + "DECODE_KERNEL_WARMUP=compile"],  # warm-ups only if the decode compile runs > 1 s
+    "par": ["quark_jax.models.generation.DECODE_COMPILER_OPTIONS={" + _PAR + "}",
+            'quark_jax.models.generation.PREFILL_COMPILER_OPTIONS={"xla_gpu_enable_triton_gemm": false, ' + _PAR + "}"],
 }
 _RECORD = re.compile(r"Finished (tracing(?: \+ transforming)?|jaxpr to MLIR module conversion|XLA compilation of) "
                      r"(?:jit\()?([\w<>.-]+?)\)?(?: for (?:pjit|jit))? in ([0-9.e-]+) sec")
