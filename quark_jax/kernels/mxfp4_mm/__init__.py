@@ -5,7 +5,9 @@ table may name, per decode shape, ``pallas_triton_gemv.py``'s one-kernel decode 
 activation quant-dequant inside; benchmarks/NOTES.md "Session 9, helper mx4dec");
 ``pallas_mosaic_gpu.py`` the Hopper (TMA + wgmma) decode kernel for M <= 16 (``impl="mosaic"``), which ``auto`` runs
 at M <= 16 on sm90 cards (their tuning tables; benchmarks/NOTES.md "Session 8, helper mxauto") where it takes the
-operands (bf16 x, or f32 x with ``quantize_input``; N, K multiples of 64), else the Triton kernel.
+operands (bf16 x, or f32 x with ``quantize_input``; N, K multiples of 64), else the Triton kernel;
+``pallas_triton_fp8mma.py`` a W4A4 decode GEMM on FP8 MMAs (experimental, outside ``auto``: measured within +-10% of
+the Mosaic kernel, benchmarks/NOTES.md "Session 10").
 """
 
 from __future__ import annotations
