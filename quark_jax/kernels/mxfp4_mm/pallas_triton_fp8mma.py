@@ -57,7 +57,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from quark_jax import formats
-from quark_jax.kernels import _dispatch, tiling, triton_fp8_dot
+from quark_jax.kernels import _dispatch, _validate, tiling, triton_fp8_dot
 from quark_jax.quant import quantize_mxfp4
 
 MAX_M = 16
@@ -445,9 +445,8 @@ def mxfp4_mm_fp8mma(x, w_packed, w_scales, bias=None, *, out_dtype=None, config=
     if not supported(x.dtype, m, k, n):
         raise ValueError(f"mxfp4_mm_fp8mma: needs float x with 1 <= M <= {MAX_M}, N % 16 == 0, K % 64 == 0; got "
                          f"{x.dtype} x of shape {tuple(x.shape)}, N = {n}")
-    if w_packed.shape != (n, k // 2) or w_scales.shape != (n, k // formats.MX_BLOCK_SIZE):
-        raise ValueError(f"mxfp4_mm_fp8mma: w_packed {tuple(w_packed.shape)} / w_scales {tuple(w_scales.shape)} "
-                         f"do not match K = {k}")
+    _validate.packed_shape("w_packed", w_packed, (n, k // 2), k)
+    _validate.packed_shape("w_scales", w_scales, (n, k // formats.MX_BLOCK_SIZE), k)
     out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
     interpret = _dispatch.pallas_interpret() if interpret is None else bool(interpret)
     if isinstance(config, str):
