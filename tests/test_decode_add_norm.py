@@ -12,15 +12,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from conftest import variant_dir
+from decode_step_helpers import fp8_pallas_model
 import quark_jax.data
-from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
 from quark_jax.kernels.tiling import SplitSums
 from quark_jax.models import from_pretrained, llama
-from quark_jax.nn import QuarkLinear
 
 def decode_step(model, impl):
     """(logits, cache leaves, add_rmsnorm calls traced) of one decode token at slot 2 of an 4-slot cache holding
@@ -71,12 +69,7 @@ def check_same(got, ref, cache, ref_cache):
 def test_fp8_decode_step_equals_unfused(monkeypatch):
     """The FP8 GEMMs on the Pallas kernel with K split in two (as o_proj / down run at decode on the H200): o_proj
     and down_proj hand their unfinished sums to the next norm kernel, which runs their epilogue."""
-    model = from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
-    for _, layer in nnx.iter_graph(model):
-        if isinstance(layer, QuarkLinear):
-            layer.scheme = layer.scheme.replace(impl="pallas")
-    split = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=2, inner="wx")
-    monkeypatch.setattr(fp8_pallas, "select", lambda m, k, n: fp8_pallas.fit(split, m, k, n))
+    model = fp8_pallas_model(monkeypatch, split_k=2)
     ref, ref_cache, ref_calls = decode_step(model, None)
     got, cache, calls = decode_step(model, "pallas")
     check_same(got, ref, cache, ref_cache)

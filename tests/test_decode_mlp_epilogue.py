@@ -10,13 +10,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from conftest import variant_dir
+from decode_step_helpers import fp8_pallas_model, greedy_cached_steps
 import quark_jax.data
 from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
 from quark_jax.models import from_pretrained, llama
-from quark_jax.nn import QuarkLinear
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -31,20 +29,9 @@ def decode_steps(model, flag, monkeypatch):
 
     monkeypatch.setattr(fp8_pallas, "fp8_gate_up_silu_pallas", recorder)
     monkeypatch.setattr(llama, "DECODE_MLP_EPILOGUE", flag)
-    jax.clear_caches()
-    graphdef, state = nnx.split(model)
-    cache = model.init_cache(1, 8)
-    r = np.random.default_rng(0)
-    cache = jax.tree_util.tree_map(lambda a: jnp.asarray(r.standard_normal(a.shape) * 0.5).astype(a.dtype), cache)
-    step = jax.jit(lambda st, ids, c, s: nnx.merge(graphdef, st).forward_cached(ids, c, s))
-    tok, first, toks = jnp.asarray([[7]], jnp.int32), None, []
-    for slot in range(2, 5):
-        logits, cache = step(state, tok, cache, jnp.int32(slot))
-        first = np.asarray(logits.astype(jnp.float32)) if first is None else first
-        tok = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
-        toks.append(int(tok[0, 0]))
+    first, leaves, toks = greedy_cached_steps(model)
     monkeypatch.setattr(fp8_pallas, "fp8_gate_up_silu_pallas", entry)
-    return first, [np.asarray(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(cache)], toks, seen
+    return first, leaves, toks, seen
 
 
 def check_same(got, ref):
@@ -57,12 +44,7 @@ def check_same(got, ref):
 
 
 def test_fp8_decode_with_mlp_epilogue_equals_as_written(monkeypatch):
-    model = from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
-    for _, layer in nnx.iter_graph(model):
-        if isinstance(layer, QuarkLinear):
-            layer.scheme = layer.scheme.replace(impl="pallas")
-    unsplit = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=1, inner="wx")
-    monkeypatch.setattr(fp8_pallas, "select", lambda m, k, n: fp8_pallas.fit(unsplit, m, k, n))
+    model = fp8_pallas_model(monkeypatch, split_k=1)
     ref = decode_steps(model, False, monkeypatch)
     got = decode_steps(model, True, monkeypatch)
     assert ref[3] == [] and len(got[3]) == 1  # one trace serves both layers

@@ -11,14 +11,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-from conftest import variant_dir
+from decode_step_helpers import fp8_pallas_model
 import quark_jax.data
 from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
 from quark_jax.models import from_pretrained, llama
-from quark_jax.nn import QuarkLinear
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -68,12 +66,7 @@ def check_same(got, ref):
 def test_fp8_decode_with_prologue_fusion_equals_unfused(monkeypatch):
     """FP8 static per-tensor, vLLM's fused layout, the GEMMs on the Pallas kernel (interpret mode here) with K
     split in two: qkv_proj and gate_up_proj take the norm's operands, down_proj the gate_up output."""
-    model = from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
-    for _, layer in nnx.iter_graph(model):
-        if isinstance(layer, QuarkLinear):
-            layer.scheme = layer.scheme.replace(impl="pallas")
-    split = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=2, inner="wx")
-    monkeypatch.setattr(fp8_pallas, "select", lambda m, k, n: fp8_pallas.fit(split, m, k, n))
+    model = fp8_pallas_model(monkeypatch, split_k=2)
     ref = decode_step(model, False)
     got = decode_step(model, True)
     check_same(got, ref)

@@ -9,15 +9,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from conftest import variant_dir
+from decode_step_helpers import fp8_pallas_model, greedy_cached_steps
 import quark_jax.data
 from quark_jax import kernels
 from quark_jax.kernels import SplitSums
-from quark_jax.kernels.fp8_scaled_mm import pallas_triton as fp8_pallas
 from quark_jax.models import from_pretrained, llama
-from quark_jax.nn import QuarkLinear
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -33,19 +30,8 @@ def decode_steps(model, flag, monkeypatch):
 
     monkeypatch.setattr(llama, "rope_cache_update", recorder)
     monkeypatch.setattr(llama, "DECODE_ROPE_CACHE", flag)
-    jax.clear_caches()
-    graphdef, state = nnx.split(model)
-    cache = model.init_cache(1, 8)
-    r = np.random.default_rng(0)
-    cache = jax.tree_util.tree_map(lambda a: jnp.asarray(r.standard_normal(a.shape) * 0.5).astype(a.dtype), cache)
-    step = jax.jit(lambda st, ids, c, s: nnx.merge(graphdef, st).forward_cached(ids, c, s))
-    tok, first, toks = jnp.asarray([[7]], jnp.int32), None, []
-    for slot in range(2, 5):
-        logits, cache = step(state, tok, cache, jnp.int32(slot))
-        first = np.asarray(logits.astype(jnp.float32)) if first is None else first
-        tok = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
-        toks.append(int(tok[0, 0]))
-    return first, [np.asarray(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(cache)], toks, seen
+    first, leaves, toks = greedy_cached_steps(model)
+    return first, leaves, toks, seen
 
 
 def check_same(got, ref):
@@ -58,12 +44,7 @@ def check_same(got, ref):
 def test_fp8_decode_with_rope_cache_kernel_equals_as_written(monkeypatch):
     """Static FP8, vLLM's fused layout, the GEMMs on the Pallas kernel with K split in two: the kernel takes the
     qkv GEMM's SplitSums and finishes them itself."""
-    model = from_pretrained(variant_dir("bf16_w_fp8_a_fp8_pertensor_static"), fuse_projections=True)
-    for _, layer in nnx.iter_graph(model):
-        if isinstance(layer, QuarkLinear):
-            layer.scheme = layer.scheme.replace(impl="pallas")
-    split = fp8_pallas.Config(block_m=16, block_n=32, block_k=32, split_k=2, inner="wx")
-    monkeypatch.setattr(fp8_pallas, "select", lambda m, k, n: fp8_pallas.fit(split, m, k, n))
+    model = fp8_pallas_model(monkeypatch, split_k=2)
     ref = decode_steps(model, None, monkeypatch)
     got = decode_steps(model, "pallas", monkeypatch)
     assert ref[3] == [] and got[3] == [("SplitSums", "pallas")]  # one trace serves both layers
