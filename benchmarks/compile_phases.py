@@ -7,8 +7,7 @@ one filled ("warm"). Variants:
 
 * ``new``: the library's defaults (since session 10's measurements: no kernel warm-ups, no wait, no
   compiled-thunks option);
-* ``base``: session 9's first call (warm-ups at the first ``generate``, no wait); ``wait``: warm-ups and the
-  prefill / decode compiles waiting for them (``nn.warmup.WAIT_S``); ``aot``: warm-ups and cache entries with
+* ``base``: session 9's first call (warm-ups at the first ``generate``); ``aot``: warm-ups and cache entries with
   compiled thunks (``models.compile_cache.AOT_COMPILED_THUNKS``; not in jaxlib 0.11.2); ``off``: no warm-ups;
   ``compile``: warm-ups only once the decode compile runs > 1 s; ``par``: the defaults with XLA's parallel LLVM
   module compilation (``xla_gpu_enable_llvm_module_compilation_parallelism``) for the prefill and decode.
@@ -49,11 +48,9 @@ _W = "quark_jax.nn.warmup."
 _PAR = '"xla_gpu_enable_llvm_module_compilation_parallelism": true'
 VARIANTS = {
     "new": [],
-    "base": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=0"],
-    "aot": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=0",
-            "quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=true"],
-    "wait": [_W + "DECODE_KERNEL_WARMUP=generate", _W + "WAIT_S=30"],
-    "off": [_W + "DECODE_KERNEL_WARMUP=null", _W + "WAIT_S=0"],  # no warm-ups
+    "base": [_W + "DECODE_KERNEL_WARMUP=generate"],
+    "aot": [_W + "DECODE_KERNEL_WARMUP=generate", "quark_jax.models.compile_cache.AOT_COMPILED_THUNKS=true"],
+    "off": [_W + "DECODE_KERNEL_WARMUP=null"],  # no warm-ups (= new since session 10)
     "compile": [_W + "DECODE_KERNEL_WARMUP=compile"],  # warm-ups only if the decode compile runs > 1 s
     "par": ["quark_jax.models.generation.DECODE_COMPILER_OPTIONS={" + _PAR + "}",
             'quark_jax.models.generation.PREFILL_COMPILER_OPTIONS={"xla_gpu_enable_triton_gemm": false, ' + _PAR + "}"],
@@ -157,7 +154,7 @@ def child(args) -> None:
         warmups=[(round(a - start, 3), round(b - start, 3)) for a, b in warm_spans],
         cache_events=events[:40],
         options=dict(aot=__import__("quark_jax.models.compile_cache", fromlist=["x"]).cache_compiler_options(),
-                     wait_s=warmup.WAIT_S, warmup_point=warmup.DECODE_KERNEL_WARMUP))
+                     warmup_point=warmup.DECODE_KERNEL_WARMUP))
     if trace_dir:
         result["profile"] = summarize_trace(trace_dir, start)
     print("RESULT " + json.dumps(result), flush=True)

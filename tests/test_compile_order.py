@@ -1,18 +1,13 @@
 """The first ``generate``'s compile order and the persistent cache's executable form (issue 14 item 2, session 10).
 
-* The prefill and decode programs start their XLA compiles only once the decode-kernel warm-ups the call
-  submitted are done (``nn.warmup.wait_for_warmups``: XLA's LLVM options lock admits holders with identical
-  options only, so a Mosaic kernel compile that starts after an XLA program's backend waits for it), each program
-  compiling exactly once (the prefill's call reuses the lowering made before the wait).
-* With the persistent cache on a GPU backend the programs compile with ``xla_gpu_experimental_aot_compiled_thunks``
-  (the cache entry holds the thunks, so a cache hit compiles no Mosaic kernel again), an option this jaxlib
-  accepts (a misspelt compile option is an error at compile time).
+* Kernel warm-ups in flight never hold the first call's compiles back.
+* With ``compile_cache.AOT_COMPILED_THUNKS`` (off by default) and the persistent cache on a GPU backend the
+  programs compile with ``xla_gpu_experimental_aot_compiled_thunks`` where the running jaxlib knows it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import threading
 import time
 from pathlib import Path
@@ -97,85 +92,6 @@ def test_enabling_the_cache_gives_the_warmups_its_options(pretend_gpu, monkeypat
     assert warmup._jitted(()) is not warmup._jitted((("xla_gpu_experimental_aot_compiled_thunks", True),))
 
 
-def test_wait_for_warmups():
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    gate = threading.Event()
-    slow = pool.submit(gate.wait)
-    assert warmup.wait_for_warmups([]) is True
-    assert warmup.wait_for_warmups([slow], timeout=0.05) is False  # times out, returns
-    gate.set()
-    assert warmup.wait_for_warmups([slow], timeout=5) is True
-    pool.shutdown()
-
-
-def test_first_generate_compiles_after_the_kernel_warmups(monkeypatch, tmp_path):
-    """A warm-up in flight (0.6 s): the prefill and decode backend compiles both start after it is done, and each
-    program compiles once; without warm-ups (later calls) nothing waits. (An opt-in since session 10: the
-    defaults are no warm-ups and ``WAIT_S = 0``, measured faster.)"""
-    from jax._src import compiler
-
-    assert warmup.WAIT_S == 0 and warmup.DECODE_KERNEL_WARMUP is None
-    monkeypatch.setattr(warmup, "WAIT_S", 30.0)
-    monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
-    monkeypatch.setattr(g, "_PROGRAMS", {})
-    jax.clear_caches()
-    model = from_pretrained(FIXTURE)
-    starts: list = []
-    real = compiler.backend_compile_and_load
-
-    def recording(backend, module, *args, **kwargs):
-        name = str(module.operation.attributes["sym_name"]).strip('"')
-        starts.append((name, time.perf_counter()))
-        return real(backend, module, *args, **kwargs)
-
-    monkeypatch.setattr(compiler, "backend_compile_and_load", recording)
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    done_at = []
-
-    def kernel_job():
-        time.sleep(0.6)
-        done_at.append(time.perf_counter())
-
-    submitted = []
-
-    def fake_warm(model_, batch, at="generate"):
-        if at != "generate":
-            return []
-        submitted.append(pool.submit(kernel_job))
-        return submitted[-1:]
-
-    monkeypatch.setattr(g, "_warm_kernels", fake_warm)
-    ids = np.array([[3, 5, 7, 9]], np.int32)
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Keep()
-    logging.getLogger("jax").addHandler(handler)
-    was = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)  # process-wide: the decode compiles in another thread
-    try:
-        first = np.asarray(g.generate(model, ids, 4))
-    finally:
-        jax.config.update("jax_log_compiles", was)
-        logging.getLogger("jax").removeHandler(handler)
-    assert len(submitted) == 1 and done_at
-    prefill = [t for n, t in starts if n.startswith("jit_prefill")]
-    decode = [t for n, t in starts if n.startswith("jit_decode")]
-    assert len(prefill) == 1 and len(decode) == 1, starts
-    assert min(prefill + decode) >= done_at[0]
-    # Python work in order of need: the prefill (the longer compile) is lowered before the decode is traced
-    order = [i for i, m in enumerate(records) if "jit(prefill)" in m and "MLIR" in m] + [
-        i for i, m in enumerate(records) if m.startswith("Finished tracing") and " decode " in m]
-    assert len(order) == 2 and order[0] < order[1], records
-    # the same tokens as a call with no warm-up in flight (the order changes nothing else)
-    monkeypatch.setattr(g, "_warm_kernels", lambda *a, **k: [])
-    assert np.array_equal(np.asarray(g.generate(model, ids, 4)), first)
-    pool.shutdown()
-
-
 def test_compile_phases_probe_parses_jax_and_xla_log_lines():
     """``benchmarks/compile_phases.py``: the JAX compile records (two wordings of the tracing line) and XLA's
     absl-timestamped LLVM re-initialization lines it reads."""
@@ -198,12 +114,12 @@ def test_compile_phases_probe_parses_jax_and_xla_log_lines():
     assert cp.llvm_switches(err, start) == [1.5, 10.0]
 
 
-def test_wait_s_zero_is_session_9s_order(monkeypatch, tmp_path):
-    """``nn.warmup.WAIT_S = 0`` (the probe's "base"): no wait and no ordering; one-token calls never wait."""
+def test_first_generate_never_waits_for_kernel_warmups(monkeypatch, tmp_path):
+    """Warm-ups in flight (``nn.warmup.DECODE_KERNEL_WARMUP``, an opt-in) never hold the first call's compiles
+    back (a wait for them measured slower on the H200, session 10); one-token calls start none."""
     from jax._src import compiler
 
     monkeypatch.setenv("QUARK_JAX_TUNING_DIR", str(tmp_path / "user"))
-    monkeypatch.setattr(warmup, "WAIT_S", 0)
     monkeypatch.setattr(g, "_PROGRAMS", {})  # programs of an earlier test's model (same graph) not reused
     jax.clear_caches()
     model = from_pretrained(FIXTURE)

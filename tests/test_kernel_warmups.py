@@ -155,10 +155,9 @@ def test_slow_decode_compile_starts_the_compile_point_warmups(monkeypatch, tmp_p
         assert len(called) == want, seconds
 
 
-def test_first_generate_waits_for_the_loads_warmups_still_running(pretend_h200, monkeypatch):
-    """``DECODE_KERNEL_WARMUP = "load"``: the first ``generate`` does not submit the load's warm-ups again but
-    returns those still running (its prefill and decode compiles wait for them, ``nn.warmup.WAIT_S``), and none
-    once they are done."""
+def test_first_generate_does_not_resubmit_the_loads_warmups(pretend_h200, monkeypatch):
+    """``DECODE_KERNEL_WARMUP = "load"``: the first ``generate`` submits nothing the load submitted, whether those
+    compiles are still running or done."""
     import concurrent.futures
 
     from quark_jax.nn import warmup
@@ -175,14 +174,12 @@ def test_first_generate_waits_for_the_loads_warmups_still_running(pretend_h200, 
     monkeypatch.setattr(warmup, "_on_gpu", lambda: True)
     monkeypatch.setattr(warmup, "_POOL", pool)
     monkeypatch.setattr(warmup, "_SUBMITTED", set())
-    monkeypatch.setattr(warmup, "_IN_FLIGHT", {})
     monkeypatch.setattr(warmup, "DECODE_KERNEL_WARMUP", "load")
     model = from_pretrained(FIXTURE)
     assert len(pool.futures) == 4  # one per geometry, at load
     pool.futures[0].set_result(None)
-    running = g._warm_kernels(model, 1)
-    assert len(pool.futures) == 4 and running == pool.futures[1:]  # nothing new; the 3 still running
-    assert g._warm_kernels(model, 1, "compile") == []  # only "generate" waits for earlier ones
+    assert g._warm_kernels(model, 1) == [] and len(pool.futures) == 4  # nothing new; 3 still running
+    assert g._warm_kernels(model, 1, "compile") == []
     for f in pool.futures[1:]:
         f.set_result(None)
     assert g._warm_kernels(model, 1) == []

@@ -271,13 +271,11 @@ class _Programs:
         self._warm_kernels.add((batch, at))
         return _warm_kernels(model, batch, at)
 
-    def warm_up_decode(self, args, slow=None, after=(), start=None):
+    def warm_up_decode(self, args, slow=None):
         """Compile the decode chunk for these argument shapes in a background thread (once per shape signature),
         so that its compile overlaps the prefill's; returns a future (or None when already compiled). ``slow``:
         called if the XLA compile (after lowering) runs longer than ``nn.warmup.WARM_AFTER_S`` (not a
-        persistent-cache hit). ``after``: kernel warm-up futures the XLA compile waits for once the program is
-        lowered (``nn.warmup.wait_for_warmups``: why). ``start``: an event the tracing waits for (at most
-        ``nn.warmup.WAIT_S``): the prefill's lowering, done first since the prefill's compile is the longer."""
+        persistent-cache hit)."""
         sig = jax.tree_util.tree_structure(args[1:]), tuple(
             (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(args[1:])), args[0]
         if sig in self._warm:
@@ -285,10 +283,7 @@ class _Programs:
         self._warm[sig] = True
 
         def job():
-            if start is not None:
-                start.wait(warmup.WAIT_S)
             lowered = self.decode.lower(*args)
-            warmup.wait_for_warmups(after)
             timer = None if slow is None else threading.Timer(warmup.WARM_AFTER_S, slow)
             if timer is not None:
                 timer.daemon = True
@@ -458,26 +453,17 @@ class _Run:
             cache = jax.device_put(cache, kv_cache_sharding(mesh, self.model.config.num_key_value_heads))
 
         t0 = time.perf_counter()
-        compiling, kernels, prefill_lowered = None, [], None
+        compiling = None
         if self.n > 1:  # the first call of a shape: compile the decode chunk while the prefill compiles and runs
             sds = partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(  # a mesh's arrays keep their sharding
                 jnp.shape(x), jnp.result_type(x), sharding=_mesh_sharding(x)))
             tok = jax.ShapeDtypeStruct((b,), jnp.int32)
             args = (self.capacity, sds(state), sds(cache), tok, sds(jnp.int32(0)), jax.ShapeDtypeStruct((b,), bool),
                     sds(first), sds(key), *sds(self.sampling), sds(eos), sds(np.int32(0)))
-            kernels = progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
-            ordered = bool(kernels) and bool(warmup.WAIT_S)  # nn.warmup.WAIT_S: 0 = session 9's order
-            prefill_lowered = threading.Event() if ordered else None
-            compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"),
-                                             after=kernels, start=prefill_lowered)
-        prefill_args = (state, cache, jnp.asarray(padded), first, np.int32(t), key, *self.sampling, eos)
-        if prefill_lowered is not None:  # lower now, compile once the warm-ups are done (the call reuses it)
-            try:
-                progs.prefill.lower(*prefill_args)
-            finally:
-                prefill_lowered.set()  # the decode's tracing starts now (see _Programs.warm_up_decode)
-            warmup.wait_for_warmups(kernels)
-        token, done, cache = progs.prefill(*prefill_args)
+            progs.warm_up_kernels(self.model, b)  # first, while no XLA compile holds LLVM: see nn.warmup
+            compiling = progs.warm_up_decode(args, slow=partial(progs.warm_up_kernels, self.model, b, "compile"))
+        token, done, cache = progs.prefill(state, cache, jnp.asarray(padded), first, np.int32(t), key,
+                                           *self.sampling, eos)
         slot = jnp.int32(t)
         if compiling is not None:
             compiling.result()

@@ -9,14 +9,10 @@ same kernels (the same module bytes, the same hash) ahead, in parallel threads; 
 them compiled. The first ``generate`` submits them before its programs compile (:data:`DECODE_KERNEL_WARMUP`;
 or ``load_weights``, as each geometry's first layer loads).
 
-Why the programs also wait for them (:data:`WAIT_S`, session 10): XLA's LLVM options lock admits concurrent
-holders only when their options are identical, and has no fairness. A Mosaic compile holds it with jaxlib's
-options (``-nvptx-prec-divf32=1`` alone), an XLA program compile holds it with XLA's NVPTX options (four) for its
-whole backend (thunk emission, LLVM, ptxas), releasing it only around a custom call's instantiate. So a warm-up
-that reaches its Mosaic compile after the prefill's backend has started waits until no XLA compile holds the lock,
-and the decode program, finding the kernel not yet compiled, compiles it itself (jaxlib's ``GetOrCreateKernel``
-does not join a compile in flight): the kernels compile one after another, between the prefill's and the
-decode's LLVM work. Started first and waited for, they compile in parallel while Python traces and lowers.
+Measured on the H200 (session 10, `benchmarks/compile_phases.py`, 8B MXFP4): slower than no warm-ups (first
+call 26.0 vs 22.3 s cold, 10.7 vs 7.9 s warm; making the programs' compiles wait for them: 32.4 / 11.2 s, that
+form since removed): the warm-ups contend with the programs for the interpreter and for XLA's LLVM options lock,
+and the Mosaic compiles are a small part of the decode compile. Off by default (:data:`DECODE_KERNEL_WARMUP`).
 """
 
 from __future__ import annotations
@@ -29,17 +25,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels", "wait_for_warmups"]
+__all__ = ["DECODE_KERNEL_WARMUP", "decode_kernel_warmups", "warm_decode_kernels"]
 
 DECODE_KERNEL_WARMUP = None
 """When the warm-ups start (on a GPU backend; read at each call). Default None (off: the decode program compiles its
-kernels itself): measured best on the H200 (session 10, 8B MXFP4, `benchmarks/compile_phases.py`): first
-``generate`` 22.3 s with an empty cache and 7.9 s in a warm second process without warm-ups, against 26.0 / 10.7 s
-with "generate" and :data:`WAIT_S` 0 (session 9's form) and 32.4 / 11.2 s with the wait (every process's tokens
-equal). "generate": the first ``generate`` submits them before its programs compile (the load is left alone), "compile" (only once the decode program's XLA
-compile has run :data:`WARM_AFTER_S` without finishing: a second process whose compilation cache is warm never
-traces them, at the price of a later start), "load" (``load_weights`` submits each geometry's as its first layer
-loads: off the first call's path, but their Python lowering, ~0.3 s each, shares the interpreter with the load's
+kernels itself; measured best, see the module docstring). "generate": the first ``generate`` submits them before
+its programs compile (the load is left alone); "compile" (only once the decode program's XLA compile has run
+:data:`WARM_AFTER_S` without finishing: a second process whose compilation cache is warm never traces them, at
+the price of a later start), "load" (``load_weights`` submits each geometry's as its first layer loads: off the
+first call's path, but their Python lowering, ~0.3 s each, shares the interpreter with the load's
 threads) or None (off: the decode program compiles its kernels itself)."""
 
 WARMUP_POINTS = ("generate", "compile", "load", None)
@@ -47,12 +41,6 @@ WARMUP_POINTS = ("generate", "compile", "load", None)
 WARM_AFTER_S = 1.0
 """``DECODE_KERNEL_WARMUP = "compile"``: seconds the decode program's compile runs before the warm-ups start (a
 persistent-cache hit returns sooner)."""
-
-WAIT_S = 0.0
-"""(0 by default: the wait measured slower, see :data:`DECODE_KERNEL_WARMUP`.) Seconds the first ``generate``'s prefill and decode programs, traced and lowered, wait for the warm-ups it found
-in flight before their XLA compiles start (see the module docstring). Non-zero also orders the call's Python
-work: the warm-ups are lowered in the calling thread, then the prefill, then the decode is traced. None or 0:
-none of this (session 9's order: everything at once in 6 threads, no wait)."""
 
 COMPILER_OPTIONS: dict = {}
 """XLA options the warm-up programs compile with: ``models.compile_cache`` sets its cache options here when it
@@ -63,7 +51,6 @@ MAX_ROWS = 16
 
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="quark_jax-kernels")
 _SUBMITTED: set = set()  # warm-up keys submitted in this process
-_IN_FLIGHT: dict = {}  # key -> the future of its compile (kept so a later "generate" can wait for the load's)
 _LOCK = threading.Lock()
 
 
@@ -116,27 +103,16 @@ def decode_kernel_warmups(layers, batch: int = 1) -> list:
     return out
 
 
-def _compile(fn, args, lowered=None) -> None:
+def _compile(fn, args) -> None:
     try:
-        (lowered if lowered is not None else fn.lower(*args)).compile()
+        fn.lower(*args).compile()
     except Exception:  # noqa: BLE001  (the program that runs the layer compiles the kernel itself and reports)
         pass
 
 
-def _lower(fn, args):
-    try:
-        return fn.lower(*args)
-    except Exception:  # noqa: BLE001  (as in _compile)
-        return None
-
-
 def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list:
     """Submit the compiles of :func:`decode_kernel_warmups` not yet submitted in this process to a pool of 4
-    threads and return their futures; for ``at="generate"`` the programs are lowered in the calling thread first
-    (Python work, GIL-bound: done before the caller's own tracing so that the kernels compile while it traces),
-    and the futures, not yet done, of these layers' compiles submitted earlier (the load's) are returned too (the
-    first call waits for them as for its own). ``at``: the caller,
-    "generate", "compile" or "load"; it submits when
+    threads and return their futures. ``at``: the caller, "generate", "compile" or "load"; it submits when
     :data:`DECODE_KERNEL_WARMUP` is ``at`` (or "load" and ``at`` is "generate": what the load left). Nothing
     (``[]``) off a GPU backend, with the warm-up off or above :data:`MAX_ROWS` rows. A failing compile is left to
     the program that runs the layer to report.
@@ -153,34 +129,7 @@ def warm_decode_kernels(layers, batch: int = 1, *, at: str = "generate") -> list
     for key, fn, args in decode_kernel_warmups(layers, batch):
         with _LOCK:
             if key in _SUBMITTED:
-                earlier = _IN_FLIGHT.get(key)
-                if at == "generate" and earlier is not None and not earlier.done():
-                    futures.append(earlier)
                 continue
             _SUBMITTED.add(key)
-        if at == "generate" and WAIT_S:  # lowered here, first: compiles start before the programs' Python work
-            lowered = _lower(fn, args)  # None (failed): the pool tries again and leaves it to the program
-            future = _POOL.submit(_compile, fn, args) if lowered is None else _POOL.submit(_compile, fn, args, lowered)
-        else:  # the load's and the slow-compile timer's threads are not held up by the lowering
-            future = _POOL.submit(_compile, fn, args)
-        if future is not None:
-            with _LOCK:
-                _IN_FLIGHT[key] = future
-            futures.append(future)
+        futures.append(_POOL.submit(_compile, fn, args))
     return futures
-
-
-def wait_for_warmups(futures, timeout: float | None = None) -> bool:
-    """Wait for ``futures`` (:func:`warm_decode_kernels`' futures) at most ``timeout`` seconds (default
-    :data:`WAIT_S`; None or 0 there: no wait); True when all are done.
-
-    >>> wait_for_warmups([])
-    True
-    """
-    if not futures:
-        return True
-    timeout = WAIT_S if timeout is None else timeout
-    if not timeout:
-        return all(f.done() for f in futures)
-    _, pending = concurrent.futures.wait(futures, timeout=timeout)
-    return not pending
