@@ -17,6 +17,7 @@ from quark_jax.checkpoint import (CheckpointReader, checkpoint_dtype, layer_geom
 from quark_jax.config import QuarkConfig
 from quark_jax.errors import CheckpointError, InvalidArgumentError
 from quark_jax.io import CheckpointSlice
+from quark_jax.kernels import tuning
 from quark_jax.nn.parallel import MODEL, ShardLayout, axis_size, plan_layer, sharded_apply
 from quark_jax.naming import shard_paths
 from quark_jax.quant import round_to
@@ -81,10 +82,13 @@ class TransformedInput:
 
 
 @functools.lru_cache(maxsize=512)
-def _processed_shapes(scheme: QuarkScheme, widths: tuple, raw: tuple) -> tuple:
+def _processed_shapes(scheme: QuarkScheme, widths: tuple, raw: tuple, device: tuple) -> tuple:
     """``((name, shape, dtype name), ...)`` of ``process_params`` on raw params ``((name, shape, dtype name),
-    ...)``: traced once per scheme and geometry (a model's layers share a handful)."""
-    out = jax.eval_shape(lambda p: process_params(scheme, p, widths),
+    ...)``: traced once per scheme, geometry and device (``tuning.current_device()``: what a scheme stores may
+    depend on it, e.g. MXFP4's [K/32, N] scale copy where the Mosaic kernel may run; a model's layers share a
+    handful)."""
+    del device  # part of the cache key (so is the trace: not ``process_params``, whose jit cache has no device)
+    out = jax.eval_shape(lambda p: scheme.process_weights_after_loading(p, widths),
                          {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt)) for k, shape, dt in raw})
     return tuple((k, tuple(v.shape), np.dtype(v.dtype).name) for k, v in out.items())
 
@@ -132,7 +136,7 @@ class QuarkLinear(nnx.Module):
             raise ValueError(f"layer {self.name} ({self.scheme.summary()}): {e}") from e  # name the layer
         processed = _processed_shapes(self.scheme, self.logical_widths, tuple(
             (k, tuple(v.shape_dtype().shape), np.dtype(v.shape_dtype().dtype).name) for k, v in raw.items()
-            if k != "bias" and v.required))
+            if k != "bias" and v.required), tuning.current_device())
         self.param_names = tuple(k for k, _, _ in processed)
         empty = jax.ShapeDtypeStruct if abstract else jnp.zeros
         for k, shape, dt in processed:

@@ -181,3 +181,18 @@ def test_mark_loaded_on_an_abstract_module_keeps_the_defaults(monkeypatch):
     pretend(monkeypatch, "NVIDIA H200", "9.0")
     layer = nnx.eval_shape(lambda: QuarkLinear(128, 64, scheme=QuarkW4A16MXFP4(), dtype=jnp.bfloat16, name="abs"))
     assert layer.mark_loaded().scheme.mosaic_fold is False
+
+
+def test_a_layers_processed_params_follow_the_device(monkeypatch):
+    """What a layer stores is decided per device (the [K/32, N] copy only where the Mosaic kernel may run): a
+    layer built on a pretend H200 and one built afterwards on this device, same scheme and shape, each get their
+    own device's params and load (the shapes cache once kept the first device's answer)."""
+    k, n = 320, 128  # a shape no other test builds (N, K multiples of 64: the Mosaic kernel may run)
+    wp, ws = _weights(np.random.default_rng(3), k, n, high_byte=False)
+    with monkeypatch.context() as mp:
+        pretend(mp, "NVIDIA H200", "9.0")
+        assert "weight_scale_kn" in QuarkLinear(k, n, scheme=QuarkW4A16MXFP4(), name="dev.h200").param_names
+    here = QuarkLinear(k, n, scheme=QuarkW4A16MXFP4(), name="dev.here")
+    assert ("weight_scale_kn" in here.param_names) == mxfp4_mosaic_may_run(k, n)
+    here.load_params({"weight": wp, "weight_scale": ws})
+    np.testing.assert_array_equal(np.asarray(here.params()["weight_scale"]), ws)
